@@ -1,0 +1,398 @@
+//! Command line: the flags a hypervisor written for the reference `virtiofsd` passes, plus
+//! this daemon's own subcommands.
+//!
+//! This module owns parsing and the checks that need no system call. It must not open files,
+//! sockets or touch the process: that is `daemon`'s job, so a bad command line is refused
+//! before anything is created.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// vhost-user virtio-fs daemon for microVMs.
+///
+/// Started by the hypervisor once per pod, like the reference virtiofsd: it listens on
+/// --socket-path (or the inherited --fd), serves --shared-dir to the guest, and exits 0 when
+/// the VM disconnects.
+#[derive(Debug, Parser)]
+#[command(name = "virtiofsd-kr", version, about, long_about = None)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the shared directory to this host through /dev/fuse instead of a guest.
+    Mount(MountArgs),
+}
+
+/// The arguments of the vhost-user daemon (the default mode).
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// vhost-user socket path to listen on (created, replacing a stale socket).
+    #[arg(long, value_name = "PATH", conflicts_with = "fd")]
+    pub socket_path: Option<PathBuf>,
+
+    /// File descriptor of an already listening vhost-user socket, inherited from the caller.
+    #[arg(long, value_name = "FD")]
+    pub fd: Option<i32>,
+
+    /// Name of the group that owns the socket (given with --socket-path).
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
+
+    /// Directory to share with the guest; it becomes the guest's root of the mount.
+    #[arg(long, value_name = "DIR")]
+    pub shared_dir: Option<PathBuf>,
+
+    /// Tag of the filesystem, answered in the device configuration space for VMMs that ask
+    /// the backend (QEMU's vhost-user-fs-pci takes the tag from its own command line).
+    #[arg(long, value_name = "TAG")]
+    pub tag: Option<String>,
+
+    #[command(flatten)]
+    pub fs: FsOptions,
+
+    /// Size of the request thread pool; 0 handles requests on the queue's own thread.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub thread_pool_size: usize,
+
+    /// Sandbox mode: `namespace` (mount/pid/net namespaces and pivot_root into the shared
+    /// directory), `chroot`, or `none`.
+    #[arg(long, value_enum, default_value_t = SandboxMode::Namespace)]
+    pub sandbox: SandboxMode,
+
+    /// Action on a system call outside the allow-list.
+    #[arg(long, value_enum, default_value_t = SeccompAction::Kill)]
+    pub seccomp: SeccompAction,
+
+    /// Set the maximum number of open files (RLIMIT_NOFILE). Default: raise the soft limit to
+    /// the hard limit; 0 leaves the limit untouched.
+    #[arg(long, value_name = "N")]
+    pub rlimit_nofile: Option<u64>,
+
+    /// Log level: error, warn, info, debug, trace or off.
+    #[arg(long, value_enum, default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
+
+    /// Print the vhost-user backend capabilities as JSON (as libvirt asks) and exit.
+    #[arg(long)]
+    pub print_capabilities: bool,
+}
+
+/// Filesystem behaviour shared by the vhost-user daemon and `mount`.
+#[derive(Debug, Clone, Args)]
+pub struct FsOptions {
+    /// Guest caching policy: `auto` (close-to-open, 1 s attribute timeout), `always`,
+    /// `metadata` (cache metadata, not file data) or `never`.
+    #[arg(long, value_enum, default_value_t = CacheMode::Auto)]
+    pub cache: CacheMode,
+
+    /// Enable extended attributes.
+    #[arg(long)]
+    pub xattr: bool,
+
+    /// Export the directory read-only: every modifying request is answered with EROFS.
+    #[arg(long)]
+    pub readonly: bool,
+
+    /// Enable the guest's writeback cache.
+    #[arg(long)]
+    pub writeback: bool,
+
+    /// Honour O_DIRECT from the guest (otherwise it is dropped and the host page cache used).
+    #[arg(long)]
+    pub allow_direct_io: bool,
+
+    /// Answer READDIR only; never READDIRPLUS.
+    #[arg(long)]
+    pub no_readdirplus: bool,
+
+    /// Tell the guest about host submounts so it gives them their own st_dev.
+    #[arg(long)]
+    pub announce_submounts: bool,
+
+    /// Reference inodes by file handle instead of an O_PATH descriptor:
+    /// `never`, `prefer` (fall back to descriptors), or `mandatory` (refuse to start without).
+    #[arg(long, value_enum, default_value_t = InodeFileHandles::Never)]
+    pub inode_file_handles: InodeFileHandles,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MountArgs {
+    /// Directory to serve.
+    #[arg(long, value_name = "DIR")]
+    pub shared_dir: PathBuf,
+
+    /// Where to mount it on this host.
+    #[arg(value_name = "MOUNTPOINT")]
+    pub mountpoint: PathBuf,
+
+    #[command(flatten)]
+    pub fs: FsOptions,
+
+    /// Number of threads reading /dev/fuse.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub threads: usize,
+
+    /// Log level: error, warn, info, debug, trace or off.
+    #[arg(long, value_enum, default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CacheMode {
+    Auto,
+    Always,
+    Metadata,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SandboxMode {
+    Namespace,
+    Chroot,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SeccompAction {
+    None,
+    Kill,
+    Log,
+    Trap,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InodeFileHandles {
+    Never,
+    Prefer,
+    Mandatory,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Off,
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn as_filter(self) -> &'static str {
+        match self {
+            LogLevel::Off => "off",
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+/// Where the daemon gets its listening socket from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SocketSource {
+    Path {
+        path: PathBuf,
+        group: Option<String>,
+    },
+    Fd(i32),
+}
+
+/// A command line that parsed but cannot be served.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CliError {
+    #[error("one of --socket-path or --fd is required")]
+    NoSocket,
+    #[error("--shared-dir is required")]
+    NoSharedDir,
+    #[error("--fd {0}: not a valid file descriptor number (must be 3 or more)")]
+    BadFd(i32),
+    #[error("--socket-path {0:?}: QEMU cannot name a socket whose path contains a comma")]
+    CommaInSocketPath(PathBuf),
+    #[error("--socket-group applies to a socket this daemon creates (--socket-path), not to --fd")]
+    SocketGroupWithFd,
+    #[error("--thread-pool-size {0}: at most {max} threads", max = MAX_THREAD_POOL)]
+    ThreadPoolTooLarge(usize),
+}
+
+/// Upper bound for --thread-pool-size: more threads than this only add contention.
+pub const MAX_THREAD_POOL: usize = 1024;
+
+impl ServeArgs {
+    /// The listening socket this invocation asks for.
+    pub fn socket_source(&self) -> Result<SocketSource, CliError> {
+        match (&self.socket_path, self.fd) {
+            (Some(path), None) => {
+                if path.to_string_lossy().contains(',') {
+                    return Err(CliError::CommaInSocketPath(path.clone()));
+                }
+                Ok(SocketSource::Path {
+                    path: path.clone(),
+                    group: self.socket_group.clone(),
+                })
+            }
+            (None, Some(_)) if self.socket_group.is_some() => Err(CliError::SocketGroupWithFd),
+            (None, Some(fd)) if fd >= 3 => Ok(SocketSource::Fd(fd)),
+            (None, Some(fd)) => Err(CliError::BadFd(fd)),
+            // clap refuses both at once; keep the match total.
+            _ => Err(CliError::NoSocket),
+        }
+    }
+
+    /// The shared directory, which the daemon mode requires.
+    pub fn shared_dir(&self) -> Result<&PathBuf, CliError> {
+        self.shared_dir.as_ref().ok_or(CliError::NoSharedDir)
+    }
+
+    /// Checks that need no system call.
+    pub fn validate(&self) -> Result<(), CliError> {
+        if self.thread_pool_size > MAX_THREAD_POOL {
+            return Err(CliError::ThreadPoolTooLarge(self.thread_pool_size));
+        }
+        self.socket_source()?;
+        self.shared_dir()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("virtiofsd-kr").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn reference_style_command_line_parses() {
+        let cli = parse(&[
+            "--socket-path=/run/vfs.sock",
+            "--shared-dir",
+            "/srv/share",
+            "--cache=never",
+            "--thread-pool-size=4",
+            "--sandbox=chroot",
+            "--seccomp=log",
+            "--xattr",
+            "--readonly",
+            "--writeback",
+            "--allow-direct-io",
+            "--no-readdirplus",
+            "--announce-submounts",
+            "--inode-file-handles=prefer",
+            "--rlimit-nofile=4096",
+            "--log-level=debug",
+        ])
+        .unwrap();
+        assert!(cli.command.is_none());
+        let s = cli.serve;
+        s.validate().unwrap();
+        assert_eq!(s.fs.cache, CacheMode::Never);
+        assert_eq!(s.thread_pool_size, 4);
+        assert_eq!(s.sandbox, SandboxMode::Chroot);
+        assert_eq!(s.seccomp, SeccompAction::Log);
+        assert!(s.fs.xattr && s.fs.readonly && s.fs.writeback && s.fs.allow_direct_io);
+        assert!(s.fs.no_readdirplus && s.fs.announce_submounts);
+        assert_eq!(s.fs.inode_file_handles, InodeFileHandles::Prefer);
+        assert_eq!(s.rlimit_nofile, Some(4096));
+        assert_eq!(s.log_level, LogLevel::Debug);
+        assert_eq!(
+            s.socket_source().unwrap(),
+            SocketSource::Path {
+                path: "/run/vfs.sock".into(),
+                group: None
+            }
+        );
+    }
+
+    #[test]
+    fn defaults_match_the_reference_daemon() {
+        let s = parse(&["--fd=3", "--shared-dir=/x"]).unwrap().serve;
+        assert_eq!(s.fs.cache, CacheMode::Auto);
+        assert_eq!(s.sandbox, SandboxMode::Namespace);
+        assert_eq!(s.seccomp, SeccompAction::Kill);
+        assert_eq!(s.thread_pool_size, 0);
+        assert_eq!(s.fs.inode_file_handles, InodeFileHandles::Never);
+        assert_eq!(s.socket_source().unwrap(), SocketSource::Fd(3));
+    }
+
+    #[test]
+    fn unknown_and_conflicting_flags_are_refused() {
+        assert!(parse(&["--socket-path=/a", "--shared-dir=/x", "--no-such-flag"]).is_err());
+        assert!(parse(&["--socket-path=/a", "--fd=3", "--shared-dir=/x"]).is_err());
+        assert!(parse(&["--socket-path=/a", "--shared-dir=/x", "--cache=sometimes"]).is_err());
+        assert!(parse(&["--socket-path=/a", "--shared-dir=/x", "--sandbox=jail"]).is_err());
+    }
+
+    #[test]
+    fn incomplete_command_lines_get_clear_errors() {
+        let s = parse(&["--shared-dir=/x"]).unwrap().serve;
+        assert_eq!(s.validate(), Err(CliError::NoSocket));
+        let s = parse(&["--socket-path=/a"]).unwrap().serve;
+        assert_eq!(s.validate(), Err(CliError::NoSharedDir));
+        let s = parse(&["--fd=1", "--shared-dir=/x"]).unwrap().serve;
+        assert_eq!(s.validate(), Err(CliError::BadFd(1)));
+        let s = parse(&["--fd=3", "--socket-group=kvm", "--shared-dir=/x"])
+            .unwrap()
+            .serve;
+        assert_eq!(s.validate(), Err(CliError::SocketGroupWithFd));
+        let s = parse(&["--socket-path=/a,b", "--shared-dir=/x"])
+            .unwrap()
+            .serve;
+        assert!(matches!(s.validate(), Err(CliError::CommaInSocketPath(_))));
+        let s = parse(&["--fd=3", "--shared-dir=/x", "--thread-pool-size=5000"])
+            .unwrap()
+            .serve;
+        assert_eq!(s.validate(), Err(CliError::ThreadPoolTooLarge(5000)));
+    }
+
+    #[test]
+    fn mount_subcommand_parses() {
+        let cli = parse(&["mount", "--shared-dir=/src", "/mnt/x", "--cache=always"]).unwrap();
+        match cli.command {
+            Some(Command::Mount(m)) => {
+                assert_eq!(m.shared_dir, PathBuf::from("/src"));
+                assert_eq!(m.mountpoint, PathBuf::from("/mnt/x"));
+                assert_eq!(m.fs.cache, CacheMode::Always);
+            }
+            other => panic!("expected mount, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn help_documents_every_flag() {
+        use clap::CommandFactory;
+        let help = Cli::command().render_long_help().to_string();
+        for flag in [
+            "--socket-path",
+            "--fd",
+            "--socket-group",
+            "--shared-dir",
+            "--cache",
+            "--thread-pool-size",
+            "--sandbox",
+            "--seccomp",
+            "--xattr",
+            "--readonly",
+            "--writeback",
+            "--allow-direct-io",
+            "--no-readdirplus",
+            "--announce-submounts",
+            "--inode-file-handles",
+            "--rlimit-nofile",
+            "--log-level",
+        ] {
+            assert!(help.contains(flag), "--help does not mention {flag}");
+        }
+    }
+}

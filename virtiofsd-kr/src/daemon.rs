@@ -1,0 +1,290 @@
+//! Daemon lifecycle: from a parsed command line to a served, then closed, vhost-user
+//! connection.
+//!
+//! Owns the order of start-up (listener, signals, sandbox, backend, confinement, seccomp),
+//! the single frontend connection, and how the process ends: exit 0 when the VMM disconnects
+//! or on SIGTERM/SIGINT, a one-line error and non-zero exit on anything that stops it from
+//! serving. It must not handle requests itself (`device`) or know backend details
+//! (`passthrough`).
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nix::sys::signal::{SigSet, Signal};
+use tracing::{info, warn};
+use vhost::vhost_user::{Error as VhostUserError, Listener};
+use vhost_user_backend::{Error as DaemonLibError, VhostUserDaemon};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+
+use crate::cli::{CliError, FsOptions, ServeArgs, SocketSource};
+use crate::device::{DeviceError, RequestCore, VirtioFsDevice};
+use crate::guard::RequestGuard;
+use crate::passthrough::{self, PassthroughError};
+use crate::sandbox::{Sandbox, SandboxError};
+use crate::seccomp::{self, SeccompError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Cli(#[from] CliError),
+    #[error("--shared-dir {path:?}: {source}")]
+    SharedDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--shared-dir {0:?} is not a directory")]
+    SharedDirNotDir(PathBuf),
+    #[error("{flag} is not supported by this daemon yet; remove it from the command line")]
+    UnsupportedFlag { flag: &'static str },
+    #[error("--socket-path {path:?}: {source}")]
+    Listen {
+        path: PathBuf,
+        source: VhostUserError,
+    },
+    #[error("--socket-group {group:?}: {reason}")]
+    SocketGroup { group: String, reason: String },
+    #[error("--fd {fd}: {reason}")]
+    InheritedFd { fd: i32, reason: String },
+    #[error("setting RLIMIT_NOFILE: {0}")]
+    Rlimit(nix::Error),
+    #[error("blocking termination signals: {0}")]
+    Signals(nix::Error),
+    #[error("sandbox: {0}")]
+    Sandbox(#[from] SandboxError),
+    #[error("backend: {0}")]
+    Backend(#[from] PassthroughError),
+    #[error("seccomp: {0}")]
+    Seccomp(#[from] SeccompError),
+    #[error("device: {0}")]
+    Device(#[from] DeviceError),
+    #[error("vhost-user: {0}")]
+    VhostUser(DaemonLibError),
+}
+
+/// Flags that parse (a VMM may pass them) but that this build cannot honour yet.
+pub fn refuse_unsupported(fs: &FsOptions) -> Result<(), DaemonError> {
+    if fs.no_readdirplus {
+        return Err(DaemonError::UnsupportedFlag {
+            flag: "--no-readdirplus",
+        });
+    }
+    if fs.announce_submounts {
+        return Err(DaemonError::UnsupportedFlag {
+            flag: "--announce-submounts",
+        });
+    }
+    Ok(())
+}
+
+/// The libvirt capability query answer (`--print-capabilities`).
+pub fn capabilities_json() -> &'static str {
+    "{\n  \"type\": \"fs\",\n  \"features\": []\n}"
+}
+
+/// Runs the vhost-user daemon until the frontend disconnects or a termination signal.
+pub fn serve(args: ServeArgs) -> Result<(), DaemonError> {
+    args.validate()?;
+    refuse_unsupported(&args.fs)?;
+    let shared_dir = checked_shared_dir(args.shared_dir()?)?;
+    let source = args.socket_source()?;
+
+    set_rlimit_nofile(args.rlimit_nofile)?;
+    let (mut listener, socket_cleanup) = open_listener(&source)?;
+    // Block termination signals before any thread exists, so every thread inherits the mask
+    // and one thread can take them with sigwait (this also works as PID 1 of a namespace).
+    let signals = termination_signals();
+    signals.thread_block().map_err(DaemonError::Signals)?;
+
+    let mut sandbox = Sandbox::new(args.sandbox, &shared_dir);
+    sandbox.enter()?;
+    let fs = passthrough::open(&args.fs, &sandbox.backend_root())?;
+    sandbox.confine()?;
+    sandbox.drop_capabilities()?;
+    seccomp::install(args.seccomp)?;
+
+    let core = RequestCore::new(fs, RequestGuard::new(args.fs.readonly));
+    let device = Arc::new(VirtioFsDevice::new(
+        core,
+        args.thread_pool_size,
+        args.tag.as_deref(),
+    )?);
+    let mut daemon = VhostUserDaemon::new(
+        "virtiofsd-kr".to_string(),
+        device.clone(),
+        GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+    )
+    .map_err(DaemonError::VhostUser)?;
+
+    let cleanup = Arc::new(socket_cleanup);
+    spawn_signal_thread(signals, cleanup.clone());
+
+    info!(shared_dir = %shared_dir.display(), "waiting for the vhost-user frontend");
+    daemon
+        .start(&mut listener)
+        .map_err(DaemonError::VhostUser)?;
+    info!("frontend connected");
+    let result = daemon.wait();
+    device.notify_exit();
+    cleanup.run();
+    match result {
+        Ok(()) => Ok(()),
+        Err(DaemonLibError::HandleRequest(
+            VhostUserError::Disconnected | VhostUserError::PartialMessage,
+        )) => Ok(()),
+        Err(e) => Err(DaemonError::VhostUser(e)),
+    }
+    .inspect(|_| info!("frontend disconnected, exiting"))
+}
+
+fn termination_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGHUP);
+    set
+}
+
+/// Takes SIGTERM/SIGINT/SIGHUP and ends the process cleanly.
+fn spawn_signal_thread(signals: SigSet, cleanup: Arc<SocketCleanup>) {
+    let spawned = std::thread::Builder::new()
+        .name("vfs-signals".to_string())
+        .spawn(move || {
+            if let Ok(sig) = signals.wait() {
+                info!("received {sig}, exiting");
+                cleanup.run();
+                std::process::exit(0);
+            }
+        });
+    if let Err(e) = spawned {
+        warn!("no signal thread ({e}); SIGTERM will not exit cleanly");
+    }
+}
+
+fn checked_shared_dir(path: &Path) -> Result<PathBuf, DaemonError> {
+    let canonical = path
+        .canonicalize()
+        .map_err(|source| DaemonError::SharedDir {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if !canonical.is_dir() {
+        return Err(DaemonError::SharedDirNotDir(path.to_path_buf()));
+    }
+    Ok(canonical)
+}
+
+fn set_rlimit_nofile(requested: Option<u64>) -> Result<(), DaemonError> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(DaemonError::Rlimit)?;
+    match requested {
+        Some(0) => Ok(()),
+        Some(n) => setrlimit(Resource::RLIMIT_NOFILE, n, hard.max(n)).map_err(DaemonError::Rlimit),
+        None if soft < hard => {
+            setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(DaemonError::Rlimit)
+        }
+        None => Ok(()),
+    }
+}
+
+/// Removes the socket this daemon created when it ends, through a descriptor of its parent
+/// directory taken before the sandbox hides the path.
+pub struct SocketCleanup {
+    target: Option<(OwnedFd, CString)>,
+}
+
+impl SocketCleanup {
+    fn none() -> Self {
+        SocketCleanup { target: None }
+    }
+
+    fn run(&self) {
+        if let Some((dir, name)) = &self.target {
+            // Failure (already gone) is fine: a stale socket is replaced at the next start.
+            let _ = nix::unistd::unlinkat(
+                Some(dir.as_raw_fd()),
+                name.as_c_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
+        }
+    }
+}
+
+fn open_listener(source: &SocketSource) -> Result<(Listener, SocketCleanup), DaemonError> {
+    match source {
+        SocketSource::Path { path, group } => {
+            let listen_err = |source| DaemonError::Listen {
+                path: path.clone(),
+                source,
+            };
+            let listener = Listener::new(path, true).map_err(listen_err)?;
+            if let Some(group) = group {
+                set_socket_group(path, group)?;
+            }
+            let parent = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            let cleanup = match (
+                std::fs::File::open(parent),
+                path.file_name()
+                    .and_then(|n| CString::new(n.as_bytes()).ok()),
+            ) {
+                (Ok(dir), Some(name)) => SocketCleanup {
+                    target: Some((dir.into(), name)),
+                },
+                _ => SocketCleanup::none(),
+            };
+            Ok((listener, cleanup))
+        }
+        SocketSource::Fd(fd) => Ok((inherited_listener(*fd)?, SocketCleanup::none())),
+    }
+}
+
+fn set_socket_group(path: &Path, group: &str) -> Result<(), DaemonError> {
+    let err = |reason: String| DaemonError::SocketGroup {
+        group: group.to_string(),
+        reason,
+    };
+    let gid = nix::unistd::Group::from_name(group)
+        .map_err(|e| err(e.to_string()))?
+        .ok_or_else(|| err("no such group".to_string()))?
+        .gid;
+    nix::unistd::chown(path, None, Some(gid)).map_err(|e| err(e.to_string()))?;
+    let mut perms = std::fs::metadata(path)
+        .map_err(|e| err(e.to_string()))?
+        .permissions();
+    perms.set_mode(perms.mode() | 0o060);
+    std::fs::set_permissions(path, perms).map_err(|e| err(e.to_string()))
+}
+
+/// Adopts an inherited descriptor after checking it is a listening Unix socket.
+fn inherited_listener(fd: i32) -> Result<Listener, DaemonError> {
+    use nix::sys::socket::{getsockopt, sockopt};
+    use std::os::fd::BorrowedFd;
+    let err = |reason: String| DaemonError::InheritedFd { fd, reason };
+    let stat = nix::sys::stat::fstat(fd).map_err(|e| err(e.to_string()))?;
+    if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(err("not a socket".to_string()));
+    }
+    // SAFETY: fstat just proved `fd` is an open descriptor; it is only borrowed for the
+    // getsockopt calls below, while this function runs.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    if !getsockopt(&borrowed, sockopt::AcceptConn).map_err(|e| err(e.to_string()))? {
+        return Err(err("socket is not listening".to_string()));
+    }
+    if getsockopt(&borrowed, sockopt::SockType).map_err(|e| err(e.to_string()))?
+        != nix::sys::socket::SockType::Stream
+    {
+        return Err(err("not a stream socket".to_string()));
+    }
+    // SAFETY: the descriptor is an open listening stream socket inherited for this daemon;
+    // ownership passes to the listener, and nothing else in the process uses it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(Listener::from(std::os::unix::net::UnixListener::from(
+        owned,
+    )))
+}

@@ -1,0 +1,371 @@
+//! The vhost-user virtio-fs device: queues in, FUSE server calls, replies out.
+//!
+//! Owns the virtio side of a request: popping descriptor chains, turning them into
+//! fuse-backend-rs `Reader`/`Writer`s, asking the `RequestGuard`, calling the `Server`,
+//! returning used buffers and notifying the guest. It must not know how the backend stores
+//! files, and never trusts a length, index or opcode the guest wrote.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
+use std::thread;
+
+use fuse_backend_rs::api::filesystem::FileSystem;
+use fuse_backend_rs::api::server::Server;
+use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
+use tracing::{debug, warn};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackend, VringMutex, VringT};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_queue::{DescriptorChain, QueueOwnedT};
+use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+use crate::guard::{error_reply, inspect, is_no_reply, RequestGuard, Verdict};
+
+/// Queue 0 carries FORGET and INTERRUPT; the request queues follow it.
+pub const HIPRIO_QUEUE_INDEX: usize = 0;
+/// Request queues offered. Linux's virtio-fs driver (6.1) uses one; so does QEMU by default.
+pub const REQUEST_QUEUES: usize = 1;
+/// Total queues: the high-priority queue plus the request queues.
+pub const NUM_QUEUES: usize = HIPRIO_QUEUE_INDEX + 1 + REQUEST_QUEUES;
+/// Largest queue the frontend may configure (QEMU 7.2 allows up to 1024).
+pub const MAX_QUEUE_SIZE: usize = 1024;
+/// Length of the tag field in the virtio-fs configuration space.
+pub const TAG_LEN: usize = 36;
+
+type GuestMemory = GuestMemoryMmap<()>;
+type Chain = DescriptorChain<Arc<GuestMemory>>;
+type Vring = VringMutex<GuestMemoryAtomic<GuestMemory>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("event {0} is not a queue of this device")]
+    UnknownEvent(u16),
+    #[error("unexpected epoll event set {0:?}")]
+    UnexpectedEvents(EventSet),
+    #[error("queue event before the frontend sent a memory table")]
+    NoMemory,
+    #[error("reading the available ring: {0}")]
+    QueueIter(virtio_queue::Error),
+    #[error("returning a used buffer: {0}")]
+    AddUsed(virtio_queue::Error),
+    #[error("notifying the guest: {0}")]
+    Signal(io::Error),
+    #[error("tag {0:?} is longer than {TAG_LEN} bytes")]
+    TagTooLong(String),
+    #[error("creating the exit event: {0}")]
+    ExitEvent(io::Error),
+    #[error("starting request worker thread: {0}")]
+    SpawnWorker(io::Error),
+}
+
+impl From<DeviceError> for io::Error {
+    fn from(e: DeviceError) -> Self {
+        io::Error::other(e)
+    }
+}
+
+/// What every request needs, shared by the queue thread and the worker pool.
+pub struct RequestCore<F: FileSystem + Sync> {
+    server: Server<F>,
+    guard: RequestGuard,
+}
+
+impl<F: FileSystem + Send + Sync + 'static> RequestCore<F> {
+    pub fn new(fs: F, guard: RequestGuard) -> Self {
+        RequestCore {
+            server: Server::new(fs),
+            guard,
+        }
+    }
+
+    /// Serves one descriptor chain and returns the number of bytes written into it.
+    ///
+    /// Every path returns: a chain too broken to answer gets a used length of 0, never a panic.
+    pub fn serve_chain(&self, chain: &Chain) -> u32 {
+        let mem = chain.memory();
+        let reader = match Reader::from_descriptor_chain(mem, chain.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!("dropping request with unusable readable descriptors: {e}");
+                return 0;
+            }
+        };
+        let Some((header, verdict)) = inspect(&self.guard, &reader) else {
+            warn!("dropping request shorter than a FUSE header");
+            return 0;
+        };
+        if let Verdict::Refuse(errno) = verdict {
+            debug!(opcode = header.opcode, errno, "request refused by guard");
+            return reply_error(chain, header.unique, errno);
+        }
+        let writer = match VirtioFsWriter::new(mem, chain.clone()) {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(
+                    "request {} has unusable writable descriptors: {e}",
+                    header.unique
+                );
+                return 0;
+            }
+        };
+        match self
+            .server
+            .handle_message(reader, Writer::VirtioFs(writer), None, None)
+        {
+            Ok(len) => u32::try_from(len).unwrap_or(0),
+            Err(e) => {
+                debug!(opcode = header.opcode, "malformed request: {e}");
+                if is_no_reply(header.opcode) {
+                    0
+                } else {
+                    reply_error(chain, header.unique, libc::EINVAL)
+                }
+            }
+        }
+    }
+}
+
+/// Writes a bare error reply into the chain's writable part; returns its length, or 0 if the
+/// guest gave no room for one.
+fn reply_error(chain: &Chain, unique: u64, errno: i32) -> u32 {
+    let out = error_reply(unique, errno);
+    let written = VirtioFsWriter::new(chain.memory(), chain.clone())
+        .ok()
+        .and_then(|mut w| std::io::Write::write_all(&mut w, out.as_slice()).ok());
+    match written {
+        Some(()) => out.len,
+        None => 0,
+    }
+}
+
+/// Returns a chain's used buffer and tells the guest if it asked to be told.
+fn complete(vring: &Vring, head: u16, len: u32) -> Result<(), DeviceError> {
+    vring.add_used(head, len).map_err(DeviceError::AddUsed)?;
+    if vring.needs_notification().map_err(DeviceError::AddUsed)? {
+        vring.signal_used_queue().map_err(DeviceError::Signal)?;
+    }
+    Ok(())
+}
+
+/// Worker threads for `--thread-pool-size N`: the queue thread pops chains and hands them
+/// over; a worker serves the chain and returns it to the ring.
+struct RequestPool {
+    jobs: Mutex<mpsc::Sender<(Chain, Vring)>>,
+}
+
+impl RequestPool {
+    fn new<F: FileSystem + Send + Sync + 'static>(
+        size: usize,
+        core: Arc<RequestCore<F>>,
+    ) -> Result<Self, DeviceError> {
+        let (tx, rx) = mpsc::channel::<(Chain, Vring)>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..size {
+            let rx = rx.clone();
+            let core = core.clone();
+            thread::Builder::new()
+                .name(format!("vfs-worker-{i}"))
+                .spawn(move || loop {
+                    // A poisoned lock means another worker panicked: stop this one too.
+                    let job = match rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok((chain, vring)) = job else { return };
+                    let len = core.serve_chain(&chain);
+                    if let Err(e) = complete(&vring, chain.head_index(), len) {
+                        warn!("completing request: {e}");
+                    }
+                })
+                .map_err(DeviceError::SpawnWorker)?;
+        }
+        Ok(RequestPool {
+            jobs: Mutex::new(tx),
+        })
+    }
+
+    fn submit(&self, chain: Chain, vring: Vring) {
+        if let Ok(tx) = self.jobs.lock() {
+            // Workers only stop when the sender is dropped, so this cannot fail while we live.
+            let _ = tx.send((chain, vring));
+        }
+    }
+}
+
+/// The vhost-user backend of one virtio-fs device.
+pub struct VirtioFsDevice<F: FileSystem + Send + Sync + 'static> {
+    core: Arc<RequestCore<F>>,
+    pool: Option<RequestPool>,
+    mem: RwLock<Option<GuestMemoryAtomic<GuestMemory>>>,
+    event_idx: AtomicBool,
+    tag: Option<[u8; TAG_LEN]>,
+    exit: (EventConsumer, EventNotifier),
+}
+
+impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
+    pub fn new(
+        core: RequestCore<F>,
+        thread_pool_size: usize,
+        tag: Option<&str>,
+    ) -> Result<Self, DeviceError> {
+        let tag = match tag {
+            None => None,
+            Some(t) if t.len() > TAG_LEN => return Err(DeviceError::TagTooLong(t.to_string())),
+            Some(t) => {
+                let mut bytes = [0u8; TAG_LEN];
+                bytes[..t.len()].copy_from_slice(t.as_bytes());
+                Some(bytes)
+            }
+        };
+        let core = Arc::new(core);
+        let pool = match thread_pool_size {
+            0 => None,
+            n => Some(RequestPool::new(n, core.clone())?),
+        };
+        let exit =
+            new_event_consumer_and_notifier(EventFlag::NONBLOCK).map_err(DeviceError::ExitEvent)?;
+        Ok(VirtioFsDevice {
+            core,
+            pool,
+            mem: RwLock::new(None),
+            event_idx: AtomicBool::new(false),
+            tag,
+            exit,
+        })
+    }
+
+    /// Tells the queue threads to stop (used on shutdown).
+    pub fn notify_exit(&self) {
+        let _ = self.exit.1.notify();
+    }
+
+    fn memory(&self) -> Result<Arc<GuestMemory>, DeviceError> {
+        let mem = self.mem.read().map_err(|_| DeviceError::NoMemory)?;
+        Ok(mem
+            .as_ref()
+            .ok_or(DeviceError::NoMemory)?
+            .memory()
+            .into_inner())
+    }
+
+    /// Serves everything available on one queue. With EVENT_IDX, notifications stay off while
+    /// we drain and we re-check after turning them back on, so no kick is lost.
+    fn process_queue(&self, vring: &Vring) -> Result<(), DeviceError> {
+        let mem = self.memory()?;
+        let event_idx = self.event_idx.load(Ordering::Relaxed);
+        loop {
+            if event_idx {
+                vring
+                    .disable_notification()
+                    .map_err(DeviceError::QueueIter)?;
+            }
+            let chains: Vec<Chain> = {
+                let mut state = vring.get_mut();
+                state
+                    .get_queue_mut()
+                    .iter(mem.clone())
+                    .map_err(DeviceError::QueueIter)?
+                    .collect()
+            };
+            for chain in chains {
+                match &self.pool {
+                    Some(pool) => pool.submit(chain, vring.clone()),
+                    None => {
+                        let len = self.core.serve_chain(&chain);
+                        complete(vring, chain.head_index(), len)?;
+                    }
+                }
+            }
+            if !event_idx
+                || !vring
+                    .enable_notification()
+                    .map_err(DeviceError::QueueIter)?
+            {
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for VirtioFsDevice<F> {
+    type Bitmap = ();
+    type Vring = Vring;
+
+    fn num_queues(&self) -> usize {
+        NUM_QUEUES
+    }
+
+    fn max_queue_size(&self) -> usize {
+        MAX_QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        let mut features = VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::BACKEND_REQ
+            | VhostUserProtocolFeatures::BACKEND_SEND_FD
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
+        if self.tag.is_some() {
+            features |= VhostUserProtocolFeatures::CONFIG;
+        }
+        features
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        // struct virtio_fs_config { u8 tag[36]; le32 num_request_queues; }
+        let Some(tag) = self.tag else {
+            return Vec::new();
+        };
+        let mut config = tag.to_vec();
+        config.extend_from_slice(&(REQUEST_QUEUES as u32).to_le_bytes());
+        let start = (offset as usize).min(config.len());
+        let end = start.saturating_add(size as usize).min(config.len());
+        config[start..end].to_vec()
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.event_idx.store(enabled, Ordering::Relaxed);
+    }
+
+    fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemory>) -> io::Result<()> {
+        let mut slot = self
+            .mem
+            .write()
+            .map_err(|_| io::Error::other("memory lock poisoned"))?;
+        *slot = Some(mem);
+        Ok(())
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        Some((self.exit.0.try_clone().ok()?, self.exit.1.try_clone().ok()?))
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[Vring],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        if evset != EventSet::IN {
+            return Err(DeviceError::UnexpectedEvents(evset).into());
+        }
+        let vring = vrings
+            .get(device_event as usize)
+            .ok_or(DeviceError::UnknownEvent(device_event))?;
+        self.process_queue(vring).map_err(Into::into)
+    }
+}

@@ -1,0 +1,248 @@
+//! Request guard: looks at each FUSE request header before fuse-backend-rs does.
+//!
+//! It owns two decisions: whether the opcode is one fuse-backend-rs can be handed at all
+//! (its 0.14 `Opcode::from` transmutes any number below 50, which is undefined behaviour for
+//! the holes 0, 7 and 19), and whether a read-only export must refuse the request with EROFS.
+//! It must not parse request bodies beyond the fixed headers it needs, and never panics on
+//! guest bytes.
+
+use std::io::Read;
+
+use fuse_backend_rs::abi::fuse_abi::{InHeader, Opcode, OpenIn, OutHeader};
+use fuse_backend_rs::transport::Reader;
+use vm_memory::ByteValued;
+
+/// What to do with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Hand it to the FUSE server.
+    Serve,
+    /// Answer with this errno without calling the server.
+    Refuse(i32),
+}
+
+/// Opcodes the guest may send that never receive a reply.
+pub fn is_no_reply(opcode: u32) -> bool {
+    opcode == Opcode::Forget as u32 || opcode == Opcode::BatchForget as u32
+}
+
+/// Whether `opcode` names a request fuse-backend-rs 0.14 defines (and so may be converted
+/// with `Opcode::from`).
+pub fn is_known_opcode(opcode: u32) -> bool {
+    matches!(opcode, 1..=6 | 8..=18 | 20..=49)
+}
+
+/// Opcodes that change the exported tree and so are refused on a read-only export.
+fn modifies(opcode: u32) -> bool {
+    const MODIFYING: [Opcode; 15] = [
+        Opcode::Setattr,
+        Opcode::Symlink,
+        Opcode::Mknod,
+        Opcode::Mkdir,
+        Opcode::Unlink,
+        Opcode::Rmdir,
+        Opcode::Rename,
+        Opcode::Rename2,
+        Opcode::Link,
+        Opcode::Write,
+        Opcode::Setxattr,
+        Opcode::Removexattr,
+        Opcode::Create,
+        Opcode::Fallocate,
+        Opcode::CopyFileRange,
+    ];
+    MODIFYING.iter().any(|op| *op as u32 == opcode)
+}
+
+/// Decides, per request, from the in-header and (for OPEN) the fixed-size body after it.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestGuard {
+    readonly: bool,
+}
+
+impl RequestGuard {
+    pub fn new(readonly: bool) -> Self {
+        RequestGuard { readonly }
+    }
+
+    /// `body` is whatever follows the in-header in the request (possibly short or empty).
+    pub fn check(&self, header: &InHeader, body: &[u8]) -> Verdict {
+        let op = header.opcode;
+        if !is_known_opcode(op) {
+            return Verdict::Refuse(libc::ENOSYS);
+        }
+        if !self.readonly {
+            return Verdict::Serve;
+        }
+        if modifies(op) {
+            return Verdict::Refuse(libc::EROFS);
+        }
+        if op == Opcode::Open as u32 {
+            // A short OPEN body is left for the server to reject as malformed.
+            if let Some(open) = read_prefix::<OpenIn>(body) {
+                let flags = open.flags as i32;
+                if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
+                    return Verdict::Refuse(libc::EROFS);
+                }
+            }
+        }
+        if op == Opcode::SetupMapping as u32 {
+            // fuse_setupmapping_in: fh, foffset, len, flags (u64 each), moffset.
+            const WRITE: u64 = 1 << 1; // FUSE_SETUPMAPPING_FLAG_WRITE
+            if let Some(flags) = body.get(24..32) {
+                let flags = u64::from_le_bytes(flags.try_into().unwrap_or([0; 8]));
+                if flags & WRITE != 0 {
+                    return Verdict::Refuse(libc::EROFS);
+                }
+            }
+        }
+        Verdict::Serve
+    }
+}
+
+/// Peeks at a request without consuming it: its header and the guard's verdict, or `None`
+/// when the request is shorter than a FUSE header (nothing to answer to).
+pub fn inspect<S: vm_memory::bitmap::BitmapSlice>(
+    guard: &RequestGuard,
+    reader: &Reader<'_, S>,
+) -> Option<(InHeader, Verdict)> {
+    let mut peek = reader.clone();
+    let header: InHeader = peek.read_obj().ok()?;
+    // Enough of the body for the fixed-size checks (OPEN, SETUPMAPPING).
+    let mut body = [0u8; 40];
+    let mut filled = 0;
+    while filled < body.len() {
+        match peek.read(&mut body[filled..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => filled += n,
+        }
+    }
+    Some((header, guard.check(&header, &body[..filled])))
+}
+
+/// The bytes of a bare error reply to request `unique`.
+pub fn error_reply(unique: u64, errno: i32) -> OutHeader {
+    OutHeader {
+        len: std::mem::size_of::<OutHeader>() as u32,
+        error: -errno,
+        unique,
+    }
+}
+
+/// Reads a `T` from the start of `bytes`, if there are enough of them.
+pub fn read_prefix<T: ByteValued + Default>(bytes: &[u8]) -> Option<T> {
+    let size = std::mem::size_of::<T>();
+    let src = bytes.get(..size)?;
+    let mut value = T::default();
+    value.as_mut_slice().copy_from_slice(src);
+    Some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn header(opcode: u32) -> InHeader {
+        InHeader {
+            len: 40,
+            opcode,
+            unique: 7,
+            nodeid: 1,
+            ..Default::default()
+        }
+    }
+
+    fn open_body(flags: i32) -> Vec<u8> {
+        let open = OpenIn {
+            flags: flags as u32,
+            fuse_flags: 0,
+        };
+        open.as_slice().to_vec()
+    }
+
+    #[test]
+    fn opcode_holes_are_refused() {
+        let guard = RequestGuard::new(false);
+        for op in [0, 7, 19, 50, 51, 4096, u32::MAX, 1_048_576, 436_207_616] {
+            assert_eq!(
+                guard.check(&header(op), &[]),
+                Verdict::Refuse(libc::ENOSYS),
+                "opcode {op}"
+            );
+        }
+        for op in [1, 6, 8, 18, 20, 26, 44, 48, 49] {
+            assert_eq!(guard.check(&header(op), &[]), Verdict::Serve, "opcode {op}");
+        }
+    }
+
+    #[test]
+    fn readonly_refuses_modifications() {
+        let guard = RequestGuard::new(true);
+        for op in [
+            Opcode::Write,
+            Opcode::Mkdir,
+            Opcode::Rename2,
+            Opcode::Setattr,
+        ] {
+            assert_eq!(
+                guard.check(&header(op as u32), &[]),
+                Verdict::Refuse(libc::EROFS)
+            );
+        }
+        for op in [
+            Opcode::Lookup,
+            Opcode::Read,
+            Opcode::Getattr,
+            Opcode::Readdir,
+        ] {
+            assert_eq!(guard.check(&header(op as u32), &[]), Verdict::Serve);
+        }
+        let open = header(Opcode::Open as u32);
+        assert_eq!(
+            guard.check(&open, &open_body(libc::O_RDONLY)),
+            Verdict::Serve
+        );
+        assert_eq!(
+            guard.check(&open, &open_body(libc::O_RDWR)),
+            Verdict::Refuse(libc::EROFS)
+        );
+        assert_eq!(
+            guard.check(&open, &open_body(libc::O_WRONLY)),
+            Verdict::Refuse(libc::EROFS)
+        );
+        assert_eq!(
+            guard.check(&open, &open_body(libc::O_RDONLY | libc::O_TRUNC)),
+            Verdict::Refuse(libc::EROFS)
+        );
+        // The same requests pass on a writable export.
+        let rw = RequestGuard::new(false);
+        assert_eq!(rw.check(&open, &open_body(libc::O_RDWR)), Verdict::Serve);
+        assert_eq!(rw.check(&header(Opcode::Write as u32), &[]), Verdict::Serve);
+    }
+
+    #[test]
+    fn readonly_refuses_writable_mappings() {
+        let guard = RequestGuard::new(true);
+        let map = header(Opcode::SetupMapping as u32);
+        let mut body = vec![0u8; 40];
+        assert_eq!(guard.check(&map, &body), Verdict::Serve);
+        body[24] = 1 << 1;
+        assert_eq!(guard.check(&map, &body), Verdict::Refuse(libc::EROFS));
+    }
+
+    proptest! {
+        #[test]
+        fn any_header_and_body_gets_a_verdict(op in any::<u32>(), ro in any::<bool>(),
+                                              body in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let v = RequestGuard::new(ro).check(&header(op), &body);
+            if !is_known_opcode(op) {
+                prop_assert_eq!(v, Verdict::Refuse(libc::ENOSYS));
+            }
+            if v == Verdict::Serve {
+                // Only then may the opcode be converted by fuse-backend-rs.
+                prop_assert!(is_known_opcode(op));
+            }
+        }
+    }
+}

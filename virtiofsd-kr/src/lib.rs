@@ -1,0 +1,14 @@
+//! virtiofsd-kr: a vhost-user virtio-fs daemon for microVMs.
+//!
+//! The request path, from the guest's virtqueue to the backend, is one picture in
+//! `docs/architecture.md`; each module below owns one step of it.
+
+pub mod cli;
+pub mod daemon;
+pub mod device;
+pub mod fusedev;
+pub mod guard;
+pub mod logging;
+pub mod passthrough;
+pub mod sandbox;
+pub mod seccomp;
