@@ -20,8 +20,9 @@ use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::{Error as DaemonLibError, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
-use crate::cli::{CliError, FsOptions, ServeArgs, SocketSource};
+use crate::cli::{CliError, ServeArgs, SocketSource};
 use crate::device::{DeviceError, RequestCore, VirtioFsDevice};
+use crate::export::{ExportFs, ExportPolicy};
 use crate::guard::RequestGuard;
 use crate::passthrough::{self, PassthroughError};
 use crate::sandbox::{Sandbox, SandboxError};
@@ -38,8 +39,6 @@ pub enum DaemonError {
     },
     #[error("--shared-dir {0:?} is not a directory")]
     SharedDirNotDir(PathBuf),
-    #[error("{flag} is not supported by this daemon yet; remove it from the command line")]
-    UnsupportedFlag { flag: &'static str },
     #[error("--socket-path {path:?}: {source}")]
     Listen {
         path: PathBuf,
@@ -65,21 +64,6 @@ pub enum DaemonError {
     VhostUser(DaemonLibError),
 }
 
-/// Flags that parse (a VMM may pass them) but that this build cannot honour yet.
-pub fn refuse_unsupported(fs: &FsOptions) -> Result<(), DaemonError> {
-    if fs.no_readdirplus {
-        return Err(DaemonError::UnsupportedFlag {
-            flag: "--no-readdirplus",
-        });
-    }
-    if fs.announce_submounts {
-        return Err(DaemonError::UnsupportedFlag {
-            flag: "--announce-submounts",
-        });
-    }
-    Ok(())
-}
-
 /// The libvirt capability query answer (`--print-capabilities`).
 pub fn capabilities_json() -> &'static str {
     "{\n  \"type\": \"fs\",\n  \"features\": []\n}"
@@ -88,7 +72,6 @@ pub fn capabilities_json() -> &'static str {
 /// Runs the vhost-user daemon until the frontend disconnects or a termination signal.
 pub fn serve(args: ServeArgs) -> Result<(), DaemonError> {
     args.validate()?;
-    refuse_unsupported(&args.fs)?;
     let shared_dir = checked_shared_dir(args.shared_dir()?)?;
     let source = args.socket_source()?;
 
@@ -106,6 +89,7 @@ pub fn serve(args: ServeArgs) -> Result<(), DaemonError> {
     sandbox.drop_capabilities()?;
     seccomp::install(args.seccomp)?;
 
+    let fs = ExportFs::new(fs, ExportPolicy::from(&args.fs));
     let core = RequestCore::new(fs, RequestGuard::new(args.fs.readonly));
     let device = Arc::new(VirtioFsDevice::new(
         core,

@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 use vm_memory::ByteValued;
 
 use crate::cli::MountArgs;
+use crate::export::{ExportFs, ExportPolicy};
 use crate::guard::{error_reply, inspect, RequestGuard, Verdict};
 use crate::passthrough::{self, HostFs, PassthroughError};
 
@@ -45,7 +46,7 @@ pub fn mount(args: MountArgs) -> Result<(), MountError> {
         reason: e.to_string(),
     };
     let fs = passthrough::open(&args.fs, &args.shared_dir)?;
-    let server = Arc::new(Server::new(fs));
+    let server = Arc::new(Server::new(ExportFs::new(fs, ExportPolicy::from(&args.fs))));
     let guard = RequestGuard::new(args.fs.readonly);
 
     let mut signals = SigSet::empty();
@@ -107,7 +108,7 @@ pub fn mount(args: MountArgs) -> Result<(), MountError> {
 }
 
 fn serve_one(
-    server: &Server<HostFs>,
+    server: &Server<ExportFs<HostFs>>,
     guard: &RequestGuard,
     reader: fuse_backend_rs::transport::Reader<'_>,
     mut writer: fuse_backend_rs::transport::FuseDevWriter<'_>,

@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod daemon;
 pub mod device;
+pub mod export;
 pub mod fusedev;
 pub mod guard;
 pub mod logging;

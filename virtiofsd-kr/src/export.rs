@@ -1,0 +1,591 @@
+//! Export policy over a backend: what the guest is told at INIT and in each entry, on top of
+//! any `FileSystem`.
+//!
+//! Owns the flags that change the FUSE contract rather than the storage: `--no-readdirplus`
+//! (READDIRPLUS is neither offered nor served) and `--announce-submounts` (an entry whose
+//! device differs from its parent's is flagged `FUSE_ATTR_SUBMOUNT`, so the guest gives it
+//! its own st_dev). Every other call is forwarded unchanged. It must not store state about
+//! inodes: the backend owns lookup counts.
+
+use std::ffi::CStr;
+use std::io;
+use std::time::Duration;
+
+use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn, ATTR_SUBMOUNT};
+use fuse_backend_rs::abi::virtio_fs::RemovemappingOne;
+use fuse_backend_rs::api::filesystem::{
+    Context, DirEntry, Entry, FileLock, FileSystem, FsOptions, GetxattrReply, IoctlData,
+    ListxattrReply, OpenOptions, SetattrValid, ZeroCopyReader, ZeroCopyWriter,
+};
+use fuse_backend_rs::transport::FsCacheReqHandler;
+
+/// The export flags `ExportFs` applies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExportPolicy {
+    pub no_readdirplus: bool,
+    pub announce_submounts: bool,
+}
+
+impl From<&crate::cli::FsOptions> for ExportPolicy {
+    fn from(opts: &crate::cli::FsOptions) -> Self {
+        ExportPolicy {
+            no_readdirplus: opts.no_readdirplus,
+            announce_submounts: opts.announce_submounts,
+        }
+    }
+}
+
+/// A backend served under an `ExportPolicy`.
+pub struct ExportFs<F> {
+    inner: F,
+    policy: ExportPolicy,
+}
+
+impl<F: FileSystem> ExportFs<F> {
+    pub fn new(inner: F, policy: ExportPolicy) -> Self {
+        ExportFs { inner, policy }
+    }
+
+    /// The INIT options after the policy: READDIRPLUS removed, SUBMOUNTS added when asked and
+    /// the guest supports it.
+    fn negotiate(&self, capable: FsOptions, wanted: FsOptions) -> FsOptions {
+        let mut opts = wanted;
+        if self.policy.no_readdirplus {
+            opts.remove(FsOptions::DO_READDIRPLUS | FsOptions::READDIRPLUS_AUTO);
+        }
+        if self.policy.announce_submounts && capable.contains(FsOptions::SUBMOUNTS) {
+            opts.insert(FsOptions::SUBMOUNTS);
+        }
+        opts
+    }
+
+    /// Flags `entry` as a submount root when its device differs from its parent's.
+    fn mark_submount(&self, ctx: &Context, parent: F::Inode, mut entry: Entry) -> Entry {
+        if !self.policy.announce_submounts || entry.inode == 0 {
+            return entry;
+        }
+        if let Ok((parent_attr, _)) = self.inner.getattr(ctx, parent, None) {
+            if parent_attr.st_dev != entry.attr.st_dev {
+                entry.attr_flags |= ATTR_SUBMOUNT;
+            }
+        }
+        entry
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+impl<F: FileSystem> FileSystem for ExportFs<F>
+where
+    F::Inode: Copy,
+{
+    type Inode = F::Inode;
+    type Handle = F::Handle;
+
+    fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
+        let wanted = self.inner.init(capable)?;
+        Ok(self.negotiate(capable, wanted))
+    }
+
+    fn lookup(&self, ctx: &Context, parent: Self::Inode, name: &CStr) -> io::Result<Entry> {
+        let entry = self.inner.lookup(ctx, parent, name)?;
+        Ok(self.mark_submount(ctx, parent, entry))
+    }
+
+    fn readdirplus(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        handle: Self::Handle,
+        size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        if self.policy.no_readdirplus {
+            return Err(io::Error::from_raw_os_error(libc::ENOSYS));
+        }
+        self.inner
+            .readdirplus(ctx, inode, handle, size, offset, &mut |dirent, entry| {
+                add_entry(dirent, self.mark_submount(ctx, inode, entry))
+            })
+    }
+
+    fn destroy(&self) {
+        self.inner.destroy()
+    }
+
+    fn forget(&self, ctx: &Context, inode: Self::Inode, count: u64) {
+        self.inner.forget(ctx, inode, count)
+    }
+
+    fn batch_forget(&self, ctx: &Context, requests: Vec<(Self::Inode, u64)>) {
+        self.inner.batch_forget(ctx, requests)
+    }
+
+    fn getattr(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        handle: Option<Self::Handle>,
+    ) -> io::Result<(stat64, Duration)> {
+        self.inner.getattr(ctx, inode, handle)
+    }
+
+    fn setattr(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        attr: stat64,
+        handle: Option<Self::Handle>,
+        valid: SetattrValid,
+    ) -> io::Result<(stat64, Duration)> {
+        self.inner.setattr(ctx, inode, attr, handle, valid)
+    }
+
+    fn readlink(&self, ctx: &Context, inode: Self::Inode) -> io::Result<Vec<u8>> {
+        self.inner.readlink(ctx, inode)
+    }
+
+    fn symlink(
+        &self,
+        ctx: &Context,
+        linkname: &CStr,
+        parent: Self::Inode,
+        name: &CStr,
+    ) -> io::Result<Entry> {
+        self.inner.symlink(ctx, linkname, parent, name)
+    }
+
+    fn mknod(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        name: &CStr,
+        mode: u32,
+        rdev: u32,
+        umask: u32,
+    ) -> io::Result<Entry> {
+        self.inner.mknod(ctx, inode, name, mode, rdev, umask)
+    }
+
+    fn mkdir(
+        &self,
+        ctx: &Context,
+        parent: Self::Inode,
+        name: &CStr,
+        mode: u32,
+        umask: u32,
+    ) -> io::Result<Entry> {
+        self.inner.mkdir(ctx, parent, name, mode, umask)
+    }
+
+    fn unlink(&self, ctx: &Context, parent: Self::Inode, name: &CStr) -> io::Result<()> {
+        self.inner.unlink(ctx, parent, name)
+    }
+
+    fn rmdir(&self, ctx: &Context, parent: Self::Inode, name: &CStr) -> io::Result<()> {
+        self.inner.rmdir(ctx, parent, name)
+    }
+
+    fn rename(
+        &self,
+        ctx: &Context,
+        olddir: Self::Inode,
+        oldname: &CStr,
+        newdir: Self::Inode,
+        newname: &CStr,
+        flags: u32,
+    ) -> io::Result<()> {
+        self.inner
+            .rename(ctx, olddir, oldname, newdir, newname, flags)
+    }
+
+    fn link(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        newparent: Self::Inode,
+        newname: &CStr,
+    ) -> io::Result<Entry> {
+        self.inner.link(ctx, inode, newparent, newname)
+    }
+
+    fn open(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        flags: u32,
+        fuse_flags: u32,
+    ) -> io::Result<(Option<Self::Handle>, OpenOptions, Option<u32>)> {
+        self.inner.open(ctx, inode, flags, fuse_flags)
+    }
+
+    fn create(
+        &self,
+        ctx: &Context,
+        parent: Self::Inode,
+        name: &CStr,
+        args: CreateIn,
+    ) -> io::Result<(Entry, Option<Self::Handle>, OpenOptions, Option<u32>)> {
+        self.inner.create(ctx, parent, name, args)
+    }
+
+    fn read(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        handle: Self::Handle,
+        w: &mut dyn ZeroCopyWriter,
+        size: u32,
+        offset: u64,
+        lock_owner: Option<u64>,
+        flags: u32,
+    ) -> io::Result<usize> {
+        self.inner
+            .read(ctx, inode, handle, w, size, offset, lock_owner, flags)
+    }
+
+    fn write(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        handle: Self::Handle,
+        r: &mut dyn ZeroCopyReader,
+        size: u32,
+        offset: u64,
+        lock_owner: Option<u64>,
+        delayed_write: bool,
+        flags: u32,
+        fuse_flags: u32,
+    ) -> io::Result<usize> {
+        self.inner.write(
+            ctx,
+            inode,
+            handle,
+            r,
+            size,
+            offset,
+            lock_owner,
+            delayed_write,
+            flags,
+            fuse_flags,
+        )
+    }
+
+    fn flush(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        handle: Self::Handle,
+        lock_owner: u64,
+    ) -> io::Result<()> {
+        self.inner.flush(ctx, inode, handle, lock_owner)
+    }
+
+    fn fsync(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        datasync: bool,
+        handle: Self::Handle,
+    ) -> io::Result<()> {
+        self.inner.fsync(ctx, inode, datasync, handle)
+    }
+
+    fn fallocate(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        handle: Self::Handle,
+        mode: u32,
+        offset: u64,
+        length: u64,
+    ) -> io::Result<()> {
+        self.inner
+            .fallocate(ctx, inode, handle, mode, offset, length)
+    }
+
+    fn release(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        flags: u32,
+        handle: Self::Handle,
+        flush: bool,
+        flock_release: bool,
+        lock_owner: Option<u64>,
+    ) -> io::Result<()> {
+        self.inner
+            .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
+    }
+
+    fn statfs(&self, ctx: &Context, inode: Self::Inode) -> io::Result<statvfs64> {
+        self.inner.statfs(ctx, inode)
+    }
+
+    fn setxattr(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        name: &CStr,
+        value: &[u8],
+        flags: u32,
+    ) -> io::Result<()> {
+        self.inner.setxattr(ctx, inode, name, value, flags)
+    }
+
+    fn getxattr(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        name: &CStr,
+        size: u32,
+    ) -> io::Result<GetxattrReply> {
+        self.inner.getxattr(ctx, inode, name, size)
+    }
+
+    fn listxattr(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        size: u32,
+    ) -> io::Result<ListxattrReply> {
+        self.inner.listxattr(ctx, inode, size)
+    }
+
+    fn removexattr(&self, ctx: &Context, inode: Self::Inode, name: &CStr) -> io::Result<()> {
+        self.inner.removexattr(ctx, inode, name)
+    }
+
+    fn opendir(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        flags: u32,
+    ) -> io::Result<(Option<Self::Handle>, OpenOptions)> {
+        self.inner.opendir(ctx, inode, flags)
+    }
+
+    fn readdir(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        handle: Self::Handle,
+        size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        self.inner
+            .readdir(ctx, inode, handle, size, offset, add_entry)
+    }
+
+    fn fsyncdir(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        datasync: bool,
+        handle: Self::Handle,
+    ) -> io::Result<()> {
+        self.inner.fsyncdir(ctx, inode, datasync, handle)
+    }
+
+    fn releasedir(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        flags: u32,
+        handle: Self::Handle,
+    ) -> io::Result<()> {
+        self.inner.releasedir(ctx, inode, flags, handle)
+    }
+
+    fn setupmapping(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        handle: Self::Handle,
+        foffset: u64,
+        len: u64,
+        flags: u64,
+        moffset: u64,
+        vu_req: &mut dyn FsCacheReqHandler,
+    ) -> io::Result<()> {
+        self.inner
+            .setupmapping(ctx, inode, handle, foffset, len, flags, moffset, vu_req)
+    }
+
+    fn removemapping(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        requests: Vec<RemovemappingOne>,
+        vu_req: &mut dyn FsCacheReqHandler,
+    ) -> io::Result<()> {
+        self.inner.removemapping(ctx, inode, requests, vu_req)
+    }
+
+    fn access(&self, ctx: &Context, inode: Self::Inode, mask: u32) -> io::Result<()> {
+        self.inner.access(ctx, inode, mask)
+    }
+
+    fn lseek(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        handle: Self::Handle,
+        offset: u64,
+        whence: u32,
+    ) -> io::Result<u64> {
+        self.inner.lseek(ctx, inode, handle, offset, whence)
+    }
+
+    fn getlk(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        handle: Self::Handle,
+        owner: u64,
+        lock: FileLock,
+        flags: u32,
+    ) -> io::Result<FileLock> {
+        self.inner.getlk(ctx, inode, handle, owner, lock, flags)
+    }
+
+    fn setlk(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        handle: Self::Handle,
+        owner: u64,
+        lock: FileLock,
+        flags: u32,
+    ) -> io::Result<()> {
+        self.inner.setlk(ctx, inode, handle, owner, lock, flags)
+    }
+
+    fn setlkw(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        handle: Self::Handle,
+        owner: u64,
+        lock: FileLock,
+        flags: u32,
+    ) -> io::Result<()> {
+        self.inner.setlkw(ctx, inode, handle, owner, lock, flags)
+    }
+
+    fn ioctl(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        handle: Self::Handle,
+        flags: u32,
+        cmd: u32,
+        data: IoctlData,
+        out_size: u32,
+    ) -> io::Result<IoctlData<'_>> {
+        self.inner
+            .ioctl(ctx, inode, handle, flags, cmd, data, out_size)
+    }
+
+    fn bmap(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        block: u64,
+        blocksize: u32,
+    ) -> io::Result<u64> {
+        self.inner.bmap(ctx, inode, block, blocksize)
+    }
+
+    fn poll(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        handle: Self::Handle,
+        khandle: Self::Handle,
+        flags: u32,
+        events: u32,
+    ) -> io::Result<u32> {
+        self.inner.poll(ctx, inode, handle, khandle, flags, events)
+    }
+
+    fn notify_reply(&self) -> io::Result<()> {
+        self.inner.notify_reply()
+    }
+
+    fn id_remap(&self, ctx: &mut Context) -> io::Result<()> {
+        self.inner.id_remap(ctx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::FsOptions as CliFsOptions;
+    use clap::Parser;
+    use fuse_backend_rs::api::filesystem::ROOT_ID;
+    use std::ffi::CString;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        fs: CliFsOptions,
+    }
+
+    fn backend(dir: &std::path::Path) -> crate::passthrough::HostFs {
+        let opts = T::parse_from(["t"]).fs;
+        crate::passthrough::open(&opts, dir).unwrap()
+    }
+
+    #[test]
+    fn no_readdirplus_removes_it_from_init_and_refuses_the_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = ExportPolicy {
+            no_readdirplus: true,
+            ..Default::default()
+        };
+        let fs = ExportFs::new(backend(dir.path()), policy);
+        let capable = FsOptions::DO_READDIRPLUS | FsOptions::READDIRPLUS_AUTO;
+        let opts = fs.init(capable).unwrap();
+        assert!(!opts.intersects(FsOptions::DO_READDIRPLUS | FsOptions::READDIRPLUS_AUTO));
+        let ctx = Context::default();
+        let err = fs
+            .readdirplus(&ctx, ROOT_ID, 0, 4096, 0, &mut |_, _| Ok(0))
+            .unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOSYS));
+
+        // Without the flag, the backend's readdirplus offer passes through.
+        let plain = ExportFs::new(backend(dir.path()), ExportPolicy::default());
+        assert!(plain
+            .init(capable)
+            .unwrap()
+            .contains(FsOptions::DO_READDIRPLUS));
+    }
+
+    #[test]
+    fn submounts_are_flagged_only_when_devices_differ() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let policy = ExportPolicy {
+            announce_submounts: true,
+            ..Default::default()
+        };
+        let fs = ExportFs::new(backend(dir.path()), policy);
+        let opts = fs.init(FsOptions::SUBMOUNTS).unwrap();
+        assert!(opts.contains(FsOptions::SUBMOUNTS));
+        let ctx = Context::default();
+        let same_dev = fs
+            .lookup(&ctx, ROOT_ID, &CString::new("sub").unwrap())
+            .unwrap();
+        assert_eq!(same_dev.attr_flags & ATTR_SUBMOUNT, 0);
+
+        // /proc is another filesystem than the temp dir, so a share of / marks it.
+        let root = ExportFs::new(backend(std::path::Path::new("/")), policy);
+        root.init(FsOptions::SUBMOUNTS).unwrap();
+        let proc_entry = root
+            .lookup(&ctx, ROOT_ID, &CString::new("proc").unwrap())
+            .unwrap();
+        assert_eq!(proc_entry.attr_flags & ATTR_SUBMOUNT, ATTR_SUBMOUNT);
+    }
+}
