@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs every test of virtiofsd-kr: set-up, formatting, lints, unit tests, the vhost-user
+# frontend tests and the guest tests (real Linux guests under QEMU, KVM or TCG).
+# Usage: scripts/test.sh [extra cargo test args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --release -- -D warnings
+
+# One profile for everything: the guest tests and the frontend tests drive the release
+# daemon, so unit tests build in release too instead of compiling the workspace twice.
+echo "== cargo test"
+export VIRTIOFSD_KR_BIN="$PWD/target/release/virtiofsd-kr"
+cargo build --release -p virtiofsd-kr
+cargo test --workspace --release "$@"
