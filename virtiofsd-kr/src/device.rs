@@ -204,6 +204,7 @@ pub struct VirtioFsDevice<F: FileSystem + Send + Sync + 'static> {
     pool: Option<RequestPool>,
     mem: RwLock<Option<GuestMemoryAtomic<GuestMemory>>>,
     event_idx: AtomicBool,
+    ring_error_seen: AtomicBool,
     tag: Option<[u8; TAG_LEN]>,
     exit: (EventConsumer, EventNotifier),
 }
@@ -235,9 +236,20 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
             pool,
             mem: RwLock::new(None),
             event_idx: AtomicBool::new(false),
+            ring_error_seen: AtomicBool::new(false),
             tag,
             exit,
         })
+    }
+
+    /// Logs a guest-caused ring error: the first at warn level, later ones at debug, so a
+    /// guest cannot flood the host's logs.
+    fn report_ring_error(&self, e: &DeviceError) {
+        if self.ring_error_seen.swap(true, Ordering::Relaxed) {
+            debug!("virtqueue error: {e}");
+        } else {
+            warn!("virtqueue error (further ones logged at debug level): {e}");
+        }
     }
 
     /// Tells the queue threads to stop (used on shutdown).
@@ -278,7 +290,9 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
                     Some(pool) => pool.submit(chain, vring.clone()),
                     None => {
                         let len = self.core.serve_chain(&chain);
-                        complete(vring, chain.head_index(), len)?;
+                        if let Err(e) = complete(vring, chain.head_index(), len) {
+                            self.report_ring_error(&e);
+                        }
                     }
                 }
             }
@@ -366,6 +380,12 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for VirtioFsDevice<
         let vring = vrings
             .get(device_event as usize)
             .ok_or(DeviceError::UnknownEvent(device_event))?;
-        self.process_queue(vring).map_err(Into::into)
+        // A broken ring (bad avail index or head) is the guest's fault: report it and keep
+        // this queue thread alive, so the next kick after a reset is served. Returning the
+        // error would end the thread and silence the queue for good.
+        if let Err(e) = self.process_queue(vring) {
+            self.report_ring_error(&e);
+        }
+        Ok(())
     }
 }

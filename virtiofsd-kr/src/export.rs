@@ -19,6 +19,17 @@ use fuse_backend_rs::api::filesystem::{
 };
 use fuse_backend_rs::transport::FsCacheReqHandler;
 
+/// Options the FUSE transport supports whatever the backend: 1 MiB requests (`BIG_WRITES`,
+/// `MAX_PAGES`; without them Linux sends 4 KiB writes), concurrent reads and directory
+/// operations, asynchronous direct I/O, and invalidating cached data when the mtime changes
+/// (what keeps `cache=auto` coherent across pods).
+pub const TRANSPORT_OPTIONS: FsOptions = FsOptions::ASYNC_READ
+    .union(FsOptions::PARALLEL_DIROPS)
+    .union(FsOptions::BIG_WRITES)
+    .union(FsOptions::MAX_PAGES)
+    .union(FsOptions::ASYNC_DIO)
+    .union(FsOptions::AUTO_INVAL_DATA);
+
 /// The export flags `ExportFs` applies.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ExportPolicy {
@@ -46,10 +57,10 @@ impl<F: FileSystem> ExportFs<F> {
         ExportFs { inner, policy }
     }
 
-    /// The INIT options after the policy: READDIRPLUS removed, SUBMOUNTS added when asked and
-    /// the guest supports it.
+    /// The INIT options after the policy: what the transport always supports added, READDIRPLUS
+    /// removed when asked, SUBMOUNTS added when asked and the guest supports it.
     fn negotiate(&self, capable: FsOptions, wanted: FsOptions) -> FsOptions {
-        let mut opts = wanted;
+        let mut opts = wanted | (capable & TRANSPORT_OPTIONS);
         if self.policy.no_readdirplus {
             opts.remove(FsOptions::DO_READDIRPLUS | FsOptions::READDIRPLUS_AUTO);
         }
@@ -554,6 +565,16 @@ mod tests {
             .readdirplus(&ctx, ROOT_ID, 0, 4096, 0, &mut |_, _| Ok(0))
             .unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ENOSYS));
+
+        // Transport options are offered whenever the guest supports them.
+        let big = fs
+            .init(FsOptions::BIG_WRITES | FsOptions::MAX_PAGES)
+            .unwrap();
+        assert!(big.contains(FsOptions::BIG_WRITES | FsOptions::MAX_PAGES));
+        assert!(!fs
+            .init(FsOptions::empty())
+            .unwrap()
+            .contains(FsOptions::BIG_WRITES));
 
         // Without the flag, the backend's readdirplus offer passes through.
         let plain = ExportFs::new(backend(dir.path()), ExportPolicy::default());
