@@ -1,0 +1,230 @@
+#!/usr/bin/env bash
+# Boots the test guest with a directory shared through virtiofsd-kr, runs a command in it and
+# prints the command's output.
+#
+#   scripts/run-vm.sh [options] -- COMMAND...
+#
+# Options:
+#   --shared-dir DIR     directory to share (default: a fresh temp dir with hello.txt)
+#   --cache MODE         auto|always|never|metadata (default auto)
+#   --accel MODE         auto|kvm|tcg (default auto: KVM when it can run the guest, else TCG)
+#   --sandbox MODE       pass --sandbox MODE to the daemon (default: the daemon's default)
+#   --daemon-arg ARG     pass ARG to the daemon (repeatable)
+#   --timeout SECS       hard limit for the guest (default 300)
+#   --memory MIB         guest memory (default 1024)
+#   --no-fio             boot the smaller initramfs without fio (about 1 s faster under TCG)
+#   --no-setup           do not run scripts/setup.sh first
+#   --keep               keep the work directory (logs) afterwards
+#
+# The share is mounted at /data in the guest. COMMAND runs under busybox sh: a single argument
+# is taken as a shell command line (pipes allowed), several arguments as one quoted command.
+# Exit status: the command's status when it fails; 1 when the guest does not power off, the
+# daemon does not exit 0, or anything else goes wrong.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SHARED_DIR=""
+CACHE=auto
+ACCEL=auto
+SANDBOX=""
+DAEMON_ARGS=()
+TIMEOUT=300
+MEMORY=1024
+SETUP=1
+KEEP=0
+NO_FIO=0
+
+die() { echo "run-vm: error: $*" >&2; exit 1; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2; exit 2; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --shared-dir) SHARED_DIR="${2:?}"; shift 2 ;;
+        --cache) CACHE="${2:?}"; shift 2 ;;
+        --accel) ACCEL="${2:?}"; shift 2 ;;
+        --sandbox) SANDBOX="${2:?}"; shift 2 ;;
+        --daemon-arg) DAEMON_ARGS+=("${2:?}"); shift 2 ;;
+        --timeout) TIMEOUT="${2:?}"; shift 2 ;;
+        --memory) MEMORY="${2:?}"; shift 2 ;;
+        --no-setup) SETUP=0; shift ;;
+        --no-fio) NO_FIO=1; shift ;;
+        --keep) KEEP=1; shift ;;
+        --) shift; break ;;
+        -h|--help) usage ;;
+        *) echo "run-vm: unknown option $1" >&2; usage ;;
+    esac
+done
+[ $# -gt 0 ] || { echo "run-vm: no command given" >&2; usage; }
+case "$CACHE" in auto|always|never|metadata) ;; *) die "bad --cache $CACHE" ;; esac
+case "$ACCEL" in auto|kvm|tcg) ;; *) die "bad --accel $ACCEL" ;; esac
+
+if [ "$SETUP" = 1 ]; then
+    "$REPO/scripts/setup.sh" >&2
+fi
+
+GUEST_DIR="$REPO/.cache/guest"
+KERNEL="$GUEST_DIR/vmlinux"
+[ -f "$KERNEL" ] || KERNEL="$GUEST_DIR/vmlinuz"
+INITRAMFS="$GUEST_DIR/initramfs.cpio"
+if [ "$NO_FIO" = 1 ] && [ -f "$GUEST_DIR/initramfs-base.cpio" ]; then
+    INITRAMFS="$GUEST_DIR/initramfs-base.cpio"
+fi
+[ -f "$KERNEL" ] && [ -f "$INITRAMFS" ] || die "guest image missing in $GUEST_DIR: run scripts/setup.sh"
+DAEMON="${VIRTIOFSD_KR_BIN:-$REPO/target/release/virtiofsd-kr}"
+[ -x "$DAEMON" ] || die "daemon $DAEMON missing: run scripts/setup.sh (cargo build --release -p virtiofsd-kr)"
+QEMU="$(command -v qemu-system-x86_64)" || die "qemu-system-x86_64 missing: run scripts/setup.sh"
+
+WORK="$(mktemp -d /tmp/run-vm.XXXXXX)"
+QEMU_PID=""
+DAEMON_PID=""
+cleanup() {
+    [ -n "$QEMU_PID" ] && kill "$QEMU_PID" 2>/dev/null || true
+    [ -n "$DAEMON_PID" ] && kill "$DAEMON_PID" 2>/dev/null || true
+    if [ "$KEEP" = 1 ]; then echo "run-vm: logs kept in $WORK" >&2; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+
+if [ -z "$SHARED_DIR" ]; then
+    SHARED_DIR="$WORK/share"
+    mkdir -p "$SHARED_DIR"
+    echo "hello from the host" > "$SHARED_DIR/hello.txt"
+fi
+[ -d "$SHARED_DIR" ] || die "--shared-dir $SHARED_DIR is not a directory"
+SHARED_DIR="$(cd "$SHARED_DIR" && pwd)"
+
+# ---- the workload, in a small cpio appended to the base initramfs
+sq() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"; }
+if [ $# -eq 1 ]; then
+    CMDLINE="$1"
+else
+    CMDLINE=""
+    for a in "$@"; do CMDLINE="$CMDLINE $(sq "$a")"; done
+fi
+make_initrd() { # workload-text output
+    local stage="$WORK/overlay"
+    rm -rf "$stage"; mkdir -p "$stage/vmtest"
+    printf '%s\n' "$1" > "$stage/vmtest/workload.sh"
+    chmod 755 "$stage/vmtest/workload.sh"
+    cp "$INITRAMFS" "$2"
+    (cd "$stage" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0) >> "$2"
+}
+make_initrd "cd /data 2>/dev/null || true
+$CMDLINE" "$WORK/initrd.cpio"
+
+accel_args() {
+    case "$1" in
+        kvm) echo "-accel kvm -cpu host" ;;
+        tcg) echo "-accel tcg,thread=multi -cpu max" ;;
+    esac
+}
+
+# ---- accelerator: probe KVM once (cached like the Rust harness does) for --accel auto
+if [ "$ACCEL" = auto ]; then
+    if ! { exec 8<>/dev/kvm; } 2>/dev/null; then
+        ACCEL=tcg
+    else
+        exec 8>&-
+        kver="$(cat "$GUEST_DIR/kernel-version" 2>/dev/null || true)"
+        key="guest=$kver kernel-bytes=$(stat -c %s "$KERNEL") host=$(cat /proc/sys/kernel/osrelease)"
+        cached="$(cat "$GUEST_DIR/accel-probe" 2>/dev/null || true)"
+        if [ "${cached% result=*}" = "$key" ] && [ -n "$cached" ]; then
+            ACCEL="${cached##* result=}"
+        else
+            echo "run-vm: probing whether KVM can run the guest" >&2
+            make_initrd 'echo "@@VMTEST probe=ok"' "$WORK/probe.cpio"
+            # shellcheck disable=SC2046
+            timeout -k 5 30 "$QEMU" -M q35 $(accel_args kvm) -m 512M -smp 1 \
+                -kernel "$KERNEL" -initrd "$WORK/probe.cpio" \
+                -append "console=ttyS0 panic=-1 quiet" -nodefaults -display none \
+                -serial stdio -no-reboot </dev/null > "$WORK/probe.log" 2>&1 || true
+            if grep -q '@@VMTEST probe=ok' "$WORK/probe.log" \
+                && ! grep -qE 'KVM internal error|emulation failure|failed to set MSR' "$WORK/probe.log"; then
+                ACCEL=kvm
+            else
+                ACCEL=tcg
+            fi
+            echo "$key result=$ACCEL" > "$GUEST_DIR/accel-probe" 2>/dev/null || true
+        fi
+    fi
+fi
+case "$ACCEL" in kvm|tcg) ;; *) ACCEL=tcg ;; esac
+
+# ---- the daemon
+SOCK="$WORK/vhost-fs.sock"
+case "$SOCK" in *,*) die "socket path $SOCK contains a comma" ;; esac
+DARGS=(--socket-path "$SOCK" --shared-dir "$SHARED_DIR" --cache "$CACHE")
+[ -n "$SANDBOX" ] && DARGS+=(--sandbox "$SANDBOX")
+DARGS+=("${DAEMON_ARGS[@]}")
+"$DAEMON" "${DARGS[@]}" > "$WORK/daemon.log" 2>&1 &
+DAEMON_PID=$!
+for _ in $(seq 1 500); do
+    [ -S "$SOCK" ] && break
+    kill -0 "$DAEMON_PID" 2>/dev/null || break
+    sleep 0.02
+done
+if [ ! -S "$SOCK" ]; then
+    cat "$WORK/daemon.log" >&2
+    die "the daemon did not create $SOCK"
+fi
+
+# ---- the guest
+echo "run-vm: booting (accel=$ACCEL, cache=$CACHE, share=$SHARED_DIR)" >&2
+set +e
+# shellcheck disable=SC2046
+timeout -k 5 "$TIMEOUT" "$QEMU" -name run-vm -M q35,memory-backend=mem \
+    -object "memory-backend-memfd,id=mem,size=${MEMORY}M,share=on" -m "${MEMORY}M" -smp 2 \
+    $(accel_args "$ACCEL") \
+    -kernel "$KERNEL" -initrd "$WORK/initrd.cpio" \
+    -append "console=ttyS0 panic=-1 quiet i8042.noaux=1 i8042.nokbd=1 vmtest.tag=share vmtest.mnt=/data" \
+    -chardev "socket,id=vfs0,path=$SOCK" -device vhost-user-fs-pci,chardev=vfs0,tag=share \
+    -nodefaults -display none -serial stdio -no-reboot </dev/null 2>"$WORK/qemu.err" \
+    | tee "$WORK/serial.log" | awk '
+        /@@VMTEST-EXIT / { on = 0; next }
+        on { sub(/\r$/, ""); print; fflush() }
+        /@@VMTEST-READY/ { on = 1 }'
+QEMU_RC=${PIPESTATUS[0]}
+set -e
+QEMU_PID=""
+
+EXIT_LINE="$(grep -a '@@VMTEST-EXIT ' "$WORK/serial.log" | tail -1 | tr -d '\r' || true)"
+CMD_RC="${EXIT_LINE##*@@VMTEST-EXIT }"
+
+DAEMON_RC=""
+for _ in $(seq 1 500); do
+    if ! kill -0 "$DAEMON_PID" 2>/dev/null; then
+        set +e; wait "$DAEMON_PID"; DAEMON_RC=$?; set -e
+        break
+    fi
+    sleep 0.02
+done
+if [ -z "$DAEMON_RC" ]; then
+    kill "$DAEMON_PID" 2>/dev/null || true
+    DAEMON_RC="did not exit within 10 s (killed)"
+fi
+DAEMON_PID=""
+
+echo "run-vm: accelerator: $ACCEL" >&2
+fail=0
+if grep -qaE 'KVM internal error|emulation failure|failed to set MSR' "$WORK/serial.log" "$WORK/qemu.err"; then
+    echo "run-vm: KVM could not run the guest; use --accel tcg" >&2
+    fail=1
+fi
+if [ -z "$EXIT_LINE" ]; then
+    echo "run-vm: the guest did not finish the command (qemu status $QEMU_RC); serial log:" >&2
+    tail -40 "$WORK/serial.log" >&2
+    [ -s "$WORK/qemu.err" ] && { echo "run-vm: qemu stderr:" >&2; cat "$WORK/qemu.err" >&2; }
+    fail=1
+fi
+if [ "$DAEMON_RC" = 0 ]; then
+    echo "run-vm: daemon exited 0" >&2
+else
+    echo "run-vm: daemon exit status: $DAEMON_RC; its log:" >&2
+    cat "$WORK/daemon.log" >&2
+    fail=1
+fi
+if [ -n "$EXIT_LINE" ] && [ "$CMD_RC" != 0 ]; then
+    echo "run-vm: command exited $CMD_RC" >&2
+    case "$CMD_RC" in ''|*[!0-9]*) exit 1 ;; esac
+    exit "$CMD_RC"
+fi
+exit "$fail"

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Idempotent set-up of a Debian bookworm machine for building and testing virtiofsd-kr:
+#   1. apt packages (apt-get update only when something is missing),
+#   2. the test guest (kernel + initramfs in .cache/guest/, scripts/build-guest.sh),
+#   3. cargo build --release -p virtiofsd-kr.
+# Runs as root (uses sudo for apt when not root). Needs no stdin. Takes seconds when
+# everything is already in place.
+#
+# Options:
+#   --no-build   skip the cargo build of the daemon
+#   --no-guest   skip building the guest image
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUILD=1
+GUEST=1
+for arg in "$@"; do
+    case "$arg" in
+        --no-build) BUILD=0 ;;
+        --no-guest) GUEST=0 ;;
+        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+        *) echo "setup: unknown option $arg" >&2; exit 2 ;;
+    esac
+done
+
+log() { echo "setup: $*" >&2; }
+die() { echo "setup: error: $*" >&2; exit 1; }
+
+SUDO=()
+if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null 2>&1 || die "not root and no sudo"
+    SUDO=(sudo -n)
+fi
+export DEBIAN_FRONTEND=noninteractive
+
+PACKAGES=(
+    qemu-system-x86 busybox-static fio cpio libseccomp-dev libcap-ng-dev fuse3 attr kmod
+    xz-utils zstd gzip coreutils util-linux findutils grep
+    gcc libc6-dev pkg-config ca-certificates
+)
+
+# Serialise concurrent runs (tests and scripts may call setup.sh at the same time).
+mkdir -p "$REPO/.cache"
+exec 9>"$REPO/.cache/setup.lock"
+if command -v flock >/dev/null 2>&1; then
+    flock 9
+fi
+
+installed() {
+    dpkg-query -W -f='${Status}\n' "$1" 2>/dev/null | grep -q '^install ok installed$'
+}
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    installed "$p" || missing+=("$p")
+done
+
+apt_updated=0
+apt_update() {
+    if [ "$apt_updated" = 0 ]; then
+        log "apt-get update"
+        "${SUDO[@]}" apt-get update -q </dev/null >&2
+        apt_updated=1
+    fi
+}
+
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing: ${missing[*]}"
+    apt_update
+    "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null >&2
+fi
+
+if [ "$GUEST" = 1 ]; then
+    guest_dir="$REPO/.cache/guest"
+    if [ ! -f "$guest_dir/initramfs.cpio" ] || [ ! -f "$guest_dir/vmlinux" ]; then
+        # The kernel package name comes from the apt lists: make sure they exist.
+        if ! apt-cache depends linux-image-amd64 2>/dev/null | grep -q 'Depends: linux-image-[0-9]'; then
+            apt_update
+        fi
+    fi
+    if [ "$(id -u)" = 0 ]; then
+        "$REPO/scripts/build-guest.sh"
+    else
+        "${SUDO[@]}" "$REPO/scripts/build-guest.sh"
+    fi
+fi
+
+if [ "$BUILD" = 1 ]; then
+    command -v cargo >/dev/null 2>&1 || die "cargo not found (install a Rust toolchain, 1.80 or newer)"
+    (cd "$REPO" && cargo build --release -q -p virtiofsd-kr </dev/null)
+    [ -x "$REPO/target/release/virtiofsd-kr" ] || [ -n "${CARGO_TARGET_DIR:-}" ] \
+        || die "target/release/virtiofsd-kr was not built"
+fi
+log "ready"

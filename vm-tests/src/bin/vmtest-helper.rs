@@ -1,0 +1,409 @@
+//! `vmtest-helper`: a small program copied into test guests (with its shared libraries) for the
+//! file operations busybox cannot do precisely: pwrite/pread at offsets, O_APPEND and O_EXCL
+//! opens, fsync, mmap, POSIX and flock locks with a second process, statfs, bulk file
+//! creation/stat/removal, and writing a large pseudo-random file fast.
+//!
+//! Every command prints one line; a failing system call prints `ERR:<ERRNO NAME>` and exits 1.
+
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io::{Error, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: vmtest-helper CMD ARGS
+  pwrite FILE OFFSET TEXT      write TEXT at OFFSET (pwrite)
+  pread FILE OFFSET LEN        print LEN bytes at OFFSET (pread)
+  append FILE TEXT             O_APPEND write after seeking to 0; print the new offset
+  excl FILE                    open O_CREAT|O_EXCL; print created
+  fsync FILE TEXT              write TEXT, fsync, fdatasync
+  mmap-write FILE OFFSET TEXT  MAP_SHARED write + msync
+  mmap-read FILE OFFSET LEN    MAP_SHARED read
+  posix-lock FILE              fcntl lock conflict between two processes
+  flock FILE                   flock conflict between two processes
+  statfs PATH                  print statfs fields
+  mkfiles DIR N                create N files; print the count
+  statfiles DIR N              stat N files; print how many exist as regular files
+  rmfiles DIR N                remove N files; print the count
+  fill FILE MIB SEED           write MIB MiB of pseudo-random data";
+
+#[derive(Debug)]
+enum Failure {
+    Usage(String),
+    Sys(Error),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Sys(e)
+    }
+}
+
+type Res<T> = Result<T, Failure>;
+
+fn errno_name(e: &Error) -> String {
+    match e.raw_os_error() {
+        Some(n) => format!("{:?}", nix::errno::Errno::from_raw(n)),
+        None => e.to_string(),
+    }
+}
+
+fn arg<'a>(args: &'a [String], i: usize, what: &str) -> Res<&'a str> {
+    args.get(i)
+        .map(String::as_str)
+        .ok_or_else(|| Failure::Usage(format!("missing {what}")))
+}
+
+fn num(args: &[String], i: usize, what: &str) -> Res<u64> {
+    let s = arg(args, i, what)?;
+    s.parse()
+        .map_err(|_| Failure::Usage(format!("{what}: not a number: {s}")))
+}
+
+fn cvt(ret: libc::c_int) -> Res<libc::c_int> {
+    if ret < 0 {
+        Err(Failure::Sys(Error::last_os_error()))
+    } else {
+        Ok(ret)
+    }
+}
+
+fn file_name(dir: &str, i: u64) -> String {
+    format!("{dir}/f{i:05}")
+}
+
+/// Maps `len` bytes of `file` shared, runs `f` on them, syncs and unmaps.
+fn with_mmap<T>(file: &File, len: usize, f: impl FnOnce(&mut [u8]) -> T) -> Res<T> {
+    // SAFETY: a fresh shared mapping of a file we hold open; the slice does not outlive it.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            return Err(Failure::Sys(Error::last_os_error()));
+        }
+        let out = f(std::slice::from_raw_parts_mut(p.cast::<u8>(), len));
+        let r = libc::msync(p, len, libc::MS_SYNC);
+        let e = Error::last_os_error();
+        libc::munmap(p, len);
+        if r < 0 {
+            return Err(Failure::Sys(e));
+        }
+        Ok(out)
+    }
+}
+
+/// Forks; the child runs `f` and exits with its result code; returns that code.
+fn in_child(f: impl FnOnce() -> i32) -> Res<i32> {
+    // SAFETY: the child only runs simple system calls and exits with _exit.
+    let pid = cvt(unsafe { libc::fork() })?;
+    if pid == 0 {
+        let code = f();
+        // SAFETY: terminating the forked child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    cvt(unsafe { libc::waitpid(pid, &mut status, 0) })?;
+    Ok(if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        255
+    })
+}
+
+const CHILD_EAGAIN: i32 = 11;
+const CHILD_OK: i32 = 0;
+
+fn setlk(fd: i32, kind: libc::c_int) -> libc::c_int {
+    // SAFETY: zero is a valid flock value; fcntl reads it.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = 0;
+    fl.l_len = 0;
+    // SAFETY: valid fd and flock pointer.
+    unsafe { libc::fcntl(fd, libc::F_SETLK, &fl) }
+}
+
+fn posix_lock(path: &str) -> Res<String> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    let fd = f.as_raw_fd();
+    cvt(setlk(fd, libc::F_WRLCK))?;
+    let me = std::process::id() as i32;
+    let path_c = CString::new(path).map_err(|_| Failure::Usage("NUL in path".into()))?;
+    let path_ref = &path_c;
+    let child_try = |want_getlk: bool| {
+        move || {
+            // SAFETY: plain open/fcntl in the child.
+            let cfd = unsafe { libc::open(path_ref.as_ptr(), libc::O_RDWR) };
+            if cfd < 0 {
+                return 3;
+            }
+            if want_getlk {
+                // SAFETY: as above.
+                let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+                fl.l_type = libc::F_WRLCK as libc::c_short;
+                fl.l_whence = libc::SEEK_SET as libc::c_short;
+                // SAFETY: valid fd and pointer.
+                if unsafe { libc::fcntl(cfd, libc::F_GETLK, &mut fl) } < 0 {
+                    return 4;
+                }
+                if fl.l_type != libc::F_WRLCK as libc::c_short || fl.l_pid != me {
+                    return 5;
+                }
+            }
+            if setlk(cfd, libc::F_WRLCK) < 0 {
+                let e = Error::last_os_error().raw_os_error();
+                return if e == Some(libc::EAGAIN) || e == Some(libc::EACCES) {
+                    CHILD_EAGAIN
+                } else {
+                    6
+                };
+            }
+            CHILD_OK
+        }
+    };
+    let conflict = in_child(child_try(false))?;
+    let getlk = in_child(child_try(true))?;
+    cvt(setlk(fd, libc::F_UNLCK))?;
+    let after = in_child(child_try(false))?;
+    Ok(format!(
+        "conflict={} getlk={} after_unlock={}",
+        if conflict == CHILD_EAGAIN {
+            "EAGAIN"
+        } else {
+            "none"
+        },
+        match getlk {
+            CHILD_EAGAIN => "holder".to_string(),
+            c => format!("code{c}"),
+        },
+        if after == CHILD_OK { "ok" } else { "blocked" }
+    ))
+}
+
+fn flock_cmd(path: &str) -> Res<String> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    // SAFETY: valid fd.
+    cvt(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) })?;
+    let path_c = CString::new(path).map_err(|_| Failure::Usage("NUL in path".into()))?;
+    let try_lock = || {
+        // SAFETY: plain open/flock in the child (a separate open file description).
+        let cfd = unsafe { libc::open(path_c.as_ptr(), libc::O_RDWR) };
+        if cfd < 0 {
+            return 3;
+        }
+        // SAFETY: valid fd.
+        if unsafe { libc::flock(cfd, libc::LOCK_EX | libc::LOCK_NB) } < 0 {
+            return if Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK) {
+                CHILD_EAGAIN
+            } else {
+                6
+            };
+        }
+        CHILD_OK
+    };
+    let conflict = in_child(try_lock)?;
+    // SAFETY: valid fd.
+    cvt(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) })?;
+    let after = in_child(try_lock)?;
+    Ok(format!(
+        "conflict={} after_unlock={}",
+        if conflict == CHILD_EAGAIN {
+            "EWOULDBLOCK"
+        } else {
+            "none"
+        },
+        if after == CHILD_OK { "ok" } else { "blocked" }
+    ))
+}
+
+fn fill(path: &str, mib: u64, seed: u64) -> Res<String> {
+    let mut f = File::create(path)?;
+    // One pseudo-random MiB (xorshift64), made distinct per MiB by stamping the block number
+    // into its first 8 bytes: cheap to generate even in an unoptimised build under TCG.
+    let mut state = seed | 1;
+    let mut buf = vec![0u8; 1 << 20];
+    for chunk in buf.chunks_exact_mut(8) {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        chunk.copy_from_slice(&state.to_le_bytes());
+    }
+    for block in 0..mib {
+        buf[..8].copy_from_slice(&block.to_le_bytes());
+        f.write_all(&buf)?;
+    }
+    f.sync_all()?;
+    Ok(format!("{}", mib << 20))
+}
+
+fn run(args: &[String]) -> Res<String> {
+    let cmd = arg(args, 0, "command")?;
+    match cmd {
+        "pwrite" => {
+            let f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(arg(args, 1, "file")?)?;
+            let text = arg(args, 3, "text")?;
+            f.write_all_at(text.as_bytes(), num(args, 2, "offset")?)?;
+            Ok("ok".into())
+        }
+        "pread" => {
+            let f = File::open(arg(args, 1, "file")?)?;
+            let mut buf = vec![0u8; num(args, 3, "len")? as usize];
+            let n = f.read_at(&mut buf, num(args, 2, "offset")?)?;
+            buf.truncate(n);
+            Ok(String::from_utf8_lossy(&buf).into_owned())
+        }
+        "append" => {
+            let mut f = OpenOptions::new()
+                .append(true)
+                .open(arg(args, 1, "file")?)?;
+            // SAFETY: valid fd; with O_APPEND the write must still go to the end.
+            cvt(unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_SET) } as libc::c_int)?;
+            f.write_all(arg(args, 2, "text")?.as_bytes())?;
+            // SAFETY: valid fd.
+            let pos = unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_CUR) };
+            Ok(pos.to_string())
+        }
+        "excl" => {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .open(arg(args, 1, "file")?)?;
+            Ok("created".into())
+        }
+        "fsync" => {
+            let mut f = File::create(arg(args, 1, "file")?)?;
+            f.write_all(arg(args, 2, "text")?.as_bytes())?;
+            f.sync_all()?;
+            f.sync_data()?;
+            Ok("ok".into())
+        }
+        "mmap-write" => {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(arg(args, 1, "file")?)?;
+            let off = num(args, 2, "offset")? as usize;
+            let text = arg(args, 3, "text")?.as_bytes().to_vec();
+            let len = f.metadata()?.len() as usize;
+            if off + text.len() > len {
+                return Err(Failure::Usage("write beyond the file size".into()));
+            }
+            with_mmap(&f, len, |m| m[off..off + text.len()].copy_from_slice(&text))?;
+            Ok("ok".into())
+        }
+        "mmap-read" => {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(arg(args, 1, "file")?)?;
+            let off = num(args, 2, "offset")? as usize;
+            let n = num(args, 3, "len")? as usize;
+            let len = f.metadata()?.len() as usize;
+            if off + n > len {
+                return Err(Failure::Usage("read beyond the file size".into()));
+            }
+            let data = with_mmap(&f, len, |m| m[off..off + n].to_vec())?;
+            Ok(String::from_utf8_lossy(&data).into_owned())
+        }
+        "posix-lock" => posix_lock(arg(args, 1, "file")?),
+        "flock" => flock_cmd(arg(args, 1, "file")?),
+        "statfs" => {
+            let p = CString::new(arg(args, 1, "path")?)
+                .map_err(|_| Failure::Usage("NUL in path".into()))?;
+            // SAFETY: zeroed statfs is valid output storage.
+            let mut s: libc::statfs = unsafe { std::mem::zeroed() };
+            // SAFETY: valid C string and pointer.
+            cvt(unsafe { libc::statfs(p.as_ptr(), &mut s) })?;
+            Ok(format!(
+                "type={:#x} bsize={} blocks={} bfree={} bavail={} files={} ffree={} namelen={}",
+                s.f_type,
+                s.f_bsize,
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_namelen
+            ))
+        }
+        "mkfiles" => {
+            let dir = arg(args, 1, "dir")?;
+            let n = num(args, 2, "count")?;
+            for i in 0..n {
+                let mut f = File::create(file_name(dir, i))?;
+                f.write_all(format!("{i}\n").as_bytes())?;
+            }
+            Ok(n.to_string())
+        }
+        "statfiles" => {
+            let dir = arg(args, 1, "dir")?;
+            let n = num(args, 2, "count")?;
+            let mut ok = 0u64;
+            for i in 0..n {
+                if let Ok(m) = std::fs::symlink_metadata(file_name(dir, i)) {
+                    if m.is_file() && m.len() == format!("{i}\n").len() as u64 {
+                        ok += 1;
+                    }
+                }
+            }
+            Ok(ok.to_string())
+        }
+        "rmfiles" => {
+            let dir = arg(args, 1, "dir")?;
+            let n = num(args, 2, "count")?;
+            for i in 0..n {
+                std::fs::remove_file(file_name(dir, i))?;
+            }
+            Ok(n.to_string())
+        }
+        "fill" => fill(
+            arg(args, 1, "file")?,
+            num(args, 2, "MiB")?,
+            num(args, 3, "seed")?,
+        ),
+        other => Err(Failure::Usage(format!("unknown command {other}"))),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(s) => {
+            println!("{s}");
+            ExitCode::SUCCESS
+        }
+        Err(Failure::Sys(e)) => {
+            println!("ERR:{}", errno_name(&e));
+            ExitCode::FAILURE
+        }
+        Err(Failure::Usage(m)) => {
+            eprintln!("vmtest-helper: {m}\n{USAGE}");
+            println!("ERR:usage");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,758 @@
+//! Booting one guest: the `VmBuilder` API, the per-boot archive, the QEMU command line, the
+//! serial console reader, timeouts, and the outcome a test asserts on.
+//!
+//! A boot is: (optionally) start a daemon on the shared directory, write a small cpio archive
+//! with the workload script (and helper programs) and append it to the base initramfs, start
+//! QEMU with the serial console on a pipe, collect `@@VMTEST` lines, wait for the guest to
+//! power off (or kill it at the deadline), then wait for the daemon to exit and record its
+//! status.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::accel::{self, Accel, AccelChoice};
+use crate::cpio::CpioWriter;
+use crate::daemon::{CacheMode, Daemon, DaemonConfig, DaemonOutcome};
+use crate::error::{HarnessError, Result};
+use crate::paths::{self, GuestImage};
+use crate::results::{GuestResults, ResultEntry, SerialLine};
+
+/// Where the share is mounted in the guest.
+pub const GUEST_MOUNT: &str = "/data";
+/// The virtio-fs tag used for the share.
+pub const SHARE_TAG: &str = "share";
+
+enum Source {
+    Bytes(Vec<u8>),
+    Host(PathBuf),
+}
+
+struct OverlayFile {
+    guest_path: String,
+    mode: u32,
+    source: Source,
+}
+
+/// Describes one guest boot.
+pub struct VmBuilder {
+    name: String,
+    shared_dir: Option<PathBuf>,
+    daemon: DaemonConfig,
+    workload: String,
+    files: Vec<OverlayFile>,
+    memory_mib: u32,
+    smp: u32,
+    timeout: Duration,
+    daemon_exit_timeout: Duration,
+    accel: Option<AccelChoice>,
+    kernel_args: Vec<String>,
+    fio: bool,
+}
+
+impl Default for VmBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn default_timeout() -> Duration {
+    let secs = std::env::var("VMTEST_TIMEOUT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(180);
+    Duration::from_secs(secs)
+}
+
+impl VmBuilder {
+    /// A guest without a share whose workload does nothing.
+    pub fn new() -> Self {
+        VmBuilder {
+            name: "guest".into(),
+            shared_dir: None,
+            daemon: DaemonConfig::default(),
+            workload: "true\n".into(),
+            files: Vec::new(),
+            memory_mib: 1024,
+            smp: 2,
+            timeout: default_timeout(),
+            daemon_exit_timeout: Duration::from_secs(10),
+            accel: None,
+            kernel_args: Vec::new(),
+            fio: false,
+        }
+    }
+
+    /// Name used in messages.
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = name.to_string();
+        self
+    }
+
+    /// Shares `dir` (mounted at `/data` in the guest) through a daemon started for this boot.
+    pub fn share(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.shared_dir = Some(dir.into());
+        self
+    }
+
+    /// `--cache` of the daemon.
+    pub fn cache(mut self, mode: CacheMode) -> Self {
+        self.daemon.cache = mode;
+        self
+    }
+
+    /// `--xattr`.
+    pub fn xattr(mut self, on: bool) -> Self {
+        self.daemon.xattr = on;
+        self
+    }
+
+    /// `--sandbox` (`None`: no flag, the daemon's default).
+    pub fn sandbox(mut self, mode: Option<&str>) -> Self {
+        self.daemon.sandbox = mode.map(str::to_string);
+        self
+    }
+
+    /// `--seccomp` (`None`: no flag, the daemon's default).
+    pub fn seccomp(mut self, mode: Option<&str>) -> Self {
+        self.daemon.seccomp = mode.map(str::to_string);
+        self
+    }
+
+    /// Appends a daemon argument.
+    pub fn daemon_arg(mut self, arg: &str) -> Self {
+        self.daemon.extra_args.push(arg.to_string());
+        self
+    }
+
+    /// Replaces the whole daemon configuration.
+    pub fn daemon_config(mut self, config: DaemonConfig) -> Self {
+        self.daemon = config;
+        self
+    }
+
+    /// The workload: a `sh` script run by `/init` after mounting the share, with the console
+    /// as stdin/stdout. Its exit code is reported as `@@VMTEST-EXIT`.
+    pub fn workload(mut self, script: &str) -> Self {
+        self.workload = script.to_string();
+        self
+    }
+
+    /// Adds a file with the given contents to the guest.
+    pub fn file(mut self, guest_path: &str, mode: u32, data: impl Into<Vec<u8>>) -> Self {
+        self.files.push(OverlayFile {
+            guest_path: guest_path.to_string(),
+            mode,
+            source: Source::Bytes(data.into()),
+        });
+        self
+    }
+
+    /// Adds a host program at `guest_path`, with every shared library `ldd` lists for it
+    /// (at their host paths).
+    pub fn program(mut self, host_path: &Path, guest_path: &str) -> Result<Self> {
+        self.files.push(OverlayFile {
+            guest_path: guest_path.to_string(),
+            mode: 0o755,
+            source: Source::Host(host_path.to_path_buf()),
+        });
+        for lib in paths::shared_libraries(host_path)? {
+            let gp = lib.display().to_string();
+            if !self.files.iter().any(|f| f.guest_path == gp) {
+                self.files.push(OverlayFile {
+                    guest_path: gp,
+                    mode: 0o755,
+                    source: Source::Host(lib),
+                });
+            }
+        }
+        Ok(self)
+    }
+
+    /// Boots the initramfs that contains `fio` (and its ~80 MiB of libraries); without it the
+    /// smaller one is used when available, which boots about a second faster under TCG.
+    pub fn fio(mut self, on: bool) -> Self {
+        self.fio = on;
+        self
+    }
+
+    /// Guest memory in MiB.
+    pub fn memory_mib(mut self, mib: u32) -> Self {
+        self.memory_mib = mib;
+        self
+    }
+
+    /// Number of vCPUs.
+    pub fn smp(mut self, n: u32) -> Self {
+        self.smp = n;
+        self
+    }
+
+    /// Hard limit for the whole boot (QEMU is killed after it).
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
+    }
+
+    /// How long the daemon may take to exit after the guest powered off.
+    pub fn daemon_exit_timeout(mut self, t: Duration) -> Self {
+        self.daemon_exit_timeout = t;
+        self
+    }
+
+    /// The accelerator (default: `VMTEST_ACCEL`, else `auto`).
+    pub fn accel(mut self, a: AccelChoice) -> Self {
+        self.accel = Some(a);
+        self
+    }
+
+    /// An extra kernel command-line argument.
+    pub fn kernel_arg(mut self, arg: &str) -> Self {
+        self.kernel_args.push(arg.to_string());
+        self
+    }
+
+    fn write_initrd(&self, image: &GuestImage, dir: &Path) -> Result<PathBuf> {
+        let path = dir.join("initrd.cpio");
+        let mut out = std::fs::File::create(&path)
+            .map_err(|e| HarnessError::io(format!("creating {}", path.display()), e))?;
+        let base_path = image.initramfs_for(self.fio);
+        let mut base = std::fs::File::open(base_path)
+            .map_err(|e| HarnessError::io(format!("opening {}", base_path.display()), e))?;
+        std::io::copy(&mut base, &mut out)
+            .map_err(|e| HarnessError::io("copying the base initramfs", e))?;
+        let mut w = CpioWriter::new(std::io::BufWriter::new(out));
+        w.dir("vmtest", 0o755)?;
+        w.file("vmtest/workload.sh", 0o755, self.workload.as_bytes())?;
+        for f in &self.files {
+            w.parents(&f.guest_path)?;
+            match &f.source {
+                Source::Bytes(b) => w.file(&f.guest_path, f.mode, b)?,
+                Source::Host(p) => {
+                    let data = std::fs::read(p)
+                        .map_err(|e| HarnessError::io(format!("reading {}", p.display()), e))?;
+                    w.file(&f.guest_path, f.mode, &data)?
+                }
+            }
+        }
+        w.finish()?;
+        Ok(path)
+    }
+
+    /// Serialises boots inside one test process, then boots and waits for the outcome.
+    pub fn run(self) -> Result<VmOutcome> {
+        static BOOT_LOCK: Mutex<()> = Mutex::new(());
+        let _guard = BOOT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        self.spawn()?.wait()
+    }
+
+    /// Starts the daemon (when sharing) and QEMU; returns at once.
+    pub fn spawn(self) -> Result<RunningVm> {
+        let image = GuestImage::locate()?;
+        let qemu = paths::qemu_binary()?;
+        let choice = match self.accel {
+            Some(c) => c,
+            None => AccelChoice::from_env()?,
+        };
+        let accel = accel::resolve(choice, &image)?;
+        let workdir = tempfile::Builder::new()
+            .prefix("vmtest-vm-")
+            .tempdir()
+            .map_err(|e| HarnessError::io("creating the VM temp dir", e))?;
+        let initrd = self.write_initrd(&image, workdir.path())?;
+        paths::no_comma(&initrd)?;
+        paths::no_comma(&image.kernel)?;
+
+        let daemon = match &self.shared_dir {
+            Some(dir) => Some(Daemon::start(&self.daemon, dir)?),
+            None => None,
+        };
+
+        let mut append = vec![
+            "console=ttyS0".to_string(),
+            "panic=-1".into(),
+            "quiet".into(),
+            "i8042.noaux=1".into(),
+            "i8042.nokbd=1".into(),
+        ];
+        if daemon.is_some() {
+            append.push(format!("vmtest.tag={SHARE_TAG}"));
+            append.push(format!("vmtest.mnt={GUEST_MOUNT}"));
+        }
+        append.extend(self.kernel_args.iter().cloned());
+
+        let mem = self.memory_mib;
+        let mut args: Vec<String> = vec![
+            "-name".into(),
+            format!("vmtest-{}", self.name.replace(',', "_")),
+            "-M".into(),
+            "q35,memory-backend=mem".into(),
+            "-object".into(),
+            format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
+            "-m".into(),
+            format!("{mem}M"),
+            "-smp".into(),
+            self.smp.to_string(),
+        ];
+        args.extend(accel.qemu_args());
+        args.extend([
+            "-kernel".into(),
+            image.kernel.display().to_string(),
+            "-initrd".into(),
+            initrd.display().to_string(),
+            "-append".into(),
+            append.join(" "),
+            "-nodefaults".into(),
+            "-display".into(),
+            "none".into(),
+            "-serial".into(),
+            "stdio".into(),
+            "-no-reboot".into(),
+        ]);
+        if let Some(d) = &daemon {
+            args.extend([
+                "-chardev".into(),
+                format!("socket,id=vfs0,path={}", d.socket().display()),
+                "-device".into(),
+                format!("vhost-user-fs-pci,chardev=vfs0,tag={SHARE_TAG}"),
+            ]);
+        }
+        let command_line = format!("{} {}", qemu.display(), args.join(" "));
+        eprintln!(
+            "vm-tests: [{}] booting with accel={accel}, cache={}",
+            self.name,
+            if daemon.is_some() {
+                self.daemon.cache.as_str()
+            } else {
+                "-"
+            }
+        );
+        let started = Instant::now();
+        let mut child = Command::new(&qemu)
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| HarnessError::io(format!("starting {}", qemu.display()), e))?;
+        let shared = Arc::new(Shared::default());
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        let stdin = child.stdin.take();
+        let verbose = std::env::var_os("VMTEST_VERBOSE").is_some();
+        let name = self.name.clone();
+        let s2 = Arc::clone(&shared);
+        let out_thread = std::thread::spawn(move || {
+            if let Some(out) = stdout {
+                read_serial(out, &s2, verbose.then_some(name.as_str()));
+            }
+            s2.mark_ended();
+        });
+        let s3 = Arc::clone(&shared);
+        let err_thread = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut e) = stderr {
+                let _ = e.read_to_end(&mut buf);
+            }
+            let mut st = s3.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.stderr = String::from_utf8_lossy(&buf).into_owned();
+        });
+        Ok(RunningVm {
+            name: self.name,
+            accel,
+            cache: daemon.as_ref().map(|_| self.daemon.cache),
+            child: Some(child),
+            stdin,
+            daemon,
+            shared,
+            threads: vec![out_thread, err_thread],
+            started,
+            deadline: started + self.timeout,
+            timeout: self.timeout,
+            daemon_exit_timeout: self.daemon_exit_timeout,
+            command_line,
+            _workdir: workdir,
+        })
+    }
+}
+
+#[derive(Default)]
+struct State {
+    lines: Vec<SerialLine>,
+    results: GuestResults,
+    stderr: String,
+    ended: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    cond: Condvar,
+}
+
+impl Shared {
+    fn mark_ended(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.ended = true;
+        self.cond.notify_all();
+    }
+}
+
+fn read_serial(out: impl Read, shared: &Shared, echo: Option<&str>) {
+    let mut reader = BufReader::new(out);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let text = String::from_utf8_lossy(&buf)
+            .trim_end_matches(['\r', '\n'])
+            .to_string();
+        if let Some(name) = echo {
+            eprintln!("[{name}] {text}");
+        }
+        let line = SerialLine {
+            at: Instant::now(),
+            text,
+        };
+        let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.results.push_line(&line);
+        st.lines.push(line);
+        shared.cond.notify_all();
+    }
+}
+
+fn render_log(lines: &[SerialLine]) -> String {
+    let mut s = String::new();
+    for l in lines {
+        s.push_str(&l.text);
+        s.push('\n');
+    }
+    s
+}
+
+/// A guest that is running.
+pub struct RunningVm {
+    name: String,
+    accel: Accel,
+    cache: Option<CacheMode>,
+    child: Option<Child>,
+    stdin: Option<ChildStdin>,
+    daemon: Option<Daemon>,
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    started: Instant,
+    deadline: Instant,
+    timeout: Duration,
+    daemon_exit_timeout: Duration,
+    command_line: String,
+    _workdir: tempfile::TempDir,
+}
+
+impl RunningVm {
+    /// The accelerator in use.
+    pub fn accel(&self) -> Accel {
+        self.accel
+    }
+
+    /// When QEMU was started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// The serial log so far.
+    pub fn serial_text(&self) -> String {
+        let st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        render_log(&st.lines)
+    }
+
+    /// Waits until the guest reports `key` (returns its last entry), the guest ends, or
+    /// `timeout` passes.
+    pub fn wait_for(&self, key: &str, timeout: Duration) -> Result<ResultEntry> {
+        let deadline = (Instant::now() + timeout).min(self.deadline);
+        let mut st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(e) = st.results.entry(key) {
+                return Ok(e.clone());
+            }
+            if st.ended {
+                return Err(HarnessError::GuestEnded {
+                    what: format!("reporting {key}"),
+                    log: render_log(&st.lines),
+                });
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(HarnessError::Timeout {
+                    what: format!("[{}] to report {key}", self.name),
+                    timeout,
+                    log: render_log(&st.lines),
+                });
+            }
+            st = self
+                .shared
+                .cond
+                .wait_timeout(st, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
+    /// Sends a line to the guest's console (the workload reads it with `read`).
+    pub fn send_line(&mut self, line: &str) -> Result<()> {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| HarnessError::Config("console input already closed".into()))?;
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .and_then(|_| stdin.flush())
+            .map_err(|e| HarnessError::io("writing to the guest console", e))
+    }
+
+    /// Waits for the guest to power off (killing QEMU at the deadline), then for the daemon to
+    /// exit, and returns everything that happened.
+    pub fn wait(mut self) -> Result<VmOutcome> {
+        let mut timed_out = false;
+        let mut qemu_status = None;
+        if let Some(mut child) = self.child.take() {
+            loop {
+                match child.try_wait() {
+                    Ok(Some(s)) => {
+                        qemu_status = Some(s);
+                        break;
+                    }
+                    Ok(None) if Instant::now() < self.deadline => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    Ok(None) => {
+                        timed_out = true;
+                        let _ = child.kill();
+                        qemu_status = child.wait().ok();
+                        break;
+                    }
+                    Err(e) => return Err(HarnessError::io("waiting for QEMU", e)),
+                }
+            }
+        }
+        drop(self.stdin.take());
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        let elapsed = self.started.elapsed();
+        let daemon = self
+            .daemon
+            .as_mut()
+            .map(|d| d.finish(self.daemon_exit_timeout));
+        let st = std::mem::take(&mut *self.shared.state.lock().unwrap_or_else(|p| p.into_inner()));
+        let kvm_failed = self.accel == Accel::Kvm
+            && (accel::kvm_failure(&st.stderr) || accel::kvm_failure(&render_log(&st.lines)));
+        eprintln!(
+            "vm-tests: [{}] finished in {:.1}s (accel={}{}), workload exit {:?}{}",
+            self.name,
+            elapsed.as_secs_f64(),
+            self.accel,
+            if timed_out { ", TIMED OUT" } else { "" },
+            st.results.exit_code,
+            match &daemon {
+                Some(d) => format!(", daemon exit {:?}", d.status.and_then(|s| s.code())),
+                None => String::new(),
+            }
+        );
+        Ok(VmOutcome {
+            name: self.name.clone(),
+            accel: self.accel,
+            cache: self.cache,
+            results: st.results,
+            serial: st.lines,
+            qemu_stderr: st.stderr,
+            qemu_status,
+            qemu_command: self.command_line.clone(),
+            daemon,
+            elapsed,
+            timeout: self.timeout,
+            timed_out,
+            kvm_failed,
+        })
+    }
+}
+
+impl Drop for RunningVm {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Everything one boot produced.
+#[derive(Debug)]
+pub struct VmOutcome {
+    pub name: String,
+    pub accel: Accel,
+    /// The daemon's cache mode (`None` without a share).
+    pub cache: Option<CacheMode>,
+    pub results: GuestResults,
+    pub serial: Vec<SerialLine>,
+    pub qemu_stderr: String,
+    pub qemu_status: Option<ExitStatus>,
+    pub qemu_command: String,
+    /// The daemon's end (`None` without a share).
+    pub daemon: Option<DaemonOutcome>,
+    pub elapsed: Duration,
+    pub timeout: Duration,
+    /// QEMU had to be killed at the deadline.
+    pub timed_out: bool,
+    /// KVM could not run the guest.
+    pub kvm_failed: bool,
+}
+
+impl VmOutcome {
+    /// The whole serial log.
+    pub fn serial_text(&self) -> String {
+        render_log(&self.serial)
+    }
+
+    /// A report for failure messages: status, daemon output, QEMU stderr and the serial log.
+    pub fn report(&self) -> String {
+        let mut s = format!(
+            "==== guest {} (accel={}, elapsed {:.1}s, timeout {:?}{}{}) ====\n\
+             qemu status: {:?}\nworkload exit: {:?}\nguest errors: {:?}\nqemu: {}\n",
+            self.name,
+            self.accel,
+            self.elapsed.as_secs_f64(),
+            self.timeout,
+            if self.timed_out { ", TIMED OUT" } else { "" },
+            if self.kvm_failed {
+                ", KVM FAILED (set VMTEST_ACCEL=tcg)"
+            } else {
+                ""
+            },
+            self.qemu_status,
+            self.results.exit_code,
+            self.results.errors,
+            self.qemu_command,
+        );
+        if let Some(d) = &self.daemon {
+            s.push_str(&format!(
+                "---- daemon: {}\nstatus: {:?}{}\n{}\n",
+                d.command,
+                d.status,
+                if d.timed_out {
+                    " (did not exit; killed)"
+                } else {
+                    ""
+                },
+                d.log.trim_end()
+            ));
+        }
+        if !self.qemu_stderr.trim().is_empty() {
+            s.push_str(&format!(
+                "---- qemu stderr:\n{}\n",
+                self.qemu_stderr.trim_end()
+            ));
+        }
+        s.push_str("---- serial log:\n");
+        s.push_str(&self.serial_text());
+        s.push_str("==== end of report ====\n");
+        s
+    }
+
+    /// Problems that make the boot a failure, empty when it is fine: a timeout, a missing or
+    /// non-zero workload exit code, guest errors, or a daemon that did not exit 0.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.timed_out {
+            p.push(format!("guest did not power off within {:?}", self.timeout));
+        }
+        if self.kvm_failed {
+            p.push("KVM could not run the guest".into());
+        }
+        match self.results.exit_code {
+            Some(0) => {}
+            Some(c) => p.push(format!("workload exited {c}")),
+            None => p.push("no @@VMTEST-EXIT line".into()),
+        }
+        for e in &self.results.errors {
+            p.push(format!("guest error: {e}"));
+        }
+        if let Some(d) = &self.daemon {
+            if !d.success() {
+                p.push(format!(
+                    "daemon did not exit 0 after the guest powered off: status {:?}{}",
+                    d.status,
+                    if d.timed_out { " (killed)" } else { "" }
+                ));
+            }
+        }
+        p
+    }
+
+    /// Panics with the full report unless [`problems`](Self::problems) is empty.
+    #[track_caller]
+    pub fn assert_ok(&self) {
+        let p = self.problems();
+        if !p.is_empty() {
+            panic!(
+                "guest {} failed: {}\n{}",
+                self.name,
+                p.join("; "),
+                self.report()
+            );
+        }
+    }
+
+    /// The last value of `key`; panics with the report when missing.
+    #[track_caller]
+    pub fn value(&self, key: &str) -> &str {
+        match self.results.get(key) {
+            Some(v) => v,
+            None => panic!(
+                "guest {} did not report {key:?}\n{}",
+                self.name,
+                self.report()
+            ),
+        }
+    }
+
+    /// Asserts that `key` was reported as `expected`.
+    #[track_caller]
+    pub fn expect(&self, key: &str, expected: &str) {
+        let v = self.value(key);
+        if v != expected {
+            panic!(
+                "guest {}: {key} = {v:?}, expected {expected:?}\n{}",
+                self.name,
+                self.report()
+            );
+        }
+    }
+
+    /// The last value of `key` as an integer; panics with the report otherwise.
+    #[track_caller]
+    pub fn int(&self, key: &str) -> i64 {
+        let v = self.value(key);
+        match v.trim().parse() {
+            Ok(n) => n,
+            Err(_) => panic!(
+                "guest {}: {key} = {v:?} is not an integer\n{}",
+                self.name,
+                self.report()
+            ),
+        }
+    }
+
+    /// Panics with `msg` and the report when `cond` is false.
+    #[track_caller]
+    pub fn check(&self, cond: bool, msg: &str) {
+        if !cond {
+            panic!("guest {}: {msg}\n{}", self.name, self.report());
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! Guest lifecycle: a guest mounts the share, does real I/O, powers off, and the daemon
+//! exits 0 by itself afterwards.
+
+use vm_tests::workload::{script, temp_share};
+use vm_tests::{CacheMode, VmBuilder};
+
+#[test]
+fn daemon_exits_zero_when_the_guest_powers_off() {
+    let share = temp_share();
+    std::fs::write(share.path().join("hello.txt"), "hello from the host\n").unwrap();
+    let body = r#"
+check hello "hello from the host" "$(cat /data/hello.txt)"
+echo "written by the guest" > /data/from-guest.txt
+check sync_ok 0 "$(sync; echo $?)"
+r mounts "$(grep -c ' /data virtiofs ' /proc/mounts)"
+"#;
+    let out = VmBuilder::new()
+        .name("lifecycle")
+        .share(share.path())
+        .cache(CacheMode::Auto)
+        .workload(&script(body))
+        .run()
+        .unwrap_or_else(|e| panic!("{e}"));
+    out.assert_ok();
+    out.expect("hello", "ok");
+    out.expect("mounts", "1");
+    let daemon = out.daemon.as_ref().expect("a daemon ran");
+    out.check(
+        daemon.status.and_then(|s| s.code()) == Some(0) && !daemon.timed_out,
+        "the daemon must exit 0 by itself after the guest powers off",
+    );
+    assert_eq!(
+        std::fs::read_to_string(share.path().join("from-guest.txt")).unwrap(),
+        "written by the guest\n"
+    );
+}
+
+#[test]
+fn daemon_with_its_default_sandbox_and_seccomp_exits_zero() {
+    let share = temp_share();
+    std::fs::write(share.path().join("hello.txt"), "hi\n").unwrap();
+    let out = VmBuilder::new()
+        .name("lifecycle-defaults")
+        .share(share.path())
+        .sandbox(None)
+        .seccomp(None)
+        .workload(&script(
+            "check hello hi \"$(cat /data/hello.txt)\"\necho x > /data/x; sync\n",
+        ))
+        .run()
+        .unwrap_or_else(|e| panic!("{e}"));
+    out.assert_ok();
+    out.expect("hello", "ok");
+    assert!(!out.daemon.as_ref().unwrap().command.contains("--sandbox"));
+    assert_eq!(
+        std::fs::read_to_string(share.path().join("x")).unwrap(),
+        "x\n"
+    );
+}
+
+#[test]
+fn a_hung_guest_is_killed_at_the_deadline_and_reported() {
+    let share = temp_share();
+    let started = std::time::Instant::now();
+    let out = VmBuilder::new()
+        .name("hung")
+        .share(share.path())
+        .workload("echo \"@@VMTEST before=sleep\"\nsleep 100000\n")
+        .timeout(std::time::Duration::from_secs(20))
+        .run()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.timed_out, "{}", out.report());
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    assert_eq!(out.results.get("before"), Some("sleep"));
+    let problems = out.problems();
+    assert!(
+        problems.iter().any(|p| p.contains("did not power off")),
+        "{problems:?}"
+    );
+    assert!(out.report().contains("@@VMTEST before=sleep"));
+    // QEMU was killed: the daemon must notice the disconnect and end by itself.
+    let d = out.daemon.as_ref().unwrap();
+    assert!(
+        !d.timed_out,
+        "daemon kept running after QEMU was killed\n{}",
+        out.report()
+    );
+}
