@@ -36,7 +36,7 @@ export DEBIAN_FRONTEND=noninteractive
 PACKAGES=(
     qemu-system-x86 busybox-static fio cpio libseccomp-dev libcap-ng-dev fuse3 attr kmod
     xz-utils zstd gzip coreutils util-linux findutils grep
-    gcc libc6-dev pkg-config ca-certificates
+    gcc libc6-dev pkg-config ca-certificates strace
 )
 
 # Serialise concurrent runs (tests and scripts may call setup.sh at the same time).

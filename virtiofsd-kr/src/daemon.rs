@@ -82,7 +82,9 @@ pub fn serve(args: ServeArgs) -> Result<(), DaemonError> {
     let signals = termination_signals();
     signals.thread_block().map_err(DaemonError::Signals)?;
 
-    let mut sandbox = Sandbox::new(args.sandbox, &shared_dir);
+    let mut sandbox = Sandbox::new(args.sandbox, &shared_dir)
+        .readonly(args.fs.readonly)
+        .xattr(args.fs.xattr);
     sandbox.enter()?;
     let fs = passthrough::open(&args.fs, &sandbox.backend_root())?;
     sandbox.confine()?;

@@ -2213,9 +2213,6 @@ fn every_operation_works_sandboxed_under_seccomp_kill() {
 }
 
 #[test]
-#[ignore = "daemon bug: with --sandbox namespace, fuse-backend-rs xattr ops use the literal path \
-            /proc/self/fd/N, which no longer exists after pivot_root: SETXATTR/GETXATTR/ \
-            LISTXATTR/REMOVEXATTR all fail with ENOENT"]
 fn every_operation_works_sandboxed_with_xattr() {
     let mut daemon = Daemon::start_with(
         &["--sandbox", "namespace", "--seccomp", "kill"],
