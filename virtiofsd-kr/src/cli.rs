@@ -58,6 +58,17 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub fs: FsOptions,
 
+    /// Offer a DAX window of this size (e.g. 8G) through a vhost-user shared memory region,
+    /// so the guest can map host page cache (`mount -o dax`). Needs a VMM that negotiates the
+    /// SHMEM protocol feature; see docs/dax.md.
+    #[arg(long, value_name = "SIZE", value_parser = size_arg)]
+    pub dax_window: Option<u64>,
+
+    /// With --dax-window: files at least this large are flagged for DAX (FUSE_ATTR_DAX, used
+    /// by the guest's `dax=inode`); smaller ones stay on the virtqueue. Default 0: all files.
+    #[arg(long, value_name = "SIZE", value_parser = size_arg)]
+    pub dax_file_size: Option<u64>,
+
     /// Size of the request thread pool; 0 handles requests on the queue's own thread.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub thread_pool_size: usize,
@@ -145,6 +156,10 @@ pub struct MountArgs {
     pub log_level: LogLevel,
 }
 
+fn size_arg(text: &str) -> Result<u64, String> {
+    crate::size::parse_size(text).map_err(|e| e.to_string())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CacheMode {
     Auto,
@@ -221,6 +236,8 @@ pub enum CliError {
     CommaInSocketPath(PathBuf),
     #[error("--socket-group applies to a socket this daemon creates (--socket-path), not to --fd")]
     SocketGroupWithFd,
+    #[error("--dax-file-size needs --dax-window")]
+    DaxFileSizeWithoutWindow,
     #[error("--thread-pool-size {0}: at most {max} threads", max = MAX_THREAD_POOL)]
     ThreadPoolTooLarge(usize),
 }
@@ -258,6 +275,9 @@ impl ServeArgs {
     pub fn validate(&self) -> Result<(), CliError> {
         if self.thread_pool_size > MAX_THREAD_POOL {
             return Err(CliError::ThreadPoolTooLarge(self.thread_pool_size));
+        }
+        if self.dax_file_size.is_some() && self.dax_window.is_none() {
+            return Err(CliError::DaxFileSizeWithoutWindow);
         }
         self.socket_source()?;
         self.shared_dir()?;
@@ -354,6 +374,26 @@ mod tests {
             .unwrap()
             .serve;
         assert_eq!(s.validate(), Err(CliError::ThreadPoolTooLarge(5000)));
+        let s = parse(&["--fd=3", "--shared-dir=/x", "--dax-file-size=1M"])
+            .unwrap()
+            .serve;
+        assert_eq!(s.validate(), Err(CliError::DaxFileSizeWithoutWindow));
+    }
+
+    #[test]
+    fn dax_sizes_parse() {
+        let s = parse(&[
+            "--fd=3",
+            "--shared-dir=/x",
+            "--dax-window=8G",
+            "--dax-file-size=64K",
+        ])
+        .unwrap()
+        .serve;
+        s.validate().unwrap();
+        assert_eq!(s.dax_window, Some(8 << 30));
+        assert_eq!(s.dax_file_size, Some(64 << 10));
+        assert!(parse(&["--fd=3", "--shared-dir=/x", "--dax-window=lots"]).is_err());
     }
 
     #[test]

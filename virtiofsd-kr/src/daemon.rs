@@ -21,6 +21,7 @@ use vhost_user_backend::{Error as DaemonLibError, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use crate::cli::{CliError, ServeArgs, SocketSource};
+use crate::dax::{DaxError, DaxWindow};
 use crate::device::{DeviceError, RequestCore, VirtioFsDevice};
 use crate::export::{ExportFs, ExportPolicy};
 use crate::guard::RequestGuard;
@@ -58,6 +59,8 @@ pub enum DaemonError {
     Backend(#[from] PassthroughError),
     #[error("seccomp: {0}")]
     Seccomp(#[from] SeccompError),
+    #[error("--dax-window: {0}")]
+    Dax(#[from] DaxError),
     #[error("device: {0}")]
     Device(#[from] DeviceError),
     #[error("vhost-user: {0}")]
@@ -82,17 +85,28 @@ pub fn serve(args: ServeArgs) -> Result<(), DaemonError> {
     let signals = termination_signals();
     signals.thread_block().map_err(DaemonError::Signals)?;
 
+    let dax = args
+        .dax_window
+        .map(|size| DaxWindow::new(size).map(Arc::new))
+        .transpose()?;
+
     let mut sandbox = Sandbox::new(args.sandbox, &shared_dir)
         .readonly(args.fs.readonly)
         .xattr(args.fs.xattr);
     sandbox.enter()?;
-    let fs = passthrough::open(&args.fs, &sandbox.backend_root())?;
+    let dax_file_size = dax.as_ref().map(|_| args.dax_file_size.unwrap_or(0));
+    let fs = passthrough::open(&args.fs, &sandbox.backend_root(), dax_file_size)?;
     sandbox.confine()?;
     sandbox.drop_capabilities()?;
     seccomp::install(args.seccomp)?;
 
-    let fs = ExportFs::new(fs, ExportPolicy::from(&args.fs));
-    let core = RequestCore::new(fs, RequestGuard::new(args.fs.readonly));
+    let policy = ExportPolicy {
+        dax: dax.is_some(),
+        ..ExportPolicy::from(&args.fs)
+    };
+    let fs = ExportFs::new(fs, policy);
+    let dax_meter = dax.clone();
+    let core = RequestCore::new(fs, RequestGuard::new(args.fs.readonly), dax);
     let device = Arc::new(VirtioFsDevice::new(
         core,
         args.thread_pool_size,
@@ -115,6 +129,13 @@ pub fn serve(args: ServeArgs) -> Result<(), DaemonError> {
     info!("frontend connected");
     let result = daemon.wait();
     device.notify_exit();
+    if let Some(window) = &dax_meter {
+        let c = window.meter().snapshot();
+        info!(
+            "dax totals: map_ops={} mapped_bytes={} unmap_ops={} unmapped_bytes={} refused_ops={}",
+            c.map_ops, c.mapped_bytes, c.unmap_ops, c.unmapped_bytes, c.refused_ops
+        );
+    }
     cleanup.run();
     match result {
         Ok(()) => Ok(()),

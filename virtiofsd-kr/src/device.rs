@@ -10,11 +10,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::thread;
 
+use fuse_backend_rs::abi::fuse_abi::Opcode;
 use fuse_backend_rs::api::filesystem::FileSystem;
 use fuse_backend_rs::api::server::Server;
-use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
+use fuse_backend_rs::transport::{FsCacheReqHandler, Reader, VirtioFsWriter, Writer};
 use tracing::{debug, warn};
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::message::{
+    VhostUserProtocolFeatures, VhostUserShMemConfig, VhostUserVirtioFeatures,
+};
+use vhost::vhost_user::Backend;
 use vhost_user_backend::{VhostUserBackend, VringMutex, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
@@ -25,6 +29,7 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
+use crate::dax::{DaxRequest, DaxWindow, SHMEM_PROTOCOL_FEATURE};
 use crate::guard::{error_reply, inspect, is_no_reply, RequestGuard, Verdict};
 
 /// Queue 0 carries FORGET and INTERRUPT; the request queues follow it.
@@ -74,13 +79,15 @@ impl From<DeviceError> for io::Error {
 pub struct RequestCore<F: FileSystem + Sync> {
     server: Server<F>,
     guard: RequestGuard,
+    dax: Option<Arc<DaxWindow>>,
 }
 
 impl<F: FileSystem + Send + Sync + 'static> RequestCore<F> {
-    pub fn new(fs: F, guard: RequestGuard) -> Self {
+    pub fn new(fs: F, guard: RequestGuard, dax: Option<Arc<DaxWindow>>) -> Self {
         RequestCore {
             server: Server::new(fs),
             guard,
+            dax,
         }
     }
 
@@ -114,9 +121,17 @@ impl<F: FileSystem + Send + Sync + 'static> RequestCore<F> {
                 return 0;
             }
         };
+        // Only mapping requests need the window; other requests skip the Arc clone.
+        let mut dax = match (&self.dax, header.opcode) {
+            (Some(window), op) if is_mapping_opcode(op) => Some(DaxRequest {
+                window: window.clone(),
+            }),
+            _ => None,
+        };
+        let vu_req = dax.as_mut().map(|r| r as &mut dyn FsCacheReqHandler);
         match self
             .server
-            .handle_message(reader, Writer::VirtioFs(writer), None, None)
+            .handle_message(reader, Writer::VirtioFs(writer), vu_req, None)
         {
             Ok(len) => u32::try_from(len).unwrap_or(0),
             Err(e) => {
@@ -129,6 +144,10 @@ impl<F: FileSystem + Send + Sync + 'static> RequestCore<F> {
             }
         }
     }
+}
+
+fn is_mapping_opcode(opcode: u32) -> bool {
+    opcode == Opcode::SetupMapping as u32 || opcode == Opcode::RemoveMapping as u32
 }
 
 /// Writes a bare error reply into the chain's writable part; returns its length, or 0 if the
@@ -335,7 +354,26 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for VirtioFsDevice<
         if self.tag.is_some() {
             features |= VhostUserProtocolFeatures::CONFIG;
         }
+        if self.core.dax.is_some() {
+            features |= SHMEM_PROTOCOL_FEATURE;
+        }
         features
+    }
+
+    fn get_shmem_config(&self) -> io::Result<VhostUserShMemConfig> {
+        match &self.core.dax {
+            Some(window) => Ok(window.shmem_config()),
+            None => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "no DAX window (start with --dax-window)",
+            )),
+        }
+    }
+
+    fn set_backend_req_fd(&self, backend: Backend) {
+        if let Some(window) = &self.core.dax {
+            window.set_channel(backend);
+        }
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {

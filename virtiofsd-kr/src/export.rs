@@ -4,15 +4,19 @@
 //! Owns the flags that change the FUSE contract rather than the storage: `--no-readdirplus`
 //! (READDIRPLUS is neither offered nor served) and `--announce-submounts` (an entry whose
 //! device differs from its parent's is flagged `FUSE_ATTR_SUBMOUNT`, so the guest gives it
-//! its own st_dev). Every other call is forwarded unchanged. It must not store state about
-//! inodes: the backend owns lookup counts.
+//! its own st_dev), and with a DAX window, which files may be mapped writable: only those
+//! the guest holds open for writing (the guest's SETUPMAPPING carries no file handle, so the
+//! count of write-opens per inode is kept here). Every other call is forwarded unchanged. It
+//! must not keep any other per-inode state: the backend owns lookup counts.
 
+use std::collections::HashMap;
 use std::ffi::CStr;
 use std::io;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn, ATTR_SUBMOUNT};
-use fuse_backend_rs::abi::virtio_fs::RemovemappingOne;
+use fuse_backend_rs::abi::virtio_fs::{RemovemappingOne, SetupmappingFlags};
 use fuse_backend_rs::api::filesystem::{
     Context, DirEntry, Entry, FileLock, FileSystem, FsOptions, GetxattrReply, IoctlData,
     ListxattrReply, OpenOptions, SetattrValid, ZeroCopyReader, ZeroCopyWriter,
@@ -35,6 +39,8 @@ pub const TRANSPORT_OPTIONS: FsOptions = FsOptions::ASYNC_READ
 pub struct ExportPolicy {
     pub no_readdirplus: bool,
     pub announce_submounts: bool,
+    /// A DAX window is offered: track write-opens so writable mappings can be checked.
+    pub dax: bool,
 }
 
 impl From<&crate::cli::FsOptions> for ExportPolicy {
@@ -42,6 +48,7 @@ impl From<&crate::cli::FsOptions> for ExportPolicy {
         ExportPolicy {
             no_readdirplus: opts.no_readdirplus,
             announce_submounts: opts.announce_submounts,
+            dax: false,
         }
     }
 }
@@ -50,11 +57,74 @@ impl From<&crate::cli::FsOptions> for ExportPolicy {
 pub struct ExportFs<F> {
     inner: F,
     policy: ExportPolicy,
+    /// Handles open for writing and their inodes (only with `policy.dax`).
+    write_opens: Mutex<WriteOpens>,
+}
+
+/// Which handles are open for writing, counted per inode. Keyed by handle so a RELEASE is
+/// matched to its OPEN whatever flags the guest claims in it.
+#[derive(Default)]
+struct WriteOpens {
+    handles: HashMap<u64, u64>,
+    per_inode: HashMap<u64, u64>,
+}
+
+impl WriteOpens {
+    fn opened(&mut self, handle: u64, inode: u64) {
+        if self.handles.insert(handle, inode).is_none() {
+            *self.per_inode.entry(inode).or_insert(0) += 1;
+        }
+    }
+
+    fn released(&mut self, handle: u64) {
+        let Some(inode) = self.handles.remove(&handle) else {
+            return;
+        };
+        if let Some(n) = self.per_inode.get_mut(&inode) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_inode.remove(&inode);
+            }
+        }
+    }
+}
+
+fn opens_for_writing(flags: u32) -> bool {
+    (flags as i32) & libc::O_ACCMODE != libc::O_RDONLY
 }
 
 impl<F: FileSystem> ExportFs<F> {
     pub fn new(inner: F, policy: ExportPolicy) -> Self {
-        ExportFs { inner, policy }
+        ExportFs {
+            inner,
+            policy,
+            write_opens: Mutex::new(WriteOpens::default()),
+        }
+    }
+
+    fn note_open(&self, handle: Option<u64>, inode: u64, flags: u32) {
+        if !self.policy.dax || !opens_for_writing(flags) {
+            return;
+        }
+        if let (Some(handle), Ok(mut opens)) = (handle, self.write_opens.lock()) {
+            opens.opened(handle, inode);
+        }
+    }
+
+    fn note_release(&self, handle: u64) {
+        if !self.policy.dax {
+            return;
+        }
+        if let Ok(mut opens) = self.write_opens.lock() {
+            opens.released(handle);
+        }
+    }
+
+    fn open_for_writing(&self, inode: u64) -> bool {
+        self.write_opens
+            .lock()
+            .map(|opens| opens.per_inode.contains_key(&inode))
+            .unwrap_or(false)
     }
 
     /// The INIT options after the policy: what the transport always supports added, READDIRPLUS
@@ -88,6 +158,7 @@ impl<F: FileSystem> ExportFs<F> {
 impl<F: FileSystem> FileSystem for ExportFs<F>
 where
     F::Inode: Copy,
+    F::Handle: Copy,
 {
     type Inode = F::Inode;
     type Handle = F::Handle;
@@ -227,7 +298,9 @@ where
         flags: u32,
         fuse_flags: u32,
     ) -> io::Result<(Option<Self::Handle>, OpenOptions, Option<u32>)> {
-        self.inner.open(ctx, inode, flags, fuse_flags)
+        let opened = self.inner.open(ctx, inode, flags, fuse_flags)?;
+        self.note_open(opened.0.map(Into::into), inode.into(), flags);
+        Ok(opened)
     }
 
     fn create(
@@ -237,7 +310,10 @@ where
         name: &CStr,
         args: CreateIn,
     ) -> io::Result<(Entry, Option<Self::Handle>, OpenOptions, Option<u32>)> {
-        self.inner.create(ctx, parent, name, args)
+        let flags = args.flags;
+        let created = self.inner.create(ctx, parent, name, args)?;
+        self.note_open(created.1.map(Into::into), created.0.inode, flags);
+        Ok(created)
     }
 
     fn read(
@@ -325,6 +401,7 @@ where
         flock_release: bool,
         lock_owner: Option<u64>,
     ) -> io::Result<()> {
+        self.note_release(handle.into());
         self.inner
             .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
     }
@@ -420,6 +497,11 @@ where
         moffset: u64,
         vu_req: &mut dyn FsCacheReqHandler,
     ) -> io::Result<()> {
+        // The backend opens the file itself for the mapping, with the daemon's rights: a
+        // writable mapping is only granted while the guest holds the file open for writing.
+        if flags & SetupmappingFlags::WRITE.bits() != 0 && !self.open_for_writing(inode.into()) {
+            return Err(io::Error::from_raw_os_error(libc::EACCES));
+        }
         self.inner
             .setupmapping(ctx, inode, handle, foffset, len, flags, moffset, vu_req)
     }
@@ -546,7 +628,7 @@ mod tests {
 
     fn backend(dir: &std::path::Path) -> crate::passthrough::HostFs {
         let opts = T::parse_from(["t"]).fs;
-        crate::passthrough::open(&opts, dir).unwrap()
+        crate::passthrough::open(&opts, dir, None).unwrap()
     }
 
     #[test]

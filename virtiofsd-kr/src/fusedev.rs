@@ -45,7 +45,7 @@ pub fn mount(args: MountArgs) -> Result<(), MountError> {
         path: args.mountpoint.clone(),
         reason: e.to_string(),
     };
-    let fs = passthrough::open(&args.fs, &args.shared_dir)?;
+    let fs = passthrough::open(&args.fs, &args.shared_dir, None)?;
     let server = Arc::new(Server::new(ExportFs::new(fs, ExportPolicy::from(&args.fs))));
     let guard = RequestGuard::new(args.fs.readonly);
 

@@ -9,6 +9,7 @@
 use std::io::Read;
 
 use fuse_backend_rs::abi::fuse_abi::{InHeader, Opcode, OpenIn, OutHeader};
+use fuse_backend_rs::abi::virtio_fs::SetupmappingFlags;
 use fuse_backend_rs::transport::Reader;
 use vm_memory::ByteValued;
 
@@ -88,10 +89,9 @@ impl RequestGuard {
         }
         if op == Opcode::SetupMapping as u32 {
             // fuse_setupmapping_in: fh, foffset, len, flags (u64 each), moffset.
-            const WRITE: u64 = 1 << 1; // FUSE_SETUPMAPPING_FLAG_WRITE
             if let Some(flags) = body.get(24..32) {
                 let flags = u64::from_le_bytes(flags.try_into().unwrap_or([0; 8]));
-                if flags & WRITE != 0 {
+                if flags & SetupmappingFlags::WRITE.bits() != 0 {
                     return Verdict::Refuse(libc::EROFS);
                 }
             }
@@ -226,8 +226,9 @@ mod tests {
         let guard = RequestGuard::new(true);
         let map = header(Opcode::SetupMapping as u32);
         let mut body = vec![0u8; 40];
+        body[24] = SetupmappingFlags::READ.bits() as u8;
         assert_eq!(guard.check(&map, &body), Verdict::Serve);
-        body[24] = 1 << 1;
+        body[24] = (SetupmappingFlags::READ | SetupmappingFlags::WRITE).bits() as u8;
         assert_eq!(guard.check(&map, &body), Verdict::Refuse(libc::EROFS));
     }
 

@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod daemon;
+pub mod dax;
 pub mod device;
 pub mod export;
 pub mod fusedev;
@@ -13,3 +14,4 @@ pub mod logging;
 pub mod passthrough;
 pub mod sandbox;
 pub mod seccomp;
+pub mod size;

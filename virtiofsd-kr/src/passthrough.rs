@@ -43,7 +43,13 @@ pub fn cache_timeouts(mode: CacheMode) -> (CachePolicy, Duration) {
 }
 
 /// The `PassthroughFs` configuration for `opts`, rooted at `root`.
-pub fn config(opts: &FsOptions, root: &Path) -> Result<Config, PassthroughError> {
+///
+/// `dax_file_size`: with a DAX window, files at least this large get `FUSE_ATTR_DAX`.
+pub fn config(
+    opts: &FsOptions,
+    root: &Path,
+    dax_file_size: Option<u64>,
+) -> Result<Config, PassthroughError> {
     let root_dir = root
         .to_str()
         .ok_or_else(|| PassthroughError::NonUtf8Root(root.to_path_buf()))?
@@ -59,18 +65,25 @@ pub fn config(opts: &FsOptions, root: &Path) -> Result<Config, PassthroughError>
         allow_direct_io: opts.allow_direct_io,
         inode_file_handles: opts.inode_file_handles != InodeFileHandles::Never,
         do_import: true,
+        dax_file_size,
         ..Default::default()
     })
 }
 
 /// Builds and imports the backend, so the root is open before the sandbox closes.
-pub fn open(opts: &FsOptions, root: &Path) -> Result<HostFs, PassthroughError> {
+pub fn open(
+    opts: &FsOptions,
+    root: &Path,
+    dax_file_size: Option<u64>,
+) -> Result<HostFs, PassthroughError> {
     if opts.inode_file_handles == InodeFileHandles::Mandatory {
         check_file_handles(root)?;
     }
-    let fs = PassthroughFs::new(config(opts, root)?).map_err(|source| PassthroughError::Open {
-        path: root.to_path_buf(),
-        source,
+    let fs = PassthroughFs::new(config(opts, root, dax_file_size)?).map_err(|source| {
+        PassthroughError::Open {
+            path: root.to_path_buf(),
+            source,
+        }
     })?;
     fs.import().map_err(|source| PassthroughError::Open {
         path: root.to_path_buf(),
@@ -138,30 +151,31 @@ mod tests {
     #[test]
     fn cache_modes_map_to_policies_and_timeouts() {
         let dir = tempfile::tempdir().unwrap();
-        let c = config(&opts(&["--cache=never"]), dir.path()).unwrap();
+        let c = config(&opts(&["--cache=never"]), dir.path(), None).unwrap();
         assert!(matches!(c.cache_policy, CachePolicy::Never));
         assert_eq!(c.attr_timeout, Duration::ZERO);
         let c = config(
             &opts(&["--cache=always", "--xattr", "--writeback"]),
             dir.path(),
+            None,
         )
         .unwrap();
         assert!(matches!(c.cache_policy, CachePolicy::Always));
         assert_eq!(c.entry_timeout, Duration::from_secs(86400));
         assert!(c.xattr && c.writeback);
-        let c = config(&opts(&[]), dir.path()).unwrap();
+        let c = config(&opts(&[]), dir.path(), None).unwrap();
         assert!(matches!(c.cache_policy, CachePolicy::Auto));
         assert_eq!(c.attr_timeout, Duration::from_secs(1));
         assert!(!c.inode_file_handles);
-        let c = config(&opts(&["--inode-file-handles=prefer"]), dir.path()).unwrap();
+        let c = config(&opts(&["--inode-file-handles=prefer"]), dir.path(), Some(0)).unwrap();
         assert!(c.inode_file_handles);
     }
 
     #[test]
     fn open_serves_an_existing_directory_and_refuses_a_missing_one() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(open(&opts(&[]), dir.path()).is_ok());
+        assert!(open(&opts(&[]), dir.path(), None).is_ok());
         let missing = dir.path().join("missing");
-        assert!(open(&opts(&[]), &missing).is_err());
+        assert!(open(&opts(&[]), &missing, None).is_err());
     }
 }

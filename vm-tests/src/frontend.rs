@@ -160,6 +160,9 @@ pub struct FrontendConfig {
     pub backend_req: bool,
     /// Which message shares guest memory.
     pub memory_message: MemoryMessage,
+    /// Negotiate the `SHMEM` protocol feature (DAX window) when offered, and read the
+    /// backend's shared memory regions with `GET_SHMEM_CONFIG`.
+    pub shmem: bool,
     /// How long [`TestFrontend::send`] waits for the used buffer.
     pub reply_timeout: Duration,
 }
@@ -174,6 +177,7 @@ impl Default for FrontendConfig {
             reply_ack: true,
             backend_req: true,
             memory_message: MemoryMessage::SetMemTable,
+            shmem: false,
             reply_timeout: Duration::from_secs(5),
         }
     }
@@ -492,6 +496,9 @@ impl TestFrontend {
             wanted |=
                 VhostUserProtocolFeatures::BACKEND_REQ | VhostUserProtocolFeatures::BACKEND_SEND_FD;
         }
+        if self.config.shmem {
+            wanted |= VhostUserProtocolFeatures::SHMEM;
+        }
         let protocol = offered_protocol & wanted;
         self.vu
             .set_protocol_features(protocol)
@@ -658,6 +665,16 @@ impl TestFrontend {
     /// The virtio features acknowledged to the backend.
     pub fn acked_features(&self) -> u64 {
         self.acked_features
+    }
+
+    /// The backend's shared memory region sizes (`GET_SHMEM_CONFIG`; needs `SHMEM`).
+    pub fn shmem_regions(&mut self) -> Result<Vec<u64>> {
+        let config = self
+            .vu
+            .get_shmem_config()
+            .map_err(vhost_err("GET_SHMEM_CONFIG"))?;
+        let n = (config.nregions as usize).min(config.memory_sizes.len());
+        Ok(config.memory_sizes[..n].to_vec())
     }
 
     /// The vhost-user protocol features acknowledged to the backend.

@@ -15,6 +15,7 @@
 pub mod accel;
 pub mod cpio;
 pub mod daemon;
+pub mod dax_window;
 pub mod error;
 pub mod frontend;
 pub mod fuse;

@@ -22,8 +22,10 @@ pub const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A running daemon serving a fresh temporary directory.
 pub struct Daemon {
     child: Option<Child>,
-    /// The directory shared with the "guest".
+    /// The temporary directory created for this daemon.
     pub shared: TempDir,
+    /// The directory actually served (`shared`, or another daemon's for two-pod tests).
+    pub shared_dir: PathBuf,
     runtime: TempDir,
     pub socket: PathBuf,
     stderr_path: PathBuf,
@@ -38,9 +40,24 @@ impl Daemon {
     /// Starts the daemon with `confinement` flags and `extra` flags, after `prepare` has
     /// populated the shared directory.
     pub fn start_with(confinement: &[&str], extra: &[&str], prepare: impl FnOnce(&Path)) -> Daemon {
+        Self::start_serving(None, confinement, extra, prepare)
+    }
+
+    /// Starts a second daemon on the directory `other` serves (two pods, one volume).
+    pub fn start_sharing(other: &Daemon, confinement: &[&str], extra: &[&str]) -> Daemon {
+        Self::start_serving(Some(other.shared_dir.clone()), confinement, extra, |_| {})
+    }
+
+    fn start_serving(
+        dir: Option<PathBuf>,
+        confinement: &[&str],
+        extra: &[&str],
+        prepare: impl FnOnce(&Path),
+    ) -> Daemon {
         let shared = tempfile::tempdir().expect("shared dir");
         let runtime = tempfile::tempdir().expect("runtime dir");
-        prepare(shared.path());
+        let shared_dir = dir.unwrap_or_else(|| shared.path().to_path_buf());
+        prepare(&shared_dir);
         let socket = runtime.path().join("vfs.sock");
         let stderr_path = runtime.path().join("daemon.stderr");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
@@ -48,7 +65,7 @@ impl Daemon {
             .arg("--socket-path")
             .arg(&socket)
             .arg("--shared-dir")
-            .arg(shared.path())
+            .arg(&shared_dir)
             .args(confinement)
             .args(extra)
             .stdin(Stdio::null())
@@ -59,6 +76,7 @@ impl Daemon {
         let mut daemon = Daemon {
             child: Some(child),
             shared,
+            shared_dir,
             runtime,
             socket,
             stderr_path,
@@ -105,7 +123,7 @@ impl Daemon {
 
     /// A path inside the shared directory.
     pub fn host(&self, rel: &str) -> PathBuf {
-        self.shared.path().join(rel)
+        self.shared_dir.join(rel)
     }
 
     /// Everything the daemon wrote to stderr so far.
