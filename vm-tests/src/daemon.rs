@@ -45,8 +45,8 @@ pub struct DaemonConfig {
     pub binary: Option<PathBuf>,
     /// `--cache`.
     pub cache: CacheMode,
-    /// `--sandbox` (default `none` for now, or `VMTEST_SANDBOX`; an empty `VMTEST_SANDBOX`
-    /// leaves the daemon's default).
+    /// `--sandbox`; `None` (the default) leaves the daemon's own default (`namespace`), the
+    /// configuration a hypervisor runs. `VMTEST_SANDBOX` overrides it (empty: the default).
     pub sandbox: Option<String>,
     /// `--seccomp`; `None` (the default) leaves the daemon's default. `VMTEST_SECCOMP` sets it
     /// (an empty value means the daemon's default).
@@ -68,11 +68,9 @@ impl Default for DaemonConfig {
         DaemonConfig {
             binary: None,
             cache: CacheMode::Auto,
-            sandbox: match std::env::var("VMTEST_SANDBOX") {
-                Ok(v) if v.is_empty() => None,
-                Ok(v) => Some(v),
-                Err(_) => Some("none".into()),
-            },
+            sandbox: std::env::var("VMTEST_SANDBOX")
+                .ok()
+                .filter(|v| !v.is_empty()),
             seccomp: std::env::var("VMTEST_SECCOMP")
                 .ok()
                 .filter(|v| !v.is_empty()),
@@ -210,6 +208,11 @@ impl Daemon {
     /// The vhost-user socket.
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// The process id, while the daemon has not been collected.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The command line.

@@ -27,9 +27,9 @@ truncate -s 8192 $D/g; check truncate 8192 "$(stat -c %s $D/g)"
 fallocate -l 65536 $D/fa; check fallocate 65536 "$(stat -c %s $D/fa)"
 if [ "$XATTR" = 1 ]; then
     setfattr -n user.sb -v on $D/g; check setxattr_file 0 "$?"
-    check getxattr_file on "$(getfattr --only-values -n user.sb $D/g 2>&1)"
+    check getxattr_file on "$(getfattr --only-values -n user.sb $D/g 2>/dev/null)"
     setfattr -n user.sbd -v dir $D; check setxattr_dir 0 "$?"
-    check getxattr_dir dir "$(getfattr --only-values -n user.sbd $D 2>&1)"
+    check getxattr_dir dir "$(getfattr --only-values -n user.sbd $D 2>/dev/null)"
 fi
 check mmap_write ok "$($H mmap-write $D/g 100 MAPPED)"
 check mmap_read MAPPED "$($H mmap-read $D/g 100 6)"
