@@ -413,3 +413,38 @@ fn without_a_window_no_shared_memory_is_offered() {
         "SETUPMAPPING without a window must fail"
     );
 }
+
+#[test]
+fn dax_file_size_flags_only_large_files_for_dax() {
+    use fuse_backend_rs::abi::fuse_abi::{FsOptions, FUSE_ATTR_DAX};
+    let daemon = Daemon::start_with(
+        &["--sandbox", "none", "--seccomp", "none"],
+        &["--dax-window", "64M", "--dax-file-size", "1M"],
+        |d| {
+            std::fs::write(d.join("small"), vec![1u8; 4096]).unwrap();
+            std::fs::write(d.join("large"), vec![2u8; 2 * MIB as usize]).unwrap();
+        },
+    );
+    let window = Arc::new(DaxWindowMapper::new(WINDOW).unwrap());
+    let config = FrontendConfig {
+        shmem: true,
+        ..Default::default()
+    };
+    let frontend = TestFrontend::connect_with_handler(&daemon.socket, config, window).unwrap();
+    let mut s = FuseSession::new(frontend);
+    // A guest mounted with dax=inode offers PERFILE_DAX (FUSE_HAS_INODE_DAX).
+    let flags = vm_tests::fuse::linux_init_flags() | FsOptions::PERFILE_DAX;
+    s.init_with(7, 38, flags).unwrap();
+    let small = s.lookup(ROOT, "small").unwrap();
+    let large = s.lookup(ROOT, "large").unwrap();
+    assert_eq!(
+        small.attr.flags & FUSE_ATTR_DAX,
+        0,
+        "small file flagged for DAX"
+    );
+    assert_eq!(
+        large.attr.flags & FUSE_ATTR_DAX,
+        FUSE_ATTR_DAX,
+        "large file not flagged"
+    );
+}
