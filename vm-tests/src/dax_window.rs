@@ -112,11 +112,18 @@ impl DaxWindowMapper {
         let end = offset
             .checked_add(len)
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
-        let covered = live
-            .range(..=offset)
-            .next_back()
-            .is_some_and(|(start, l)| start + l >= end);
-        if covered {
+        // Walk contiguous mappings from the one containing `offset` until `end` is covered.
+        let mut reached = match live.range(..=offset).next_back() {
+            Some((start, l)) if start + l > offset => start + l,
+            _ => offset,
+        };
+        while reached < end {
+            match live.get(&reached) {
+                Some(l) => reached += l,
+                None => break,
+            }
+        }
+        if reached >= end {
             Ok(())
         } else {
             Err(io::Error::other(format!(
