@@ -66,7 +66,8 @@ DEB="$(ls -1 "${KPKG}"_*.deb 2>/dev/null | sort -V | tail -1 || true)"
 if [ -z "$DEB" ] || [ "$FORCE" = 1 ]; then
     log "downloading $KPKG"
     rm -f "${KPKG}"_*.deb
-    apt-get download "$KPKG" >&2
+    # The cache folder belongs to root; let apt download as root instead of its _apt user.
+    apt-get -o APT::Sandbox::User=root download "$KPKG" >&2
     DEB="$(ls -1 "${KPKG}"_*.deb | sort -V | tail -1)"
 fi
 
