@@ -20,4 +20,4 @@ cargo build --release -p virtiofsd-kr
 cargo test --workspace --release "$@" -- --skip two_guests_
 # The two-guest coherence test prints how long a write takes to become visible in the other
 # guest for each cache mode; show that output even when it passes.
-cargo test --release -p vm-tests --test guest_coherence "$@" -- --show-output
+cargo test --workspace --release --test guest_coherence "$@" -- --show-output
