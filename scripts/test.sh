@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh
+# The CephFS tests start a single-node cluster (scripts/ceph-dev-cluster.sh); stop it at the
+# end whatever happens, so no Ceph daemon outlives the run.
+trap 'scripts/ceph-dev-cluster.sh stop >/dev/null 2>&1 || true' EXIT
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -1,6 +1,157 @@
 //! CephFS backend for virtiofsd-kr: libcephfs bindings and a `fuse_backend_rs` filesystem
 //! served straight from a Ceph cluster, with no host mount.
 //!
-//! This crate is intentionally empty until the CephFS issue is taken: it exists so the
-//! workspace layout is fixed from the start. It must not grow placeholder code that pretends
-//! to talk to Ceph.
+//! Layers, bottom up:
+//! - `ffi`: hand-written `extern "C"` declarations of the libcephfs subset used (no code);
+//! - `mount`: the safe wrapper (`CephMount`, `CephInode`, `CephFile`, `CephDir`, `UserPerm`),
+//!   the only module allowed `unsafe`;
+//! - `inode`: `CephInodeTable`, FUSE node ids and lookup counts;
+//! - `fs`: `CephFs`, the `FileSystem` implementation the daemon serves.
+//!
+//! The crate owns talking to Ceph for one volume directory as one cephx identity. It must not
+//! know about vhost-user, the sandbox or the command line: the daemon builds a `CephConfig`
+//! and calls `CephFs::connect` before it offers its socket.
+
+#![deny(unsafe_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub mod error;
+#[allow(unsafe_code)]
+mod ffi;
+pub mod fs;
+pub mod inode;
+#[allow(unsafe_code)]
+pub mod mount;
+
+pub use error::CephError;
+pub use fs::CephFs;
+pub use inode::CephInodeTable;
+pub use mount::{CephInode, CephMount, UserPerm};
+
+/// How long the guest may cache what the backend tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CachePolicy {
+    /// Attribute validity of replies.
+    pub attr_timeout: Duration,
+    /// Name (dentry) validity of replies.
+    pub entry_timeout: Duration,
+    /// Keep the guest's page cache across opens (`FOPEN_KEEP_CACHE`, `FOPEN_CACHE_DIR`).
+    pub keep_cache: bool,
+    /// Bypass the guest's page cache (`FOPEN_DIRECT_IO`).
+    pub direct_io: bool,
+}
+
+impl CachePolicy {
+    /// `--cache=never`: nothing cached in the guest.
+    pub const fn never() -> CachePolicy {
+        CachePolicy {
+            attr_timeout: Duration::ZERO,
+            entry_timeout: Duration::ZERO,
+            keep_cache: false,
+            direct_io: true,
+        }
+    }
+
+    /// `--cache=auto`: close-to-open, 1 s attributes (the default).
+    pub const fn auto() -> CachePolicy {
+        CachePolicy {
+            attr_timeout: Duration::from_secs(1),
+            entry_timeout: Duration::from_secs(1),
+            keep_cache: false,
+            direct_io: false,
+        }
+    }
+
+    /// `--cache=metadata`: metadata for a day, data not kept across opens.
+    pub const fn metadata() -> CachePolicy {
+        CachePolicy {
+            attr_timeout: Duration::from_secs(86400),
+            entry_timeout: Duration::from_secs(86400),
+            keep_cache: false,
+            direct_io: false,
+        }
+    }
+
+    /// `--cache=always`: everything for a day.
+    pub const fn always() -> CachePolicy {
+        CachePolicy {
+            attr_timeout: Duration::from_secs(86400),
+            entry_timeout: Duration::from_secs(86400),
+            keep_cache: true,
+            direct_io: false,
+        }
+    }
+}
+
+impl Default for CachePolicy {
+    fn default() -> Self {
+        CachePolicy::auto()
+    }
+}
+
+/// Where and as whom the backend connects.
+#[derive(Debug, Clone)]
+pub struct CephConfig {
+    /// ceph.conf with the monitor addresses (`--ceph-conf`).
+    pub conf: PathBuf,
+    /// cephx id without `client.` (`--ceph-id`, e.g. `tenant1`).
+    pub id: String,
+    /// Keyring holding `client.<id>`'s key (`--ceph-keyring`).
+    pub keyring: PathBuf,
+    /// Absolute path of the volume directory inside CephFS; it becomes the guest's `/`
+    /// (`--ceph-root`).
+    pub root: String,
+    /// CephFS name; `None` for the cluster's default filesystem.
+    pub fs_name: Option<String>,
+    /// Guest cache timeouts.
+    pub cache: CachePolicy,
+    /// How long to wait for monitors/MDS before `connect` fails.
+    pub mount_timeout: Duration,
+}
+
+impl CephConfig {
+    /// A configuration with the default cache policy, filesystem and a 10 s mount timeout.
+    pub fn new(
+        conf: impl Into<PathBuf>,
+        id: impl Into<String>,
+        keyring: impl Into<PathBuf>,
+        root: impl Into<String>,
+    ) -> CephConfig {
+        CephConfig {
+            conf: conf.into(),
+            id: id.into(),
+            keyring: keyring.into(),
+            root: root.into(),
+            fs_name: None,
+            cache: CachePolicy::default(),
+            mount_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use fuse_backend_rs::api::server::Server;
+
+    use super::*;
+
+    /// The daemon serves the backend from several threads through `Server`.
+    #[test]
+    fn cephfs_can_be_served_from_threads() {
+        fn served<T: Send + Sync + 'static>() {}
+        served::<CephFs>();
+        served::<Server<Arc<CephFs>>>();
+    }
+
+    #[test]
+    fn cache_policies() {
+        assert_eq!(CachePolicy::default(), CachePolicy::auto());
+        assert!(CachePolicy::never().direct_io);
+        assert_eq!(CachePolicy::never().attr_timeout, Duration::ZERO);
+        assert!(CachePolicy::always().keep_cache);
+    }
+}

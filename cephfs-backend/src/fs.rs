@@ -1,0 +1,765 @@
+//! `CephFs`: the `fuse_backend_rs` `FileSystem` served straight from a CephFS subtree.
+//!
+//! Owns the FUSE side of the backend: node ids through `CephInodeTable`, open file and
+//! directory handle numbers, the guest's credentials per request (`Context` uid/gid become a
+//! ceph `UserPerm`, so the client's permission checks run as the guest user), cache timeouts,
+//! and the confinement of names: no `/` in a name, `.`/`..` never created or removed, and
+//! `..` at the root resolves to the root. The mount itself is rooted at the volume directory
+//! (`ceph_mount(root)`), and the cephx identity's caps bound it on the MDS side as well.
+//!
+//! Must not: use `unsafe` (everything unsafe is in `mount`), or trust anything from the guest:
+//! unknown nodes and handles are EBADF, bad names EINVAL, never a panic.
+
+use std::collections::HashMap;
+use std::ffi::CStr;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn};
+use fuse_backend_rs::api::filesystem::{
+    Context, DirEntry, Entry, FileSystem, FsOptions, GetxattrReply, ListxattrReply, OpenOptions,
+    SetattrValid, ZeroCopyReader, ZeroCopyWriter,
+};
+
+use crate::error::CephError;
+use crate::ffi;
+use crate::inode::{CephInodeTable, ROOT_ID};
+use crate::mount::{
+    CephDir, CephFile, CephInode, CephMount, MountOptions, SetAttr, Statx, UserPerm, XattrReply,
+};
+use crate::{CachePolicy, CephConfig};
+
+/// Largest READ/WRITE payload served (what fuse-backend-rs negotiates at INIT).
+const MAX_IO: usize = fuse_backend_rs::api::server::MAX_BUFFER_SIZE as usize;
+
+fn err(code: i32) -> io::Error {
+    io::Error::from_raw_os_error(code)
+}
+
+/// A name the guest sent: non-empty, no `/`.
+fn check_name(name: &CStr) -> io::Result<()> {
+    let b = name.to_bytes();
+    if b.is_empty() || b.contains(&b'/') {
+        return Err(err(libc::EINVAL));
+    }
+    Ok(())
+}
+
+/// A name to create, remove or rename: also not `.` or `..`.
+fn check_new_name(name: &CStr) -> io::Result<()> {
+    check_name(name)?;
+    match name.to_bytes() {
+        b"." | b".." => Err(err(libc::EINVAL)),
+        _ => Ok(()),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// CephFS served to one guest.
+pub struct CephFs {
+    mount: Arc<CephMount>,
+    inodes: CephInodeTable,
+    files: Mutex<HashMap<u64, Arc<CephFile>>>,
+    dirs: Mutex<HashMap<u64, Arc<Mutex<CephDir>>>>,
+    next_handle: AtomicU64,
+    cache: CachePolicy,
+    /// Ceph inode number of the root, reported for `..` at the root.
+    root_ino: u64,
+}
+
+impl CephFs {
+    /// Connects as `client.<id>`, mounts `root` and checks it is a directory. Every failure
+    /// is one `CephError` naming the step, the identity and the path.
+    pub fn connect(cfg: CephConfig) -> Result<CephFs, CephError> {
+        let mount = CephMount::connect(&MountOptions {
+            conf: &cfg.conf,
+            id: &cfg.id,
+            keyring: &cfg.keyring,
+            root: &cfg.root,
+            fs_name: cfg.fs_name.as_deref(),
+            mount_timeout: cfg.mount_timeout,
+        })?;
+        let root_err = |source| CephError::RootInode {
+            root: cfg.root.clone(),
+            source,
+        };
+        let root = mount.root().map_err(root_err)?;
+        let perm = UserPerm::new(0, 0, &[]).map_err(root_err)?;
+        let stat = mount.getattr(&root, &perm).map_err(root_err)?;
+        if stat.mode() & libc::S_IFMT != libc::S_IFDIR {
+            return Err(CephError::RootNotDir { root: cfg.root });
+        }
+        tracing::info!(
+            "cephfs: mounted {:?} as client.{} (conf {:?})",
+            cfg.root,
+            cfg.id,
+            cfg.conf
+        );
+        Ok(CephFs {
+            inodes: CephInodeTable::new(root, &stat),
+            root_ino: stat.ino(),
+            mount,
+            files: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+            cache: cfg.cache,
+        })
+    }
+
+    /// The node table (lookup counts are visible to tests and diagnostics).
+    pub fn inodes(&self) -> &CephInodeTable {
+        &self.inodes
+    }
+
+    /// How many files and directories the guest holds open.
+    pub fn open_handles(&self) -> (usize, usize) {
+        (lock(&self.files).len(), lock(&self.dirs).len())
+    }
+
+    fn perm(ctx: &Context) -> io::Result<UserPerm> {
+        UserPerm::new(ctx.uid, ctx.gid, &[])
+    }
+
+    fn node(&self, node: u64) -> io::Result<Arc<CephInode>> {
+        self.inodes.get(node)
+    }
+
+    fn file(&self, handle: u64) -> io::Result<Arc<CephFile>> {
+        lock(&self.files)
+            .get(&handle)
+            .cloned()
+            .ok_or_else(|| err(libc::EBADF))
+    }
+
+    fn dir(&self, handle: u64) -> io::Result<Arc<Mutex<CephDir>>> {
+        lock(&self.dirs)
+            .get(&handle)
+            .cloned()
+            .ok_or_else(|| err(libc::EBADF))
+    }
+
+    fn new_handle(&self) -> u64 {
+        self.next_handle.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn entry(&self, node: u64, stat: &Statx) -> Entry {
+        Entry {
+            inode: node,
+            generation: 0,
+            attr: stat.to_stat64(),
+            attr_flags: 0,
+            attr_timeout: self.cache.attr_timeout,
+            entry_timeout: self.cache.entry_timeout,
+        }
+    }
+
+    /// Registers a new reference from a create/lookup call and builds its entry.
+    fn new_entry(&self, inode: CephInode, stat: &Statx) -> Entry {
+        let node = self.inodes.add(inode, stat);
+        self.entry(node, stat)
+    }
+
+    fn open_options(&self) -> OpenOptions {
+        let mut o = OpenOptions::empty();
+        if self.cache.keep_cache {
+            o |= OpenOptions::KEEP_CACHE;
+        }
+        if self.cache.direct_io {
+            o |= OpenOptions::DIRECT_IO;
+        }
+        o
+    }
+
+    /// Open flags passed to libcephfs: creation flags belong to `create`, O_DIRECT is left to
+    /// the client's own caching.
+    fn open_flags(flags: u32) -> i32 {
+        (flags as i32) & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_DIRECT)
+    }
+
+    fn do_readdir(
+        &self,
+        ctx: &Context,
+        node: u64,
+        handle: u64,
+        offset: u64,
+        plus: bool,
+        add: &mut dyn FnMut(DirEntry, Option<Entry>) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        let _ = ctx;
+        let dir = self.dir(handle)?;
+        let mut dir = lock(&dir);
+        if dir.tell() != offset {
+            dir.seek(offset);
+        }
+        loop {
+            let pos = dir.tell();
+            let Some(e) = dir.read_entry()? else {
+                return Ok(());
+            };
+            let dot = e.name == b"." || e.name == b"..";
+            let ino = if node == ROOT_ID && e.name == b".." {
+                self.root_ino
+            } else {
+                e.stat.ino()
+            };
+            let dirent = DirEntry {
+                ino,
+                offset: e.next_offset,
+                type_: u32::from(e.d_type),
+                name: &e.name,
+            };
+            let (entry, added) = if !plus {
+                (None, None)
+            } else if dot {
+                // The kernel ignores `.`/`..` in READDIRPLUS; node 0 takes no lookup, and the
+                // root's parent (outside the volume) is never exposed.
+                let mut entry = self.entry(0, &e.stat);
+                entry.attr = stat_zero_with_ino(ino);
+                (Some(entry), None)
+            } else {
+                let node = self.inodes.add(e.inode, &e.stat);
+                (Some(self.entry(node, &e.stat)), Some(node))
+            };
+            match add(dirent, entry) {
+                Ok(0) => {
+                    if let Some(n) = added {
+                        self.inodes.forget(n, 1);
+                    }
+                    dir.seek(pos);
+                    return Ok(());
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if let Some(n) = added {
+                        self.inodes.forget(n, 1);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+fn stat_zero_with_ino(ino: u64) -> stat64 {
+    let mut st = Statx(ffi::CephStatx::default()).to_stat64();
+    st.st_ino = ino;
+    st.st_mode = libc::S_IFDIR;
+    st
+}
+
+fn timespec(sec: i64, nsec: i64) -> ffi::Timespec {
+    ffi::Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec,
+    }
+}
+
+impl FileSystem for CephFs {
+    type Inode = u64;
+    type Handle = u64;
+
+    fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
+        let wanted = FsOptions::DO_READDIRPLUS
+            | FsOptions::READDIRPLUS_AUTO
+            | FsOptions::ATOMIC_O_TRUNC
+            | FsOptions::EXPORT_SUPPORT;
+        Ok(capable & wanted)
+    }
+
+    fn destroy(&self) {
+        lock(&self.files).clear();
+        lock(&self.dirs).clear();
+        self.inodes.clear();
+    }
+
+    fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
+        check_name(name)?;
+        let perm = Self::perm(ctx)?;
+        let dir = self.node(parent)?;
+        let same = name.to_bytes() == b"." || (parent == ROOT_ID && name.to_bytes() == b"..");
+        if same {
+            // `..` at the root stays at the root.
+            let stat = self.mount.getattr(&dir, &perm)?;
+            self.inodes.add_existing(parent)?;
+            return Ok(self.entry(parent, &stat));
+        }
+        let (inode, stat) = self.mount.lookup(&dir, name, &perm)?;
+        Ok(self.new_entry(inode, &stat))
+    }
+
+    fn forget(&self, _ctx: &Context, inode: u64, count: u64) {
+        self.inodes.forget(inode, count);
+    }
+
+    fn batch_forget(&self, _ctx: &Context, requests: Vec<(u64, u64)>) {
+        for (inode, count) in requests {
+            self.inodes.forget(inode, count);
+        }
+    }
+
+    fn getattr(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        _handle: Option<u64>,
+    ) -> io::Result<(stat64, Duration)> {
+        let perm = Self::perm(ctx)?;
+        let i = self.node(inode)?;
+        let stat = self.mount.getattr(&i, &perm)?;
+        Ok((stat.to_stat64(), self.cache.attr_timeout))
+    }
+
+    fn setattr(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        attr: stat64,
+        _handle: Option<u64>,
+        valid: SetattrValid,
+    ) -> io::Result<(stat64, Duration)> {
+        let perm = Self::perm(ctx)?;
+        let i = self.node(inode)?;
+        let mut s = SetAttr::default();
+        if valid.contains(SetattrValid::MODE) {
+            s.mask |= ffi::CEPH_SETATTR_MODE;
+            s.mode = attr.st_mode;
+        }
+        if valid.contains(SetattrValid::UID) {
+            s.mask |= ffi::CEPH_SETATTR_UID;
+            s.uid = attr.st_uid;
+        }
+        if valid.contains(SetattrValid::GID) {
+            s.mask |= ffi::CEPH_SETATTR_GID;
+            s.gid = attr.st_gid;
+        }
+        if valid.contains(SetattrValid::SIZE) {
+            s.mask |= ffi::CEPH_SETATTR_SIZE;
+            s.size = u64::try_from(attr.st_size).map_err(|_| err(libc::EINVAL))?;
+        }
+        if valid.contains(SetattrValid::ATIME) {
+            s.mask |= ffi::CEPH_SETATTR_ATIME;
+            s.atime = timespec(attr.st_atime, attr.st_atime_nsec);
+        }
+        if valid.contains(SetattrValid::ATIME_NOW) {
+            s.mask |= ffi::CEPH_SETATTR_ATIME_NOW;
+        }
+        if valid.contains(SetattrValid::MTIME) {
+            s.mask |= ffi::CEPH_SETATTR_MTIME;
+            s.mtime = timespec(attr.st_mtime, attr.st_mtime_nsec);
+        }
+        if valid.contains(SetattrValid::MTIME_NOW) {
+            s.mask |= ffi::CEPH_SETATTR_MTIME_NOW;
+        }
+        if valid.contains(SetattrValid::CTIME) {
+            s.mask |= ffi::CEPH_SETATTR_CTIME;
+            s.ctime = timespec(attr.st_ctime, attr.st_ctime_nsec);
+        }
+        if valid.contains(SetattrValid::KILL_SUIDGID) {
+            s.mask |= ffi::CEPH_SETATTR_KILL_SGUID;
+        }
+        if s.mask != 0 {
+            self.mount.setattr(&i, &s, &perm)?;
+        }
+        let stat = self.mount.getattr(&i, &perm)?;
+        Ok((stat.to_stat64(), self.cache.attr_timeout))
+    }
+
+    fn readlink(&self, ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
+        let perm = Self::perm(ctx)?;
+        let i = self.node(inode)?;
+        self.mount.readlink(&i, &perm)
+    }
+
+    fn symlink(
+        &self,
+        ctx: &Context,
+        linkname: &CStr,
+        parent: u64,
+        name: &CStr,
+    ) -> io::Result<Entry> {
+        check_new_name(name)?;
+        let perm = Self::perm(ctx)?;
+        let dir = self.node(parent)?;
+        let (inode, stat) = self.mount.symlink(&dir, name, linkname, &perm)?;
+        Ok(self.new_entry(inode, &stat))
+    }
+
+    fn mknod(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        mode: u32,
+        rdev: u32,
+        _umask: u32,
+    ) -> io::Result<Entry> {
+        check_new_name(name)?;
+        let perm = Self::perm(ctx)?;
+        let dir = self.node(parent)?;
+        let (inode, stat) = self.mount.mknod(&dir, name, mode, u64::from(rdev), &perm)?;
+        Ok(self.new_entry(inode, &stat))
+    }
+
+    fn mkdir(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        mode: u32,
+        _umask: u32,
+    ) -> io::Result<Entry> {
+        check_new_name(name)?;
+        let perm = Self::perm(ctx)?;
+        let dir = self.node(parent)?;
+        let (inode, stat) = self.mount.mkdir(&dir, name, mode, &perm)?;
+        Ok(self.new_entry(inode, &stat))
+    }
+
+    fn unlink(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
+        check_new_name(name)?;
+        let perm = Self::perm(ctx)?;
+        let dir = self.node(parent)?;
+        self.mount.unlink(&dir, name, &perm)
+    }
+
+    fn rmdir(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
+        check_new_name(name)?;
+        let perm = Self::perm(ctx)?;
+        let dir = self.node(parent)?;
+        self.mount.rmdir(&dir, name, &perm)
+    }
+
+    fn rename(
+        &self,
+        ctx: &Context,
+        olddir: u64,
+        oldname: &CStr,
+        newdir: u64,
+        newname: &CStr,
+        flags: u32,
+    ) -> io::Result<()> {
+        check_new_name(oldname)?;
+        check_new_name(newname)?;
+        if flags != 0 {
+            // libcephfs has no RENAME_NOREPLACE/EXCHANGE/WHITEOUT.
+            return Err(err(libc::EINVAL));
+        }
+        let perm = Self::perm(ctx)?;
+        let od = self.node(olddir)?;
+        let nd = self.node(newdir)?;
+        self.mount.rename(&od, oldname, &nd, newname, &perm)
+    }
+
+    fn link(&self, ctx: &Context, inode: u64, newparent: u64, newname: &CStr) -> io::Result<Entry> {
+        check_new_name(newname)?;
+        let perm = Self::perm(ctx)?;
+        let i = self.node(inode)?;
+        let dir = self.node(newparent)?;
+        self.mount.link(&i, &dir, newname, &perm)?;
+        let stat = self.mount.getattr(&i, &perm)?;
+        self.inodes.add_existing(inode)?;
+        Ok(self.entry(inode, &stat))
+    }
+
+    fn open(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        flags: u32,
+        _fuse_flags: u32,
+    ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
+        let perm = Self::perm(ctx)?;
+        let i = self.node(inode)?;
+        let file = self.mount.open(&i, Self::open_flags(flags), &perm)?;
+        let h = self.new_handle();
+        lock(&self.files).insert(h, Arc::new(file));
+        Ok((Some(h), self.open_options(), None))
+    }
+
+    fn create(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        args: CreateIn,
+    ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
+        check_new_name(name)?;
+        let perm = Self::perm(ctx)?;
+        let dir = self.node(parent)?;
+        let flags =
+            Self::open_flags(args.flags) | libc::O_CREAT | (args.flags as i32 & libc::O_EXCL);
+        let (inode, file, stat) = self.mount.create(&dir, name, args.mode, flags, &perm)?;
+        let entry = self.new_entry(inode, &stat);
+        let h = self.new_handle();
+        lock(&self.files).insert(h, Arc::new(file));
+        Ok((entry, Some(h), self.open_options(), None))
+    }
+
+    fn read(
+        &self,
+        _ctx: &Context,
+        _inode: u64,
+        handle: u64,
+        w: &mut dyn ZeroCopyWriter,
+        size: u32,
+        offset: u64,
+        _lock_owner: Option<u64>,
+        _flags: u32,
+    ) -> io::Result<usize> {
+        let f = self.file(handle)?;
+        // Never allocate more than the reply can carry, whatever size the guest asks.
+        let size = (size as usize).min(w.available_bytes()).min(MAX_IO);
+        let data = self.mount.read(&f, offset, size)?;
+        w.write_all(&data)?;
+        Ok(data.len())
+    }
+
+    fn write(
+        &self,
+        _ctx: &Context,
+        _inode: u64,
+        handle: u64,
+        r: &mut dyn ZeroCopyReader,
+        size: u32,
+        offset: u64,
+        _lock_owner: Option<u64>,
+        _delayed_write: bool,
+        _flags: u32,
+        _fuse_flags: u32,
+    ) -> io::Result<usize> {
+        if size as usize > MAX_IO {
+            return Err(err(libc::EINVAL));
+        }
+        let f = self.file(handle)?;
+        let mut buf = vec![0u8; size as usize];
+        let mut filled = 0;
+        while filled < buf.len() {
+            match r.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        buf.truncate(filled);
+        let mut done = 0;
+        while done < buf.len() {
+            let at = offset
+                .checked_add(done as u64)
+                .ok_or_else(|| err(libc::EFBIG))?;
+            let n = self.mount.write(&f, at, &buf[done..])?;
+            if n == 0 {
+                return Err(err(libc::EIO));
+            }
+            done += n;
+        }
+        Ok(done)
+    }
+
+    fn flush(&self, _ctx: &Context, _inode: u64, handle: u64, _lock_owner: u64) -> io::Result<()> {
+        // Coherence between clients comes from Ceph's caps: the MDS makes this client flush
+        // its dirty data before another client may read it. Only check the handle.
+        self.file(handle).map(|_| ())
+    }
+
+    fn fsync(&self, _ctx: &Context, _inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
+        let f = self.file(handle)?;
+        self.mount.fsync(&f, datasync)
+    }
+
+    fn fallocate(
+        &self,
+        _ctx: &Context,
+        _inode: u64,
+        handle: u64,
+        mode: u32,
+        offset: u64,
+        length: u64,
+    ) -> io::Result<()> {
+        let f = self.file(handle)?;
+        self.mount.fallocate(&f, mode as i32, offset, length)
+    }
+
+    fn release(
+        &self,
+        _ctx: &Context,
+        _inode: u64,
+        _flags: u32,
+        handle: u64,
+        _flush: bool,
+        _flock_release: bool,
+        _lock_owner: Option<u64>,
+    ) -> io::Result<()> {
+        // The Fh is closed when the last in-flight request using it finishes.
+        lock(&self.files)
+            .remove(&handle)
+            .map(|_| ())
+            .ok_or_else(|| err(libc::EBADF))
+    }
+
+    fn statfs(&self, _ctx: &Context, inode: u64) -> io::Result<statvfs64> {
+        let i = self.node(inode)?;
+        self.mount.statfs(&i)
+    }
+
+    fn setxattr(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        name: &CStr,
+        value: &[u8],
+        flags: u32,
+    ) -> io::Result<()> {
+        let perm = Self::perm(ctx)?;
+        let i = self.node(inode)?;
+        self.mount.setxattr(&i, name, value, flags as i32, &perm)
+    }
+
+    fn getxattr(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        name: &CStr,
+        size: u32,
+    ) -> io::Result<GetxattrReply> {
+        let perm = Self::perm(ctx)?;
+        let i = self.node(inode)?;
+        match self.mount.getxattr(&i, name, size as usize, &perm)? {
+            XattrReply::Size(n) => Ok(GetxattrReply::Count(
+                u32::try_from(n).map_err(|_| err(libc::E2BIG))?,
+            )),
+            XattrReply::Data(v) => Ok(GetxattrReply::Value(v)),
+        }
+    }
+
+    fn listxattr(&self, ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
+        let perm = Self::perm(ctx)?;
+        let i = self.node(inode)?;
+        match self.mount.listxattr(&i, size as usize, &perm)? {
+            XattrReply::Size(n) => Ok(ListxattrReply::Count(
+                u32::try_from(n).map_err(|_| err(libc::E2BIG))?,
+            )),
+            XattrReply::Data(v) => Ok(ListxattrReply::Names(v)),
+        }
+    }
+
+    fn removexattr(&self, ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
+        let perm = Self::perm(ctx)?;
+        let i = self.node(inode)?;
+        self.mount.removexattr(&i, name, &perm)
+    }
+
+    fn opendir(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        _flags: u32,
+    ) -> io::Result<(Option<u64>, OpenOptions)> {
+        let perm = Self::perm(ctx)?;
+        let i = self.node(inode)?;
+        let dir = self.mount.opendir(&i, &perm)?;
+        let h = self.new_handle();
+        lock(&self.dirs).insert(h, Arc::new(Mutex::new(dir)));
+        let mut o = OpenOptions::empty();
+        if self.cache.keep_cache {
+            o |= OpenOptions::CACHE_DIR;
+        }
+        Ok((Some(h), o))
+    }
+
+    fn readdir(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        _size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        self.do_readdir(ctx, inode, handle, offset, false, &mut |d, _| add_entry(d))
+    }
+
+    fn readdirplus(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        _size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        self.do_readdir(ctx, inode, handle, offset, true, &mut |d, e| match e {
+            Some(e) => add_entry(d, e),
+            None => Err(err(libc::EIO)),
+        })
+    }
+
+    fn fsyncdir(
+        &self,
+        _ctx: &Context,
+        _inode: u64,
+        _datasync: bool,
+        handle: u64,
+    ) -> io::Result<()> {
+        // Directory operations are synchronous on the MDS (journaled before they return).
+        self.dir(handle).map(|_| ())
+    }
+
+    fn releasedir(&self, _ctx: &Context, _inode: u64, _flags: u32, handle: u64) -> io::Result<()> {
+        lock(&self.dirs)
+            .remove(&handle)
+            .map(|_| ())
+            .ok_or_else(|| err(libc::EBADF))
+    }
+
+    fn access(&self, ctx: &Context, inode: u64, mask: u32) -> io::Result<()> {
+        let perm = Self::perm(ctx)?;
+        let i = self.node(inode)?;
+        let st = self.mount.getattr(&i, &perm)?;
+        let mode = st.mode();
+        let mask = mask & 0o7;
+        if mask == 0 {
+            return Ok(());
+        }
+        let s = st.to_stat64();
+        if ctx.uid == 0 {
+            // Root may do anything but execute a file nobody may execute.
+            if mask & 1 != 0 && mode & 0o111 == 0 && mode & libc::S_IFMT != libc::S_IFDIR {
+                return Err(err(libc::EACCES));
+            }
+            return Ok(());
+        }
+        let bits = if s.st_uid == ctx.uid {
+            (mode >> 6) & 7
+        } else if s.st_gid == ctx.gid {
+            (mode >> 3) & 7
+        } else {
+            mode & 7
+        };
+        if bits & mask == mask {
+            Ok(())
+        } else {
+            Err(err(libc::EACCES))
+        }
+    }
+
+    fn lseek(
+        &self,
+        _ctx: &Context,
+        _inode: u64,
+        handle: u64,
+        offset: u64,
+        whence: u32,
+    ) -> io::Result<u64> {
+        let f = self.file(handle)?;
+        self.mount.lseek(&f, offset, whence as i32)
+    }
+}

@@ -1,0 +1,970 @@
+//! The safe wrapper over libcephfs: the only module with `unsafe` code.
+//!
+//! Owns the lifetime rules of every libcephfs object: `CephMount` (one `ceph_mount_info`,
+//! unmounted and released on drop), `CephInode` (one client reference to an `Inode`, put on
+//! drop), `CephFile` (an open `Fh`, closed on drop), `CephDir` (a directory stream, released on
+//! drop) and `UserPerm` (credentials, destroyed on drop). Every object that refers to a mount
+//! holds an `Arc<CephMount>`, so the mount is torn down only after the last of them is gone.
+//! Errors are `-errno` turned into `io::Error`s.
+//!
+//! Must not: keep FUSE state (node ids, lookup counts, handle numbers: that is `inode` and
+//! `fs`), or interpret paths beyond the one mount root.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::path::Path;
+use std::ptr::{self, NonNull};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64};
+use libc::{c_char, c_int};
+
+use crate::error::{errno, CephError};
+use crate::ffi;
+
+fn check(ret: c_int) -> io::Result<c_int> {
+    if ret < 0 {
+        Err(errno(ret.into()))
+    } else {
+        Ok(ret)
+    }
+}
+
+fn cstring(what: &'static str, value: &str) -> Result<CString, CephError> {
+    CString::new(value).map_err(|_| CephError::NulByte {
+        what,
+        value: value.to_string(),
+    })
+}
+
+/// Where and as whom to mount.
+#[derive(Debug, Clone)]
+pub struct MountOptions<'a> {
+    /// ceph.conf (monitor addresses, options).
+    pub conf: &'a Path,
+    /// cephx id without the `client.` prefix.
+    pub id: &'a str,
+    /// keyring holding `client.<id>`'s key.
+    pub keyring: &'a Path,
+    /// Absolute path inside the filesystem that becomes the root of the mount.
+    pub root: &'a str,
+    /// CephFS filesystem name; `None` takes the cluster's default.
+    pub fs_name: Option<&'a str>,
+    /// How long to wait for the monitors and the MDS before failing.
+    pub mount_timeout: Duration,
+}
+
+/// A mounted CephFS subtree (`ceph_mount_info`).
+pub struct CephMount {
+    cmount: NonNull<ffi::CephMountInfo>,
+}
+
+// SAFETY: libcephfs' `Client` serialises every call on a mount with its own client lock; the
+// `ceph_mount_info` pointer is only freed in `Drop`, when no other reference exists.
+unsafe impl Send for CephMount {}
+// SAFETY: as above: concurrent calls through `&CephMount` are what libcephfs is built for.
+unsafe impl Sync for CephMount {}
+
+impl std::fmt::Debug for CephMount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CephMount").finish_non_exhaustive()
+    }
+}
+
+/// A `ceph_mount_info` that is released if set-up fails half way.
+struct Pending(NonNull<ffi::CephMountInfo>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from ceph_create and was never mounted (or the mount
+        // failed), so ceph_release is the one call that frees it; nothing else holds it.
+        unsafe {
+            ffi::ceph_release(self.0.as_ptr());
+        }
+    }
+}
+
+impl CephMount {
+    /// Creates a client as `client.<id>`, reads `conf`, uses `keyring`, and mounts `root`.
+    pub fn connect(opts: &MountOptions<'_>) -> Result<Arc<CephMount>, CephError> {
+        if !opts.root.starts_with('/') {
+            return Err(CephError::RelativeRoot(opts.root.to_string()));
+        }
+        // Check the files first: libcephfs' own messages for a missing keyring are vague.
+        std::fs::File::open(opts.conf).map_err(|source| CephError::ConfFile {
+            path: opts.conf.to_path_buf(),
+            source,
+        })?;
+        std::fs::File::open(opts.keyring).map_err(|source| CephError::Keyring {
+            path: opts.keyring.to_path_buf(),
+            source,
+        })?;
+        let id = cstring("ceph id", opts.id)?;
+        let conf_s = opts.conf.to_str().ok_or_else(|| CephError::ConfFile {
+            path: opts.conf.to_path_buf(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "path is not UTF-8"),
+        })?;
+        let conf = cstring("ceph config path", conf_s)?;
+        let keyring_s = opts.keyring.to_str().ok_or_else(|| CephError::Keyring {
+            path: opts.keyring.to_path_buf(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "path is not UTF-8"),
+        })?;
+        let root = cstring("ceph root", opts.root)?;
+
+        let mut raw: *mut ffi::CephMountInfo = ptr::null_mut();
+        // SAFETY: `raw` is a valid out-pointer and `id` a NUL-terminated string that outlives
+        // the call (libcephfs copies it).
+        let ret = unsafe { ffi::ceph_create(&mut raw, id.as_ptr()) };
+        check(ret).map_err(|source| CephError::Create {
+            id: opts.id.to_string(),
+            source,
+        })?;
+        let pending = Pending(NonNull::new(raw).ok_or_else(|| CephError::Create {
+            id: opts.id.to_string(),
+            source: io::Error::from_raw_os_error(libc::ENOMEM),
+        })?);
+        let cm = pending.0.as_ptr();
+
+        // SAFETY: `cm` is a live, unmounted handle; `conf` is NUL-terminated.
+        let ret = unsafe { ffi::ceph_conf_read_file(cm, conf.as_ptr()) };
+        check(ret).map_err(|source| CephError::ReadConf {
+            path: opts.conf.to_path_buf(),
+            source,
+        })?;
+        let timeout = opts.mount_timeout.as_secs().max(1).to_string();
+        let settings: [(&str, &str); 5] = [
+            ("keyring", keyring_s),
+            // Fail fast on an unreachable cluster instead of libcephfs' 300 s.
+            ("client_mount_timeout", &timeout),
+            ("rados_mon_op_timeout", &timeout),
+            // Several clients of one id may live in one process: no admin socket clashes.
+            ("admin_socket", ""),
+            // Permission checks on behalf of the guest's uid/gid, whatever the conf says.
+            ("client_permissions", "true"),
+        ];
+        for (option, value) in settings {
+            set_option(cm, option, value)?;
+        }
+        if let Some(name) = opts.fs_name {
+            let cname = cstring("ceph filesystem name", name)?;
+            // SAFETY: live unmounted handle, NUL-terminated name.
+            let ret = unsafe { ffi::ceph_select_filesystem(cm, cname.as_ptr()) };
+            check(ret).map_err(|source| CephError::SelectFs {
+                name: name.to_string(),
+                source,
+            })?;
+        }
+        // SAFETY: live handle with its configuration read.
+        let ret = unsafe { ffi::ceph_init(cm) };
+        check(ret).map_err(|source| CephError::Connect {
+            id: opts.id.to_string(),
+            conf: opts.conf.to_path_buf(),
+            keyring: opts.keyring.to_path_buf(),
+            source,
+        })?;
+        // SAFETY: live, initialised handle; `root` is NUL-terminated.
+        let ret = unsafe { ffi::ceph_mount(cm, root.as_ptr()) };
+        if ret < 0 {
+            let source = errno(ret.into());
+            return Err(match -ret {
+                libc::ENOENT => CephError::RootMissing {
+                    root: opts.root.to_string(),
+                },
+                libc::EPERM | libc::EACCES => CephError::RootDenied {
+                    id: opts.id.to_string(),
+                    root: opts.root.to_string(),
+                    source,
+                },
+                libc::ENOTDIR => CephError::RootNotDir {
+                    root: opts.root.to_string(),
+                },
+                libc::ETIMEDOUT | libc::ECONNREFUSED | libc::ENOTCONN => CephError::Connect {
+                    id: opts.id.to_string(),
+                    conf: opts.conf.to_path_buf(),
+                    keyring: opts.keyring.to_path_buf(),
+                    source,
+                },
+                _ => CephError::Mount {
+                    id: opts.id.to_string(),
+                    root: opts.root.to_string(),
+                    source,
+                },
+            });
+        }
+        let cmount = pending.0;
+        std::mem::forget(pending);
+        Ok(Arc::new(CephMount { cmount }))
+    }
+
+    fn raw(&self) -> *mut ffi::CephMountInfo {
+        self.cmount.as_ptr()
+    }
+
+    /// The root inode of the mount (the configured root directory).
+    pub fn root(self: &Arc<Self>) -> io::Result<CephInode> {
+        let mut out: *mut ffi::Inode = ptr::null_mut();
+        // SAFETY: live mount; `out` is a valid out-pointer that receives a new reference.
+        check(unsafe { ffi::ceph_ll_lookup_root(self.raw(), &mut out) })?;
+        self.adopt(out)
+    }
+
+    /// Wraps a freshly referenced `Inode` pointer.
+    fn adopt(self: &Arc<Self>, ptr: *mut ffi::Inode) -> io::Result<CephInode> {
+        let ptr = NonNull::new(ptr).ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
+        Ok(CephInode {
+            mount: Arc::clone(self),
+            ptr,
+        })
+    }
+
+    pub fn lookup(
+        self: &Arc<Self>,
+        parent: &CephInode,
+        name: &CStr,
+        perm: &UserPerm,
+    ) -> io::Result<(CephInode, Statx)> {
+        let mut out = ptr::null_mut();
+        let mut stx = ffi::CephStatx::default();
+        // SAFETY: live mount, live parent reference, NUL-terminated name, valid out-pointers,
+        // live credentials.
+        check(unsafe {
+            ffi::ceph_ll_lookup(
+                self.raw(),
+                parent.ptr.as_ptr(),
+                name.as_ptr(),
+                &mut out,
+                &mut stx,
+                ffi::CEPH_STATX_BASIC_STATS,
+                0,
+                perm.raw(),
+            )
+        })?;
+        Ok((self.adopt(out)?, Statx(stx)))
+    }
+
+    pub fn getattr(&self, inode: &CephInode, perm: &UserPerm) -> io::Result<Statx> {
+        let mut stx = ffi::CephStatx::default();
+        // SAFETY: live mount, inode reference and credentials; `stx` is writable.
+        check(unsafe {
+            ffi::ceph_ll_getattr(
+                self.raw(),
+                inode.ptr.as_ptr(),
+                &mut stx,
+                ffi::CEPH_STATX_BASIC_STATS,
+                0,
+                perm.raw(),
+            )
+        })?;
+        Ok(Statx(stx))
+    }
+
+    pub fn setattr(&self, inode: &CephInode, attr: &SetAttr, perm: &UserPerm) -> io::Result<()> {
+        let mut stx = ffi::CephStatx {
+            stx_mode: attr.mode as u16,
+            stx_uid: attr.uid,
+            stx_gid: attr.gid,
+            stx_size: attr.size,
+            stx_atime: attr.atime,
+            stx_mtime: attr.mtime,
+            stx_ctime: attr.ctime,
+            ..Default::default()
+        };
+        // SAFETY: live mount, inode and credentials; `stx` is readable for the call.
+        check(unsafe {
+            ffi::ceph_ll_setattr(
+                self.raw(),
+                inode.ptr.as_ptr(),
+                &mut stx,
+                attr.mask,
+                perm.raw(),
+            )
+        })?;
+        Ok(())
+    }
+
+    pub fn open(
+        self: &Arc<Self>,
+        inode: &CephInode,
+        flags: i32,
+        perm: &UserPerm,
+    ) -> io::Result<CephFile> {
+        let mut fh = ptr::null_mut();
+        // SAFETY: live mount, inode, credentials; `fh` is a valid out-pointer.
+        check(unsafe {
+            ffi::ceph_ll_open(self.raw(), inode.ptr.as_ptr(), flags, &mut fh, perm.raw())
+        })?;
+        self.adopt_fh(fh)
+    }
+
+    fn adopt_fh(self: &Arc<Self>, fh: *mut ffi::Fh) -> io::Result<CephFile> {
+        let fh = NonNull::new(fh).ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
+        Ok(CephFile {
+            mount: Arc::clone(self),
+            fh,
+        })
+    }
+
+    pub fn create(
+        self: &Arc<Self>,
+        parent: &CephInode,
+        name: &CStr,
+        mode: u32,
+        flags: i32,
+        perm: &UserPerm,
+    ) -> io::Result<(CephInode, CephFile, Statx)> {
+        let mut out = ptr::null_mut();
+        let mut fh = ptr::null_mut();
+        let mut stx = ffi::CephStatx::default();
+        // SAFETY: live mount, parent, credentials; NUL-terminated name; valid out-pointers.
+        check(unsafe {
+            ffi::ceph_ll_create(
+                self.raw(),
+                parent.ptr.as_ptr(),
+                name.as_ptr(),
+                mode,
+                flags,
+                &mut out,
+                &mut fh,
+                &mut stx,
+                ffi::CEPH_STATX_BASIC_STATS,
+                0,
+                perm.raw(),
+            )
+        })?;
+        // Adopt both before checking either, so neither leaks.
+        let inode = NonNull::new(out).map(|ptr| CephInode {
+            mount: Arc::clone(self),
+            ptr,
+        });
+        let file = NonNull::new(fh).map(|fh| CephFile {
+            mount: Arc::clone(self),
+            fh,
+        });
+        match (inode, file) {
+            (Some(i), Some(f)) => Ok((i, f, Statx(stx))),
+            _ => Err(io::Error::from_raw_os_error(libc::EIO)),
+        }
+    }
+
+    pub fn read(&self, file: &CephFile, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let off = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let mut buf = vec![0u8; len];
+        // SAFETY: live mount and open file; `buf` has room for `len` bytes.
+        let n = check(unsafe {
+            ffi::ceph_ll_read(
+                self.raw(),
+                file.fh.as_ptr(),
+                off,
+                len as u64,
+                buf.as_mut_ptr().cast::<c_char>(),
+            )
+        })?;
+        buf.truncate(n as usize);
+        Ok(buf)
+    }
+
+    pub fn write(&self, file: &CephFile, offset: u64, data: &[u8]) -> io::Result<usize> {
+        let off = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: live mount and open file; `data` is readable for its length.
+        let n = check(unsafe {
+            ffi::ceph_ll_write(
+                self.raw(),
+                file.fh.as_ptr(),
+                off,
+                data.len() as u64,
+                data.as_ptr().cast::<c_char>(),
+            )
+        })?;
+        Ok(n as usize)
+    }
+
+    pub fn fsync(&self, file: &CephFile, datasync: bool) -> io::Result<()> {
+        // SAFETY: live mount and open file.
+        check(unsafe { ffi::ceph_ll_fsync(self.raw(), file.fh.as_ptr(), datasync as c_int) })?;
+        Ok(())
+    }
+
+    pub fn fallocate(&self, file: &CephFile, mode: i32, offset: u64, len: u64) -> io::Result<()> {
+        let einval = || io::Error::from_raw_os_error(libc::EINVAL);
+        let off = i64::try_from(offset).map_err(|_| einval())?;
+        let len = i64::try_from(len).map_err(|_| einval())?;
+        // SAFETY: live mount and open file.
+        check(unsafe { ffi::ceph_ll_fallocate(self.raw(), file.fh.as_ptr(), mode, off, len) })?;
+        Ok(())
+    }
+
+    pub fn lseek(&self, file: &CephFile, offset: u64, whence: i32) -> io::Result<u64> {
+        let off = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: live mount and open file.
+        let ret = unsafe { ffi::ceph_ll_lseek(self.raw(), file.fh.as_ptr(), off, whence) };
+        if ret < 0 {
+            return Err(errno(ret));
+        }
+        Ok(ret as u64)
+    }
+
+    pub fn mknod(
+        self: &Arc<Self>,
+        parent: &CephInode,
+        name: &CStr,
+        mode: u32,
+        rdev: u64,
+        perm: &UserPerm,
+    ) -> io::Result<(CephInode, Statx)> {
+        let mut out = ptr::null_mut();
+        let mut stx = ffi::CephStatx::default();
+        // SAFETY: live mount, parent, credentials; NUL-terminated name; valid out-pointers.
+        check(unsafe {
+            ffi::ceph_ll_mknod(
+                self.raw(),
+                parent.ptr.as_ptr(),
+                name.as_ptr(),
+                mode,
+                rdev,
+                &mut out,
+                &mut stx,
+                ffi::CEPH_STATX_BASIC_STATS,
+                0,
+                perm.raw(),
+            )
+        })?;
+        Ok((self.adopt(out)?, Statx(stx)))
+    }
+
+    pub fn mkdir(
+        self: &Arc<Self>,
+        parent: &CephInode,
+        name: &CStr,
+        mode: u32,
+        perm: &UserPerm,
+    ) -> io::Result<(CephInode, Statx)> {
+        let mut out = ptr::null_mut();
+        let mut stx = ffi::CephStatx::default();
+        // SAFETY: live mount, parent, credentials; NUL-terminated name; valid out-pointers.
+        check(unsafe {
+            ffi::ceph_ll_mkdir(
+                self.raw(),
+                parent.ptr.as_ptr(),
+                name.as_ptr(),
+                mode,
+                &mut out,
+                &mut stx,
+                ffi::CEPH_STATX_BASIC_STATS,
+                0,
+                perm.raw(),
+            )
+        })?;
+        Ok((self.adopt(out)?, Statx(stx)))
+    }
+
+    pub fn symlink(
+        self: &Arc<Self>,
+        parent: &CephInode,
+        name: &CStr,
+        target: &CStr,
+        perm: &UserPerm,
+    ) -> io::Result<(CephInode, Statx)> {
+        let mut out = ptr::null_mut();
+        let mut stx = ffi::CephStatx::default();
+        // SAFETY: live mount, parent, credentials; NUL-terminated strings; valid out-pointers.
+        check(unsafe {
+            ffi::ceph_ll_symlink(
+                self.raw(),
+                parent.ptr.as_ptr(),
+                name.as_ptr(),
+                target.as_ptr(),
+                &mut out,
+                &mut stx,
+                ffi::CEPH_STATX_BASIC_STATS,
+                0,
+                perm.raw(),
+            )
+        })?;
+        Ok((self.adopt(out)?, Statx(stx)))
+    }
+
+    pub fn link(
+        &self,
+        inode: &CephInode,
+        newparent: &CephInode,
+        name: &CStr,
+        perm: &UserPerm,
+    ) -> io::Result<()> {
+        // SAFETY: live mount, inodes and credentials; NUL-terminated name.
+        check(unsafe {
+            ffi::ceph_ll_link(
+                self.raw(),
+                inode.ptr.as_ptr(),
+                newparent.ptr.as_ptr(),
+                name.as_ptr(),
+                perm.raw(),
+            )
+        })?;
+        Ok(())
+    }
+
+    pub fn unlink(&self, parent: &CephInode, name: &CStr, perm: &UserPerm) -> io::Result<()> {
+        // SAFETY: live mount, parent and credentials; NUL-terminated name.
+        check(unsafe {
+            ffi::ceph_ll_unlink(self.raw(), parent.ptr.as_ptr(), name.as_ptr(), perm.raw())
+        })?;
+        Ok(())
+    }
+
+    pub fn rmdir(&self, parent: &CephInode, name: &CStr, perm: &UserPerm) -> io::Result<()> {
+        // SAFETY: live mount, parent and credentials; NUL-terminated name.
+        check(unsafe {
+            ffi::ceph_ll_rmdir(self.raw(), parent.ptr.as_ptr(), name.as_ptr(), perm.raw())
+        })?;
+        Ok(())
+    }
+
+    pub fn rename(
+        &self,
+        olddir: &CephInode,
+        oldname: &CStr,
+        newdir: &CephInode,
+        newname: &CStr,
+        perm: &UserPerm,
+    ) -> io::Result<()> {
+        // SAFETY: live mount, directories and credentials; NUL-terminated names.
+        check(unsafe {
+            ffi::ceph_ll_rename(
+                self.raw(),
+                olddir.ptr.as_ptr(),
+                oldname.as_ptr(),
+                newdir.ptr.as_ptr(),
+                newname.as_ptr(),
+                perm.raw(),
+            )
+        })?;
+        Ok(())
+    }
+
+    pub fn readlink(&self, inode: &CephInode, perm: &UserPerm) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; libc::PATH_MAX as usize];
+        // SAFETY: live mount, inode and credentials; `buf` is writable for its length.
+        let n = check(unsafe {
+            ffi::ceph_ll_readlink(
+                self.raw(),
+                inode.ptr.as_ptr(),
+                buf.as_mut_ptr().cast::<c_char>(),
+                buf.len(),
+                perm.raw(),
+            )
+        })?;
+        buf.truncate(n as usize);
+        Ok(buf)
+    }
+
+    /// The value of `name`; with `size` 0 only its length (returned as an empty-valued
+    /// `Err`-free `XattrSize`).
+    pub fn getxattr(
+        &self,
+        inode: &CephInode,
+        name: &CStr,
+        size: usize,
+        perm: &UserPerm,
+    ) -> io::Result<XattrReply> {
+        let mut buf = vec![0u8; size];
+        let ptr = if size == 0 {
+            ptr::null_mut()
+        } else {
+            buf.as_mut_ptr().cast::<libc::c_void>()
+        };
+        // SAFETY: live mount, inode and credentials; `ptr` is null with size 0 or writable
+        // for `size` bytes.
+        let n = check(unsafe {
+            ffi::ceph_ll_getxattr(
+                self.raw(),
+                inode.ptr.as_ptr(),
+                name.as_ptr(),
+                ptr,
+                size,
+                perm.raw(),
+            )
+        })? as usize;
+        if size == 0 {
+            return Ok(XattrReply::Size(n));
+        }
+        buf.truncate(n.min(size));
+        Ok(XattrReply::Data(buf))
+    }
+
+    pub fn setxattr(
+        &self,
+        inode: &CephInode,
+        name: &CStr,
+        value: &[u8],
+        flags: i32,
+        perm: &UserPerm,
+    ) -> io::Result<()> {
+        // SAFETY: live mount, inode and credentials; `value` readable for its length.
+        check(unsafe {
+            ffi::ceph_ll_setxattr(
+                self.raw(),
+                inode.ptr.as_ptr(),
+                name.as_ptr(),
+                value.as_ptr().cast::<libc::c_void>(),
+                value.len(),
+                flags,
+                perm.raw(),
+            )
+        })?;
+        Ok(())
+    }
+
+    /// NUL-separated names; with `size` 0 only the length needed.
+    pub fn listxattr(
+        &self,
+        inode: &CephInode,
+        size: usize,
+        perm: &UserPerm,
+    ) -> io::Result<XattrReply> {
+        let mut buf = vec![0u8; size];
+        let ptr = if size == 0 {
+            ptr::null_mut()
+        } else {
+            buf.as_mut_ptr().cast::<c_char>()
+        };
+        let mut len: libc::size_t = 0;
+        // SAFETY: live mount, inode and credentials; `ptr` null with size 0 or writable for
+        // `size` bytes; `len` is a valid out-pointer.
+        check(unsafe {
+            ffi::ceph_ll_listxattr(
+                self.raw(),
+                inode.ptr.as_ptr(),
+                ptr,
+                size,
+                &mut len,
+                perm.raw(),
+            )
+        })?;
+        if size == 0 {
+            return Ok(XattrReply::Size(len));
+        }
+        buf.truncate(len.min(size));
+        Ok(XattrReply::Data(buf))
+    }
+
+    pub fn removexattr(&self, inode: &CephInode, name: &CStr, perm: &UserPerm) -> io::Result<()> {
+        // SAFETY: live mount, inode and credentials; NUL-terminated name.
+        check(unsafe {
+            ffi::ceph_ll_removexattr(self.raw(), inode.ptr.as_ptr(), name.as_ptr(), perm.raw())
+        })?;
+        Ok(())
+    }
+
+    pub fn statfs(&self, inode: &CephInode) -> io::Result<statvfs64> {
+        // SAFETY: statvfs is plain old data; all-zero is a valid value.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: live mount and inode; `st` is writable.
+        check(unsafe { ffi::ceph_ll_statfs(self.raw(), inode.ptr.as_ptr(), &mut st) })?;
+        // SAFETY: statvfs64 is plain old data; all-zero is a valid value.
+        let mut out: statvfs64 = unsafe { std::mem::zeroed() };
+        out.f_bsize = st.f_bsize;
+        out.f_frsize = st.f_frsize;
+        out.f_blocks = st.f_blocks;
+        out.f_bfree = st.f_bfree;
+        out.f_bavail = st.f_bavail;
+        out.f_files = st.f_files;
+        out.f_ffree = st.f_ffree;
+        out.f_favail = st.f_favail;
+        out.f_fsid = st.f_fsid;
+        out.f_flag = st.f_flag;
+        out.f_namemax = st.f_namemax;
+        Ok(out)
+    }
+
+    pub fn opendir(self: &Arc<Self>, inode: &CephInode, perm: &UserPerm) -> io::Result<CephDir> {
+        let mut dir = ptr::null_mut();
+        // SAFETY: live mount, inode and credentials; `dir` is a valid out-pointer.
+        check(unsafe {
+            ffi::ceph_ll_opendir(self.raw(), inode.ptr.as_ptr(), &mut dir, perm.raw())
+        })?;
+        let dir = NonNull::new(dir).ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
+        Ok(CephDir {
+            mount: Arc::clone(self),
+            dir,
+        })
+    }
+}
+
+impl Drop for CephMount {
+    fn drop(&mut self) {
+        // SAFETY: this is the last reference to the handle (every inode, file and directory
+        // holds an Arc), so nothing uses the mount any more.
+        let ret = unsafe { ffi::ceph_unmount(self.raw()) };
+        if ret < 0 {
+            tracing::warn!("ceph_unmount: {}", errno(ret.into()));
+        }
+        // SAFETY: this is the last reference to the handle (every inode, file and directory
+        // holds an Arc), it is unmounted, and it is never used again.
+        unsafe {
+            ffi::ceph_release(self.raw());
+        }
+    }
+}
+
+fn set_option(cm: *mut ffi::CephMountInfo, option: &str, value: &str) -> Result<(), CephError> {
+    let o = cstring("ceph option", option)?;
+    let v = cstring("ceph option value", value)?;
+    // SAFETY: `cm` is a live unmounted handle; both strings are NUL-terminated.
+    let ret = unsafe { ffi::ceph_conf_set(cm, o.as_ptr(), v.as_ptr()) };
+    check(ret).map_err(|source| CephError::SetOption {
+        option: option.to_string(),
+        source,
+    })?;
+    Ok(())
+}
+
+/// Reply of `getxattr`/`listxattr`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum XattrReply {
+    Size(usize),
+    Data(Vec<u8>),
+}
+
+/// One client reference to a Ceph `Inode`, put when dropped.
+pub struct CephInode {
+    mount: Arc<CephMount>,
+    ptr: NonNull<ffi::Inode>,
+}
+
+// SAFETY: an `Inode` reference may be used and put from any thread; the client lock guards
+// the object.
+unsafe impl Send for CephInode {}
+// SAFETY: every use goes through libcephfs calls that take the client lock.
+unsafe impl Sync for CephInode {}
+
+impl std::fmt::Debug for CephInode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CephInode({:p})", self.ptr)
+    }
+}
+
+impl Drop for CephInode {
+    fn drop(&mut self) {
+        // SAFETY: we own exactly one reference, taken by a lookup/create call, and give it
+        // back once; the mount is alive (we hold an Arc).
+        unsafe {
+            ffi::ceph_ll_put(self.mount.raw(), self.ptr.as_ptr());
+        }
+    }
+}
+
+/// An open file (`Fh`), closed when dropped.
+pub struct CephFile {
+    mount: Arc<CephMount>,
+    fh: NonNull<ffi::Fh>,
+}
+
+// SAFETY: an `Fh` may be used from any thread; libcephfs serialises through the client lock.
+unsafe impl Send for CephFile {}
+// SAFETY: as above; reads and writes at explicit offsets share no cursor state.
+unsafe impl Sync for CephFile {}
+
+impl Drop for CephFile {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from ll_open/ll_create, is closed exactly once, and the
+        // mount is alive.
+        let ret = unsafe { ffi::ceph_ll_close(self.mount.raw(), self.fh.as_ptr()) };
+        if ret < 0 {
+            tracing::warn!("ceph_ll_close: {}", errno(ret.into()));
+        }
+    }
+}
+
+/// One entry read by `CephDir::read_entry`.
+pub struct DirEntryPlus {
+    pub name: Vec<u8>,
+    pub d_type: u8,
+    /// Position of the entry after this one (`ceph_telldir`).
+    pub next_offset: u64,
+    pub stat: Statx,
+    pub inode: CephInode,
+}
+
+/// An open directory stream, released when dropped.
+pub struct CephDir {
+    mount: Arc<CephMount>,
+    dir: NonNull<ffi::CephDirResult>,
+}
+
+// SAFETY: the stream is only used through `&mut self` (callers wrap it in a Mutex); the
+// client lock guards the libcephfs side.
+unsafe impl Send for CephDir {}
+
+impl CephDir {
+    pub fn tell(&mut self) -> u64 {
+        // SAFETY: live mount and stream.
+        let pos = unsafe { ffi::ceph_telldir(self.mount.raw(), self.dir.as_ptr()) };
+        pos.max(0) as u64
+    }
+
+    pub fn seek(&mut self, offset: u64) {
+        let off = i64::try_from(offset).unwrap_or(i64::MAX);
+        // SAFETY: live mount and stream; libcephfs accepts any offset (an unknown one ends
+        // the stream).
+        unsafe { ffi::ceph_seekdir(self.mount.raw(), self.dir.as_ptr(), off) }
+    }
+
+    /// The next entry with its attributes and a reference to its inode, `None` at the end.
+    pub fn read_entry(&mut self) -> io::Result<Option<DirEntryPlus>> {
+        // SAFETY: dirent is plain old data; all-zero is a valid value.
+        let mut de: libc::dirent = unsafe { std::mem::zeroed() };
+        let mut stx = ffi::CephStatx::default();
+        let mut out = ptr::null_mut();
+        // SAFETY: live mount and stream; `de`, `stx` and `out` are valid out-pointers.
+        let ret = check(unsafe {
+            ffi::ceph_readdirplus_r(
+                self.mount.raw(),
+                self.dir.as_ptr(),
+                &mut de,
+                &mut stx,
+                ffi::CEPH_STATX_BASIC_STATS,
+                0,
+                &mut out,
+            )
+        })?;
+        if ret == 0 {
+            return Ok(None);
+        }
+        let inode = self.mount.adopt(out)?;
+        // SAFETY: libcephfs NUL-terminates d_name within the array.
+        let name = unsafe { CStr::from_ptr(de.d_name.as_ptr()) }
+            .to_bytes()
+            .to_vec();
+        let next_offset = self.tell();
+        Ok(Some(DirEntryPlus {
+            name,
+            d_type: de.d_type,
+            next_offset,
+            stat: Statx(stx),
+            inode,
+        }))
+    }
+}
+
+impl Drop for CephDir {
+    fn drop(&mut self) {
+        // SAFETY: the stream came from ll_opendir, is released exactly once, mount alive.
+        unsafe {
+            ffi::ceph_ll_releasedir(self.mount.raw(), self.dir.as_ptr());
+        }
+    }
+}
+
+/// Credentials a request runs with (`UserPerm`), destroyed when dropped.
+pub struct UserPerm {
+    ptr: NonNull<ffi::UserPerm>,
+    /// libcephfs keeps pointing at the group list: it must live as long as the object.
+    _groups: Box<[libc::gid_t]>,
+}
+
+// SAFETY: a UserPerm is immutable after creation and only read by libcephfs.
+unsafe impl Send for UserPerm {}
+// SAFETY: as above.
+unsafe impl Sync for UserPerm {}
+
+impl UserPerm {
+    pub fn new(uid: u32, gid: u32, groups: &[u32]) -> io::Result<UserPerm> {
+        let mut groups: Box<[libc::gid_t]> = groups.into();
+        let n = c_int::try_from(groups.len())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let list = if groups.is_empty() {
+            ptr::null_mut()
+        } else {
+            groups.as_mut_ptr()
+        };
+        // SAFETY: `list` is null or points at `n` gids that live as long as the object.
+        let ptr = unsafe { ffi::ceph_userperm_new(uid, gid, n, list) };
+        let ptr = NonNull::new(ptr).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
+        Ok(UserPerm {
+            ptr,
+            _groups: groups,
+        })
+    }
+
+    fn raw(&self) -> *const ffi::UserPerm {
+        self.ptr.as_ptr()
+    }
+}
+
+impl Drop for UserPerm {
+    fn drop(&mut self) {
+        // SAFETY: created by ceph_userperm_new, destroyed exactly once.
+        unsafe { ffi::ceph_userperm_destroy(self.ptr.as_ptr()) }
+    }
+}
+
+/// What `setattr` changes: `mask` is a set of `CEPH_SETATTR_*` bits.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetAttr {
+    pub mask: i32,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub atime: ffi::Timespec,
+    pub mtime: ffi::Timespec,
+    pub ctime: ffi::Timespec,
+}
+
+/// Attributes of an inode (`struct ceph_statx`).
+#[derive(Debug, Clone, Copy)]
+pub struct Statx(pub(crate) ffi::CephStatx);
+
+impl Statx {
+    pub fn ino(&self) -> u64 {
+        self.0.stx_ino
+    }
+
+    /// The snapshot id (libcephfs reports it in `stx_dev`; `CEPH_NOSNAP` for live files).
+    pub fn snap(&self) -> u64 {
+        self.0.stx_dev
+    }
+
+    pub fn mode(&self) -> u32 {
+        u32::from(self.0.stx_mode)
+    }
+
+    pub fn size(&self) -> u64 {
+        self.0.stx_size
+    }
+
+    pub fn nlink(&self) -> u32 {
+        self.0.stx_nlink
+    }
+
+    /// As a `stat64` for the guest. `st_dev` is left 0: the guest's kernel picks its own.
+    pub fn to_stat64(&self) -> stat64 {
+        let s = &self.0;
+        // SAFETY: stat64 is plain old data; all-zero is a valid value.
+        let mut st: stat64 = unsafe { std::mem::zeroed() };
+        st.st_ino = s.stx_ino;
+        st.st_mode = u32::from(s.stx_mode);
+        st.st_nlink = u64::from(s.stx_nlink);
+        st.st_uid = s.stx_uid;
+        st.st_gid = s.stx_gid;
+        st.st_rdev = s.stx_rdev;
+        st.st_size = i64::try_from(s.stx_size).unwrap_or(i64::MAX);
+        st.st_blksize = i64::from(s.stx_blksize);
+        st.st_blocks = i64::try_from(s.stx_blocks).unwrap_or(i64::MAX);
+        st.st_atime = s.stx_atime.tv_sec;
+        st.st_atime_nsec = s.stx_atime.tv_nsec;
+        st.st_mtime = s.stx_mtime.tv_sec;
+        st.st_mtime_nsec = s.stx_mtime.tv_nsec;
+        st.st_ctime = s.stx_ctime.tv_sec;
+        st.st_ctime_nsec = s.stx_ctime.tv_nsec;
+        st
+    }
+}
+
+impl CephInode {
+    /// The mount this inode belongs to.
+    pub fn mount(&self) -> &Arc<CephMount> {
+        &self.mount
+    }
+}

@@ -1,0 +1,306 @@
+//! Shared set-up of the CephFS integration tests: a real single-node cluster started through
+//! `scripts/ceph-dev-cluster.sh start` (idempotent; left running for the next test run, stop it
+//! with `scripts/ceph-dev-cluster.sh stop`), volume directories made with the admin identity,
+//! and per-test cephx tenants made with `ceph fs authorize`. No mocks: if the cluster cannot be
+//! started the tests fail and say which command to run.
+
+#![allow(dead_code)]
+
+use std::ffi::CString;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+
+use cephfs_backend::{CephConfig, CephFs};
+use fuse_backend_rs::abi::fuse_abi::CreateIn;
+use fuse_backend_rs::api::filesystem::{
+    Context, DirEntry, Entry, FileSystem, ZeroCopyReader, ZeroCopyWriter,
+};
+use fuse_backend_rs::common::file_traits::FileReadWriteVolatile;
+
+pub const ROOT: u64 = 1;
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub conf: PathBuf,
+    pub admin_keyring: PathBuf,
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("crate lives in the workspace")
+        .to_path_buf()
+}
+
+/// The running dev cluster, started on first use.
+pub fn cluster() -> &'static Cluster {
+    static C: OnceLock<Cluster> = OnceLock::new();
+    C.get_or_init(|| {
+        let script = repo().join("scripts/ceph-dev-cluster.sh");
+        let out = Command::new(&script)
+            .arg("start")
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {script:?}: {e}"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        eprint!("{stderr}");
+        assert!(
+            out.status.success(),
+            "the CephFS tests need a running dev cluster and starting it failed \
+             ({}): run `{} start` (as root, it installs the ceph packages) and look at its \
+             output and logs",
+            out.status,
+            script.display()
+        );
+        let conf = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        assert!(
+            conf.is_file(),
+            "cluster script printed no conf path: {conf:?}"
+        );
+        let dir = conf.parent().expect("conf has a directory").to_path_buf();
+        Cluster {
+            admin_keyring: dir.join("keyring"),
+            conf,
+            dir,
+        }
+    })
+}
+
+/// A name no other test (or earlier run against the same cluster) uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}{}x{}x{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn ctx() -> Context {
+    Context::default()
+}
+
+pub fn user(uid: u32, gid: u32) -> Context {
+    Context { uid, gid, pid: 1 }
+}
+
+pub fn cstr(s: &str) -> CString {
+    CString::new(s).expect("test names have no NUL")
+}
+
+pub fn errno(e: io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(-1)
+}
+
+/// Admin mount of the whole filesystem.
+pub fn admin() -> CephFs {
+    let c = cluster();
+    CephFs::connect(CephConfig::new(&c.conf, "admin", &c.admin_keyring, "/"))
+        .expect("admin mount of the dev cluster")
+}
+
+/// Makes `/volumes/<name>` and returns its path.
+pub fn volume(name: &str) -> String {
+    let fs = admin();
+    let vols = match fs.mkdir(&ctx(), ROOT, &cstr("volumes"), 0o755, 0) {
+        Ok(e) => e,
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => fs
+            .lookup(&ctx(), ROOT, &cstr("volumes"))
+            .expect("lookup /volumes"),
+        Err(e) => panic!("mkdir /volumes: {e}"),
+    };
+    fs.mkdir(&ctx(), vols.inode, &cstr(name), 0o755, 0)
+        .expect("mkdir volume");
+    format!("/volumes/{name}")
+}
+
+/// A cephx client allowed rw on `path` only; returns its keyring file.
+pub fn tenant(id: &str, path: &str) -> PathBuf {
+    let c = cluster();
+    let out = Command::new("ceph")
+        .arg("-c")
+        .arg(&c.conf)
+        .args([
+            "fs",
+            "authorize",
+            "cephfs",
+            &format!("client.{id}"),
+            path,
+            "rw",
+        ])
+        .output()
+        .expect("run ceph fs authorize");
+    assert!(
+        out.status.success(),
+        "ceph fs authorize: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = c.dir.join("tenants");
+    std::fs::create_dir_all(&dir).expect("tenants dir");
+    let keyring = dir.join(format!("{id}.keyring"));
+    std::fs::write(&keyring, &out.stdout).expect("write keyring");
+    keyring
+}
+
+/// A fresh volume and a tenant confined to it, mounted as the volume's root.
+pub struct Volume {
+    pub path: String,
+    pub id: String,
+    pub keyring: PathBuf,
+}
+
+impl Volume {
+    pub fn new(prefix: &str) -> Volume {
+        let name = unique(prefix);
+        let path = volume(&name);
+        let id = format!("t{name}");
+        let keyring = tenant(&id, &path);
+        Volume { path, id, keyring }
+    }
+
+    pub fn config(&self) -> CephConfig {
+        CephConfig::new(&cluster().conf, &self.id, &self.keyring, &self.path)
+    }
+
+    pub fn mount(&self) -> CephFs {
+        CephFs::connect(self.config()).expect("tenant mount of its volume")
+    }
+}
+
+/// Guest-side buffer for READ replies.
+#[derive(Default)]
+pub struct VecWriter(pub Vec<u8>);
+
+impl io::Write for VecWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl ZeroCopyWriter for VecWriter {
+    fn write_from(
+        &mut self,
+        _f: &mut dyn FileReadWriteVolatile,
+        _count: usize,
+        _off: u64,
+    ) -> io::Result<usize> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+    fn available_bytes(&self) -> usize {
+        usize::MAX
+    }
+}
+
+/// Guest-side payload of a WRITE request.
+pub struct SliceReader<'a>(pub &'a [u8]);
+
+impl io::Read for SliceReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        io::Read::read(&mut self.0, buf)
+    }
+}
+
+impl ZeroCopyReader for SliceReader<'_> {
+    fn read_to(
+        &mut self,
+        _f: &mut dyn FileReadWriteVolatile,
+        _count: usize,
+        _off: u64,
+    ) -> io::Result<usize> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+}
+
+pub fn create(fs: &CephFs, ctx: &Context, parent: u64, name: &str, mode: u32) -> (Entry, u64) {
+    let args = CreateIn {
+        flags: (libc::O_RDWR | libc::O_CREAT | libc::O_EXCL) as u32,
+        mode: libc::S_IFREG | mode,
+        umask: 0,
+        fuse_flags: 0,
+    };
+    let (entry, handle, _, _) = fs
+        .create(ctx, parent, &cstr(name), args)
+        .unwrap_or_else(|e| panic!("create {name}: {e}"));
+    (entry, handle.expect("create gives a handle"))
+}
+
+pub fn write(fs: &CephFs, node: u64, handle: u64, offset: u64, data: &[u8]) -> usize {
+    let mut r = SliceReader(data);
+    fs.write(
+        &ctx(),
+        node,
+        handle,
+        &mut r,
+        data.len() as u32,
+        offset,
+        None,
+        false,
+        0,
+        0,
+    )
+    .expect("write")
+}
+
+pub fn read(fs: &CephFs, node: u64, handle: u64, offset: u64, size: u32) -> io::Result<Vec<u8>> {
+    let mut w = VecWriter::default();
+    fs.read(&ctx(), node, handle, &mut w, size, offset, None, 0)?;
+    Ok(w.0)
+}
+
+pub fn release(fs: &CephFs, node: u64, handle: u64) {
+    fs.release(&ctx(), node, 0, handle, false, false, None)
+        .expect("release");
+}
+
+/// Whole content of the file `name` in `parent`, opened and closed like a guest would.
+pub fn read_file(fs: &CephFs, parent: u64, name: &str) -> io::Result<Vec<u8>> {
+    let e = fs.lookup(&ctx(), parent, &cstr(name))?;
+    let result = (|| {
+        let (h, _, _) = fs.open(&ctx(), e.inode, libc::O_RDONLY as u32, 0)?;
+        let h = h.ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
+        let data = read(fs, e.inode, h, 0, 1 << 20);
+        release(fs, e.inode, h);
+        data
+    })();
+    fs.forget(&ctx(), e.inode, 1);
+    result
+}
+
+/// Names (and inode numbers) READDIR returns for `node`.
+pub fn list(fs: &CephFs, node: u64) -> Vec<(String, u64)> {
+    let (h, _) = fs.opendir(&ctx(), node, 0).expect("opendir");
+    let h = h.expect("dir handle");
+    let mut names = Vec::new();
+    let mut offset = 0;
+    loop {
+        let mut batch = Vec::new();
+        fs.readdir(&ctx(), node, h, 4096, offset, &mut |d: DirEntry| {
+            // A small reply buffer: at most 3 entries per call exercises the offsets.
+            if batch.len() == 3 {
+                return Ok(0);
+            }
+            batch.push((
+                String::from_utf8_lossy(d.name).into_owned(),
+                d.ino,
+                d.offset,
+            ));
+            Ok(1)
+        })
+        .expect("readdir");
+        let Some(last) = batch.last() else { break };
+        offset = last.2;
+        names.extend(batch.into_iter().map(|(n, i, _)| (n, i)));
+    }
+    fs.releasedir(&ctx(), node, 0, h).expect("releasedir");
+    names
+}

@@ -1,0 +1,264 @@
+#!/usr/bin/env bash
+# A throw-away single-node Ceph cluster (Pacific, Debian bookworm packages) on 127.0.0.1 for the
+# CephFS backend's tests: one mon, one memstore OSD, one MDS, one mgr, cephx on, a CephFS named
+# "cephfs". Everything lives under one directory; no systemd, no other address than loopback.
+#
+# Usage: scripts/ceph-dev-cluster.sh start|stop|status
+#   start   install missing packages (apt-get update only if needed), create and start the
+#           cluster, wait for an active MDS, print the start time and the conf path. A running
+#           cluster is left alone (no-op, prints the conf path).
+#   stop    kill the daemons by pid and remove the cluster directory's state (memstore keeps
+#           nothing across restarts anyway).
+#   status  print whether the cluster runs, `ceph mds stat` and `ceph fs ls`; exit 0 when up,
+#           3 when not.
+#
+# Environment:
+#   CEPH_DEV_DIR      cluster directory (default: <repo>/.cache/ceph)
+#   CEPH_DEV_MEM_MB   memstore size in MiB (default 2048)
+#   CEPH_DEV_PORT     monitor port on 127.0.0.1 (default 3300; one cluster per port)
+#
+# Files in CEPH_DEV_DIR: ceph.conf, keyring (mon., client.admin and daemon keys), ceph.env,
+# mon/ osd/ mds/ mgr/ data, log/, run/ (pid files, admin sockets).
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DIR="${CEPH_DEV_DIR:-$REPO/.cache/ceph}"
+MEM_MB="${CEPH_DEV_MEM_MB:-2048}"
+PORT="${CEPH_DEV_PORT:-3300}"
+CONF="$DIR/ceph.conf"
+KEYRING="$DIR/keyring"
+DAEMONS=(mon.a osd.0 mds.a mgr.x)
+
+log() { echo "ceph-dev-cluster: $*" >&2; }
+die() { echo "ceph-dev-cluster: error: $*" >&2; exit 1; }
+
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
+
+SUDO=()
+if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null 2>&1 || die "not root and no sudo"
+    SUDO=(sudo -n)
+fi
+
+PACKAGES=(ceph-mon ceph-osd ceph-mds ceph-mgr ceph-common libcephfs-dev librados-dev)
+
+installed() {
+    dpkg-query -W -f='${Status}\n' "$1" 2>/dev/null | grep -q '^install ok installed$'
+}
+
+ensure_packages() {
+    local missing=() p
+    for p in "${PACKAGES[@]}"; do
+        installed "$p" || missing+=("$p")
+    done
+    [ "${#missing[@]}" = 0 ] && return 0
+    log "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! "${SUDO[@]}" apt-get install -y --no-install-recommends "${missing[@]}" >&2; then
+        "${SUDO[@]}" apt-get update >&2
+        "${SUDO[@]}" apt-get install -y --no-install-recommends "${missing[@]}" >&2
+    fi
+}
+
+pid_of() { # daemon name -> pid if alive
+    local f="$DIR/run/$1.pid" pid
+    [ -f "$f" ] || return 1
+    pid="$(cat "$f" 2>/dev/null)" || return 1
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+    echo "$pid"
+}
+
+running() {
+    local d
+    for d in "${DAEMONS[@]}"; do
+        pid_of "$d" >/dev/null || return 1
+    done
+}
+
+any_running() {
+    local d
+    for d in "${DAEMONS[@]}"; do
+        pid_of "$d" >/dev/null && return 0
+    done
+    return 1
+}
+
+ceph_cmd() { timeout 20 ceph -c "$CONF" --connect-timeout 10 "$@"; }
+
+mds_active() { ceph_cmd mds stat 2>/dev/null | grep -q 'up:active'; }
+
+write_conf() {
+    cat >"$CONF" <<EOF
+[global]
+fsid = $1
+mon_host = v2:127.0.0.1:$PORT
+public_addr = 127.0.0.1
+cluster_addr = 127.0.0.1
+ms_bind_msgr1 = false
+ms_bind_ipv6 = false
+auth_cluster_required = cephx
+auth_service_required = cephx
+auth_client_required = cephx
+keyring = $KEYRING
+run_dir = $DIR/run
+admin_socket = $DIR/run/\$cluster-\$name.asok
+pid_file = $DIR/run/\$name.pid
+log_file = $DIR/log/\$name.log
+log_to_stderr = false
+err_to_stderr = true
+osd_pool_default_size = 1
+osd_pool_default_min_size = 1
+mon_allow_pool_size_one = true
+mon_allow_pool_delete = true
+osd_crush_chooseleaf_type = 0
+osd_pool_default_pg_num = 8
+osd_pool_default_pgp_num = 8
+osd_pool_default_pg_autoscale_mode = off
+mon_warn_on_pool_no_redundancy = false
+paxos_propose_interval = 0.01
+mon_tick_interval = 1
+mds_beacon_interval = 1
+osd_mon_report_interval = 1
+
+[mon]
+mon_data = $DIR/mon/\$cluster-\$id
+mon_initial_members = a
+
+[osd]
+osd_data = $DIR/osd/\$cluster-\$id
+osd_objectstore = memstore
+memstore_device_bytes = $((MEM_MB * 1024 * 1024))
+osd_max_object_name_len = 256
+osd_max_object_namespace_len = 64
+
+[mds]
+mds_data = $DIR/mds/\$cluster-\$id
+mds_tick_interval = 0.05
+mds_cap_revoke_eviction_timeout = 10
+
+[mgr]
+mgr_data = $DIR/mgr/\$cluster-\$id
+mgr_disabled_modules = balancer crash devicehealth iostat nfs orchestrator pg_autoscaler progress rbd_support status telemetry volumes
+EOF
+}
+
+start() {
+    ensure_packages
+    if running && mds_active; then
+        log "already running"
+        echo "$CONF"
+        return 0
+    fi
+    if any_running; then
+        log "a partial cluster is running: stopping it first"
+        stop
+    fi
+    local t0 t1 fsid osd_uuid i
+    t0=$(date +%s.%N)
+    rm -rf "$DIR"
+    mkdir -p "$DIR"/{mon/ceph-a,osd/ceph-0,mds/ceph-a,mgr/ceph-x,log,run}
+    fsid="$(cat /proc/sys/kernel/random/uuid)"
+    osd_uuid="$(cat /proc/sys/kernel/random/uuid)"
+    write_conf "$fsid"
+
+    ceph-authtool --create-keyring "$KEYRING" --gen-key -n mon. --cap mon 'allow *' >/dev/null
+    ceph-authtool "$KEYRING" --gen-key -n client.admin \
+        --cap mon 'allow *' --cap osd 'allow *' --cap mds 'allow *' --cap mgr 'allow *' >/dev/null
+    ceph-authtool "$KEYRING" --gen-key -n osd.0 \
+        --cap mon 'allow profile osd' --cap osd 'allow *' --cap mgr 'allow profile osd' >/dev/null
+    ceph-authtool "$KEYRING" --gen-key -n mds.a \
+        --cap mon 'allow profile mds' --cap osd 'allow *' --cap mds 'allow' --cap mgr 'allow profile mds' >/dev/null
+    ceph-authtool "$KEYRING" --gen-key -n mgr.x \
+        --cap mon 'allow profile mgr' --cap osd 'allow *' --cap mds 'allow *' >/dev/null
+    chmod 600 "$KEYRING"
+
+    monmaptool --create --fsid "$fsid" --addv a "[v2:127.0.0.1:$PORT]" "$DIR/monmap" >/dev/null
+    ceph-mon -c "$CONF" --mkfs -i a --monmap "$DIR/monmap" --keyring "$KEYRING" 2>>"$DIR/log/setup.log"
+    ceph-mon -c "$CONF" -i a 9>&- 2>>"$DIR/log/setup.log"
+
+    # The OSD key goes in the shared keyring; register the OSD id, then the pools and the fs.
+    ceph_cmd osd new "$osd_uuid" 0 >/dev/null
+    ceph_cmd osd pool create cephfs_metadata 8 8 >/dev/null 2>&1
+    ceph_cmd osd pool create cephfs_data 8 8 >/dev/null 2>&1
+    ceph_cmd fs new cephfs cephfs_metadata cephfs_data >/dev/null 2>&1
+    ceph_cmd auth import -i "$KEYRING" >/dev/null 2>&1
+
+    ceph-osd -c "$CONF" -i 0 --mkfs --osd-uuid "$osd_uuid" 2>>"$DIR/log/setup.log" >/dev/null
+    ceph-osd -c "$CONF" -i 0 9>&- 2>>"$DIR/log/setup.log"
+    ceph-mds -c "$CONF" -i a 9>&- 2>>"$DIR/log/setup.log" >/dev/null
+    ceph-mgr -c "$CONF" -i x 9>&- 2>>"$DIR/log/setup.log"
+
+    for i in $(seq 1 600); do
+        if mds_active; then
+            break
+        fi
+        sleep 0.1
+    done
+    mds_active || die "no active MDS after 60 s; logs in $DIR/log"
+    # The mgr daemon may still be writing its pid file.
+    for i in $(seq 1 100); do
+        running && break
+        sleep 0.1
+    done
+    running || die "a daemon is not running; logs in $DIR/log"
+    t1=$(date +%s.%N)
+    cat >"$DIR/ceph.env" <<EOF
+CEPH_CONF=$CONF
+CEPH_KEYRING=$KEYRING
+EOF
+    log "started in $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s"
+    echo "$CONF"
+}
+
+stop() {
+    local d pid
+    for d in "${DAEMONS[@]}"; do
+        if pid="$(pid_of "$d")"; then
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    done
+    for d in "${DAEMONS[@]}"; do
+        if pid="$(pid_of "$d")"; then
+            for _ in $(seq 1 50); do
+                kill -0 "$pid" 2>/dev/null || break
+                sleep 0.1
+            done
+        fi
+    done
+    if [ -d "$DIR" ]; then
+        rm -rf "$DIR"/{mon,osd,mds,mgr,run} "$DIR/ceph.env"
+    fi
+    log "stopped"
+}
+
+status() {
+    local d pid up=1
+    for d in "${DAEMONS[@]}"; do
+        if pid="$(pid_of "$d")"; then
+            echo "$d: running (pid $pid)"
+        else
+            echo "$d: not running"
+            up=0
+        fi
+    done
+    if [ "$up" = 1 ]; then
+        ceph_cmd mds stat 2>/dev/null || true
+        ceph_cmd fs ls 2>/dev/null || true
+        echo "conf: $CONF"
+        mds_active && return 0
+    fi
+    return 3
+}
+
+# Serialise concurrent callers (tests may start the cluster from several processes).
+mkdir -p "$(dirname "$DIR")"
+exec 9>"$DIR.lock"
+command -v flock >/dev/null 2>&1 && flock 9
+
+case "${1:-}" in
+    start) start ;;
+    stop) stop ;;
+    status) status ;;
+    -h|--help) usage ;;
+    *) usage >&2; exit 2 ;;
+esac
