@@ -9,6 +9,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::accounting::server::MetricsAddr;
+
 /// vhost-user virtio-fs daemon for microVMs.
 ///
 /// Started by the hypervisor once per pod, like the reference virtiofsd: it listens on
@@ -29,6 +31,49 @@ pub struct Cli {
 pub enum Command {
     /// Serve the shared directory to this host through /dev/fuse instead of a guest.
     Mount(MountArgs),
+    /// Print a readable summary of a running daemon's metrics (--metrics-addr).
+    Stats(StatsArgs),
+    /// Show, or change at run time, a running daemon's rate limits.
+    Limits(LimitsArgs),
+    /// Accounting journals: `accounting report --tenant T --accounting-dir DIR...`.
+    #[command(subcommand)]
+    Accounting(AccountingCommand),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatsArgs {
+    /// The daemon's metrics endpoint: HOST:PORT or unix:PATH.
+    #[arg(long, value_name = "ADDR", value_parser = metrics_addr_arg)]
+    pub metrics_addr: MetricsAddr,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LimitsArgs {
+    /// The daemon's metrics endpoint: HOST:PORT or unix:PATH.
+    #[arg(long, value_name = "ADDR", value_parser = metrics_addr_arg)]
+    pub metrics_addr: MetricsAddr,
+
+    /// New limits, e.g. `bytes=20MiB ops=500 bytes-burst=4M ops-burst=50` (`0`/`off`:
+    /// unlimited; keys not given are kept). Without it, print the limits in force.
+    #[arg(value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum AccountingCommand {
+    /// Sum a tenant's totals over every pod's journal, each counter stream counted once.
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReportArgs {
+    /// The tenant to report.
+    #[arg(long, value_name = "NAME", value_parser = label_arg)]
+    pub tenant: String,
+
+    /// Accounting directories to read (repeat for several hosts' directories).
+    #[arg(long, value_name = "DIR", required = true)]
+    pub accounting_dir: Vec<PathBuf>,
 }
 
 /// The arguments of the vhost-user daemon (the default mode).
@@ -57,6 +102,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub fs: FsOptions,
+
+    #[command(flatten)]
+    pub accounting: AccountingArgs,
 
     /// Offer a DAX window of this size (e.g. 8G) through a vhost-user shared memory region,
     /// so the guest can map host page cache (`mount -o dax`). Needs a VMM that negotiates the
@@ -132,6 +180,129 @@ pub struct FsOptions {
     /// `never`, `prefer` (fall back to descriptors), or `mandatory` (refuse to start without).
     #[arg(long, value_enum, default_value_t = InodeFileHandles::Never)]
     pub inode_file_handles: InodeFileHandles,
+}
+
+/// Per-tenant accounting, rate limits and metrics (see docs/accounting.md).
+#[derive(Debug, Clone, Args)]
+pub struct AccountingArgs {
+    /// Tenant whose traffic this daemon serves (metric label and journal key).
+    #[arg(long, value_name = "NAME", value_parser = label_arg)]
+    pub tenant: Option<String>,
+
+    /// Volume this daemon serves (metric label and journal key).
+    #[arg(long, value_name = "NAME", value_parser = label_arg)]
+    pub volume: Option<String>,
+
+    /// Pod this daemon serves (metric label and journal key).
+    #[arg(long, value_name = "NAME", value_parser = label_arg)]
+    pub pod: Option<String>,
+
+    /// Traffic class label: `internal` or `external`.
+    #[arg(long, value_enum, default_value_t = TrafficClass::Internal)]
+    pub traffic_class: TrafficClass,
+
+    /// Serve Prometheus metrics and the admin endpoint (`PUT /limits`) on a loopback
+    /// HOST:PORT or unix:PATH (created before the sandbox).
+    #[arg(long, value_name = "ADDR", value_parser = metrics_addr_arg)]
+    pub metrics_addr: Option<MetricsAddr>,
+
+    /// Keep the counters in a crash-safe journal under DIR (DIR/TENANT/VOLUME/POD.journal);
+    /// a restarted daemon continues from it. Needs --tenant, --volume and --pod.
+    #[arg(long, value_name = "DIR")]
+    pub accounting_dir: Option<PathBuf>,
+
+    /// Limit data bytes per second (READ + WRITE payload), e.g. 20MiB; requests over the
+    /// limit wait in the queue.
+    #[arg(long, value_name = "SIZE", value_parser = size_arg)]
+    pub rate_limit_bytes: Option<u64>,
+
+    /// Burst for --rate-limit-bytes (default: a tenth of a second of the rate, at least 1M).
+    #[arg(long, value_name = "SIZE", value_parser = size_arg)]
+    pub rate_limit_bytes_burst: Option<u64>,
+
+    /// Limit FUSE requests per second.
+    #[arg(long, value_name = "N")]
+    pub rate_limit_ops: Option<u64>,
+
+    /// Burst for --rate-limit-ops (default: a tenth of a second of the rate, at least 1).
+    #[arg(long, value_name = "N")]
+    pub rate_limit_ops_burst: Option<u64>,
+}
+
+impl AccountingArgs {
+    /// Whether any accounting was asked for (otherwise requests are not metered at all).
+    pub fn enabled(&self) -> bool {
+        self.tenant.is_some()
+            || self.volume.is_some()
+            || self.pod.is_some()
+            || self.metrics_addr.is_some()
+            || self.accounting_dir.is_some()
+            || self.rate_limit_bytes.is_some()
+            || self.rate_limit_ops.is_some()
+    }
+
+    /// The limits given on the command line.
+    pub fn limits(&self) -> crate::accounting::limiter::Limits {
+        crate::accounting::limiter::Limits {
+            bytes_per_sec: self.rate_limit_bytes.unwrap_or(0),
+            bytes_burst: self.rate_limit_bytes_burst.unwrap_or(0),
+            ops_per_sec: self.rate_limit_ops.unwrap_or(0),
+            ops_burst: self.rate_limit_ops_burst.unwrap_or(0),
+        }
+    }
+
+    fn validate(&self) -> Result<(), CliError> {
+        if self.accounting_dir.is_some()
+            && (self.tenant.is_none() || self.volume.is_none() || self.pod.is_none())
+        {
+            return Err(CliError::AccountingDirWithoutLabels);
+        }
+        if self.rate_limit_bytes_burst.is_some() && self.rate_limit_bytes.is_none() {
+            return Err(CliError::BurstWithoutLimit("--rate-limit-bytes"));
+        }
+        if self.rate_limit_ops_burst.is_some() && self.rate_limit_ops.is_none() {
+            return Err(CliError::BurstWithoutLimit("--rate-limit-ops"));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TrafficClass {
+    Internal,
+    External,
+}
+
+impl TrafficClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrafficClass::Internal => "internal",
+            TrafficClass::External => "external",
+        }
+    }
+}
+
+/// Tenant, volume and pod names: 1 to 128 of `A-Z a-z 0-9 . _ -`, not starting with a dot
+/// (they name journal files and directories).
+fn label_arg(text: &str) -> Result<String, String> {
+    let ok = !text.is_empty()
+        && text.len() <= 128
+        && !text.starts_with('.')
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "{text:?}: use 1 to 128 of A-Z a-z 0-9 . _ - (not starting with a dot)"
+        ))
+    }
+}
+
+fn metrics_addr_arg(text: &str) -> Result<MetricsAddr, String> {
+    text.parse()
+        .map_err(|e: crate::accounting::server::ServerError| e.to_string())
 }
 
 #[derive(Debug, Clone, Args)]
@@ -240,6 +411,10 @@ pub enum CliError {
     DaxFileSizeWithoutWindow,
     #[error("--thread-pool-size {0}: at most {max} threads", max = MAX_THREAD_POOL)]
     ThreadPoolTooLarge(usize),
+    #[error("--accounting-dir needs --tenant, --volume and --pod (they name the journal)")]
+    AccountingDirWithoutLabels,
+    #[error("a burst needs its limit: {0}")]
+    BurstWithoutLimit(&'static str),
 }
 
 /// Upper bound for --thread-pool-size: more threads than this only add contention.
@@ -279,6 +454,7 @@ impl ServeArgs {
         if self.dax_file_size.is_some() && self.dax_window.is_none() {
             return Err(CliError::DaxFileSizeWithoutWindow);
         }
+        self.accounting.validate()?;
         self.socket_source()?;
         self.shared_dir()?;
         Ok(())
@@ -410,6 +586,87 @@ mod tests {
     }
 
     #[test]
+    fn accounting_flags_parse_and_check() {
+        let s = parse(&[
+            "--fd=3",
+            "--shared-dir=/x",
+            "--tenant=acme",
+            "--volume=vol-1",
+            "--pod=pod.a_1",
+            "--traffic-class=external",
+            "--metrics-addr=127.0.0.1:9100",
+            "--accounting-dir=/var/lib/vfs",
+            "--rate-limit-bytes=20MiB",
+            "--rate-limit-bytes-burst=4M",
+            "--rate-limit-ops=1000",
+        ])
+        .unwrap()
+        .serve;
+        s.validate().unwrap();
+        let a = &s.accounting;
+        assert!(a.enabled());
+        assert_eq!(a.traffic_class, TrafficClass::External);
+        assert_eq!(a.limits().bytes_per_sec, 20 << 20);
+        assert_eq!(a.limits().bytes_burst, 4 << 20);
+        assert_eq!(a.limits().ops_per_sec, 1000);
+        assert!(!parse(&["--fd=3", "--shared-dir=/x"])
+            .unwrap()
+            .serve
+            .accounting
+            .enabled());
+        for bad in [
+            "--tenant=a/b",
+            "--pod=..",
+            "--volume=",
+            "--metrics-addr=0.0.0.0:9100",
+            "--rate-limit-bytes=fast",
+            "--traffic-class=dmz",
+        ] {
+            assert!(parse(&["--fd=3", "--shared-dir=/x", bad]).is_err(), "{bad}");
+        }
+        let s = parse(&[
+            "--fd=3",
+            "--shared-dir=/x",
+            "--accounting-dir=/d",
+            "--tenant=t",
+        ])
+        .unwrap()
+        .serve;
+        assert_eq!(s.validate(), Err(CliError::AccountingDirWithoutLabels));
+        let s = parse(&["--fd=3", "--shared-dir=/x", "--rate-limit-ops-burst=5"])
+            .unwrap()
+            .serve;
+        assert!(matches!(s.validate(), Err(CliError::BurstWithoutLimit(_))));
+    }
+
+    #[test]
+    fn accounting_subcommands_parse() {
+        let cli = parse(&["stats", "--metrics-addr=unix:/run/m.sock"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Stats(_))));
+        let cli = parse(&["limits", "--metrics-addr=127.0.0.1:1", "bytes=1M", "ops=5"]).unwrap();
+        match cli.command {
+            Some(Command::Limits(l)) => assert_eq!(l.set, vec!["bytes=1M", "ops=5"]),
+            other => panic!("expected limits, got {other:?}"),
+        }
+        let cli = parse(&[
+            "accounting",
+            "report",
+            "--tenant=acme",
+            "--accounting-dir=/a",
+            "--accounting-dir=/b",
+        ])
+        .unwrap();
+        match cli.command {
+            Some(Command::Accounting(AccountingCommand::Report(r))) => {
+                assert_eq!(r.tenant, "acme");
+                assert_eq!(r.accounting_dir.len(), 2);
+            }
+            other => panic!("expected a report, got {other:?}"),
+        }
+        assert!(parse(&["accounting", "report", "--tenant=acme"]).is_err());
+    }
+
+    #[test]
     fn help_documents_every_flag() {
         use clap::CommandFactory;
         let help = Cli::command().render_long_help().to_string();
@@ -431,6 +688,16 @@ mod tests {
             "--inode-file-handles",
             "--rlimit-nofile",
             "--log-level",
+            "--tenant",
+            "--volume",
+            "--pod",
+            "--traffic-class",
+            "--metrics-addr",
+            "--accounting-dir",
+            "--rate-limit-bytes",
+            "--rate-limit-bytes-burst",
+            "--rate-limit-ops",
+            "--rate-limit-ops-burst",
         ] {
             assert!(help.contains(flag), "--help does not mention {flag}");
         }

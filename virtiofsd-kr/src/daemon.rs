@@ -20,6 +20,7 @@ use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::{Error as DaemonLibError, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
+use crate::accounting::{self, AccountingError};
 use crate::cli::{CliError, ServeArgs, SocketSource};
 use crate::dax::{DaxError, DaxWindow};
 use crate::device::{DeviceError, RequestCore, VirtioFsDevice};
@@ -63,6 +64,12 @@ pub enum DaemonError {
     Dax(#[from] DaxError),
     #[error("device: {0}")]
     Device(#[from] DeviceError),
+    #[error(transparent)]
+    Accounting(#[from] AccountingError),
+    #[error(
+        "--accounting-dir {0:?} is inside --shared-dir: the guest could rewrite its own journal"
+    )]
+    AccountingDirInShare(PathBuf),
     #[error("vhost-user: {0}")]
     VhostUser(DaemonLibError),
 }
@@ -89,6 +96,8 @@ pub fn serve(args: ServeArgs) -> Result<(), DaemonError> {
         .dax_window
         .map(|size| DaxWindow::new(size).map(Arc::new))
         .transpose()?;
+    // Accounting creates its socket and journal now: the sandbox cannot.
+    let accounting = prepare_accounting(&args, &shared_dir, dax.clone())?;
 
     let mut sandbox = Sandbox::new(args.sandbox, &shared_dir)
         .readonly(args.fs.readonly)
@@ -99,6 +108,8 @@ pub fn serve(args: ServeArgs) -> Result<(), DaemonError> {
     sandbox.confine()?;
     sandbox.drop_capabilities()?;
     seccomp::install(args.seccomp)?;
+    // Threads only after the sandbox (it needs a single-threaded process) and under seccomp.
+    let acct = accounting.map(accounting::Prepared::start).transpose()?;
 
     let policy = ExportPolicy {
         dax: dax.is_some(),
@@ -106,7 +117,10 @@ pub fn serve(args: ServeArgs) -> Result<(), DaemonError> {
     };
     let fs = ExportFs::new(fs, policy);
     let dax_meter = dax.clone();
-    let core = RequestCore::new(fs, RequestGuard::new(args.fs.readonly), dax);
+    let mut core = RequestCore::new(fs, RequestGuard::new(args.fs.readonly), dax);
+    if let Some(acct) = acct {
+        core = core.with_accounting(acct);
+    }
     let device = Arc::new(VirtioFsDevice::new(
         core,
         args.thread_pool_size,
@@ -129,6 +143,7 @@ pub fn serve(args: ServeArgs) -> Result<(), DaemonError> {
     info!("frontend connected");
     let result = daemon.wait();
     device.notify_exit();
+    accounting::flush_on_exit();
     if let Some(window) = &dax_meter {
         let c = window.meter().snapshot();
         info!(
@@ -147,6 +162,84 @@ pub fn serve(args: ServeArgs) -> Result<(), DaemonError> {
     .inspect(|_| info!("frontend disconnected, exiting"))
 }
 
+/// Accounting asked for on the command line, set up before the sandbox: the metrics socket
+/// is bound and the journal opened and replayed.
+fn prepare_accounting(
+    args: &ServeArgs,
+    shared_dir: &Path,
+    dax: Option<Arc<DaxWindow>>,
+) -> Result<Option<accounting::Prepared>, DaemonError> {
+    let a = &args.accounting;
+    if !a.enabled() {
+        return Ok(None);
+    }
+    if let Some(dir) = &a.accounting_dir {
+        let dir_err = |source| {
+            AccountingError::Journal(accounting::journal::JournalError::Dir {
+                path: dir.clone(),
+                source,
+            })
+        };
+        // Checked before anything is created: where the directory will resolve to.
+        if resolve_future_dir(dir)
+            .map_err(dir_err)?
+            .starts_with(shared_dir)
+        {
+            return Err(DaemonError::AccountingDirInShare(dir.clone()));
+        }
+        std::fs::create_dir_all(dir).map_err(dir_err)?;
+    }
+    let unset = || "none".to_string();
+    let labels = accounting::Labels {
+        tenant: a.tenant.clone().unwrap_or_else(unset),
+        volume: a.volume.clone().unwrap_or_else(unset),
+        pod: a.pod.clone().unwrap_or_else(unset),
+        traffic_class: a.traffic_class.as_str().to_string(),
+        host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "unknown".to_string()),
+    };
+    let config = accounting::Config {
+        labels,
+        limits: a.limits(),
+        metrics_addr: a.metrics_addr.clone(),
+        accounting_dir: a.accounting_dir.clone(),
+    };
+    Ok(Some(accounting::Prepared::prepare(config, dax)?))
+}
+
+/// Where a directory that may not exist yet will be: its nearest existing ancestor resolved,
+/// plus the missing components (which must not contain `..`).
+fn resolve_future_dir(dir: &Path) -> std::io::Result<PathBuf> {
+    use std::path::Component;
+    let mut missing = Vec::new();
+    let mut existing = dir;
+    loop {
+        match existing.canonicalize() {
+            Ok(mut resolved) => {
+                resolved.extend(missing.iter().rev());
+                return Ok(resolved);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                match existing.components().next_back() {
+                    Some(Component::Normal(name)) => missing.push(name.to_os_string()),
+                    _ => {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::InvalidInput,
+                            "the part that does not exist yet must not contain `..`",
+                        ))
+                    }
+                }
+                existing = match existing.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p,
+                    _ => Path::new("."),
+                };
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 fn termination_signals() -> SigSet {
     let mut set = SigSet::empty();
     set.add(Signal::SIGTERM);
@@ -162,6 +255,7 @@ fn spawn_signal_thread(signals: SigSet, cleanup: Arc<SocketCleanup>) {
         .spawn(move || {
             if let Ok(sig) = signals.wait() {
                 info!("received {sig}, exiting");
+                crate::accounting::flush_on_exit();
                 cleanup.run();
                 std::process::exit(0);
             }

@@ -9,6 +9,7 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::thread;
+use std::time::Instant;
 
 use fuse_backend_rs::abi::fuse_abi::Opcode;
 use fuse_backend_rs::api::filesystem::FileSystem;
@@ -29,6 +30,8 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
+use crate::accounting::meter::Outcome;
+use crate::accounting::Accounting;
 use crate::dax::{DaxRequest, DaxWindow, SHMEM_PROTOCOL_FEATURE};
 use crate::guard::{error_reply, inspect, is_no_reply, RequestGuard, Verdict};
 
@@ -80,6 +83,7 @@ pub struct RequestCore<F: FileSystem + Sync> {
     server: Server<F>,
     guard: RequestGuard,
     dax: Option<Arc<DaxWindow>>,
+    acct: Option<Arc<Accounting>>,
 }
 
 impl<F: FileSystem + Send + Sync + 'static> RequestCore<F> {
@@ -88,13 +92,38 @@ impl<F: FileSystem + Send + Sync + 'static> RequestCore<F> {
             server: Server::new(fs),
             guard,
             dax,
+            acct: None,
         }
     }
 
-    /// Serves one descriptor chain and returns the number of bytes written into it.
+    /// Meters every request into `acct` and lets its rate limiter pace the request queue.
+    pub fn with_accounting(mut self, acct: Arc<Accounting>) -> Self {
+        self.acct = Some(acct);
+        self
+    }
+
+    /// Serves one descriptor chain and returns the number of bytes written into it; with
+    /// accounting, meters what the reply moved and charges the rate limiter.
     ///
     /// Every path returns: a chain too broken to answer gets a used length of 0, never a panic.
     pub fn serve_chain(&self, chain: &Chain) -> u32 {
+        let Some(acct) = &self.acct else {
+            return self.serve(chain, &mut Seen::default());
+        };
+        let start = Instant::now();
+        let mut seen = Seen::default();
+        let len = self.serve(chain, &mut seen);
+        if let Some(outcome) = metered_outcome(chain, len, &seen) {
+            acct.meter.record(&outcome, start.elapsed());
+            if !is_no_reply(outcome.opcode) {
+                acct.limiter
+                    .charge(outcome.read_bytes.saturating_add(outcome.written_bytes));
+            }
+        }
+        len
+    }
+
+    fn serve(&self, chain: &Chain, seen: &mut Seen) -> u32 {
         let mem = chain.memory();
         let reader = match Reader::from_descriptor_chain(mem, chain.clone()) {
             Ok(r) => r,
@@ -107,6 +136,9 @@ impl<F: FileSystem + Send + Sync + 'static> RequestCore<F> {
             warn!("dropping request shorter than a FUSE header");
             return 0;
         };
+        // The opcode as the guard and server saw it: the guest cannot change it afterwards.
+        seen.opcode = Some(header.opcode);
+        seen.readable = reader.available_bytes();
         if let Verdict::Refuse(errno) = verdict {
             debug!(opcode = header.opcode, errno, "request refused by guard");
             return reply_error(chain, header.unique, errno);
@@ -144,6 +176,68 @@ impl<F: FileSystem + Send + Sync + 'static> RequestCore<F> {
             }
         }
     }
+}
+
+/// What serving a chain learnt about the request, for metering.
+#[derive(Default)]
+struct Seen {
+    opcode: Option<u32>,
+    readable: usize,
+}
+
+/// In-header plus `fuse_write_in`: what precedes a WRITE's data.
+const WRITE_PREFIX: usize = 80;
+/// `fuse_out_header`.
+const OUT_HEADER: u32 = 16;
+
+/// What a served request moved, from the used length (trusted: we returned it) and, for
+/// error replies and WRITE, the reply header we just wrote into the chain. A WRITE's size is
+/// capped by the data the request carried, so a guest rewriting the reply cannot inflate it.
+fn metered_outcome(chain: &Chain, len: u32, seen: &Seen) -> Option<Outcome> {
+    let opcode = seen.opcode?;
+    let mut outcome = Outcome {
+        opcode,
+        ..Outcome::default()
+    };
+    let is_write = opcode == Opcode::Write as u32;
+    if len == OUT_HEADER || (is_write && len >= OUT_HEADER + 8) {
+        let mut reply = [0u8; 24];
+        let got = read_reply_prefix(chain, &mut reply[..len.min(24) as usize]);
+        if got >= OUT_HEADER as usize {
+            let error = i32::from_le_bytes([reply[4], reply[5], reply[6], reply[7]]);
+            outcome.errno = error.checked_neg().unwrap_or(0).max(0);
+            if is_write && outcome.errno == 0 && got >= 24 {
+                let size = u32::from_le_bytes([reply[16], reply[17], reply[18], reply[19]]);
+                let carried = seen.readable.saturating_sub(WRITE_PREFIX) as u64;
+                outcome.written_bytes = u64::from(size).min(carried);
+            }
+        }
+    } else if opcode == Opcode::Read as u32 && len > OUT_HEADER {
+        outcome.read_bytes = u64::from(len - OUT_HEADER);
+    }
+    Some(outcome)
+}
+
+/// Reads the start of what was written into the chain's writable descriptors; returns how
+/// many bytes of `buf` were filled.
+fn read_reply_prefix(chain: &Chain, buf: &mut [u8]) -> usize {
+    use vm_memory::Bytes;
+    let mem = chain.memory();
+    let mut filled = 0;
+    for desc in chain.clone().writable() {
+        if filled == buf.len() {
+            break;
+        }
+        let want = (buf.len() - filled).min(desc.len() as usize);
+        if mem
+            .read_slice(&mut buf[filled..filled + want], desc.addr())
+            .is_err()
+        {
+            break;
+        }
+        filled += want;
+    }
+    filled
 }
 
 fn is_mapping_opcode(opcode: u32) -> bool {
@@ -273,6 +367,9 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
 
     /// Tells the queue threads to stop (used on shutdown).
     pub fn notify_exit(&self) {
+        if let Some(acct) = &self.core.acct {
+            acct.limiter.release();
+        }
         let _ = self.exit.1.notify();
     }
 
@@ -287,32 +384,50 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
 
     /// Serves everything available on one queue. With EVENT_IDX, notifications stay off while
     /// we drain and we re-check after turning them back on, so no kick is lost.
-    fn process_queue(&self, vring: &Vring) -> Result<(), DeviceError> {
+    ///
+    /// With `throttle` and a rate limit in force, chains are taken one at a time and only
+    /// when the limiter is out of debt: requests over the limit wait in the ring.
+    fn process_queue(&self, vring: &Vring, throttle: bool) -> Result<(), DeviceError> {
         let mem = self.memory()?;
         let event_idx = self.event_idx.load(Ordering::Relaxed);
+        let limiter = self.core.acct.as_ref().filter(|_| throttle);
         loop {
             if event_idx {
                 vring
                     .disable_notification()
                     .map_err(DeviceError::QueueIter)?;
             }
-            let chains: Vec<Chain> = {
-                let mut state = vring.get_mut();
-                state
-                    .get_queue_mut()
-                    .iter(mem.clone())
-                    .map_err(DeviceError::QueueIter)?
-                    .collect()
-            };
-            for chain in chains {
-                match &self.pool {
-                    Some(pool) => pool.submit(chain, vring.clone()),
-                    None => {
-                        let len = self.core.serve_chain(&chain);
-                        if let Err(e) = complete(vring, chain.head_index(), len) {
-                            self.report_ring_error(&e);
+            loop {
+                let batch = match limiter {
+                    Some(acct) if acct.limiter.is_active() => {
+                        acct.meter.add_throttled(acct.limiter.wait());
+                        1
+                    }
+                    _ => usize::MAX,
+                };
+                let chains: Vec<Chain> = {
+                    let mut state = vring.get_mut();
+                    state
+                        .get_queue_mut()
+                        .iter(mem.clone())
+                        .map_err(DeviceError::QueueIter)?
+                        .take(batch)
+                        .collect()
+                };
+                let taken = chains.len();
+                for chain in chains {
+                    match &self.pool {
+                        Some(pool) => pool.submit(chain, vring.clone()),
+                        None => {
+                            let len = self.core.serve_chain(&chain);
+                            if let Err(e) = complete(vring, chain.head_index(), len) {
+                                self.report_ring_error(&e);
+                            }
                         }
                     }
+                }
+                if taken < batch {
+                    break;
                 }
             }
             if !event_idx
@@ -421,7 +536,8 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for VirtioFsDevice<
         // A broken ring (bad avail index or head) is the guest's fault: report it and keep
         // this queue thread alive, so the next kick after a reset is served. Returning the
         // error would end the thread and silence the queue for good.
-        if let Err(e) = self.process_queue(vring) {
+        let throttle = device_event as usize != HIPRIO_QUEUE_INDEX;
+        if let Err(e) = self.process_queue(vring, throttle) {
             self.report_ring_error(&e);
         }
         Ok(())

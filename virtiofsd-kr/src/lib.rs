@@ -3,6 +3,7 @@
 //! The request path, from the guest's virtqueue to the backend, is one picture in
 //! `docs/architecture.md`; each module below owns one step of it.
 
+pub mod accounting;
 pub mod cli;
 pub mod daemon;
 pub mod dax;

@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use virtiofsd_kr::cli::{Cli, Command};
+use virtiofsd_kr::accounting::{metrics, report, server};
+use virtiofsd_kr::cli::{AccountingCommand, Cli, Command};
 use virtiofsd_kr::{daemon, logging};
 
 fn main() -> ExitCode {
@@ -12,6 +13,38 @@ fn main() -> ExitCode {
         Some(Command::Mount(args)) => {
             logging::init(args.log_level);
             virtiofsd_kr::fusedev::mount(args).map_err(|e| e.to_string())
+        }
+        Some(Command::Stats(args)) => {
+            server::http_request(&args.metrics_addr, "GET", "/metrics", "")
+                .map_err(|e| e.to_string())
+                .and_then(|(status, body)| match status {
+                    200 => {
+                        print!("{}", metrics::summarize(&body));
+                        Ok(())
+                    }
+                    s => Err(format!("{}: HTTP {s}: {}", args.metrics_addr, body.trim())),
+                })
+        }
+        Some(Command::Limits(args)) => {
+            let (method, body) = match args.set.is_empty() {
+                true => ("GET", String::new()),
+                false => ("PUT", args.set.join(" ")),
+            };
+            server::http_request(&args.metrics_addr, method, "/limits", &body)
+                .map_err(|e| e.to_string())
+                .and_then(|(status, body)| match status {
+                    200 => {
+                        print!("{body}");
+                        Ok(())
+                    }
+                    s => Err(format!("{}: HTTP {s}: {}", args.metrics_addr, body.trim())),
+                })
+        }
+        Some(Command::Accounting(AccountingCommand::Report(args))) => {
+            logging::init(virtiofsd_kr::cli::LogLevel::Warn);
+            let r = report::report(&args.accounting_dir, &args.tenant);
+            print!("{}", r.render(&args.tenant));
+            Ok(())
         }
         None if cli.serve.print_capabilities => {
             println!("{}", daemon::capabilities_json());

@@ -35,6 +35,12 @@
 //!   `epoll_pwait`, `eventfd2`, `accept4` (the frontend connects after the filter is in),
 //!   `recvmsg`/`sendmsg` with SCM_RIGHTS (memory regions, vring eventfds), `mmap`/`munmap`
 //!   of guest memory; `unlink` (x86_64) when the listener removes its socket path.
+//! * Accounting (`--metrics-addr`, `--accounting-dir`): the metrics/admin endpoint is a
+//!   listening socket bound before the sandbox, served by a tokio thread with `accept4`,
+//!   `epoll_*`, `eventfd2` (above) and `recvfrom`/`sendto`/`shutdown` on accepted streams
+//!   (no `socket`/`connect` exists, so `sendto` reaches no new peer); the journal writes and
+//!   compacts through a directory descriptor (`openat`, `write`, `fdatasync`, `renameat2`,
+//!   `fsync`, above).
 //! * Rust std and glibc: threads (`clone` for threads only, see below, `futex`, `rseq`,
 //!   `set_robust_list`, `sigaltstack`, `rt_sigprocmask`, `rt_sigaction`,
 //!   `sched_getaffinity`, `gettid`), the allocator (`brk`, `mmap`, `mprotect`, `madvise`,
@@ -154,6 +160,14 @@ const COMMON: &[(&str, i64)] = syscalls![
     SYS_accept4,
     SYS_recvmsg,
     SYS_sendmsg,
+    // --- accounting (accounting/server.rs): the metrics/admin endpoint's socket is bound
+    // before the sandbox; serving it needs accept4 and epoll (above), plus recv/send on the
+    // accepted stream (std's socket read/write are recvfrom/sendto without an address) and
+    // shutdown at the end of a response. The journal needs only openat, write, fdatasync,
+    // renameat2 and fsync, already listed. ---
+    SYS_recvfrom,
+    SYS_sendto,
+    SYS_shutdown,
     // --- memory ---
     SYS_brk,
     SYS_mmap,

@@ -460,6 +460,11 @@ impl RunningVm {
         self.accel
     }
 
+    /// The process id of this boot's daemon (`None` without a share or once collected).
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().and_then(Daemon::pid)
+    }
+
     /// When QEMU was started.
     pub fn started(&self) -> Instant {
         self.started
