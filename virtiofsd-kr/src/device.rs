@@ -33,6 +33,7 @@ use vmm_sys_util::event::{
 use crate::accounting::meter::Outcome;
 use crate::accounting::Accounting;
 use crate::dax::{DaxRequest, DaxWindow, SHMEM_PROTOCOL_FEATURE};
+use crate::export::take_written;
 use crate::guard::{error_reply, inspect, is_no_reply, RequestGuard, Verdict};
 
 /// Queue 0 carries FORGET and INTERRUPT; the request queues follow it.
@@ -112,8 +113,9 @@ impl<F: FileSystem + Send + Sync + 'static> RequestCore<F> {
         };
         let start = Instant::now();
         let mut seen = Seen::default();
+        take_written(); // nothing from an earlier request may count for this one
         let len = self.serve(chain, &mut seen);
-        if let Some(outcome) = metered_outcome(chain, len, &seen) {
+        if let Some(outcome) = metered_outcome(chain, len, &seen, take_written()) {
             acct.meter.record(&outcome, start.elapsed());
             if !is_no_reply(outcome.opcode) {
                 acct.limiter
@@ -138,7 +140,6 @@ impl<F: FileSystem + Send + Sync + 'static> RequestCore<F> {
         };
         // The opcode as the guard and server saw it: the guest cannot change it afterwards.
         seen.opcode = Some(header.opcode);
-        seen.readable = reader.available_bytes();
         if let Verdict::Refuse(errno) = verdict {
             debug!(opcode = header.opcode, errno, "request refused by guard");
             return reply_error(chain, header.unique, errno);
@@ -182,35 +183,30 @@ impl<F: FileSystem + Send + Sync + 'static> RequestCore<F> {
 #[derive(Default)]
 struct Seen {
     opcode: Option<u32>,
-    readable: usize,
 }
 
-/// In-header plus `fuse_write_in`: what precedes a WRITE's data.
-const WRITE_PREFIX: usize = 80;
 /// `fuse_out_header`.
 const OUT_HEADER: u32 = 16;
 
-/// What a served request moved, from the used length (trusted: we returned it) and, for
-/// error replies and WRITE, the reply header we just wrote into the chain. A WRITE's size is
-/// capped by the data the request carried, so a guest rewriting the reply cannot inflate it.
-fn metered_outcome(chain: &Chain, len: u32, seen: &Seen) -> Option<Outcome> {
+/// What a served request moved. READ bytes come from the used length (trusted: we returned
+/// it); WRITE bytes from what the backend reported writing on this thread (`written`, tallied
+/// by `ExportFs::write`), never from the reply in guest memory, which the guest could rewrite
+/// to lower its own count. Only the errno of a bare error reply is read back from the chain,
+/// so a guest can at worst distort its own error statistics.
+fn metered_outcome(chain: &Chain, len: u32, seen: &Seen, written: u64) -> Option<Outcome> {
     let opcode = seen.opcode?;
     let mut outcome = Outcome {
         opcode,
         ..Outcome::default()
     };
-    let is_write = opcode == Opcode::Write as u32;
-    if len == OUT_HEADER || (is_write && len >= OUT_HEADER + 8) {
-        let mut reply = [0u8; 24];
-        let got = read_reply_prefix(chain, &mut reply[..len.min(24) as usize]);
-        if got >= OUT_HEADER as usize {
+    if opcode == Opcode::Write as u32 {
+        outcome.written_bytes = written;
+    }
+    if len == OUT_HEADER {
+        let mut reply = [0u8; OUT_HEADER as usize];
+        if read_reply_prefix(chain, &mut reply) == reply.len() {
             let error = i32::from_le_bytes([reply[4], reply[5], reply[6], reply[7]]);
             outcome.errno = error.checked_neg().unwrap_or(0).max(0);
-            if is_write && outcome.errno == 0 && got >= 24 {
-                let size = u32::from_le_bytes([reply[16], reply[17], reply[18], reply[19]]);
-                let carried = seen.readable.saturating_sub(WRITE_PREFIX) as u64;
-                outcome.written_bytes = u64::from(size).min(carried);
-            }
         }
     } else if opcode == Opcode::Read as u32 && len > OUT_HEADER {
         outcome.read_bytes = u64::from(len - OUT_HEADER);

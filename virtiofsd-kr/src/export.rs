@@ -23,6 +23,19 @@ use fuse_backend_rs::api::filesystem::{
 };
 use fuse_backend_rs::transport::FsCacheReqHandler;
 
+thread_local! {
+    /// Bytes the backend reported written by WRITE calls on this thread since the last
+    /// [`take_written`]. A request is served start to finish on one thread, so the request
+    /// loop reads here what its WRITE really wrote: the backend's own count, which the guest
+    /// cannot touch (unlike the reply in guest memory).
+    static WRITTEN: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Returns and clears the bytes written on this thread since the last call.
+pub fn take_written() -> u64 {
+    WRITTEN.with(|w| w.replace(0))
+}
+
 /// Options the FUSE transport supports whatever the backend: 1 MiB requests (`BIG_WRITES`,
 /// `MAX_PAGES`; without them Linux sends 4 KiB writes), concurrent reads and directory
 /// operations, asynchronous direct I/O, and invalidating cached data when the mtime changes
@@ -344,7 +357,7 @@ where
         flags: u32,
         fuse_flags: u32,
     ) -> io::Result<usize> {
-        self.inner.write(
+        let written = self.inner.write(
             ctx,
             inode,
             handle,
@@ -355,7 +368,9 @@ where
             delayed_write,
             flags,
             fuse_flags,
-        )
+        )?;
+        WRITTEN.with(|w| w.set(w.get().saturating_add(written as u64)));
+        Ok(written)
     }
 
     fn flush(
