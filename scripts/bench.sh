@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Benchmarks virtiofsd-kr against the reference virtiofsd in real guests, side by side.
+#
+#   scripts/bench.sh [--quick] [--json] [--out DIR] [vmbench options...]
+#
+# Builds our daemon (cargo build --release -p virtiofsd-kr) and the driver (vm-tests'
+# vmbench), installs the reference daemon with `cargo install virtiofsd --locked` into
+# .cache/reference-virtiofsd (only when it is missing; needs libseccomp-dev and libcap-ng-dev,
+# checked here and installed by scripts/setup.sh), then runs vmbench: per cache mode and
+# repetition one guest boot per daemon, alternating ours / reference, fio jobs inside, the
+# same jobs on the host; medians of the repetitions.
+#
+# Output: a Markdown table on stdout, or with --json one JSON object on stdout. Progress goes
+# to stderr. Both are also saved in --out DIR (default target/vmbench/): last.md, last.json,
+# last.log.
+#
+# Options:
+#   --quick         cache=auto only, 3 repetitions, 2 s fio jobs, 256 MiB files (< 10 min)
+#   --json          JSON on stdout instead of the table
+#   --out DIR       where last.md/last.json/last.log go
+#   --no-setup      skip scripts/setup.sh (apt packages, guest image)
+# Everything else is passed to vmbench (target/release/vmbench --help): --reps N,
+# --cache auto,always,never,metadata, --runtime SECS, --file-mib N, --jobs a,b, --no-meta,
+# --no-host, --strace DIR, --accel auto|kvm|tcg.
+#
+# Environment: REFERENCE_VIRTIOFSD=/path/to/virtiofsd uses that binary instead.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT="$REPO/target/vmbench"
+SETUP=1
+PASS=()
+
+log() { echo "bench: $*" >&2; }
+die() { echo "bench: error: $*" >&2; exit 1; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --json) PASS+=(--json); shift ;;
+        --out) OUT="${2:?--out needs a directory}"; shift 2 ;;
+        --no-setup) SETUP=0; shift ;;
+        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+        *) PASS+=("$1"); shift ;;
+    esac
+done
+
+START=$(date +%s)
+cd "$REPO"
+
+if [ "$SETUP" = 1 ]; then
+    # apt packages and the guest image; the daemon is built below.
+    "$REPO/scripts/setup.sh" --no-build >&2
+fi
+
+for pkg in libseccomp-dev libcap-ng-dev fio qemu-system-x86; do
+    dpkg-query -W -f='${Status}\n' "$pkg" 2>/dev/null | grep -q '^install ok installed$' \
+        || die "apt package $pkg is missing: run scripts/setup.sh"
+done
+
+log "building virtiofsd-kr and vmbench (release)"
+cargo build --release -q -p virtiofsd-kr </dev/null >&2
+cargo build --release -q -p vm-tests --bin vmbench </dev/null >&2
+
+REF_ROOT="$REPO/.cache/reference-virtiofsd"
+REF="${REFERENCE_VIRTIOFSD:-$REF_ROOT/bin/virtiofsd}"
+if [ ! -x "$REF" ]; then
+    [ -z "${REFERENCE_VIRTIOFSD:-}" ] || die "REFERENCE_VIRTIOFSD=$REF is not executable"
+    log "installing the reference virtiofsd into $REF_ROOT (cargo install virtiofsd --locked)"
+    cargo install -q virtiofsd --locked --root "$REF_ROOT" </dev/null >&2
+fi
+[ -x "$REF" ] || die "reference daemon $REF missing after the install"
+
+mkdir -p "$OUT"
+log "running vmbench ${PASS[*]:-} (log: $OUT/last.log)"
+set +e
+"$REPO/target/release/vmbench" \
+    --ours "$REPO/target/release/virtiofsd-kr" --reference "$REF" \
+    --work "$REPO/target/vmbench" \
+    --markdown-out "$OUT/last.md" --json-out "$OUT/last.json" \
+    "${PASS[@]}" </dev/null 2> >(tee "$OUT/last.log" >&2)
+rc=$?
+set -e
+wait
+log "finished in $(( $(date +%s) - START )) s (exit $rc); results in $OUT/last.md and $OUT/last.json"
+exit "$rc"

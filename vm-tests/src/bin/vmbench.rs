@@ -1,0 +1,1418 @@
+//! `vmbench`: virtiofsd-kr against the reference `virtiofsd`, side by side, in real guests.
+//!
+//! For every cache mode and repetition it boots the same guest (same kernel, memory, vCPUs
+//! and accelerator) once with our daemon and once with the reference daemon, alternating
+//! them (A B A B ...) so that drift of the machine cancels out, and runs the same fio jobs
+//! inside: sequential 1 MiB read and write (buffered and O_DIRECT), 4 KiB random read with
+//! psync (QD1) and libaio (QD16), 4 KiB random write, mmap random read, and a metadata job
+//! (create, stat, readdir and unlink of 10,000 files, done by this very binary copied into
+//! the guest: `vmbench meta DIR COUNT`). The same jobs also run on the host against a folder
+//! on the same filesystem as the shares: the physical reference. fio runs with
+//! `--output-format=json` and the guest prints each job's JSON on one `@@VMTEST fio.JOB=...`
+//! serial line (the harness's result protocol).
+//!
+//! Medians over the repetitions are reported as a Markdown table, or with `--json` as one JSON
+//! object on stdout. Ratios are oriented so that above 1 means better for us. Both daemons'
+//! peak RSS (VmHWM sampled from `/proc/PID/status` while the guest runs) and their start time
+//! to a listening socket (measured separately, without a guest) are reported too.
+//!
+//! `scripts/bench.sh` builds everything and runs this; see `docs/benchmarks.md`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use thiserror::Error;
+use vm_tests::results::{parse_line, Line};
+use vm_tests::{AccelChoice, CacheMode, DaemonConfig, HarnessError, VmBuilder};
+
+/// Errors of the benchmark driver.
+#[derive(Debug, Error)]
+enum BenchError {
+    #[error("usage: {0}")]
+    Usage(String),
+    #[error(transparent)]
+    Harness(#[from] HarnessError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("fio output of job {job}: {why}")]
+    FioOutput { job: String, why: String },
+    #[error("fio job {job} failed: {why}")]
+    FioFailed { job: String, why: String },
+    #[error("metadata job: {0}")]
+    Meta(String),
+    #[error("daemon {binary} did not create its socket within {secs} s")]
+    StartTimeout { binary: String, secs: u64 },
+}
+
+type Result<T> = std::result::Result<T, BenchError>;
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BenchError {
+    let what = what.into();
+    move |source| BenchError::Io { what, source }
+}
+
+/// Which fio figure a job reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Metric {
+    ReadMiBs,
+    WriteMiBs,
+    ReadIops,
+    WriteIops,
+}
+
+impl Metric {
+    fn unit(self) -> &'static str {
+        match self {
+            Metric::ReadMiBs | Metric::WriteMiBs => "MiB/s",
+            Metric::ReadIops | Metric::WriteIops => "IOPS",
+        }
+    }
+}
+
+/// One fio job.
+struct FioJob {
+    name: &'static str,
+    /// Job options (after `[global]`); `time_based` jobs get `runtime` added.
+    options: &'static str,
+    time_based: bool,
+    metric: Metric,
+}
+
+const READ_FILE: &str = "read.dat";
+const WRITE_FILE: &str = "write.dat";
+const META_FILES: u64 = 10_000;
+
+fn fio_jobs() -> Vec<FioJob> {
+    vec![
+        FioJob {
+            name: "seqread-1m-buffered",
+            // One pass over the file (fio invalidates the page cache of the file first).
+            options: "filename=read.dat\nrw=read\nbs=1m\ndirect=0\nioengine=psync\n",
+            time_based: false,
+            metric: Metric::ReadMiBs,
+        },
+        FioJob {
+            name: "seqread-1m-direct",
+            options: "filename=read.dat\nrw=read\nbs=1m\ndirect=1\nioengine=psync\n",
+            time_based: true,
+            metric: Metric::ReadMiBs,
+        },
+        FioJob {
+            name: "seqwrite-1m-buffered",
+            options: "filename=write.dat\nrw=write\nbs=1m\ndirect=0\nioengine=psync\n",
+            time_based: true,
+            metric: Metric::WriteMiBs,
+        },
+        FioJob {
+            name: "seqwrite-1m-direct",
+            options: "filename=write.dat\nrw=write\nbs=1m\ndirect=1\nioengine=psync\n",
+            time_based: true,
+            metric: Metric::WriteMiBs,
+        },
+        FioJob {
+            name: "randread-4k-psync-qd1",
+            options: "filename=read.dat\nrw=randread\nbs=4k\ndirect=1\nioengine=psync\n",
+            time_based: true,
+            metric: Metric::ReadIops,
+        },
+        FioJob {
+            name: "randread-4k-libaio-qd16",
+            options: "filename=read.dat\nrw=randread\nbs=4k\ndirect=1\nioengine=libaio\n\
+                      iodepth=16\n",
+            time_based: true,
+            metric: Metric::ReadIops,
+        },
+        FioJob {
+            name: "randwrite-4k-psync",
+            options: "filename=write.dat\nrw=randwrite\nbs=4k\ndirect=0\nioengine=psync\n",
+            time_based: true,
+            metric: Metric::WriteIops,
+        },
+        FioJob {
+            name: "randread-4k-mmap",
+            options: "filename=read.dat\nrw=randread\nbs=4k\nioengine=mmap\n",
+            time_based: true,
+            metric: Metric::ReadIops,
+        },
+    ]
+}
+
+/// The metadata job's phases: (key, unit). Phases are files/s, `meta-total` seconds.
+const META_ROWS: [(&str, &str); 5] = [
+    ("meta-create", "files/s"),
+    ("meta-stat", "files/s"),
+    ("meta-readdir", "files/s"),
+    ("meta-unlink", "files/s"),
+    ("meta-total", "s"),
+];
+
+fn lower_is_better(unit: &str) -> bool {
+    unit == "s"
+}
+
+/// The text of a fio job file for `dir`.
+fn job_text(job: &FioJob, dir: &str, cfg: &Config) -> String {
+    let mut t = format!(
+        "[global]\ndirectory={dir}\nsize={}m\ninvalidate=1\ngroup_reporting=1\n\
+         fallocate=none\n\n[{}]\n{}",
+        cfg.file_mib, job.name, job.options
+    );
+    if job.time_based {
+        let _ = write!(t, "time_based=1\nruntime={}\n", cfg.runtime_secs);
+    }
+    t
+}
+
+/// Extracts the job's figure from fio's JSON output (text before the first `{` is skipped:
+/// fio may print notes there).
+fn parse_fio(job: &str, text: &str, metric: Metric) -> Result<f64> {
+    let bad = |why: String| BenchError::FioOutput {
+        job: job.to_string(),
+        why,
+    };
+    let start = text
+        .find('{')
+        .ok_or_else(|| bad("no JSON object in the output".into()))?;
+    let end = text
+        .rfind('}')
+        .ok_or_else(|| bad("unterminated JSON object".into()))?;
+    if end < start {
+        return Err(bad("unterminated JSON object".into()));
+    }
+    let v: Value =
+        serde_json::from_str(&text[start..=end]).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+    let j = v
+        .get("jobs")
+        .and_then(|j| j.get(0))
+        .ok_or_else(|| bad("no jobs[0]".into()))?;
+    if let Some(e) = j.get("error").and_then(Value::as_i64) {
+        if e != 0 {
+            return Err(bad(format!("fio reported error {e}")));
+        }
+    }
+    let dir = match metric {
+        Metric::ReadMiBs | Metric::ReadIops => "read",
+        Metric::WriteMiBs | Metric::WriteIops => "write",
+    };
+    let side = j.get(dir).ok_or_else(|| bad(format!("no jobs[0].{dir}")))?;
+    let num = |key: &str| -> Result<f64> {
+        side.get(key)
+            .and_then(Value::as_f64)
+            .ok_or_else(|| bad(format!("no number jobs[0].{dir}.{key}")))
+    };
+    let value = match metric {
+        Metric::ReadMiBs | Metric::WriteMiBs => num("bw_bytes")? / (1024.0 * 1024.0),
+        Metric::ReadIops | Metric::WriteIops => num("iops")?,
+    };
+    if num("io_bytes")? <= 0.0 {
+        return Err(bad("no I/O was done".into()));
+    }
+    Ok(value)
+}
+
+/// A failed fio run, from `rc=N STDERR {JSON}`: the text before the JSON (shortened) and the
+/// job's error number from the JSON when there is one.
+fn describe_failure(text: &str) -> String {
+    let (head, json_part) = match text.find('{') {
+        Some(i) => (&text[..i], Some(&text[i..])),
+        None => (text, None),
+    };
+    let mut why: String = head.split_whitespace().collect::<Vec<_>>().join(" ");
+    if why.len() > 300 {
+        let mut cut = 300;
+        while !why.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        why.truncate(cut);
+    }
+    let errno = json_part
+        .and_then(|j| j.rfind('}').map(|e| &j[..=e]))
+        .and_then(|j| serde_json::from_str::<Value>(j).ok())
+        .and_then(|v| v.get("jobs")?.get(0)?.get("error")?.as_i64())
+        .filter(|e| *e != 0);
+    if let Some(e) = errno.and_then(|e| i32::try_from(e).ok()) {
+        let _ = write!(
+            why,
+            " (fio job error {e}: {})",
+            std::io::Error::from_raw_os_error(e)
+        );
+    }
+    why
+}
+
+// ---------------------------------------------------------------------------------------
+// The metadata job (runs in the guest and on the host)
+// ---------------------------------------------------------------------------------------
+
+fn drop_caches() {
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3\n");
+}
+
+/// `vmbench meta DIR COUNT [--drop-caches]`: creates, stats, lists and unlinks COUNT empty
+/// files in DIR (created fresh), printing `@@VMTEST meta-PHASE=SECONDS` lines.
+fn meta_command(args: &[String]) -> Result<()> {
+    let dir = PathBuf::from(
+        args.first()
+            .ok_or_else(|| BenchError::Usage("vmbench meta DIR COUNT [--drop-caches]".into()))?,
+    );
+    let count: u64 = args
+        .get(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| BenchError::Usage("vmbench meta DIR COUNT [--drop-caches]".into()))?;
+    let drop = args.iter().any(|a| a == "--drop-caches");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(io_err(format!("removing {}", dir.display())))?;
+    }
+    std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    let names: Vec<PathBuf> = (0..count).map(|i| dir.join(format!("f{i:05}"))).collect();
+    let report =
+        |phase: &str, t: Duration| println!("@@VMTEST meta-{phase}={:.6}", t.as_secs_f64());
+
+    let t = Instant::now();
+    for n in &names {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(n)
+            .map_err(io_err(format!("creating {}", n.display())))?;
+    }
+    report("create", t.elapsed());
+    if drop {
+        drop_caches();
+    }
+
+    let t = Instant::now();
+    for n in &names {
+        std::fs::symlink_metadata(n).map_err(io_err(format!("stat {}", n.display())))?;
+    }
+    report("stat", t.elapsed());
+    if drop {
+        drop_caches();
+    }
+
+    let t = Instant::now();
+    let mut seen = 0u64;
+    for e in std::fs::read_dir(&dir).map_err(io_err(format!("listing {}", dir.display())))? {
+        e.map_err(io_err(format!("listing {}", dir.display())))?;
+        seen += 1;
+    }
+    report("readdir", t.elapsed());
+    if seen != count {
+        return Err(BenchError::Meta(format!(
+            "listed {seen} entries, created {count}"
+        )));
+    }
+
+    let t = Instant::now();
+    for n in &names {
+        std::fs::remove_file(n).map_err(io_err(format!("unlinking {}", n.display())))?;
+    }
+    report("unlink", t.elapsed());
+    std::fs::remove_dir(&dir).map_err(io_err(format!("removing {}", dir.display())))?;
+    Ok(())
+}
+
+/// Turns `meta-PHASE=SECONDS` results into the table rows (files/s per phase, total s).
+fn meta_rows(get: impl Fn(&str) -> Option<String>) -> Result<BTreeMap<String, f64>> {
+    let mut rows = BTreeMap::new();
+    let mut total = 0.0;
+    for phase in ["create", "stat", "readdir", "unlink"] {
+        let key = format!("meta-{phase}");
+        let raw = get(&key).ok_or_else(|| BenchError::Meta(format!("no {key} result")))?;
+        let secs: f64 = raw
+            .trim()
+            .parse()
+            .map_err(|_| BenchError::Meta(format!("{key}={raw:?} is not a number")))?;
+        total += secs;
+        rows.insert(key, META_FILES as f64 / secs.max(1e-6));
+    }
+    rows.insert("meta-total".into(), total);
+    Ok(rows)
+}
+
+// ---------------------------------------------------------------------------------------
+// Configuration
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct Config {
+    quick: bool,
+    json: bool,
+    reps: usize,
+    caches: Vec<CacheMode>,
+    runtime_secs: u64,
+    file_mib: u64,
+    memory_mib: u32,
+    smp: u32,
+    accel: AccelChoice,
+    ours: PathBuf,
+    reference: PathBuf,
+    work: PathBuf,
+    only_jobs: Option<Vec<String>>,
+    meta: bool,
+    host: bool,
+    strace_dir: Option<PathBuf>,
+    strace_full: bool,
+    markdown_out: Option<PathBuf>,
+    json_out: Option<PathBuf>,
+    start_samples: usize,
+    command: String,
+    /// A private copy of this program, copied into guests and run on the host for the
+    /// metadata job (the build may replace `target/release/vmbench` while a run is going on).
+    self_exe: PathBuf,
+}
+
+const USAGE: &str = "vmbench [--quick] [--json] [--reps N] [--cache auto,never,...] \
+    [--runtime SECS] [--file-mib N] [--memory MIB] [--smp N] [--accel auto|kvm|tcg] \
+    [--ours BIN] [--reference BIN] [--work DIR] [--jobs a,b,...] [--no-meta] [--no-host] \
+    [--strace DIR [--strace-full]] [--markdown-out FILE] [--json-out FILE]\n       vmbench meta DIR COUNT \
+    [--drop-caches]";
+
+fn parse_cache(s: &str) -> Result<CacheMode> {
+    match s {
+        "auto" => Ok(CacheMode::Auto),
+        "always" => Ok(CacheMode::Always),
+        "never" => Ok(CacheMode::Never),
+        "metadata" => Ok(CacheMode::Metadata),
+        o => Err(BenchError::Usage(format!("unknown cache mode {o}"))),
+    }
+}
+
+fn parse_args(args: &[String]) -> Result<Config> {
+    let root = vm_tests::paths::repo_root()?;
+    let quick = args.iter().any(|a| a == "--quick");
+    let mut c = Config {
+        quick,
+        json: false,
+        reps: 3,
+        caches: if quick {
+            vec![CacheMode::Auto]
+        } else {
+            vec![CacheMode::Auto, CacheMode::Always, CacheMode::Never]
+        },
+        runtime_secs: if quick { 2 } else { 10 },
+        file_mib: if quick { 256 } else { 512 },
+        memory_mib: 1024,
+        smp: 2,
+        accel: AccelChoice::from_env()?,
+        ours: root.join("target/release/virtiofsd-kr"),
+        reference: root.join(".cache/reference-virtiofsd/bin/virtiofsd"),
+        work: root.join("target/vmbench"),
+        only_jobs: None,
+        meta: true,
+        host: true,
+        strace_dir: None,
+        strace_full: false,
+        markdown_out: None,
+        json_out: None,
+        start_samples: 5,
+        command: std::iter::once("vmbench".to_string())
+            .chain(args.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(" "),
+        self_exe: PathBuf::new(),
+    };
+    let mut i = 0;
+    let val = |i: usize| -> Result<&String> {
+        args.get(i + 1)
+            .ok_or_else(|| BenchError::Usage(format!("{} needs a value\n{USAGE}", args[i])))
+    };
+    let num = |i: usize| -> Result<u64> {
+        let v = val(i)?;
+        v.parse()
+            .map_err(|_| BenchError::Usage(format!("{} {v}: not a number", args[i])))
+    };
+    while i < args.len() {
+        let mut skip = 2;
+        match args[i].as_str() {
+            "--quick" => skip = 1,
+            "--json" => {
+                c.json = true;
+                skip = 1
+            }
+            "--no-meta" => {
+                c.meta = false;
+                skip = 1
+            }
+            "--no-host" => {
+                c.host = false;
+                skip = 1
+            }
+            "--strace-full" => {
+                c.strace_full = true;
+                skip = 1
+            }
+            "--reps" => c.reps = num(i)?.max(1) as usize,
+            "--runtime" => c.runtime_secs = num(i)?.max(1),
+            "--file-mib" => c.file_mib = num(i)?.max(16),
+            "--memory" => c.memory_mib = num(i)? as u32,
+            "--smp" => c.smp = num(i)? as u32,
+            "--start-samples" => c.start_samples = num(i)?.max(1) as usize,
+            "--accel" => c.accel = AccelChoice::parse(val(i)?)?,
+            "--cache" => {
+                c.caches = val(i)?
+                    .split(',')
+                    .map(parse_cache)
+                    .collect::<Result<Vec<_>>>()?
+            }
+            "--ours" => c.ours = PathBuf::from(val(i)?),
+            "--reference" => c.reference = PathBuf::from(val(i)?),
+            "--work" => c.work = PathBuf::from(val(i)?),
+            "--jobs" => c.only_jobs = Some(val(i)?.split(',').map(str::to_string).collect()),
+            "--strace" => c.strace_dir = Some(PathBuf::from(val(i)?)),
+            "--markdown-out" => c.markdown_out = Some(PathBuf::from(val(i)?)),
+            "--json-out" => c.json_out = Some(PathBuf::from(val(i)?)),
+            "-h" | "--help" => return Err(BenchError::Usage(USAGE.into())),
+            o => return Err(BenchError::Usage(format!("unknown option {o}\n{USAGE}"))),
+        }
+        i += skip;
+    }
+    for (what, p) in [("--ours", &c.ours), ("--reference", &c.reference)] {
+        if !p.is_file() {
+            return Err(BenchError::Usage(format!(
+                "{what} {} does not exist (scripts/bench.sh builds both)",
+                p.display()
+            )));
+        }
+    }
+    Ok(c)
+}
+
+impl Config {
+    fn jobs(&self) -> Vec<FioJob> {
+        fio_jobs()
+            .into_iter()
+            .filter(|j| match &self.only_jobs {
+                Some(list) => list.iter().any(|n| n == j.name),
+                None => true,
+            })
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Daemons
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Which {
+    Ours,
+    Reference,
+}
+
+impl Which {
+    fn key(self) -> &'static str {
+        match self {
+            Which::Ours => "ours",
+            Which::Reference => "reference",
+        }
+    }
+}
+
+/// The flags both daemons get: the same for each (documented in docs/benchmarks.md).
+fn daemon_config(cfg: &Config, which: Which, cache: CacheMode) -> DaemonConfig {
+    DaemonConfig {
+        binary: Some(match which {
+            Which::Ours => cfg.ours.clone(),
+            Which::Reference => cfg.reference.clone(),
+        }),
+        cache,
+        sandbox: Some("none".into()),
+        seccomp: None,
+        xattr: false,
+        readonly: false,
+        log_level: None,
+        // O_DIRECT honoured by both (the reference drops it otherwise); inodes referenced by
+        // O_PATH descriptors in both (ours' default; the reference defaults to `prefer` file
+        // handles when it runs as root).
+        extra_args: vec![
+            "--allow-direct-io".into(),
+            "--inode-file-handles=never".into(),
+        ],
+        start_timeout: Duration::from_secs(30),
+    }
+}
+
+/// A field of `/proc/PID/status` in KiB (`VmHWM`, `RssAnon`, ...).
+fn status_kib(status: &str, field: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Peak memory of a daemon during one boot, in KiB.
+#[derive(Debug, Default, Clone, Copy)]
+struct PeakRss {
+    /// `VmHWM`: the kernel's resident high-water mark. It includes the pages of guest memory
+    /// (the shared memfd) the daemon has touched, so it grows with the I/O done.
+    hwm: Option<u64>,
+    /// The largest `RssAnon` sampled: the daemon's private memory (heap, stacks).
+    anon: Option<u64>,
+}
+
+/// Samples `/proc/PID/status` every 50 ms until `stop` is set or the process is gone.
+fn sample_rss(pid: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<PeakRss> {
+    std::thread::spawn(move || {
+        let mut peak = PeakRss::default();
+        let max = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(x), Some(y)) => Some(x.max(y)),
+            (x, y) => x.or(y),
+        };
+        while !stop.load(Ordering::Relaxed) {
+            let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+                break;
+            };
+            peak.hwm = max(peak.hwm, status_kib(&status, "VmHWM"));
+            peak.anon = max(peak.anon, status_kib(&status, "RssAnon"));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        peak
+    })
+}
+
+/// Starts the daemon without a guest, `samples` times, and measures the time from spawn to
+/// its socket existing (polled every 0.5 ms; fork and exec included). It is then stopped with
+/// SIGTERM.
+fn start_time_ms(cfg: &Config, which: Which, share: &Path) -> Result<f64> {
+    let dc = daemon_config(cfg, which, CacheMode::Auto);
+    let dir = tempfile::Builder::new()
+        .prefix("vmbench-start-")
+        .tempdir()
+        .map_err(io_err("temp dir"))?;
+    let sock = dir.path().join("s.sock");
+    let binary = dc.binary.clone().unwrap_or_default();
+    // The clock starts before the spawn: the daemon may have its socket before spawn returns.
+    let t = Instant::now();
+    let mut child = Command::new(&binary)
+        .args(dc.args(&sock, share))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(io_err(format!("starting {}", binary.display())))?;
+    let deadline = t + Duration::from_secs(10);
+    let result = loop {
+        if std::fs::symlink_metadata(&sock).is_ok() {
+            break Ok(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        if Instant::now() > deadline || matches!(child.try_wait(), Ok(Some(_))) {
+            break Err(BenchError::StartTimeout {
+                binary: binary.display().to_string(),
+                secs: 10,
+            });
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    };
+    // SIGTERM our own child; kill it if it does not stop.
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+    let stop_deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() < stop_deadline => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+        }
+    }
+    result
+}
+
+fn version_of(binary: &Path) -> String {
+    Command::new(binary)
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+// ---------------------------------------------------------------------------------------
+// One guest run, one host run
+// ---------------------------------------------------------------------------------------
+
+/// Job name -> value, and errors seen.
+#[derive(Debug, Default, Clone)]
+struct RunValues {
+    values: BTreeMap<String, f64>,
+    errors: Vec<String>,
+    peak_rss: PeakRss,
+    elapsed_s: f64,
+    /// The host's 1-minute load average when the run ended (others may share the machine).
+    load_avg: Option<f64>,
+}
+
+fn load_avg() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn guest_script(cfg: &Config, jobs: &[FioJob]) -> String {
+    let mut s = String::from(
+        "mkdir -p /data/bench\n\
+         run_job() {\n\
+         \x20   fio --output-format=json --output=/tmp/$1.json /bench/$1.fio >/tmp/$1.err 2>&1\n\
+         \x20   rc=$?\n\
+         \x20   if [ $rc = 0 ]; then\n\
+         \x20       echo \"@@VMTEST fio.$1=$(tr -d '\\n' < /tmp/$1.json)\"\n\
+         \x20   else\n\
+         \x20       echo \"@@VMTEST fio.$1=FAILED rc=$rc $(tr '\\n' ' ' < /tmp/$1.err | cut -c1-300) \\\n\
+         \x20           $(tr -d '\\n' < /tmp/$1.json 2>/dev/null)\"\n\
+         \x20   fi\n\
+         }\n",
+    );
+    for j in jobs {
+        let _ = writeln!(s, "run_job {}", j.name);
+    }
+    if cfg.meta {
+        let _ = writeln!(
+            s,
+            "/bin/vmbench meta /data/bench/meta {META_FILES} --drop-caches || \
+             echo \"@@VMTEST-ERROR metadata job failed\""
+        );
+    }
+    s.push_str("exit 0\n");
+    s
+}
+
+fn collect_fio(jobs: &[FioJob], get: impl Fn(&str) -> Option<String>, out: &mut RunValues) {
+    for j in jobs {
+        let key = format!("fio.{}", j.name);
+        match get(&key) {
+            None => out.errors.push(format!("{}: no result", j.name)),
+            Some(v) if v.starts_with("FAILED") => out.errors.push(
+                BenchError::FioFailed {
+                    job: j.name.into(),
+                    why: describe_failure(v.trim_start_matches("FAILED")),
+                }
+                .to_string(),
+            ),
+            Some(v) => match parse_fio(j.name, &v, j.metric) {
+                Ok(x) => {
+                    out.values.insert(j.name.to_string(), x);
+                }
+                Err(e) => out.errors.push(e.to_string()),
+            },
+        }
+    }
+}
+
+fn run_guest(
+    cfg: &Config,
+    which: Which,
+    cache: CacheMode,
+    rep: usize,
+    share: &Path,
+    jobs: &[FioJob],
+) -> Result<RunValues> {
+    let name = format!("{}-{}-{}", which.key(), cache, rep);
+    let exe = &cfg.self_exe;
+    let mut b = VmBuilder::new()
+        .name(&name)
+        .share(share)
+        .daemon_config(daemon_config(cfg, which, cache))
+        .fio(true)
+        .memory_mib(cfg.memory_mib)
+        .smp(cfg.smp)
+        .accel(cfg.accel)
+        .timeout(Duration::from_secs(1800))
+        .daemon_exit_timeout(Duration::from_secs(30))
+        .workload(&guest_script(cfg, jobs))
+        .program(exe, "/bin/vmbench")?;
+    for j in jobs {
+        b = b.file(
+            &format!("/bench/{}.fio", j.name),
+            0o644,
+            job_text(j, "/data/bench", cfg),
+        );
+    }
+    let vm = b.spawn()?;
+    let pid = vm.daemon_pid();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = pid.map(|p| sample_rss(p, Arc::clone(&stop)));
+    let strace = match (&cfg.strace_dir, pid) {
+        (Some(dir), Some(p)) => {
+            std::fs::create_dir_all(dir).map_err(io_err("creating the strace dir"))?;
+            let out = dir.join(format!("{name}.strace.txt"));
+            let mode: &[&str] = if cfg.strace_full {
+                &["-f", "-tt", "-T", "-o"]
+            } else {
+                &["-c", "-f", "-o"]
+            };
+            Some(
+                Command::new("strace")
+                    .args(mode)
+                    .arg(&out)
+                    .args(["-p", &p.to_string()])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .map_err(io_err("starting strace"))?,
+            )
+        }
+        _ => None,
+    };
+    let outcome = vm.wait()?;
+    stop.store(true, Ordering::Relaxed);
+    let peak = sampler.and_then(|h| h.join().ok()).unwrap_or_default();
+    if let Some(mut s) = strace {
+        let _ = s.wait();
+    }
+    let mut out = RunValues {
+        peak_rss: peak,
+        elapsed_s: outcome.elapsed.as_secs_f64(),
+        load_avg: load_avg(),
+        ..RunValues::default()
+    };
+    let get = |k: &str| outcome.results.get(k).map(str::to_string);
+    collect_fio(jobs, get, &mut out);
+    if cfg.meta {
+        match meta_rows(|k| outcome.results.get(k).map(str::to_string)) {
+            Ok(rows) => out.values.extend(rows),
+            Err(e) => out.errors.push(e.to_string()),
+        }
+    }
+    for p in outcome.problems() {
+        out.errors.push(format!("{name}: {p}"));
+    }
+    if !out.errors.is_empty() {
+        let log: String = outcome
+            .serial_text()
+            .lines()
+            .rev()
+            .take(15)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
+        eprintln!("vmbench: [{name}] problems: {:?}\n{log}", out.errors);
+    }
+    Ok(out)
+}
+
+fn run_host(cfg: &Config, dir: &Path, jobs: &[FioJob]) -> Result<RunValues> {
+    let started = Instant::now();
+    let mut out = RunValues::default();
+    let mut results: BTreeMap<String, String> = BTreeMap::new();
+    let jobdir = tempfile::Builder::new()
+        .prefix("vmbench-host-")
+        .tempdir()
+        .map_err(io_err("temp dir"))?;
+    for j in jobs {
+        let f = jobdir.path().join(format!("{}.fio", j.name));
+        std::fs::write(&f, job_text(j, &dir.display().to_string(), cfg))
+            .map_err(io_err("writing a job file"))?;
+        let o = Command::new("fio")
+            .arg("--output-format=json")
+            .arg(&f)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(io_err("running fio on the host"))?;
+        let text = String::from_utf8_lossy(&o.stdout).replace('\n', "");
+        if o.status.success() {
+            results.insert(format!("fio.{}", j.name), text);
+        } else {
+            results.insert(
+                format!("fio.{}", j.name),
+                format!("FAILED {}", String::from_utf8_lossy(&o.stderr)),
+            );
+        }
+    }
+    collect_fio(jobs, |k| results.get(k).cloned(), &mut out);
+    if cfg.meta {
+        let exe = &cfg.self_exe;
+        // The host's caches are shared with everyone on the machine: not dropped here.
+        let o = Command::new(exe)
+            .arg("meta")
+            .arg(dir.join("meta"))
+            .arg(META_FILES.to_string())
+            .stdin(Stdio::null())
+            .output()
+            .map_err(io_err("running the metadata job on the host"))?;
+        let mut kv = BTreeMap::new();
+        for l in String::from_utf8_lossy(&o.stdout).lines() {
+            if let Ok(Line::Result { key, value }) = parse_line(l) {
+                kv.insert(key, value);
+            }
+        }
+        match meta_rows(|k| kv.get(k).cloned()) {
+            Ok(rows) => out.values.extend(rows),
+            Err(e) => out.errors.push(format!(
+                "host: {e}: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            )),
+        }
+    }
+    out.elapsed_s = started.elapsed().as_secs_f64();
+    out.load_avg = load_avg();
+    if !out.errors.is_empty() {
+        eprintln!("vmbench: [host] problems: {:?}", out.errors);
+    }
+    Ok(out)
+}
+
+/// Creates the read and write files (`file_mib` MiB of non-zero data) once, on the host.
+fn prepare_dir(dir: &Path, mib: u64) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    let mut block = vec![0u8; 1 << 20];
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for name in [READ_FILE, WRITE_FILE] {
+        let p = dir.join(name);
+        if std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0) == mib << 20 {
+            continue;
+        }
+        let mut f =
+            std::fs::File::create(&p).map_err(io_err(format!("creating {}", p.display())))?;
+        for _ in 0..mib {
+            for chunk in block.chunks_exact_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                chunk.copy_from_slice(&x.to_le_bytes());
+            }
+            f.write_all(&block)
+                .map_err(io_err(format!("writing {}", p.display())))?;
+        }
+        f.sync_all().map_err(io_err("fsync"))?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Statistics and output
+// ---------------------------------------------------------------------------------------
+
+fn median(v: &[f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    Some(if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    })
+}
+
+fn ratio(ours: Option<f64>, other: Option<f64>, lower_better: bool) -> Option<f64> {
+    let (o, r) = (ours?, other?);
+    if o <= 0.0 || r <= 0.0 {
+        return None;
+    }
+    Some(if lower_better { r / o } else { o / r })
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let m = 10f64.powi(digits);
+    (x * m).round() / m
+}
+
+fn fmt_num(v: Option<f64>) -> String {
+    match v {
+        None => "n/a".into(),
+        Some(x) if x >= 100.0 => format!("{x:.0}"),
+        Some(x) if x >= 10.0 => format!("{x:.1}"),
+        Some(x) => format!("{x:.2}"),
+    }
+}
+
+fn mib_pair(max: Option<f64>, med: Option<f64>) -> String {
+    match (max, med) {
+        (Some(a), Some(b)) => format!("{:.1} MiB ({:.1} MiB)", a / 1024.0, b / 1024.0),
+        _ => "n/a".into(),
+    }
+}
+
+fn fmt_ratio(v: Option<f64>) -> String {
+    v.map_or("n/a".into(), |x| format!("{x:.2}"))
+}
+
+fn machine_description(cfg: &Config) -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|s| s.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let first_line = |prog: &str, arg: &str| {
+        Command::new(prog)
+            .arg(arg)
+            .output()
+            .ok()
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .map(str::to_string)
+            })
+            .unwrap_or_default()
+    };
+    let fstype = Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(&cfg.work)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let guest_kernel = vm_tests::GuestImage::locate()
+        .map(|g| g.kernel_version)
+        .unwrap_or_default();
+    json!({
+        "cpu": cpu,
+        "host_cores": cores,
+        "host_memory_gib": round(mem_kib as f64 / 1048576.0, 1),
+        "host_kernel": kernel,
+        "qemu": first_line("qemu-system-x86_64", "--version"),
+        "fio": first_line("fio", "--version"),
+        "share_filesystem": fstype,
+        "guest_kernel": guest_kernel,
+        "guest_memory_mib": cfg.memory_mib,
+        "guest_vcpus": cfg.smp,
+        "accel_requested": format!("{:?}", cfg.accel).to_lowercase(),
+    })
+}
+
+struct Report {
+    json: Value,
+    markdown: String,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_report(
+    cfg: &Config,
+    jobs: &[FioJob],
+    guest: &BTreeMap<(String, Which), Vec<RunValues>>,
+    host: &[RunValues],
+    start_ms: &BTreeMap<&'static str, Vec<f64>>,
+    accel: &str,
+    elapsed: Duration,
+) -> Report {
+    let mut rows: Vec<(String, &'static str)> = jobs
+        .iter()
+        .map(|j| (j.name.to_string(), j.metric.unit()))
+        .collect();
+    if cfg.meta {
+        rows.extend(META_ROWS.iter().map(|(k, u)| (k.to_string(), *u)));
+    }
+    let med = |runs: &[RunValues], job: &str| -> Option<f64> {
+        let v: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| r.values.get(job).copied())
+            .collect();
+        median(&v)
+    };
+    let mut json_jobs = Vec::new();
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "| cache | job | unit | ours | reference | host | ours/reference | ours/host |\n\
+         |---|---|---|---:|---:|---:|---:|---:|"
+    );
+    for cache in &cfg.caches {
+        let empty = Vec::new();
+        let ours_runs = guest
+            .get(&(cache.to_string(), Which::Ours))
+            .unwrap_or(&empty);
+        let ref_runs = guest
+            .get(&(cache.to_string(), Which::Reference))
+            .unwrap_or(&empty);
+        for (job, unit) in &rows {
+            let lb = lower_is_better(unit);
+            let o = med(ours_runs, job);
+            let r = med(ref_runs, job);
+            let h = if cfg.host { med(host, job) } else { None };
+            let vr = ratio(o, r, lb);
+            let vh = ratio(o, h, lb);
+            let samples = |runs: &[RunValues]| -> Vec<Value> {
+                runs.iter()
+                    .map(|x| {
+                        x.values
+                            .get(job.as_str())
+                            .map_or(Value::Null, |v| json!(round(*v, 3)))
+                    })
+                    .collect()
+            };
+            json_jobs.push(json!({
+                "job": job,
+                "cache": cache.as_str(),
+                "unit": unit,
+                "higher_is_better": !lb,
+                "ours": o.map(|x| round(x, 3)),
+                "reference": r.map(|x| round(x, 3)),
+                "host": h.map(|x| round(x, 3)),
+                "ours_vs_reference": vr.map(|x| round(x, 3)),
+                "ours_vs_host": vh.map(|x| round(x, 3)),
+                "samples": {
+                    "ours": samples(ours_runs),
+                    "reference": samples(ref_runs),
+                    "host": samples(host),
+                },
+            }));
+            let _ = writeln!(
+                md,
+                "| {cache} | {job} | {unit} | {} | {} | {} | {} | {} |",
+                fmt_num(o),
+                fmt_num(r),
+                fmt_num(h),
+                fmt_ratio(vr),
+                fmt_ratio(vh)
+            );
+        }
+    }
+    let mut daemons = serde_json::Map::new();
+    let _ = writeln!(
+        md,
+        "\n| daemon | version | peak RSS: VmHWM max (median) | private RSS: RssAnon max \
+         (median) | start to listening socket (median) |\n|---|---|---:|---:|---:|"
+    );
+    for which in [Which::Ours, Which::Reference] {
+        let runs: Vec<&RunValues> = guest
+            .iter()
+            .filter(|((_, w), _)| *w == which)
+            .flat_map(|(_, v)| v.iter())
+            .collect();
+        let stat = |f: fn(&PeakRss) -> Option<u64>| {
+            let v: Vec<f64> = runs
+                .iter()
+                .filter_map(|r| f(&r.peak_rss).map(|x| x as f64))
+                .collect();
+            (v.iter().copied().reduce(f64::max), median(&v))
+        };
+        let (hwm_max, hwm_med) = stat(|p| p.hwm);
+        let (anon_max, anon_med) = stat(|p| p.anon);
+        let st = start_ms.get(which.key()).map(|v| median(v)).unwrap_or(None);
+        let binary = match which {
+            Which::Ours => &cfg.ours,
+            Which::Reference => &cfg.reference,
+        };
+        let version = version_of(binary);
+        let args = daemon_config(cfg, which, CacheMode::Auto)
+            .args(Path::new("SOCKET"), Path::new("SHARE"))
+            .join(" ")
+            .replace("--cache auto", "--cache MODE");
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} |",
+            which.key(),
+            version,
+            mib_pair(hwm_max, hwm_med),
+            mib_pair(anon_max, anon_med),
+            st.map_or("n/a".into(), |ms| format!("{ms:.1} ms")),
+        );
+        daemons.insert(
+            which.key().into(),
+            json!({
+                "binary": binary.display().to_string(),
+                "version": version,
+                "args": args,
+                "peak_rss_kib": hwm_max.map(|x| x as u64),
+                "peak_rss_kib_median": hwm_med.map(|x| x as u64),
+                "peak_rss_anon_kib": anon_max.map(|x| x as u64),
+                "peak_rss_anon_kib_median": anon_med.map(|x| x as u64),
+                "peak_rss_per_boot": runs.iter().map(|r| json!({
+                    "vm_hwm_kib": r.peak_rss.hwm, "rss_anon_kib": r.peak_rss.anon,
+                })).collect::<Vec<_>>(),
+                "peak_rss_source": "VmHWM and RssAnon of /proc/PID/status sampled every 50 ms \
+                    while the guest runs; VmHWM counts the guest-memory pages the daemon touched",
+                "start_ms_median": st.map(|x| round(x, 2)),
+                "start_ms_samples": start_ms.get(which.key()).cloned().unwrap_or_default()
+                    .iter().map(|x| round(*x, 2)).collect::<Vec<_>>(),
+            }),
+        );
+    }
+    let errors: Vec<String> = guest
+        .values()
+        .flatten()
+        .chain(host.iter())
+        .flat_map(|r| r.errors.iter().cloned())
+        .collect();
+    if !errors.is_empty() {
+        let _ = writeln!(md, "\nProblems during the run:\n");
+        for e in &errors {
+            let _ = writeln!(md, "- {}", e.replace('\n', " "));
+        }
+    }
+    let loads = |which: Option<Which>| -> Vec<Option<f64>> {
+        match which {
+            Some(w) => guest
+                .iter()
+                .filter(|((_, x), _)| *x == w)
+                .flat_map(|(_, v)| v.iter().map(|r| r.load_avg))
+                .collect(),
+            None => host.iter().map(|r| r.load_avg).collect(),
+        }
+    };
+    let json = json!({
+        "jobs": json_jobs,
+        "host_load_average_at_end_of_each_run": {
+            "ours": loads(Some(Which::Ours)),
+            "reference": loads(Some(Which::Reference)),
+            "host": loads(None),
+        },
+        "daemons": daemons,
+        "config": {
+            "command": cfg.command,
+            "quick": cfg.quick,
+            "repetitions": cfg.reps,
+            "order": "per cache mode and repetition: ours, then reference (A B A B ...); host after each pair",
+            "cache_modes": cfg.caches.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+            "runtime_s": cfg.runtime_secs,
+            "file_mib": cfg.file_mib,
+            "metadata_files": if cfg.meta { Some(META_FILES) } else { None },
+            "accel": accel,
+            "statistic": "median over repetitions",
+        },
+        "machine": machine_description(cfg),
+        "errors": errors,
+        "elapsed_s": round(elapsed.as_secs_f64(), 1),
+    });
+    Report { json, markdown: md }
+}
+
+// ---------------------------------------------------------------------------------------
+// Main
+// ---------------------------------------------------------------------------------------
+
+/// Copies the running program (`/proc/self/exe` stays readable even when the file was
+/// replaced) to `work/vmbench-self`.
+fn copy_self(work: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(work).map_err(io_err(format!("creating {}", work.display())))?;
+    let dst = work.join("vmbench-self");
+    let tmp = work.join(format!("vmbench-self.{}", std::process::id()));
+    std::fs::copy("/proc/self/exe", &tmp).map_err(io_err("copying /proc/self/exe"))?;
+    std::fs::rename(&tmp, &dst).map_err(io_err(format!("renaming to {}", dst.display())))?;
+    Ok(dst)
+}
+
+fn bench(cfg: &Config) -> Result<Report> {
+    let started = Instant::now();
+    let jobs = cfg.jobs();
+    let share = cfg.work.join("share");
+    let host_dir = cfg.work.join("host");
+    eprintln!(
+        "vmbench: preparing {} MiB files in {} and {}",
+        cfg.file_mib,
+        share.display(),
+        host_dir.display()
+    );
+    prepare_dir(&share.join("bench"), cfg.file_mib)?;
+    prepare_dir(&host_dir, cfg.file_mib)?;
+
+    let mut start_ms: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+    for _ in 0..cfg.start_samples {
+        for which in [Which::Ours, Which::Reference] {
+            let ms = start_time_ms(cfg, which, &share)?;
+            start_ms.entry(which.key()).or_default().push(ms);
+        }
+    }
+    eprintln!("vmbench: start times (ms): {start_ms:?}");
+
+    let image = vm_tests::GuestImage::locate()?;
+    let accel = vm_tests::accel::resolve(cfg.accel, &image)?.to_string();
+    let mut guest: BTreeMap<(String, Which), Vec<RunValues>> = BTreeMap::new();
+    let mut host = Vec::new();
+    for rep in 0..cfg.reps {
+        for cache in &cfg.caches {
+            for which in [Which::Ours, Which::Reference] {
+                let r = run_guest(cfg, which, *cache, rep, &share, &jobs).unwrap_or_else(|e| {
+                    eprintln!("vmbench: {} cache={cache} rep={rep}: {e}", which.key());
+                    RunValues {
+                        errors: vec![format!("{} cache={cache} rep={rep}: {e}", which.key())],
+                        ..RunValues::default()
+                    }
+                });
+                eprintln!(
+                    "vmbench: {} cache={} rep={} ({:.0} s, load {:?}, peak RSS {:?}): {:?}",
+                    which.key(),
+                    cache,
+                    rep,
+                    r.elapsed_s,
+                    r.load_avg,
+                    r.peak_rss,
+                    r.values
+                );
+                guest.entry((cache.to_string(), which)).or_default().push(r);
+            }
+        }
+        if cfg.host {
+            let h = run_host(cfg, &host_dir, &jobs).unwrap_or_else(|e| {
+                eprintln!("vmbench: host rep={rep}: {e}");
+                RunValues {
+                    errors: vec![format!("host rep={rep}: {e}")],
+                    ..RunValues::default()
+                }
+            });
+            eprintln!(
+                "vmbench: host rep={rep} ({:.0} s, load {:?}): {:?}",
+                h.elapsed_s, h.load_avg, h.values
+            );
+            host.push(h);
+        }
+    }
+    Ok(build_report(
+        cfg,
+        &jobs,
+        &guest,
+        &host,
+        &start_ms,
+        &accel,
+        started.elapsed(),
+    ))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("meta") {
+        return match meta_command(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                println!("@@VMTEST-ERROR {e}");
+                eprintln!("vmbench meta: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let mut cfg = match parse_args(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vmbench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    cfg.self_exe = match copy_self(&cfg.work) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("vmbench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match bench(&cfg) {
+        Ok(report) => {
+            let json_text =
+                serde_json::to_string_pretty(&report.json).unwrap_or_else(|_| "{}".into());
+            if let Some(p) = &cfg.markdown_out {
+                if let Err(e) = std::fs::write(p, &report.markdown) {
+                    eprintln!("vmbench: writing {}: {e}", p.display());
+                }
+            }
+            if let Some(p) = &cfg.json_out {
+                if let Err(e) = std::fs::write(p, format!("{json_text}\n")) {
+                    eprintln!("vmbench: writing {}: {e}", p.display());
+                }
+            }
+            if cfg.json {
+                println!("{json_text}");
+            } else {
+                print!("{}", report.markdown);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vmbench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIO_SAMPLE: &str = r#"note: both iodepth >= 1 and synchronous I/O engine are selected
+{ "fio version" : "fio-3.33", "jobs" : [ { "jobname" : "x", "error" : 0,
+  "read" : { "io_bytes" : 1048576, "bw_bytes" : 2097152, "iops" : 512.5 },
+  "write" : { "io_bytes" : 0, "bw_bytes" : 0, "iops" : 0.0 } } ] }"#;
+
+    #[test]
+    fn fio_json_is_parsed() {
+        let mib = parse_fio("x", FIO_SAMPLE, Metric::ReadMiBs).unwrap();
+        assert!((mib - 2.0).abs() < 1e-9);
+        let iops = parse_fio("x", FIO_SAMPLE, Metric::ReadIops).unwrap();
+        assert!((iops - 512.5).abs() < 1e-9);
+        // No I/O on the write side is an error, not a zero.
+        assert!(parse_fio("x", FIO_SAMPLE, Metric::WriteIops).is_err());
+        assert!(parse_fio("x", "garbage", Metric::ReadIops).is_err());
+        assert!(parse_fio("x", "{\"jobs\": []}", Metric::ReadIops).is_err());
+        assert!(parse_fio("x", "} {", Metric::ReadIops).is_err());
+    }
+
+    #[test]
+    fn failures_are_described() {
+        let d = describe_failure(
+            " rc=1 fio: pid=7, err=19/file:engines/mmap.c:50, error=No such device \
+             {\"jobs\": [{\"error\": 19}]}",
+        );
+        assert!(d.starts_with("rc=1 fio: pid=7"), "{d}");
+        assert!(d.contains("fio job error 19: No such device"), "{d}");
+        assert_eq!(describe_failure("rc=2 "), "rc=2");
+    }
+
+    #[test]
+    fn ratios_are_oriented() {
+        assert_eq!(ratio(Some(2.0), Some(1.0), false), Some(2.0));
+        assert_eq!(ratio(Some(2.0), Some(1.0), true), Some(0.5));
+        assert_eq!(ratio(None, Some(1.0), false), None);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+    }
+
+    #[test]
+    fn meta_rows_need_every_phase() {
+        let r = meta_rows(|k| (k != "meta-unlink").then(|| "2.0".to_string()));
+        assert!(r.is_err());
+        let r = meta_rows(|_| Some("2.0".to_string())).unwrap();
+        assert_eq!(r["meta-create"], META_FILES as f64 / 2.0);
+        assert_eq!(r["meta-total"], 8.0);
+    }
+
+    #[test]
+    fn meta_job_runs_on_the_host() {
+        let d = tempfile::tempdir().unwrap();
+        meta_command(&[d.path().join("m").display().to_string(), "50".into()]).unwrap();
+        assert!(!d.path().join("m").exists());
+    }
+}
