@@ -153,6 +153,11 @@ start() {
         log "a partial cluster is running: stopping it first"
         stop
     fi
+    # Another cluster (another checkout's, or a foreign process) on our port would make the
+    # monitor fail to bind after 15 s of retries with nothing on the terminal: say so now.
+    if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+        die "127.0.0.1:$PORT is already in use (another checkout's dev cluster?). Stop it with its own 'scripts/ceph-dev-cluster.sh stop', or set CEPH_DEV_PORT to a free port."
+    fi
     local t0 t1 fsid osd_uuid i
     t0=$(date +%s.%N)
     rm -rf "$DIR"
