@@ -87,6 +87,11 @@ ceph_cmd() { timeout 20 ceph -c "$CONF" --connect-timeout 10 "$@"; }
 
 mds_active() { ceph_cmd mds stat 2>/dev/null | grep -q 'up:active'; }
 
+# The cluster's total capacity as the monitor reports it (what statfs answers) is non-zero.
+capacity_known() {
+    ceph_cmd df -f json 2>/dev/null | grep -Eq '"total_bytes":[1-9]'
+}
+
 write_conf() {
     cat >"$CONF" <<EOF
 [global]
@@ -206,6 +211,13 @@ start() {
         sleep 0.1
     done
     running || die "a daemon is not running; logs in $DIR/log"
+    # Ready means usable: until the OSD's capacity has reached the monitor through the mgr,
+    # statfs (and so `df` in a guest) reports a filesystem of 0 blocks.
+    for i in $(seq 1 300); do
+        capacity_known && break
+        sleep 0.1
+    done
+    capacity_known || die "the cluster reports no capacity after 30 s; logs in $DIR/log"
     t1=$(date +%s.%N)
     cat >"$DIR/ceph.env" <<EOF
 CEPH_CONF=$CONF
