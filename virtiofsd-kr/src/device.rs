@@ -34,7 +34,7 @@ use crate::accounting::meter::Outcome;
 use crate::accounting::Accounting;
 use crate::dax::{DaxRequest, DaxWindow, SHMEM_PROTOCOL_FEATURE};
 use crate::export::take_written;
-use crate::guard::{error_reply, inspect, is_no_reply, RequestGuard, Verdict};
+use crate::guard::{error_reply, inspect_prefix, is_no_reply, RequestGuard, Verdict, PEEK_LEN};
 
 /// Queue 0 carries FORGET and INTERRUPT; the request queues follow it.
 pub const HIPRIO_QUEUE_INDEX: usize = 0;
@@ -134,7 +134,9 @@ impl<F: FileSystem + Send + Sync + 'static> RequestCore<F> {
                 return 0;
             }
         };
-        let Some((header, verdict)) = inspect(&self.guard, &reader) else {
+        let mut prefix = [0u8; PEEK_LEN];
+        let peeked = read_chain_prefix(chain, Direction::Readable, &mut prefix);
+        let Some((header, verdict)) = inspect_prefix(&self.guard, &prefix[..peeked]) else {
             warn!("dropping request shorter than a FUSE header");
             return 0;
         };
@@ -204,7 +206,7 @@ fn metered_outcome(chain: &Chain, len: u32, seen: &Seen, written: u64) -> Option
     }
     if len == OUT_HEADER {
         let mut reply = [0u8; OUT_HEADER as usize];
-        if read_reply_prefix(chain, &mut reply) == reply.len() {
+        if read_chain_prefix(chain, Direction::Writable, &mut reply) == reply.len() {
             let error = i32::from_le_bytes([reply[4], reply[5], reply[6], reply[7]]);
             outcome.errno = error.checked_neg().unwrap_or(0).max(0);
         }
@@ -214,13 +216,26 @@ fn metered_outcome(chain: &Chain, len: u32, seen: &Seen, written: u64) -> Option
     Some(outcome)
 }
 
-/// Reads the start of what was written into the chain's writable descriptors; returns how
-/// many bytes of `buf` were filled.
-fn read_reply_prefix(chain: &Chain, buf: &mut [u8]) -> usize {
+/// Which descriptors of a chain to read.
+#[derive(Clone, Copy)]
+enum Direction {
+    /// The request the guest wrote.
+    Readable,
+    /// The reply the daemon wrote.
+    Writable,
+}
+
+/// Copies the first bytes of the chain's readable or writable part into `buf`, across
+/// descriptor boundaries, without allocating; returns how many bytes were filled.
+fn read_chain_prefix(chain: &Chain, part: Direction, buf: &mut [u8]) -> usize {
     use vm_memory::Bytes;
     let mem = chain.memory();
+    let descriptors = match part {
+        Direction::Readable => chain.clone().readable(),
+        Direction::Writable => chain.clone().writable(),
+    };
     let mut filled = 0;
-    for desc in chain.clone().writable() {
+    for desc in descriptors {
         if filled == buf.len() {
             break;
         }
@@ -265,7 +280,7 @@ fn complete(vring: &Vring, head: u16, len: u32) -> Result<(), DeviceError> {
 /// Worker threads for `--thread-pool-size N`: the queue thread pops chains and hands them
 /// over; a worker serves the chain and returns it to the ring.
 struct RequestPool {
-    jobs: Mutex<mpsc::Sender<(Chain, Vring)>>,
+    jobs: mpsc::Sender<(Chain, Vring)>,
 }
 
 impl RequestPool {
@@ -294,16 +309,13 @@ impl RequestPool {
                 })
                 .map_err(DeviceError::SpawnWorker)?;
         }
-        Ok(RequestPool {
-            jobs: Mutex::new(tx),
-        })
+        Ok(RequestPool { jobs: tx })
     }
 
     fn submit(&self, chain: Chain, vring: Vring) {
-        if let Ok(tx) = self.jobs.lock() {
-            // Workers only stop when the sender is dropped, so this cannot fail while we live.
-            let _ = tx.send((chain, vring));
-        }
+        // Workers only stop when the sender is dropped, so this cannot fail while we live.
+        // (`mpsc::Sender` is `Sync`: no lock per request.)
+        let _ = self.jobs.send((chain, vring));
     }
 }
 

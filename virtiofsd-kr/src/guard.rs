@@ -107,17 +107,27 @@ pub fn inspect<S: vm_memory::bitmap::BitmapSlice>(
     reader: &Reader<'_, S>,
 ) -> Option<(InHeader, Verdict)> {
     let mut peek = reader.clone();
-    let header: InHeader = peek.read_obj().ok()?;
-    // Enough of the body for the fixed-size checks (OPEN, SETUPMAPPING).
-    let mut body = [0u8; 40];
+    let mut prefix = [0u8; PEEK_LEN];
     let mut filled = 0;
-    while filled < body.len() {
-        match peek.read(&mut body[filled..]) {
+    while filled < prefix.len() {
+        match peek.read(&mut prefix[filled..]) {
             Ok(0) | Err(_) => break,
             Ok(n) => filled += n,
         }
     }
-    Some((header, guard.check(&header, &body[..filled])))
+    inspect_prefix(guard, &prefix[..filled])
+}
+
+/// How much of a request the guard looks at: the in-header plus the fixed-size bodies it
+/// checks (OPEN, SETUPMAPPING).
+pub const PEEK_LEN: usize = std::mem::size_of::<InHeader>() + 40;
+
+/// Like [`inspect`], from the first bytes of the request (up to [`PEEK_LEN`]) already copied
+/// out of guest memory: the virtqueue path reads them without building a second `Reader`.
+pub fn inspect_prefix(guard: &RequestGuard, prefix: &[u8]) -> Option<(InHeader, Verdict)> {
+    let header: InHeader = read_prefix(prefix)?;
+    let body = &prefix[std::mem::size_of::<InHeader>()..];
+    Some((header, guard.check(&header, body)))
 }
 
 /// The bytes of a bare error reply to request `unique`.
@@ -230,6 +240,21 @@ mod tests {
         assert_eq!(guard.check(&map, &body), Verdict::Serve);
         body[24] = (SetupmappingFlags::READ | SetupmappingFlags::WRITE).bits() as u8;
         assert_eq!(guard.check(&map, &body), Verdict::Refuse(libc::EROFS));
+    }
+
+    #[test]
+    fn prefix_inspection_needs_a_whole_header() {
+        let guard = RequestGuard::new(true);
+        let mut bytes = header(Opcode::Open as u32).as_slice().to_vec();
+        assert!(inspect_prefix(&guard, &bytes[..bytes.len() - 1]).is_none());
+        bytes.extend_from_slice(&open_body(libc::O_RDWR));
+        let (h, v) = inspect_prefix(&guard, &bytes).unwrap();
+        assert_eq!(h.unique, 7);
+        assert_eq!(v, Verdict::Refuse(libc::EROFS));
+        assert_eq!(
+            inspect_prefix(&RequestGuard::new(false), &bytes).unwrap().1,
+            Verdict::Serve
+        );
     }
 
     proptest! {
