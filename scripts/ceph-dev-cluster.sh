@@ -3,7 +3,7 @@
 # CephFS backend's tests: one mon, one memstore OSD, one MDS, one mgr, cephx on, a CephFS named
 # "cephfs". Everything lives under one directory; no systemd, no other address than loopback.
 #
-# Usage: scripts/ceph-dev-cluster.sh start|stop|status
+# Usage: scripts/ceph-dev-cluster.sh start|stop|status|mds-stop|mds-start
 #   start   install missing packages (apt-get update only if needed), create and start the
 #           cluster, wait for an active MDS, print the start time and the conf path. A running
 #           cluster is left alone (no-op, prints the conf path).
@@ -11,6 +11,9 @@
 #           nothing across restarts anyway).
 #   status  print whether the cluster runs, `ceph mds stat` and `ceph fs ls`; exit 0 when up,
 #           3 when not.
+#   mds-stop   kill the MDS (SIGKILL: an outage, not a clean shutdown) and wait until it is
+#              gone; the rest of the cluster keeps running. For outage tests.
+#   mds-start  start the MDS again and wait until it is up:active (prints the seconds taken).
 #
 # Environment:
 #   CEPH_DEV_DIR      cluster directory (default: <repo>/.cache/ceph)
@@ -71,6 +74,15 @@ pid_of() { # daemon name -> pid if alive
 running() {
     local d
     for d in "${DAEMONS[@]}"; do
+        pid_of "$d" >/dev/null || return 1
+    done
+}
+
+# Every daemon but the MDS is running.
+running_but_mds() {
+    local d
+    for d in "${DAEMONS[@]}"; do
+        [ "$d" = mds.a ] && continue
         pid_of "$d" >/dev/null || return 1
     done
 }
@@ -151,6 +163,12 @@ start() {
     ensure_packages
     if running && mds_active; then
         log "already running"
+        echo "$CONF"
+        return 0
+    fi
+    # Only the MDS missing (an outage test stopped it): bring it back, keep the data.
+    if running_but_mds && ! pid_of mds.a >/dev/null && [ -f "$DIR/ceph.env" ]; then
+        mds_start
         echo "$CONF"
         return 0
     fi
@@ -267,6 +285,34 @@ status() {
     return 3
 }
 
+mds_stop() {
+    local pid
+    pid="$(pid_of mds.a)" || die "the MDS is not running"
+    kill -KILL "$pid"
+    for _ in $(seq 1 100); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -0 "$pid" 2>/dev/null && die "the MDS (pid $pid) did not exit"
+    rm -f "$DIR/run/mds.a.pid" 2>/dev/null || true
+    log "mds.a stopped"
+}
+
+mds_start() {
+    local t0 t1
+    pid_of mds.a >/dev/null && { log "mds.a already running"; return 0; }
+    running_but_mds || die "the cluster is not running: start it first"
+    t0=$(date +%s.%N)
+    ceph-mds -c "$CONF" -i a 9>&- 2>>"$DIR/log/setup.log" >/dev/null
+    for _ in $(seq 1 1200); do
+        mds_active && break
+        sleep 0.1
+    done
+    mds_active || die "no active MDS 120 s after restarting it; logs in $DIR/log"
+    t1=$(date +%s.%N)
+    log "mds.a active again after $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s"
+}
+
 # Serialise concurrent callers (tests may start the cluster from several processes).
 mkdir -p "$(dirname "$DIR")"
 exec 9>"$DIR.lock"
@@ -276,6 +322,8 @@ case "${1:-}" in
     start) start ;;
     stop) stop ;;
     status) status ;;
+    mds-stop) mds_stop ;;
+    mds-start) mds_start ;;
     -h|--help) usage ;;
     *) usage >&2; exit 2 ;;
 esac

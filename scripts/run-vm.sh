@@ -6,6 +6,10 @@
 #
 # Options:
 #   --shared-dir DIR     directory to share (default: a fresh temp dir with hello.txt)
+#   --cephfs-volume NAME serve the CephFS volume NAME instead (--backend cephfs): starts the
+#                        dev cluster (scripts/ceph-dev-cluster.sh), creates the volume with
+#                        `virtiofsd-kr volume create` if it does not exist (with hello.txt),
+#                        and serves it as its own identity client.vol-NAME
 #   --cache MODE         auto|always|never|metadata (default auto)
 #   --accel MODE         auto|kvm|tcg (default auto: KVM when it can run the guest, else TCG)
 #   --sandbox MODE       pass --sandbox MODE to the daemon (default: the daemon's default)
@@ -24,6 +28,7 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SHARED_DIR=""
+CEPH_VOLUME=""
 CACHE=auto
 ACCEL=auto
 SANDBOX=""
@@ -40,6 +45,7 @@ usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' 
 while [ $# -gt 0 ]; do
     case "$1" in
         --shared-dir) SHARED_DIR="${2:?}"; shift 2 ;;
+        --cephfs-volume) CEPH_VOLUME="${2:?}"; shift 2 ;;
         --cache) CACHE="${2:?}"; shift 2 ;;
         --accel) ACCEL="${2:?}"; shift 2 ;;
         --sandbox) SANDBOX="${2:?}"; shift 2 ;;
@@ -84,13 +90,34 @@ cleanup() {
 }
 trap cleanup EXIT
 
-if [ -z "$SHARED_DIR" ]; then
-    SHARED_DIR="$WORK/share"
-    mkdir -p "$SHARED_DIR"
-    echo "hello from the host" > "$SHARED_DIR/hello.txt"
+BACKEND_ARGS=()
+if [ -n "$CEPH_VOLUME" ]; then
+    [ -z "$SHARED_DIR" ] || die "--shared-dir and --cephfs-volume exclude each other"
+    CEPH_CONF="$("$REPO/scripts/ceph-dev-cluster.sh" start)" || die "the Ceph dev cluster did not start"
+    CEPH_ADMIN=(--ceph-conf "$CEPH_CONF" --ceph-keyring "$(dirname "$CEPH_CONF")/keyring"
+        --keyring-dir "$(dirname "$CEPH_CONF")/volume-keyrings")
+    if ! INFO="$("$DAEMON" volume inspect "$CEPH_VOLUME" "${CEPH_ADMIN[@]}" 2>/dev/null)"; then
+        INFO="$("$DAEMON" volume create "$CEPH_VOLUME" "${CEPH_ADMIN[@]}")" \
+            || die "volume create $CEPH_VOLUME failed"
+        NEW_VOLUME=1
+    fi
+    json() { printf '%s' "$INFO" | sed -n "s/^ *\"$1\": \"\(.*\)\",\{0,1\}\$/\1/p"; }
+    CEPH_ROOT="$(json path)"; CEPH_ID="$(json ceph_id)"; CEPH_KEYRING="$(json keyring)"
+    [ -n "$CEPH_ROOT" ] && [ -n "$CEPH_ID" ] && [ -f "$CEPH_KEYRING" ] \
+        || die "volume $CEPH_VOLUME: no path, identity or keyring on this host: $INFO"
+    BACKEND_ARGS=(--backend cephfs --ceph-conf "$CEPH_CONF" --ceph-id "$CEPH_ID"
+        --ceph-keyring "$CEPH_KEYRING" --ceph-root "$CEPH_ROOT")
+    echo "run-vm: serving CephFS volume $CEPH_VOLUME ($CEPH_ROOT as client.$CEPH_ID)" >&2
+else
+    if [ -z "$SHARED_DIR" ]; then
+        SHARED_DIR="$WORK/share"
+        mkdir -p "$SHARED_DIR"
+        echo "hello from the host" > "$SHARED_DIR/hello.txt"
+    fi
+    [ -d "$SHARED_DIR" ] || die "--shared-dir $SHARED_DIR is not a directory"
+    SHARED_DIR="$(cd "$SHARED_DIR" && pwd)"
+    BACKEND_ARGS=(--shared-dir "$SHARED_DIR")
 fi
-[ -d "$SHARED_DIR" ] || die "--shared-dir $SHARED_DIR is not a directory"
-SHARED_DIR="$(cd "$SHARED_DIR" && pwd)"
 
 # ---- the workload, in a small cpio appended to the base initramfs
 sq() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"; }
@@ -108,7 +135,11 @@ make_initrd() { # workload-text output
     cp "$INITRAMFS" "$2"
     (cd "$stage" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0) >> "$2"
 }
-make_initrd "cd /data 2>/dev/null || true
+PRELUDE=""
+# A new CephFS volume starts empty: the guest leaves the usual hello file in it.
+[ "${NEW_VOLUME:-0}" = 1 ] && PRELUDE='echo "hello from CephFS" > /data/hello.txt'
+make_initrd "$PRELUDE
+cd /data 2>/dev/null || true
 $CMDLINE" "$WORK/initrd.cpio"
 
 accel_args() {
@@ -155,7 +186,7 @@ case "$ACCEL" in kvm|tcg) ;; *) ACCEL=tcg ;; esac
 # ---- the daemon
 SOCK="$WORK/vhost-fs.sock"
 case "$SOCK" in *,*) die "socket path $SOCK contains a comma" ;; esac
-DARGS=(--socket-path "$SOCK" --shared-dir "$SHARED_DIR" --cache "$CACHE")
+DARGS=(--socket-path "$SOCK" "${BACKEND_ARGS[@]}" --cache "$CACHE")
 [ -n "$SANDBOX" ] && DARGS+=(--sandbox "$SANDBOX")
 DARGS+=("${DAEMON_ARGS[@]}")
 "$DAEMON" "${DARGS[@]}" > "$WORK/daemon.log" 2>&1 &
@@ -171,7 +202,7 @@ if [ ! -S "$SOCK" ]; then
 fi
 
 # ---- the guest
-echo "run-vm: booting (accel=$ACCEL, cache=$CACHE, share=$SHARED_DIR)" >&2
+echo "run-vm: booting (accel=$ACCEL, cache=$CACHE, share=${SHARED_DIR:-cephfs:$CEPH_VOLUME})" >&2
 set +e
 # shellcheck disable=SC2046
 timeout -k 5 "$TIMEOUT" "$QEMU" -name run-vm -M q35,memory-backend=mem \

@@ -24,6 +24,10 @@ pub mod fs;
 pub mod inode;
 #[allow(unsafe_code)]
 pub mod mount;
+#[allow(unsafe_code)]
+pub mod rados;
+#[allow(unsafe_code)]
+mod rados_ffi;
 
 pub use error::CephError;
 pub use fs::CephFs;
@@ -91,6 +95,9 @@ impl Default for CachePolicy {
     }
 }
 
+/// Default of [`CephConfig::op_timeout`].
+pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Where and as whom the backend connects.
 #[derive(Debug, Clone)]
 pub struct CephConfig {
@@ -109,6 +116,10 @@ pub struct CephConfig {
     pub cache: CachePolicy,
     /// How long to wait for monitors/MDS before `connect` fails.
     pub mount_timeout: Duration,
+    /// Longest a guest request may wait for the cluster (an MDS or OSD that is gone): past
+    /// it the request fails with ETIMEDOUT while libcephfs keeps waiting in the background.
+    /// `None`: wait as long as libcephfs does (forever for a missing MDS).
+    pub op_timeout: Option<Duration>,
 }
 
 impl CephConfig {
@@ -127,6 +138,7 @@ impl CephConfig {
             fs_name: None,
             cache: CachePolicy::default(),
             mount_timeout: Duration::from_secs(10),
+            op_timeout: Some(DEFAULT_OP_TIMEOUT),
         }
     }
 }

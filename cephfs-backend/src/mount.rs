@@ -133,13 +133,16 @@ impl CephMount {
             source,
         })?;
         let timeout = opts.mount_timeout.as_secs().max(1).to_string();
-        let settings: [(&str, &str); 5] = [
+        let settings: [(&str, &str); 6] = [
             ("keyring", keyring_s),
             // Fail fast on an unreachable cluster instead of libcephfs' 300 s.
             ("client_mount_timeout", &timeout),
             ("rados_mon_op_timeout", &timeout),
             // Several clients of one id may live in one process: no admin socket clashes.
             ("admin_socket", ""),
+            // Logs go through the daemon's own; a log file named in the conf would be out of
+            // reach in the sandbox.
+            ("log_file", ""),
             // Permission checks on behalf of the guest's uid/gid, whatever the conf says.
             ("client_permissions", "true"),
         ];

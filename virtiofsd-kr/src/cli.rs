@@ -38,6 +38,96 @@ pub enum Command {
     /// Accounting journals: `accounting report --tenant T --accounting-dir DIR...`.
     #[command(subcommand)]
     Accounting(AccountingCommand),
+    /// CephFS volumes for `--backend cephfs`: directories with a quota and their own cephx
+    /// identity (run on the host as a cluster administrator).
+    Volume(VolumeCli),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct VolumeCli {
+    #[command(subcommand)]
+    pub command: VolumeCommand,
+
+    #[command(flatten)]
+    pub args: VolumeArgs,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum VolumeCommand {
+    /// Create a volume: its directory, quota, cephx identity `client.vol-NAME` (caps limited
+    /// to the directory) and that identity's keyring in --keyring-dir. Prints it as JSON.
+    Create {
+        #[arg(value_name = "NAME", value_parser = volume_name_arg)]
+        name: String,
+        /// Most bytes the volume may hold (ceph.quota.max_bytes), e.g. 10G.
+        #[arg(long, value_name = "SIZE", value_parser = size_arg)]
+        quota: Option<u64>,
+    },
+    /// Remove a volume: its files, snapshots, directory, identity and keyring.
+    Rm {
+        #[arg(value_name = "NAME", value_parser = volume_name_arg)]
+        name: String,
+    },
+    /// List the volumes (JSON, one object per line).
+    Ls,
+    /// Print a volume as JSON: path, quota, usage, identity, keyring, snapshots.
+    Inspect {
+        #[arg(value_name = "NAME", value_parser = volume_name_arg)]
+        name: String,
+    },
+    /// Make a snapshot of a volume (guests see it read-only in /.snap/SNAP).
+    Snapshot {
+        #[arg(value_name = "NAME", value_parser = volume_name_arg)]
+        name: String,
+        #[arg(value_name = "SNAP", value_parser = volume_name_arg)]
+        snap: String,
+        /// Remove the snapshot instead.
+        #[arg(long)]
+        rm: bool,
+    },
+}
+
+/// How the `volume` commands reach the cluster, as its administrator.
+#[derive(Debug, Clone, Args)]
+pub struct VolumeArgs {
+    /// ceph.conf naming the cluster's monitors.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/etc/ceph/ceph.conf",
+        global = true
+    )]
+    pub ceph_conf: PathBuf,
+
+    /// cephx user allowed to make directories, set quotas and create identities.
+    #[arg(long, value_name = "NAME", default_value = "admin", value_parser = ceph_id_arg, global = true)]
+    pub ceph_id: String,
+
+    /// That user's keyring.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/etc/ceph/ceph.client.admin.keyring",
+        global = true
+    )]
+    pub ceph_keyring: PathBuf,
+
+    /// The CephFS filesystem (default: the cluster's only one).
+    #[arg(long, value_name = "NAME", global = true)]
+    pub ceph_fs: Option<String>,
+
+    /// Directory inside CephFS that holds the volumes.
+    #[arg(long, value_name = "PATH", default_value = "/volumes", global = true)]
+    pub volumes_root: String,
+
+    /// Where the volumes' keyrings are written (`client.vol-NAME.keyring`, mode 0600).
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/etc/ceph/virtiofsd-kr",
+        global = true
+    )]
+    pub keyring_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -65,15 +155,31 @@ pub enum AccountingCommand {
     Report(ReportArgs),
 }
 
+/// Where a report reads records: journals, RADOS, or both (a stream found in both counts
+/// once). At least one source is required.
 #[derive(Debug, Clone, Args)]
+#[command(group(
+    clap::ArgGroup::new("report_source")
+        .args(["accounting_dir", "rados_pool"])
+        .required(true)
+        .multiple(true)
+))]
 pub struct ReportArgs {
     /// The tenant to report.
     #[arg(long, value_name = "NAME", value_parser = label_arg)]
     pub tenant: String,
 
     /// Accounting directories to read (repeat for several hosts' directories).
-    #[arg(long, value_name = "DIR", required = true)]
+    #[arg(long, value_name = "DIR")]
     pub accounting_dir: Vec<PathBuf>,
+
+    /// Read the tenant's records from this RADOS pool (what `--accounting-rados` wrote from
+    /// every host), connecting with --ceph-conf, --ceph-id and --ceph-keyring.
+    #[arg(long, value_name = "POOL")]
+    pub rados_pool: Option<String>,
+
+    #[command(flatten)]
+    pub ceph: CephClientArgs,
 }
 
 /// The arguments of the vhost-user daemon (the default mode).
@@ -91,9 +197,33 @@ pub struct ServeArgs {
     #[arg(long, value_name = "GROUP")]
     pub socket_group: Option<String>,
 
-    /// Directory to share with the guest; it becomes the guest's root of the mount.
+    /// Directory to share with the guest; it becomes the guest's root of the mount
+    /// (`--backend passthrough`).
     #[arg(long, value_name = "DIR")]
     pub shared_dir: Option<PathBuf>,
+
+    /// Where the files come from: `passthrough` (the host directory --shared-dir) or `cephfs`
+    /// (a CephFS directory through libcephfs, no host mount: --ceph-conf, --ceph-id,
+    /// --ceph-keyring, --ceph-root).
+    #[arg(long, value_enum, default_value_t = Backend::Passthrough)]
+    pub backend: Backend,
+
+    #[command(flatten)]
+    pub ceph: CephClientArgs,
+
+    /// `--backend cephfs`: the volume's directory inside CephFS (absolute, e.g.
+    /// `/volumes/shared`); it becomes the guest's root and the guest can never reach above it.
+    #[arg(long, value_name = "PATH")]
+    pub ceph_root: Option<String>,
+
+    /// `--backend cephfs`: the CephFS filesystem to mount (default: the cluster's default).
+    #[arg(long, value_name = "NAME")]
+    pub ceph_fs: Option<String>,
+
+    /// `--backend cephfs`: seconds a guest request may wait for the cluster (e.g. while the
+    /// MDS is down) before it fails with ETIMEDOUT; 0 waits as long as the cluster takes.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub ceph_op_timeout: u64,
 
     /// Tag of the filesystem, answered in the device configuration space for VMMs that ask
     /// the backend (QEMU's vhost-user-fs-pci takes the tag from its own command line).
@@ -142,6 +272,73 @@ pub struct ServeArgs {
     /// Print the vhost-user backend capabilities as JSON (as libvirt asks) and exit.
     #[arg(long)]
     pub print_capabilities: bool,
+}
+
+/// How to reach a Ceph cluster: for `--backend cephfs`, `--accounting-rados` and the
+/// `volume` commands.
+#[derive(Debug, Clone, Default, Args)]
+pub struct CephClientArgs {
+    /// ceph.conf naming the cluster's monitors.
+    #[arg(long, value_name = "PATH")]
+    pub ceph_conf: Option<PathBuf>,
+
+    /// cephx user, without `client.` (e.g. `vol-shared`).
+    #[arg(long, value_name = "NAME", value_parser = ceph_id_arg)]
+    pub ceph_id: Option<String>,
+
+    /// Keyring file holding that user's key.
+    #[arg(long, value_name = "PATH")]
+    pub ceph_keyring: Option<PathBuf>,
+}
+
+impl CephClientArgs {
+    /// conf, id and keyring, or which flag is missing (`why`: what needs them).
+    pub fn required(&self, why: &'static str) -> Result<(PathBuf, String, PathBuf), CliError> {
+        let missing = |flag| CliError::MissingCephFlag { flag, why };
+        Ok((
+            self.ceph_conf.clone().ok_or(missing("--ceph-conf"))?,
+            self.ceph_id.clone().ok_or(missing("--ceph-id"))?,
+            self.ceph_keyring.clone().ok_or(missing("--ceph-keyring"))?,
+        ))
+    }
+
+    fn any(&self) -> bool {
+        self.ceph_conf.is_some() || self.ceph_id.is_some() || self.ceph_keyring.is_some()
+    }
+}
+
+/// Names of volumes and snapshots: 1 to 64 of `A-Z a-z 0-9 . _ -`, not starting with a dot.
+pub fn volume_name_arg(text: &str) -> Result<String, String> {
+    let ok = !text.is_empty()
+        && text.len() <= 64
+        && !text.starts_with('.')
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "{text:?}: use 1 to 64 of A-Z a-z 0-9 . _ - (not starting with a dot)"
+        ))
+    }
+}
+
+/// cephx user names: 1 to 64 of `A-Z a-z 0-9 . _ -`, without the `client.` prefix.
+fn ceph_id_arg(text: &str) -> Result<String, String> {
+    let ok = !text.is_empty()
+        && text.len() <= 64
+        && !text.starts_with("client.")
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "{text:?}: use 1 to 64 of A-Z a-z 0-9 . _ -, without the `client.` prefix"
+        ))
+    }
 }
 
 /// Filesystem behaviour shared by the vhost-user daemon and `mount`.
@@ -211,6 +408,11 @@ pub struct AccountingArgs {
     #[arg(long, value_name = "DIR")]
     pub accounting_dir: Option<PathBuf>,
 
+    /// Also write the accounting records to this RADOS pool (connecting with --ceph-conf,
+    /// --ceph-id, --ceph-keyring), keyed so that a report over all pods counts each once.
+    #[arg(long, value_name = "POOL")]
+    pub accounting_rados: Option<String>,
+
     /// Limit data bytes per second (READ + WRITE payload), e.g. 20MiB; requests over the
     /// limit wait in the queue.
     #[arg(long, value_name = "SIZE", value_parser = size_arg)]
@@ -237,6 +439,7 @@ impl AccountingArgs {
             || self.pod.is_some()
             || self.metrics_addr.is_some()
             || self.accounting_dir.is_some()
+            || self.accounting_rados.is_some()
             || self.rate_limit_bytes.is_some()
             || self.rate_limit_ops.is_some()
     }
@@ -256,6 +459,9 @@ impl AccountingArgs {
             && (self.tenant.is_none() || self.volume.is_none() || self.pod.is_none())
         {
             return Err(CliError::AccountingDirWithoutLabels);
+        }
+        if self.accounting_rados.is_some() && self.accounting_dir.is_none() {
+            return Err(CliError::RadosWithoutJournal);
         }
         if self.rate_limit_bytes_burst.is_some() && self.rate_limit_bytes.is_none() {
             return Err(CliError::BurstWithoutLimit("--rate-limit-bytes"));
@@ -329,6 +535,12 @@ pub struct MountArgs {
 
 fn size_arg(text: &str) -> Result<u64, String> {
     crate::size::parse_size(text).map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    Passthrough,
+    Cephfs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -415,6 +627,31 @@ pub enum CliError {
     AccountingDirWithoutLabels,
     #[error("a burst needs its limit: {0}")]
     BurstWithoutLimit(&'static str),
+    #[error("--accounting-rados ships the journal's records: it needs --accounting-dir (and so --tenant, --volume, --pod)")]
+    RadosWithoutJournal,
+    #[error("{flag} is required with {why}")]
+    MissingCephFlag {
+        flag: &'static str,
+        why: &'static str,
+    },
+    #[error("--shared-dir is for --backend passthrough; with --backend cephfs the guest's root is --ceph-root")]
+    SharedDirWithCephfs,
+    #[error("{0} needs --backend cephfs")]
+    CephFlagWithoutCephfs(&'static str),
+    #[error("--ceph-root {0:?}: give the volume's absolute path inside CephFS, without `.` or `..` (e.g. /volumes/shared)")]
+    BadCephRoot(String),
+    #[error("--dax-window is not available with --backend cephfs: DAX maps host file descriptors and libcephfs gives none (see docs/dax.md)")]
+    DaxWithCephfs,
+    #[error("--sandbox chroot is not available with --backend cephfs (libcephfs needs the network and its config files): use namespace or none")]
+    ChrootWithCephfs,
+    #[error(
+        "--inode-file-handles is for --backend passthrough: CephFS inodes are addressed by number"
+    )]
+    FileHandlesWithCephfs,
+    #[error(
+        "--ceph-conf, --ceph-id and --ceph-keyring need --backend cephfs or --accounting-rados"
+    )]
+    CephClientUnused,
 }
 
 /// Upper bound for --thread-pool-size: more threads than this only add contention.
@@ -441,9 +678,66 @@ impl ServeArgs {
         }
     }
 
-    /// The shared directory, which the daemon mode requires.
+    /// The shared directory, which the passthrough backend requires.
     pub fn shared_dir(&self) -> Result<&PathBuf, CliError> {
         self.shared_dir.as_ref().ok_or(CliError::NoSharedDir)
+    }
+
+    /// The CephFS volume root (`--ceph-root`), checked: absolute, normal components only.
+    pub fn ceph_root(&self) -> Result<&str, CliError> {
+        let root = self.ceph_root.as_deref().ok_or(CliError::MissingCephFlag {
+            flag: "--ceph-root",
+            why: "--backend cephfs",
+        })?;
+        let bad = || CliError::BadCephRoot(root.to_string());
+        if !root.starts_with('/') || root.contains('\0') {
+            return Err(bad());
+        }
+        if root
+            .split('/')
+            .skip(1)
+            .any(|c| c == "." || c == ".." || (c.is_empty() && root != "/"))
+        {
+            return Err(bad());
+        }
+        Ok(root)
+    }
+
+    fn validate_backend(&self) -> Result<(), CliError> {
+        match self.backend {
+            Backend::Passthrough => {
+                if self.ceph_root.is_some() {
+                    return Err(CliError::CephFlagWithoutCephfs("--ceph-root"));
+                }
+                if self.ceph_fs.is_some() {
+                    return Err(CliError::CephFlagWithoutCephfs("--ceph-fs"));
+                }
+                if self.ceph.any() && self.accounting.accounting_rados.is_none() {
+                    return Err(CliError::CephClientUnused);
+                }
+                self.shared_dir()?;
+            }
+            Backend::Cephfs => {
+                if self.shared_dir.is_some() {
+                    return Err(CliError::SharedDirWithCephfs);
+                }
+                self.ceph.required("--backend cephfs")?;
+                self.ceph_root()?;
+                if self.dax_window.is_some() {
+                    return Err(CliError::DaxWithCephfs);
+                }
+                if self.sandbox == SandboxMode::Chroot {
+                    return Err(CliError::ChrootWithCephfs);
+                }
+                if self.fs.inode_file_handles != InodeFileHandles::Never {
+                    return Err(CliError::FileHandlesWithCephfs);
+                }
+            }
+        }
+        if self.accounting.accounting_rados.is_some() {
+            self.ceph.required("--accounting-rados")?;
+        }
+        Ok(())
     }
 
     /// Checks that need no system call.
@@ -456,8 +750,7 @@ impl ServeArgs {
         }
         self.accounting.validate()?;
         self.socket_source()?;
-        self.shared_dir()?;
-        Ok(())
+        self.validate_backend()
     }
 }
 
@@ -664,6 +957,149 @@ mod tests {
             other => panic!("expected a report, got {other:?}"),
         }
         assert!(parse(&["accounting", "report", "--tenant=acme"]).is_err());
+        // RADOS alone is a source; the ceph flags come with it.
+        let cli = parse(&[
+            "accounting",
+            "report",
+            "--tenant=acme",
+            "--rados-pool=acct",
+            "--ceph-conf=/etc/ceph/ceph.conf",
+            "--ceph-id=acct-acme",
+            "--ceph-keyring=/k",
+        ])
+        .unwrap();
+        match cli.command {
+            Some(Command::Accounting(AccountingCommand::Report(r))) => {
+                assert!(r.accounting_dir.is_empty());
+                assert_eq!(r.rados_pool.as_deref(), Some("acct"));
+                let (conf, id, keyring) = r.ceph.required("--rados-pool").unwrap();
+                assert_eq!(
+                    (conf, id.as_str(), keyring),
+                    ("/etc/ceph/ceph.conf".into(), "acct-acme", "/k".into())
+                );
+            }
+            other => panic!("expected a report, got {other:?}"),
+        }
+        // Both sources at once; the ceph flags alone are not a source.
+        assert!(parse(&[
+            "accounting",
+            "report",
+            "--tenant=acme",
+            "--rados-pool=acct",
+            "--accounting-dir=/a",
+        ])
+        .is_ok());
+        let err = parse(&["accounting", "report", "--tenant=acme", "--ceph-id=x"]).unwrap_err();
+        assert!(err.to_string().contains("--rados-pool"), "{err}");
+        assert!(parse(&[
+            "accounting",
+            "report",
+            "--tenant=acme",
+            "--ceph-id=client.x"
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn cephfs_backend_flags_are_checked() {
+        let ceph = [
+            "--fd=3",
+            "--backend=cephfs",
+            "--ceph-conf=/etc/ceph/ceph.conf",
+            "--ceph-id=vol-a",
+            "--ceph-keyring=/k",
+            "--ceph-root=/volumes/a",
+        ];
+        let with = |extra: &[&str]| {
+            let args: Vec<&str> = ceph.iter().chain(extra).copied().collect();
+            parse(&args).map(|c| c.serve)
+        };
+        let s = with(&[]).unwrap();
+        s.validate().unwrap();
+        assert_eq!(s.backend, Backend::Cephfs);
+        assert_eq!(s.ceph_root().unwrap(), "/volumes/a");
+        assert_eq!(s.ceph_op_timeout, 30);
+        let refused = |extra: &[&str]| with(extra).unwrap().validate().unwrap_err();
+        assert_eq!(refused(&["--shared-dir=/x"]), CliError::SharedDirWithCephfs);
+        assert_eq!(refused(&["--dax-window=1G"]), CliError::DaxWithCephfs);
+        assert_eq!(refused(&["--sandbox=chroot"]), CliError::ChrootWithCephfs);
+        assert_eq!(
+            refused(&["--inode-file-handles=prefer"]),
+            CliError::FileHandlesWithCephfs
+        );
+        for root in ["volumes/a", "/volumes/../x", "/volumes/./a", "/a//b"] {
+            let mut s = with(&[]).unwrap();
+            s.ceph_root = Some(root.to_string());
+            assert_eq!(
+                s.validate(),
+                Err(CliError::BadCephRoot(root.to_string())),
+                "{root}"
+            );
+        }
+        for (missing, flag) in [
+            ("--ceph-conf", "--ceph-conf"),
+            ("--ceph-id", "--ceph-id"),
+            ("--ceph-keyring", "--ceph-keyring"),
+            ("--ceph-root", "--ceph-root"),
+        ] {
+            let args: Vec<&str> = ceph
+                .iter()
+                .filter(|a| !a.starts_with(missing))
+                .copied()
+                .collect();
+            let s = parse(&args).unwrap().serve;
+            assert!(
+                matches!(s.validate(), Err(CliError::MissingCephFlag { flag: f, .. }) if f == flag),
+                "{missing}"
+            );
+        }
+        assert!(parse(&["--fd=3", "--shared-dir=/x", "--ceph-id=client.admin"]).is_err());
+        let s = parse(&["--fd=3", "--shared-dir=/x", "--ceph-root=/v"])
+            .unwrap()
+            .serve;
+        assert_eq!(
+            s.validate(),
+            Err(CliError::CephFlagWithoutCephfs("--ceph-root"))
+        );
+        let s = parse(&["--fd=3", "--shared-dir=/x", "--ceph-conf=/c"])
+            .unwrap()
+            .serve;
+        assert_eq!(s.validate(), Err(CliError::CephClientUnused));
+    }
+
+    #[test]
+    fn volume_subcommands_parse() {
+        let cli = parse(&["volume", "create", "shared", "--quota", "10G"]).unwrap();
+        match cli.command {
+            Some(Command::Volume(v)) => {
+                assert!(matches!(
+                    v.command,
+                    VolumeCommand::Create { ref name, quota: Some(q) } if name == "shared" && q == 10 << 30
+                ));
+                assert_eq!(v.args.ceph_id, "admin");
+                assert_eq!(v.args.volumes_root, "/volumes");
+            }
+            other => panic!("expected volume create, got {other:?}"),
+        }
+        let cli = parse(&["volume", "snapshot", "shared", "s1", "--ceph-conf=/c.conf"]).unwrap();
+        match cli.command {
+            Some(Command::Volume(v)) => {
+                assert!(matches!(
+                    v.command,
+                    VolumeCommand::Snapshot { rm: false, .. }
+                ));
+                assert_eq!(v.args.ceph_conf, PathBuf::from("/c.conf"));
+            }
+            other => panic!("expected volume snapshot, got {other:?}"),
+        }
+        for bad in [
+            &["volume", "create", ".snap"][..],
+            &["volume", "create", "a/b"],
+            &["volume", "snapshot", "v", ".."],
+            &["volume", "create", "v", "--quota", "lots"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
@@ -698,6 +1134,13 @@ mod tests {
             "--rate-limit-bytes-burst",
             "--rate-limit-ops",
             "--rate-limit-ops-burst",
+            "--backend",
+            "--ceph-conf",
+            "--ceph-id",
+            "--ceph-keyring",
+            "--ceph-root",
+            "--ceph-fs",
+            "--ceph-op-timeout",
         ] {
             assert!(help.contains(flag), "--help does not mention {flag}");
         }

@@ -14,6 +14,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use fuse_backend_rs::api::filesystem::FileSystem;
 use nix::sys::signal::{SigSet, Signal};
 use tracing::{info, warn};
 use vhost::vhost_user::{Error as VhostUserError, Listener};
@@ -21,7 +22,8 @@ use vhost_user_backend::{Error as DaemonLibError, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use crate::accounting::{self, AccountingError};
-use crate::cli::{CliError, ServeArgs, SocketSource};
+use crate::cephfs::{self, CephStart, CephStartError};
+use crate::cli::{Backend, CliError, ServeArgs, SocketSource};
 use crate::dax::{DaxError, DaxWindow};
 use crate::device::{DeviceError, RequestCore, VirtioFsDevice};
 use crate::export::{ExportFs, ExportPolicy};
@@ -58,6 +60,8 @@ pub enum DaemonError {
     Sandbox(#[from] SandboxError),
     #[error("backend: {0}")]
     Backend(#[from] PassthroughError),
+    #[error("cephfs: {0}")]
+    Ceph(#[from] CephStartError),
     #[error("seccomp: {0}")]
     Seccomp(#[from] SeccompError),
     #[error("--dax-window: {0}")]
@@ -82,11 +86,74 @@ pub fn capabilities_json() -> &'static str {
 /// Runs the vhost-user daemon until the frontend disconnects or a termination signal.
 pub fn serve(args: ServeArgs) -> Result<(), DaemonError> {
     args.validate()?;
-    let shared_dir = checked_shared_dir(args.shared_dir()?)?;
-    let source = args.socket_source()?;
+    match args.backend {
+        Backend::Passthrough => serve_host_dir(args),
+        Backend::Cephfs => serve_cephfs(args),
+    }
+}
 
+/// `--backend passthrough`: the host directory `--shared-dir`.
+fn serve_host_dir(args: ServeArgs) -> Result<(), DaemonError> {
+    let shared_dir = checked_shared_dir(args.shared_dir()?)?;
+    let started = start(&args, Some(&shared_dir))?;
+
+    let mut sandbox = Sandbox::new(args.sandbox, &shared_dir)
+        .readonly(args.fs.readonly)
+        .xattr(args.fs.xattr);
+    sandbox.enter()?;
+    let dax_file_size = started
+        .dax
+        .as_ref()
+        .map(|_| args.dax_file_size.unwrap_or(0));
+    let fs = passthrough::open(&args.fs, &sandbox.backend_root(), dax_file_size)?;
+    sandbox.confine()?;
+    sandbox.drop_capabilities()?;
+    seccomp::install(args.seccomp, seccomp::Profile::HostDir)?;
+    run(&args, fs, started, &shared_dir.display().to_string())
+}
+
+/// `--backend cephfs`: a CephFS directory through libcephfs. The cluster is checked before
+/// the socket exists; the serving connection is made last, once confined and under seccomp,
+/// because libcephfs starts threads that would otherwise escape both.
+fn serve_cephfs(args: ServeArgs) -> Result<(), DaemonError> {
+    let ceph = CephStart::from_args(&args)?;
+    ceph.preflight()?;
+    let started = start(&args, None)?;
+
+    let mut sandbox = Sandbox::with_files(args.sandbox, ceph.files());
+    sandbox.enter()?;
+    sandbox.confine()?;
+    sandbox.drop_capabilities()?;
+    seccomp::install(args.seccomp, seccomp::Profile::CephFs)?;
+    let path = |name| {
+        sandbox
+            .file_path(name)
+            .ok_or(DaemonError::Sandbox(SandboxError::Order(
+                "sandbox lost a file",
+            )))
+    };
+    let (conf, keyring) = (path(cephfs::CONF_FILE)?, path(cephfs::KEYRING_FILE)?);
+    let what = format!("cephfs:{} as client.{}", ceph.root(), ceph.id());
+    let fs = ceph.connect(conf, keyring)?;
+    run(&args, fs, started, &what)
+}
+
+/// What is set up before the sandbox, whatever the backend.
+struct Started {
+    listener: Listener,
+    cleanup: SocketCleanup,
+    signals: SigSet,
+    dax: Option<Arc<DaxWindow>>,
+    accounting: Option<accounting::Prepared>,
+}
+
+/// The listener, the signal mask, the DAX window and accounting: everything the sandbox
+/// would stop the daemon from creating. `shared_dir`: the host directory a passthrough
+/// export serves (the accounting directory must not be inside it).
+fn start(args: &ServeArgs, shared_dir: Option<&Path>) -> Result<Started, DaemonError> {
+    let source = args.socket_source()?;
     set_rlimit_nofile(args.rlimit_nofile)?;
-    let (mut listener, socket_cleanup) = open_listener(&source)?;
+    let (listener, cleanup) = open_listener(&source)?;
     // Block termination signals before any thread exists, so every thread inherits the mask
     // and one thread can take them with sigwait (this also works as PID 1 of a namespace).
     let signals = termination_signals();
@@ -97,17 +164,30 @@ pub fn serve(args: ServeArgs) -> Result<(), DaemonError> {
         .map(|size| DaxWindow::new(size).map(Arc::new))
         .transpose()?;
     // Accounting creates its socket and journal now: the sandbox cannot.
-    let accounting = prepare_accounting(&args, &shared_dir, dax.clone())?;
+    let accounting = prepare_accounting(args, shared_dir, dax.clone())?;
+    Ok(Started {
+        listener,
+        cleanup,
+        signals,
+        dax,
+        accounting,
+    })
+}
 
-    let mut sandbox = Sandbox::new(args.sandbox, &shared_dir)
-        .readonly(args.fs.readonly)
-        .xattr(args.fs.xattr);
-    sandbox.enter()?;
-    let dax_file_size = dax.as_ref().map(|_| args.dax_file_size.unwrap_or(0));
-    let fs = passthrough::open(&args.fs, &sandbox.backend_root(), dax_file_size)?;
-    sandbox.confine()?;
-    sandbox.drop_capabilities()?;
-    seccomp::install(args.seccomp)?;
+/// Serves `fs` on the started listener until the frontend goes away.
+fn run<F>(args: &ServeArgs, fs: F, started: Started, what: &str) -> Result<(), DaemonError>
+where
+    F: FileSystem + Send + Sync + 'static,
+    F::Inode: Copy + From<u64> + Into<u64>,
+    F::Handle: Copy + From<u64> + Into<u64>,
+{
+    let Started {
+        mut listener,
+        cleanup: socket_cleanup,
+        signals,
+        dax,
+        accounting,
+    } = started;
     // Threads only after the sandbox (it needs a single-threaded process) and under seccomp.
     let acct = accounting.map(accounting::Prepared::start).transpose()?;
 
@@ -136,7 +216,7 @@ pub fn serve(args: ServeArgs) -> Result<(), DaemonError> {
     let cleanup = Arc::new(socket_cleanup);
     spawn_signal_thread(signals, cleanup.clone());
 
-    info!(shared_dir = %shared_dir.display(), "waiting for the vhost-user frontend");
+    info!(export = what, "waiting for the vhost-user frontend");
     daemon
         .start(&mut listener)
         .map_err(DaemonError::VhostUser)?;
@@ -166,7 +246,7 @@ pub fn serve(args: ServeArgs) -> Result<(), DaemonError> {
 /// is bound and the journal opened and replayed.
 fn prepare_accounting(
     args: &ServeArgs,
-    shared_dir: &Path,
+    shared_dir: Option<&Path>,
     dax: Option<Arc<DaxWindow>>,
 ) -> Result<Option<accounting::Prepared>, DaemonError> {
     let a = &args.accounting;
@@ -181,10 +261,9 @@ fn prepare_accounting(
             })
         };
         // Checked before anything is created: where the directory will resolve to.
-        if resolve_future_dir(dir)
-            .map_err(dir_err)?
-            .starts_with(shared_dir)
-        {
+        let inside = |shared: &Path, resolved: &Path| resolved.starts_with(shared);
+        let resolved = resolve_future_dir(dir).map_err(dir_err)?;
+        if shared_dir.is_some_and(|shared| inside(shared, &resolved)) {
             return Err(DaemonError::AccountingDirInShare(dir.clone()));
         }
         std::fs::create_dir_all(dir).map_err(dir_err)?;
@@ -199,11 +278,24 @@ fn prepare_accounting(
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "unknown".to_string()),
     };
+    let rados = match &a.accounting_rados {
+        Some(pool) => {
+            let (conf, id, keyring) = args.ceph.required("--accounting-rados")?;
+            Some(accounting::rados_sink::SinkConfig {
+                pool: pool.clone(),
+                conf,
+                id,
+                keyring,
+            })
+        }
+        None => None,
+    };
     let config = accounting::Config {
         labels,
         limits: a.limits(),
         metrics_addr: a.metrics_addr.clone(),
         accounting_dir: a.accounting_dir.clone(),
+        rados,
     };
     Ok(Some(accounting::Prepared::prepare(config, dax)?))
 }

@@ -4,6 +4,7 @@
 //! `docs/architecture.md`; each module below owns one step of it.
 
 pub mod accounting;
+pub mod cephfs;
 pub mod cli;
 pub mod daemon;
 pub mod dax;
@@ -16,3 +17,4 @@ pub mod passthrough;
 pub mod sandbox;
 pub mod seccomp;
 pub mod size;
+pub mod volume;

@@ -42,9 +42,13 @@ fn main() -> ExitCode {
         }
         Some(Command::Accounting(AccountingCommand::Report(args))) => {
             logging::init(virtiofsd_kr::cli::LogLevel::Warn);
-            let r = report::report(&args.accounting_dir, &args.tenant);
-            print!("{}", r.render(&args.tenant));
-            Ok(())
+            report::run(&args)
+                .map(|r| print!("{}", r.render(&args.tenant)))
+                .map_err(|e| e.to_string())
+        }
+        Some(Command::Volume(v)) => {
+            logging::init(virtiofsd_kr::cli::LogLevel::Warn);
+            virtiofsd_kr::volume::run(v).map_err(|e| e.to_string())
         }
         None if cli.serve.print_capabilities => {
             println!("{}", daemon::capabilities_json());

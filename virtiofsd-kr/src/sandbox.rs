@@ -127,6 +127,10 @@ pub enum SandboxError {
          /proc/self/fd, which a chroot hides); use --sandbox=namespace or --sandbox=none"
     )]
     XattrInChroot,
+    #[error("--sandbox=chroot cannot hold a backend without a host directory (CephFS); use --sandbox=namespace or --sandbox=none")]
+    ChrootWithFiles,
+    #[error("--sandbox=namespace: the private root is not as built: {0}")]
+    WrongFilesRoot(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,6 +144,9 @@ enum Stage {
 pub struct Sandbox {
     mode: SandboxMode,
     shared_dir: PathBuf,
+    /// `Some` for a backend that needs no host directory (CephFS): the process is confined
+    /// to a private read-only root holding only these files.
+    files: Option<Vec<SandboxFile>>,
     readonly: bool,
     xattr: bool,
     stage: Stage,
@@ -153,11 +160,35 @@ impl Sandbox {
         Sandbox {
             mode,
             shared_dir: shared_dir.to_path_buf(),
+            files: None,
             readonly: false,
             xattr: false,
             stage: Stage::New,
             dir_id: None,
         }
+    }
+
+    /// A sandbox for a network backend (CephFS) that needs no host directory, only `files`
+    /// (its configuration and key, read by the caller beforehand). `namespace` confines the
+    /// process to a private read-only tmpfs root holding just those files, in new PID and
+    /// mount namespaces but the host's network namespace (the backend talks to its cluster),
+    /// and keeps no capability at all; `none` leaves the process as it is. `chroot` is
+    /// refused. See [`Sandbox::file_path`] for where the files are afterwards.
+    pub fn with_files(mode: SandboxMode, files: Vec<SandboxFile>) -> Self {
+        Sandbox {
+            files: Some(files),
+            ..Sandbox::new(mode, Path::new(FILES_ROOT_MOUNT))
+        }
+    }
+
+    /// Where the backend finds `name` (one of the [`Sandbox::with_files`] files) once
+    /// confined: `/<name>` in the namespace sandbox, its host path otherwise.
+    pub fn file_path(&self, name: &str) -> Option<PathBuf> {
+        let file = self.files.as_ref()?.iter().find(|f| f.name == name)?;
+        Some(match self.mode {
+            SandboxMode::Namespace => Path::new("/").join(file.name),
+            SandboxMode::Chroot | SandboxMode::None => file.host_path.clone(),
+        })
     }
 
     /// For a read-only export: the namespace sandbox remounts its bind mount of the shared
@@ -181,6 +212,15 @@ impl Sandbox {
         if self.stage != Stage::New {
             return Err(SandboxError::Order("enter() called twice"));
         }
+        if self.files.is_some() {
+            match self.mode {
+                SandboxMode::None => {}
+                SandboxMode::Chroot => return Err(SandboxError::ChrootWithFiles),
+                SandboxMode::Namespace => enter_namespace(&self.shared_dir, false, false)?,
+            }
+            self.stage = Stage::Entered;
+            return Ok(());
+        }
         match self.mode {
             SandboxMode::None => {}
             SandboxMode::Chroot if self.xattr => return Err(SandboxError::XattrInChroot),
@@ -201,7 +241,7 @@ impl Sandbox {
             }
             SandboxMode::Namespace => {
                 self.dir_id = Some(dir_id(&self.shared_dir, "namespace")?);
-                enter_namespace(&self.shared_dir, self.readonly)?;
+                enter_namespace(&self.shared_dir, self.readonly, true)?;
             }
         }
         if self.mode != SandboxMode::None {
@@ -239,6 +279,33 @@ impl Sandbox {
         // Capabilities are dropped right after this; a thread started by the backend would
         // keep them, so refuse now, while /proc is still visible to count threads.
         check_single_threaded("confining the process")?;
+        let mode = mode_name(self.mode);
+        let sys = |step: &str| {
+            let step = step.to_string();
+            move |source| SandboxError::Sys { mode, step, source }
+        };
+        match (&self.files, self.mode) {
+            (Some(_), SandboxMode::None) => {}
+            (Some(files), _) => {
+                build_files_root(files)?;
+                nix::unistd::chdir(FILES_ROOT_MOUNT).map_err(sys("chdir to the files root"))?;
+                nix::unistd::pivot_root(".", ".").map_err(sys("pivot_root"))?;
+                nix::mount::umount2(".", MntFlags::MNT_DETACH)
+                    .map_err(sys("detaching the old root"))?;
+                nix::unistd::chdir("/").map_err(sys("chdir /"))?;
+                check_files_root(files)?;
+                info!(
+                    mode,
+                    "confined to a private root holding the backend's files"
+                );
+            }
+            (None, _) => self.confine_to_shared_dir()?,
+        }
+        self.stage = Stage::Confined;
+        Ok(())
+    }
+
+    fn confine_to_shared_dir(&mut self) -> Result<(), SandboxError> {
         let mode = mode_name(self.mode);
         let sys = |step: &str| {
             let step = step.to_string();
@@ -296,7 +363,6 @@ impl Sandbox {
             }
             info!(mode, "confined to the shared directory");
         }
-        self.stage = Stage::Confined;
         Ok(())
     }
 
@@ -310,7 +376,12 @@ impl Sandbox {
         if self.stage != Stage::Confined {
             check_single_threaded("dropping capabilities")?;
         }
-        drop_capabilities()?;
+        // A backend without a host directory acts on no host file: it keeps nothing.
+        let keep = match self.files {
+            Some(_) => CapsHashSet::new(),
+            None => kept(),
+        };
+        drop_capabilities(&keep)?;
         nix::sys::prctl::set_no_new_privs().map_err(SandboxError::NoNewPrivs)
     }
 }
@@ -360,7 +431,13 @@ fn supervisor_signals() -> SigSet {
     set
 }
 
-fn enter_namespace(shared_dir: &Path, readonly: bool) -> Result<(), SandboxError> {
+/// `shared_dir`: bind-mounted onto itself in the child unless `files_root` (the CephFS
+/// sandbox, whose root is built in `confine`); `private_net`: a new network namespace.
+fn enter_namespace(
+    shared_dir: &Path,
+    readonly: bool,
+    private_net: bool,
+) -> Result<(), SandboxError> {
     const MODE: &str = "namespace";
     let sys = |step: &str| {
         let step = step.to_string();
@@ -372,10 +449,11 @@ fn enter_namespace(shared_dir: &Path, readonly: bool) -> Result<(), SandboxError
     };
     // fork() copies only the calling thread: any other thread's locks would stay held.
     check_single_threaded("--sandbox=namespace (fork)")?;
-    nix::sched::unshare(
-        CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWNET,
-    )
-    .map_err(|source| match source {
+    let mut flags = CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS;
+    if private_net {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    nix::sched::unshare(flags).map_err(|source| match source {
         Errno::EPERM => SandboxError::NotPermitted {
             mode: MODE,
             step: "creating PID, mount and network namespaces (needs CAP_SYS_ADMIN)",
@@ -418,7 +496,11 @@ fn enter_namespace(shared_dir: &Path, readonly: bool) -> Result<(), SandboxError
                 std::process::exit(1);
             }
             drop(alive_r);
-            setup_namespace_mounts(shared_dir, readonly)
+            if private_net {
+                setup_namespace_mounts(shared_dir, readonly)
+            } else {
+                make_mounts_private_slaves()
+            }
         }
     }
 }
@@ -446,8 +528,7 @@ fn setup_namespace_mounts(shared_dir: &Path, readonly: bool) -> Result<(), Sandb
             source,
         }
     };
-    mount(NONE, "/", NONE, MsFlags::MS_SLAVE | MsFlags::MS_REC, NONE)
-        .map_err(sys("making / a recursive slave mount".to_string()))?;
+    make_mounts_private_slaves()?;
     mount(
         Some("proc"),
         "/proc",
@@ -478,6 +559,142 @@ fn setup_namespace_mounts(shared_dir: &Path, readonly: bool) -> Result<(), Sandb
             .map_err(sys(format!("remounting {shared_dir:?} read-only")))?;
     }
     debug!(shared_dir = %shared_dir.display(), readonly, "namespace sandbox mounts ready");
+    Ok(())
+}
+
+/// Host mounts still propagate in, nothing propagates out.
+fn make_mounts_private_slaves() -> Result<(), SandboxError> {
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|source| SandboxError::Sys {
+        mode: "namespace",
+        step: "making / a recursive slave mount".to_string(),
+        source,
+    })
+}
+
+/// A file the backend reads after confinement (CephFS: its ceph.conf and keyring).
+#[derive(Clone)]
+pub struct SandboxFile {
+    /// Its name in the private root: one normal path component.
+    pub name: &'static str,
+    /// Where it is on the host (used as it is without a namespace sandbox).
+    pub host_path: PathBuf,
+    /// Its contents, read before the sandbox was entered.
+    pub contents: Vec<u8>,
+}
+
+impl std::fmt::Debug for SandboxFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print a key.
+        f.debug_struct("SandboxFile")
+            .field("name", &self.name)
+            .field("host_path", &self.host_path)
+            .field("len", &self.contents.len())
+            .finish()
+    }
+}
+
+/// Where the private root of [`Sandbox::with_files`] is built, in the sandbox's own mount
+/// namespace, before it becomes `/` (any directory every host has; nothing of the host's is
+/// changed, the mount exists only in the namespace).
+const FILES_ROOT_MOUNT: &str = "/tmp";
+
+/// Mounts a small tmpfs on [`FILES_ROOT_MOUNT`], writes `files` into it (mode 0400), and
+/// makes it read-only.
+fn build_files_root(files: &[SandboxFile]) -> Result<(), SandboxError> {
+    use nix::mount::mount;
+    const MODE: &str = "namespace";
+    const NONE: Option<&str> = None;
+    let sys = |step: String| {
+        move |source| SandboxError::Sys {
+            mode: MODE,
+            step,
+            source,
+        }
+    };
+    let io = |step: String| {
+        move |e: std::io::Error| SandboxError::Sys {
+            mode: MODE,
+            step,
+            source: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+        }
+    };
+    let bytes: usize = files.iter().map(|f| f.contents.len()).sum();
+    let size = format!(
+        "size={},nr_inodes={},mode=0755",
+        bytes.div_ceil(4096) * 4096 + 4096 * (files.len() + 1),
+        files.len() + 4
+    );
+    mount(
+        Some("tmpfs"),
+        FILES_ROOT_MOUNT,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(size.as_str()),
+    )
+    .map_err(sys(format!(
+        "mounting the private root (tmpfs) on {FILES_ROOT_MOUNT}"
+    )))?;
+    for file in files {
+        if file.name.is_empty() || file.name.contains('/') || file.name.starts_with('.') {
+            return Err(SandboxError::Order(
+                "a sandbox file name must be one plain component",
+            ));
+        }
+        let path = Path::new(FILES_ROOT_MOUNT).join(file.name);
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o400)
+            .open(&path)
+            .map_err(io(format!("creating {path:?} in the private root")))?;
+        std::io::Write::write_all(&mut out, &file.contents)
+            .map_err(io(format!("writing {path:?} in the private root")))?;
+    }
+    mount(
+        NONE,
+        FILES_ROOT_MOUNT,
+        NONE,
+        MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC,
+        NONE,
+    )
+    .map_err(sys("making the private root read-only".to_string()))?;
+    Ok(())
+}
+
+/// After the pivot: `/` is a read-only tmpfs holding exactly `files`.
+fn check_files_root(files: &[SandboxFile]) -> Result<(), SandboxError> {
+    const MODE: &str = "namespace";
+    let wrong = |why: String| SandboxError::WrongFilesRoot(why);
+    let fs = nix::sys::statfs::statfs("/").map_err(|source| SandboxError::Sys {
+        mode: MODE,
+        step: "statfs /".to_string(),
+        source,
+    })?;
+    if fs.filesystem_type() != nix::sys::statfs::TMPFS_MAGIC {
+        return Err(wrong("/ is not the private tmpfs".to_string()));
+    }
+    let mut names: Vec<String> = std::fs::read_dir("/")
+        .map_err(|e| wrong(format!("listing /: {e}")))?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    names.sort();
+    let mut want: Vec<String> = files.iter().map(|f| f.name.to_string()).collect();
+    want.sort();
+    if names != want {
+        return Err(wrong(format!("/ holds {names:?}, expected {want:?}")));
+    }
     Ok(())
 }
 
@@ -688,9 +905,8 @@ fn kept() -> CapsHashSet {
     KEPT_CAPABILITIES.iter().copied().collect::<HashSet<_>>()
 }
 
-fn drop_capabilities() -> Result<(), SandboxError> {
+fn drop_capabilities(keep: &CapsHashSet) -> Result<(), SandboxError> {
     let caps_err = |step| move |source| SandboxError::Caps { step, source };
-    let keep = kept();
     let read = |set, step| caps::read(None, set).map_err(caps_err(step));
     let effective = read(CapSet::Effective, "reading the effective set")?;
     let permitted = read(CapSet::Permitted, "reading the permitted set")?;
@@ -699,7 +915,7 @@ fn drop_capabilities() -> Result<(), SandboxError> {
     // Bounding first: PR_CAPBSET_DROP needs CAP_SETPCAP in the effective set, which goes next.
     if effective.contains(&Capability::CAP_SETPCAP) {
         let bounding = read(CapSet::Bounding, "reading the bounding set")?;
-        for cap in bounding_drops(&bounding, &keep) {
+        for cap in bounding_drops(&bounding, keep) {
             caps::drop(None, CapSet::Bounding, cap)
                 .map_err(caps_err("dropping from the bounding set"))?;
         }
@@ -708,16 +924,16 @@ fn drop_capabilities() -> Result<(), SandboxError> {
     }
     caps::clear(None, CapSet::Ambient).map_err(caps_err("clearing the ambient set"))?;
     // Effective before permitted (effective must stay a subset of permitted).
-    caps::set(None, CapSet::Effective, &narrowed(&effective, &keep))
+    caps::set(None, CapSet::Effective, &narrowed(&effective, keep))
         .map_err(caps_err("narrowing the effective set"))?;
-    caps::set(None, CapSet::Permitted, &narrowed(&permitted, &keep))
+    caps::set(None, CapSet::Permitted, &narrowed(&permitted, keep))
         .map_err(caps_err("narrowing the permitted set"))?;
-    caps::set(None, CapSet::Inheritable, &narrowed(&inheritable, &keep))
+    caps::set(None, CapSet::Inheritable, &narrowed(&inheritable, keep))
         .map_err(caps_err("narrowing the inheritable set"))?;
     if permitted.is_empty() {
         debug!("not privileged: no capabilities to drop");
     } else {
-        let mut now: Vec<String> = narrowed(&permitted, &keep)
+        let mut now: Vec<String> = narrowed(&permitted, keep)
             .iter()
             .map(|c| c.to_string())
             .collect();

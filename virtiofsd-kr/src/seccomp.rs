@@ -196,14 +196,18 @@ const COMMON: &[(&str, i64)] = syscalls![
     SYS_gettimeofday,
     SYS_nanosleep,
     SYS_clock_nanosleep,
+    SYS_ppoll,
     SYS_exit,
     SYS_exit_group,
 ];
 
 /// x86_64 calls glibc makes where other architectures only have the `*at`/`p*` twin above
-/// (`unlink`: the vhost listener removing its socket; `epoll_wait`: vhost-user-backend).
+/// (`unlink`: the vhost listener removing its socket; `epoll_wait`: vhost-user-backend;
+/// `pause`: Rust's `process::exit` parks a second thread that calls it at the same time, as
+/// the signal thread and the main thread can when SIGTERM meets a frontend hang-up; glibc
+/// makes it `ppoll` elsewhere).
 #[cfg(target_arch = "x86_64")]
-const ARCH: &[(&str, i64)] = syscalls![SYS_unlink, SYS_epoll_wait];
+const ARCH: &[(&str, i64)] = syscalls![SYS_unlink, SYS_epoll_wait, SYS_pause];
 
 #[cfg(not(target_arch = "x86_64"))]
 const ARCH: &[(&str, i64)] = &[];
@@ -233,9 +237,66 @@ const CLONE_MASK: u64 = (libc::CLONE_THREAD
     | libc::CLONE_NEWPID
     | libc::CLONE_NEWNET) as u64;
 
+/// Which backend the process serves: the CephFS backend's libcephfs talks to its cluster
+/// over TCP from its own threads, so its list adds the network calls (and `socket` only for
+/// `AF_INET`/`AF_INET6`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// The passthrough backend: host files only.
+    HostDir,
+    /// libcephfs: messenger threads and their sockets to the monitors, MDS and OSDs.
+    CephFs,
+}
+
+/// What libcephfs 16 (Pacific) was seen calling while serving, beyond the common list:
+/// its messenger (non-blocking TCP sockets driven by epoll, `connect`, socket options and
+/// names, `sendmsg`/`recvmsg` above), wake-up pipes between its threads, `poll`, thread
+/// names read back and set by `prctl` (above), and the resource and system queries of its
+/// start-up (`uname`, `sysinfo`, `prlimit64`, `sched_setaffinity`-free).
+const CEPH: &[(&str, i64)] = syscalls![
+    SYS_connect,
+    SYS_getsockopt,
+    SYS_setsockopt,
+    SYS_getsockname,
+    SYS_getpeername,
+    SYS_pipe2,
+    SYS_uname,
+    SYS_sysinfo,
+    SYS_prlimit64,
+    SYS_timerfd_create,
+    SYS_timerfd_settime,
+    SYS_getuid,
+    SYS_geteuid,
+    SYS_getgid,
+    SYS_getegid,
+];
+
+#[cfg(target_arch = "x86_64")]
+const CEPH_ARCH: &[(&str, i64)] = syscalls![SYS_poll, SYS_epoll_create];
+
+#[cfg(not(target_arch = "x86_64"))]
+const CEPH_ARCH: &[(&str, i64)] = &[];
+
+/// Socket families libcephfs may create (first argument of `socket`).
+const CEPH_SOCKET_DOMAINS: [i32; 2] = [libc::AF_INET, libc::AF_INET6];
+
 /// Every unconditionally allowed system call of this architecture, as (name, number).
-pub fn allowed_syscalls() -> Vec<(&'static str, i64)> {
-    let mut all: Vec<(&'static str, i64)> = COMMON.iter().chain(ARCH).copied().collect();
+pub fn allowed_syscalls(profile: Profile) -> Vec<(&'static str, i64)> {
+    let extra: &[(&str, i64)] = match profile {
+        Profile::HostDir => &[],
+        Profile::CephFs => CEPH,
+    };
+    let extra_arch: &[(&str, i64)] = match profile {
+        Profile::HostDir => &[],
+        Profile::CephFs => CEPH_ARCH,
+    };
+    let mut all: Vec<(&'static str, i64)> = COMMON
+        .iter()
+        .chain(ARCH)
+        .chain(extra)
+        .chain(extra_arch)
+        .copied()
+        .collect();
     // clone3 must reach the ENOSYS answer of the second filter instead of the mismatch
     // action of the first.
     all.push(("SYS_clone3", libc::SYS_clone3));
@@ -248,12 +309,12 @@ fn target_arch() -> Result<TargetArch, SeccompError> {
 }
 
 /// The main allow-list filter: allowed calls pass, everything else meets `mismatch`.
-pub fn allow_list_filter(mismatch: Action) -> Result<BpfProgram, SeccompError> {
+pub fn allow_list_filter(mismatch: Action, profile: Profile) -> Result<BpfProgram, SeccompError> {
     let build = |source| SeccompError::Build {
         which: "allow-list",
         source,
     };
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = allowed_syscalls()
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = allowed_syscalls(profile)
         .into_iter()
         .map(|(_, nr)| (nr, Vec::new()))
         .collect();
@@ -279,6 +340,13 @@ pub fn allow_list_filter(mismatch: Action) -> Result<BpfProgram, SeccompError> {
         .map(|opt| rule(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, *opt as u64))
         .collect::<Result<Vec<_>, _>>()?;
     rules.insert(libc::SYS_prctl, prctls);
+    if profile == Profile::CephFs {
+        let domains = CEPH_SOCKET_DOMAINS
+            .iter()
+            .map(|d| rule(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, *d as u64))
+            .collect::<Result<Vec<_>, _>>()?;
+        rules.insert(libc::SYS_socket, domains);
+    }
     let filter =
         SeccompFilter::new(rules, mismatch, Action::Allow, target_arch()?).map_err(build)?;
     filter.try_into().map_err(build)
@@ -312,12 +380,12 @@ pub fn mismatch_action(action: SeccompAction) -> Option<Action> {
 }
 
 /// Installs the filters on every thread of the process (also sets PR_SET_NO_NEW_PRIVS).
-pub fn install(action: SeccompAction) -> Result<(), SeccompError> {
+pub fn install(action: SeccompAction, profile: Profile) -> Result<(), SeccompError> {
     let Some(mismatch) = mismatch_action(action) else {
         info!("seccomp: no filter (--seccomp=none)");
         return Ok(());
     };
-    let main = allow_list_filter(mismatch)?;
+    let main = allow_list_filter(mismatch, profile)?;
     let clone3 = clone3_filter()?;
     // The clone3 filter goes first: once the allow-list is in, `seccomp` itself is refused.
     seccompiler::apply_filter_all_threads(&clone3).map_err(|source| SeccompError::Install {
@@ -330,7 +398,8 @@ pub fn install(action: SeccompAction) -> Result<(), SeccompError> {
     })?;
     info!(
         action = ?action,
-        unconditional = allowed_syscalls().len(),
+        ?profile,
+        unconditional = allowed_syscalls(profile).len(),
         with_argument_rules = "clone,ioctl,prctl",
         "seccomp filter installed"
     );
@@ -344,13 +413,15 @@ mod tests {
 
     #[test]
     fn filter_builds_for_each_action() {
-        for action in [SeccompAction::Kill, SeccompAction::Log, SeccompAction::Trap] {
-            let mismatch = mismatch_action(action).expect("a filter");
-            let prog = allow_list_filter(mismatch.clone()).unwrap();
-            assert!(prog.len() > allowed_syscalls().len(), "{action:?}");
-            // The last instruction is the mismatch action for calls not on the list.
-            let last = prog.last().unwrap();
-            assert_eq!(last.k, u32::from(mismatch), "{action:?}");
+        for profile in [Profile::HostDir, Profile::CephFs] {
+            for action in [SeccompAction::Kill, SeccompAction::Log, SeccompAction::Trap] {
+                let mismatch = mismatch_action(action).expect("a filter");
+                let prog = allow_list_filter(mismatch.clone(), profile).unwrap();
+                assert!(prog.len() > allowed_syscalls(profile).len(), "{action:?}");
+                // The last instruction is the mismatch action for calls not on the list.
+                let last = prog.last().unwrap();
+                assert_eq!(last.k, u32::from(mismatch), "{action:?}");
+            }
         }
         assert!(mismatch_action(SeccompAction::None).is_none());
         assert!(!clone3_filter().unwrap().is_empty());
@@ -368,7 +439,13 @@ mod tests {
 
     #[test]
     fn syscall_list_has_no_duplicates() {
-        let list = allowed_syscalls();
+        for profile in [Profile::HostDir, Profile::CephFs] {
+            assert_no_duplicates(profile);
+        }
+    }
+
+    fn assert_no_duplicates(profile: Profile) {
+        let list = allowed_syscalls(profile);
         let mut names = HashSet::new();
         let mut numbers = HashSet::new();
         for (name, nr) in &list {
@@ -378,7 +455,12 @@ mod tests {
                 "{name} ({nr}) has the number of another entry"
             );
         }
-        for conditional in [libc::SYS_clone, libc::SYS_ioctl, libc::SYS_prctl] {
+        for conditional in [
+            libc::SYS_clone,
+            libc::SYS_ioctl,
+            libc::SYS_prctl,
+            libc::SYS_socket,
+        ] {
             assert!(
                 !numbers.contains(&conditional),
                 "{conditional} has argument rules"
@@ -388,7 +470,18 @@ mod tests {
 
     #[test]
     fn dangerous_calls_are_not_allowed() {
-        let numbers: HashSet<i64> = allowed_syscalls().iter().map(|(_, nr)| *nr).collect();
+        let host: HashSet<i64> = allowed_syscalls(Profile::HostDir)
+            .iter()
+            .map(|(_, nr)| *nr)
+            .collect();
+        for nr in [libc::SYS_socket, libc::SYS_connect] {
+            assert!(!host.contains(&nr), "syscall {nr} must not be allowed");
+        }
+        // The CephFS list has sockets (with a domain rule), but nothing else dangerous.
+        let numbers: HashSet<i64> = allowed_syscalls(Profile::CephFs)
+            .iter()
+            .map(|(_, nr)| *nr)
+            .collect();
         for nr in [
             libc::SYS_execve,
             libc::SYS_execveat,
@@ -400,7 +493,6 @@ mod tests {
             libc::SYS_unshare,
             libc::SYS_setns,
             libc::SYS_socket,
-            libc::SYS_connect,
             libc::SYS_bpf,
             libc::SYS_process_vm_writev,
             libc::SYS_memfd_create,
@@ -415,7 +507,10 @@ mod tests {
 
     #[test]
     fn the_serving_essentials_are_allowed() {
-        let numbers: HashSet<i64> = allowed_syscalls().iter().map(|(_, nr)| *nr).collect();
+        let numbers: HashSet<i64> = allowed_syscalls(Profile::HostDir)
+            .iter()
+            .map(|(_, nr)| *nr)
+            .collect();
         for nr in [
             libc::SYS_setresuid,
             libc::SYS_setresgid,

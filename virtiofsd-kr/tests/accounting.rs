@@ -154,6 +154,22 @@ impl Pod {
         }
     }
 
+    /// Waits for the daemon to exit by itself (the frontend hung up), without a signal.
+    fn wait_exit(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().expect("waitpid") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no exit after the frontend hung up"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn scrape(&self) -> Scrape {
         let (status, body) = http_request(&self.metrics, "GET", "/metrics", "")
             .unwrap_or_else(|e| panic!("scraping: {e}; stderr:\n{}", self.stderr()));
@@ -559,7 +575,8 @@ fn a_corrupted_journal_tail_is_skipped_with_a_warning() {
     let (e, o) = s.create(ROOT, "f", libc::O_RDWR, 0o644).unwrap();
     s.write(e.nodeid, o.fh, 0, &pattern(1 << 20, 2)).unwrap();
     drop(s);
-    assert!(pod.terminate().success());
+    let status = pod.terminate();
+    assert!(status.success(), "{status}: {}", pod.stderr());
     let journal = acct.path().join("acme/vol/torn.journal");
     let good = std::fs::read(&journal).unwrap();
     assert!(!good.is_empty());
@@ -772,4 +789,536 @@ fn dax_mappings_are_counted_under_the_same_labels() {
     );
     // Reads through the window never reach the FUSE byte counters.
     assert_eq!(value(&scrape, "virtiofs_read_bytes_total", &labels), 0.0);
+}
+
+// ---------------------------------------------------------------------------------------
+// The RADOS sink (`--accounting-rados`), against the shared single-node dev cluster
+// (`scripts/ceph-dev-cluster.sh start`: idempotent, never stopped here). Every test uses
+// fresh tenant names, so the RADOS namespaces it reads hold only its own records.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+
+use cephfs_backend::rados::Rados;
+use virtiofsd_kr::accounting::{journal, rados_sink, report::Report};
+
+/// The pool the RADOS tests ship to (created once per cluster through the binding).
+const RADOS_POOL: &str = "vkr-accounting-test";
+const RADOS_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Ceph {
+    conf: PathBuf,
+    admin_keyring: PathBuf,
+    admin: Rados,
+}
+
+/// The running dev cluster and an admin connection, with the test pool created.
+fn ceph() -> &'static Ceph {
+    static CEPH: OnceLock<Ceph> = OnceLock::new();
+    CEPH.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/ceph-dev-cluster.sh");
+        let out = Command::new(&script)
+            .arg("start")
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {script:?}: {e}"));
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "the RADOS sink tests need the dev cluster: `{} start` failed ({})",
+            script.display(),
+            out.status
+        );
+        let conf = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        let admin_keyring = conf.with_file_name("keyring");
+        let admin = Rados::connect(&conf, "admin", &admin_keyring, RADOS_TIMEOUT)
+            .unwrap_or_else(|e| panic!("admin connection to the dev cluster: {e}"));
+        admin
+            .mon_command(
+                &format!(r#"{{"prefix": "osd pool create", "pool": "{RADOS_POOL}", "pg_num": 8}}"#),
+                b"",
+            )
+            .unwrap_or_else(|e| panic!("creating pool {RADOS_POOL}: {e}"));
+        admin
+            .mon_command(
+                &format!(
+                    concat!(
+                        r#"{{"prefix": "osd pool application enable", "#,
+                        r#""pool": "{}", "app": "virtiofsd-kr"}}"#
+                    ),
+                    RADOS_POOL
+                ),
+                b"",
+            )
+            .unwrap_or_else(|e| panic!("tagging pool {RADOS_POOL}: {e}"));
+        Ceph {
+            conf,
+            admin_keyring,
+            admin,
+        }
+    })
+}
+
+/// A tenant name no other test or earlier run used (RADOS namespaces outlive test runs).
+fn unique_tenant(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The caps docs/accounting.md gives a tenant's accounting identity.
+fn tenant_caps(tenant: &str) -> String {
+    format!(r#""caps": ["mon", "allow r", "osd", "allow rw pool={RADOS_POOL} namespace={tenant}"]"#)
+}
+
+/// A cephx identity confined to `tenant`'s namespace; returns its id and keyring file.
+fn tenant_identity(tenant: &str, dir: &Path) -> (String, PathBuf) {
+    let id = format!("acct-{tenant}");
+    let reply = ceph()
+        .admin
+        .mon_command(
+            &format!(
+                r#"{{"prefix": "auth get-or-create", "entity": "client.{id}", {}}}"#,
+                tenant_caps(tenant)
+            ),
+            b"",
+        )
+        .unwrap_or_else(|e| panic!("auth get-or-create client.{id}: {e}"));
+    let keyring = dir.join(format!("{id}.keyring"));
+    std::fs::write(&keyring, &reply.output).unwrap();
+    (id, keyring)
+}
+
+/// The daemon flags shipping to the test pool as `id`.
+fn rados_flags(id: &str, keyring: &Path) -> Vec<String> {
+    vec![
+        "--accounting-rados".into(),
+        RADOS_POOL.into(),
+        "--ceph-conf".into(),
+        ceph().conf.display().to_string(),
+        "--ceph-id".into(),
+        id.into(),
+        "--ceph-keyring".into(),
+        keyring.display().to_string(),
+    ]
+}
+
+/// The report flags reading the test pool as `id`.
+fn rados_report_flags(id: &str, keyring: &Path) -> Vec<String> {
+    let mut flags = rados_flags(id, keyring);
+    flags[0] = "--rados-pool".into();
+    flags
+}
+
+/// What the tenant's RADOS namespace holds, read as the admin (no CLI; for polling).
+fn rados_totals(tenant: &str) -> Report {
+    let io = ceph().admin.ioctx(RADOS_POOL, tenant).unwrap();
+    let mut report = Report::default();
+    rados_sink::add_to_report(&mut report, &io, tenant).unwrap();
+    report.sum();
+    report
+}
+
+/// Waits until RADOS holds `written` bytes for `tenant`; returns how long that took.
+fn wait_for_rados_written(tenant: &str, written: u64, timeout: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let got = rados_totals(tenant).total.written_bytes;
+        if got == written {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "RADOS holds {got} written bytes for {tenant}, expected {written}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `virtiofsd-kr accounting report --tenant T ARGS...`: success, stdout, stderr.
+fn report_cli(tenant: &str, args: &[String]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_virtiofsd-kr"))
+        .args(["accounting", "report", "--tenant", tenant])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A successful report's TOTAL line as (read, written, requests), and its text.
+fn report_totals(tenant: &str, args: &[String]) -> ((u64, u64, u64), String) {
+    let (ok, report, stderr) = report_cli(tenant, args);
+    assert!(ok, "report failed: {stderr}{report}");
+    let fields: Vec<u64> = report
+        .lines()
+        .find(|l| l.starts_with("TOTAL"))
+        .unwrap_or_else(|| panic!("no TOTAL line:\n{report}"))
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap())
+        .collect();
+    ((fields[0], fields[1], fields[2]), report)
+}
+
+/// The report's per-opcode line (`requests by op: ...`).
+fn ops_line(report: &str) -> &str {
+    report
+        .lines()
+        .find(|l| l.starts_with("requests by op"))
+        .unwrap_or_default()
+}
+
+/// Writes `written` bytes to a new file `name` and reads `read` bytes back; returns
+/// (bytes read, bytes written) as the guest saw them.
+fn guest_traffic(s: &mut FuseSession, name: &str, written: usize, read: u32) -> (u64, u64) {
+    let (e, o) = s.create(ROOT, name, libc::O_RDWR, 0o644).unwrap();
+    let mut off = 0u64;
+    for chunk in pattern(written, 6).chunks(1 << 20) {
+        off += u64::from(s.write(e.nodeid, o.fh, off, chunk).unwrap());
+    }
+    let got = s.read(e.nodeid, o.fh, 0, read).unwrap().len() as u64;
+    (got, off)
+}
+
+/// Two pods of one tenant, each with its own accounting directory (two hosts), and a pod of
+/// another tenant, under the default sandbox and seccomp: the RADOS report of each tenant
+/// equals the exact bytes their guests moved, counts each pod's stream once, and matches
+/// the journals record for record.
+#[test]
+fn rados_report_totals_two_pods_of_a_tenant_across_hosts_exactly_once() {
+    assert_root();
+    let c = ceph();
+    let creds = tempfile::tempdir().unwrap();
+    let tenant = unique_tenant("acme");
+    let other = unique_tenant("globex");
+    let (tid, tkey) = tenant_identity(&tenant, creds.path());
+    let (oid, okey) = tenant_identity(&other, creds.path());
+    let host_a = tempfile::tempdir().unwrap();
+    let host_b = tempfile::tempdir().unwrap();
+
+    let start = |shared: &Path, t: &str, pod: &str, host: &Path, flags: &[String]| {
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let mut spec = PodSpec::new(shared, t, pod);
+        spec.accounting_dir = Some(host);
+        spec.confinement = &[];
+        spec.extra = &flags;
+        Pod::start(&spec)
+    };
+    let shares: Vec<TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let tflags = rados_flags(&tid, &tkey);
+    let oflags = rados_flags(&oid, &okey);
+    let mut p1 = start(shares[0].path(), &tenant, "p1", host_a.path(), &tflags);
+    let mut p2 = start(shares[1].path(), &tenant, "p2", host_b.path(), &tflags);
+    let mut q1 = start(shares[2].path(), &other, "p1", host_a.path(), &oflags);
+    let (mut s1, mut s2, mut s3) = (p1.session(), p2.session(), q1.session());
+    let (r1, w1) = guest_traffic(&mut s1, "f", 3 * MIB as usize + 11, 100_000);
+    let (r2, w2) = guest_traffic(&mut s2, "f", MIB as usize + 5, 4096);
+    let (rq, wq) = guest_traffic(&mut s3, "f", 2 * MIB as usize, 10);
+    assert_eq!((r1, r2, rq), (100_000, 4096, 10));
+
+    // Shipped while the pods still run (journal flush each second, then the shipper).
+    let took = wait_for_rados_written(&tenant, w1 + w2, Duration::from_secs(10));
+    println!("both pods' bytes were in RADOS {took:.2?} after the traffic");
+    assert!(
+        p1.stderr().contains("RADOS accounting shipper started"),
+        "{}",
+        p1.stderr()
+    );
+
+    // The VMMs hang up: each daemon writes its last record, waits for its shipper, exits.
+    drop((s1, s2, s3));
+    for pod in [&mut p1, &mut p2, &mut q1] {
+        assert!(pod.wait_exit().success(), "{}", pod.stderr());
+        assert!(!pod.stderr().contains("RADOS sink"), "{}", pod.stderr());
+    }
+
+    // From RADOS alone, as the tenant's own identity.
+    let ((read, written, requests), from_rados) =
+        report_totals(&tenant, &rados_report_flags(&tid, &tkey));
+    println!("{from_rados}");
+    assert_eq!((read, written), (r1 + r2, w1 + w2), "{from_rados}");
+    assert!(
+        from_rados.contains("0 journal(s), 2 RADOS object(s), 2 stream(s)"),
+        "{from_rados}"
+    );
+    // The journals of both hosts say exactly the same, opcode by opcode.
+    let dirs: Vec<String> = [host_a.path(), host_b.path()]
+        .iter()
+        .flat_map(|d| ["--accounting-dir".to_string(), d.display().to_string()])
+        .collect();
+    let (journal_totals, from_journals) = report_totals(&tenant, &dirs);
+    assert_eq!(journal_totals, (read, written, requests), "{from_journals}");
+    assert_eq!(ops_line(&from_journals), ops_line(&from_rados));
+    // Exactly the requests the two guests sent: INIT, CREATE, one READ and a WRITE per MiB.
+    let writes = |bytes: u64| bytes.div_ceil(MIB);
+    let expected_ops = format!(
+        "requests by op: READ=2 WRITE={} INIT=2 CREATE=2",
+        writes(w1) + writes(w2)
+    );
+    assert_eq!(ops_line(&from_rados), expected_ops, "{from_rados}");
+    assert_eq!(requests, 6 + writes(w1) + writes(w2), "{from_rados}");
+    // Both sources together: still two streams, the same totals.
+    let both: Vec<String> = dirs
+        .iter()
+        .cloned()
+        .chain(rados_report_flags(&tid, &tkey))
+        .collect();
+    let (both_totals, from_both) = report_totals(&tenant, &both);
+    assert_eq!(both_totals, (read, written, requests), "{from_both}");
+    assert!(from_both.contains("2 stream(s)"), "{from_both}");
+
+    // The other tenant sees its own pod only.
+    let ((oread, owritten, _), from_other) =
+        report_totals(&other, &rados_report_flags(&oid, &okey));
+    assert_eq!((oread, owritten), (rq, wq), "{from_other}");
+    assert_eq!(
+        ops_line(&from_other),
+        format!(
+            "requests by op: READ=1 WRITE={} INIT=1 CREATE=1",
+            writes(wq)
+        ),
+        "{from_other}"
+    );
+    assert!(from_other.contains("1 stream(s)"), "{from_other}");
+    // And one tenant's identity cannot read the other's records.
+    let (ok, out, stderr) = report_cli(&other, &rados_report_flags(&tid, &tkey));
+    assert!(
+        !ok,
+        "tenant {tenant}'s identity read {other}'s records:\n{out}"
+    );
+    assert!(stderr.contains("Operation not permitted"), "{stderr}");
+    let _ = &c.admin_keyring;
+}
+
+/// kill -9 of a pod (twice) and restarts of the same pod: the journal's stream goes on, and
+/// RADOS, written by the old shipper's last pass and the new one racing, ends with the
+/// exact total once. Re-shipping a record, or an older one, changes nothing.
+#[test]
+fn rados_report_never_counts_twice_across_kill_9_and_restart() {
+    assert_root();
+    let creds = tempfile::tempdir().unwrap();
+    let tenant = unique_tenant("crashy");
+    let (id, keyring) = tenant_identity(&tenant, creds.path());
+    let host = tempfile::tempdir().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let flags = rados_flags(&id, &keyring);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut spec = PodSpec::new(shared.path(), &tenant, "p1");
+    spec.accounting_dir = Some(host.path());
+    spec.confinement = &[];
+    spec.extra = &flags;
+
+    let mut pod = Pod::start(&spec);
+    let mut s = pod.session();
+    let (_, x) = guest_traffic(&mut s, "a", 3 * MIB as usize + 7, 1);
+    wait_for_rados_written(&tenant, x, Duration::from_secs(10));
+    pod.kill9();
+    drop(s);
+
+    let mut pod = Pod::start(&spec);
+    let mut s = pod.session();
+    assert_eq!(pod.metric("virtiofs_written_bytes_total", &[]), x as f64);
+    let (_, y) = guest_traffic(&mut s, "b", MIB as usize + 3, 1);
+    wait_for_rados_written(&tenant, x + y, Duration::from_secs(10));
+    pod.kill9();
+    drop(s);
+
+    // A third life without traffic, ended cleanly.
+    let mut pod = Pod::start(&spec);
+    drop(pod.session());
+    assert!(pod.wait_exit().success(), "{}", pod.stderr());
+
+    let rados = rados_report_flags(&id, &keyring);
+    let ((_, written, requests), from_rados) = report_totals(&tenant, &rados);
+    println!("{from_rados}");
+    assert_eq!(written, x + y, "{from_rados}");
+    assert!(
+        from_rados.contains("1 RADOS object(s), 1 stream(s)"),
+        "{from_rados}"
+    );
+    let dir = vec![
+        "--accounting-dir".to_string(),
+        host.path().display().to_string(),
+    ];
+    let (journal_totals, from_journal) = report_totals(&tenant, &dir);
+    assert_eq!(journal_totals.1, written, "{from_journal}");
+    assert_eq!(journal_totals.2, requests, "{from_journal}");
+
+    // Re-shipping the last record, or shipping an older one with larger totals (a stale
+    // shipper), is refused by the sequence guard.
+    let path = host.path().join(&tenant).join("vol/p1.journal");
+    let last = journal::replay_file(&path).unwrap().last.unwrap();
+    let io = ceph().admin.ioctx(RADOS_POOL, &tenant).unwrap();
+    assert!(!rados_sink::store(&io, &last).unwrap());
+    let mut stale = last.clone();
+    stale.seq -= 1;
+    stale.totals.written_bytes += 1 << 30;
+    assert!(!rados_sink::store(&io, &stale).unwrap());
+    let ((_, written_after, _), _) = report_totals(&tenant, &rados);
+    assert_eq!(written_after, x + y);
+}
+
+/// A key the cluster refuses: the daemon serves and meters as usual, the sink warns once
+/// and retries quietly; once the cluster accepts the key, everything the journal holds is
+/// shipped, exactly.
+#[test]
+fn a_refused_key_is_retried_quietly_and_nothing_is_lost() {
+    let c = ceph();
+    let creds = tempfile::tempdir().unwrap();
+    let tenant = unique_tenant("late");
+    let (id, keyring) = tenant_identity(&tenant, creds.path());
+    // The key file stays; the cluster forgets the identity.
+    c.admin
+        .mon_command(
+            &format!(r#"{{"prefix": "auth rm", "entity": "client.{id}"}}"#),
+            b"",
+        )
+        .unwrap();
+    let host = tempfile::tempdir().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let flags = rados_flags(&id, &keyring);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut spec = PodSpec::new(shared.path(), &tenant, "p1");
+    spec.accounting_dir = Some(host.path());
+    spec.extra = &flags;
+    let mut pod = Pod::start(&spec);
+    let mut s = pod.session();
+    let (_, w) = guest_traffic(&mut s, "f", 2 * MIB as usize + 1, 1);
+    assert_eq!(pod.metric("virtiofs_written_bytes_total", &[]), w as f64);
+    // Failures at about 0, 1 and 3 s (backoff 1 s doubling): one warning only.
+    std::thread::sleep(Duration::from_millis(3_500));
+    let stderr = pod.stderr();
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("accounting RADOS sink"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(warnings[0].contains("WARN"), "{stderr}");
+    assert!(warnings[0].contains("refused this key"), "{stderr}");
+    assert!(rados_totals(&tenant).streams.is_empty());
+
+    // The cluster learns the key: the next retry ships what the journal holds.
+    c.admin
+        .mon_command(
+            &format!(
+                r#"{{"prefix": "auth add", "entity": "client.{id}", {}}}"#,
+                tenant_caps(&tenant)
+            ),
+            &std::fs::read(&keyring).unwrap(),
+        )
+        .unwrap();
+    let took = wait_for_rados_written(&tenant, w, Duration::from_secs(20));
+    println!("shipped {took:.2?} after the key was accepted");
+    assert!(
+        pod.stderr()
+            .contains("accounting RADOS sink: shipping again"),
+        "{}",
+        pod.stderr()
+    );
+    // SIGTERM while the frontend is still connected: the signal path's last record.
+    let (_, more) = guest_traffic(&mut s, "g", 4097, 1);
+    assert!(pod.terminate().success(), "{}", pod.stderr());
+    drop(s);
+    let ((_, written, _), report) = report_totals(&tenant, &rados_report_flags(&id, &keyring));
+    let w = w + more;
+    assert_eq!(written, w, "{report}");
+}
+
+/// No monitor at all: the daemon starts and serves at once, and once the sink knows the
+/// cluster is failing, stopping the daemon does not wait for it; the shipper is gone within
+/// its bound.
+#[test]
+fn an_unreachable_cluster_never_blocks_the_daemon() {
+    let c = ceph();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("nowhere.conf");
+    std::fs::write(
+        &conf,
+        "[global]\nmon_host = v2:127.0.0.1:1\nms_bind_msgr1 = false\nlog_to_stderr = false\n\
+         err_to_stderr = false\n",
+    )
+    .unwrap();
+    let host = tempfile::tempdir().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let tenant = unique_tenant("cut-off");
+    let mut flags = rados_flags("admin", &c.admin_keyring);
+    flags[3] = conf.display().to_string();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut spec = PodSpec::new(shared.path(), &tenant, "p1");
+    spec.accounting_dir = Some(host.path());
+    spec.extra = &flags;
+
+    let started = Instant::now();
+    let mut pod = Pod::start(&spec);
+    let mut s = pod.session();
+    let (_, w) = guest_traffic(&mut s, "f", MIB as usize, 1);
+    let serving = started.elapsed();
+    println!("socket, session and 1 MiB written {serving:.2?} after the start");
+    assert!(serving < Duration::from_secs(3), "{serving:?}");
+    assert_eq!(pod.metric("virtiofs_written_bytes_total", &[]), w as f64);
+
+    let deadline = Instant::now() + RADOS_TIMEOUT + Duration::from_secs(5);
+    while !pod.stderr().contains("no monitor answered") {
+        assert!(Instant::now() < deadline, "no warning:\n{}", pod.stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let shipper: i32 = pod
+        .stderr()
+        .lines()
+        .find(|l| l.contains("RADOS accounting shipper started"))
+        .and_then(|l| l.split("pid=").nth(1))
+        .and_then(|p| p.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no shipper pid:\n{}", pod.stderr()));
+    // The shipper keeps no privilege but reading files (run as root, this is a real drop).
+    let status = std::fs::read_to_string(format!("/proc/{shipper}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {name} in:\n{status}"))
+            .to_string()
+    };
+    assert!(status.contains("Name:\tvfs-rados"), "{status}");
+    if nix::unistd::Uid::effective().is_root() {
+        assert_eq!(field("CapEff:"), "0000000000000004", "{status}");
+        assert_eq!(field("CapPrm:"), "0000000000000004", "{status}");
+    }
+    assert_eq!(field("NoNewPrivs:"), "1", "{status}");
+
+    let stopping = Instant::now();
+    drop(s);
+    assert!(pod.wait_exit().success(), "{}", pod.stderr());
+    let stop = stopping.elapsed();
+    println!("stopped {stop:.2?} after the VMM hung up");
+    assert!(stop < Duration::from_secs(2), "{stop:?}");
+    // The shipper's last try is bounded too (gone, or a zombie nobody reaped yet).
+    let deadline = Instant::now() + rados_sink::LAST_PASS_LIMIT + Duration::from_secs(3);
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{shipper}/stat")).unwrap_or_default();
+        let running = state
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next())
+            .is_some_and(|st| st != "Z" && st != "X");
+        if !running {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shipper {shipper} still runs: {state}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

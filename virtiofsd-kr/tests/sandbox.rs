@@ -6,6 +6,10 @@
 //! process. The seccomp cases re-run this test binary as a child that installs the filter
 //! and then makes a forbidden call. Tests that need root say so and return when not root.
 
+mod ceph_cluster;
+mod inventory;
+
+use inventory::{children_of, descendants, status_field, syscalls_after_filter};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -59,6 +63,20 @@ impl Daemon {
 
     /// Starts the daemon, through `wrapper` (e.g. `setpriv ...`) if given.
     fn start_as(wrapper: Option<&[&str]>, args: &[&str]) -> Daemon {
+        Self::start_backend(wrapper, None, args)
+    }
+
+    /// Starts the daemon serving a CephFS volume (`backend`: its `--backend cephfs ...`
+    /// flags) instead of the temporary directory.
+    fn start_cephfs(wrapper: Option<&[&str]>, backend: Vec<String>, args: &[&str]) -> Daemon {
+        Self::start_backend(wrapper, Some(backend), args)
+    }
+
+    fn start_backend(
+        wrapper: Option<&[&str]>,
+        backend: Option<Vec<String>>,
+        args: &[&str],
+    ) -> Daemon {
         let shared = tempfile::tempdir().unwrap();
         let runtime = tempfile::tempdir().unwrap();
         for dir in [shared.path(), runtime.path()] {
@@ -75,11 +93,16 @@ impl Daemon {
             }
             None => Command::new(BIN),
         };
+        let backend = backend.unwrap_or_else(|| {
+            vec![
+                "--shared-dir".to_string(),
+                shared.path().display().to_string(),
+            ]
+        });
         let child = cmd
             .arg("--socket-path")
             .arg(&socket)
-            .arg("--shared-dir")
-            .arg(shared.path())
+            .args(&backend)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -136,6 +159,29 @@ impl Daemon {
         }
     }
 
+    /// The process under the seccomp filter (the CephFS daemon forks a short-lived
+    /// pre-flight child before its sandbox, so "the only child" is not enough there).
+    fn filtered_server(&mut self) -> Pid {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let found = std::iter::once(self.pid())
+                .chain(descendants(self.pid()))
+                .find(|p| status_field(*p, "Seccomp").as_deref() == Some("2"));
+            if let Some(p) = found {
+                return p;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("daemon exited ({status}); stderr:\n{}", self.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no filtered daemon; stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The serving process: the supervisor's only child, waited for.
     fn server(&mut self) -> Pid {
         let parent = self.pid();
@@ -170,36 +216,9 @@ impl Drop for Daemon {
     }
 }
 
-fn status_field(pid: Pid, field: &str) -> Option<String> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| {
-        l.strip_prefix(field)
-            .and_then(|rest| rest.strip_prefix(':'))
-            .map(|v| v.trim().to_string())
-    })
-}
-
 fn status_hex(pid: Pid, field: &str) -> u64 {
     let v = status_field(pid, field).unwrap_or_else(|| panic!("{field} of {pid}"));
     u64::from_str_radix(&v, 16).unwrap()
-}
-
-fn children_of(parent: Pid) -> Vec<Pid> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let pid = Pid::from_raw(pid);
-        if status_field(pid, "PPid").as_deref() == Some(&parent.to_string()) {
-            out.push(pid);
-        }
-    }
-    out
 }
 
 /// Checks what the serving process looks like from outside: confined to the shared
@@ -313,11 +332,21 @@ fn xattrs(s: &mut FuseSession, node: u64) {
     );
 }
 
-fn run_workload(socket: &Path, shared: &Path, xattr: bool) {
+/// `shared`: the host directory served, for the checks made on the host side; `None` for a
+/// CephFS volume (the file the workload starts from is then made through FUSE first).
+fn run_workload(socket: &Path, shared: Option<&Path>, xattr: bool) {
     let frontend = TestFrontend::connect(socket).expect("connecting");
     let mut s = FuseSession::new(frontend);
     s.init().expect("FUSE_INIT");
     let op = |o: Opcode| o as u32;
+    if shared.is_none() {
+        let (hello, open) = s
+            .create(ROOT, "hello", libc::O_RDWR, 0o644)
+            .expect("CREATE hello");
+        s.write(hello.nodeid, open.fh, 0, b"hello from the host\n")
+            .expect("WRITE hello");
+        s.release(hello.nodeid, open.fh).expect("RELEASE hello");
+    }
 
     s.statfs(ROOT).expect("STATFS");
     let hello = s.lookup(ROOT, "hello").expect("LOOKUP");
@@ -624,8 +653,10 @@ fn run_workload(socket: &Path, shared: &Path, xattr: bool) {
     );
     let created: EntryOut = reply.body_as().unwrap();
     assert_eq!(created.attr.uid, 1000);
-    let meta = std::fs::metadata(shared.join("d/by-1000")).unwrap();
-    assert_eq!((meta.uid(), meta.gid()), (1000, 1000));
+    if let Some(shared) = shared {
+        let meta = std::fs::metadata(shared.join("d/by-1000")).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (1000, 1000));
+    }
     // A root-owned 0755 directory: the caller's thread runs without capabilities while it
     // has the caller's uid, so the creation must be refused.
     let locked = s.mkdir(ROOT, "locked", 0o755).expect("MKDIR locked");
@@ -670,7 +701,9 @@ fn run_workload(socket: &Path, shared: &Path, xattr: bool) {
     );
     assert_eq!(s.forget(hello.nodeid, 1).expect("FORGET"), 0);
     s.assert_alive().expect("alive after the workload");
-    assert!(!shared.join("d").exists());
+    if let Some(shared) = shared {
+        assert!(!shared.join("d").exists());
+    }
 }
 
 fn serve_with_traffic(sandbox: &str, extra: &[&str]) {
@@ -702,7 +735,7 @@ fn serve_with_traffic(sandbox: &str, extra: &[&str]) {
         assert_confined(server, d.shared.path());
     }
     let (socket, shared) = (d.socket.clone(), d.shared.path().to_path_buf());
-    run_workload(&socket, &shared, xattr);
+    run_workload(&socket, Some(&shared), xattr);
     assert!(
         d.child.try_wait().unwrap().is_none(),
         "daemon died under traffic; stderr:\n{}",
@@ -979,7 +1012,7 @@ fn seccomp_child_case() {
     };
     // Made before the filter: socketpair(2) is not on the list.
     let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
-    virtiofsd_kr::seccomp::install(action).unwrap();
+    virtiofsd_kr::seccomp::install(action, virtiofsd_kr::seccomp::Profile::HostDir).unwrap();
     println!("@installed");
     match case.as_str() {
         "threads" => {
@@ -1260,62 +1293,6 @@ fn seccomp_allows_threads_but_not_processes() {
 // ---------------------------------------------------------------------------------------
 // The allow-list against reality: every system call the daemon makes once the filter is in.
 
-/// Processes below `pid` (children, grandchildren, ...).
-fn descendants(pid: Pid) -> Vec<Pid> {
-    let mut out = Vec::new();
-    let mut todo = vec![pid];
-    while let Some(p) = todo.pop() {
-        for c in children_of(p) {
-            out.push(c);
-            todo.push(c);
-        }
-    }
-    out
-}
-
-/// Names of the system calls in an `strace -f` log made under a filter: by the thread that
-/// called `seccomp(`, and by every thread that first appears after that (threads started
-/// under the filter; their ids cannot be matched to clone's return value, which counts in
-/// the daemon's own PID namespace).
-fn syscalls_after_filter(log: &str) -> std::collections::BTreeSet<String> {
-    let mut seen = std::collections::BTreeSet::new();
-    let mut filtered = std::collections::HashSet::new();
-    let mut before = std::collections::HashSet::new();
-    let mut installed = false;
-    for line in log.lines() {
-        // "<tid> name(args...) = ret", "<tid> name(... <unfinished ...>" or
-        // "<tid> <... name resumed>...) = ret".
-        let Some((tid, rest)) = line.split_once(' ') else {
-            continue;
-        };
-        let rest = rest.trim_start();
-        let name = match rest.strip_prefix("<... ") {
-            Some(resumed) => resumed.split_once(' ').map(|(n, _)| n),
-            None => rest.split_once('(').map(|(n, _)| n),
-        };
-        let Some(name) = name else { continue };
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            continue;
-        }
-        if name == "seccomp" {
-            filtered.insert(tid.to_string());
-            installed = true;
-            continue;
-        }
-        if !installed {
-            before.insert(tid.to_string());
-            continue;
-        }
-        if !before.contains(tid) {
-            filtered.insert(tid.to_string());
-        }
-        if filtered.contains(tid) {
-            seen.insert(name.to_string());
-        }
-    }
-    seen
-}
-
 #[test]
 fn inventory_parser_reads_strace_lines() {
     let log = "10 openat(AT_FDCWD, \"/\", O_RDONLY) = 3\n\
@@ -1336,11 +1313,20 @@ fn inventory_parser_reads_strace_lines() {
 /// Runs the workload with the daemon under `strace -f` and `--seccomp=log`, and fails on any
 /// system call made after the filter went in that the allow-list lacks. Needs `strace`.
 fn strace_inventory(sandbox: &str, extra: &[&str]) {
+    strace_inventory_of(None, sandbox, extra)
+}
+
+/// `cephfs`: the `--backend cephfs ...` flags of a volume to serve instead of a directory.
+fn strace_inventory_of(cephfs: Option<Vec<String>>, sandbox: &str, extra: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("strace.log");
     let log_arg = log.to_str().unwrap().to_string();
     let wrapper = ["strace", "-f", "-qq", "-o", log_arg.as_str()];
-    let xattr = sandbox == "none";
+    let xattr = sandbox == "none" || cephfs.is_some();
+    let profile = match cephfs {
+        Some(_) => virtiofsd_kr::seccomp::Profile::CephFs,
+        None => virtiofsd_kr::seccomp::Profile::HostDir,
+    };
     let mut args = vec![
         "--sandbox",
         sandbox,
@@ -1353,7 +1339,11 @@ fn strace_inventory(sandbox: &str, extra: &[&str]) {
     if xattr {
         args.push("--xattr");
     }
-    let mut d = Daemon::start_as(Some(&wrapper), &args);
+    let is_ceph = cephfs.is_some();
+    let mut d = match cephfs {
+        Some(backend) => Daemon::start_cephfs(Some(&wrapper), backend, &args),
+        None => Daemon::start_as(Some(&wrapper), &args),
+    };
     let deadline = Instant::now() + TIMEOUT;
     let server = loop {
         let found = descendants(d.pid())
@@ -1371,20 +1361,81 @@ fn strace_inventory(sandbox: &str, extra: &[&str]) {
     };
     d.wait_serving(server);
     let (socket, shared) = (d.socket.clone(), d.shared.path().to_path_buf());
-    run_workload(&socket, &shared, xattr);
+    run_workload(&socket, (!is_ceph).then_some(shared.as_path()), xattr);
     // The workload hung up: the daemon's shutdown path belongs to the inventory too.
     let status = d.wait_exit(TIMEOUT).expect("no exit");
     assert!(status.success(), "{status}; stderr:\n{}", d.stderr());
     let text = std::fs::read_to_string(&log).unwrap();
-    let allowed: std::collections::BTreeSet<String> = virtiofsd_kr::seccomp::allowed_syscalls()
-        .iter()
-        .map(|(n, _)| n.trim_start_matches("SYS_").to_string())
-        .chain(["clone", "ioctl", "prctl"].map(String::from))
-        .collect();
+    let allowed: std::collections::BTreeSet<String> =
+        virtiofsd_kr::seccomp::allowed_syscalls(profile)
+            .iter()
+            .map(|(n, _)| n.trim_start_matches("SYS_").to_string())
+            .chain(["clone", "ioctl", "prctl"].map(String::from))
+            .chain(is_ceph.then(|| "socket".to_string()))
+            .collect();
     let seen = syscalls_after_filter(&text);
     eprintln!("--sandbox={sandbox}: system calls after the filter: {seen:?}");
     let missing: Vec<&String> = seen.iter().filter(|s| !allowed.contains(*s)).collect();
     assert!(missing.is_empty(), "not on the allow-list: {missing:?}");
+}
+
+/// The CephFS backend's list (libcephfs' messenger threads included), in the namespace
+/// sandbox it runs in by default.
+#[test]
+fn allow_list_covers_cephfs_serving() {
+    if is_root() {
+        let volume = ceph_cluster::Volume::create("seccomp", None);
+        strace_inventory_of(Some(volume.daemon_args()), "namespace", &[]);
+    }
+}
+
+/// The CephFS sandbox: its own PID and mount namespaces, the host's network (libcephfs
+/// talks to the cluster), `/` a read-only tmpfs holding only ceph.conf and the keyring, no
+/// capability at all, and the filter; the full workload served under `--seccomp kill`.
+#[test]
+fn cephfs_serving_is_confined() {
+    if !is_root() {
+        return;
+    }
+    let volume = ceph_cluster::Volume::create("confined", None);
+    let mut d = Daemon::start_cephfs(
+        None,
+        volume.daemon_args(),
+        &["--sandbox", "namespace", "--seccomp", "kill"],
+    );
+    let server = d.filtered_server();
+    assert_ne!(server, d.pid(), "the supervisor is not the server");
+    d.wait_serving(server);
+    let ns =
+        |pid: &str, which: &str| std::fs::read_link(format!("/proc/{pid}/ns/{which}")).unwrap();
+    let me = std::process::id().to_string();
+    let srv = server.to_string();
+    assert_eq!(
+        ns(&srv, "net"),
+        ns(&me, "net"),
+        "cephfs keeps the host network"
+    );
+    assert_ne!(ns(&srv, "mnt"), ns(&me, "mnt"), "own mount namespace");
+    assert_ne!(ns(&srv, "pid"), ns(&me, "pid"), "own PID namespace");
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{server}/root"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["ceph.conf", "keyring"], "the sandbox root");
+    let wrote = std::fs::write(format!("/proc/{server}/root/extra"), b"x");
+    assert!(wrote.is_err(), "the sandbox root is read-only");
+    assert_eq!(status_hex(server, "CapEff"), 0, "CapEff");
+    assert_eq!(status_hex(server, "CapPrm"), 0, "CapPrm");
+    assert_eq!(status_hex(server, "CapBnd"), 0, "CapBnd");
+    assert_eq!(status_field(server, "NoNewPrivs").as_deref(), Some("1"));
+    run_workload(&d.socket.clone(), None, true);
+    assert!(
+        d.child.try_wait().unwrap().is_none(),
+        "daemon died under traffic; stderr:\n{}",
+        d.stderr()
+    );
+    assert_eq!(status_field(server, "Seccomp").as_deref(), Some("2"));
 }
 
 #[test]

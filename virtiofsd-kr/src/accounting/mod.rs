@@ -12,16 +12,21 @@
 //!   at start so counters continue after a crash;
 //! * [`server`]: the Prometheus text endpoint and `PUT /limits`, on a current-thread tokio
 //!   runtime in its own thread;
-//! * [`report`]: `virtiofsd-kr accounting report`, summing a tenant's journals.
+//! * [`report`]: `virtiofsd-kr accounting report`, summing a tenant's journals and RADOS
+//!   records;
+//! * [`rados_sink`]: `--accounting-rados POOL`, a shipper process that copies the journal's
+//!   records into RADOS, and the reading side of reports.
 //!
-//! Start-up follows the sandbox's rules (see `daemon`): [`Prepared::prepare`] binds the
-//! metrics socket and opens the journal before the sandbox, and [`Prepared::start`] starts
-//! the threads once the process is confined and under seccomp.
+//! Start-up follows the sandbox's rules (see `daemon`): [`Prepared::prepare`] opens the
+//! journal, forks the RADOS shipper and binds the metrics socket before the sandbox, while
+//! the process has one thread; [`Prepared::start`] starts the threads once the process is
+//! confined and under seccomp.
 
 pub mod journal;
 pub mod limiter;
 pub mod meter;
 pub mod metrics;
+pub mod rados_sink;
 pub mod report;
 pub mod server;
 
@@ -47,6 +52,8 @@ pub enum AccountingError {
     Journal(#[from] JournalError),
     #[error("--metrics-addr: {0}")]
     Server(#[from] ServerError),
+    #[error(transparent)]
+    Rados(#[from] rados_sink::SinkError),
     #[error("starting the {which} thread: {source}")]
     Thread {
         which: &'static str,
@@ -73,6 +80,8 @@ pub struct Config {
     pub limits: Limits,
     pub metrics_addr: Option<MetricsAddr>,
     pub accounting_dir: Option<PathBuf>,
+    /// `--accounting-rados`: ship the journal's records to this pool (needs the journal).
+    pub rados: Option<rados_sink::SinkConfig>,
 }
 
 /// The accounting state of one daemon, shared by the request path and the threads.
@@ -134,11 +143,13 @@ impl Accounting {
 /// The registered accounting, flushed once more when a termination signal ends the process.
 static EXIT_FLUSH: OnceLock<Arc<Accounting>> = OnceLock::new();
 
-/// Writes the last journal record before the process exits (signal thread, clean exit).
+/// Writes the last journal record before the process exits (signal thread, clean exit),
+/// then lets the RADOS shipper, if any, ship it (waiting a bounded time).
 pub fn flush_on_exit() {
     if let Some(acct) = EXIT_FLUSH.get() {
         acct.flush();
     }
+    rados_sink::finish_on_exit();
 }
 
 /// Accounting set up before the sandbox, waiting for [`Prepared::start`].
@@ -148,8 +159,10 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// Binds the metrics socket and opens (replaying) the journal. Must run before the
-    /// sandbox: it creates files and sockets, which the sandboxed process cannot.
+    /// Opens (replaying) the journal, starts the RADOS shipper and binds the metrics
+    /// socket. Must run before the sandbox (it creates files and sockets, which the
+    /// sandboxed process cannot) and while the process has one thread (the shipper is
+    /// forked).
     pub fn prepare(config: Config, dax: Option<Arc<DaxWindow>>) -> Result<Self, AccountingError> {
         let (journal, base) = match &config.accounting_dir {
             Some(dir) => {
@@ -166,6 +179,15 @@ impl Prepared {
             }
             None => (None, Totals::default()),
         };
+        // Forked before the metrics socket exists (the shipper closes what it inherits
+        // anyway). Without a journal there is nothing to ship (the CLI refuses that).
+        if let (Some(sink), Some(j)) = (&config.rados, &journal) {
+            rados_sink::ShipperLink::spawn(
+                sink.clone(),
+                j.path().to_path_buf(),
+                config.labels.tenant.clone(),
+            )?;
+        }
         let listener = config
             .metrics_addr
             .as_ref()

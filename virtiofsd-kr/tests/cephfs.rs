@@ -1,0 +1,364 @@
+//! `--backend cephfs` and the `volume` commands, driven from outside the real daemon against
+//! the single-node dev cluster: start-up refusals, volume life cycle (quota, identity,
+//! snapshots, removal), and FUSE traffic through the test VMM. The guests' view of the same
+//! is in `vm-tests/tests/guest_ceph*.rs`.
+
+mod ceph_cluster;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ceph_cluster::{cluster, volume_cmd, Volume};
+use fuse_backend_rs::abi::fuse_abi::{Opcode, SetxattrIn};
+use vm_memory::ByteValued;
+use vm_tests::frontend::TestFrontend;
+use vm_tests::fuse::{cname, FuseError, FuseSession, REPLY_SPACE, ROOT};
+
+const BIN: &str = env!("CARGO_BIN_EXE_virtiofsd-kr");
+const START: Duration = Duration::from_secs(30);
+
+/// A daemon serving a CephFS volume, killed when dropped.
+struct CephDaemon {
+    child: Child,
+    socket: PathBuf,
+    stderr: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl CephDaemon {
+    /// Starts the daemon with `args` after `--socket-path`; does not wait.
+    fn spawn(args: &[String]) -> CephDaemon {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("vfs.sock");
+        let stderr = dir.path().join("stderr");
+        let child = Command::new(BIN)
+            .arg("--socket-path")
+            .arg(&socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        CephDaemon {
+            child,
+            socket,
+            stderr,
+            _dir: dir,
+        }
+    }
+
+    /// Starts and waits for the socket.
+    fn start(volume: &Volume, extra: &[&str]) -> CephDaemon {
+        let mut args = volume.daemon_args();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut d = Self::spawn(&args);
+        let deadline = Instant::now() + START;
+        while !d.socket.exists() {
+            if let Some(status) = d.child.try_wait().unwrap() {
+                panic!("daemon exited ({status}):\n{}", d.stderr());
+            }
+            assert!(Instant::now() < deadline, "no socket:\n{}", d.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        d
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn session(&self) -> FuseSession {
+        let mut s = FuseSession::new(TestFrontend::connect(&self.socket).expect("connect"));
+        s.init().expect("FUSE_INIT");
+        s
+    }
+
+    /// Waits for the exit of a daemon that must refuse to start: (code, stderr).
+    fn refused(mut self) -> (i32, String) {
+        let deadline = Instant::now() + START;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(
+                    !self.socket.exists(),
+                    "a refused daemon left its socket behind"
+                );
+                return (status.code().unwrap_or(-1), self.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not refuse in {START:?}:\n{}",
+                self.stderr()
+            );
+            assert!(
+                !self.socket.exists(),
+                "the socket was offered before the refusal:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for CephDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn errno_of<T: std::fmt::Debug>(r: Result<T, FuseError>) -> i32 {
+    match r {
+        Err(FuseError::Errno(e)) => e,
+        other => panic!("expected an errno, got {other:?}"),
+    }
+}
+
+/// The error line of a refused start: exactly one line, prefixed, naming `needle`.
+fn assert_one_line(stderr: &str, needle: &str) {
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("virtiofsd-kr: ") || l.starts_with("error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "one error line expected:\n{stderr}");
+    assert!(
+        errors[0].contains(needle),
+        "{needle:?} not in the error line {:?}",
+        errors[0]
+    );
+}
+
+#[test]
+fn startup_refusals_come_before_the_socket() {
+    cluster();
+    let vol = Volume::create("refuse", None);
+    let other = Volume::create("refuse-other", None);
+    let with = |edit: &dyn Fn(&mut Vec<String>)| {
+        let mut args = vol.daemon_args();
+        edit(&mut args);
+        args
+    };
+    let set = |args: &mut Vec<String>, flag: &str, value: &str| {
+        let i = args.iter().position(|a| a == flag).unwrap();
+        args[i + 1] = value.to_string();
+    };
+    let cases: Vec<(&str, Vec<String>, &str)> = vec![
+        (
+            "missing keyring",
+            with(&|a| set(a, "--ceph-keyring", "/nonexistent/k.keyring")),
+            "--ceph-keyring \"/nonexistent/k.keyring\"",
+        ),
+        (
+            "missing conf",
+            with(&|a| set(a, "--ceph-conf", "/nonexistent/ceph.conf")),
+            "--ceph-conf \"/nonexistent/ceph.conf\"",
+        ),
+        (
+            "missing root",
+            with(&|a| set(a, "--ceph-root", &format!("{}/does-not-exist", vol.path))),
+            "does not exist",
+        ),
+        (
+            "a root outside the identity's caps",
+            with(&|a| set(a, "--ceph-root", &other.path)),
+            "may not mount",
+        ),
+        (
+            "another tenant's identity",
+            with(&|a| {
+                set(a, "--ceph-id", &other.id);
+                set(a, "--ceph-keyring", &other.keyring.display().to_string());
+            }),
+            "may not mount",
+        ),
+        (
+            "a key that is not the id's",
+            with(&|a| set(a, "--ceph-keyring", &other.keyring.display().to_string())),
+            "client.",
+        ),
+        (
+            "--shared-dir with cephfs",
+            with(&|a| a.extend(["--shared-dir".to_string(), "/tmp".to_string()])),
+            "--shared-dir is for --backend passthrough",
+        ),
+        (
+            "--dax-window with cephfs",
+            with(&|a| a.extend(["--dax-window".to_string(), "1G".to_string()])),
+            "--dax-window is not available with --backend cephfs",
+        ),
+        (
+            "relative root",
+            with(&|a| set(a, "--ceph-root", "volumes/x")),
+            "--ceph-root \"volumes/x\"",
+        ),
+        (
+            "dot-dot in the root",
+            with(&|a| set(a, "--ceph-root", &format!("{}/..", vol.path))),
+            "without `.` or `..`",
+        ),
+    ];
+    for (what, args, needle) in cases {
+        let started = Instant::now();
+        let (code, stderr) = CephDaemon::spawn(&args).refused();
+        assert_ne!(code, 0, "{what}: exit 0:\n{stderr}");
+        assert_one_line(&stderr, needle);
+        eprintln!("{what}: refused in {:?}", started.elapsed());
+    }
+}
+
+#[test]
+fn volume_quota_snapshot_and_removal() {
+    let vol = Volume::create("life", Some("8M"));
+    assert_eq!(vol.info["quota_bytes"], 8 << 20);
+    assert!(vol.info["snapshots"].as_array().unwrap().is_empty());
+    assert_eq!(vol.id, format!("vol-{}", vol.name));
+    let meta = std::fs::metadata(&vol.keyring).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o600
+    );
+    // Creating it twice is refused and changes nothing.
+    let (ok, _, err) = volume_cmd(&["create", &vol.name]);
+    assert!(!ok && err.contains("already exists"), "{err}");
+
+    let d = CephDaemon::start(&vol, &["--sandbox", "namespace", "--cache", "never"]);
+    let mut s = d.session();
+    // df in the guest shows the quota as the size.
+    let st = s.statfs(ROOT).expect("STATFS");
+    let total = st.blocks * u64::from(st.frsize.max(st.bsize));
+    assert_eq!(total, 8 << 20, "statfs total {total} != quota ({st:?})");
+
+    let (f, open) = s.create(ROOT, "data", libc::O_RDWR, 0o644).expect("CREATE");
+    let v1 = vec![b'1'; 4096];
+    assert_eq!(s.write(f.nodeid, open.fh, 0, &v1).expect("WRITE"), 4096);
+    s.release(f.nodeid, open.fh).expect("RELEASE");
+
+    let (ok, out, err) = volume_cmd(&["snapshot", &vol.name, "before"]);
+    assert!(ok, "snapshot: {err}");
+    assert!(out.contains("\"before\""), "{out}");
+
+    // Change the live file; the snapshot keeps the old bytes.
+    let open = s.open(f.nodeid, libc::O_RDWR).expect("OPEN");
+    let v2 = vec![b'2'; 4096];
+    assert_eq!(s.write(f.nodeid, open.fh, 0, &v2).expect("WRITE"), 4096);
+    s.release(f.nodeid, open.fh).expect("RELEASE");
+    let snapdir = s.lookup(ROOT, ".snap").expect("LOOKUP .snap");
+    let snap = s.lookup(snapdir.nodeid, "before").expect("LOOKUP before");
+    let old = s
+        .lookup(snap.nodeid, "data")
+        .expect("LOOKUP data in snapshot");
+    assert_ne!(
+        old.nodeid, f.nodeid,
+        "snapshot and live file share a node id"
+    );
+    let ro = s
+        .open(old.nodeid, libc::O_RDONLY)
+        .expect("OPEN snapshot file");
+    assert_eq!(s.read(old.nodeid, ro.fh, 0, 4096).expect("READ"), v1);
+    s.release(old.nodeid, ro.fh).expect("RELEASE");
+    let live = s.open(f.nodeid, libc::O_RDONLY).expect("OPEN");
+    assert_eq!(s.read(f.nodeid, live.fh, 0, 4096).expect("READ"), v2);
+    s.release(f.nodeid, live.fh).expect("RELEASE");
+    // The snapshot is immutable.
+    assert_eq!(
+        errno_of(s.open(old.nodeid, libc::O_RDWR)),
+        libc::EROFS,
+        "open for writing in .snap"
+    );
+    assert_eq!(
+        errno_of(s.create(snap.nodeid, "new", libc::O_RDWR, 0o644)),
+        libc::EROFS,
+        "create in .snap"
+    );
+    assert_eq!(
+        errno_of(s.unlink(snap.nodeid, "data")),
+        libc::EROFS,
+        "unlink in .snap"
+    );
+
+    // Past the quota: EDQUOT (enforcement is approximate: up to ~1 MiB over).
+    let (big, open) = s.create(ROOT, "big", libc::O_RDWR, 0o644).expect("CREATE");
+    let chunk = vec![0x42u8; 1 << 20];
+    let mut written = 0u64;
+    let errno = loop {
+        let (unique, req) = s.write_request(big.nodeid, open.fh, written, 1 << 20, &chunk);
+        let reply = s.send_raw(&req, REPLY_SPACE).expect("WRITE sent");
+        let r = vm_tests::fuse::FuseReply::from_reply(&reply, unique).expect("reply");
+        if r.errno() != 0 {
+            break r.errno();
+        }
+        written += 1 << 20;
+        if written > 64 << 20 {
+            break 0;
+        }
+        // The MDS learns the usage from the client's cap updates.
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        errno,
+        libc::EDQUOT,
+        "writes past an 8 MiB quota stopped at {written} bytes"
+    );
+    eprintln!("EDQUOT after {} MiB with an 8 MiB quota", written >> 20);
+    s.release(big.nodeid, open.fh).expect("RELEASE");
+
+    // xattrs of the guest's own namespace work; Ceph's own (quota) are not the guest's to set.
+    let set = SetxattrIn {
+        size: 1,
+        flags: 0,
+    };
+    let r = s
+        .call(
+            Opcode::Setxattr as u32,
+            ROOT,
+            &[set.as_slice(), &cname("ceph.quota.max_bytes"), b"0"],
+            REPLY_SPACE,
+        )
+        .unwrap();
+    assert_ne!(r.errno(), 0, "the guest lifted its own quota");
+    drop(s);
+    drop(d);
+
+    let (ok, out, err) = volume_cmd(&["inspect", &vol.name]);
+    assert!(ok, "{err}");
+    let info: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(info["quota_bytes"], 8 << 20, "{out}");
+    assert_eq!(info["snapshots"], serde_json::json!(["before"]));
+
+    let (ok, _, err) = volume_cmd(&["rm", &vol.name]);
+    assert!(ok, "rm: {err}");
+    assert!(!vol.keyring.exists(), "keyring left behind");
+    let (ok, _, err) = volume_cmd(&["inspect", &vol.name]);
+    assert!(!ok && err.contains("does not exist"), "{err}");
+    let (_, list, _) = volume_cmd(&["ls"]);
+    assert!(!list.contains(&format!("\"{}\"", vol.name)), "{list}");
+}
+
+#[test]
+fn two_daemons_see_each_others_closed_writes() {
+    let vol = Volume::create("pods", None);
+    let a = CephDaemon::start(&vol, &["--cache", "auto"]);
+    let b = CephDaemon::start(&vol, &["--cache", "auto"]);
+    let (mut sa, mut sb) = (a.session(), b.session());
+    let (f, open) = sa
+        .create(ROOT, "shared", libc::O_RDWR, 0o644)
+        .expect("CREATE");
+    sa.write(f.nodeid, open.fh, 0, b"from pod a")
+        .expect("WRITE");
+    sa.release(f.nodeid, open.fh).expect("RELEASE");
+    let t0 = Instant::now();
+    let seen = loop {
+        if let Ok(e) = sb.lookup(ROOT, "shared") {
+            let o = sb.open(e.nodeid, libc::O_RDONLY).expect("OPEN");
+            let data = sb.read(e.nodeid, o.fh, 0, 64).expect("READ");
+            sb.release(e.nodeid, o.fh).expect("RELEASE");
+            if data == b"from pod a" {
+                break t0.elapsed();
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "pod b never saw it");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    eprintln!("pod b read pod a's closed write after {seen:?}");
+}
