@@ -35,7 +35,8 @@ pub enum Command {
     Stats(StatsArgs),
     /// Show, or change at run time, a running daemon's rate limits.
     Limits(LimitsArgs),
-    /// Accounting journals: `accounting report --tenant T --accounting-dir DIR...`.
+    /// Accounting reports: `accounting report --tenant T` over journals (--accounting-dir)
+    /// and/or a RADOS pool (--rados-pool).
     #[command(subcommand)]
     Accounting(AccountingCommand),
     /// CephFS volumes for `--backend cephfs`: directories with a quota and their own cephx

@@ -21,6 +21,7 @@ use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::{Error as DaemonLibError, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
+use crate::accounting::server::MetricsAddr;
 use crate::accounting::{self, AccountingError};
 use crate::cephfs::{self, CephStart, CephStartError};
 use crate::cli::{Backend, CliError, ServeArgs, SocketSource};
@@ -153,7 +154,7 @@ struct Started {
 fn start(args: &ServeArgs, shared_dir: Option<&Path>) -> Result<Started, DaemonError> {
     let source = args.socket_source()?;
     set_rlimit_nofile(args.rlimit_nofile)?;
-    let (listener, cleanup) = open_listener(&source)?;
+    let (listener, mut cleanup) = open_listener(&source)?;
     // Block termination signals before any thread exists, so every thread inherits the mask
     // and one thread can take them with sigwait (this also works as PID 1 of a namespace).
     let signals = termination_signals();
@@ -165,6 +166,9 @@ fn start(args: &ServeArgs, shared_dir: Option<&Path>) -> Result<Started, DaemonE
         .transpose()?;
     // Accounting creates its socket and journal now: the sandbox cannot.
     let accounting = prepare_accounting(args, shared_dir, dax.clone())?;
+    if let (Some(_), Some(MetricsAddr::Unix(path))) = (&accounting, &args.accounting.metrics_addr) {
+        cleanup.add(SocketCleanup::for_path(path));
+    }
     Ok(Started {
         listener,
         cleanup,
@@ -383,19 +387,44 @@ fn set_rlimit_nofile(requested: Option<u64>) -> Result<(), DaemonError> {
     }
 }
 
-/// Removes the socket this daemon created when it ends, through a descriptor of its parent
-/// directory taken before the sandbox hides the path.
+/// Removes the sockets this daemon created (vhost-user, and a `unix:` metrics endpoint) when
+/// it ends, through descriptors of their parent directories taken before the sandbox hides
+/// the paths.
 pub struct SocketCleanup {
-    target: Option<(OwnedFd, CString)>,
+    targets: Vec<(OwnedFd, CString)>,
 }
 
 impl SocketCleanup {
     fn none() -> Self {
-        SocketCleanup { target: None }
+        SocketCleanup {
+            targets: Vec::new(),
+        }
+    }
+
+    /// For the socket just created at `path` (nothing if its directory cannot be opened).
+    fn for_path(path: &Path) -> Self {
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        match (
+            std::fs::File::open(parent),
+            path.file_name()
+                .and_then(|n| CString::new(n.as_bytes()).ok()),
+        ) {
+            (Ok(dir), Some(name)) => SocketCleanup {
+                targets: vec![(dir.into(), name)],
+            },
+            _ => SocketCleanup::none(),
+        }
+    }
+
+    fn add(&mut self, other: SocketCleanup) {
+        self.targets.extend(other.targets);
     }
 
     fn run(&self) {
-        if let Some((dir, name)) = &self.target {
+        for (dir, name) in &self.targets {
             // Failure (already gone) is fine: a stale socket is replaced at the next start.
             let _ = nix::unistd::unlinkat(
                 Some(dir.as_raw_fd()),
@@ -417,21 +446,7 @@ fn open_listener(source: &SocketSource) -> Result<(Listener, SocketCleanup), Dae
             if let Some(group) = group {
                 set_socket_group(path, group)?;
             }
-            let parent = match path.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p,
-                _ => Path::new("."),
-            };
-            let cleanup = match (
-                std::fs::File::open(parent),
-                path.file_name()
-                    .and_then(|n| CString::new(n.as_bytes()).ok()),
-            ) {
-                (Ok(dir), Some(name)) => SocketCleanup {
-                    target: Some((dir.into(), name)),
-                },
-                _ => SocketCleanup::none(),
-            };
-            Ok((listener, cleanup))
+            Ok((listener, SocketCleanup::for_path(path)))
         }
         SocketSource::Fd(fd) => Ok((inherited_listener(*fd)?, SocketCleanup::none())),
     }

@@ -140,6 +140,17 @@ impl Pod {
         child.wait().expect("wait");
     }
 
+    /// A clean exit removes the sockets the daemon created: vhost-user and `unix:` metrics.
+    fn assert_sockets_removed(&self, status: ExitStatus) {
+        if !status.success() {
+            return;
+        }
+        assert!(!self.socket.exists(), "vhost-user socket left behind");
+        if let MetricsAddr::Unix(path) = &self.metrics {
+            assert!(!path.exists(), "metrics socket {path:?} left behind");
+        }
+    }
+
     /// SIGTERM and wait for a clean exit (the journal gets its last record).
     fn terminate(&mut self) -> ExitStatus {
         kill(self.pid(), Signal::SIGTERM).expect("SIGTERM");
@@ -147,6 +158,7 @@ impl Pod {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = child.try_wait().expect("waitpid") {
+                self.assert_sockets_removed(status);
                 return status;
             }
             assert!(Instant::now() < deadline, "no exit after SIGTERM");
@@ -160,6 +172,7 @@ impl Pod {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = child.try_wait().expect("waitpid") {
+                self.assert_sockets_removed(status);
                 return status;
             }
             assert!(
