@@ -42,6 +42,18 @@ pub const HIPRIO_QUEUE_INDEX: usize = 0;
 pub const REQUEST_QUEUES: usize = 1;
 /// Total queues: the high-priority queue plus the request queues.
 pub const NUM_QUEUES: usize = HIPRIO_QUEUE_INDEX + 1 + REQUEST_QUEUES;
+/// The queues each vring thread serves (bit i: queue i): hiprio alone, the request queue
+/// alone.
+const QUEUE_THREADS: [u64; NUM_QUEUES] = [1 << HIPRIO_QUEUE_INDEX, 1 << (HIPRIO_QUEUE_INDEX + 1)];
+
+/// The device queue index of `device_event` on vring thread `thread_id` (the n-th queue of
+/// that thread's mask).
+fn queue_of(thread_id: usize, device_event: u16) -> Option<usize> {
+    let mask = *QUEUE_THREADS.get(thread_id)?;
+    (0..NUM_QUEUES)
+        .filter(|q| mask & (1 << q) != 0)
+        .nth(device_event as usize)
+}
 /// Largest queue the frontend may configure (QEMU 7.2 allows up to 1024).
 pub const MAX_QUEUE_SIZE: usize = 1024;
 /// Length of the tag field in the virtio-fs configuration space.
@@ -461,6 +473,12 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for VirtioFsDevice<
         MAX_QUEUE_SIZE
     }
 
+    /// One thread per queue: a request queue waiting out a rate limit must not hold up the
+    /// hiprio queue (FORGET, INTERRUPT), which is never throttled.
+    fn queues_per_thread(&self) -> Vec<u64> {
+        QUEUE_THREADS.to_vec()
+    }
+
     fn features(&self) -> u64 {
         (1 << VIRTIO_F_VERSION_1)
             | (1 << VIRTIO_RING_F_INDIRECT_DESC)
@@ -533,21 +551,49 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for VirtioFsDevice<
         device_event: u16,
         evset: EventSet,
         vrings: &[Vring],
-        _thread_id: usize,
+        thread_id: usize,
     ) -> io::Result<()> {
         if evset != EventSet::IN {
             return Err(DeviceError::UnexpectedEvents(evset).into());
         }
+        // Each thread gets its own queues, numbered from 0 in `device_event`.
+        let queue =
+            queue_of(thread_id, device_event).ok_or(DeviceError::UnknownEvent(device_event))?;
         let vring = vrings
             .get(device_event as usize)
             .ok_or(DeviceError::UnknownEvent(device_event))?;
         // A broken ring (bad avail index or head) is the guest's fault: report it and keep
         // this queue thread alive, so the next kick after a reset is served. Returning the
         // error would end the thread and silence the queue for good.
-        let throttle = device_event as usize != HIPRIO_QUEUE_INDEX;
+        let throttle = queue != HIPRIO_QUEUE_INDEX;
         if let Err(e) = self.process_queue(vring, throttle) {
             self.report_ring_error(&e);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod queue_thread_tests {
+    use super::*;
+
+    #[test]
+    fn every_queue_has_exactly_one_thread() {
+        for q in 0..NUM_QUEUES {
+            let owners = QUEUE_THREADS.iter().filter(|m| *m & (1 << q) != 0).count();
+            assert_eq!(owners, 1, "queue {q}");
+        }
+        assert_eq!(
+            QUEUE_THREADS.iter().fold(0, |a, m| a | m),
+            (1 << NUM_QUEUES) - 1
+        );
+    }
+
+    #[test]
+    fn thread_local_events_map_to_device_queues() {
+        assert_eq!(queue_of(0, 0), Some(HIPRIO_QUEUE_INDEX));
+        assert_eq!(queue_of(1, 0), Some(HIPRIO_QUEUE_INDEX + 1));
+        assert_eq!(queue_of(0, 1), None);
+        assert_eq!(queue_of(2, 0), None);
     }
 }

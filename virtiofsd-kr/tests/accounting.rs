@@ -1335,3 +1335,56 @@ fn an_unreachable_cluster_never_blocks_the_daemon() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// The hiprio queue (FORGET) has its own thread: a request queue waiting out an ops limit
+/// does not hold it up.
+#[test]
+fn hiprio_is_not_held_up_by_a_throttled_request_queue() {
+    use fuse_backend_rs::abi::fuse_abi::{GetattrIn, Opcode};
+    use vm_memory::ByteValued;
+    let shared = tempfile::tempdir().unwrap();
+    let extra = ["--rate-limit-ops", "2", "--rate-limit-ops-burst", "1"];
+    let mut spec = PodSpec::new(shared.path(), "t-hiprio", "p");
+    spec.extra = &extra;
+    let pod = Pod::start(&spec);
+    let mut s = pod.session();
+    let queued = 6;
+    let t0 = Instant::now();
+    let mut pending = Vec::new();
+    for _ in 0..queued {
+        let unique = s.unique();
+        let req = vm_tests::fuse::request(
+            Opcode::Getattr as u32,
+            unique,
+            ROOT,
+            &[GetattrIn::default().as_slice()],
+        );
+        pending.push(
+            s.frontend()
+                .post_request(1, &[&req], &[4096], true)
+                .expect("post GETATTR"),
+        );
+    }
+    // The request queue is now busy for about (queued - burst) / 2 s.
+    std::thread::sleep(Duration::from_millis(200));
+    let f0 = Instant::now();
+    s.forget(ROOT + 1000, 1).expect("FORGET on hiprio");
+    let forget_took = f0.elapsed();
+    let replies = s
+        .frontend()
+        .collect(pending, Duration::from_secs(20))
+        .expect("the throttled GETATTRs");
+    let all_took = t0.elapsed();
+    assert_eq!(replies.len(), queued);
+    assert!(
+        all_took >= Duration::from_millis(2000),
+        "the limit did not throttle ({all_took:?}): the test proves nothing"
+    );
+    assert!(
+        forget_took < Duration::from_millis(500),
+        "FORGET waited {forget_took:?} behind the throttled request queue (all: {all_took:?})"
+    );
+    eprintln!(
+        "FORGET answered in {forget_took:?} while {queued} throttled GETATTRs took {all_took:?}"
+    );
+}
