@@ -54,6 +54,8 @@ pub enum CephError {
     },
     #[error("ceph root {root:?} is not a directory")]
     RootNotDir { root: String },
+    #[error("starting the threads that bound each call (--ceph-op-timeout): {0}")]
+    CallThreads(io::Error),
     #[error("looking up the root inode of {root:?}: {source}")]
     RootInode { root: String, source: io::Error },
 }

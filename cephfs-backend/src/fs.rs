@@ -7,11 +7,26 @@
 //! `..` at the root resolves to the root. The mount itself is rooted at the volume directory
 //! (`ceph_mount(root)`), and the cephx identity's caps bound it on the MDS side as well.
 //!
+//! It also owns bounding every request by `CephConfig::op_timeout`: each libcephfs call runs
+//! as a job on a `DeadlinePool` started at `connect`, and a request whose call does not come
+//! back in time (an MDS or OSD that is gone) fails with ETIMEDOUT while the call goes on in
+//! the background. Jobs own what they use (`Arc`s of inodes and files, owned names, the
+//! `UserPerm`, a copy of WRITE data); guest memory is read before and written after a job, on
+//! the request's thread, and the node table and handle maps change only there, once a result
+//! came in time: a late LOOKUP or CREATE leaves no node, lookup count or handle behind, its
+//! references are dropped on the worker. What a late call did stays done (a CREATE that
+//! timed out while it ran may still create the file, like a soft NFS mount); one that timed
+//! out while still queued is never run. RELEASE, RELEASEDIR and DESTROY hand the file and
+//! directory handles to the call threads to close and do not wait (dropping the `CephFs`
+//! waits for those closes and its unmount, bounded, unless calls are stuck). FORGET puts inode
+//! references inline (local to the client, no MDS round trip). Without an op timeout, every
+//! call runs on the request's thread.
+//!
 //! Must not: use `unsafe` (everything unsafe is in `mount`), or trust anything from the guest:
 //! unknown nodes and handles are EBADF, bad names EINVAL, never a panic.
 
 use std::collections::HashMap;
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -23,16 +38,37 @@ use fuse_backend_rs::api::filesystem::{
     SetattrValid, ZeroCopyReader, ZeroCopyWriter,
 };
 
+use crate::deadline::DeadlinePool;
 use crate::error::CephError;
 use crate::ffi;
 use crate::inode::{CephInodeTable, ROOT_ID};
 use crate::mount::{
-    CephDir, CephFile, CephInode, CephMount, MountOptions, SetAttr, Statx, UserPerm, XattrReply,
+    CephDir, CephFile, CephInode, CephMount, DirEntryPlus, MountOptions, SetAttr, Statx, UserPerm,
+    XattrReply,
 };
 use crate::{CachePolicy, CephConfig};
 
 /// Largest READ/WRITE payload served (what fuse-backend-rs negotiates at INIT).
 const MAX_IO: usize = fuse_backend_rs::api::server::MAX_BUFFER_SIZE as usize;
+
+/// Threads running libcephfs calls when there is an op timeout. A call stuck on a missing
+/// MDS holds one until the MDS is back; once all are stuck, further calls queue and time out.
+const CALL_WORKERS: usize = 16;
+
+/// Bytes of a READDIR reply entry before its name (`struct fuse_dirent`).
+const DIRENT_HEADER: usize = 24;
+/// Bytes a READDIRPLUS entry adds (`struct fuse_entry_out`).
+const ENTRY_OUT: usize = 128;
+
+/// Reply bytes one directory entry takes, as fuse-backend-rs counts them.
+fn reply_bytes(name_len: usize, plus: bool) -> usize {
+    let dirent = (DIRENT_HEADER + name_len + 7) & !7;
+    if plus {
+        dirent + ENTRY_OUT
+    } else {
+        dirent
+    }
+}
 
 fn err(code: i32) -> io::Error {
     io::Error::from_raw_os_error(code)
@@ -65,6 +101,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// CephFS served to one guest.
 pub struct CephFs {
+    /// Runs the libcephfs calls when requests are bounded by an op timeout.
+    calls: Option<DeadlinePool>,
     mount: Arc<CephMount>,
     inodes: CephInodeTable,
     files: Mutex<HashMap<u64, Arc<CephFile>>>,
@@ -75,9 +113,47 @@ pub struct CephFs {
     root_ino: u64,
 }
 
+/// Runs `call` on `calls` (waiting at most its timeout) or, without a pool, right here.
+fn bounded<T, F>(calls: Option<&DeadlinePool>, what: &'static str, call: F) -> io::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> io::Result<T> + Send + 'static,
+{
+    match calls {
+        Some(pool) => pool.run(what, call),
+        None => call(),
+    }
+}
+
+/// Reads directory entries from `offset` until they fill about `budget` reply bytes (at
+/// least one entry; none at the end). The stream is left after the last entry read: the
+/// next READDIR seeks to wherever the guest got to.
+fn read_dir_batch(
+    dir: &Mutex<CephDir>,
+    offset: u64,
+    budget: usize,
+    plus: bool,
+) -> io::Result<Vec<DirEntryPlus>> {
+    let mut dir = lock(dir);
+    if dir.tell() != offset {
+        dir.seek(offset);
+    }
+    let mut batch = Vec::new();
+    let mut used = 0;
+    while batch.is_empty() || used < budget {
+        let Some(e) = dir.read_entry()? else {
+            break;
+        };
+        used += reply_bytes(e.name.len(), plus);
+        batch.push(e);
+    }
+    Ok(batch)
+}
+
 impl CephFs {
     /// Connects as `client.<id>`, mounts `root` and checks it is a directory. Every failure
-    /// is one `CephError` naming the step, the identity and the path.
+    /// is one `CephError` naming the step, the identity and the path. With an op timeout, the
+    /// threads that run libcephfs calls start here.
     pub fn connect(cfg: CephConfig) -> Result<CephFs, CephError> {
         let mount = CephMount::connect(&MountOptions {
             conf: &cfg.conf,
@@ -87,23 +163,37 @@ impl CephFs {
             fs_name: cfg.fs_name.as_deref(),
             mount_timeout: cfg.mount_timeout,
         })?;
-        let root_err = |source| CephError::RootInode {
+        // From here on, dropping the mount (on an error below, or at the end) must not hang
+        // on a cluster that went away either.
+        mount.bound_unmount(cfg.op_timeout);
+        let calls = cfg
+            .op_timeout
+            .map(|timeout| DeadlinePool::new("ceph-call", CALL_WORKERS, timeout))
+            .transpose()
+            .map_err(CephError::CallThreads)?;
+        let root_mount = Arc::clone(&mount);
+        let (root, stat) = bounded(calls.as_ref(), "root lookup", move || {
+            let root = root_mount.root()?;
+            let perm = UserPerm::new(0, 0, &[])?;
+            let stat = root_mount.getattr(&root, &perm)?;
+            Ok((root, stat))
+        })
+        .map_err(|source| CephError::RootInode {
             root: cfg.root.clone(),
             source,
-        };
-        let root = mount.root().map_err(root_err)?;
-        let perm = UserPerm::new(0, 0, &[]).map_err(root_err)?;
-        let stat = mount.getattr(&root, &perm).map_err(root_err)?;
+        })?;
         if stat.mode() & libc::S_IFMT != libc::S_IFDIR {
             return Err(CephError::RootNotDir { root: cfg.root });
         }
         tracing::info!(
-            "cephfs: mounted {:?} as client.{} (conf {:?})",
+            "cephfs: mounted {:?} as client.{} (conf {:?}, op timeout {:?})",
             cfg.root,
             cfg.id,
-            cfg.conf
+            cfg.conf,
+            cfg.op_timeout
         );
         Ok(CephFs {
+            calls,
             inodes: CephInodeTable::new(root, &stat),
             root_ino: stat.ino(),
             mount,
@@ -122,6 +212,36 @@ impl CephFs {
     /// How many files and directories the guest holds open.
     pub fn open_handles(&self) -> (usize, usize) {
         (lock(&self.files).len(), lock(&self.dirs).len())
+    }
+
+    /// Calls that timed out and are still waiting for the cluster in the background (0
+    /// without an op timeout): non-zero while the cluster does not answer.
+    pub fn late_calls(&self) -> usize {
+        self.calls.as_ref().map_or(0, DeadlinePool::late_calls)
+    }
+
+    /// Calls that timed out since `connect`.
+    pub fn timed_out_calls(&self) -> u64 {
+        self.calls.as_ref().map_or(0, DeadlinePool::timed_out_calls)
+    }
+
+    /// Runs libcephfs call(s) bounded by the op timeout (see the module doc).
+    fn call<T, F>(&self, what: &'static str, call: F) -> io::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> io::Result<T> + Send + 'static,
+    {
+        bounded(self.calls.as_ref(), what, call)
+    }
+
+    /// Drops what may close a Ceph file or directory stream: with an op timeout on the call
+    /// threads, without waiting (the guest does not wait on a close, and a directory stream's
+    /// lock may be held by a READDIR stuck on the cluster); without one, right here.
+    fn drop_later<T: Send + 'static>(&self, held: T) {
+        match &self.calls {
+            Some(pool) => pool.drop_later(held),
+            None => drop(held),
+        }
     }
 
     fn perm(ctx: &Context) -> io::Result<UserPerm> {
@@ -184,26 +304,47 @@ impl CephFs {
         (flags as i32) & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_DIRECT)
     }
 
+    /// A call on `parent` with an owned copy of `name` that returns a new inode (lookup and
+    /// the create family), registered in the node table only if it came in time.
+    fn new_node<F>(
+        &self,
+        what: &'static str,
+        parent: u64,
+        name: &CStr,
+        call: F,
+    ) -> io::Result<Entry>
+    where
+        F: FnOnce(&Arc<CephMount>, &CephInode, &CStr) -> io::Result<(CephInode, Statx)>
+            + Send
+            + 'static,
+    {
+        let dir = self.node(parent)?;
+        let mount = Arc::clone(&self.mount);
+        let name: CString = name.to_owned();
+        let (inode, stat) = self.call(what, move || call(&mount, &dir, &name))?;
+        Ok(self.new_entry(inode, &stat))
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn do_readdir(
         &self,
         ctx: &Context,
         node: u64,
         handle: u64,
+        size: u32,
         offset: u64,
         plus: bool,
         add: &mut dyn FnMut(DirEntry, Option<Entry>) -> io::Result<usize>,
     ) -> io::Result<()> {
         let _ = ctx;
         let dir = self.dir(handle)?;
-        let mut dir = lock(&dir);
-        if dir.tell() != offset {
-            dir.seek(offset);
-        }
-        loop {
-            let pos = dir.tell();
-            let Some(e) = dir.read_entry()? else {
-                return Ok(());
-            };
+        let budget = size as usize;
+        let batch = self.call("readdir", move || {
+            read_dir_batch(&dir, offset, budget, plus)
+        })?;
+        // Entries the reply has no room for are dropped (their references put); the next
+        // READDIR starts at the first of them.
+        for e in batch {
             let dot = e.name == b"." || e.name == b"..";
             let ino = if node == ROOT_ID && e.name == b".." {
                 self.root_ino
@@ -233,7 +374,6 @@ impl CephFs {
                     if let Some(n) = added {
                         self.inodes.forget(n, 1);
                     }
-                    dir.seek(pos);
                     return Ok(());
                 }
                 Ok(_) => {}
@@ -243,6 +383,28 @@ impl CephFs {
                     }
                     return Err(e);
                 }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for CephFs {
+    /// Closes what the guest left open and lets the mount go with its last reference, its
+    /// unmount (which flushes buffered writes) bounded by the op timeout
+    /// (`CephMount::bound_unmount`). The closes, and those RELEASE handed over, are waited for
+    /// at most the op timeout, so that the unmount runs here before the process may exit;
+    /// unless calls are stuck on the cluster: they keep the mount until they return, so
+    /// nothing here waits for them.
+    fn drop(&mut self) {
+        self.destroy();
+        if let Some(pool) = &self.calls {
+            if pool.late_calls() == 0 && !pool.wait_idle(pool.timeout()) {
+                tracing::warn!(
+                    "cephfs: closing open files did not finish within {:?}: leaving it to the \
+                     call threads",
+                    pool.timeout()
+                );
             }
         }
     }
@@ -275,27 +437,32 @@ impl FileSystem for CephFs {
     }
 
     fn destroy(&self) {
-        lock(&self.files).clear();
-        lock(&self.dirs).clear();
+        let files: Vec<_> = lock(&self.files).drain().map(|(_, f)| f).collect();
+        let dirs: Vec<_> = lock(&self.dirs).drain().map(|(_, d)| d).collect();
+        self.drop_later((files, dirs));
+        // Putting inode references needs no MDS round trip.
         self.inodes.clear();
     }
 
     fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
         check_name(name)?;
         let perm = Self::perm(ctx)?;
-        let dir = self.node(parent)?;
         let same = name.to_bytes() == b"." || (parent == ROOT_ID && name.to_bytes() == b"..");
         if same {
             // `..` at the root stays at the root.
-            let stat = self.mount.getattr(&dir, &perm)?;
+            let dir = self.node(parent)?;
+            let mount = Arc::clone(&self.mount);
+            let stat = self.call("getattr", move || mount.getattr(&dir, &perm))?;
             self.inodes.add_existing(parent)?;
             return Ok(self.entry(parent, &stat));
         }
-        let (inode, stat) = self.mount.lookup(&dir, name, &perm)?;
-        Ok(self.new_entry(inode, &stat))
+        self.new_node("lookup", parent, name, move |mount, dir, name| {
+            mount.lookup(dir, name, &perm)
+        })
     }
 
     fn forget(&self, _ctx: &Context, inode: u64, count: u64) {
+        // Putting an inode reference is local to the client (no MDS round trip): inline.
         self.inodes.forget(inode, count);
     }
 
@@ -313,7 +480,8 @@ impl FileSystem for CephFs {
     ) -> io::Result<(stat64, Duration)> {
         let perm = Self::perm(ctx)?;
         let i = self.node(inode)?;
-        let stat = self.mount.getattr(&i, &perm)?;
+        let mount = Arc::clone(&self.mount);
+        let stat = self.call("getattr", move || mount.getattr(&i, &perm))?;
         Ok((stat.to_stat64(), self.cache.attr_timeout))
     }
 
@@ -365,17 +533,21 @@ impl FileSystem for CephFs {
         if valid.contains(SetattrValid::KILL_SUIDGID) {
             s.mask |= ffi::CEPH_SETATTR_KILL_SGUID;
         }
-        if s.mask != 0 {
-            self.mount.setattr(&i, &s, &perm)?;
-        }
-        let stat = self.mount.getattr(&i, &perm)?;
+        let mount = Arc::clone(&self.mount);
+        let stat = self.call("setattr", move || {
+            if s.mask != 0 {
+                mount.setattr(&i, &s, &perm)?;
+            }
+            mount.getattr(&i, &perm)
+        })?;
         Ok((stat.to_stat64(), self.cache.attr_timeout))
     }
 
     fn readlink(&self, ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
         let perm = Self::perm(ctx)?;
         let i = self.node(inode)?;
-        self.mount.readlink(&i, &perm)
+        let mount = Arc::clone(&self.mount);
+        self.call("readlink", move || mount.readlink(&i, &perm))
     }
 
     fn symlink(
@@ -387,9 +559,10 @@ impl FileSystem for CephFs {
     ) -> io::Result<Entry> {
         check_new_name(name)?;
         let perm = Self::perm(ctx)?;
-        let dir = self.node(parent)?;
-        let (inode, stat) = self.mount.symlink(&dir, name, linkname, &perm)?;
-        Ok(self.new_entry(inode, &stat))
+        let target: CString = linkname.to_owned();
+        self.new_node("symlink", parent, name, move |mount, dir, name| {
+            mount.symlink(dir, name, &target, &perm)
+        })
     }
 
     fn mknod(
@@ -403,9 +576,9 @@ impl FileSystem for CephFs {
     ) -> io::Result<Entry> {
         check_new_name(name)?;
         let perm = Self::perm(ctx)?;
-        let dir = self.node(parent)?;
-        let (inode, stat) = self.mount.mknod(&dir, name, mode, u64::from(rdev), &perm)?;
-        Ok(self.new_entry(inode, &stat))
+        self.new_node("mknod", parent, name, move |mount, dir, name| {
+            mount.mknod(dir, name, mode, u64::from(rdev), &perm)
+        })
     }
 
     fn mkdir(
@@ -418,23 +591,27 @@ impl FileSystem for CephFs {
     ) -> io::Result<Entry> {
         check_new_name(name)?;
         let perm = Self::perm(ctx)?;
-        let dir = self.node(parent)?;
-        let (inode, stat) = self.mount.mkdir(&dir, name, mode, &perm)?;
-        Ok(self.new_entry(inode, &stat))
+        self.new_node("mkdir", parent, name, move |mount, dir, name| {
+            mount.mkdir(dir, name, mode, &perm)
+        })
     }
 
     fn unlink(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
         check_new_name(name)?;
         let perm = Self::perm(ctx)?;
         let dir = self.node(parent)?;
-        self.mount.unlink(&dir, name, &perm)
+        let mount = Arc::clone(&self.mount);
+        let name: CString = name.to_owned();
+        self.call("unlink", move || mount.unlink(&dir, &name, &perm))
     }
 
     fn rmdir(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
         check_new_name(name)?;
         let perm = Self::perm(ctx)?;
         let dir = self.node(parent)?;
-        self.mount.rmdir(&dir, name, &perm)
+        let mount = Arc::clone(&self.mount);
+        let name: CString = name.to_owned();
+        self.call("rmdir", move || mount.rmdir(&dir, &name, &perm))
     }
 
     fn rename(
@@ -455,7 +632,12 @@ impl FileSystem for CephFs {
         let perm = Self::perm(ctx)?;
         let od = self.node(olddir)?;
         let nd = self.node(newdir)?;
-        self.mount.rename(&od, oldname, &nd, newname, &perm)
+        let mount = Arc::clone(&self.mount);
+        let oldname: CString = oldname.to_owned();
+        let newname: CString = newname.to_owned();
+        self.call("rename", move || {
+            mount.rename(&od, &oldname, &nd, &newname, &perm)
+        })
     }
 
     fn link(&self, ctx: &Context, inode: u64, newparent: u64, newname: &CStr) -> io::Result<Entry> {
@@ -463,8 +645,12 @@ impl FileSystem for CephFs {
         let perm = Self::perm(ctx)?;
         let i = self.node(inode)?;
         let dir = self.node(newparent)?;
-        self.mount.link(&i, &dir, newname, &perm)?;
-        let stat = self.mount.getattr(&i, &perm)?;
+        let mount = Arc::clone(&self.mount);
+        let newname: CString = newname.to_owned();
+        let stat = self.call("link", move || {
+            mount.link(&i, &dir, &newname, &perm)?;
+            mount.getattr(&i, &perm)
+        })?;
         self.inodes.add_existing(inode)?;
         Ok(self.entry(inode, &stat))
     }
@@ -478,7 +664,9 @@ impl FileSystem for CephFs {
     ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
         let perm = Self::perm(ctx)?;
         let i = self.node(inode)?;
-        let file = self.mount.open(&i, Self::open_flags(flags), &perm)?;
+        let mount = Arc::clone(&self.mount);
+        let flags = Self::open_flags(flags);
+        let file = self.call("open", move || mount.open(&i, flags, &perm))?;
         let h = self.new_handle();
         lock(&self.files).insert(h, Arc::new(file));
         Ok((Some(h), self.open_options(), None))
@@ -496,7 +684,12 @@ impl FileSystem for CephFs {
         let dir = self.node(parent)?;
         let flags =
             Self::open_flags(args.flags) | libc::O_CREAT | (args.flags as i32 & libc::O_EXCL);
-        let (inode, file, stat) = self.mount.create(&dir, name, args.mode, flags, &perm)?;
+        let mount = Arc::clone(&self.mount);
+        let name: CString = name.to_owned();
+        let mode = args.mode;
+        let (inode, file, stat) = self.call("create", move || {
+            mount.create(&dir, &name, mode, flags, &perm)
+        })?;
         let entry = self.new_entry(inode, &stat);
         let h = self.new_handle();
         lock(&self.files).insert(h, Arc::new(file));
@@ -517,7 +710,9 @@ impl FileSystem for CephFs {
         let f = self.file(handle)?;
         // Never allocate more than the reply can carry, whatever size the guest asks.
         let size = (size as usize).min(w.available_bytes()).min(MAX_IO);
-        let data = self.mount.read(&f, offset, size)?;
+        let mount = Arc::clone(&self.mount);
+        // The job reads into its own buffer; guest memory is written here, after it.
+        let data = self.call("read", move || mount.read(&f, offset, size))?;
         w.write_all(&data)?;
         Ok(data.len())
     }
@@ -539,6 +734,7 @@ impl FileSystem for CephFs {
             return Err(err(libc::EINVAL));
         }
         let f = self.file(handle)?;
+        // Guest memory is copied out here, before the job: a late job never touches it.
         let mut buf = vec![0u8; size as usize];
         let mut filled = 0;
         while filled < buf.len() {
@@ -550,18 +746,21 @@ impl FileSystem for CephFs {
             }
         }
         buf.truncate(filled);
-        let mut done = 0;
-        while done < buf.len() {
-            let at = offset
-                .checked_add(done as u64)
-                .ok_or_else(|| err(libc::EFBIG))?;
-            let n = self.mount.write(&f, at, &buf[done..])?;
-            if n == 0 {
-                return Err(err(libc::EIO));
+        let mount = Arc::clone(&self.mount);
+        self.call("write", move || {
+            let mut done = 0;
+            while done < buf.len() {
+                let at = offset
+                    .checked_add(done as u64)
+                    .ok_or_else(|| err(libc::EFBIG))?;
+                let n = mount.write(&f, at, &buf[done..])?;
+                if n == 0 {
+                    return Err(err(libc::EIO));
+                }
+                done += n;
             }
-            done += n;
-        }
-        Ok(done)
+            Ok(done)
+        })
     }
 
     fn flush(&self, _ctx: &Context, _inode: u64, handle: u64, _lock_owner: u64) -> io::Result<()> {
@@ -572,7 +771,8 @@ impl FileSystem for CephFs {
 
     fn fsync(&self, _ctx: &Context, _inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
         let f = self.file(handle)?;
-        self.mount.fsync(&f, datasync)
+        let mount = Arc::clone(&self.mount);
+        self.call("fsync", move || mount.fsync(&f, datasync))
     }
 
     fn fallocate(
@@ -585,7 +785,10 @@ impl FileSystem for CephFs {
         length: u64,
     ) -> io::Result<()> {
         let f = self.file(handle)?;
-        self.mount.fallocate(&f, mode as i32, offset, length)
+        let mount = Arc::clone(&self.mount);
+        self.call("fallocate", move || {
+            mount.fallocate(&f, mode as i32, offset, length)
+        })
     }
 
     fn release(
@@ -599,15 +802,17 @@ impl FileSystem for CephFs {
         _lock_owner: Option<u64>,
     ) -> io::Result<()> {
         // The Fh is closed when the last in-flight request using it finishes.
-        lock(&self.files)
+        let file = lock(&self.files)
             .remove(&handle)
-            .map(|_| ())
-            .ok_or_else(|| err(libc::EBADF))
+            .ok_or_else(|| err(libc::EBADF))?;
+        self.drop_later(file);
+        Ok(())
     }
 
     fn statfs(&self, _ctx: &Context, inode: u64) -> io::Result<statvfs64> {
         let i = self.node(inode)?;
-        self.mount.statfs(&i)
+        let mount = Arc::clone(&self.mount);
+        self.call("statfs", move || mount.statfs(&i))
     }
 
     fn setxattr(
@@ -620,7 +825,12 @@ impl FileSystem for CephFs {
     ) -> io::Result<()> {
         let perm = Self::perm(ctx)?;
         let i = self.node(inode)?;
-        self.mount.setxattr(&i, name, value, flags as i32, &perm)
+        let mount = Arc::clone(&self.mount);
+        let name: CString = name.to_owned();
+        let value = value.to_vec();
+        self.call("setxattr", move || {
+            mount.setxattr(&i, &name, &value, flags as i32, &perm)
+        })
     }
 
     fn getxattr(
@@ -632,7 +842,12 @@ impl FileSystem for CephFs {
     ) -> io::Result<GetxattrReply> {
         let perm = Self::perm(ctx)?;
         let i = self.node(inode)?;
-        match self.mount.getxattr(&i, name, size as usize, &perm)? {
+        let mount = Arc::clone(&self.mount);
+        let name: CString = name.to_owned();
+        let reply = self.call("getxattr", move || {
+            mount.getxattr(&i, &name, size as usize, &perm)
+        })?;
+        match reply {
             XattrReply::Size(n) => Ok(GetxattrReply::Count(
                 u32::try_from(n).map_err(|_| err(libc::E2BIG))?,
             )),
@@ -643,7 +858,11 @@ impl FileSystem for CephFs {
     fn listxattr(&self, ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
         let perm = Self::perm(ctx)?;
         let i = self.node(inode)?;
-        match self.mount.listxattr(&i, size as usize, &perm)? {
+        let mount = Arc::clone(&self.mount);
+        let reply = self.call("listxattr", move || {
+            mount.listxattr(&i, size as usize, &perm)
+        })?;
+        match reply {
             XattrReply::Size(n) => Ok(ListxattrReply::Count(
                 u32::try_from(n).map_err(|_| err(libc::E2BIG))?,
             )),
@@ -654,7 +873,9 @@ impl FileSystem for CephFs {
     fn removexattr(&self, ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
         let perm = Self::perm(ctx)?;
         let i = self.node(inode)?;
-        self.mount.removexattr(&i, name, &perm)
+        let mount = Arc::clone(&self.mount);
+        let name: CString = name.to_owned();
+        self.call("removexattr", move || mount.removexattr(&i, &name, &perm))
     }
 
     fn opendir(
@@ -665,7 +886,8 @@ impl FileSystem for CephFs {
     ) -> io::Result<(Option<u64>, OpenOptions)> {
         let perm = Self::perm(ctx)?;
         let i = self.node(inode)?;
-        let dir = self.mount.opendir(&i, &perm)?;
+        let mount = Arc::clone(&self.mount);
+        let dir = self.call("opendir", move || mount.opendir(&i, &perm))?;
         let h = self.new_handle();
         lock(&self.dirs).insert(h, Arc::new(Mutex::new(dir)));
         let mut o = OpenOptions::empty();
@@ -680,11 +902,13 @@ impl FileSystem for CephFs {
         ctx: &Context,
         inode: u64,
         handle: u64,
-        _size: u32,
+        size: u32,
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        self.do_readdir(ctx, inode, handle, offset, false, &mut |d, _| add_entry(d))
+        self.do_readdir(ctx, inode, handle, size, offset, false, &mut |d, _| {
+            add_entry(d)
+        })
     }
 
     fn readdirplus(
@@ -692,14 +916,22 @@ impl FileSystem for CephFs {
         ctx: &Context,
         inode: u64,
         handle: u64,
-        _size: u32,
+        size: u32,
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        self.do_readdir(ctx, inode, handle, offset, true, &mut |d, e| match e {
-            Some(e) => add_entry(d, e),
-            None => Err(err(libc::EIO)),
-        })
+        self.do_readdir(
+            ctx,
+            inode,
+            handle,
+            size,
+            offset,
+            true,
+            &mut |d, e| match e {
+                Some(e) => add_entry(d, e),
+                None => Err(err(libc::EIO)),
+            },
+        )
     }
 
     fn fsyncdir(
@@ -714,16 +946,18 @@ impl FileSystem for CephFs {
     }
 
     fn releasedir(&self, _ctx: &Context, _inode: u64, _flags: u32, handle: u64) -> io::Result<()> {
-        lock(&self.dirs)
+        let dir = lock(&self.dirs)
             .remove(&handle)
-            .map(|_| ())
-            .ok_or_else(|| err(libc::EBADF))
+            .ok_or_else(|| err(libc::EBADF))?;
+        self.drop_later(dir);
+        Ok(())
     }
 
     fn access(&self, ctx: &Context, inode: u64, mask: u32) -> io::Result<()> {
         let perm = Self::perm(ctx)?;
         let i = self.node(inode)?;
-        let st = self.mount.getattr(&i, &perm)?;
+        let mount = Arc::clone(&self.mount);
+        let st = self.call("getattr", move || mount.getattr(&i, &perm))?;
         let mode = st.mode();
         let mask = mask & 0o7;
         if mask == 0 {
@@ -760,6 +994,7 @@ impl FileSystem for CephFs {
         whence: u32,
     ) -> io::Result<u64> {
         let f = self.file(handle)?;
-        self.mount.lseek(&f, offset, whence as i32)
+        let mount = Arc::clone(&self.mount);
+        self.call("lseek", move || mount.lseek(&f, offset, whence as i32))
     }
 }

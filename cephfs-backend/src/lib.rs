@@ -3,10 +3,14 @@
 //!
 //! Layers, bottom up:
 //! - `ffi`: hand-written `extern "C"` declarations of the libcephfs subset used (no code);
-//! - `mount`: the safe wrapper (`CephMount`, `CephInode`, `CephFile`, `CephDir`, `UserPerm`),
-//!   the only module allowed `unsafe`;
+//! - `mount`: the safe wrapper (`CephMount`, `CephInode`, `CephFile`, `CephDir`, `UserPerm`);
+//!   with `ffi`, `rados` and `rados_ffi` the only modules allowed `unsafe`;
 //! - `inode`: `CephInodeTable`, FUSE node ids and lookup counts;
-//! - `fs`: `CephFs`, the `FileSystem` implementation the daemon serves.
+//! - `deadline`: `DeadlinePool`, the threads that bound every libcephfs call of a request by
+//!   `CephConfig::op_timeout` (ETIMEDOUT to the guest while the MDS is gone);
+//! - `fs`: `CephFs`, the `FileSystem` implementation the daemon serves;
+//! - `rados` (over `rados_ffi`): a small librados client (monitor commands, objects in a
+//!   namespace) for volume identities and the accounting sink.
 //!
 //! The crate owns talking to Ceph for one volume directory as one cephx identity. It must not
 //! know about vhost-user, the sandbox or the command line: the daemon builds a `CephConfig`
@@ -17,6 +21,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub mod deadline;
 pub mod error;
 #[allow(unsafe_code)]
 mod ffi;
@@ -117,8 +122,10 @@ pub struct CephConfig {
     /// How long to wait for monitors/MDS before `connect` fails.
     pub mount_timeout: Duration,
     /// Longest a guest request may wait for the cluster (an MDS or OSD that is gone): past
-    /// it the request fails with ETIMEDOUT while libcephfs keeps waiting in the background.
-    /// `None`: wait as long as libcephfs does (forever for a missing MDS).
+    /// it the request fails with ETIMEDOUT while libcephfs keeps waiting in the background
+    /// (on one of `CephFs`' call threads, see `deadline`). Also the longest dropping the
+    /// backend waits for its unmount. `None`: calls run on the request's thread and wait as
+    /// long as libcephfs does (forever for a missing MDS).
     pub op_timeout: Option<Duration>,
 }
 

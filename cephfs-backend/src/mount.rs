@@ -1,9 +1,10 @@
 //! The safe wrapper over libcephfs: the only module with `unsafe` code.
 //!
 //! Owns the lifetime rules of every libcephfs object: `CephMount` (one `ceph_mount_info`,
-//! unmounted and released on drop), `CephInode` (one client reference to an `Inode`, put on
-//! drop), `CephFile` (an open `Fh`, closed on drop), `CephDir` (a directory stream, released on
-//! drop) and `UserPerm` (credentials, destroyed on drop). Every object that refers to a mount
+//! unmounted and released on drop, which may wait at most a set time for the unmount),
+//! `CephInode` (one client reference to an `Inode`, put on drop), `CephFile` (an open `Fh`,
+//! closed on drop), `CephDir` (a directory stream, released on drop) and `UserPerm`
+//! (credentials, destroyed on drop). Every object that refers to a mount
 //! holds an `Arc<CephMount>`, so the mount is torn down only after the last of them is gone.
 //! Errors are `-errno` turned into `io::Error`s.
 //!
@@ -14,7 +15,7 @@ use std::ffi::{CStr, CString};
 use std::io;
 use std::path::Path;
 use std::ptr::{self, NonNull};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64};
@@ -58,6 +59,8 @@ pub struct MountOptions<'a> {
 /// A mounted CephFS subtree (`ceph_mount_info`).
 pub struct CephMount {
     cmount: NonNull<ffi::CephMountInfo>,
+    /// Longest `drop` waits for `ceph_unmount` (see [`CephMount::bound_unmount`]).
+    unmount_timeout: Mutex<Option<Duration>>,
 }
 
 // SAFETY: libcephfs' `Client` serialises every call on a mount with its own client lock; the
@@ -197,11 +200,31 @@ impl CephMount {
         }
         let cmount = pending.0;
         std::mem::forget(pending);
-        Ok(Arc::new(CephMount { cmount }))
+        Ok(Arc::new(CephMount {
+            cmount,
+            unmount_timeout: Mutex::new(None),
+        }))
     }
 
     fn raw(&self) -> *mut ffi::CephMountInfo {
         self.cmount.as_ptr()
+    }
+
+    /// Makes the final drop wait at most `limit` for `ceph_unmount`, which flushes dirty
+    /// data and caps and closes the MDS session, and so waits as long as the cluster is
+    /// gone. Past `limit` the unmount (and the release of the handle) goes on in its own
+    /// thread and the drop returns; the process may exit first. `None` (the default): the
+    /// drop unmounts on the dropping thread, however long that takes.
+    ///
+    /// `ceph_abort_conn` is not the way out: it deletes the `Client`, so it is only safe with
+    /// no call in flight, and it throws away buffered writes. When the last reference goes,
+    /// no call is in flight (every call holds one), and either the cluster answered the last
+    /// of them or nothing is known to be wrong: an unmount is right, bounded by this limit.
+    pub fn bound_unmount(&self, limit: Option<Duration>) {
+        *self
+            .unmount_timeout
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = limit;
     }
 
     /// The root inode of the mount (the configured root directory).
@@ -694,18 +717,59 @@ impl CephMount {
     }
 }
 
-impl Drop for CephMount {
-    fn drop(&mut self) {
-        // SAFETY: this is the last reference to the handle (every inode, file and directory
-        // holds an Arc), so nothing uses the mount any more.
-        let ret = unsafe { ffi::ceph_unmount(self.raw()) };
+/// The handle of a mount whose last reference is gone, on its way out.
+#[derive(Clone, Copy)]
+struct Unmounting(NonNull<ffi::CephMountInfo>);
+
+// SAFETY: the handle is moved to the one thread that unmounts and releases it; the
+// `CephMount` it came from is being dropped, so no other thread uses it.
+unsafe impl Send for Unmounting {}
+
+impl Unmounting {
+    /// Unmounts and frees the handle. Called exactly once per handle.
+    fn unmount_and_release(self) {
+        // SAFETY: the `CephMount` this came from was the last reference to the handle (every
+        // inode, file and directory holds an Arc), so nothing else uses the mount.
+        let ret = unsafe { ffi::ceph_unmount(self.0.as_ptr()) };
         if ret < 0 {
             tracing::warn!("ceph_unmount: {}", errno(ret.into()));
         }
-        // SAFETY: this is the last reference to the handle (every inode, file and directory
-        // holds an Arc), it is unmounted, and it is never used again.
+        // SAFETY: as above; the handle is unmounted and never used again.
         unsafe {
-            ffi::ceph_release(self.raw());
+            ffi::ceph_release(self.0.as_ptr());
+        }
+    }
+}
+
+impl Drop for CephMount {
+    fn drop(&mut self) {
+        let handle = Unmounting(self.cmount);
+        let limit = *self
+            .unmount_timeout
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(limit) = limit else {
+            handle.unmount_and_release();
+            return;
+        };
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name("ceph-unmount".into())
+            .spawn(move || {
+                handle.unmount_and_release();
+                let _ = done_tx.send(());
+            });
+        if let Err(e) = spawned {
+            // The closure (and its copy of the handle) was dropped unrun: unmount here.
+            tracing::warn!("no thread for ceph_unmount ({e}): unmounting without a time limit");
+            handle.unmount_and_release();
+            return;
+        }
+        if done_rx.recv_timeout(limit).is_err() {
+            tracing::warn!(
+                "ceph_unmount did not finish within {limit:?} (is the cluster gone?): leaving \
+                 it to finish in the background"
+            );
         }
     }
 }

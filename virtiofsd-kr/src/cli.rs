@@ -222,7 +222,9 @@ pub struct ServeArgs {
     pub ceph_fs: Option<String>,
 
     /// `--backend cephfs`: seconds a guest request may wait for the cluster (e.g. while the
-    /// MDS is down) before it fails with ETIMEDOUT; 0 waits as long as the cluster takes.
+    /// MDS is down) before it fails with ETIMEDOUT; 0 waits as long as the cluster takes. A
+    /// CREATE or MKDIR that timed out may still happen once the cluster is back (like a soft
+    /// NFS mount); the exit waits at most this long to flush.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub ceph_op_timeout: u64,
 

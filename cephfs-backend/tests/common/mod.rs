@@ -304,3 +304,52 @@ pub fn list(fs: &CephFs, node: u64) -> Vec<(String, u64)> {
     fs.releasedir(&ctx(), node, 0, h).expect("releasedir");
     names
 }
+
+/// Runs `scripts/ceph-dev-cluster.sh <subcommand>`; its stderr is echoed, its stdout returned.
+pub fn cluster_script(subcommand: &str) -> io::Result<String> {
+    let script = repo().join("scripts/ceph-dev-cluster.sh");
+    let out = Command::new(&script).arg(subcommand).output()?;
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "{} {subcommand}: {}",
+            script.display(),
+            out.status
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The cluster's only MDS killed (`mds-stop`) until [`MdsOutage::end`], or until the guard is
+/// dropped: a failing test never leaves the shared cluster without its MDS.
+pub struct MdsOutage {
+    ended: bool,
+}
+
+impl MdsOutage {
+    /// Kills the MDS (SIGKILL, like a crash) and waits until it is gone.
+    pub fn begin() -> MdsOutage {
+        cluster();
+        cluster_script("mds-stop").expect("stop the MDS");
+        MdsOutage { ended: false }
+    }
+
+    /// Starts the MDS again and waits until it is up:active; returns how long that took.
+    pub fn end(&mut self) -> std::time::Duration {
+        let t0 = std::time::Instant::now();
+        self.ended = true;
+        cluster_script("mds-start").expect("restart the MDS");
+        t0.elapsed()
+    }
+}
+
+impl Drop for MdsOutage {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.ended = true;
+            if let Err(e) = cluster_script("mds-start") {
+                eprintln!("restarting the MDS after a failed test: {e}");
+            }
+        }
+    }
+}
