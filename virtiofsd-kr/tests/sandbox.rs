@@ -1313,11 +1313,19 @@ fn inventory_parser_reads_strace_lines() {
 /// Runs the workload with the daemon under `strace -f` and `--seccomp=log`, and fails on any
 /// system call made after the filter went in that the allow-list lacks. Needs `strace`.
 fn strace_inventory(sandbox: &str, extra: &[&str]) {
-    strace_inventory_of(None, sandbox, extra)
+    strace_inventory_of(None, sandbox, extra, &|socket, shared, xattr| {
+        run_workload(socket, shared, xattr)
+    })
 }
 
-/// `cephfs`: the `--backend cephfs ...` flags of a volume to serve instead of a directory.
-fn strace_inventory_of(cephfs: Option<Vec<String>>, sandbox: &str, extra: &[&str]) {
+/// `cephfs`: the `--backend cephfs ...` flags of a volume to serve instead of a directory;
+/// `workload(socket, host dir, xattr)` drives the daemon and hangs up.
+fn strace_inventory_of(
+    cephfs: Option<Vec<String>>,
+    sandbox: &str,
+    extra: &[&str],
+    workload: &dyn Fn(&Path, Option<&Path>, bool),
+) {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("strace.log");
     let log_arg = log.to_str().unwrap().to_string();
@@ -1361,7 +1369,7 @@ fn strace_inventory_of(cephfs: Option<Vec<String>>, sandbox: &str, extra: &[&str
     };
     d.wait_serving(server);
     let (socket, shared) = (d.socket.clone(), d.shared.path().to_path_buf());
-    run_workload(&socket, (!is_ceph).then_some(shared.as_path()), xattr);
+    workload(&socket, (!is_ceph).then_some(shared.as_path()), xattr);
     // The workload hung up: the daemon's shutdown path belongs to the inventory too.
     let status = d.wait_exit(TIMEOUT).expect("no exit");
     assert!(status.success(), "{status}; stderr:\n{}", d.stderr());
@@ -1385,8 +1393,56 @@ fn strace_inventory_of(cephfs: Option<Vec<String>>, sandbox: &str, extra: &[&str
 fn allow_list_covers_cephfs_serving() {
     if is_root() {
         let volume = ceph_cluster::Volume::create("seccomp", None);
-        strace_inventory_of(Some(volume.daemon_args()), "namespace", &[]);
+        strace_inventory_of(Some(volume.daemon_args()), "namespace", &[], &|s, h, x| {
+            run_workload(s, h, x)
+        });
     }
+}
+
+/// What libcephfs does while its MDS is gone and when it comes back (reconnects, timed-out
+/// calls, late results) is on the CephFS list too: an outage under strace.
+#[test]
+fn allow_list_covers_cephfs_through_an_mds_outage() {
+    if !is_root() {
+        return;
+    }
+    let volume = ceph_cluster::Volume::create("seccomp-outage", None);
+    let outage = |socket: &Path, _: Option<&Path>, _: bool| {
+        let mut s = FuseSession::new(TestFrontend::connect(socket).expect("connecting"));
+        s.init().expect("FUSE_INIT");
+        let (f, open) = s
+            .create(ROOT, "before", libc::O_RDWR, 0o644)
+            .expect("CREATE before the outage");
+        s.write(f.nodeid, open.fh, 0, b"kept").expect("WRITE");
+        s.release(f.nodeid, open.fh).expect("RELEASE");
+        let mds = ceph_cluster::MdsOutage::start();
+        let r = s.create(ROOT, "during", libc::O_RDWR, 0o644);
+        assert!(
+            matches!(r, Err(vm_tests::fuse::FuseError::Errno(libc::ETIMEDOUT))),
+            "CREATE with the MDS down: {:?}",
+            r.map(|_| ())
+        );
+        drop(mds);
+        let t0 = Instant::now();
+        loop {
+            match s.create(ROOT, "after", libc::O_RDWR, 0o644) {
+                Ok((e, o)) => {
+                    s.release(e.nodeid, o.fh).expect("RELEASE");
+                    break;
+                }
+                Err(e) => assert!(
+                    t0.elapsed() < Duration::from_secs(60),
+                    "no CREATE 60 s after the MDS came back: {e}"
+                ),
+            }
+        }
+        let o = s.open(f.nodeid, libc::O_RDONLY).expect("OPEN");
+        assert_eq!(s.read(f.nodeid, o.fh, 0, 16).expect("READ"), b"kept");
+        s.release(f.nodeid, o.fh).expect("RELEASE");
+    };
+    let mut args = volume.daemon_args();
+    args.extend(["--ceph-op-timeout".to_string(), "2".to_string()]);
+    strace_inventory_of(Some(args), "namespace", &[], &outage);
 }
 
 /// The CephFS sandbox: its own PID and mount namespaces, the host's network (libcephfs

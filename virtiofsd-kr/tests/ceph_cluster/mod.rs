@@ -140,3 +140,33 @@ impl Volume {
         ]
     }
 }
+
+/// The MDS stopped (`scripts/ceph-dev-cluster.sh mds-stop`) until this is dropped, which
+/// starts it again and waits for it to be active, also when the test fails.
+pub struct MdsOutage;
+
+impl MdsOutage {
+    pub fn start() -> MdsOutage {
+        cluster();
+        let ok = Command::new(repo().join("scripts/ceph-dev-cluster.sh"))
+            .arg("mds-stop")
+            .status()
+            .expect("run mds-stop")
+            .success();
+        assert!(ok, "scripts/ceph-dev-cluster.sh mds-stop failed");
+        MdsOutage
+    }
+}
+
+impl Drop for MdsOutage {
+    fn drop(&mut self) {
+        let ok = Command::new(repo().join("scripts/ceph-dev-cluster.sh"))
+            .arg("mds-start")
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok && !std::thread::panicking() {
+            panic!("scripts/ceph-dev-cluster.sh mds-start failed: the dev cluster has no MDS");
+        }
+    }
+}
