@@ -2,6 +2,7 @@
 # Benchmarks virtiofsd-kr against the reference virtiofsd in real guests, side by side.
 #
 #   scripts/bench.sh [--quick] [--json] [--out DIR] [vmbench options...]
+#   scripts/bench.sh --micro [vmbench micro options...]
 #
 # Builds our daemon (cargo build --release -p virtiofsd-kr) and the driver (vm-tests'
 # vmbench), installs the reference daemon with `cargo install virtiofsd --locked` into
@@ -13,6 +14,11 @@
 # Output: a Markdown table on stdout, or with --json one JSON object on stdout. Progress goes
 # to stderr. Both are also saved in --out DIR (default target/vmbench/): last.md, last.json,
 # last.log.
+#
+# --micro runs `vmbench micro` instead: no guest; each daemon driven over its socket by the
+# test frontend with the FUSE requests of the metadata job and of 4 KiB reads/writes, per
+# request wall and daemon CPU time (about a minute; table also in DIR/micro.md). Its options:
+# --rounds N, --count N, --group all|meta|io, --strace DIR.
 #
 # Options:
 #   --quick         cache=auto only, 3 repetitions, 2 s fio jobs, 256 MiB files (< 10 min)
@@ -29,6 +35,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="$REPO/target/vmbench"
 SETUP=1
+MICRO=0
 PASS=()
 
 log() { echo "bench: $*" >&2; }
@@ -39,6 +46,7 @@ while [ $# -gt 0 ]; do
         --json) PASS+=(--json); shift ;;
         --out) OUT="${2:?--out needs a directory}"; shift 2 ;;
         --no-setup) SETUP=0; shift ;;
+        --micro) MICRO=1; shift ;;
         -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) PASS+=("$1"); shift ;;
     esac
@@ -71,6 +79,18 @@ fi
 [ -x "$REF" ] || die "reference daemon $REF missing after the install"
 
 mkdir -p "$OUT"
+if [ "$MICRO" = 1 ]; then
+    log "running vmbench micro ${PASS[*]:-}"
+    set +e
+    "$REPO/target/release/vmbench" micro \
+        --ours "$REPO/target/release/virtiofsd-kr" --reference "$REF" \
+        --work "$REPO/target/vmbench" --markdown-out "$OUT/micro.md" \
+        "${PASS[@]}" </dev/null
+    rc=$?
+    set -e
+    log "finished in $(( $(date +%s) - START )) s (exit $rc); table in $OUT/micro.md"
+    exit "$rc"
+fi
 log "running vmbench ${PASS[*]:-} (log: $OUT/last.log)"
 set +e
 "$REPO/target/release/vmbench" \

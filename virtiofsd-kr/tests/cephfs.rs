@@ -304,10 +304,7 @@ fn volume_quota_snapshot_and_removal() {
     s.release(big.nodeid, open.fh).expect("RELEASE");
 
     // xattrs of the guest's own namespace work; Ceph's own (quota) are not the guest's to set.
-    let set = SetxattrIn {
-        size: 1,
-        flags: 0,
-    };
+    let set = SetxattrIn { size: 1, flags: 0 };
     let r = s
         .call(
             Opcode::Setxattr as u32,

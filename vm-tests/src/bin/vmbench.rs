@@ -552,20 +552,39 @@ fn status_kib(status: &str, field: &str) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// Peak memory of a daemon during one boot, in KiB.
+/// What a daemon used during one boot: peak memory in KiB and CPU time.
 #[derive(Debug, Default, Clone, Copy)]
-struct PeakRss {
+struct DaemonUsage {
     /// `VmHWM`: the kernel's resident high-water mark. It includes the pages of guest memory
     /// (the shared memfd) the daemon has touched, so it grows with the I/O done.
     hwm: Option<u64>,
     /// The largest `RssAnon` sampled: the daemon's private memory (heap, stacks).
     anon: Option<u64>,
+    /// User + system CPU time of all its threads, in seconds, at the last sample before it
+    /// exited (`/proc/PID/stat`, clock-tick resolution). The guests run the same jobs with
+    /// either daemon, so this is the daemon's cost for the same work, and much less disturbed
+    /// by other load on the machine than throughput.
+    cpu_s: Option<f64>,
 }
 
-/// Samples `/proc/PID/status` every 50 ms until `stop` is set or the process is gone.
-fn sample_rss(pid: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<PeakRss> {
+/// User + system CPU seconds of process `pid` (all threads, exited ones included).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may hold spaces: state is the first, utime and
+    // stime the 12th and 13th.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no memory effects; a negative result (unknown) is checked.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (per_second > 0).then(|| ticks as f64 / per_second as f64)
+}
+
+/// Samples `/proc/PID/status` and `/proc/PID/stat` every 50 ms until `stop` is set or the
+/// process is gone.
+fn sample_usage(pid: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<DaemonUsage> {
     std::thread::spawn(move || {
-        let mut peak = PeakRss::default();
+        let mut peak = DaemonUsage::default();
         let max = |a: Option<u64>, b: Option<u64>| match (a, b) {
             (Some(x), Some(y)) => Some(x.max(y)),
             (x, y) => x.or(y),
@@ -576,6 +595,7 @@ fn sample_rss(pid: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<PeakRs
             };
             peak.hwm = max(peak.hwm, status_kib(&status, "VmHWM"));
             peak.anon = max(peak.anon, status_kib(&status, "RssAnon"));
+            peak.cpu_s = cpu_seconds(pid).or(peak.cpu_s);
             std::thread::sleep(Duration::from_millis(50));
         }
         peak
@@ -658,7 +678,7 @@ fn version_of(binary: &Path) -> String {
 struct RunValues {
     values: BTreeMap<String, f64>,
     errors: Vec<String>,
-    peak_rss: PeakRss,
+    usage: DaemonUsage,
     elapsed_s: f64,
     /// The host's 1-minute load average when the run ended (others may share the machine).
     load_avg: Option<f64>,
@@ -755,7 +775,7 @@ fn run_guest(
     let vm = b.spawn()?;
     let pid = vm.daemon_pid();
     let stop = Arc::new(AtomicBool::new(false));
-    let sampler = pid.map(|p| sample_rss(p, Arc::clone(&stop)));
+    let sampler = pid.map(|p| sample_usage(p, Arc::clone(&stop)));
     let strace = match (&cfg.strace_dir, pid) {
         (Some(dir), Some(p)) => {
             std::fs::create_dir_all(dir).map_err(io_err("creating the strace dir"))?;
@@ -786,7 +806,7 @@ fn run_guest(
         let _ = s.wait();
     }
     let mut out = RunValues {
-        peak_rss: peak,
+        usage: peak,
         elapsed_s: outcome.elapsed.as_secs_f64(),
         load_avg: load_avg(),
         ..RunValues::default()
@@ -1106,7 +1126,8 @@ fn build_report(
     let _ = writeln!(
         md,
         "\n| daemon | version | peak RSS: VmHWM max (median) | private RSS: RssAnon max \
-         (median) | start to listening socket (median) |\n|---|---|---:|---:|---:|"
+         (median) | CPU time per boot (median) | start to listening socket (median) |\n\
+         |---|---|---:|---:|---:|---:|"
     );
     for which in [Which::Ours, Which::Reference] {
         let runs: Vec<&RunValues> = guest
@@ -1114,15 +1135,17 @@ fn build_report(
             .filter(|((_, w), _)| *w == which)
             .flat_map(|(_, v)| v.iter())
             .collect();
-        let stat = |f: fn(&PeakRss) -> Option<u64>| {
+        let stat = |f: fn(&DaemonUsage) -> Option<u64>| {
             let v: Vec<f64> = runs
                 .iter()
-                .filter_map(|r| f(&r.peak_rss).map(|x| x as f64))
+                .filter_map(|r| f(&r.usage).map(|x| x as f64))
                 .collect();
             (v.iter().copied().reduce(f64::max), median(&v))
         };
         let (hwm_max, hwm_med) = stat(|p| p.hwm);
         let (anon_max, anon_med) = stat(|p| p.anon);
+        let cpu: Vec<f64> = runs.iter().filter_map(|r| r.usage.cpu_s).collect();
+        let cpu_med = median(&cpu);
         let st = start_ms.get(which.key()).map(|v| median(v)).unwrap_or(None);
         let binary = match which {
             Which::Ours => &cfg.ours,
@@ -1135,11 +1158,12 @@ fn build_report(
             .replace("--cache auto", "--cache MODE");
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} |",
             which.key(),
             version,
             mib_pair(hwm_max, hwm_med),
             mib_pair(anon_max, anon_med),
+            cpu_med.map_or("n/a".into(), |s| format!("{s:.2} s")),
             st.map_or("n/a".into(), |ms| format!("{ms:.1} ms")),
         );
         daemons.insert(
@@ -1153,8 +1177,13 @@ fn build_report(
                 "peak_rss_anon_kib": anon_max.map(|x| x as u64),
                 "peak_rss_anon_kib_median": anon_med.map(|x| x as u64),
                 "peak_rss_per_boot": runs.iter().map(|r| json!({
-                    "vm_hwm_kib": r.peak_rss.hwm, "rss_anon_kib": r.peak_rss.anon,
+                    "vm_hwm_kib": r.usage.hwm, "rss_anon_kib": r.usage.anon,
                 })).collect::<Vec<_>>(),
+                "cpu_s_median": cpu_med.map(|x| round(x, 3)),
+                "cpu_s_per_boot": runs.iter().map(|r| r.usage.cpu_s.map(|x| round(x, 3)))
+                    .collect::<Vec<_>>(),
+                "cpu_source": "utime + stime of /proc/PID/stat (all threads), last sample \
+                    before the daemon exited; same guest jobs for both daemons",
                 "peak_rss_source": "VmHWM and RssAnon of /proc/PID/status sampled every 50 ms \
                     while the guest runs; VmHWM counts the guest-memory pages the daemon touched",
                 "start_ms_median": st.map(|x| round(x, 2)),
@@ -1265,13 +1294,13 @@ fn bench(cfg: &Config) -> Result<Report> {
                     }
                 });
                 eprintln!(
-                    "vmbench: {} cache={} rep={} ({:.0} s, load {:?}, peak RSS {:?}): {:?}",
+                    "vmbench: {} cache={} rep={} ({:.0} s, load {:?}, usage {:?}): {:?}",
                     which.key(),
                     cache,
                     rep,
                     r.elapsed_s,
                     r.load_avg,
-                    r.peak_rss,
+                    r.usage,
                     r.values
                 );
                 guest.entry((cache.to_string(), which)).or_default().push(r);
@@ -1305,6 +1334,18 @@ fn bench(cfg: &Config) -> Result<Report> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("micro") {
+        return match micro::command(&args[1..]) {
+            Ok(table) => {
+                print!("{table}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("vmbench micro: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if args.first().map(String::as_str) == Some("meta") {
         return match meta_command(&args[1..]) {
             Ok(()) => ExitCode::SUCCESS,
@@ -1353,6 +1394,602 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("vmbench: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// `vmbench micro`: the daemons without a guest
+// ---------------------------------------------------------------------------------------
+
+/// `vmbench micro`: each daemon driven straight over its vhost-user socket by the test
+/// frontend (`vm_tests::frontend`: no guest, no TCG), with the FUSE request sequences a
+/// Linux 6.1 guest sends for the metadata job and the 4 KiB jobs. Per request it reports the
+/// round trip (wall time) and the daemon's CPU time (the run time of all its threads from
+/// `/proc/PID/task/*/schedstat`), medians over rounds that alternate ours and the reference.
+/// CPU time per request is the figure other load on a shared machine disturbs least.
+mod micro {
+    use std::collections::BTreeMap;
+    use std::fmt::Write as _;
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use fuse_backend_rs::abi::fuse_abi::{Dirent, EntryOut, FlushIn, Opcode, ReadIn, ReleaseIn};
+    use vm_memory::ByteValued;
+    use vm_tests::frontend::TestFrontend;
+    use vm_tests::fuse::{read_struct, FuseError, FuseSession, OUT_HEADER_LEN, REPLY_SPACE, ROOT};
+    use vm_tests::CacheMode;
+
+    use super::{daemon_config, io_err, median, BenchError, Config, Result, Which};
+
+    const USAGE: &str = "vmbench micro [--ours BIN] [--reference BIN] [--rounds N] \
+        [--count N] [--group all|meta|io] [--strace DIR] [--work DIR] [--markdown-out FILE]";
+    /// Size of the file the 4 KiB jobs read and write.
+    const DATA_MIB: u64 = 64;
+    const DATA_FILE: &str = "micro-data.bin";
+    const DIR: &str = "micro";
+    /// READDIR(PLUS) size a 6.1 guest asks for (one page, less the reply header).
+    const DIR_BUF: u32 = 4096 - OUT_HEADER_LEN as u32;
+
+    /// One timed phase: what was sent, per file or per I/O.
+    struct Phase {
+        name: &'static str,
+        what: &'static str,
+    }
+
+    const PHASES: [Phase; 6] = [
+        Phase {
+            name: "create",
+            what: "GETATTR dir, LOOKUP (ENOENT), CREATE, FLUSH, RELEASE per file",
+        },
+        Phase {
+            name: "stat",
+            what: "LOOKUP per file (the guest forgot them: drop_caches)",
+        },
+        Phase {
+            name: "readdir",
+            what: "OPENDIR, READDIRPLUS (first page), READDIR to the end, RELEASEDIR; per entry",
+        },
+        Phase {
+            name: "unlink",
+            what: "LOOKUP, UNLINK per file",
+        },
+        Phase {
+            name: "read-4k",
+            what: "READ 4 KiB at a random offset (file not O_DIRECT, host page cache warm: \
+                   the daemon's share of a 4 KiB read without the host disk)",
+        },
+        Phase {
+            name: "write-4k",
+            what: "WRITE 4 KiB at a random offset",
+        },
+    ];
+
+    /// Wall and daemon-CPU nanoseconds of one phase, and the unit count they divide by.
+    #[derive(Debug, Clone, Copy, Default)]
+    struct Sample {
+        wall_ns: u64,
+        cpu_ns: u64,
+        units: u64,
+        requests: u64,
+    }
+
+    struct MicroConfig {
+        base: Config,
+        rounds: usize,
+        count: u64,
+        /// Run the metadata phases (create, stat, readdir, unlink; they build on each other).
+        meta: bool,
+        /// Run the 4 KiB read and write phases.
+        io: bool,
+    }
+
+    fn fuse_err(what: &str) -> impl FnOnce(FuseError) -> BenchError + '_ {
+        move |e| BenchError::Meta(format!("micro {what}: {e}"))
+    }
+
+    /// Run time of every thread of `pid`, in nanoseconds.
+    fn cpu_ns(pid: u32) -> u64 {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return 0;
+        };
+        tasks
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    /// A xorshift stream of 4 KiB-aligned offsets inside the data file.
+    struct Offsets(u64);
+
+    impl Iterator for Offsets {
+        type Item = u64;
+        fn next(&mut self) -> Option<u64> {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            Some((self.0 % ((DATA_MIB << 20) / 4096)) * 4096)
+        }
+    }
+
+    /// Node ids and offsets of a READDIRPLUS reply body (`fuse_direntplus` records).
+    fn parse_direntplus(mut body: &[u8]) -> Vec<(u64, u64)> {
+        let entry_len = std::mem::size_of::<EntryOut>();
+        let dirent_len = std::mem::size_of::<Dirent>();
+        let mut out = Vec::new();
+        while body.len() >= entry_len + dirent_len {
+            let (Some(entry), Some(dirent)) = (
+                read_struct::<EntryOut>(body),
+                read_struct::<Dirent>(&body[entry_len..]),
+            ) else {
+                break;
+            };
+            out.push((entry.nodeid, dirent.off));
+            let record = entry_len + ((dirent_len + dirent.namelen as usize + 7) & !7);
+            body = body.get(record..).unwrap_or(&[]);
+        }
+        out
+    }
+
+    struct Running {
+        child: Child,
+        session: FuseSession,
+        /// `strace -c -f` attached to the daemon (`--strace DIR`).
+        strace: Option<Child>,
+    }
+
+    fn start(cfg: &MicroConfig, which: Which, share: &Path, round: usize) -> Result<Running> {
+        let dc = daemon_config(&cfg.base, which, CacheMode::Auto);
+        let dir = cfg.base.work.join("micro");
+        std::fs::create_dir_all(&dir).map_err(io_err("creating the micro work dir"))?;
+        let sock = dir.join(format!("{}-{round}.sock", which.key()));
+        let _ = std::fs::remove_file(&sock);
+        let log = std::fs::File::create(dir.join(format!("{}-{round}.log", which.key())))
+            .map_err(io_err("creating a daemon log"))?;
+        let binary = dc.binary.clone().unwrap_or_default();
+        let mut child = Command::new(&binary)
+            .args(dc.args(&sock, share))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(io_err(format!("starting {}", binary.display())))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sock.exists() {
+            if Instant::now() > deadline || matches!(child.try_wait(), Ok(Some(_))) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(BenchError::StartTimeout {
+                    binary: binary.display().to_string(),
+                    secs: 10,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let frontend = TestFrontend::connect(&sock)
+            .map_err(|e| BenchError::Meta(format!("micro: connecting: {e}")))?;
+        let mut session = FuseSession::new(frontend);
+        let init = session.init().map_err(fuse_err("INIT"))?;
+        if round == 0 {
+            // What the guest is told decides which requests it sends: log it for comparison.
+            eprintln!(
+                "vmbench micro: {} INIT reply: flags {:#x} flags2 {:#x} max_write {} \
+                 max_pages {} max_background {} max_readahead {} time_gran {}",
+                which.key(),
+                init.flags,
+                init.flags2,
+                init.max_write,
+                init.max_pages,
+                init.max_background,
+                init.max_readahead,
+                init.time_gran
+            );
+        }
+        let strace = match &cfg.base.strace_dir {
+            Some(out) => {
+                std::fs::create_dir_all(out).map_err(io_err("creating the strace dir"))?;
+                let file = out.join(format!("micro-{}-{round}.strace.txt", which.key()));
+                let tracer = Command::new("strace")
+                    .args(["-c", "-f", "-o"])
+                    .arg(&file)
+                    .args(["-p", &child.id().to_string()])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .map_err(io_err("starting strace"))?;
+                // strace attaches asynchronously; give it time before the first request.
+                std::thread::sleep(Duration::from_millis(500));
+                Some(tracer)
+            }
+            None => None,
+        };
+        Ok(Running {
+            child,
+            session,
+            strace,
+        })
+    }
+
+    /// Disconnects and waits for the daemon to exit (it exits when its frontend leaves).
+    fn stop(run: Running) {
+        let Running {
+            mut child,
+            session,
+            strace,
+        } = run;
+        drop(session);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+            }
+        }
+        if let Some(mut tracer) = strace {
+            // strace writes its summary once the traced daemon is gone.
+            let _ = tracer.wait();
+        }
+    }
+
+    fn forget_all(s: &mut FuseSession, nodes: &[u64]) -> Result<()> {
+        for &n in nodes {
+            s.forget(n, 1).map_err(fuse_err("FORGET"))?;
+        }
+        Ok(())
+    }
+
+    /// Times `body` (which returns its unit and request counts) on the daemon `pid`.
+    fn timed(pid: u32, body: impl FnOnce() -> Result<(u64, u64)>) -> Result<Sample> {
+        let cpu0 = cpu_ns(pid);
+        let t = Instant::now();
+        let (units, requests) = body()?;
+        let wall_ns = t.elapsed().as_nanos() as u64;
+        Ok(Sample {
+            wall_ns,
+            cpu_ns: cpu_ns(pid).saturating_sub(cpu0),
+            units,
+            requests,
+        })
+    }
+
+    /// Runs every phase once against a started daemon.
+    fn run_phases(cfg: &MicroConfig, run: &mut Running) -> Result<BTreeMap<&'static str, Sample>> {
+        let pid = run.child.id();
+        let s = &mut run.session;
+        let n = cfg.count;
+        let mut out = BTreeMap::new();
+        if cfg.io {
+            io_phases(pid, s, n, &mut out)?;
+        }
+        if !cfg.meta {
+            return Ok(out);
+        }
+        let dir = s.mkdir(ROOT, DIR, 0o755).map_err(fuse_err("MKDIR"))?.nodeid;
+        let names: Vec<String> = (0..n).map(|i| format!("f{i:05}")).collect();
+
+        let mut nodes = Vec::with_capacity(names.len());
+        let sample = timed(pid, || {
+            for name in &names {
+                s.getattr(dir).map_err(fuse_err("GETATTR"))?;
+                match s.lookup(dir, name) {
+                    Err(FuseError::Errno(libc::ENOENT)) => {}
+                    other => {
+                        return Err(BenchError::Meta(format!(
+                            "micro: LOOKUP of a new name: {other:?}"
+                        )))
+                    }
+                }
+                let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
+                let (entry, open) = s
+                    .create(dir, name, flags, 0o644)
+                    .map_err(fuse_err("CREATE"))?;
+                let flush = FlushIn {
+                    fh: open.fh,
+                    ..Default::default()
+                };
+                s.call_ok(
+                    Opcode::Flush as u32,
+                    entry.nodeid,
+                    &[flush.as_slice()],
+                    REPLY_SPACE,
+                )
+                .map_err(fuse_err("FLUSH"))?;
+                s.release(entry.nodeid, open.fh)
+                    .map_err(fuse_err("RELEASE"))?;
+                nodes.push(entry.nodeid);
+            }
+            Ok((n, 5 * n))
+        })?;
+        out.insert("create", sample);
+        forget_all(s, &nodes)?;
+
+        nodes.clear();
+        let sample = timed(pid, || {
+            for name in &names {
+                nodes.push(s.lookup(dir, name).map_err(fuse_err("LOOKUP"))?.nodeid);
+            }
+            Ok((n, n))
+        })?;
+        out.insert("stat", sample);
+        forget_all(s, &nodes)?;
+
+        let mut looked_up = Vec::new();
+        let sample = timed(pid, || {
+            let fh = s.opendir(dir).map_err(fuse_err("OPENDIR"))?.fh;
+            let arg = ReadIn {
+                fh,
+                offset: 0,
+                size: DIR_BUF,
+                ..Default::default()
+            };
+            let reply = s
+                .call_ok(
+                    Opcode::Readdirplus as u32,
+                    dir,
+                    &[arg.as_slice()],
+                    DIR_BUF as usize + OUT_HEADER_LEN,
+                )
+                .map_err(fuse_err("READDIRPLUS"))?;
+            let plus = parse_direntplus(&reply.body);
+            looked_up.extend(plus.iter().map(|(node, _)| *node).filter(|n| *n != 0));
+            let mut entries = plus.len() as u64;
+            let mut requests = 3;
+            let mut offset = plus.last().map_or(0, |(_, off)| *off);
+            loop {
+                let batch = s.readdir(dir, fh, offset).map_err(fuse_err("READDIR"))?;
+                requests += 1;
+                let Some(last) = batch.last() else { break };
+                offset = last.off;
+                entries += batch.len() as u64;
+            }
+            let arg = ReleaseIn {
+                fh,
+                ..Default::default()
+            };
+            s.call_ok(
+                Opcode::Releasedir as u32,
+                dir,
+                &[arg.as_slice()],
+                REPLY_SPACE,
+            )
+            .map_err(fuse_err("RELEASEDIR"))?;
+            Ok((entries, requests))
+        })?;
+        out.insert("readdir", sample);
+        forget_all(s, &looked_up)?;
+
+        let sample = timed(pid, || {
+            for name in &names {
+                let node = s.lookup(dir, name).map_err(fuse_err("LOOKUP"))?.nodeid;
+                s.unlink(dir, name).map_err(fuse_err("UNLINK"))?;
+                nodes.push(node);
+            }
+            Ok((n, 2 * n))
+        })?;
+        out.insert("unlink", sample);
+        Ok(out)
+    }
+
+    /// The 4 KiB read and write phases on the data file.
+    fn io_phases(
+        pid: u32,
+        s: &mut FuseSession,
+        n: u64,
+        out: &mut BTreeMap<&'static str, Sample>,
+    ) -> Result<()> {
+        let data = s
+            .lookup(ROOT, DATA_FILE)
+            .map_err(fuse_err("LOOKUP"))?
+            .nodeid;
+        // (No O_DIRECT phase: the test frontend's buffers are not block aligned, which the
+        // reference's O_DIRECT reads into guest memory need; the daemon's path is the same.)
+        for (phase, flags) in [("read-4k", libc::O_RDONLY), ("write-4k", libc::O_WRONLY)] {
+            let fh = s.open(data, flags).map_err(fuse_err("OPEN"))?.fh;
+            let block = vec![0x5au8; 4096];
+            let mut offsets = Offsets(0x9E37_79B9_7F4A_7C15 ^ n);
+            let sample = timed(pid, || {
+                for _ in 0..n {
+                    let off = offsets.next().unwrap_or(0);
+                    if phase == "write-4k" {
+                        s.write(data, fh, off, &block).map_err(fuse_err("WRITE"))?;
+                    } else {
+                        s.read(data, fh, off, 4096).map_err(fuse_err("READ"))?;
+                    }
+                }
+                Ok((n, n))
+            })?;
+            out.insert(phase, sample);
+            s.release(data, fh).map_err(fuse_err("RELEASE"))?;
+        }
+        Ok(())
+    }
+
+    fn parse(args: &[String]) -> Result<MicroConfig> {
+        let mut rounds = 3;
+        let mut count = 2000;
+        let (mut meta, mut io) = (true, true);
+        let mut rest = Vec::new();
+        let mut i = 0;
+        while i < args.len() {
+            let num = |i: usize| -> Result<u64> {
+                args.get(i + 1).and_then(|v| v.parse().ok()).ok_or_else(|| {
+                    BenchError::Usage(format!("{} needs a number\n{USAGE}", args[i]))
+                })
+            };
+            match args[i].as_str() {
+                "--rounds" => rounds = num(i)?.max(1) as usize,
+                "--count" => count = num(i)?.clamp(10, 99_999),
+                "--group" => match args.get(i + 1).map(String::as_str) {
+                    Some("all") => (meta, io) = (true, true),
+                    Some("meta") => (meta, io) = (true, false),
+                    Some("io") => (meta, io) = (false, true),
+                    other => {
+                        return Err(BenchError::Usage(format!(
+                            "--group {other:?}: all, meta or io\n{USAGE}"
+                        )))
+                    }
+                },
+                "-h" | "--help" => return Err(BenchError::Usage(USAGE.into())),
+                "--ours" | "--reference" | "--work" | "--markdown-out" | "--strace" => {
+                    rest.extend(args[i..(i + 2).min(args.len())].iter().cloned())
+                }
+                o => return Err(BenchError::Usage(format!("unknown option {o}\n{USAGE}"))),
+            }
+            i += 2;
+        }
+        Ok(MicroConfig {
+            base: super::parse_args(&rest)?,
+            rounds,
+            count,
+            meta,
+            io,
+        })
+    }
+
+    fn prepare_share(share: &Path) -> Result<()> {
+        std::fs::create_dir_all(share).map_err(io_err("creating the micro share"))?;
+        let _ = std::fs::remove_dir_all(share.join(DIR));
+        let data = share.join(DATA_FILE);
+        if std::fs::metadata(&data).map(|m| m.len()).unwrap_or(0) != DATA_MIB << 20 {
+            let block = vec![0xa5u8; 1 << 20];
+            let mut f = std::fs::File::create(&data).map_err(io_err("creating the data file"))?;
+            for _ in 0..DATA_MIB {
+                std::io::Write::write_all(&mut f, &block)
+                    .map_err(io_err("writing the data file"))?;
+            }
+            f.sync_all().map_err(io_err("fsync"))?;
+        }
+        Ok(())
+    }
+
+    fn per(x: u64, units: u64) -> f64 {
+        x as f64 / 1000.0 / units.max(1) as f64
+    }
+
+    /// `vmbench micro ...`: runs the rounds and prints the table (also to `--markdown-out`).
+    pub fn command(args: &[String]) -> Result<String> {
+        let cfg = parse(args)?;
+        let mut samples: BTreeMap<(Which, &'static str), Vec<Sample>> = BTreeMap::new();
+        let load_before = super::load_avg();
+        for round in 0..cfg.rounds {
+            for which in [Which::Ours, Which::Reference] {
+                let share: PathBuf = cfg.base.work.join(format!("micro-share-{}", which.key()));
+                prepare_share(&share)?;
+                let mut run = start(&cfg, which, &share, round)?;
+                let result = run_phases(&cfg, &mut run);
+                stop(run);
+                let result = result?;
+                eprintln!("vmbench micro: round {round} {}: {result:?}", which.key());
+                for (phase, sample) in result {
+                    samples.entry((which, phase)).or_default().push(sample);
+                }
+            }
+        }
+        let load_after = super::load_avg();
+        let med = |which: Which, phase: &str, f: fn(&Sample) -> f64| {
+            let v: Vec<f64> = samples
+                .get(&(which, phase))
+                .map(|v| v.iter().map(f).collect())
+                .unwrap_or_default();
+            median(&v)
+        };
+        let mut md = String::new();
+        let _ = writeln!(
+            md,
+            "`{}`: {} rounds (ours, reference alternating), {} files / I/Os per phase; \
+             1-minute load {:?} before, {:?} after. Medians; µs per file, entry or I/O.\n",
+            cfg.base.command.replacen("vmbench", "vmbench micro", 1),
+            cfg.rounds,
+            cfg.count,
+            load_before,
+            load_after
+        );
+        let _ = writeln!(
+            md,
+            "| phase | requests per unit | wall ours | wall reference | CPU ours | CPU reference \
+             | wall ref/ours | CPU ref/ours |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        for phase in PHASES.iter().map(|p| p.name) {
+            let wall = |w| med(w, phase, |s| per(s.wall_ns, s.units));
+            let cpu = |w| med(w, phase, |s| per(s.cpu_ns, s.units));
+            let reqs = med(Which::Ours, phase, |s| {
+                s.requests as f64 / s.units.max(1) as f64
+            });
+            let r = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                (Some(a), Some(b)) if a > 0.0 => format!("{:.2}", b / a),
+                _ => "n/a".into(),
+            };
+            let f = |v: Option<f64>| v.map_or("n/a".into(), |x| format!("{x:.1}"));
+            let _ = writeln!(
+                md,
+                "| {phase} | {} | {} | {} | {} | {} | {} | {} |",
+                reqs.map_or("n/a".into(), |x| format!("{x:.2}")),
+                f(wall(Which::Ours)),
+                f(wall(Which::Reference)),
+                f(cpu(Which::Ours)),
+                f(cpu(Which::Reference)),
+                r(wall(Which::Ours), wall(Which::Reference)),
+                r(cpu(Which::Ours), cpu(Which::Reference)),
+            );
+        }
+        let _ = writeln!(md, "\nPhases:\n");
+        for p in &PHASES {
+            let _ = writeln!(md, "- {}: {}", p.name, p.what);
+        }
+        if let Some(path) = &cfg.base.markdown_out {
+            std::fs::write(path, &md).map_err(io_err(format!("writing {}", path.display())))?;
+        }
+        Ok(md)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use fuse_backend_rs::abi::fuse_abi::Attr;
+
+        #[test]
+        fn direntplus_records_are_walked_with_their_padding() {
+            let mut body = Vec::new();
+            for (node, off, name) in [(7u64, 11u64, "a"), (0, 12, ".."), (9, 13, "name-of-9")] {
+                let entry = EntryOut {
+                    nodeid: node,
+                    attr: Attr::default(),
+                    ..Default::default()
+                };
+                body.extend_from_slice(entry.as_slice());
+                let d = Dirent {
+                    ino: 100 + node,
+                    off,
+                    namelen: name.len() as u32,
+                    type_: 8,
+                };
+                body.extend_from_slice(d.as_slice());
+                body.extend_from_slice(name.as_bytes());
+                while body.len() % 8 != 0 {
+                    body.push(0);
+                }
+            }
+            assert_eq!(parse_direntplus(&body), [(7, 11), (0, 12), (9, 13)]);
+            // A truncated last record is not invented.
+            assert_eq!(parse_direntplus(&body[..body.len() - 40]).len(), 2);
+        }
+
+        #[test]
+        fn offsets_are_block_aligned_inside_the_data_file() {
+            let offsets: Vec<u64> = Offsets(42).take(1000).collect();
+            assert!(offsets.iter().all(|o| o % 4096 == 0 && *o < DATA_MIB << 20));
+            let distinct: std::collections::BTreeSet<_> = offsets.iter().collect();
+            assert!(distinct.len() > 900, "random enough: {}", distinct.len());
         }
     }
 }
@@ -1407,6 +2044,22 @@ mod tests {
         let r = meta_rows(|_| Some("2.0".to_string())).unwrap();
         assert_eq!(r["meta-create"], META_FILES as f64 / 2.0);
         assert_eq!(r["meta-total"], 8.0);
+    }
+
+    #[test]
+    fn cpu_seconds_of_this_process_grow_while_it_computes() {
+        let pid = std::process::id();
+        let before = cpu_seconds(pid).expect("own /proc/PID/stat parses");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut x = 1u64;
+        while cpu_seconds(pid).unwrap_or(0.0) < before + 0.05 {
+            assert!(Instant::now() < deadline, "CPU time did not grow");
+            for i in 0..100_000u64 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
+            }
+        }
+        assert_ne!(x, 0);
+        assert_eq!(cpu_seconds(u32::MAX), None, "no such process");
     }
 
     #[test]
