@@ -1392,6 +1392,7 @@ fn strace_inventory_of(
 #[test]
 fn allow_list_covers_cephfs_serving() {
     if is_root() {
+        let _mds = ceph_cluster::mds_needed();
         let volume = ceph_cluster::Volume::create("seccomp", None);
         strace_inventory_of(Some(volume.daemon_args()), "namespace", &[], &|s, h, x| {
             run_workload(s, h, x)
@@ -1453,6 +1454,7 @@ fn cephfs_serving_is_confined() {
     if !is_root() {
         return;
     }
+    let _mds = ceph_cluster::mds_needed();
     let volume = ceph_cluster::Volume::create("confined", None);
     let mut d = Daemon::start_cephfs(
         None,

@@ -141,12 +141,25 @@ impl Volume {
     }
 }
 
+/// Tests of one binary run in parallel: those that need a working MDS hold this shared, an
+/// outage holds it exclusively.
+static MDS_USERS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Held by a test that needs the MDS up for its whole run.
+pub fn mds_needed() -> std::sync::RwLockReadGuard<'static, ()> {
+    MDS_USERS.read().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The MDS stopped (`scripts/ceph-dev-cluster.sh mds-stop`) until this is dropped, which
-/// starts it again and waits for it to be active, also when the test fails.
-pub struct MdsOutage;
+/// starts it again and waits for it to be active, also when the test fails. Waits for the
+/// binary's other Ceph tests to finish first (see [`mds_needed`]).
+pub struct MdsOutage {
+    _exclusive: std::sync::RwLockWriteGuard<'static, ()>,
+}
 
 impl MdsOutage {
     pub fn start() -> MdsOutage {
+        let exclusive = MDS_USERS.write().unwrap_or_else(|p| p.into_inner());
         cluster();
         let ok = Command::new(repo().join("scripts/ceph-dev-cluster.sh"))
             .arg("mds-stop")
@@ -154,7 +167,9 @@ impl MdsOutage {
             .expect("run mds-stop")
             .success();
         assert!(ok, "scripts/ceph-dev-cluster.sh mds-stop failed");
-        MdsOutage
+        MdsOutage {
+            _exclusive: exclusive,
+        }
     }
 }
 
