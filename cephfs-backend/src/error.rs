@@ -1,9 +1,10 @@
 //! Errors of connecting to and mounting a CephFS volume.
 //!
 //! Owns `CephError`: one variant per start-up step, each carrying the context an operator
-//! needs (which file, which identity, which root) and the errno libcephfs returned. Must not:
-//! be used for per-request failures, which are plain `io::Error` errnos handed back to the
-//! guest.
+//! needs (which file, which identity, which root) and the errno libcephfs returned; and
+//! `LibraryError`, why libcephfs or librados could not be loaded (shared with
+//! `rados::RadosError`). Must not: be used for per-request failures, which are plain
+//! `io::Error` errnos handed back to the guest.
 
 use std::io;
 use std::path::PathBuf;
@@ -12,6 +13,8 @@ use std::path::PathBuf;
 /// its socket.
 #[derive(Debug, thiserror::Error)]
 pub enum CephError {
+    #[error("the CephFS backend needs libcephfs: {0}")]
+    Library(#[from] LibraryError),
     #[error("ceph config file {path:?}: {source}")]
     ConfFile { path: PathBuf, source: io::Error },
     #[error("ceph keyring {path:?}: {source}")]
@@ -58,6 +61,34 @@ pub enum CephError {
     CallThreads(io::Error),
     #[error("looking up the root inode of {root:?}: {source}")]
     RootInode { root: String, source: io::Error },
+}
+
+/// Why a Ceph library could not be loaded at run time (see `dynload`).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LibraryError {
+    /// The library, or one it depends on, is missing or unusable.
+    #[error(
+        "cannot load {soname} ({detail}): install package {package} \
+         (Debian/Ubuntu: apt install {package}; Fedora/RHEL: dnf install {package})"
+    )]
+    Open {
+        soname: String,
+        package: &'static str,
+        /// The dynamic loader's message (`dlerror`).
+        detail: String,
+    },
+    /// The library lacks a function this build calls: too old (or not a Ceph library).
+    #[error(
+        "{soname} has no function {symbol} ({detail}): this build needs the Ceph Pacific \
+         (16.2) or newer {package}"
+    )]
+    Symbol {
+        soname: String,
+        package: &'static str,
+        symbol: &'static str,
+        /// The dynamic loader's message (`dlerror`).
+        detail: String,
+    },
 }
 
 /// `io::Error` for a negative libcephfs return value (`-errno`).

@@ -2,16 +2,21 @@
 //! Debian bookworm's `libcephfs-dev`: `/usr/include/cephfs/libcephfs.h` and
 //! `ceph_ll_client.h`).
 //!
-//! Hand-written, not generated: builds need neither libclang nor the header, only
-//! `libcephfs.so` to link against. Every declaration was transcribed from the 16.2.15 header;
-//! `struct ceph_statx`'s layout is pinned by compile-time assertions whose numbers were
-//! measured with a C program including the header (`_FILE_OFFSET_BITS=64`, x86_64), and the
-//! `header_layout` integration test re-checks them against the installed header with the
-//! system C compiler. Types from `<sys/statvfs.h>` and `<dirent.h>` come from the `libc` crate
-//! (on 64-bit Linux `statvfs`/`dirent` are the 64-bit-offset layouts).
+//! Hand-written, not generated: builds need neither libclang, the header nor the library.
+//! The functions are not linked: `dynload::dynamic_library!` makes the declaration list below
+//! a table resolved from `libcephfs.so.2` (package `libcephfs2`) at the first connect, and
+//! same-named `unsafe fn`s calling through it, so a daemon that serves a host directory never
+//! maps libcephfs and libceph-common. Every declaration was transcribed from the 16.2.15
+//! header; `struct ceph_statx`'s layout is pinned by compile-time assertions whose numbers
+//! were measured with a C program including the header (`_FILE_OFFSET_BITS=64`, x86_64), and
+//! the `header_layout` integration test re-checks them, and each function's signature,
+//! against the installed header with the system C compiler. Types from `<sys/statvfs.h>` and
+//! `<dirent.h>` come from the `libc` crate (on 64-bit Linux `statvfs`/`dirent` are the
+//! 64-bit-offset layouts).
 //!
-//! Owns: declarations and constants only. Must not: contain any code (no unsafe blocks live
-//! here; they are all in `mount`), or declare functions the crate does not call.
+//! Owns: declarations and constants only. Must not: contain code of its own (the loader is
+//! `dynload`, the callers' `unsafe` blocks are all in `mount`), or declare functions the crate
+//! does not call (each one is resolved at load, so an unused one could only fail a load).
 
 use libc::{c_char, c_int, c_uint, c_void, dev_t, gid_t, mode_t, off_t, size_t, uid_t};
 
@@ -105,8 +110,11 @@ pub const CEPH_SETATTR_MTIME_NOW: c_int = 1 << 7;
 pub const CEPH_SETATTR_ATIME_NOW: c_int = 1 << 8;
 pub const CEPH_SETATTR_KILL_SGUID: c_int = 1 << 10;
 
-#[link(name = "cephfs")]
-extern "C" {
+crate::dynload::dynamic_library! {
+    /// libcephfs, opened at the first `CephMount::connect` (or `crate::load_libcephfs`), not
+    /// linked: a daemon serving a host directory never maps it.
+    pub struct Libcephfs from "libcephfs.so.2", package "libcephfs2";
+
     pub fn ceph_create(cmount: *mut *mut CephMountInfo, id: *const c_char) -> c_int;
     pub fn ceph_conf_read_file(cmount: *mut CephMountInfo, path_list: *const c_char) -> c_int;
     pub fn ceph_conf_set(
@@ -224,7 +232,6 @@ extern "C" {
         perms: *const UserPerm,
     ) -> c_int;
 
-    #[allow(clippy::too_many_arguments)]
     pub fn ceph_ll_create(
         cmount: *mut CephMountInfo,
         parent: *mut Inode,
@@ -238,7 +245,6 @@ extern "C" {
         lflags: c_uint,
         perms: *const UserPerm,
     ) -> c_int;
-    #[allow(clippy::too_many_arguments)]
     pub fn ceph_ll_mknod(
         cmount: *mut CephMountInfo,
         parent: *mut Inode,
@@ -251,7 +257,6 @@ extern "C" {
         flags: c_uint,
         perms: *const UserPerm,
     ) -> c_int;
-    #[allow(clippy::too_many_arguments)]
     pub fn ceph_ll_mkdir(
         cmount: *mut CephMountInfo,
         parent: *mut Inode,
@@ -320,7 +325,6 @@ extern "C" {
         bufsize: size_t,
         perms: *const UserPerm,
     ) -> c_int;
-    #[allow(clippy::too_many_arguments)]
     pub fn ceph_ll_symlink(
         cmount: *mut CephMountInfo,
         inode: *mut Inode,

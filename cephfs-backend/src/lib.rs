@@ -2,9 +2,13 @@
 //! served straight from a Ceph cluster, with no host mount.
 //!
 //! Layers, bottom up:
-//! - `ffi`: hand-written `extern "C"` declarations of the libcephfs subset used (no code);
+//! - `dynload`: turns a declaration list into a function table loaded with `dlopen` at the
+//!   first use, so the Ceph libraries are not linked: a daemon serving a host directory never
+//!   maps them;
+//! - `ffi`: hand-written declarations of the libcephfs subset used (no code), loaded through
+//!   `dynload` by [`load_libcephfs`];
 //! - `mount`: the safe wrapper (`CephMount`, `CephInode`, `CephFile`, `CephDir`, `UserPerm`);
-//!   with `ffi`, `rados` and `rados_ffi` the only modules allowed `unsafe`;
+//!   with `dynload`, `ffi`, `rados` and `rados_ffi` the only modules allowed `unsafe`;
 //! - `inode`: `CephInodeTable`, FUSE node ids and lookup counts;
 //! - `deadline`: `DeadlinePool`, the threads that bound every libcephfs call of a request by
 //!   `CephConfig::op_timeout` (ETIMEDOUT to the guest while the MDS is gone);
@@ -14,7 +18,10 @@
 //!
 //! The crate owns talking to Ceph for one volume directory as one cephx identity. It must not
 //! know about vhost-user, the sandbox or the command line: the daemon builds a `CephConfig`
-//! and calls `CephFs::connect` before it offers its socket.
+//! and calls `CephFs::connect` before it offers its socket. `CephMount::connect` (under
+//! `CephFs::connect`) and `rados::Rados::connect` load their library themselves; a process
+//! that connects where the library is out of reach (a sandbox) calls [`load_libcephfs`] /
+//! [`rados::load_librados`] before entering it.
 
 #![deny(unsafe_code)]
 
@@ -22,6 +29,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod deadline;
+#[allow(unsafe_code)]
+mod dynload;
 pub mod error;
 #[allow(unsafe_code)]
 mod ffi;
@@ -34,10 +43,25 @@ pub mod rados;
 #[allow(unsafe_code)]
 mod rados_ffi;
 
-pub use error::CephError;
+pub use error::{CephError, LibraryError};
 pub use fs::CephFs;
 pub use inode::CephInodeTable;
 pub use mount::{CephInode, CephMount, UserPerm};
+
+/// Loads libcephfs (`libcephfs.so.2`, with libceph-common and its C++ dependencies) into the
+/// process, once: later calls return at once. `CephMount::connect` calls it first; a daemon
+/// whose sandbox hides the system libraries calls it before entering the sandbox. Starts no
+/// thread (the libraries' initialisers only set up static data), so it may run before a
+/// `fork`.
+///
+/// # Errors
+///
+/// [`CephError::Library`] naming the library and the package to install when it (or a
+/// library it needs) is missing, or a function this crate calls is not in it.
+pub fn load_libcephfs() -> Result<(), CephError> {
+    ffi::Libcephfs::load()?;
+    Ok(())
+}
 
 /// How long the guest may cache what the backend tells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

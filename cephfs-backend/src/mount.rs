@@ -91,6 +91,7 @@ impl Drop for Pending {
 impl CephMount {
     /// Creates a client as `client.<id>`, reads `conf`, uses `keyring`, and mounts `root`.
     pub fn connect(opts: &MountOptions<'_>) -> Result<Arc<CephMount>, CephError> {
+        crate::load_libcephfs()?;
         if !opts.root.starts_with('/') {
             return Err(CephError::RelativeRoot(opts.root.to_string()));
         }

@@ -37,8 +37,22 @@ use std::time::Duration;
 
 use libc::{c_char, c_int, c_void};
 
-use crate::error::errno;
+use crate::error::{errno, LibraryError};
 use crate::rados_ffi as ffi;
+
+/// Loads librados (`librados.so.2`, with libceph-common and its C++ dependencies) into the
+/// process, once: later calls return at once. [`Rados::connect`] calls it first; call it
+/// earlier only where the library would be out of reach at connect (a sandbox). Starts no
+/// thread.
+///
+/// # Errors
+///
+/// [`RadosError::Library`] naming the library and the package to install when it (or a
+/// library it needs) is missing, or a function this module calls is not in it.
+pub fn load_librados() -> Result<(), RadosError> {
+    ffi::Librados::load()?;
+    Ok(())
+}
 
 /// Largest object [`IoCtx::read`] returns; larger ones fail with `EFBIG`.
 pub const MAX_READ: usize = 64 << 20;
@@ -46,6 +60,8 @@ pub const MAX_READ: usize = 64 << 20;
 /// A failed librados step, with what it was doing and for whom.
 #[derive(Debug, thiserror::Error)]
 pub enum RadosError {
+    #[error("RADOS access needs librados: {0}")]
+    Library(#[from] LibraryError),
     #[error("ceph config file {path:?}: {source}")]
     ConfFile { path: PathBuf, source: io::Error },
     #[error("ceph keyring {path:?}: {source}")]
@@ -113,7 +129,7 @@ impl RadosError {
     /// The errno behind the failure, if librados or the system gave one.
     pub fn errno(&self) -> Option<i32> {
         match self {
-            RadosError::NulByte { .. } => None,
+            RadosError::NulByte { .. } | RadosError::Library(_) => None,
             RadosError::ConfFile { source, .. }
             | RadosError::Keyring { source, .. }
             | RadosError::Create { source, .. }
@@ -216,6 +232,7 @@ impl Rados {
         keyring: &Path,
         timeout: Duration,
     ) -> Result<Rados, RadosError> {
+        load_librados()?;
         // librados' own messages for a missing file are vague: check both first.
         std::fs::File::open(conf).map_err(|source| RadosError::ConfFile {
             path: conf.to_path_buf(),

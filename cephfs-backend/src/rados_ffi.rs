@@ -1,15 +1,18 @@
 //! Raw declarations of the librados C API subset `rados` uses (Ceph Pacific 16.2.x, Debian
 //! bookworm's `librados-dev`: `/usr/include/rados/librados.h`).
 //!
-//! Hand-written, not generated, like `ffi` for libcephfs: a build needs only `librados.so`
-//! (linked by name, no pkg-config). Every declaration was transcribed from the 16.2.15 header;
-//! `tests/rados.rs` (`declarations_match_the_installed_header`) compiles a C program that
-//! assigns each function to a pointer of the type declared here (an error on any mismatch)
-//! and prints the constants, compared with the values below. All handles are opaque `void *`
-//! in the header, so there is no struct layout to pin.
+//! Hand-written, not generated, like `ffi` for libcephfs, and not linked either: the
+//! declaration list below becomes, through `dynload::dynamic_library!`, a table resolved
+//! from `librados.so.2` (package `librados2`) at the first `Rados::connect`, and same-named
+//! `unsafe fn`s calling through it. Every declaration was transcribed from the 16.2.15
+//! header; `tests/rados.rs` (`declarations_match_the_installed_header`) compiles a C program
+//! that assigns each function to a pointer of the type declared here (an error on any
+//! mismatch) and prints the constants, compared with the values below. All handles are opaque
+//! `void *` in the header, so there is no struct layout to pin.
 //!
-//! Owns: declarations and constants only. Must not: contain any code (the `unsafe` blocks all
-//! live in `rados`), or declare functions the crate does not call.
+//! Owns: declarations and constants only. Must not: contain code of its own (the loader is
+//! `dynload`, the callers' `unsafe` blocks all live in `rados`), or declare functions the
+//! crate does not call (each one is resolved at load).
 
 use libc::{c_char, c_int, c_void, size_t, time_t};
 
@@ -31,15 +34,17 @@ pub const LIBRADOS_CMPXATTR_OP_GT: u8 = 3;
 /// `LIBRADOS_OPERATION_NOFLAG`.
 pub const LIBRADOS_OPERATION_NOFLAG: c_int = 0;
 
-#[link(name = "rados")]
-extern "C" {
+crate::dynload::dynamic_library! {
+    /// librados, opened at the first `Rados::connect` (or `rados::load_librados`), not
+    /// linked.
+    pub struct Librados from "librados.so.2", package "librados2";
+
     pub fn rados_create(cluster: *mut RadosT, id: *const c_char) -> c_int;
     pub fn rados_conf_read_file(cluster: RadosT, path: *const c_char) -> c_int;
     pub fn rados_conf_set(cluster: RadosT, option: *const c_char, value: *const c_char) -> c_int;
     pub fn rados_connect(cluster: RadosT) -> c_int;
     pub fn rados_shutdown(cluster: RadosT);
 
-    #[allow(clippy::too_many_arguments)]
     pub fn rados_mon_command(
         cluster: RadosT,
         cmd: *mut *const c_char,

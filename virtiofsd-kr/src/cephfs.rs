@@ -1,7 +1,7 @@
 //! The CephFS backend as the daemon starts it (`--backend cephfs`).
 //!
-//! Owns turning the command line into a `cephfs_backend::CephConfig`, reading the ceph.conf
-//! and keyring before the sandbox hides them, and the pre-flight connection that proves the
+//! Owns turning the command line into a `cephfs_backend::CephConfig`, loading libcephfs and
+//! reading the ceph.conf and keyring before the sandbox hides them, and the pre-flight connection that proves the
 //! cluster, the key and the volume root are usable before the vhost-user socket exists. It
 //! must not talk to Ceph in the serving process before the sandbox and seccomp are in place:
 //! libcephfs starts threads, which would escape both (the daemon calls [`connect`] last).
@@ -77,6 +77,9 @@ impl CephStart {
     /// Reads the conf and keyring the command line names.
     pub fn from_args(args: &ServeArgs) -> Result<CephStart, CephStartError> {
         let (conf, id, keyring) = args.ceph.required("--backend cephfs")?;
+        // libcephfs is loaded on demand (a host-directory daemon never maps it), and must be
+        // now: its files are not in the sandbox's root. Loading starts no thread.
+        cephfs_backend::load_libcephfs()?;
         let root = args.ceph_root()?.to_string();
         let files = vec![
             read_file("--ceph-conf", CONF_FILE, conf.clone())?,
