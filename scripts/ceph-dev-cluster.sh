@@ -97,7 +97,7 @@ any_running() {
 
 ceph_cmd() { timeout 20 ceph -c "$CONF" --connect-timeout 10 "$@"; }
 
-mds_active() { ceph_cmd mds stat 2>/dev/null | grep -q 'up:active'; }
+mds_active() { ceph_cmd mds stat 2>/dev/null | grep 'up:active' | grep -vq laggy; }
 
 # The cluster's total capacity as the monitor reports it (what statfs answers) is non-zero.
 capacity_known() {
@@ -295,6 +295,10 @@ mds_stop() {
     done
     kill -0 "$pid" 2>/dev/null && die "the MDS (pid $pid) did not exit"
     rm -f "$DIR/run/mds.a.pid" 2>/dev/null || true
+    # Tell the monitors now, as an operator would: otherwise the map calls the dead MDS
+    # up:active until its beacon grace runs out, and mds-start could return before the new
+    # one is active.
+    ceph_cmd mds fail a >/dev/null 2>&1 || true
     log "mds.a stopped"
 }
 

@@ -137,7 +137,7 @@ impl CephMount {
             source,
         })?;
         let timeout = opts.mount_timeout.as_secs().max(1).to_string();
-        let settings: [(&str, &str); 6] = [
+        let settings: [(&str, &str); 8] = [
             ("keyring", keyring_s),
             // Fail fast on an unreachable cluster instead of libcephfs' 300 s.
             ("client_mount_timeout", &timeout),
@@ -147,6 +147,10 @@ impl CephMount {
             // Logs go through the daemon's own; a log file named in the conf would be out of
             // reach in the sandbox.
             ("log_file", ""),
+            // Nor on stderr (a conf may say err_to_stderr): the daemon reports failures as
+            // one line of its own.
+            ("err_to_stderr", "false"),
+            ("log_to_stderr", "false"),
             // Permission checks on behalf of the guest's uid/gid, whatever the conf says.
             ("client_permissions", "true"),
         ];

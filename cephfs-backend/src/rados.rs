@@ -278,13 +278,17 @@ impl Rados {
             source,
         })?;
         let secs = timeout.as_secs().max(1).to_string();
-        let settings: [(&str, &str); 5] = [
+        let settings: [(&str, &str); 8] = [
             ("keyring", &keyring_s),
             ("client_mount_timeout", &secs),
             ("rados_mon_op_timeout", &secs),
             ("rados_osd_op_timeout", &secs),
             // Several clients of one id may run on a host: no admin socket clashes.
             ("admin_socket", ""),
+            // Failures are reported by the caller, as one line: no librados log lines.
+            ("log_file", ""),
+            ("err_to_stderr", "false"),
+            ("log_to_stderr", "false"),
         ];
         for (option, value) in settings {
             let c_opt = cstring("ceph option", option)?;
