@@ -1,7 +1,14 @@
 //! Starting one `virtiofsd-kr` per share for a guest, and collecting how it ended.
 //!
+//! What is shared is a [`ShareBackend`]: a host directory (`--shared-dir`, the passthrough
+//! backend) or a CephFS volume reached through libcephfs (`--backend cephfs` with the cluster's
+//! conf, a cephx identity and the volume's root). How the daemon serves it (cache mode,
+//! sandbox, ...) is the [`DaemonConfig`].
+//!
 //! Each daemon gets its own temporary folder (under the system temp dir, no commas) holding
-//! its vhost-user socket and its combined stdout/stderr log.
+//! its vhost-user socket and its combined stdout/stderr log. [`attempt_start`] runs a daemon
+//! that is expected to refuse to start, keeping stdout and stderr apart and watching whether
+//! its socket ever appeared.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -35,6 +42,72 @@ impl CacheMode {
 impl std::fmt::Display for CacheMode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// A CephFS volume served with `--backend cephfs`: the cluster's conf, the cephx identity the
+/// daemon connects as, and the volume directory that becomes the guest's root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CephShare {
+    /// `--ceph-conf`: ceph.conf naming the monitors.
+    pub conf: PathBuf,
+    /// `--ceph-id`: cephx user without `client.`.
+    pub id: String,
+    /// `--ceph-keyring`: keyring holding that user's key.
+    pub keyring: PathBuf,
+    /// `--ceph-root`: absolute path of the volume directory inside CephFS.
+    pub root: String,
+}
+
+/// What a daemon shares with its guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShareBackend {
+    /// A host directory, `--shared-dir DIR` (the default passthrough backend).
+    Passthrough(PathBuf),
+    /// A CephFS volume, `--backend cephfs --ceph-conf ... --ceph-root ...`.
+    CephFs(CephShare),
+}
+
+impl ShareBackend {
+    /// The arguments naming the backend and what it shares.
+    pub fn args(&self) -> Vec<String> {
+        match self {
+            ShareBackend::Passthrough(dir) => {
+                vec!["--shared-dir".into(), dir.display().to_string()]
+            }
+            ShareBackend::CephFs(c) => vec![
+                "--backend".into(),
+                "cephfs".into(),
+                "--ceph-conf".into(),
+                c.conf.display().to_string(),
+                "--ceph-id".into(),
+                c.id.clone(),
+                "--ceph-keyring".into(),
+                c.keyring.display().to_string(),
+                "--ceph-root".into(),
+                c.root.clone(),
+            ],
+        }
+    }
+
+    /// `passthrough` or `cephfs`, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ShareBackend::Passthrough(_) => "passthrough",
+            ShareBackend::CephFs(_) => "cephfs",
+        }
+    }
+}
+
+impl From<&Path> for ShareBackend {
+    fn from(dir: &Path) -> Self {
+        ShareBackend::Passthrough(dir.to_path_buf())
+    }
+}
+
+impl From<CephShare> for ShareBackend {
+    fn from(share: CephShare) -> Self {
+        ShareBackend::CephFs(share)
     }
 }
 
@@ -86,14 +159,14 @@ impl Default for DaemonConfig {
 impl DaemonConfig {
     /// The arguments after the binary name, for a socket and a shared directory.
     pub fn args(&self, socket: &Path, shared_dir: &Path) -> Vec<String> {
-        let mut a = vec![
-            "--socket-path".to_string(),
-            socket.display().to_string(),
-            "--shared-dir".to_string(),
-            shared_dir.display().to_string(),
-            "--cache".to_string(),
-            self.cache.as_str().to_string(),
-        ];
+        self.args_for(socket, &ShareBackend::Passthrough(shared_dir.to_path_buf()))
+    }
+
+    /// The arguments after the binary name, for a socket and any backend.
+    pub fn args_for(&self, socket: &Path, backend: &ShareBackend) -> Vec<String> {
+        let mut a = vec!["--socket-path".to_string(), socket.display().to_string()];
+        a.extend(backend.args());
+        a.extend(["--cache".to_string(), self.cache.as_str().to_string()]);
         if let Some(s) = &self.sandbox {
             a.push("--sandbox".into());
             a.push(s.clone());
@@ -146,17 +219,32 @@ pub struct Daemon {
     _dir: tempfile::TempDir,
 }
 
+/// The daemon binary a config names (or the default one).
+fn binary_of(config: &DaemonConfig) -> Result<PathBuf> {
+    match &config.binary {
+        Some(b) => Ok(b.clone()),
+        None => paths::daemon_binary(),
+    }
+}
+
+/// A fresh folder for one daemon's socket and logs.
+fn daemon_dir() -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix("vmtest-daemon-")
+        .tempdir()
+        .map_err(|e| HarnessError::io("creating the daemon's temp dir", e))
+}
+
 impl Daemon {
     /// Starts the daemon on `shared_dir` and waits until its socket exists.
     pub fn start(config: &DaemonConfig, shared_dir: &Path) -> Result<Daemon> {
-        let binary = match &config.binary {
-            Some(b) => b.clone(),
-            None => paths::daemon_binary()?,
-        };
-        let dir = tempfile::Builder::new()
-            .prefix("vmtest-daemon-")
-            .tempdir()
-            .map_err(|e| HarnessError::io("creating the daemon's temp dir", e))?;
+        Self::start_backend(config, &ShareBackend::Passthrough(shared_dir.to_path_buf()))
+    }
+
+    /// Starts the daemon on `backend` and waits until its socket exists.
+    pub fn start_backend(config: &DaemonConfig, backend: &ShareBackend) -> Result<Daemon> {
+        let binary = binary_of(config)?;
+        let dir = daemon_dir()?;
         let socket = dir.path().join("vhost-fs.sock");
         paths::no_comma(&socket)?;
         let log_path = dir.path().join("daemon.log");
@@ -164,7 +252,7 @@ impl Daemon {
         let log2 = log
             .try_clone()
             .map_err(|e| HarnessError::io("daemon log", e))?;
-        let args = config.args(&socket, shared_dir);
+        let args = config.args_for(&socket, backend);
         let command = format!("{} {}", binary.display(), args.join(" "));
         let child = Command::new(&binary)
             .args(&args)
@@ -263,6 +351,105 @@ impl Daemon {
     }
 }
 
+/// What a daemon that was expected to refuse to start did.
+#[derive(Debug)]
+pub struct StartAttempt {
+    /// The command line used.
+    pub command: String,
+    /// Exit status; `None` when it was still running at the deadline (then killed).
+    pub status: Option<ExitStatus>,
+    /// How long it ran.
+    pub ran_for: Duration,
+    /// Its stdout.
+    pub stdout: String,
+    /// Its stderr.
+    pub stderr: String,
+    /// The vhost-user socket existed at some point while it ran (checked every few ms).
+    pub socket_appeared: bool,
+    /// A connection to that socket succeeded at some point.
+    pub socket_accepted: bool,
+}
+
+impl StartAttempt {
+    /// True when it exited by itself with a non-zero status.
+    pub fn refused(&self) -> bool {
+        self.status.is_some_and(|s| !s.success())
+    }
+
+    /// Everything about the attempt, for failure messages.
+    pub fn report(&self) -> String {
+        format!(
+            "command: {}\nstatus: {:?} after {:?}\nsocket appeared: {}, accepted a \
+             connection: {}\n---- stderr:\n{}---- stdout:\n{}",
+            self.command,
+            self.status,
+            self.ran_for,
+            self.socket_appeared,
+            self.socket_accepted,
+            self.stderr,
+            self.stdout
+        )
+    }
+}
+
+/// Runs a daemon that should refuse to start (bad identity, missing root, ...): waits up to
+/// `timeout` for it to exit (killing it after), watching all the while whether its socket
+/// appears and accepts a connection, and returns its status with stdout and stderr apart.
+pub fn attempt_start(
+    config: &DaemonConfig,
+    backend: &ShareBackend,
+    timeout: Duration,
+) -> Result<StartAttempt> {
+    let binary = binary_of(config)?;
+    let dir = daemon_dir()?;
+    let socket = dir.path().join("vhost-fs.sock");
+    paths::no_comma(&socket)?;
+    let out_path = dir.path().join("stdout.log");
+    let err_path = dir.path().join("stderr.log");
+    let out = File::create(&out_path).map_err(|e| HarnessError::io("daemon stdout log", e))?;
+    let err = File::create(&err_path).map_err(|e| HarnessError::io("daemon stderr log", e))?;
+    let args = config.args_for(&socket, backend);
+    let command = format!("{} {}", binary.display(), args.join(" "));
+    let started = Instant::now();
+    let mut child = Command::new(&binary)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| HarnessError::io(format!("starting {}", binary.display()), e))?;
+    let deadline = started + timeout;
+    let mut socket_appeared = false;
+    let mut socket_accepted = false;
+    let status = loop {
+        if socket.exists() {
+            socket_appeared = true;
+            if !socket_accepted && std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+                socket_accepted = true;
+            }
+        }
+        match child.try_wait() {
+            Ok(Some(s)) => break Some(s),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let ran_for = started.elapsed();
+    Ok(StartAttempt {
+        command,
+        status,
+        ran_for,
+        stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
+        stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
+        socket_appeared,
+        socket_accepted,
+    })
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -294,5 +481,30 @@ mod tests {
             "--socket-path /tmp/s.sock --shared-dir /srv/share --cache never --sandbox none \
              --seccomp log --xattr --thread-pool-size 2"
         );
+    }
+
+    #[test]
+    fn cephfs_args() {
+        let cfg = DaemonConfig {
+            cache: CacheMode::Always,
+            sandbox: None,
+            seccomp: None,
+            log_level: None,
+            readonly: true,
+            ..DaemonConfig::default()
+        };
+        let backend = ShareBackend::CephFs(CephShare {
+            conf: "/c/ceph.conf".into(),
+            id: "tenant1".into(),
+            keyring: "/c/t1.keyring".into(),
+            root: "/volumes/v1".into(),
+        });
+        assert_eq!(
+            cfg.args_for(Path::new("/tmp/s.sock"), &backend).join(" "),
+            "--socket-path /tmp/s.sock --backend cephfs --ceph-conf /c/ceph.conf --ceph-id \
+             tenant1 --ceph-keyring /c/t1.keyring --ceph-root /volumes/v1 --cache always \
+             --readonly"
+        );
+        assert_eq!(backend.kind(), "cephfs");
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! The guest image (kernel + busybox initramfs with the virtio-fs modules and fio) is built by
 //! `scripts/build-guest.sh` into `.cache/guest/`. A test describes one boot with
-//! [`VmBuilder`]: the shared directory and daemon flags, a shell workload, helper programs.
+//! [`VmBuilder`]: the share (a host directory, or a CephFS volume served with
+//! `--backend cephfs`: [`ShareBackend`]) and daemon flags, a shell workload, helper programs.
 //! The harness starts one daemon per share, appends a per-boot cpio archive with the workload
 //! to the base initramfs, boots QEMU, parses `@@VMTEST key=value` lines from the serial
 //! console into [`GuestResults`], and after power-off collects the daemon's exit status into
@@ -25,7 +26,7 @@ pub mod vm;
 pub mod workload;
 
 pub use accel::{Accel, AccelChoice};
-pub use daemon::{CacheMode, DaemonConfig, DaemonOutcome};
+pub use daemon::{CacheMode, CephShare, DaemonConfig, DaemonOutcome, ShareBackend};
 pub use error::{HarnessError, Result};
 pub use paths::GuestImage;
 pub use results::{GuestResults, ResultEntry, SerialLine};

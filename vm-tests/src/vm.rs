@@ -1,7 +1,8 @@
 //! Booting one guest: the `VmBuilder` API, the per-boot archive, the QEMU command line, the
 //! serial console reader, timeouts, and the outcome a test asserts on.
 //!
-//! A boot is: (optionally) start a daemon on the shared directory, write a small cpio archive
+//! A boot is: (optionally) start a daemon on the share (a host directory, or a CephFS volume
+//! with `--backend cephfs`, see [`ShareBackend`]), write a small cpio archive
 //! with the workload script (and helper programs) and append it to the base initramfs, start
 //! QEMU with the serial console on a pipe, collect `@@VMTEST` lines, wait for the guest to
 //! power off (or kill it at the deadline), then wait for the daemon to exit and record its
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::accel::{self, Accel, AccelChoice};
 use crate::cpio::CpioWriter;
-use crate::daemon::{CacheMode, Daemon, DaemonConfig, DaemonOutcome};
+use crate::daemon::{CacheMode, CephShare, Daemon, DaemonConfig, DaemonOutcome, ShareBackend};
 use crate::error::{HarnessError, Result};
 use crate::paths::{self, GuestImage};
 use crate::results::{GuestResults, ResultEntry, SerialLine};
@@ -40,7 +41,7 @@ struct OverlayFile {
 /// Describes one guest boot.
 pub struct VmBuilder {
     name: String,
-    shared_dir: Option<PathBuf>,
+    share: Option<ShareBackend>,
     daemon: DaemonConfig,
     workload: String,
     files: Vec<OverlayFile>,
@@ -72,7 +73,7 @@ impl VmBuilder {
     pub fn new() -> Self {
         VmBuilder {
             name: "guest".into(),
-            shared_dir: None,
+            share: None,
             daemon: DaemonConfig::default(),
             workload: "true\n".into(),
             files: Vec::new(),
@@ -94,7 +95,20 @@ impl VmBuilder {
 
     /// Shares `dir` (mounted at `/data` in the guest) through a daemon started for this boot.
     pub fn share(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.shared_dir = Some(dir.into());
+        self.share = Some(ShareBackend::Passthrough(dir.into()));
+        self
+    }
+
+    /// Shares a CephFS volume (mounted at `/data` in the guest) through a daemon started for
+    /// this boot with `--backend cephfs`.
+    pub fn ceph_share(mut self, volume: CephShare) -> Self {
+        self.share = Some(ShareBackend::CephFs(volume));
+        self
+    }
+
+    /// Shares whatever `backend` names.
+    pub fn backend(mut self, backend: ShareBackend) -> Self {
+        self.share = Some(backend);
         self
     }
 
@@ -266,8 +280,8 @@ impl VmBuilder {
         paths::no_comma(&initrd)?;
         paths::no_comma(&image.kernel)?;
 
-        let daemon = match &self.shared_dir {
-            Some(dir) => Some(Daemon::start(&self.daemon, dir)?),
+        let daemon = match &self.share {
+            Some(backend) => Some(Daemon::start_backend(&self.daemon, backend)?),
             None => None,
         };
 
@@ -322,8 +336,9 @@ impl VmBuilder {
         }
         let command_line = format!("{} {}", qemu.display(), args.join(" "));
         eprintln!(
-            "vm-tests: [{}] booting with accel={accel}, cache={}",
+            "vm-tests: [{}] booting with accel={accel}, backend={}, cache={}",
             self.name,
+            self.share.as_ref().map_or("-", ShareBackend::kind),
             if daemon.is_some() {
                 self.daemon.cache.as_str()
             } else {
@@ -465,9 +480,26 @@ impl RunningVm {
         self.daemon.as_ref().and_then(Daemon::pid)
     }
 
+    /// True while this boot's daemon runs (false without a share, or once it exited).
+    pub fn daemon_running(&mut self) -> bool {
+        self.daemon.as_mut().is_some_and(Daemon::is_running)
+    }
+
     /// When QEMU was started.
     pub fn started(&self) -> Instant {
         self.started
+    }
+
+    /// True once the guest's console closed (QEMU exited).
+    pub fn ended(&self) -> bool {
+        let st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.ended
+    }
+
+    /// Everything the guest reported so far.
+    pub fn results(&self) -> GuestResults {
+        let st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.results.clone()
     }
 
     /// The serial log so far.
@@ -518,6 +550,13 @@ impl RunningVm {
             .write_all(format!("{line}\n").as_bytes())
             .and_then(|_| stdin.flush())
             .map_err(|e| HarnessError::io("writing to the guest console", e))
+    }
+
+    /// Kills QEMU now (the outcome counts as timed out), then collects everything like
+    /// [`wait`](Self::wait): for a test that gives up on a guest.
+    pub fn kill_and_wait(mut self) -> Result<VmOutcome> {
+        self.deadline = Instant::now();
+        self.wait()
     }
 
     /// Waits for the guest to power off (killing QEMU at the deadline), then for the daemon to

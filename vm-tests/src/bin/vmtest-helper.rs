@@ -1,9 +1,12 @@
 //! `vmtest-helper`: a small program copied into test guests (with its shared libraries) for the
 //! file operations busybox cannot do precisely: pwrite/pread at offsets, O_APPEND and O_EXCL
 //! opens, fsync, mmap, POSIX and flock locks with a second process, statfs, bulk file
-//! creation/stat/removal, and writing a large pseudo-random file fast.
+//! creation/stat/removal, writing a large pseudo-random file fast, single system calls whose
+//! exact errno a test asserts (unlink, mkdir, rename, ...), writing until the filesystem says
+//! no (quotas), and a timed loop of file operations for outage tests.
 //!
-//! Every command prints one line; a failing system call prints `ERR:<ERRNO NAME>` and exits 1.
+//! Every command prints one line (`io-loop` prints one per round); a failing system call prints
+//! `ERR:<ERRNO NAME>` and exits 1.
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
@@ -26,7 +29,17 @@ const USAGE: &str = "usage: vmtest-helper CMD ARGS
   mkfiles DIR N                create N files; print the count
   statfiles DIR N              stat N files; print how many exist as regular files
   rmfiles DIR N                remove N files; print the count
-  fill FILE MIB SEED           write MIB MiB of pseudo-random data";
+  fill FILE MIB SEED           write MIB MiB of pseudo-random data
+  unlink PATH | rmdir PATH | mkdir PATH | rename FROM TO | link FROM TO | symlink TARGET PATH
+  truncate PATH LEN | chmod PATH OCTAL | setxattr PATH NAME VALUE | open-write PATH |
+  create PATH                  one system call (open-write: O_WRONLY; create: O_CREAT|O_WRONLY)
+  write-until-error FILE MAXMIB
+                               write 1 MiB blocks until an error or MAXMIB, then fsync; print
+                               written=BYTES write=ok|ERRNO fsync=ok|ERRNO
+  io-loop DIR                  until a line arrives on stdin: stat, read, overwrite, create and
+                               unlink files in DIR; print one `@@VMTEST round=...` line per
+                               round (each call's result and milliseconds), and a
+                               `@@VMTEST blocked=...` line every 2 s while a call is stuck";
 
 #[derive(Debug)]
 enum Failure {
@@ -255,6 +268,187 @@ fn fill(path: &str, mib: u64, seed: u64) -> Res<String> {
     Ok(format!("{}", mib << 20))
 }
 
+fn cpath(path: &str) -> Res<CString> {
+    CString::new(path).map_err(|_| Failure::Usage("NUL in path".into()))
+}
+
+/// One system call on paths; `ok` or the failure.
+fn single_call(cmd: &str, args: &[String]) -> Res<String> {
+    let p1 = || cpath(arg(args, 1, "path")?);
+    let p2 = || cpath(arg(args, 2, "second path")?);
+    // SAFETY (every call below): valid NUL-terminated paths; descriptors are closed at once.
+    let rc = match cmd {
+        "unlink" => unsafe { libc::unlink(p1()?.as_ptr()) },
+        "rmdir" => unsafe { libc::rmdir(p1()?.as_ptr()) },
+        "mkdir" => unsafe { libc::mkdir(p1()?.as_ptr(), 0o755) },
+        "rename" => unsafe { libc::rename(p1()?.as_ptr(), p2()?.as_ptr()) },
+        "link" => unsafe { libc::link(p1()?.as_ptr(), p2()?.as_ptr()) },
+        "symlink" => unsafe { libc::symlink(p1()?.as_ptr(), p2()?.as_ptr()) },
+        "truncate" => unsafe { libc::truncate(p1()?.as_ptr(), num(args, 2, "length")? as i64) },
+        "chmod" => {
+            let mode = u32::from_str_radix(arg(args, 2, "mode")?, 8)
+                .map_err(|_| Failure::Usage("mode: not octal".into()))?;
+            unsafe { libc::chmod(p1()?.as_ptr(), mode) }
+        }
+        "setxattr" => {
+            let name = cpath(arg(args, 2, "name")?)?;
+            let value = arg(args, 3, "value")?;
+            unsafe {
+                libc::setxattr(
+                    p1()?.as_ptr(),
+                    name.as_ptr(),
+                    value.as_ptr().cast(),
+                    value.len(),
+                    0,
+                )
+            }
+        }
+        "open-write" | "create" => {
+            let flags = if cmd == "create" {
+                libc::O_WRONLY | libc::O_CREAT
+            } else {
+                libc::O_WRONLY
+            };
+            let fd = unsafe { libc::open(p1()?.as_ptr(), flags | libc::O_CLOEXEC, 0o644) };
+            if fd >= 0 {
+                unsafe { libc::close(fd) };
+            }
+            fd
+        }
+        other => return Err(Failure::Usage(format!("unknown command {other}"))),
+    };
+    cvt(rc)?;
+    Ok("ok".into())
+}
+
+/// Writes 1 MiB blocks to a new `path` until a write fails or `max_mib` are written, then
+/// fsyncs: reports how far it got and how each step ended (a quota shows up here).
+fn write_until_error(path: &str, max_mib: u64) -> Res<String> {
+    let mut f = File::create(path)?;
+    let block = vec![0x5au8; 1 << 20];
+    let mut written = 0u64;
+    let mut write_result = "ok".to_string();
+    'blocks: for _ in 0..max_mib {
+        let mut done = 0;
+        while done < block.len() {
+            match f.write(&block[done..]) {
+                Ok(0) => {
+                    write_result = "short".into();
+                    break 'blocks;
+                }
+                Ok(n) => {
+                    done += n;
+                    written += n as u64;
+                }
+                Err(e) => {
+                    write_result = errno_name(&e);
+                    break 'blocks;
+                }
+            }
+        }
+    }
+    let fsync_result = match f.sync_all() {
+        Ok(()) => "ok".to_string(),
+        Err(e) => errno_name(&e),
+    };
+    Ok(format!(
+        "written={written} write={write_result} fsync={fsync_result}"
+    ))
+}
+
+/// What `io-loop`'s main thread is doing, for its watchdog.
+struct LoopState {
+    round: std::sync::atomic::AtomicU64,
+    op: std::sync::Mutex<(&'static str, Option<std::time::Instant>)>,
+    stop: std::sync::atomic::AtomicBool,
+}
+
+/// Runs `f` as operation `name` of the loop, timed; `ok/MS` or `ERRNO/MS`.
+fn timed(state: &LoopState, name: &'static str, f: impl FnOnce() -> std::io::Result<()>) -> String {
+    let t = std::time::Instant::now();
+    *state.op.lock().unwrap_or_else(|p| p.into_inner()) = (name, Some(t));
+    let r = f();
+    *state.op.lock().unwrap_or_else(|p| p.into_inner()) = (name, None);
+    let ms = t.elapsed().as_millis();
+    match r {
+        Ok(()) => format!("{name}=ok/{ms}"),
+        Err(e) => format!("{name}={}/{ms}", errno_name(&e)),
+    }
+}
+
+/// The outage probe: stat, read, overwrite, create+unlink in `dir`, round after round, until a
+/// line arrives on stdin. A watchdog thread reports a call that has been stuck for 2 s or more.
+fn io_loop(dir: &str) -> Res<String> {
+    use std::io::Read;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    let stat_path = format!("{dir}/stat-me");
+    let read_path = format!("{dir}/read-me");
+    let write_path = format!("{dir}/write-me");
+    std::fs::write(&stat_path, "stat\n")?;
+    std::fs::write(&read_path, "read me\n")?;
+    let state = Arc::new(LoopState {
+        round: 0.into(),
+        op: std::sync::Mutex::new(("", None)),
+        stop: false.into(),
+    });
+    let st = Arc::clone(&state);
+    std::thread::spawn(move || {
+        let mut byte = [0u8; 1];
+        loop {
+            match std::io::stdin().read(&mut byte) {
+                Ok(1) if byte[0] == b'\n' => break,
+                Ok(1) => {}
+                _ => break,
+            }
+        }
+        st.stop.store(true, Ordering::SeqCst);
+    });
+    let st = Arc::clone(&state);
+    std::thread::spawn(move || loop {
+        std::thread::sleep(Duration::from_secs(2));
+        let (op, since) = *st.op.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(since) = since {
+            let secs = since.elapsed().as_secs();
+            if secs >= 2 {
+                println!(
+                    "@@VMTEST blocked=round {} {op} for {secs} s",
+                    st.round.load(Ordering::SeqCst)
+                );
+            }
+        }
+    });
+    let started = Instant::now();
+    let mut round = 0u64;
+    while !state.stop.load(Ordering::SeqCst) {
+        round += 1;
+        state.round.store(round, Ordering::SeqCst);
+        let at = started.elapsed().as_millis();
+        let stat = timed(&state, "stat", || std::fs::metadata(&stat_path).map(|_| ()));
+        let read = timed(&state, "read", || {
+            let text = std::fs::read(&read_path)?;
+            if text == b"read me\n" {
+                Ok(())
+            } else {
+                Err(Error::from_raw_os_error(libc::EBADMSG))
+            }
+        });
+        let write = timed(&state, "write", || {
+            std::fs::write(&write_path, format!("round {round}\n"))
+        });
+        let created = format!("{dir}/new-{round}");
+        let create = timed(&state, "create", || {
+            File::create(&created)?;
+            std::fs::remove_file(&created)
+        });
+        println!("@@VMTEST round={round} at={at} {stat} {read} {write} {create}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(format!("rounds={round}"))
+}
+
 fn run(args: &[String]) -> Res<String> {
     let cmd = arg(args, 0, "command")?;
     match cmd {
@@ -385,6 +579,10 @@ fn run(args: &[String]) -> Res<String> {
             num(args, 2, "MiB")?,
             num(args, 3, "seed")?,
         ),
+        "unlink" | "rmdir" | "mkdir" | "rename" | "link" | "symlink" | "truncate" | "chmod"
+        | "setxattr" | "open-write" | "create" => single_call(cmd, args),
+        "write-until-error" => write_until_error(arg(args, 1, "file")?, num(args, 2, "MiB")?),
+        "io-loop" => io_loop(arg(args, 1, "dir")?),
         other => Err(Failure::Usage(format!("unknown command {other}"))),
     }
 }

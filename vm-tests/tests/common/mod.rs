@@ -1,0 +1,17 @@
+//! Support shared by the guest test binaries (each includes it with `mod common;`):
+//!
+//! - [`ceph`]: the CephFS dev cluster, volumes, tenants, quotas, snapshots and the MDS outage
+//!   guard, made the way an operator would today (admin libcephfs mount, `ceph fs authorize`);
+//!   the one place to switch to `virtiofsd-kr volume create/snapshot` once it exists;
+//! - [`host_view`]: checks made outside the guest, on a host directory or through an admin
+//!   libcephfs mount of a volume, behind one trait;
+//! - [`posix_suite`]: the guest POSIX suite and its host-side checks, run on both backends.
+//!
+//! Not every binary uses every part.
+
+#![allow(dead_code)]
+
+pub mod ceph;
+pub mod coherence;
+pub mod host_view;
+pub mod posix_suite;
