@@ -310,11 +310,11 @@ impl CephClientArgs {
     }
 }
 
-/// Names of volumes and snapshots: 1 to 64 of `A-Z a-z 0-9 . _ -`, not starting with a dot.
-pub fn volume_name_arg(text: &str) -> Result<String, String> {
+/// A name made of 1 to `max` of `A-Z a-z 0-9 . _ -` that does not start with `banned`.
+fn plain_name(text: &str, max: usize, banned: &str) -> Result<String, String> {
     let ok = !text.is_empty()
-        && text.len() <= 64
-        && !text.starts_with('.')
+        && text.len() <= max
+        && !text.starts_with(banned)
         && text
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
@@ -322,26 +322,19 @@ pub fn volume_name_arg(text: &str) -> Result<String, String> {
         Ok(text.to_string())
     } else {
         Err(format!(
-            "{text:?}: use 1 to 64 of A-Z a-z 0-9 . _ - (not starting with a dot)"
+            "{text:?}: use 1 to {max} of A-Z a-z 0-9 . _ - (not starting with `{banned}`)"
         ))
     }
 }
 
+/// Names of volumes and snapshots: 1 to 64 of `A-Z a-z 0-9 . _ -`, not starting with a dot.
+pub fn volume_name_arg(text: &str) -> Result<String, String> {
+    plain_name(text, 64, ".")
+}
+
 /// cephx user names: 1 to 64 of `A-Z a-z 0-9 . _ -`, without the `client.` prefix.
 fn ceph_id_arg(text: &str) -> Result<String, String> {
-    let ok = !text.is_empty()
-        && text.len() <= 64
-        && !text.starts_with("client.")
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
-        Ok(text.to_string())
-    } else {
-        Err(format!(
-            "{text:?}: use 1 to 64 of A-Z a-z 0-9 . _ -, without the `client.` prefix"
-        ))
-    }
+    plain_name(text, 64, "client.")
 }
 
 /// Filesystem behaviour shared by the vhost-user daemon and `mount`.
@@ -494,19 +487,7 @@ impl TrafficClass {
 /// Tenant, volume and pod names: 1 to 128 of `A-Z a-z 0-9 . _ -`, not starting with a dot
 /// (they name journal files and directories).
 fn label_arg(text: &str) -> Result<String, String> {
-    let ok = !text.is_empty()
-        && text.len() <= 128
-        && !text.starts_with('.')
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
-        Ok(text.to_string())
-    } else {
-        Err(format!(
-            "{text:?}: use 1 to 128 of A-Z a-z 0-9 . _ - (not starting with a dot)"
-        ))
-    }
+    plain_name(text, 128, ".")
 }
 
 fn metrics_addr_arg(text: &str) -> Result<MetricsAddr, String> {

@@ -809,7 +809,6 @@ fn dax_mappings_are_counted_under_the_same_labels() {
 // (`scripts/ceph-dev-cluster.sh start`: idempotent, never stopped here). Every test uses
 // fresh tenant names, so the RADOS namespaces it reads hold only its own records.
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
 use cephfs_backend::rados::Rados;
@@ -829,20 +828,9 @@ struct Ceph {
 fn ceph() -> &'static Ceph {
     static CEPH: OnceLock<Ceph> = OnceLock::new();
     CEPH.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/ceph-dev-cluster.sh");
-        let out = Command::new(&script)
-            .arg("start")
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {script:?}: {e}"));
-        eprint!("{}", String::from_utf8_lossy(&out.stderr));
-        assert!(
-            out.status.success(),
-            "the RADOS sink tests need the dev cluster: `{} start` failed ({})",
-            script.display(),
-            out.status
-        );
-        let conf = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        let admin_keyring = conf.with_file_name("keyring");
+        let dev = vm_tests::ceph_dev::cluster();
+        let conf = dev.conf.clone();
+        let admin_keyring = dev.admin_keyring.clone();
         let admin = Rados::connect(&conf, "admin", &admin_keyring, RADOS_TIMEOUT)
             .unwrap_or_else(|e| panic!("admin connection to the dev cluster: {e}"));
         admin
@@ -873,16 +861,7 @@ fn ceph() -> &'static Ceph {
 
 /// A tenant name no other test or earlier run used (RADOS namespaces outlive test runs).
 fn unique_tenant(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "{prefix}-{}-{}-{nanos}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    vm_tests::ceph_dev::unique(&format!("{prefix}-"))
 }
 
 /// The caps docs/accounting.md gives a tenant's accounting identity.

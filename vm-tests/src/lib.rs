@@ -14,6 +14,7 @@
 //! `VMTEST_VERBOSE` (echo the serial console), `VMTEST_GUEST_DIR`, `VMTEST_REPO_ROOT`.
 
 pub mod accel;
+pub mod ceph_dev;
 pub mod cpio;
 pub mod daemon;
 pub mod dax_window;

@@ -8,10 +8,8 @@
 
 use std::ffi::CString;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
 
 use cephfs_backend::{CephConfig, CephFs};
 use fuse_backend_rs::abi::fuse_abi::CreateIn;
@@ -22,65 +20,7 @@ use fuse_backend_rs::common::file_traits::FileReadWriteVolatile;
 
 pub const ROOT: u64 = 1;
 
-pub struct Cluster {
-    pub dir: PathBuf,
-    pub conf: PathBuf,
-    pub admin_keyring: PathBuf,
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("crate lives in the workspace")
-        .to_path_buf()
-}
-
-/// The running dev cluster, started on first use.
-pub fn cluster() -> &'static Cluster {
-    static C: OnceLock<Cluster> = OnceLock::new();
-    C.get_or_init(|| {
-        let script = repo().join("scripts/ceph-dev-cluster.sh");
-        let out = Command::new(&script)
-            .arg("start")
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {script:?}: {e}"));
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        eprint!("{stderr}");
-        assert!(
-            out.status.success(),
-            "the CephFS tests need a running dev cluster and starting it failed \
-             ({}): run `{} start` (as root, it installs the ceph packages) and look at its \
-             output and logs",
-            out.status,
-            script.display()
-        );
-        let conf = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        assert!(
-            conf.is_file(),
-            "cluster script printed no conf path: {conf:?}"
-        );
-        let dir = conf.parent().expect("conf has a directory").to_path_buf();
-        Cluster {
-            admin_keyring: dir.join("keyring"),
-            conf,
-            dir,
-        }
-    })
-}
-
-/// A name no other test (or earlier run against the same cluster) uses.
-pub fn unique(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "{prefix}{}x{}x{nanos}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
+pub use vm_tests::ceph_dev::{cluster, unique};
 
 pub fn ctx() -> Context {
     Context::default()
@@ -307,7 +247,7 @@ pub fn list(fs: &CephFs, node: u64) -> Vec<(String, u64)> {
 
 /// Runs `scripts/ceph-dev-cluster.sh <subcommand>`; its stderr is echoed, its stdout returned.
 pub fn cluster_script(subcommand: &str) -> io::Result<String> {
-    let script = repo().join("scripts/ceph-dev-cluster.sh");
+    let script = vm_tests::ceph_dev::script();
     let out = Command::new(&script).arg(subcommand).output()?;
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
     if !out.status.success() {

@@ -1,76 +1,17 @@
 //! The single-node Ceph dev cluster for the daemon's CephFS tests, and volumes made on it
 //! with the daemon's own `volume create` (so every test also exercises that command).
 //!
-//! The cluster is started by `scripts/ceph-dev-cluster.sh start` (idempotent; left running,
-//! `scripts/test.sh` stops it at the end). If it cannot start, the tests fail and say what to
-//! run: they never pass without a cluster.
+//! The cluster comes from `vm_tests::ceph_dev` (started by `scripts/ceph-dev-cluster.sh
+//! start`; if it cannot start, the tests fail and say what to run).
 
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
 
 const BIN: &str = env!("CARGO_BIN_EXE_virtiofsd-kr");
 
-pub struct Cluster {
-    pub dir: PathBuf,
-    pub conf: PathBuf,
-    pub admin_keyring: PathBuf,
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("crate lives in the workspace")
-        .to_path_buf()
-}
-
-/// The running dev cluster, started on first use.
-pub fn cluster() -> &'static Cluster {
-    static C: OnceLock<Cluster> = OnceLock::new();
-    C.get_or_init(|| {
-        let script = repo().join("scripts/ceph-dev-cluster.sh");
-        let out = Command::new(&script)
-            .arg("start")
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {script:?}: {e}"));
-        eprint!("{}", String::from_utf8_lossy(&out.stderr));
-        assert!(
-            out.status.success(),
-            "the CephFS tests need the dev cluster and starting it failed ({}): run `{} start` \
-             as root and read its output",
-            out.status,
-            script.display()
-        );
-        let conf = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        assert!(
-            conf.is_file(),
-            "cluster script printed no conf path: {conf:?}"
-        );
-        let dir = conf.parent().expect("conf has a directory").to_path_buf();
-        Cluster {
-            admin_keyring: dir.join("keyring"),
-            conf,
-            dir,
-        }
-    })
-}
-
-/// A name no other test (or earlier run against the same cluster) uses.
-pub fn unique(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "{prefix}-{}-{}-{nanos}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
+pub use vm_tests::ceph_dev::{cluster, unique};
 
 /// Runs `virtiofsd-kr volume ARGS...` as the cluster's admin; (success, stdout, stderr).
 pub fn volume_cmd(args: &[&str]) -> (bool, String, String) {
@@ -105,7 +46,7 @@ pub struct Volume {
 
 impl Volume {
     pub fn create(prefix: &str, quota: Option<&str>) -> Volume {
-        let name = unique(prefix);
+        let name = unique(&format!("{prefix}-"));
         let mut args = vec!["create", name.as_str()];
         if let Some(q) = quota {
             args.extend(["--quota", q]);
@@ -161,7 +102,7 @@ impl MdsOutage {
     pub fn start() -> MdsOutage {
         let exclusive = MDS_USERS.write().unwrap_or_else(|p| p.into_inner());
         cluster();
-        let ok = Command::new(repo().join("scripts/ceph-dev-cluster.sh"))
+        let ok = Command::new(vm_tests::ceph_dev::script())
             .arg("mds-stop")
             .status()
             .expect("run mds-stop")
@@ -175,7 +116,7 @@ impl MdsOutage {
 
 impl Drop for MdsOutage {
     fn drop(&mut self) {
-        let ok = Command::new(repo().join("scripts/ceph-dev-cluster.sh"))
+        let ok = Command::new(vm_tests::ceph_dev::script())
             .arg("mds-start")
             .status()
             .map(|s| s.success())

@@ -13,8 +13,6 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use vm_tests::CephShare;
@@ -26,78 +24,7 @@ pub const FS_NAME: &str = "cephfs";
 /// The MDS daemon of the dev cluster (`ceph-mds -i a`).
 const MDS_ID: &str = "a";
 
-/// The running dev cluster.
-#[derive(Debug)]
-pub struct DevCluster {
-    /// Its directory (`.cache/ceph` by default).
-    pub dir: PathBuf,
-    /// Its ceph.conf.
-    pub conf: PathBuf,
-    /// The admin keyring next to it.
-    pub admin_keyring: PathBuf,
-}
-
-fn repo_root() -> PathBuf {
-    vm_tests::paths::repo_root().unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// The dev cluster, started on first use (a running one is reused).
-pub fn cluster() -> &'static DevCluster {
-    static CLUSTER: OnceLock<DevCluster> = OnceLock::new();
-    CLUSTER.get_or_init(|| {
-        let script = repo_root().join("scripts/ceph-dev-cluster.sh");
-        let out = Command::new(&script)
-            .arg("start")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "the CephFS guest tests need the dev cluster, and running `{} start` failed: \
-                     {e}",
-                    script.display()
-                )
-            });
-        eprint!("{}", String::from_utf8_lossy(&out.stderr));
-        assert!(
-            out.status.success(),
-            "the CephFS guest tests need the single-node dev cluster, and starting it failed \
-             ({}). Run `{} start` as root (it installs the ceph packages) and read its output \
-             and the logs under .cache/ceph/log/",
-            out.status,
-            script.display()
-        );
-        let conf = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        assert!(
-            conf.is_file(),
-            "`{} start` printed no ceph.conf path (got {conf:?})",
-            script.display()
-        );
-        let dir = conf
-            .parent()
-            .expect("the conf is in the cluster's directory")
-            .to_path_buf();
-        DevCluster {
-            admin_keyring: dir.join("keyring"),
-            conf,
-            dir,
-        }
-    })
-}
-
-/// A name no other test (or earlier run against the same cluster) uses: `[a-z0-9x]`, valid in
-/// a path, a cephx id and a QEMU option.
-pub fn unique(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "{prefix}{}x{}x{nanos}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
+pub use vm_tests::ceph_dev::{cluster, unique};
 
 /// `ceph -c CONF ARGS...` as the admin; panics with its stderr on failure.
 pub fn ceph_command(args: &[&str]) -> Vec<u8> {
@@ -294,7 +221,7 @@ pub fn mds_pid() -> Option<i32> {
 
 /// Runs `scripts/ceph-dev-cluster.sh ARG` (which serialises its callers with a lock).
 fn cluster_script(arg: &str) -> Result<(), String> {
-    let script = repo_root().join("scripts/ceph-dev-cluster.sh");
+    let script = vm_tests::ceph_dev::script();
     let out = Command::new(&script)
         .arg(arg)
         .stdin(Stdio::null())

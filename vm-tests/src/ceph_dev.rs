@@ -1,0 +1,99 @@
+//! The single-node Ceph dev cluster every CephFS and RADOS test runs against, started once per
+//! test process through `scripts/ceph-dev-cluster.sh start` (idempotent; a running cluster is
+//! reused and left running, `scripts/test.sh` stops it at the end), and names no other test or
+//! earlier run against the same cluster uses.
+//!
+//! Owns only finding or starting the cluster. It must not make volumes, identities or pools
+//! (each test suite does that its own way), and never skips: a cluster that cannot start fails
+//! the test with what to run.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+
+/// The running dev cluster.
+#[derive(Debug)]
+pub struct DevCluster {
+    /// Its directory (`.cache/ceph` by default).
+    pub dir: PathBuf,
+    /// Its ceph.conf.
+    pub conf: PathBuf,
+    /// The admin keyring next to it.
+    pub admin_keyring: PathBuf,
+}
+
+/// `scripts/ceph-dev-cluster.sh` of this checkout.
+pub fn script() -> PathBuf {
+    crate::paths::repo_root()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .join("scripts/ceph-dev-cluster.sh")
+}
+
+/// The dev cluster, started on first use.
+pub fn cluster() -> &'static DevCluster {
+    static CLUSTER: OnceLock<DevCluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let script = script();
+        let out = Command::new(&script)
+            .arg("start")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("running `{} start`: {e}", script.display()));
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "these tests need the single-node Ceph dev cluster, and starting it failed ({}). \
+             Run `{} start` as root (it installs the ceph packages) and read its output and \
+             the logs under .cache/ceph/log/",
+            out.status,
+            script.display()
+        );
+        let conf = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        assert!(
+            conf.is_file(),
+            "`{} start` printed no ceph.conf path (got {conf:?})",
+            script.display()
+        );
+        let dir = conf
+            .parent()
+            .expect("the conf is in the cluster's directory")
+            .to_path_buf();
+        DevCluster {
+            admin_keyring: dir.join("keyring"),
+            conf,
+            dir,
+        }
+    })
+}
+
+/// A name no other test (or earlier run against the same cluster: volumes, identities and
+/// RADOS namespaces outlive a test run) uses: `[A-Za-z0-9x]` after `prefix`, valid in a
+/// path, a cephx id, a RADOS namespace and a QEMU option.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}{}x{}x{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unique_names_differ_and_stay_in_the_safe_alphabet() {
+        let (a, b) = (unique("vol-"), unique("vol-"));
+        assert_ne!(a, b);
+        for n in [a, b] {
+            assert!(n.starts_with("vol-"));
+            assert!(n[4..].bytes().all(|c| c.is_ascii_alphanumeric()), "{n}");
+        }
+    }
+}
