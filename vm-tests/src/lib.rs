@@ -20,6 +20,7 @@ pub mod daemon;
 pub mod dax_window;
 pub mod error;
 pub mod frontend;
+pub mod fs_buffers;
 pub mod fuse;
 pub mod paths;
 pub mod results;

@@ -13,14 +13,12 @@ use std::process::Command;
 
 use cephfs_backend::{CephConfig, CephFs};
 use fuse_backend_rs::abi::fuse_abi::CreateIn;
-use fuse_backend_rs::api::filesystem::{
-    Context, DirEntry, Entry, FileSystem, ZeroCopyReader, ZeroCopyWriter,
-};
-use fuse_backend_rs::common::file_traits::FileReadWriteVolatile;
+use fuse_backend_rs::api::filesystem::{Context, DirEntry, Entry, FileSystem};
 
 pub const ROOT: u64 = 1;
 
 pub use vm_tests::ceph_dev::{cluster, unique};
+pub use vm_tests::fs_buffers::{SliceReader, VecWriter};
 
 pub fn ctx() -> Context {
     Context::default()
@@ -110,54 +108,6 @@ impl Volume {
 
     pub fn mount(&self) -> CephFs {
         CephFs::connect(self.config()).expect("tenant mount of its volume")
-    }
-}
-
-/// Guest-side buffer for READ replies.
-#[derive(Default)]
-pub struct VecWriter(pub Vec<u8>);
-
-impl io::Write for VecWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl ZeroCopyWriter for VecWriter {
-    fn write_from(
-        &mut self,
-        _f: &mut dyn FileReadWriteVolatile,
-        _count: usize,
-        _off: u64,
-    ) -> io::Result<usize> {
-        Err(io::Error::from(io::ErrorKind::Unsupported))
-    }
-    fn available_bytes(&self) -> usize {
-        usize::MAX
-    }
-}
-
-/// Guest-side payload of a WRITE request.
-pub struct SliceReader<'a>(pub &'a [u8]);
-
-impl io::Read for SliceReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        io::Read::read(&mut self.0, buf)
-    }
-}
-
-impl ZeroCopyReader for SliceReader<'_> {
-    fn read_to(
-        &mut self,
-        _f: &mut dyn FileReadWriteVolatile,
-        _count: usize,
-        _off: u64,
-    ) -> io::Result<usize> {
-        Err(io::Error::from(io::ErrorKind::Unsupported))
     }
 }
 

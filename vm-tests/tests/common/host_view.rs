@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 use cephfs_backend::{CephConfig, CephFs};
 use fuse_backend_rs::abi::fuse_abi::{stat64, CreateIn};
 use fuse_backend_rs::api::filesystem::{
-    Context, DirEntry, FileSystem, GetxattrReply, SetattrValid, ZeroCopyReader, ZeroCopyWriter,
+    Context, DirEntry, FileSystem, GetxattrReply, SetattrValid,
 };
-use fuse_backend_rs::common::file_traits::FileReadWriteVolatile;
+use vm_tests::fs_buffers::{SliceReader, VecWriter};
 
 /// A failed host-side operation, with what was done where.
 #[derive(Debug, thiserror::Error)]
@@ -278,54 +278,6 @@ fn root_ctx() -> Context {
     Context::default()
 }
 
-/// Collects READ replies.
-#[derive(Default)]
-struct ReplyBuffer(Vec<u8>);
-
-impl io::Write for ReplyBuffer {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl ZeroCopyWriter for ReplyBuffer {
-    fn write_from(
-        &mut self,
-        _f: &mut dyn FileReadWriteVolatile,
-        _count: usize,
-        _off: u64,
-    ) -> io::Result<usize> {
-        Err(io::Error::from(io::ErrorKind::Unsupported))
-    }
-    fn available_bytes(&self) -> usize {
-        usize::MAX
-    }
-}
-
-/// The payload of one WRITE.
-struct Payload<'a>(&'a [u8]);
-
-impl io::Read for Payload<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        io::Read::read(&mut self.0, buf)
-    }
-}
-
-impl ZeroCopyReader for Payload<'_> {
-    fn read_to(
-        &mut self,
-        _f: &mut dyn FileReadWriteVolatile,
-        _count: usize,
-        _off: u64,
-    ) -> io::Result<usize> {
-        Err(io::Error::from(io::ErrorKind::Unsupported))
-    }
-}
-
 fn cname(name: &str) -> io::Result<CString> {
     CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
@@ -479,7 +431,7 @@ impl HostView for CephVolumeView {
                         &ctx,
                         node,
                         handle,
-                        &mut Payload(chunk),
+                        &mut SliceReader(chunk),
                         chunk.len() as u32,
                         off as u64,
                         None,
@@ -557,7 +509,7 @@ impl HostView for CephVolumeView {
             let node = w.node();
             let (h, _, _) = self.fs.open(&ctx, node, libc::O_RDONLY as u32, 0)?;
             let h = h.ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
-            let mut buf = ReplyBuffer::default();
+            let mut buf = VecWriter::default();
             let read = (|| loop {
                 let before = buf.0.len();
                 self.fs
