@@ -38,7 +38,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     }
 }
 
-type Job = Box<dyn FnOnce() + Send + 'static>;
+/// A job; the worker lends it the pool's shared state.
+type Job = Box<dyn FnOnce(&Shared) + Send + 'static>;
 
 struct Queue {
     jobs: VecDeque<Job>,
@@ -285,7 +286,7 @@ impl DeadlinePool {
                     while let Some(job) = worker.next_job(finished) {
                         // A panic in a job must not take a worker away (calls also turn it
                         // into EIO for their caller).
-                        let _ = catch_unwind(AssertUnwindSafe(job));
+                        let _ = catch_unwind(AssertUnwindSafe(|| job(&worker)));
                         finished = true;
                     }
                 }) {
@@ -321,9 +322,9 @@ impl DeadlinePool {
             done: Condvar::new(),
         });
         let job_slot = Arc::clone(&slot);
-        let job_shared = Arc::clone(&self.shared);
-        self.shared
-            .push(Box::new(move || job_slot.execute(call, &job_shared)))?;
+        self.shared.push(Box::new(move |shared: &Shared| {
+            job_slot.execute(call, shared)
+        }))?;
         slot.wait(what, self.timeout, &self.shared)
     }
 
@@ -332,7 +333,7 @@ impl DeadlinePool {
     /// holding its resources, but never the caller.
     pub fn drop_later<T: Send + 'static>(&self, held: T) {
         // If the queue is closed the job (and `held`) is dropped right here.
-        let _ = self.shared.push(Box::new(move || drop(held)));
+        let _ = self.shared.push(Box::new(move |_: &Shared| drop(held)));
     }
 
     /// Waits until every job handed to the pool so far has finished (the queue is empty and

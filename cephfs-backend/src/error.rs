@@ -96,3 +96,12 @@ pub(crate) fn errno(ret: i64) -> io::Error {
     let code = i32::try_from(ret.unsigned_abs()).unwrap_or(libc::EIO);
     io::Error::from_raw_os_error(code)
 }
+
+/// A libcephfs/librados `int` return: itself when not negative, else its errno.
+pub(crate) fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(errno(ret.into()))
+    } else {
+        Ok(ret)
+    }
+}

@@ -103,7 +103,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct CephFs {
     /// Runs the libcephfs calls when requests are bounded by an op timeout.
     calls: Option<DeadlinePool>,
-    mount: Arc<CephMount>,
+    /// Holds the root, and with it the mount (every `CephInode` holds an `Arc<CephMount>`).
     inodes: CephInodeTable,
     files: Mutex<HashMap<u64, Arc<CephFile>>>,
     dirs: Mutex<HashMap<u64, Arc<Mutex<CephDir>>>>,
@@ -196,7 +196,6 @@ impl CephFs {
             calls,
             inodes: CephInodeTable::new(root, &stat),
             root_ino: stat.ino(),
-            mount,
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
@@ -319,9 +318,8 @@ impl CephFs {
             + 'static,
     {
         let dir = self.node(parent)?;
-        let mount = Arc::clone(&self.mount);
         let name: CString = name.to_owned();
-        let (inode, stat) = self.call(what, move || call(&mount, &dir, &name))?;
+        let (inode, stat) = self.call(what, move || call(dir.mount(), &dir, &name))?;
         Ok(self.new_entry(inode, &stat))
     }
 
@@ -451,8 +449,7 @@ impl FileSystem for CephFs {
         if same {
             // `..` at the root stays at the root.
             let dir = self.node(parent)?;
-            let mount = Arc::clone(&self.mount);
-            let stat = self.call("getattr", move || mount.getattr(&dir, &perm))?;
+            let stat = self.call("getattr", move || dir.mount().getattr(&dir, &perm))?;
             self.inodes.add_existing(parent)?;
             return Ok(self.entry(parent, &stat));
         }
@@ -480,8 +477,7 @@ impl FileSystem for CephFs {
     ) -> io::Result<(stat64, Duration)> {
         let perm = Self::perm(ctx)?;
         let i = self.node(inode)?;
-        let mount = Arc::clone(&self.mount);
-        let stat = self.call("getattr", move || mount.getattr(&i, &perm))?;
+        let stat = self.call("getattr", move || i.mount().getattr(&i, &perm))?;
         Ok((stat.to_stat64(), self.cache.attr_timeout))
     }
 
@@ -533,12 +529,11 @@ impl FileSystem for CephFs {
         if valid.contains(SetattrValid::KILL_SUIDGID) {
             s.mask |= ffi::CEPH_SETATTR_KILL_SGUID;
         }
-        let mount = Arc::clone(&self.mount);
         let stat = self.call("setattr", move || {
             if s.mask != 0 {
-                mount.setattr(&i, &s, &perm)?;
+                i.mount().setattr(&i, &s, &perm)?;
             }
-            mount.getattr(&i, &perm)
+            i.mount().getattr(&i, &perm)
         })?;
         Ok((stat.to_stat64(), self.cache.attr_timeout))
     }
@@ -546,8 +541,7 @@ impl FileSystem for CephFs {
     fn readlink(&self, ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
         let perm = Self::perm(ctx)?;
         let i = self.node(inode)?;
-        let mount = Arc::clone(&self.mount);
-        self.call("readlink", move || mount.readlink(&i, &perm))
+        self.call("readlink", move || i.mount().readlink(&i, &perm))
     }
 
     fn symlink(
@@ -600,18 +594,16 @@ impl FileSystem for CephFs {
         check_new_name(name)?;
         let perm = Self::perm(ctx)?;
         let dir = self.node(parent)?;
-        let mount = Arc::clone(&self.mount);
         let name: CString = name.to_owned();
-        self.call("unlink", move || mount.unlink(&dir, &name, &perm))
+        self.call("unlink", move || dir.mount().unlink(&dir, &name, &perm))
     }
 
     fn rmdir(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
         check_new_name(name)?;
         let perm = Self::perm(ctx)?;
         let dir = self.node(parent)?;
-        let mount = Arc::clone(&self.mount);
         let name: CString = name.to_owned();
-        self.call("rmdir", move || mount.rmdir(&dir, &name, &perm))
+        self.call("rmdir", move || dir.mount().rmdir(&dir, &name, &perm))
     }
 
     fn rename(
@@ -632,11 +624,10 @@ impl FileSystem for CephFs {
         let perm = Self::perm(ctx)?;
         let od = self.node(olddir)?;
         let nd = self.node(newdir)?;
-        let mount = Arc::clone(&self.mount);
         let oldname: CString = oldname.to_owned();
         let newname: CString = newname.to_owned();
         self.call("rename", move || {
-            mount.rename(&od, &oldname, &nd, &newname, &perm)
+            od.mount().rename(&od, &oldname, &nd, &newname, &perm)
         })
     }
 
@@ -645,11 +636,10 @@ impl FileSystem for CephFs {
         let perm = Self::perm(ctx)?;
         let i = self.node(inode)?;
         let dir = self.node(newparent)?;
-        let mount = Arc::clone(&self.mount);
         let newname: CString = newname.to_owned();
         let stat = self.call("link", move || {
-            mount.link(&i, &dir, &newname, &perm)?;
-            mount.getattr(&i, &perm)
+            i.mount().link(&i, &dir, &newname, &perm)?;
+            i.mount().getattr(&i, &perm)
         })?;
         self.inodes.add_existing(inode)?;
         Ok(self.entry(inode, &stat))
@@ -664,9 +654,8 @@ impl FileSystem for CephFs {
     ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
         let perm = Self::perm(ctx)?;
         let i = self.node(inode)?;
-        let mount = Arc::clone(&self.mount);
         let flags = Self::open_flags(flags);
-        let file = self.call("open", move || mount.open(&i, flags, &perm))?;
+        let file = self.call("open", move || i.mount().open(&i, flags, &perm))?;
         let h = self.new_handle();
         lock(&self.files).insert(h, Arc::new(file));
         Ok((Some(h), self.open_options(), None))
@@ -684,11 +673,10 @@ impl FileSystem for CephFs {
         let dir = self.node(parent)?;
         let flags =
             Self::open_flags(args.flags) | libc::O_CREAT | (args.flags as i32 & libc::O_EXCL);
-        let mount = Arc::clone(&self.mount);
         let name: CString = name.to_owned();
         let mode = args.mode;
         let (inode, file, stat) = self.call("create", move || {
-            mount.create(&dir, &name, mode, flags, &perm)
+            dir.mount().create(&dir, &name, mode, flags, &perm)
         })?;
         let entry = self.new_entry(inode, &stat);
         let h = self.new_handle();
@@ -710,9 +698,8 @@ impl FileSystem for CephFs {
         let f = self.file(handle)?;
         // Never allocate more than the reply can carry, whatever size the guest asks.
         let size = (size as usize).min(w.available_bytes()).min(MAX_IO);
-        let mount = Arc::clone(&self.mount);
         // The job reads into its own buffer; guest memory is written here, after it.
-        let data = self.call("read", move || mount.read(&f, offset, size))?;
+        let data = self.call("read", move || f.mount().read(&f, offset, size))?;
         w.write_all(&data)?;
         Ok(data.len())
     }
@@ -746,14 +733,13 @@ impl FileSystem for CephFs {
             }
         }
         buf.truncate(filled);
-        let mount = Arc::clone(&self.mount);
         self.call("write", move || {
             let mut done = 0;
             while done < buf.len() {
                 let at = offset
                     .checked_add(done as u64)
                     .ok_or_else(|| err(libc::EFBIG))?;
-                let n = mount.write(&f, at, &buf[done..])?;
+                let n = f.mount().write(&f, at, &buf[done..])?;
                 if n == 0 {
                     return Err(err(libc::EIO));
                 }
@@ -771,8 +757,7 @@ impl FileSystem for CephFs {
 
     fn fsync(&self, _ctx: &Context, _inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
         let f = self.file(handle)?;
-        let mount = Arc::clone(&self.mount);
-        self.call("fsync", move || mount.fsync(&f, datasync))
+        self.call("fsync", move || f.mount().fsync(&f, datasync))
     }
 
     fn fallocate(
@@ -785,9 +770,8 @@ impl FileSystem for CephFs {
         length: u64,
     ) -> io::Result<()> {
         let f = self.file(handle)?;
-        let mount = Arc::clone(&self.mount);
         self.call("fallocate", move || {
-            mount.fallocate(&f, mode as i32, offset, length)
+            f.mount().fallocate(&f, mode as i32, offset, length)
         })
     }
 
@@ -811,8 +795,7 @@ impl FileSystem for CephFs {
 
     fn statfs(&self, _ctx: &Context, inode: u64) -> io::Result<statvfs64> {
         let i = self.node(inode)?;
-        let mount = Arc::clone(&self.mount);
-        self.call("statfs", move || mount.statfs(&i))
+        self.call("statfs", move || i.mount().statfs(&i))
     }
 
     fn setxattr(
@@ -825,11 +808,10 @@ impl FileSystem for CephFs {
     ) -> io::Result<()> {
         let perm = Self::perm(ctx)?;
         let i = self.node(inode)?;
-        let mount = Arc::clone(&self.mount);
         let name: CString = name.to_owned();
         let value = value.to_vec();
         self.call("setxattr", move || {
-            mount.setxattr(&i, &name, &value, flags as i32, &perm)
+            i.mount().setxattr(&i, &name, &value, flags as i32, &perm)
         })
     }
 
@@ -842,10 +824,9 @@ impl FileSystem for CephFs {
     ) -> io::Result<GetxattrReply> {
         let perm = Self::perm(ctx)?;
         let i = self.node(inode)?;
-        let mount = Arc::clone(&self.mount);
         let name: CString = name.to_owned();
         let reply = self.call("getxattr", move || {
-            mount.getxattr(&i, &name, size as usize, &perm)
+            i.mount().getxattr(&i, &name, size as usize, &perm)
         })?;
         match reply {
             XattrReply::Size(n) => Ok(GetxattrReply::Count(
@@ -858,9 +839,8 @@ impl FileSystem for CephFs {
     fn listxattr(&self, ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
         let perm = Self::perm(ctx)?;
         let i = self.node(inode)?;
-        let mount = Arc::clone(&self.mount);
         let reply = self.call("listxattr", move || {
-            mount.listxattr(&i, size as usize, &perm)
+            i.mount().listxattr(&i, size as usize, &perm)
         })?;
         match reply {
             XattrReply::Size(n) => Ok(ListxattrReply::Count(
@@ -873,9 +853,10 @@ impl FileSystem for CephFs {
     fn removexattr(&self, ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
         let perm = Self::perm(ctx)?;
         let i = self.node(inode)?;
-        let mount = Arc::clone(&self.mount);
         let name: CString = name.to_owned();
-        self.call("removexattr", move || mount.removexattr(&i, &name, &perm))
+        self.call("removexattr", move || {
+            i.mount().removexattr(&i, &name, &perm)
+        })
     }
 
     fn opendir(
@@ -886,8 +867,7 @@ impl FileSystem for CephFs {
     ) -> io::Result<(Option<u64>, OpenOptions)> {
         let perm = Self::perm(ctx)?;
         let i = self.node(inode)?;
-        let mount = Arc::clone(&self.mount);
-        let dir = self.call("opendir", move || mount.opendir(&i, &perm))?;
+        let dir = self.call("opendir", move || i.mount().opendir(&i, &perm))?;
         let h = self.new_handle();
         lock(&self.dirs).insert(h, Arc::new(Mutex::new(dir)));
         let mut o = OpenOptions::empty();
@@ -956,8 +936,7 @@ impl FileSystem for CephFs {
     fn access(&self, ctx: &Context, inode: u64, mask: u32) -> io::Result<()> {
         let perm = Self::perm(ctx)?;
         let i = self.node(inode)?;
-        let mount = Arc::clone(&self.mount);
-        let st = self.call("getattr", move || mount.getattr(&i, &perm))?;
+        let st = self.call("getattr", move || i.mount().getattr(&i, &perm))?;
         let mode = st.mode();
         let mask = mask & 0o7;
         if mask == 0 {
@@ -994,7 +973,6 @@ impl FileSystem for CephFs {
         whence: u32,
     ) -> io::Result<u64> {
         let f = self.file(handle)?;
-        let mount = Arc::clone(&self.mount);
-        self.call("lseek", move || mount.lseek(&f, offset, whence as i32))
+        self.call("lseek", move || f.mount().lseek(&f, offset, whence as i32))
     }
 }

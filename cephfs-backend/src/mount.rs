@@ -21,15 +21,12 @@ use std::time::Duration;
 use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64};
 use libc::{c_char, c_int};
 
-use crate::error::{errno, CephError};
+use crate::error::{check, errno, CephError};
 use crate::ffi;
 
-fn check(ret: c_int) -> io::Result<c_int> {
-    if ret < 0 {
-        Err(errno(ret.into()))
-    } else {
-        Ok(ret)
-    }
+/// `ptr`, or EIO when libcephfs reported success but handed back NULL.
+fn non_null<T>(ptr: *mut T) -> io::Result<NonNull<T>> {
+    NonNull::new(ptr).ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))
 }
 
 fn cstring(what: &'static str, value: &str) -> Result<CString, CephError> {
@@ -242,11 +239,23 @@ impl CephMount {
 
     /// Wraps a freshly referenced `Inode` pointer.
     fn adopt(self: &Arc<Self>, ptr: *mut ffi::Inode) -> io::Result<CephInode> {
-        let ptr = NonNull::new(ptr).ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
         Ok(CephInode {
             mount: Arc::clone(self),
-            ptr,
+            ptr: non_null(ptr)?,
         })
+    }
+
+    /// Runs `call`, a libcephfs call that stores a new `Inode` reference and that inode's
+    /// `CEPH_STATX_BASIC_STATS` through the two out-pointers it is given, and adopts the
+    /// reference.
+    fn new_inode(
+        self: &Arc<Self>,
+        call: impl FnOnce(*mut *mut ffi::Inode, *mut ffi::CephStatx) -> c_int,
+    ) -> io::Result<(CephInode, Statx)> {
+        let mut out = ptr::null_mut();
+        let mut stx = ffi::CephStatx::default();
+        check(call(&mut out, &mut stx))?;
+        Ok((self.adopt(out)?, Statx(stx)))
     }
 
     pub fn lookup(
@@ -255,23 +264,20 @@ impl CephMount {
         name: &CStr,
         perm: &UserPerm,
     ) -> io::Result<(CephInode, Statx)> {
-        let mut out = ptr::null_mut();
-        let mut stx = ffi::CephStatx::default();
-        // SAFETY: live mount, live parent reference, NUL-terminated name, valid out-pointers,
-        // live credentials.
-        check(unsafe {
+        // SAFETY: live mount, live parent reference, NUL-terminated name, valid out-pointers
+        // (`new_inode`'s), live credentials.
+        self.new_inode(|out, stx| unsafe {
             ffi::ceph_ll_lookup(
                 self.raw(),
                 parent.ptr.as_ptr(),
                 name.as_ptr(),
-                &mut out,
-                &mut stx,
+                out,
+                stx,
                 ffi::CEPH_STATX_BASIC_STATS,
                 0,
                 perm.raw(),
             )
-        })?;
-        Ok((self.adopt(out)?, Statx(stx)))
+        })
     }
 
     pub fn getattr(&self, inode: &CephInode, perm: &UserPerm) -> io::Result<Statx> {
@@ -329,10 +335,9 @@ impl CephMount {
     }
 
     fn adopt_fh(self: &Arc<Self>, fh: *mut ffi::Fh) -> io::Result<CephFile> {
-        let fh = NonNull::new(fh).ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
         Ok(CephFile {
             mount: Arc::clone(self),
-            fh,
+            fh: non_null(fh)?,
         })
     }
 
@@ -443,24 +448,21 @@ impl CephMount {
         rdev: u64,
         perm: &UserPerm,
     ) -> io::Result<(CephInode, Statx)> {
-        let mut out = ptr::null_mut();
-        let mut stx = ffi::CephStatx::default();
         // SAFETY: live mount, parent, credentials; NUL-terminated name; valid out-pointers.
-        check(unsafe {
+        self.new_inode(|out, stx| unsafe {
             ffi::ceph_ll_mknod(
                 self.raw(),
                 parent.ptr.as_ptr(),
                 name.as_ptr(),
                 mode,
                 rdev,
-                &mut out,
-                &mut stx,
+                out,
+                stx,
                 ffi::CEPH_STATX_BASIC_STATS,
                 0,
                 perm.raw(),
             )
-        })?;
-        Ok((self.adopt(out)?, Statx(stx)))
+        })
     }
 
     pub fn mkdir(
@@ -470,23 +472,20 @@ impl CephMount {
         mode: u32,
         perm: &UserPerm,
     ) -> io::Result<(CephInode, Statx)> {
-        let mut out = ptr::null_mut();
-        let mut stx = ffi::CephStatx::default();
         // SAFETY: live mount, parent, credentials; NUL-terminated name; valid out-pointers.
-        check(unsafe {
+        self.new_inode(|out, stx| unsafe {
             ffi::ceph_ll_mkdir(
                 self.raw(),
                 parent.ptr.as_ptr(),
                 name.as_ptr(),
                 mode,
-                &mut out,
-                &mut stx,
+                out,
+                stx,
                 ffi::CEPH_STATX_BASIC_STATS,
                 0,
                 perm.raw(),
             )
-        })?;
-        Ok((self.adopt(out)?, Statx(stx)))
+        })
     }
 
     pub fn symlink(
@@ -496,23 +495,20 @@ impl CephMount {
         target: &CStr,
         perm: &UserPerm,
     ) -> io::Result<(CephInode, Statx)> {
-        let mut out = ptr::null_mut();
-        let mut stx = ffi::CephStatx::default();
         // SAFETY: live mount, parent, credentials; NUL-terminated strings; valid out-pointers.
-        check(unsafe {
+        self.new_inode(|out, stx| unsafe {
             ffi::ceph_ll_symlink(
                 self.raw(),
                 parent.ptr.as_ptr(),
                 name.as_ptr(),
                 target.as_ptr(),
-                &mut out,
-                &mut stx,
+                out,
+                stx,
                 ffi::CEPH_STATX_BASIC_STATS,
                 0,
                 perm.raw(),
             )
-        })?;
-        Ok((self.adopt(out)?, Statx(stx)))
+        })
     }
 
     pub fn link(
@@ -714,10 +710,9 @@ impl CephMount {
         check(unsafe {
             ffi::ceph_ll_opendir(self.raw(), inode.ptr.as_ptr(), &mut dir, perm.raw())
         })?;
-        let dir = NonNull::new(dir).ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
         Ok(CephDir {
             mount: Arc::clone(self),
-            dir,
+            dir: non_null(dir)?,
         })
     }
 }
@@ -836,6 +831,13 @@ pub struct CephFile {
 unsafe impl Send for CephFile {}
 // SAFETY: as above; reads and writes at explicit offsets share no cursor state.
 unsafe impl Sync for CephFile {}
+
+impl CephFile {
+    /// The mount this file belongs to.
+    pub fn mount(&self) -> &Arc<CephMount> {
+        &self.mount
+    }
+}
 
 impl Drop for CephFile {
     fn drop(&mut self) {

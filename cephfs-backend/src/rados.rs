@@ -28,7 +28,7 @@
 //! # let _ = reply; Ok(()) }
 //! ```
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::ptr::{self, NonNull};
@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use libc::{c_char, c_int, c_void};
 
-use crate::error::{errno, LibraryError};
+use crate::error::{check, errno, LibraryError};
 use crate::rados_ffi as ffi;
 
 /// Loads librados (`librados.so.2`, with libceph-common and its C++ dependencies) into the
@@ -154,14 +154,6 @@ fn cstring(what: &'static str, value: &str) -> Result<CString, RadosError> {
         what,
         value: value.to_string(),
     })
-}
-
-fn check(ret: c_int) -> io::Result<c_int> {
-    if ret < 0 {
-        Err(errno(ret.into()))
-    } else {
-        Ok(ret)
-    }
 }
 
 /// One `rados_t`, shut down when dropped.
@@ -506,9 +498,9 @@ impl IoCtx {
         for _ in 0..3 {
             // Update: only if the stored version is lower (ENOENT when there is no object).
             let op = WriteOp::new().map_err(&err)?;
-            // SAFETY: `op` is a fresh write op; every buffer is valid for its length and
-            // outlives the operate call below, which copies what it needs.
-            let ret = unsafe {
+            // SAFETY: `op` is a fresh write op; `name` is NUL-terminated and `value` valid
+            // for its length (librados copies both).
+            unsafe {
                 ffi::rados_write_op_cmpxattr(
                     op.0.as_ptr(),
                     name.as_ptr(),
@@ -516,21 +508,8 @@ impl IoCtx {
                     value.as_ptr().cast::<c_char>(),
                     value.len(),
                 );
-                ffi::rados_write_op_write_full(op.0.as_ptr(), data.as_ptr().cast(), data.len());
-                ffi::rados_write_op_setxattr(
-                    op.0.as_ptr(),
-                    name.as_ptr(),
-                    value.as_ptr().cast::<c_char>(),
-                    value.len(),
-                );
-                ffi::rados_write_op_operate(
-                    op.0.as_ptr(),
-                    self.io.as_ptr(),
-                    oid.as_ptr(),
-                    ptr::null_mut(),
-                    ffi::LIBRADOS_OPERATION_NOFLAG,
-                )
-            };
+            }
+            let ret = self.write_versioned(op, &oid, &name, &value, data);
             match -ret {
                 0 => return Ok(true),
                 libc::ECANCELED => return Ok(false),
@@ -539,28 +518,15 @@ impl IoCtx {
             }
             // Create: only if nobody created it meanwhile.
             let op = WriteOp::new().map_err(&err)?;
-            // SAFETY: as above; `category` may be NULL (deprecated, ignored).
-            let ret = unsafe {
+            // SAFETY: `op` is a fresh write op; `category` may be NULL (deprecated, ignored).
+            unsafe {
                 ffi::rados_write_op_create(
                     op.0.as_ptr(),
                     ffi::LIBRADOS_CREATE_EXCLUSIVE,
                     ptr::null(),
                 );
-                ffi::rados_write_op_write_full(op.0.as_ptr(), data.as_ptr().cast(), data.len());
-                ffi::rados_write_op_setxattr(
-                    op.0.as_ptr(),
-                    name.as_ptr(),
-                    value.as_ptr().cast::<c_char>(),
-                    value.len(),
-                );
-                ffi::rados_write_op_operate(
-                    op.0.as_ptr(),
-                    self.io.as_ptr(),
-                    oid.as_ptr(),
-                    ptr::null_mut(),
-                    ffi::LIBRADOS_OPERATION_NOFLAG,
-                )
-            };
+            }
+            let ret = self.write_versioned(op, &oid, &name, &value, data);
             match -ret {
                 0 => return Ok(true),
                 libc::EEXIST => continue,
@@ -568,6 +534,36 @@ impl IoCtx {
             }
         }
         Err(err(io::Error::from_raw_os_error(libc::EBUSY)))
+    }
+
+    /// Completes `op` (its guard already added) with "replace the content with `data` and set
+    /// xattr `name` to `value`", runs it on `oid` and returns librados' result.
+    fn write_versioned(
+        &self,
+        op: WriteOp,
+        oid: &CStr,
+        name: &CStr,
+        value: &str,
+        data: &[u8],
+    ) -> c_int {
+        // SAFETY: `op` is a live write op; every buffer is valid for its length and outlives
+        // the operate call, which copies what it needs.
+        unsafe {
+            ffi::rados_write_op_write_full(op.0.as_ptr(), data.as_ptr().cast(), data.len());
+            ffi::rados_write_op_setxattr(
+                op.0.as_ptr(),
+                name.as_ptr(),
+                value.as_ptr().cast::<c_char>(),
+                value.len(),
+            );
+            ffi::rados_write_op_operate(
+                op.0.as_ptr(),
+                self.io.as_ptr(),
+                oid.as_ptr(),
+                ptr::null_mut(),
+                ffi::LIBRADOS_OPERATION_NOFLAG,
+            )
+        }
     }
 
     /// The whole content of `object` (at most [`MAX_READ`] bytes), read in one operation
