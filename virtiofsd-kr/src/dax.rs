@@ -308,13 +308,18 @@ impl FsCacheReqHandler for DaxRequest {
     }
 
     fn unmap(&mut self, requests: Vec<RemovemappingOne>) -> io::Result<()> {
-        // Check everything first, so a bad entry changes nothing.
-        let ranges = requests
-            .iter()
-            .map(|one| self.window.check_unmap(one))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.window.refused(e))?;
-        for (moffset, len) in ranges {
+        // Check everything first, so a bad entry changes nothing (the check is pure
+        // arithmetic, so repeating it below cannot fail).
+        for one in &requests {
+            self.window
+                .check_unmap(one)
+                .map_err(|e| self.window.refused(e))?;
+        }
+        for one in &requests {
+            let (moffset, len) = self
+                .window
+                .check_unmap(one)
+                .map_err(|e| self.window.refused(e))?;
             self.window
                 .unmap(moffset, len)
                 .map_err(|e| self.window.refused(e))?;

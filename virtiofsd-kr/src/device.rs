@@ -5,9 +5,10 @@
 //! returning used buffers and notifying the guest. It must not know how the backend stores
 //! files, and never trusts a length, index or opcode the guest wrote.
 
+use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread;
 use std::time::Instant;
 
@@ -282,8 +283,13 @@ fn reply_error(chain: &Chain, unique: u64, errno: i32) -> u32 {
 
 /// Returns a chain's used buffer and tells the guest if it asked to be told.
 fn complete(vring: &Vring, head: u16, len: u32) -> Result<(), DeviceError> {
-    vring.add_used(head, len).map_err(DeviceError::AddUsed)?;
-    if vring.needs_notification().map_err(DeviceError::AddUsed)? {
+    // One lock for both steps: VringMutex's add_used and needs_notification lock each.
+    let notify = {
+        let mut state = vring.get_mut();
+        state.add_used(head, len).map_err(DeviceError::AddUsed)?;
+        state.needs_notification().map_err(DeviceError::AddUsed)?
+    };
+    if notify {
         vring.signal_used_queue().map_err(DeviceError::Signal)?;
     }
     Ok(())
@@ -292,7 +298,14 @@ fn complete(vring: &Vring, head: u16, len: u32) -> Result<(), DeviceError> {
 /// Worker threads for `--thread-pool-size N`: the queue thread pops chains and hands them
 /// over; a worker serves the chain and returns it to the ring.
 struct RequestPool {
-    jobs: mpsc::Sender<(Chain, Vring)>,
+    jobs: Arc<Jobs>,
+}
+
+/// Chains waiting for a worker, and whether the pool is closing. Idle workers sleep on the
+/// condvar, not on the lock, so handing over a chain wakes exactly one of them.
+struct Jobs {
+    queue: Mutex<(VecDeque<(Chain, Vring)>, bool)>,
+    ready: Condvar,
 }
 
 impl RequestPool {
@@ -300,20 +313,33 @@ impl RequestPool {
         size: usize,
         core: Arc<RequestCore<F>>,
     ) -> Result<Self, DeviceError> {
-        let (tx, rx) = mpsc::channel::<(Chain, Vring)>();
-        let rx = Arc::new(Mutex::new(rx));
+        let jobs = Arc::new(Jobs {
+            queue: Mutex::new((VecDeque::new(), false)),
+            ready: Condvar::new(),
+        });
         for i in 0..size {
-            let rx = rx.clone();
+            let jobs = jobs.clone();
             let core = core.clone();
             thread::Builder::new()
                 .name(format!("vfs-worker-{i}"))
                 .spawn(move || loop {
                     // A poisoned lock means another worker panicked: stop this one too.
-                    let job = match rx.lock() {
-                        Ok(rx) => rx.recv(),
-                        Err(_) => return,
+                    let Ok(mut queue) = jobs.queue.lock() else {
+                        return;
                     };
-                    let Ok((chain, vring)) = job else { return };
+                    let (chain, vring) = loop {
+                        if let Some(job) = queue.0.pop_front() {
+                            break job;
+                        }
+                        if queue.1 {
+                            return; // closing, and nothing left to serve
+                        }
+                        queue = match jobs.ready.wait(queue) {
+                            Ok(q) => q,
+                            Err(_) => return,
+                        };
+                    };
+                    drop(queue);
                     let len = core.serve_chain(&chain);
                     if let Err(e) = complete(&vring, chain.head_index(), len) {
                         warn!("completing request: {e}");
@@ -321,13 +347,24 @@ impl RequestPool {
                 })
                 .map_err(DeviceError::SpawnWorker)?;
         }
-        Ok(RequestPool { jobs: tx })
+        Ok(RequestPool { jobs })
     }
 
     fn submit(&self, chain: Chain, vring: Vring) {
-        // Workers only stop when the sender is dropped, so this cannot fail while we live.
-        // (`mpsc::Sender` is `Sync`: no lock per request.)
-        let _ = self.jobs.send((chain, vring));
+        if let Ok(mut queue) = self.jobs.queue.lock() {
+            queue.0.push_back((chain, vring));
+        }
+        self.jobs.ready.notify_one();
+    }
+}
+
+impl Drop for RequestPool {
+    /// Workers serve what is queued, then stop (as they did when the channel closed).
+    fn drop(&mut self) {
+        if let Ok(mut queue) = self.jobs.queue.lock() {
+            queue.1 = true;
+        }
+        self.jobs.ready.notify_all();
     }
 }
 
@@ -411,6 +448,7 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
         let mem = self.memory()?;
         let event_idx = self.event_idx.load(Ordering::Relaxed);
         let limiter = self.core.acct.as_ref().filter(|_| throttle);
+        let mut chains: Vec<Chain> = Vec::new();
         loop {
             if event_idx {
                 vring
@@ -420,22 +458,26 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
             loop {
                 let batch = match limiter {
                     Some(acct) if acct.limiter.is_active() => {
-                        acct.meter.add_throttled(acct.limiter.wait());
+                        let waited = acct.limiter.wait();
+                        if !waited.is_zero() {
+                            acct.meter.add_throttled(waited);
+                        }
                         1
                     }
                     _ => usize::MAX,
                 };
-                let chains: Vec<Chain> = {
+                {
                     let mut state = vring.get_mut();
-                    state
-                        .get_queue_mut()
-                        .iter(mem.clone())
-                        .map_err(DeviceError::QueueIter)?
-                        .take(batch)
-                        .collect()
-                };
+                    chains.extend(
+                        state
+                            .get_queue_mut()
+                            .iter(mem.clone())
+                            .map_err(DeviceError::QueueIter)?
+                            .take(batch),
+                    );
+                }
                 let taken = chains.len();
-                for chain in chains {
+                for chain in chains.drain(..) {
                     match &self.pool {
                         Some(pool) => pool.submit(chain, vring.clone()),
                         None => {

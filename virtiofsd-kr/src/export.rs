@@ -198,10 +198,34 @@ where
         if self.policy.no_readdirplus {
             return Err(io::Error::from_raw_os_error(libc::ENOSYS));
         }
-        self.inner
-            .readdirplus(ctx, inode, handle, size, offset, &mut |dirent, entry| {
-                add_entry(dirent, self.mark_submount(ctx, inode, entry))
-            })
+        if !self.policy.announce_submounts {
+            return self
+                .inner
+                .readdirplus(ctx, inode, handle, size, offset, add_entry);
+        }
+        // The directory's device, asked once per call rather than once per entry.
+        let mut parent_dev: Option<Option<libc::dev_t>> = None;
+        self.inner.readdirplus(
+            ctx,
+            inode,
+            handle,
+            size,
+            offset,
+            &mut |dirent, mut entry| {
+                if entry.inode != 0 {
+                    let dev = *parent_dev.get_or_insert_with(|| {
+                        self.inner
+                            .getattr(ctx, inode, None)
+                            .ok()
+                            .map(|(a, _)| a.st_dev)
+                    });
+                    if dev.is_some_and(|d| d != entry.attr.st_dev) {
+                        entry.attr_flags |= ATTR_SUBMOUNT;
+                    }
+                }
+                add_entry(dirent, entry)
+            },
+        )
     }
 
     fn destroy(&self) {

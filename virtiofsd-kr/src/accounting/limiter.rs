@@ -216,15 +216,17 @@ impl RateLimiter {
 
     /// Sleeps (never spins) until the next request may be taken; returns the time waited.
     pub fn wait(&self) -> Duration {
-        let start = Instant::now();
+        let mut start = None;
         while self.is_active() && !self.released.load(Ordering::Acquire) {
-            let delay = self.delay_at(Instant::now());
+            let now = Instant::now();
+            let delay = self.delay_at(now);
             if delay.is_zero() {
                 break;
             }
+            start.get_or_insert(now);
             std::thread::sleep(delay.min(MAX_SLEEP));
         }
-        start.elapsed()
+        start.map_or(Duration::ZERO, |s| s.elapsed())
     }
 }
 
