@@ -153,7 +153,8 @@ impl<F: FileSystem + Send + Sync + 'static> RequestCore<F> {
             warn!("dropping request shorter than a FUSE header");
             return 0;
         };
-        // The opcode as the guard and server saw it: the guest cannot change it afterwards.
+        // The opcode as the guard saw it (this copy is what gets metered; the server reads the
+        // header again, so the checks that must hold are repeated behind it: see guard.rs).
         seen.opcode = Some(header.opcode);
         if let Verdict::Refuse(errno) = verdict {
             debug!(opcode = header.opcode, errno, "request refused by guard");

@@ -54,6 +54,10 @@ pub struct ExportPolicy {
     pub announce_submounts: bool,
     /// A DAX window is offered: track write-opens so writable mappings can be checked.
     pub dax: bool,
+    /// `--readonly`: every call that would change the export gets EROFS here, on the
+    /// arguments the backend receives (the guard's earlier check reads guest memory, which
+    /// the guest can change between that check and the server's own parse).
+    pub readonly: bool,
 }
 
 impl From<&crate::cli::FsOptions> for ExportPolicy {
@@ -62,6 +66,7 @@ impl From<&crate::cli::FsOptions> for ExportPolicy {
             no_readdirplus: opts.no_readdirplus,
             announce_submounts: opts.announce_submounts,
             dax: false,
+            readonly: opts.readonly,
         }
     }
 }
@@ -131,6 +136,14 @@ impl<F: FileSystem> ExportFs<F> {
         if let Ok(mut opens) = self.write_opens.lock() {
             opens.released(handle);
         }
+    }
+
+    /// EROFS on a read-only export.
+    fn writable(&self) -> io::Result<()> {
+        if self.policy.readonly {
+            return Err(io::Error::from_raw_os_error(libc::EROFS));
+        }
+        Ok(())
     }
 
     fn open_for_writing(&self, inode: u64) -> bool {
@@ -257,6 +270,7 @@ where
         handle: Option<Self::Handle>,
         valid: SetattrValid,
     ) -> io::Result<(stat64, Duration)> {
+        self.writable()?;
         self.inner.setattr(ctx, inode, attr, handle, valid)
     }
 
@@ -271,6 +285,7 @@ where
         parent: Self::Inode,
         name: &CStr,
     ) -> io::Result<Entry> {
+        self.writable()?;
         self.inner.symlink(ctx, linkname, parent, name)
     }
 
@@ -283,6 +298,7 @@ where
         rdev: u32,
         umask: u32,
     ) -> io::Result<Entry> {
+        self.writable()?;
         self.inner.mknod(ctx, inode, name, mode, rdev, umask)
     }
 
@@ -294,14 +310,17 @@ where
         mode: u32,
         umask: u32,
     ) -> io::Result<Entry> {
+        self.writable()?;
         self.inner.mkdir(ctx, parent, name, mode, umask)
     }
 
     fn unlink(&self, ctx: &Context, parent: Self::Inode, name: &CStr) -> io::Result<()> {
+        self.writable()?;
         self.inner.unlink(ctx, parent, name)
     }
 
     fn rmdir(&self, ctx: &Context, parent: Self::Inode, name: &CStr) -> io::Result<()> {
+        self.writable()?;
         self.inner.rmdir(ctx, parent, name)
     }
 
@@ -314,6 +333,7 @@ where
         newname: &CStr,
         flags: u32,
     ) -> io::Result<()> {
+        self.writable()?;
         self.inner
             .rename(ctx, olddir, oldname, newdir, newname, flags)
     }
@@ -325,6 +345,7 @@ where
         newparent: Self::Inode,
         newname: &CStr,
     ) -> io::Result<Entry> {
+        self.writable()?;
         self.inner.link(ctx, inode, newparent, newname)
     }
 
@@ -335,6 +356,9 @@ where
         flags: u32,
         fuse_flags: u32,
     ) -> io::Result<(Option<Self::Handle>, OpenOptions, Option<u32>)> {
+        if opens_for_writing(flags) || (flags as i32) & libc::O_TRUNC != 0 {
+            self.writable()?;
+        }
         let opened = self.inner.open(ctx, inode, flags, fuse_flags)?;
         self.note_open(opened.0.map(Into::into), inode.into(), flags);
         Ok(opened)
@@ -347,6 +371,7 @@ where
         name: &CStr,
         args: CreateIn,
     ) -> io::Result<(Entry, Option<Self::Handle>, OpenOptions, Option<u32>)> {
+        self.writable()?;
         let flags = args.flags;
         let created = self.inner.create(ctx, parent, name, args)?;
         self.note_open(created.1.map(Into::into), created.0.inode, flags);
@@ -381,6 +406,7 @@ where
         flags: u32,
         fuse_flags: u32,
     ) -> io::Result<usize> {
+        self.writable()?;
         let written = self.inner.write(
             ctx,
             inode,
@@ -426,6 +452,7 @@ where
         offset: u64,
         length: u64,
     ) -> io::Result<()> {
+        self.writable()?;
         self.inner
             .fallocate(ctx, inode, handle, mode, offset, length)
     }
@@ -457,6 +484,7 @@ where
         value: &[u8],
         flags: u32,
     ) -> io::Result<()> {
+        self.writable()?;
         self.inner.setxattr(ctx, inode, name, value, flags)
     }
 
@@ -480,6 +508,7 @@ where
     }
 
     fn removexattr(&self, ctx: &Context, inode: Self::Inode, name: &CStr) -> io::Result<()> {
+        self.writable()?;
         self.inner.removexattr(ctx, inode, name)
     }
 
@@ -538,6 +567,9 @@ where
     ) -> io::Result<()> {
         // The backend opens the file itself for the mapping, with the daemon's rights: a
         // writable mapping is only granted while the guest holds the file open for writing.
+        if flags & SetupmappingFlags::WRITE.bits() != 0 {
+            self.writable()?;
+        }
         if flags & SetupmappingFlags::WRITE.bits() != 0 && !self.open_for_writing(inode.into()) {
             return Err(io::Error::from_raw_os_error(libc::EACCES));
         }
@@ -729,5 +761,81 @@ mod tests {
             .lookup(&ctx, ROOT_ID, &CString::new("proc").unwrap())
             .unwrap();
         assert_eq!(proc_entry.attr_flags & ATTR_SUBMOUNT, ATTR_SUBMOUNT);
+    }
+
+    /// A read-only export refuses changes in ExportFs itself, whatever reached it: the
+    /// guard in front reads guest memory that the guest can rewrite before the server parses
+    /// it again, so this is the check that holds.
+    #[test]
+    fn readonly_export_refuses_every_change_at_the_backend_boundary() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"data").unwrap();
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        let policy = ExportPolicy {
+            readonly: true,
+            ..Default::default()
+        };
+        let fs = ExportFs::new(backend(dir.path()), policy);
+        fs.init(FsOptions::empty()).unwrap();
+        let ctx = Context::default();
+        let name = |n: &str| CString::new(n).unwrap();
+        let erofs = |r: io::Result<()>, what: &str| {
+            assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EROFS), "{what}");
+        };
+        let f = fs.lookup(&ctx, ROOT_ID, &name("f")).unwrap().inode;
+        for flags in [libc::O_WRONLY, libc::O_RDWR, libc::O_RDONLY | libc::O_TRUNC] {
+            erofs(
+                fs.open(&ctx, f, flags as u32, 0).map(|_| ()),
+                &format!("open {flags:#o}"),
+            );
+        }
+        let args = CreateIn {
+            flags: libc::O_RDWR as u32,
+            mode: libc::S_IFREG | 0o644,
+            umask: 0,
+            fuse_flags: 0,
+        };
+        erofs(
+            fs.create(&ctx, ROOT_ID, &name("new"), args).map(|_| ()),
+            "create",
+        );
+        erofs(
+            fs.mkdir(&ctx, ROOT_ID, &name("nd"), 0o755, 0).map(|_| ()),
+            "mkdir",
+        );
+        erofs(
+            fs.mknod(&ctx, ROOT_ID, &name("n"), libc::S_IFIFO | 0o600, 0, 0)
+                .map(|_| ()),
+            "mknod",
+        );
+        erofs(
+            fs.symlink(&ctx, &name("f"), ROOT_ID, &name("s"))
+                .map(|_| ()),
+            "symlink",
+        );
+        erofs(fs.link(&ctx, f, ROOT_ID, &name("h")).map(|_| ()), "link");
+        erofs(fs.unlink(&ctx, ROOT_ID, &name("f")), "unlink");
+        erofs(fs.rmdir(&ctx, ROOT_ID, &name("d")), "rmdir");
+        erofs(
+            fs.rename(&ctx, ROOT_ID, &name("f"), ROOT_ID, &name("g"), 0),
+            "rename",
+        );
+        // SAFETY: stat64 is plain old data; all-zero is a valid value.
+        let mut attr: stat64 = unsafe { std::mem::zeroed() };
+        attr.st_size = 0;
+        erofs(
+            fs.setattr(&ctx, f, attr, None, SetattrValid::SIZE)
+                .map(|_| ()),
+            "setattr size",
+        );
+        erofs(fs.setxattr(&ctx, f, &name("user.x"), b"1", 0), "setxattr");
+        erofs(fs.removexattr(&ctx, f, &name("user.x")), "removexattr");
+        // Reading stays possible, and nothing changed on the host.
+        fs.open(&ctx, f, libc::O_RDONLY as u32, 0)
+            .expect("a read-only open of a read-only export");
+        assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"data");
+        assert!(dir.path().join("d").is_dir());
+        assert!(!dir.path().join("new").exists());
+        assert!(!dir.path().join("g").exists());
     }
 }

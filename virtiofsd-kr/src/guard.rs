@@ -1,10 +1,13 @@
 //! Request guard: looks at each FUSE request header before fuse-backend-rs does.
 //!
-//! It owns two decisions: whether the opcode is one fuse-backend-rs can be handed at all
-//! (its 0.14 `Opcode::from` transmutes any number below 50, which is undefined behaviour for
-//! the holes 0, 7 and 19), and whether a read-only export must refuse the request with EROFS.
-//! It must not parse request bodies beyond the fixed headers it needs, and never panics on
-//! guest bytes.
+//! It owns two early answers: ENOSYS for an opcode fuse-backend-rs does not define (its 0.14
+//! `Opcode::from` transmutes any number below 50, undefined behaviour for the holes 0, 7 and
+//! 19), and EROFS for a request that would change a read-only export. Both look at the
+//! daemon's own copy of the header, which the guest can rewrite before the server reads it
+//! again: so neither is the only line of defence. The vendored fuse-backend-rs maps the holes
+//! safely (`third_party/README.md`), and `ExportFs` refuses changes to a read-only export on
+//! the arguments the backend receives. It must not parse request bodies beyond the fixed
+//! headers it needs, and never panics on guest bytes.
 
 use std::io::Read;
 
@@ -270,5 +273,20 @@ mod tests {
                 prop_assert!(is_known_opcode(op));
             }
         }
+    }
+
+    /// The server maps the holes itself too (vendored patch): a guest that rewrites the
+    /// opcode after the guard looked cannot reach the transmute with them.
+    #[test]
+    fn opcode_holes_map_to_max_opcode() {
+        for hole in [0u32, 7, 19, 50, u32::MAX] {
+            assert_eq!(
+                Opcode::from(hole) as u32,
+                Opcode::MaxOpcode as u32,
+                "{hole}"
+            );
+        }
+        assert_eq!(Opcode::from(6) as u32, Opcode::Symlink as u32);
+        assert_eq!(Opcode::from(8) as u32, Opcode::Mknod as u32);
     }
 }

@@ -745,7 +745,11 @@ pub enum Opcode {
 
 impl From<u32> for Opcode {
     fn from(op: u32) -> Opcode {
-        if op >= Opcode::MaxOpcode as u32 {
+        // virtiofsd-kr patch: 0, 7 and 19 are not Opcode values; transmuting them is undefined
+        // behaviour. The server evaluates this on the header it reads from guest memory (its
+        // trace line), after the daemon's guard checked an earlier read of the same bytes that
+        // the guest can have changed since: map them like any unknown opcode.
+        if op >= Opcode::MaxOpcode as u32 || op == 0 || op == 7 || op == 19 {
             return Opcode::MaxOpcode;
         }
         unsafe { mem::transmute(op) }
