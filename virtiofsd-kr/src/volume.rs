@@ -111,10 +111,17 @@ impl VolumeAdmin {
             dir = match mount.lookup(&dir, &name, &perm) {
                 Ok((inode, _)) => inode,
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    mount
-                        .mkdir(&dir, &name, 0o755, &perm)
-                        .map_err(io_err(format!("creating {root}")))?
-                        .0
+                    match mount.mkdir(&dir, &name, 0o755, &perm) {
+                        Ok((made, _)) => made,
+                        // Another `volume create` made it in between: use theirs.
+                        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                            mount
+                                .lookup(&dir, &name, &perm)
+                                .map_err(io_err(format!("looking up {root}")))?
+                                .0
+                        }
+                        Err(e) => return Err(io_err(format!("creating {root}"))(e)),
+                    }
                 }
                 Err(e) => return Err(io_err(format!("looking up {root}"))(e)),
             };

@@ -359,3 +359,30 @@ fn two_daemons_see_each_others_closed_writes() {
     };
     eprintln!("pod b read pod a's closed write after {seen:?}");
 }
+
+/// Several `volume create` at once under a volumes root that does not exist yet: each makes
+/// the root or finds it made by another, none fails (a fresh cluster used to give EEXIST).
+#[test]
+fn concurrent_creates_share_a_new_volumes_root() {
+    cluster();
+    let root = format!("/{}", ceph_cluster::unique("vroot-"));
+    let names: Vec<String> = (0..4)
+        .map(|i| ceph_cluster::unique(&format!("race{i}-")))
+        .collect();
+    let handles: Vec<_> = names
+        .iter()
+        .cloned()
+        .map(|name| {
+            let root = root.clone();
+            std::thread::spawn(move || volume_cmd(&["create", &name, "--volumes-root", &root]))
+        })
+        .collect();
+    for (name, h) in names.iter().zip(handles) {
+        let (ok, out, err) = h.join().unwrap();
+        assert!(ok, "volume create {name} under {root}: {err}");
+        assert!(out.contains(&format!("\"{root}/{name}\"")), "{out}");
+    }
+    let (ok, list, err) = volume_cmd(&["ls", "--volumes-root", &root]);
+    assert!(ok, "{err}");
+    assert_eq!(list.lines().count(), names.len(), "{list}");
+}
