@@ -263,6 +263,21 @@ fn ok(reply: FuseReply, what: &str) -> FuseReply {
     reply
 }
 
+/// Sends `opcode` for `node` with `body` and asserts the daemon answered without an error.
+fn call_ok(
+    s: &mut FuseSession,
+    opcode: Opcode,
+    node: u64,
+    body: &[&[u8]],
+    what: &str,
+) -> FuseReply {
+    ok(
+        s.call(opcode as u32, node, body, REPLY_SPACE)
+            .unwrap_or_else(|e| panic!("{what}: {e}")),
+        what,
+    )
+}
+
 /// A request as if sent by `uid`/`gid` (the guest's caller), so the daemon switches the
 /// worker thread's credentials.
 fn call_as(
@@ -288,48 +303,33 @@ fn call_as(
 /// fuse-backend-rs 0.14 makes these through "/proc/self/fd/N" paths, which do not exist once
 /// the process is confined to the shared directory: only `--sandbox=none` can serve them.
 fn xattrs(s: &mut FuseSession, node: u64) {
-    let op = |o: Opcode| o as u32;
     let name = cname("user.sandbox");
     let value = b"v1";
     let setx = SetxattrIn {
         size: value.len() as u32,
         flags: 0,
     };
-    ok(
-        s.call(
-            op(Opcode::Setxattr),
-            node,
-            &[setx.as_slice(), &name, value],
-            REPLY_SPACE,
-        )
-        .unwrap(),
+    call_ok(
+        s,
+        Opcode::Setxattr,
+        node,
+        &[setx.as_slice(), &name, value],
         "SETXATTR",
     );
     let getx = GetxattrIn {
         size: 64,
         padding: 0,
     };
-    let got = ok(
-        s.call(
-            op(Opcode::Getxattr),
-            node,
-            &[getx.as_slice(), &name],
-            REPLY_SPACE,
-        )
-        .unwrap(),
+    let got = call_ok(
+        s,
+        Opcode::Getxattr,
+        node,
+        &[getx.as_slice(), &name],
         "GETXATTR",
     );
     assert_eq!(got.body, value);
-    ok(
-        s.call(op(Opcode::Listxattr), node, &[getx.as_slice()], REPLY_SPACE)
-            .unwrap(),
-        "LISTXATTR",
-    );
-    ok(
-        s.call(op(Opcode::Removexattr), node, &[&name], REPLY_SPACE)
-            .unwrap(),
-        "REMOVEXATTR",
-    );
+    call_ok(s, Opcode::Listxattr, node, &[getx.as_slice()], "LISTXATTR");
+    call_ok(s, Opcode::Removexattr, node, &[&name], "REMOVEXATTR");
 }
 
 /// `shared`: the host directory served, for the checks made on the host side; `None` for a
@@ -356,20 +356,17 @@ fn run_workload(socket: &Path, shared: Option<&Path>, xattr: bool) {
         s.read(hello.nodeid, fh, 0, 4096).expect("READ"),
         b"hello from the host\n"
     );
-    ok(
-        s.call(
-            op(Opcode::Lseek),
-            hello.nodeid,
-            &[LseekIn {
-                fh,
-                offset: 0,
-                whence: libc::SEEK_DATA as u32,
-                padding: 0,
-            }
-            .as_slice()],
-            REPLY_SPACE,
-        )
-        .unwrap(),
+    call_ok(
+        &mut s,
+        Opcode::Lseek,
+        hello.nodeid,
+        &[LseekIn {
+            fh,
+            offset: 0,
+            whence: libc::SEEK_DATA as u32,
+            padding: 0,
+        }
+        .as_slice()],
         "LSEEK",
     );
     s.release(hello.nodeid, fh).expect("RELEASE");
@@ -381,14 +378,11 @@ fn run_workload(socket: &Path, shared: Option<&Path>, xattr: bool) {
         mode: libc::S_IFDIR | 0o777,
         ..Default::default()
     };
-    ok(
-        s.call(
-            op(Opcode::Setattr),
-            dir.nodeid,
-            &[chmod.as_slice()],
-            REPLY_SPACE,
-        )
-        .unwrap(),
+    call_ok(
+        &mut s,
+        Opcode::Setattr,
+        dir.nodeid,
+        &[chmod.as_slice()],
         "SETATTR mode",
     );
     let (file, open) = s
@@ -407,14 +401,11 @@ fn run_workload(socket: &Path, shared: Option<&Path>, xattr: bool) {
         fh: open.fh,
         ..Default::default()
     };
-    ok(
-        s.call(
-            op(Opcode::Fsync),
-            file.nodeid,
-            &[fsync.as_slice()],
-            REPLY_SPACE,
-        )
-        .unwrap(),
+    call_ok(
+        &mut s,
+        Opcode::Fsync,
+        file.nodeid,
+        &[fsync.as_slice()],
         "FSYNC",
     );
     let fsync_data = FsyncIn {
@@ -422,14 +413,11 @@ fn run_workload(socket: &Path, shared: Option<&Path>, xattr: bool) {
         fsync_flags: 1,
         padding: 0,
     };
-    ok(
-        s.call(
-            op(Opcode::Fsync),
-            file.nodeid,
-            &[fsync_data.as_slice()],
-            REPLY_SPACE,
-        )
-        .unwrap(),
+    call_ok(
+        &mut s,
+        Opcode::Fsync,
+        file.nodeid,
+        &[fsync_data.as_slice()],
         "FSYNC datasync",
     );
     let falloc = FallocateIn {
@@ -439,14 +427,11 @@ fn run_workload(socket: &Path, shared: Option<&Path>, xattr: bool) {
         mode: 0,
         padding: 0,
     };
-    ok(
-        s.call(
-            op(Opcode::Fallocate),
-            file.nodeid,
-            &[falloc.as_slice()],
-            REPLY_SPACE,
-        )
-        .unwrap(),
+    call_ok(
+        &mut s,
+        Opcode::Fallocate,
+        file.nodeid,
+        &[falloc.as_slice()],
         "FALLOCATE",
     );
     let truncate = SetattrIn {
@@ -455,28 +440,22 @@ fn run_workload(socket: &Path, shared: Option<&Path>, xattr: bool) {
         size: 4096,
         ..Default::default()
     };
-    ok(
-        s.call(
-            op(Opcode::Setattr),
-            file.nodeid,
-            &[truncate.as_slice()],
-            REPLY_SPACE,
-        )
-        .unwrap(),
+    call_ok(
+        &mut s,
+        Opcode::Setattr,
+        file.nodeid,
+        &[truncate.as_slice()],
         "SETATTR size",
     );
     let times = SetattrIn {
         valid: 0x10 | 0x20 | 0x80 | 0x100, // ATIME | MTIME | ATIME_NOW | MTIME_NOW
         ..Default::default()
     };
-    ok(
-        s.call(
-            op(Opcode::Setattr),
-            file.nodeid,
-            &[times.as_slice()],
-            REPLY_SPACE,
-        )
-        .unwrap(),
+    call_ok(
+        &mut s,
+        Opcode::Setattr,
+        file.nodeid,
+        &[times.as_slice()],
         "SETATTR times",
     );
     let (copy, copy_open) = s
@@ -509,14 +488,11 @@ fn run_workload(socket: &Path, shared: Option<&Path>, xattr: bool) {
         fh: open.fh,
         ..Default::default()
     };
-    ok(
-        s.call(
-            op(Opcode::Flush),
-            file.nodeid,
-            &[flush.as_slice()],
-            REPLY_SPACE,
-        )
-        .unwrap(),
+    call_ok(
+        &mut s,
+        Opcode::Flush,
+        file.nodeid,
+        &[flush.as_slice()],
         "FLUSH",
     );
     s.release(file.nodeid, open.fh).expect("RELEASE");
@@ -526,57 +502,44 @@ fn run_workload(socket: &Path, shared: Option<&Path>, xattr: bool) {
     }
 
     // Names: symlink, readlink, link, rename, mknod, access, readdir(plus), unlink, rmdir.
-    let link_entry: EntryOut = ok(
-        s.call(
-            op(Opcode::Symlink),
-            dir.nodeid,
-            &[&cname("sym"), &cname("f")],
-            REPLY_SPACE,
-        )
-        .unwrap(),
+    let link_entry: EntryOut = call_ok(
+        &mut s,
+        Opcode::Symlink,
+        dir.nodeid,
+        &[&cname("sym"), &cname("f")],
         "SYMLINK",
     )
     .body_as()
     .unwrap();
-    let target = ok(
-        s.call(op(Opcode::Readlink), link_entry.nodeid, &[], REPLY_SPACE)
-            .unwrap(),
-        "READLINK",
-    );
+    let target = call_ok(&mut s, Opcode::Readlink, link_entry.nodeid, &[], "READLINK");
     assert_eq!(target.body, b"f");
-    ok(
-        s.call(
-            op(Opcode::Link),
-            dir.nodeid,
-            &[
-                LinkIn {
-                    oldnodeid: file.nodeid,
-                }
-                .as_slice(),
-                &cname("hard"),
-            ],
-            REPLY_SPACE,
-        )
-        .unwrap(),
+    call_ok(
+        &mut s,
+        Opcode::Link,
+        dir.nodeid,
+        &[
+            LinkIn {
+                oldnodeid: file.nodeid,
+            }
+            .as_slice(),
+            &cname("hard"),
+        ],
         "LINK",
     );
-    ok(
-        s.call(
-            op(Opcode::Rename2),
-            dir.nodeid,
-            &[
-                Rename2In {
-                    newdir: ROOT,
-                    flags: 0,
-                    padding: 0,
-                }
-                .as_slice(),
-                &cname("hard"),
-                &cname("moved"),
-            ],
-            REPLY_SPACE,
-        )
-        .unwrap(),
+    call_ok(
+        &mut s,
+        Opcode::Rename2,
+        dir.nodeid,
+        &[
+            Rename2In {
+                newdir: ROOT,
+                flags: 0,
+                padding: 0,
+            }
+            .as_slice(),
+            &cname("hard"),
+            &cname("moved"),
+        ],
         "RENAME2",
     );
     let fifo = MknodIn {
@@ -585,14 +548,11 @@ fn run_workload(socket: &Path, shared: Option<&Path>, xattr: bool) {
         umask: 0,
         padding: 0,
     };
-    ok(
-        s.call(
-            op(Opcode::Mknod),
-            dir.nodeid,
-            &[fifo.as_slice(), &cname("fifo")],
-            REPLY_SPACE,
-        )
-        .unwrap(),
+    call_ok(
+        &mut s,
+        Opcode::Mknod,
+        dir.nodeid,
+        &[fifo.as_slice(), &cname("fifo")],
         "MKNOD",
     );
     let access = AccessIn {
@@ -622,14 +582,11 @@ fn run_workload(socket: &Path, shared: Option<&Path>, xattr: bool) {
         size: 4000,
         ..Default::default()
     };
-    ok(
-        s.call(
-            op(Opcode::Readdirplus),
-            ROOT,
-            &[plus.as_slice()],
-            REPLY_SPACE,
-        )
-        .unwrap(),
+    call_ok(
+        &mut s,
+        Opcode::Readdirplus,
+        ROOT,
+        &[plus.as_slice()],
         "READDIRPLUS",
     );
 
@@ -673,32 +630,27 @@ fn run_workload(socket: &Path, shared: Option<&Path>, xattr: bool) {
         libc::EACCES,
         "CREATE as uid 1000 in a 0755 root dir"
     );
-    ok(
-        s.call(op(Opcode::Rmdir), ROOT, &[&cname("locked")], REPLY_SPACE)
-            .unwrap(),
+    call_ok(
+        &mut s,
+        Opcode::Rmdir,
+        ROOT,
+        &[&cname("locked")],
         "RMDIR locked",
     );
 
     s.unlink(dir.nodeid, "fifo").expect("UNLINK");
     s.unlink(ROOT, "moved").expect("UNLINK moved");
-    ok(
-        s.call(
-            op(Opcode::Unlink),
-            dir.nodeid,
-            &[&cname("sym")],
-            REPLY_SPACE,
-        )
-        .unwrap(),
+    call_ok(
+        &mut s,
+        Opcode::Unlink,
+        dir.nodeid,
+        &[&cname("sym")],
         "UNLINK sym",
     );
     for name in ["f", "copy", "by-1000"] {
         s.unlink(dir.nodeid, name).expect("UNLINK");
     }
-    ok(
-        s.call(op(Opcode::Rmdir), ROOT, &[&cname("d")], REPLY_SPACE)
-            .unwrap(),
-        "RMDIR",
-    );
+    call_ok(&mut s, Opcode::Rmdir, ROOT, &[&cname("d")], "RMDIR");
     assert_eq!(s.forget(hello.nodeid, 1).expect("FORGET"), 0);
     s.assert_alive().expect("alive after the workload");
     if let Some(shared) = shared {
