@@ -4,8 +4,9 @@
 #   scripts/bench.sh [--quick] [--json] [--out DIR] [vmbench options...]
 #   scripts/bench.sh --micro [vmbench micro options...]
 #
-# Builds our daemon (cargo build --release -p virtiofsd-kr) and the driver (vm-tests'
-# vmbench), installs the reference daemon with `cargo install virtiofsd --locked` into
+# Builds our daemon as it ships (cargo build --profile dist -p virtiofsd-kr: release with fat
+# LTO, as the reference's own release profile has) and the driver (vm-tests' vmbench),
+# installs the reference daemon with `cargo install virtiofsd --locked` into
 # .cache/reference-virtiofsd (only when it is missing; needs libseccomp-dev and libcap-ng-dev,
 # checked here and installed by scripts/setup.sh), then runs vmbench: per cache mode and
 # repetition one guest boot per daemon, alternating ours / reference, fio jobs inside, the
@@ -65,8 +66,9 @@ for pkg in libseccomp-dev libcap-ng-dev fio qemu-system-x86; do
         || die "apt package $pkg is missing: run scripts/setup.sh"
 done
 
-log "building virtiofsd-kr and vmbench (release)"
-cargo build --release -q -p virtiofsd-kr </dev/null >&2
+log "building virtiofsd-kr (dist profile) and vmbench (release)"
+cargo build --profile dist -q -p virtiofsd-kr </dev/null >&2
+OURS="$REPO/target/dist/virtiofsd-kr"
 cargo build --release -q -p vm-tests --bin vmbench </dev/null >&2
 
 REF_ROOT="$REPO/.cache/reference-virtiofsd"
@@ -83,7 +85,7 @@ if [ "$MICRO" = 1 ]; then
     log "running vmbench micro ${PASS[*]:-}"
     set +e
     "$REPO/target/release/vmbench" micro \
-        --ours "$REPO/target/release/virtiofsd-kr" --reference "$REF" \
+        --ours "$OURS" --reference "$REF" \
         --work "$REPO/target/vmbench" --markdown-out "$OUT/micro.md" \
         "${PASS[@]}" </dev/null
     rc=$?
@@ -94,7 +96,7 @@ fi
 log "running vmbench ${PASS[*]:-} (log: $OUT/last.log)"
 set +e
 "$REPO/target/release/vmbench" \
-    --ours "$REPO/target/release/virtiofsd-kr" --reference "$REF" \
+    --ours "$OURS" --reference "$REF" \
     --work "$REPO/target/vmbench" \
     --markdown-out "$OUT/last.md" --json-out "$OUT/last.json" \
     "${PASS[@]}" </dev/null 2> >(tee "$OUT/last.log" >&2)

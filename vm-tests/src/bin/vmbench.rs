@@ -13,8 +13,9 @@
 //!
 //! Medians over the repetitions are reported as a Markdown table, or with `--json` as one JSON
 //! object on stdout. Ratios are oriented so that above 1 means better for us. Both daemons'
-//! peak RSS (VmHWM sampled from `/proc/PID/status` while the guest runs) and their start time
-//! to a listening socket (measured separately, without a guest) are reported too.
+//! peak RSS (VmHWM sampled from `/proc/PID/status` while the guest runs), their start time to
+//! a listening socket and their resident memory while idle (both measured separately, without
+//! a guest) are reported too.
 //!
 //! `scripts/bench.sh` builds everything and runs this; see `docs/benchmarks.md`.
 
@@ -602,10 +603,24 @@ fn sample_usage(pid: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Daem
     })
 }
 
-/// Starts the daemon without a guest, `samples` times, and measures the time from spawn to
-/// its socket existing (polled every 0.5 ms; fork and exec included). It is then stopped with
-/// SIGTERM.
-fn start_time_ms(cfg: &Config, which: Which, share: &Path) -> Result<f64> {
+/// One start of a daemon without a guest: time to a listening socket and its memory while it
+/// waits for a frontend.
+#[derive(Debug, Clone, Copy)]
+struct StartSample {
+    ms: f64,
+    /// `/proc/PID/status` 300 ms after the socket appeared, the daemon idle and unconnected:
+    /// `VmHWM` (peak resident set so far, KiB) and `RssAnon`.
+    idle_hwm_kib: Option<u64>,
+    idle_anon_kib: Option<u64>,
+}
+
+/// How long an idle daemon settles after its socket appears before its memory is read.
+const IDLE_SETTLE: Duration = Duration::from_millis(300);
+
+/// Starts the daemon without a guest and measures the time from spawn to its socket existing
+/// (polled every 0.5 ms; fork and exec included), then its idle memory after [`IDLE_SETTLE`].
+/// It is then stopped with SIGTERM.
+fn start_sample(cfg: &Config, which: Which, share: &Path) -> Result<StartSample> {
     let dc = daemon_config(cfg, which, CacheMode::Auto);
     let dir = tempfile::Builder::new()
         .prefix("vmbench-start-")
@@ -625,7 +640,15 @@ fn start_time_ms(cfg: &Config, which: Which, share: &Path) -> Result<f64> {
     let deadline = t + Duration::from_secs(10);
     let result = loop {
         if std::fs::symlink_metadata(&sock).is_ok() {
-            break Ok(t.elapsed().as_secs_f64() * 1000.0);
+            let ms = t.elapsed().as_secs_f64() * 1000.0;
+            std::thread::sleep(IDLE_SETTLE);
+            let status =
+                std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+            break Ok(StartSample {
+                ms,
+                idle_hwm_kib: status_kib(&status, "VmHWM"),
+                idle_anon_kib: status_kib(&status, "RssAnon"),
+            });
         }
         if Instant::now() > deadline || matches!(child.try_wait(), Ok(Some(_))) {
             break Err(BenchError::StartTimeout {
@@ -1046,7 +1069,7 @@ fn build_report(
     jobs: &[FioJob],
     guest: &BTreeMap<(String, Which), Vec<RunValues>>,
     host: &[RunValues],
-    start_ms: &BTreeMap<&'static str, Vec<f64>>,
+    starts: &BTreeMap<&'static str, Vec<StartSample>>,
     accel: &str,
     elapsed: Duration,
 ) -> Report {
@@ -1125,9 +1148,9 @@ fn build_report(
     let mut daemons = serde_json::Map::new();
     let _ = writeln!(
         md,
-        "\n| daemon | version | peak RSS: VmHWM max (median) | private RSS: RssAnon max \
-         (median) | CPU time per boot (median) | start to listening socket (median) |\n\
-         |---|---|---:|---:|---:|---:|"
+        "\n| daemon | version | idle, no guest: VmHWM max (median) | serving: VmHWM max \
+         (median) | serving: RssAnon max (median) | CPU time per boot (median) | start to \
+         listening socket (median) |\n|---|---|---:|---:|---:|---:|---:|"
     );
     for which in [Which::Ours, Which::Reference] {
         let runs: Vec<&RunValues> = guest
@@ -1146,7 +1169,13 @@ fn build_report(
         let (anon_max, anon_med) = stat(|p| p.anon);
         let cpu: Vec<f64> = runs.iter().filter_map(|r| r.usage.cpu_s).collect();
         let cpu_med = median(&cpu);
-        let st = start_ms.get(which.key()).map(|v| median(v)).unwrap_or(None);
+        let started: &[StartSample] = starts.get(which.key()).map_or(&[], Vec::as_slice);
+        let st = median(&started.iter().map(|s| s.ms).collect::<Vec<_>>());
+        let idle: Vec<f64> = started
+            .iter()
+            .filter_map(|s| s.idle_hwm_kib.map(|x| x as f64))
+            .collect();
+        let (idle_max, idle_med) = (idle.iter().copied().reduce(f64::max), median(&idle));
         let binary = match which {
             Which::Ours => &cfg.ours,
             Which::Reference => &cfg.reference,
@@ -1158,9 +1187,10 @@ fn build_report(
             .replace("--cache auto", "--cache MODE");
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} |",
             which.key(),
             version,
+            mib_pair(idle_max, idle_med),
             mib_pair(hwm_max, hwm_med),
             mib_pair(anon_max, anon_med),
             cpu_med.map_or("n/a".into(), |s| format!("{s:.2} s")),
@@ -1186,9 +1216,15 @@ fn build_report(
                     before the daemon exited; same guest jobs for both daemons",
                 "peak_rss_source": "VmHWM and RssAnon of /proc/PID/status sampled every 50 ms \
                     while the guest runs; VmHWM counts the guest-memory pages the daemon touched",
+                "idle_rss_kib": idle_max.map(|x| x as u64),
+                "idle_rss_kib_median": idle_med.map(|x| x as u64),
+                "idle_samples": started.iter().map(|s| json!({
+                    "vm_hwm_kib": s.idle_hwm_kib, "rss_anon_kib": s.idle_anon_kib,
+                })).collect::<Vec<_>>(),
+                "idle_rss_source": "VmHWM and RssAnon of /proc/PID/status 300 ms after the \
+                    daemon's socket appeared, no frontend connected",
                 "start_ms_median": st.map(|x| round(x, 2)),
-                "start_ms_samples": start_ms.get(which.key()).cloned().unwrap_or_default()
-                    .iter().map(|x| round(*x, 2)).collect::<Vec<_>>(),
+                "start_ms_samples": started.iter().map(|s| round(s.ms, 2)).collect::<Vec<_>>(),
             }),
         );
     }
@@ -1270,14 +1306,14 @@ fn bench(cfg: &Config) -> Result<Report> {
     prepare_dir(&share.join("bench"), cfg.file_mib)?;
     prepare_dir(&host_dir, cfg.file_mib)?;
 
-    let mut start_ms: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+    let mut starts: BTreeMap<&'static str, Vec<StartSample>> = BTreeMap::new();
     for _ in 0..cfg.start_samples {
         for which in [Which::Ours, Which::Reference] {
-            let ms = start_time_ms(cfg, which, &share)?;
-            start_ms.entry(which.key()).or_default().push(ms);
+            let sample = start_sample(cfg, which, &share)?;
+            starts.entry(which.key()).or_default().push(sample);
         }
     }
-    eprintln!("vmbench: start times (ms): {start_ms:?}");
+    eprintln!("vmbench: starts without a guest: {starts:?}");
 
     let image = vm_tests::GuestImage::locate()?;
     let accel = vm_tests::accel::resolve(cfg.accel, &image)?.to_string();
@@ -1326,7 +1362,7 @@ fn bench(cfg: &Config) -> Result<Report> {
         &jobs,
         &guest,
         &host,
-        &start_ms,
+        &starts,
         &accel,
         started.elapsed(),
     ))
