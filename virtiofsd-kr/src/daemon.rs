@@ -29,6 +29,7 @@ use crate::dax::{DaxError, DaxWindow};
 use crate::device::{DeviceError, RequestCore, VirtioFsDevice};
 use crate::export::{ExportFs, ExportPolicy};
 use crate::guard::RequestGuard;
+use crate::local_fs::LocalDevices;
 use crate::passthrough::{self, PassthroughError};
 use crate::sandbox::{Sandbox, SandboxError};
 use crate::seccomp::{self, SeccompError};
@@ -97,6 +98,8 @@ pub fn serve(args: ServeArgs) -> Result<(), DaemonError> {
 fn serve_host_dir(args: ServeArgs) -> Result<(), DaemonError> {
     let shared_dir = checked_shared_dir(args.shared_dir()?)?;
     let started = start(&args, Some(&shared_dir))?;
+    // The mount table is read now: after the sandbox it may not exist.
+    let local_devices = probe_local_devices(&shared_dir);
 
     let mut sandbox = Sandbox::new(args.sandbox, &shared_dir)
         .readonly(args.fs.readonly)
@@ -110,7 +113,43 @@ fn serve_host_dir(args: ServeArgs) -> Result<(), DaemonError> {
     sandbox.confine()?;
     sandbox.drop_capabilities()?;
     seccomp::install(args.seccomp, seccomp::Profile::HostDir)?;
-    run(&args, fs, started, &shared_dir.display().to_string())
+    run(
+        &args,
+        fs,
+        started,
+        &shared_dir.display().to_string(),
+        local_devices,
+    )
+}
+
+/// The local filesystems under the shared directory, on which the guest may skip FLUSH
+/// (`local_fs`), logged in one line. `None` (FLUSH kept everywhere) when there are none or
+/// the mount table cannot be read: that costs round trips, never correctness.
+fn probe_local_devices(shared_dir: &Path) -> Option<LocalDevices> {
+    match LocalDevices::probe(shared_dir) {
+        Ok(devices) if devices.is_empty() => {
+            info!(
+                "FLUSH kept on close: {} is not on a local filesystem",
+                shared_dir.display()
+            );
+            None
+        }
+        Ok(devices) => {
+            let share = if devices.share_is_local() {
+                ""
+            } else {
+                " (the shared directory itself is not on one: FLUSH kept there)"
+            };
+            info!(
+                "FLUSH skipped (FOPEN_NOFLUSH) on {devices}{share}; kept on any other filesystem"
+            );
+            Some(devices)
+        }
+        Err(e) => {
+            warn!("FLUSH kept on close for every file: {e}");
+            None
+        }
+    }
 }
 
 /// `--backend cephfs`: a CephFS directory through libcephfs. The cluster is checked before
@@ -136,7 +175,8 @@ fn serve_cephfs(args: ServeArgs) -> Result<(), DaemonError> {
     let (conf, keyring) = (path(cephfs::CONF_FILE)?, path(cephfs::KEYRING_FILE)?);
     let what = format!("cephfs:{} as client.{}", ceph.root(), ceph.id());
     let fs = ceph.connect(conf, keyring)?;
-    run(&args, fs, started, &what)
+    // No FOPEN_NOFLUSH: `local_fs` describes host filesystems under a host directory.
+    run(&args, fs, started, &what, None)
 }
 
 /// What is set up before the sandbox, whatever the backend.
@@ -178,8 +218,15 @@ fn start(args: &ServeArgs, shared_dir: Option<&Path>) -> Result<Started, DaemonE
     })
 }
 
-/// Serves `fs` on the started listener until the frontend goes away.
-fn run<F>(args: &ServeArgs, fs: F, started: Started, what: &str) -> Result<(), DaemonError>
+/// Serves `fs` on the started listener until the frontend goes away. `local_devices`: only
+/// for a host directory, the filesystems on which FLUSH is a no-op.
+fn run<F>(
+    args: &ServeArgs,
+    fs: F,
+    started: Started,
+    what: &str,
+    local_devices: Option<LocalDevices>,
+) -> Result<(), DaemonError>
 where
     F: FileSystem + Send + Sync + 'static,
     F::Inode: Copy + From<u64> + Into<u64>,
@@ -199,7 +246,10 @@ where
         dax: dax.is_some(),
         ..ExportPolicy::from(&args.fs)
     };
-    let fs = ExportFs::new(fs, policy);
+    let mut fs = ExportFs::new(fs, policy);
+    if let Some(devices) = local_devices {
+        fs = fs.with_local_devices(devices);
+    }
     let dax_meter = dax.clone();
     let mut core = RequestCore::new(fs, RequestGuard::new(args.fs.readonly), dax);
     if let Some(acct) = acct {

@@ -6,8 +6,12 @@
 //! device differs from its parent's is flagged `FUSE_ATTR_SUBMOUNT`, so the guest gives it
 //! its own st_dev), and with a DAX window, which files may be mapped writable: only those
 //! the guest holds open for writing (the guest's SETUPMAPPING carries no file handle, so the
-//! count of write-opens per inode is kept here). Every other call is forwarded unchanged. It
-//! must not keep any other per-inode state: the backend owns lookup counts.
+//! count of write-opens per inode is kept here). On a host directory it also tells the guest
+//! not to send FLUSH on close (`FOPEN_NOFLUSH` in OPEN and CREATE replies) for regular files
+//! whose device is one of the local filesystems found at start-up (`local_fs`): there the
+//! backend's FLUSH (`close(dup(fd))`) is a no-op, while on network filesystems it writes back
+//! and reports errors. Every other call is forwarded unchanged. It must not keep any other
+//! per-inode state: the backend owns lookup counts.
 
 use std::collections::HashMap;
 use std::ffi::CStr;
@@ -22,6 +26,8 @@ use fuse_backend_rs::api::filesystem::{
     ListxattrReply, OpenOptions, SetattrValid, ZeroCopyReader, ZeroCopyWriter,
 };
 use fuse_backend_rs::transport::FsCacheReqHandler;
+
+use crate::local_fs::LocalDevices;
 
 thread_local! {
     /// Bytes the backend reported written by WRITE calls on this thread since the last
@@ -77,6 +83,9 @@ pub struct ExportFs<F> {
     policy: ExportPolicy,
     /// Handles open for writing and their inodes (only with `policy.dax`).
     write_opens: Mutex<WriteOpens>,
+    /// Devices of local filesystems, on which the guest is told to skip FLUSH (only for a
+    /// host directory; never empty when set).
+    local_devices: Option<LocalDevices>,
 }
 
 /// Which handles are open for writing, counted per inode. Keyed by handle so a RELEASE is
@@ -117,6 +126,35 @@ impl<F: FileSystem> ExportFs<F> {
             inner,
             policy,
             write_opens: Mutex::new(WriteOpens::default()),
+            local_devices: None,
+        }
+    }
+
+    /// Regular files on these devices are opened with `FOPEN_NOFLUSH`. Only for a backend
+    /// whose FLUSH is `close(dup(fd))` on the host (the passthrough one).
+    pub fn with_local_devices(mut self, devices: LocalDevices) -> Self {
+        self.local_devices = Some(devices).filter(|d| !d.is_empty());
+        self
+    }
+
+    /// Whether the guest may skip FLUSH for a file with these attributes: a regular file (a
+    /// device node's driver can have its own flush) on one of the local devices.
+    fn flush_is_noop(&self, attr: &stat64) -> bool {
+        self.local_devices.as_ref().is_some_and(|local| {
+            attr.st_mode & libc::S_IFMT == libc::S_IFREG && local.contains(attr.st_dev)
+        })
+    }
+
+    /// `FOPEN_NOFLUSH` for an inode just opened, when it is a local regular file. Costs one
+    /// `fstatat` on the inode's descriptor, and only when there are local devices; if that
+    /// fails, FLUSH is kept.
+    fn open_options_for(&self, ctx: &Context, inode: F::Inode) -> OpenOptions {
+        if self.local_devices.is_none() {
+            return OpenOptions::empty();
+        }
+        match self.inner.getattr(ctx, inode, None) {
+            Ok((attr, _)) if self.flush_is_noop(&attr) => OpenOptions::NOFLUSH,
+            _ => OpenOptions::empty(),
         }
     }
 
@@ -359,9 +397,10 @@ where
         if opens_for_writing(flags) || (flags as i32) & libc::O_TRUNC != 0 {
             self.writable()?;
         }
-        let opened = self.inner.open(ctx, inode, flags, fuse_flags)?;
-        self.note_open(opened.0.map(Into::into), inode.into(), flags);
-        Ok(opened)
+        let (handle, options, passthrough) = self.inner.open(ctx, inode, flags, fuse_flags)?;
+        self.note_open(handle.map(Into::into), inode.into(), flags);
+        let options = options | self.open_options_for(ctx, inode);
+        Ok((handle, options, passthrough))
     }
 
     fn create(
@@ -373,9 +412,13 @@ where
     ) -> io::Result<(Entry, Option<Self::Handle>, OpenOptions, Option<u32>)> {
         self.writable()?;
         let flags = args.flags;
-        let created = self.inner.create(ctx, parent, name, args)?;
-        self.note_open(created.1.map(Into::into), created.0.inode, flags);
-        Ok(created)
+        let (entry, handle, mut options, passthrough) =
+            self.inner.create(ctx, parent, name, args)?;
+        self.note_open(handle.map(Into::into), entry.inode, flags);
+        if self.flush_is_noop(&entry.attr) {
+            options |= OpenOptions::NOFLUSH;
+        }
+        Ok((entry, handle, options, passthrough))
     }
 
     fn read(
@@ -761,6 +804,103 @@ mod tests {
             .lookup(&ctx, ROOT_ID, &CString::new("proc").unwrap())
             .unwrap();
         assert_eq!(proc_entry.attr_flags & ATTR_SUBMOUNT, ATTR_SUBMOUNT);
+    }
+
+    fn create_args(flags: i32) -> CreateIn {
+        CreateIn {
+            flags: flags as u32,
+            mode: libc::S_IFREG | 0o644,
+            umask: 0,
+            fuse_flags: 0,
+        }
+    }
+
+    fn device_of(path: &std::path::Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).unwrap().dev()
+    }
+
+    #[test]
+    fn create_and_open_on_a_local_device_set_noflush_and_flush_still_works() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        let local = LocalDevices::single(device_of(dir.path()), "test");
+        let fs =
+            ExportFs::new(backend(dir.path()), ExportPolicy::default()).with_local_devices(local);
+        fs.init(FsOptions::empty()).unwrap();
+        let ctx = Context::default();
+        let name = |n: &str| CString::new(n).unwrap();
+
+        let (entry, handle, options, _) = fs
+            .create(&ctx, ROOT_ID, &name("f"), create_args(libc::O_RDWR))
+            .expect("create");
+        assert!(options.contains(OpenOptions::NOFLUSH), "{options:?}");
+        let handle = handle.expect("a handle");
+        // A guest that sends FLUSH anyway (writeback cache, older kernel) is answered.
+        fs.flush(&ctx, entry.inode, handle, 0).expect("flush");
+        fs.release(&ctx, entry.inode, 0, handle, false, false, None)
+            .unwrap();
+
+        for flags in [
+            libc::O_RDONLY,
+            libc::O_WRONLY,
+            libc::O_RDWR | libc::O_APPEND,
+        ] {
+            let (handle, options, _) = fs.open(&ctx, entry.inode, flags as u32, 0).expect("open");
+            assert!(options.contains(OpenOptions::NOFLUSH), "{flags:#o}");
+            let handle = handle.expect("a handle");
+            fs.flush(&ctx, entry.inode, handle, 0).expect("flush");
+            fs.release(&ctx, entry.inode, 0, handle, false, false, None)
+                .unwrap();
+        }
+
+        // Not a regular file: FLUSH is kept.
+        let d = fs.lookup(&ctx, ROOT_ID, &name("d")).unwrap().inode;
+        let (_, options, _) = fs.open(&ctx, d, libc::O_RDONLY as u32, 0).expect("open d");
+        assert!(!options.contains(OpenOptions::NOFLUSH));
+        let (_, options) = fs.opendir(&ctx, d, 0).expect("opendir");
+        assert!(!options.contains(OpenOptions::NOFLUSH));
+    }
+
+    #[test]
+    fn without_the_file_device_in_the_set_flush_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = device_of(dir.path());
+        let other = LocalDevices::single(dev.wrapping_add(1), "test");
+        let ctx = Context::default();
+        let name = |n: &str| CString::new(n).unwrap();
+        let exports = [
+            (
+                "no set",
+                ExportFs::new(backend(dir.path()), ExportPolicy::default()),
+            ),
+            (
+                "empty set",
+                ExportFs::new(backend(dir.path()), ExportPolicy::default())
+                    .with_local_devices(LocalDevices::default()),
+            ),
+            (
+                "another device",
+                ExportFs::new(backend(dir.path()), ExportPolicy::default())
+                    .with_local_devices(other),
+            ),
+        ];
+        for (i, (what, fs)) in exports.iter().enumerate() {
+            fs.init(FsOptions::empty()).unwrap();
+            let file = name(&format!("f{i}"));
+            let (entry, handle, options, _) = fs
+                .create(&ctx, ROOT_ID, &file, create_args(libc::O_RDWR))
+                .expect("create");
+            assert!(!options.contains(OpenOptions::NOFLUSH), "create, {what}");
+            fs.flush(&ctx, entry.inode, handle.unwrap(), 0)
+                .expect("flush");
+            let (handle, options, _) = fs
+                .open(&ctx, entry.inode, libc::O_RDONLY as u32, 0)
+                .expect("open");
+            assert!(!options.contains(OpenOptions::NOFLUSH), "open, {what}");
+            fs.flush(&ctx, entry.inode, handle.unwrap(), 0)
+                .expect("flush");
+        }
     }
 
     /// A read-only export refuses changes in ExportFs itself, whatever reached it: the

@@ -12,6 +12,7 @@ pub mod device;
 pub mod export;
 pub mod fusedev;
 pub mod guard;
+pub mod local_fs;
 pub mod logging;
 pub mod passthrough;
 pub mod sandbox;

@@ -1621,6 +1621,99 @@ fn sandboxed_daemon_with_seccomp_kill_serves_survives_and_exits_zero() {
     );
 }
 
+/// `FOPEN_NOFLUSH` in `fuse_open_out.open_flags` (Linux `include/uapi/linux/fuse.h`, 7.35).
+const FOPEN_NOFLUSH: u32 = 1 << 5;
+
+/// Whether the host's own `statfs` puts `path` on a filesystem the daemon must count as
+/// local (ext2/3/4, xfs, tmpfs) or not local (NFS, overlay, ...). `None` for btrfs, whose
+/// subvolumes report an `st_dev` of their own that the mount table does not show.
+fn statfs_says_local(path: &std::path::Path) -> Option<bool> {
+    use nix::sys::statfs::{
+        statfs, BTRFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, TMPFS_MAGIC, XFS_SUPER_MAGIC,
+    };
+    let fs_type = statfs(path)
+        .expect("statfs of the shared dir")
+        .filesystem_type();
+    if fs_type == BTRFS_SUPER_MAGIC {
+        return None;
+    }
+    Some([EXT4_SUPER_MAGIC, TMPFS_MAGIC, XFS_SUPER_MAGIC].contains(&fs_type))
+}
+
+fn flush(s: &mut FuseSession, node: u64, fh: u64) -> Result<FuseReply, FuseError> {
+    use fuse_backend_rs::abi::fuse_abi::FlushIn;
+    let arg = FlushIn {
+        fh,
+        ..Default::default()
+    };
+    s.call_ok(Opcode::Flush as u32, node, &[arg.as_slice()], REPLY_SPACE)
+}
+
+/// On a share on a local filesystem (here a temp dir) the guest is told to skip FLUSH on
+/// close, in CREATE and OPEN replies, with the mount table read before the sandbox and no
+/// system call outside the allow-list; a FLUSH sent anyway is still answered.
+#[test]
+fn local_share_opens_files_with_noflush_and_flush_sent_anyway_succeeds() {
+    let mut daemon =
+        Daemon::start_with(&["--sandbox", "namespace", "--seccomp", "kill"], &[], |d| {
+            std::fs::write(d.join("pre"), b"before").unwrap()
+        });
+    let local = statfs_says_local(&daemon.shared_dir);
+    let mut s = daemon.session();
+    let noflush = |flags: u32| flags & FOPEN_NOFLUSH != 0;
+
+    let (e, created) = s.create(ROOT, "new", libc::O_RDWR, 0o644).expect("CREATE");
+    if let Some(local) = local {
+        assert_eq!(
+            noflush(created.open_flags),
+            local,
+            "CREATE open_flags {:#x}; stderr:\n{}",
+            created.open_flags,
+            daemon.stderr()
+        );
+    }
+    assert_eq!(s.write(e.nodeid, created.fh, 0, b"data").expect("WRITE"), 4);
+    flush(&mut s, e.nodeid, created.fh).expect("FLUSH after CREATE");
+    s.release(e.nodeid, created.fh).expect("RELEASE");
+    assert_eq!(std::fs::read(daemon.host("new")).unwrap(), b"data");
+
+    let pre = s.lookup(ROOT, "pre").expect("LOOKUP");
+    for flags in [libc::O_RDONLY, libc::O_RDWR] {
+        let opened = s.open(pre.nodeid, flags).expect("OPEN");
+        if let Some(local) = local {
+            assert_eq!(
+                noflush(opened.open_flags),
+                local,
+                "OPEN {flags:#o} open_flags {:#x}",
+                opened.open_flags
+            );
+        }
+        flush(&mut s, pre.nodeid, opened.fh).expect("FLUSH after OPEN");
+        s.release(pre.nodeid, opened.fh).expect("RELEASE");
+    }
+    let dir = s.opendir(ROOT).expect("OPENDIR");
+    assert!(!noflush(dir.open_flags), "OPENDIR {:#x}", dir.open_flags);
+
+    if local == Some(true) {
+        assert!(
+            daemon
+                .stderr()
+                .contains("FLUSH skipped (FOPEN_NOFLUSH) on "),
+            "no start-up line; stderr:\n{}",
+            daemon.stderr()
+        );
+    }
+    s.assert_alive().expect("alive under seccomp");
+    daemon.assert_running("opens with FOPEN_NOFLUSH");
+    drop(s);
+    let status = daemon.wait_exit(EXIT_TIMEOUT).expect("daemon exits");
+    assert!(
+        status.success(),
+        "exit status {status}; stderr:\n{}",
+        daemon.stderr()
+    );
+}
+
 // ---- every operation, and garbage for every opcode ----------------------------------------------
 
 /// One operation of [`exercise_every_operation`]: sends it, and if the chain never comes back

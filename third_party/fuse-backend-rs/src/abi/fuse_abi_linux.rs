@@ -84,6 +84,11 @@ const FOPEN_CACHE_DIR: u32 = 8;
 /// the file is stream-like (no file position at all)
 const FOPEN_STREAM: u32 = 16;
 
+// virtiofsd-kr patch: FOPEN_NOFLUSH (protocol 7.35, Linux 5.16) was missing; the daemon sets it
+// on files of local host filesystems, where the FLUSH it spares the guest is a no-op.
+/// don't flush data cache on close (unless FUSE_WRITEBACK_CACHE)
+const FOPEN_NOFLUSH: u32 = 32;
+
 bitflags! {
     /// Options controlling the behavior of files opened by the server in response
     /// to an open or create request.
@@ -98,6 +103,10 @@ bitflags! {
         const CACHE_DIR = FOPEN_CACHE_DIR;
         /// the file is stream-like (no file position at all)
         const STREAM = FOPEN_STREAM;
+        // virtiofsd-kr patch: see FOPEN_NOFLUSH.
+        /// Don't send FLUSH on close(): the kernel skips the request unless the writeback
+        /// cache is on (then it still writes dirty pages back first, and flushes).
+        const NOFLUSH = FOPEN_NOFLUSH;
     }
 }
 
