@@ -9,7 +9,7 @@
 # installs the reference daemon with `cargo install virtiofsd --locked` into
 # .cache/reference-virtiofsd (only when it is missing; needs libseccomp-dev and libcap-ng-dev,
 # checked here and installed by scripts/setup.sh), then runs vmbench: per cache mode and
-# repetition one guest boot per daemon, alternating ours / reference, fio jobs inside, the
+# repetition one guest boot per daemon (A B, then B A, ...), fio jobs inside, the
 # same jobs on the host; medians of the repetitions.
 #
 # Output: a Markdown table on stdout, or with --json one JSON object on stdout. Progress goes
