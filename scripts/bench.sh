@@ -19,7 +19,11 @@
 # --micro runs `vmbench micro` instead: no guest; each daemon driven over its socket by the
 # test frontend with the FUSE requests of the metadata job and of 4 KiB reads/writes, per
 # request wall and daemon CPU time (about a minute; table also in DIR/micro.md). Its options:
-# --rounds N, --count N, --group all|meta|io, --strace DIR.
+# --rounds N, --count N, --group all|meta|io, --strace DIR. It runs pinned to one CPU (driver
+# and daemons: taskset -c ${BENCH_MICRO_CPU:-0}; BENCH_MICRO_CPU=none unpins): unpinned, a
+# request's round trip depends on whether the scheduler put the daemon on the driver's CPU
+# (a cross-CPU wake-up in a VM costs an IPI), which swung the reference's 4 KiB READ between
+# 21 and 53 us from run to run on this 2-vCPU machine.
 #
 # Options:
 #   --quick         cache=auto only, 3 repetitions, 2 s fio jobs, 256 MiB files (< 10 min)
@@ -82,9 +86,14 @@ fi
 
 mkdir -p "$OUT"
 if [ "$MICRO" = 1 ]; then
-    log "running vmbench micro ${PASS[*]:-}"
+    PIN=()
+    if [ "${BENCH_MICRO_CPU:-0}" != none ]; then
+        command -v taskset >/dev/null || die "taskset (util-linux) is missing; BENCH_MICRO_CPU=none runs unpinned"
+        PIN=(taskset -c "${BENCH_MICRO_CPU:-0}")
+    fi
+    log "running ${PIN[*]:-} vmbench micro ${PASS[*]:-}"
     set +e
-    "$REPO/target/release/vmbench" micro \
+    "${PIN[@]}" "$REPO/target/release/vmbench" micro \
         --ours "$OURS" --reference "$REF" \
         --work "$REPO/target/vmbench" --markdown-out "$OUT/micro.md" \
         "${PASS[@]}" </dev/null
