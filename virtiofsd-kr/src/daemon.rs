@@ -129,7 +129,8 @@ fn probe_local_devices(shared_dir: &Path) -> Option<LocalDevices> {
     match LocalDevices::probe(shared_dir) {
         Ok(devices) if devices.is_empty() => {
             info!(
-                "FLUSH kept on close: {} is not on a local filesystem",
+                "FLUSH kept on close: no filesystem known to be local (ext2/3/4, xfs, btrfs, \
+                 tmpfs, zfs, f2fs, matched by device in the mount table) holds {}",
                 shared_dir.display()
             );
             None

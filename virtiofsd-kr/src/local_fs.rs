@@ -163,12 +163,17 @@ impl LocalDevices {
     }
 
     /// The local devices among the mount holding `shared_dir` (device `shared_dev`) and every
-    /// mount at or below `shared_dir`. A device counts only if every line of the table that
-    /// names it has the same type and that type is on [`LOCAL_FS_TYPES`].
+    /// mount at or below `shared_dir` on a block device. A device counts only if every line of
+    /// the table that names it has the same type and that type is on [`LOCAL_FS_TYPES`].
+    ///
+    /// A mount below the share with an anonymous device number (major 0: tmpfs) is left out:
+    /// once it is unmounted its number goes to the next NFS, CIFS, FUSE, overlay or Ceph mount,
+    /// which may then appear below the share. The share's own device cannot be reused while
+    /// the daemon runs: its root descriptor keeps that filesystem alive.
     pub fn from_mounts(mounts: &[MountEntry], shared_dir: &Path, shared_dev: u64) -> Self {
         let mut candidates: Vec<u64> = mounts
             .iter()
-            .filter(|m| m.mount_point.starts_with(shared_dir))
+            .filter(|m| m.major != 0 && m.mount_point.starts_with(shared_dir))
             .map(MountEntry::dev)
             .collect();
         candidates.push(shared_dev);
@@ -258,8 +263,9 @@ mod tests {
 
     const SHARE: &str = "/srv/volumes/pod 1";
 
-    /// A host with the share on ext4 (the root filesystem), a tmpfs and an NFS mount below
-    /// it, an xfs mount beside it, and a FUSE mount below it.
+    /// A host with the share on ext4 (the root filesystem), a tmpfs, an xfs (on a block
+    /// device with a minor above 255) and an NFS mount below it, an xfs mount beside it, and
+    /// a FUSE mount below it.
     const TABLE: &str = "\
 22 27 0:21 / /proc rw,relatime - proc proc rw
 27 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw,discard
@@ -267,6 +273,7 @@ mod tests {
 61 27 0:45 / /srv/volumes/pod\\0401/scratch rw,nosuid shared:31 - tmpfs tmpfs rw,size=1024k
 62 27 0:50 /export /srv/volumes/pod\\0401/nfs rw - nfs4 server:/export rw,vers=4.2
 63 27 0:51 / /srv/volumes/pod\\0401/sshfs rw,nosuid,nodev - fuse.sshfs user@host:/ rw
+64 27 259:300 / /srv/volumes/pod\\0401/data rw - xfs /dev/nvme0n1p300 rw
 ";
 
     fn share_devices(table: &str, shared_dev: u64) -> LocalDevices {
@@ -280,7 +287,7 @@ mod tests {
     #[test]
     fn parses_fields_optional_fields_and_escaped_mount_points() {
         let mounts = parse_mountinfo(TABLE.as_bytes());
-        assert_eq!(mounts.len(), 6);
+        assert_eq!(mounts.len(), 7);
         assert_eq!(
             mounts[1],
             MountEntry {
@@ -299,6 +306,9 @@ mod tests {
             PathBuf::from("/srv/volumes/pod 1/scratch")
         );
         assert_eq!(mounts[5].fs_type, "fuse.sshfs");
+        // A minor above 255 is split around the major in st_dev, as glibc's makedev does.
+        assert_eq!(mounts[6].dev(), libc::makedev(259, 300));
+        assert_eq!((mounts[6].dev() >> 8) & 0xfff, 259);
     }
 
     #[test]
@@ -315,11 +325,15 @@ mod tests {
     }
 
     #[test]
-    fn share_on_ext4_with_tmpfs_below_is_local_and_nfs_fuse_and_beside_are_not() {
+    fn share_on_ext4_with_xfs_below_is_local_and_tmpfs_nfs_fuse_and_beside_are_not() {
         let devices = share_devices(TABLE, makedev(254, 0));
         assert!(devices.share_is_local());
         assert!(devices.contains(makedev(254, 0)), "the share's own ext4");
-        assert!(devices.contains(makedev(0, 45)), "tmpfs below the share");
+        assert!(devices.contains(makedev(259, 300)), "xfs below the share");
+        assert!(
+            !devices.contains(makedev(0, 45)),
+            "tmpfs below the share: its number can be reused"
+        );
         assert!(!devices.contains(makedev(0, 50)), "nfs4 below the share");
         assert!(
             !devices.contains(makedev(0, 51)),
@@ -328,7 +342,7 @@ mod tests {
         assert!(!devices.contains(makedev(8, 16)), "xfs beside the share");
         assert!(!devices.contains(makedev(0, 21)), "proc beside the share");
         assert_eq!(devices.len(), 2);
-        assert_eq!(devices.to_string(), "tmpfs 0:45, ext4 254:0");
+        assert_eq!(devices.to_string(), "ext4 254:0, xfs 259:300");
     }
 
     #[test]
@@ -353,9 +367,10 @@ mod tests {
         assert!(!devices.contains(makedev(0, 60)));
         assert!(!devices.contains(makedev(254, 0)), "/ is beside, not below");
         assert!(
-            devices.contains(makedev(0, 61)),
-            "tmpfs below it still counts"
+            !devices.contains(makedev(0, 61)),
+            "anonymous, below the share"
         );
+        assert!(devices.is_empty());
     }
 
     #[test]
@@ -418,13 +433,17 @@ garbage\n\
     fn probe_of_a_temp_dir_finds_its_filesystem_when_local() {
         let dir = tempfile::tempdir().unwrap();
         let devices = LocalDevices::probe(dir.path()).expect("probe");
-        let dev = std::fs::metadata(dir.path()).unwrap().dev();
-        assert_eq!(devices.contains(dev), devices.share_is_local());
-        // The kernel's own word on the type, for the common local ones.
-        use nix::sys::statfs::{statfs, EXT4_SUPER_MAGIC, TMPFS_MAGIC, XFS_SUPER_MAGIC};
+        // The kernel's own word on the type, for the common local and non-local ones.
+        use nix::sys::statfs::{
+            statfs, EXT4_SUPER_MAGIC, FUSE_SUPER_MAGIC, NFS_SUPER_MAGIC, OVERLAYFS_SUPER_MAGIC,
+            TMPFS_MAGIC, XFS_SUPER_MAGIC,
+        };
         let fs_type = statfs(dir.path()).unwrap().filesystem_type();
         if [EXT4_SUPER_MAGIC, TMPFS_MAGIC, XFS_SUPER_MAGIC].contains(&fs_type) {
             assert!(devices.share_is_local(), "{devices}");
+        }
+        if [OVERLAYFS_SUPER_MAGIC, NFS_SUPER_MAGIC, FUSE_SUPER_MAGIC].contains(&fs_type) {
+            assert!(!devices.share_is_local(), "{devices}");
         }
         assert!(LocalDevices::probe(Path::new("/nonexistent/share")).is_err());
     }

@@ -1625,19 +1625,32 @@ fn sandboxed_daemon_with_seccomp_kill_serves_survives_and_exits_zero() {
 const FOPEN_NOFLUSH: u32 = 1 << 5;
 
 /// Whether the host's own `statfs` puts `path` on a filesystem the daemon must count as
-/// local (ext2/3/4, xfs, tmpfs) or not local (NFS, overlay, ...). `None` for btrfs, whose
-/// subvolumes report an `st_dev` of their own that the mount table does not show.
+/// local (ext2/3/4, xfs, tmpfs, zfs, f2fs: `local_fs::LOCAL_FS_TYPES`) or not local (NFS,
+/// overlay, ...). `None` for btrfs, whose subvolumes report an `st_dev` of their own that the
+/// mount table does not show.
 fn statfs_says_local(path: &std::path::Path) -> Option<bool> {
     use nix::sys::statfs::{
-        statfs, BTRFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, TMPFS_MAGIC, XFS_SUPER_MAGIC,
+        statfs, FsType, BTRFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, TMPFS_MAGIC, XFS_SUPER_MAGIC,
     };
+    // Not named by nix: include/uapi/linux/magic.h (F2FS) and ZFS's zfs_vfsops.h.
+    const F2FS_SUPER_MAGIC: FsType = FsType(0xF2F5_2010);
+    const ZFS_SUPER_MAGIC: FsType = FsType(0x2FC1_2FC1);
     let fs_type = statfs(path)
         .expect("statfs of the shared dir")
         .filesystem_type();
     if fs_type == BTRFS_SUPER_MAGIC {
         return None;
     }
-    Some([EXT4_SUPER_MAGIC, TMPFS_MAGIC, XFS_SUPER_MAGIC].contains(&fs_type))
+    Some(
+        [
+            EXT4_SUPER_MAGIC,
+            TMPFS_MAGIC,
+            XFS_SUPER_MAGIC,
+            F2FS_SUPER_MAGIC,
+            ZFS_SUPER_MAGIC,
+        ]
+        .contains(&fs_type),
+    )
 }
 
 fn flush(s: &mut FuseSession, node: u64, fh: u64) -> Result<FuseReply, FuseError> {
