@@ -1304,7 +1304,9 @@ fn strace_attempt(
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("strace.log");
     let log_arg = log.to_str().unwrap().to_string();
-    let wrapper = ["strace", "-f", "-qq", "-o", log_arg.as_str()];
+    // `-q`, not `-qq`: the log keeps each process's "+++ exited with N +++" line, the daemon's
+    // own exit status when strace's is strace's.
+    let wrapper = ["strace", "-f", "-q", "-o", log_arg.as_str()];
     let xattr = sandbox == "none" || cephfs.is_some();
     let profile = match cephfs {
         Some(_) => virtiofsd_kr::seccomp::Profile::CephFs,
@@ -1357,6 +1359,19 @@ fn strace_attempt(
         "{status}; stderr:\n{stderr}"
     );
     let text = std::fs::read_to_string(&log).unwrap();
+    // A daemon that died or failed while strace gave up on it is the daemon's failure, not
+    // strace's: never retried.
+    let daemon_failed: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.contains("+++ killed by ")
+                || (l.contains("+++ exited with ") && !l.ends_with("+++ exited with 0 +++"))
+        })
+        .collect();
+    assert!(
+        daemon_failed.is_empty(),
+        "the daemon failed: {daemon_failed:?}; stderr:\n{stderr}"
+    );
     let allowed: std::collections::BTreeSet<String> =
         virtiofsd_kr::seccomp::allowed_syscalls(profile)
             .iter()
