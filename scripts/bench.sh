@@ -5,7 +5,8 @@
 #   scripts/bench.sh --micro [vmbench micro options...]
 #
 # Builds our daemon as it ships (cargo build --profile dist -p virtiofsd-kr: release with fat
-# LTO, as the reference's own release profile has) and the driver (vm-tests' vmbench),
+# LTO, as the reference's own release profile has, and opt-level s, which it has not; see
+# Cargo.toml) and the driver (vm-tests' vmbench),
 # installs the reference daemon with `cargo install virtiofsd --locked` into
 # .cache/reference-virtiofsd (only when it is missing; needs libseccomp-dev and libcap-ng-dev,
 # checked here and installed by scripts/setup.sh), then runs vmbench: per cache mode and

@@ -53,7 +53,10 @@ pub fn init(level: LogLevel) {
         .with(fmt.with_filter(targets))
         .try_init();
     if let Some(complaint) = complaint {
-        tracing::warn!("{complaint}");
+        // Not through the filter: `--log-level error` must not hide why RUST_LOG did nothing.
+        if !matches!(level, LogLevel::Off) {
+            eprintln!("{complaint}");
+        }
     }
 }
 

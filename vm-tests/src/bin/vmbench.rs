@@ -631,7 +631,9 @@ const IDLE_SETTLE: Duration = Duration::from_millis(300);
 
 /// Starts the daemon without a guest and measures the time from spawn to its socket existing
 /// (polled every 0.5 ms; fork and exec included), then its idle memory after [`IDLE_SETTLE`].
-/// It is then stopped with SIGTERM.
+/// It is then stopped with SIGTERM. The memory read is the spawned process's: right only
+/// while both daemons run with `--sandbox none` (with a namespace sandbox that process is
+/// the supervisor, not the server).
 fn start_sample(cfg: &Config, which: Which, share: &Path) -> Result<StartSample> {
     let dc = daemon_config(cfg, which, CacheMode::Auto);
     let dir = tempfile::Builder::new()
