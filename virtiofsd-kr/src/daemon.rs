@@ -26,7 +26,7 @@ use crate::accounting::{self, AccountingError};
 use crate::cephfs::{self, CephStart, CephStartError};
 use crate::cli::{Backend, CliError, ServeArgs, SocketSource};
 use crate::dax::{DaxError, DaxWindow};
-use crate::device::{DeviceError, RequestCore, VirtioFsDevice};
+use crate::device::{DeviceError, QueueThreads, RequestCore, VirtioFsDevice};
 use crate::export::{ExportFs, ExportPolicy};
 use crate::guard::RequestGuard;
 use crate::local_fs::LocalDevices;
@@ -119,6 +119,7 @@ fn serve_host_dir(args: ServeArgs) -> Result<(), DaemonError> {
         started,
         &shared_dir.display().to_string(),
         local_devices,
+        false,
     )
 }
 
@@ -177,7 +178,8 @@ fn serve_cephfs(args: ServeArgs) -> Result<(), DaemonError> {
     let what = format!("cephfs:{} as client.{}", ceph.root(), ceph.id());
     let fs = ceph.connect(conf, keyring)?;
     // No FOPEN_NOFLUSH: `local_fs` describes host filesystems under a host directory.
-    run(&args, fs, started, &what, None)
+    // A CephFS call can wait for the cluster up to --ceph-op-timeout.
+    run(&args, fs, started, &what, None, true)
 }
 
 /// What is set up before the sandbox, whatever the backend.
@@ -220,13 +222,16 @@ fn start(args: &ServeArgs, shared_dir: Option<&Path>) -> Result<Started, DaemonE
 }
 
 /// Serves `fs` on the started listener until the frontend goes away. `local_devices`: only
-/// for a host directory, the filesystems on which FLUSH is a no-op.
+/// for a host directory, the filesystems on which FLUSH is a no-op. `requests_may_wait`: the
+/// backend can hold a request for long (then, as with rate limits, the hiprio queue gets a
+/// thread of its own).
 fn run<F>(
     args: &ServeArgs,
     fs: F,
     started: Started,
     what: &str,
     local_devices: Option<LocalDevices>,
+    requests_may_wait: bool,
 ) -> Result<(), DaemonError>
 where
     F: FileSystem + Send + Sync + 'static,
@@ -242,6 +247,12 @@ where
     } = started;
     // Threads only after the sandbox (it needs a single-threaded process) and under seccomp.
     let acct = accounting.map(accounting::Prepared::start).transpose()?;
+    // Rate limits (accounting can get them at run time) make requests wait.
+    let threads = if requests_may_wait || acct.is_some() {
+        QueueThreads::PerQueue
+    } else {
+        QueueThreads::Shared
+    };
 
     let policy = ExportPolicy {
         dax: dax.is_some(),
@@ -260,6 +271,7 @@ where
         core,
         args.thread_pool_size,
         args.tag.as_deref(),
+        threads,
     )?);
     let mut daemon = VhostUserDaemon::new(
         "virtiofsd-kr".to_string(),
@@ -271,7 +283,7 @@ where
     let cleanup = Arc::new(socket_cleanup);
     spawn_signal_thread(signals, cleanup.clone());
 
-    info!(export = what, "waiting for the vhost-user frontend");
+    info!(export = what, queue_threads = ?threads, "waiting for the vhost-user frontend");
     daemon
         .start(&mut listener)
         .map_err(DaemonError::VhostUser)?;

@@ -43,17 +43,39 @@ pub const HIPRIO_QUEUE_INDEX: usize = 0;
 pub const REQUEST_QUEUES: usize = 1;
 /// Total queues: the high-priority queue plus the request queues.
 pub const NUM_QUEUES: usize = HIPRIO_QUEUE_INDEX + 1 + REQUEST_QUEUES;
-/// The queues each vring thread serves (bit i: queue i): hiprio alone, the request queue
-/// alone.
-const QUEUE_THREADS: [u64; NUM_QUEUES] = [1 << HIPRIO_QUEUE_INDEX, 1 << (HIPRIO_QUEUE_INDEX + 1)];
+/// How the queues are spread over vring threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueThreads {
+    /// One thread serves the hiprio and the request queue, as the reference virtiofsd does.
+    /// A guest `unlink()` ends in a FORGET on the hiprio queue: served by the thread that is
+    /// already awake, it costs no second thread's wake-up (in a TCG guest, unlink was 6 %
+    /// slower with a thread per queue; `docs/benchmarks.md`). For backends whose requests
+    /// never wait long.
+    Shared,
+    /// A thread per queue: a request that waits (a rate limit, a cluster that does not
+    /// answer) does not hold up FORGET and INTERRUPT on the hiprio queue.
+    PerQueue,
+}
 
-/// The device queue index of `device_event` on vring thread `thread_id` (the n-th queue of
-/// that thread's mask).
-fn queue_of(thread_id: usize, device_event: u16) -> Option<usize> {
-    let mask = *QUEUE_THREADS.get(thread_id)?;
-    (0..NUM_QUEUES)
-        .filter(|q| mask & (1 << q) != 0)
-        .nth(device_event as usize)
+impl QueueThreads {
+    /// The queues each vring thread serves (bit i: queue i).
+    fn masks(self) -> &'static [u64] {
+        const HIPRIO: u64 = 1 << HIPRIO_QUEUE_INDEX;
+        const REQUEST: u64 = 1 << (HIPRIO_QUEUE_INDEX + 1);
+        match self {
+            QueueThreads::Shared => &[HIPRIO | REQUEST],
+            QueueThreads::PerQueue => &[HIPRIO, REQUEST],
+        }
+    }
+
+    /// The device queue index of `device_event` on vring thread `thread_id` (the n-th queue
+    /// of that thread's mask).
+    fn queue_of(self, thread_id: usize, device_event: u16) -> Option<usize> {
+        let mask = *self.masks().get(thread_id)?;
+        (0..NUM_QUEUES)
+            .filter(|q| mask & (1 << q) != 0)
+            .nth(device_event as usize)
+    }
 }
 /// Largest queue the frontend may configure (QEMU 7.2 allows up to 1024).
 pub const MAX_QUEUE_SIZE: usize = 1024;
@@ -378,6 +400,7 @@ pub struct VirtioFsDevice<F: FileSystem + Send + Sync + 'static> {
     ring_error_seen: AtomicBool,
     tag: Option<[u8; TAG_LEN]>,
     exit: (EventConsumer, EventNotifier),
+    threads: QueueThreads,
 }
 
 impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
@@ -385,6 +408,7 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
         core: RequestCore<F>,
         thread_pool_size: usize,
         tag: Option<&str>,
+        threads: QueueThreads,
     ) -> Result<Self, DeviceError> {
         let tag = match tag {
             None => None,
@@ -410,6 +434,7 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
             ring_error_seen: AtomicBool::new(false),
             tag,
             exit,
+            threads,
         })
     }
 
@@ -516,10 +541,9 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for VirtioFsDevice<
         MAX_QUEUE_SIZE
     }
 
-    /// One thread per queue: a request queue waiting out a rate limit must not hold up the
-    /// hiprio queue (FORGET, INTERRUPT), which is never throttled.
+    /// See [`QueueThreads`].
     fn queues_per_thread(&self) -> Vec<u64> {
-        QUEUE_THREADS.to_vec()
+        self.threads.masks().to_vec()
     }
 
     fn features(&self) -> u64 {
@@ -600,8 +624,10 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for VirtioFsDevice<
             return Err(DeviceError::UnexpectedEvents(evset).into());
         }
         // Each thread gets its own queues, numbered from 0 in `device_event`.
-        let queue =
-            queue_of(thread_id, device_event).ok_or(DeviceError::UnknownEvent(device_event))?;
+        let queue = self
+            .threads
+            .queue_of(thread_id, device_event)
+            .ok_or(DeviceError::UnknownEvent(device_event))?;
         let vring = vrings
             .get(device_event as usize)
             .ok_or(DeviceError::UnknownEvent(device_event))?;
@@ -622,21 +648,29 @@ mod queue_thread_tests {
 
     #[test]
     fn every_queue_has_exactly_one_thread() {
-        for q in 0..NUM_QUEUES {
-            let owners = QUEUE_THREADS.iter().filter(|m| *m & (1 << q) != 0).count();
-            assert_eq!(owners, 1, "queue {q}");
+        for layout in [QueueThreads::Shared, QueueThreads::PerQueue] {
+            let masks = layout.masks();
+            for q in 0..NUM_QUEUES {
+                let owners = masks.iter().filter(|m| *m & (1 << q) != 0).count();
+                assert_eq!(owners, 1, "{layout:?}: queue {q}");
+            }
+            assert_eq!(masks.iter().fold(0, |a, m| a | m), (1 << NUM_QUEUES) - 1);
         }
-        assert_eq!(
-            QUEUE_THREADS.iter().fold(0, |a, m| a | m),
-            (1 << NUM_QUEUES) - 1
-        );
+        assert_eq!(QueueThreads::Shared.masks().len(), 1);
+        assert_eq!(QueueThreads::PerQueue.masks().len(), NUM_QUEUES);
     }
 
     #[test]
     fn thread_local_events_map_to_device_queues() {
-        assert_eq!(queue_of(0, 0), Some(HIPRIO_QUEUE_INDEX));
-        assert_eq!(queue_of(1, 0), Some(HIPRIO_QUEUE_INDEX + 1));
-        assert_eq!(queue_of(0, 1), None);
-        assert_eq!(queue_of(2, 0), None);
+        let per_queue = QueueThreads::PerQueue;
+        assert_eq!(per_queue.queue_of(0, 0), Some(HIPRIO_QUEUE_INDEX));
+        assert_eq!(per_queue.queue_of(1, 0), Some(HIPRIO_QUEUE_INDEX + 1));
+        assert_eq!(per_queue.queue_of(0, 1), None);
+        assert_eq!(per_queue.queue_of(2, 0), None);
+        let shared = QueueThreads::Shared;
+        assert_eq!(shared.queue_of(0, 0), Some(HIPRIO_QUEUE_INDEX));
+        assert_eq!(shared.queue_of(0, 1), Some(HIPRIO_QUEUE_INDEX + 1));
+        assert_eq!(shared.queue_of(0, 2), None);
+        assert_eq!(shared.queue_of(1, 0), None);
     }
 }
