@@ -8,6 +8,7 @@
 //! power off (or kill it at the deadline), then wait for the daemon to exit and record its
 //! status.
 
+use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
@@ -442,6 +443,32 @@ fn read_serial(out: impl Read, shared: &Shared, echo: Option<&str>) {
     }
 }
 
+/// `root` and every process below it (from the parent fields of `/proc/*/stat`).
+fn process_tree(root: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let ppid = stat[stat.rfind(')')? + 1..]
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    let mut tree = vec![root];
+    let mut i = 0;
+    while let Some(&p) = tree.get(i) {
+        tree.extend(parents.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    tree
+}
+
 fn render_log(lines: &[SerialLine]) -> String {
     let mut s = String::new();
     for l in lines {
@@ -473,6 +500,54 @@ impl RunningVm {
     /// The accelerator in use.
     pub fn accel(&self) -> Accel {
         self.accel
+    }
+
+    /// What a guest that stopped reporting was waiting on: the daemon's log (its last 60
+    /// lines) and the state of every thread of the daemon's and QEMU's process trees (`wchan`
+    /// tells a thread blocked in the kernel from one that spins).
+    fn hang_report(&self) -> String {
+        let mut out = String::new();
+        if let Some(d) = &self.daemon {
+            let log = d.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(60)..];
+            let _ = writeln!(out, "---- daemon log (last {} lines):", tail.len());
+            for l in tail {
+                let _ = writeln!(out, "{l}");
+            }
+        }
+        let roots = self
+            .daemon_pid()
+            .into_iter()
+            .chain(self.child.as_ref().map(Child::id));
+        let _ = writeln!(out, "---- threads (pid/tid comm state wchan):");
+        for root in roots {
+            for pid in process_tree(root) {
+                let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                    continue;
+                };
+                for task in tasks.flatten() {
+                    let tid = task.file_name().to_string_lossy().into_owned();
+                    let read = |f: &str| {
+                        std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/{f}"))
+                            .unwrap_or_default()
+                    };
+                    let stat = read("stat");
+                    let state = stat
+                        .rfind(')')
+                        .and_then(|i| stat[i + 1..].split_whitespace().next())
+                        .unwrap_or("?")
+                        .to_string();
+                    let _ = writeln!(
+                        out,
+                        "{pid}/{tid} {} {state} {}",
+                        read("comm").trim(),
+                        read("wchan").trim()
+                    );
+                }
+            }
+        }
+        out
     }
 
     /// The process id of this boot's daemon (`None` without a share or once collected).
@@ -528,7 +603,7 @@ impl RunningVm {
                 return Err(HarnessError::Timeout {
                     what: format!("[{}] to report {key}", self.name),
                     timeout,
-                    log: render_log(&st.lines),
+                    log: format!("{}{}", render_log(&st.lines), self.hang_report()),
                 });
             }
             st = self

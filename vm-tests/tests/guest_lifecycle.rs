@@ -86,3 +86,34 @@ fn a_hung_guest_is_killed_at_the_deadline_and_reported() {
         out.report()
     );
 }
+
+/// A guest that stops reporting (as one did once in a full run, with an empty serial log)
+/// is reported with what the daemon logged and where each thread of the daemon and of QEMU
+/// waits, so a hang in CI can be told apart: guest, daemon or QEMU.
+#[test]
+fn a_guest_that_stops_reporting_is_reported_with_the_daemon_and_qemu_threads() {
+    let share = temp_share();
+    let vm = VmBuilder::new()
+        .name("silent")
+        .share(share.path())
+        .workload("echo \"@@VMTEST before=sleep\"\nsleep 100000\n")
+        .timeout(std::time::Duration::from_secs(300))
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    vm.wait_for("before", std::time::Duration::from_secs(240))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let report = vm
+        .wait_for("never", std::time::Duration::from_secs(1))
+        .expect_err("nothing reports 'never'")
+        .to_string();
+    for wanted in [
+        "@@VMTEST before=sleep",
+        "---- daemon log",
+        "waiting for the vhost-user frontend",
+        "---- threads",
+        " vring_worker ",
+        " qemu-system-x86",
+    ] {
+        assert!(report.contains(wanted), "no {wanted:?} in:\n{report}");
+    }
+}
