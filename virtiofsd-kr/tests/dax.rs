@@ -5,7 +5,6 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::Daemon;
 use fuse_backend_rs::abi::fuse_abi::Opcode;
@@ -370,10 +369,7 @@ fn dax_bytes_are_metered() {
         );
         assert_eq!(removemapping(&mut pod.session, node, &[(0, 2 * MIB)]), 0);
     }
-    let status = daemon
-        .wait_exit(Duration::from_secs(10))
-        .expect("daemon exits");
-    assert!(status.success());
+    daemon.assert_exits_zero();
     let log = daemon.stderr();
     let expected = format!(
         "dax totals: map_ops=2 mapped_bytes={} unmap_ops=1 unmapped_bytes={} refused_ops=1",

@@ -1488,12 +1488,7 @@ fn daemon_exits_zero_on_disconnect_after_hostile_traffic() {
     let u = s.unique();
     let _ = s.send_raw(&request(0, u, ROOT, &[]), REPLY_SPACE);
     drop(s);
-    let status = daemon.wait_exit(EXIT_TIMEOUT).expect("daemon exits");
-    assert!(
-        status.success(),
-        "exit status {status}; stderr:\n{}",
-        daemon.stderr()
-    );
+    daemon.assert_exits_zero();
 }
 
 #[test]
@@ -1506,24 +1501,14 @@ fn daemon_exits_zero_on_disconnect_after_its_queue_thread_failed() {
         .frontend()
         .wait_used(REQUEST_QUEUE, Duration::from_millis(300));
     drop(s);
-    let status = daemon.wait_exit(EXIT_TIMEOUT).expect("daemon exits");
-    assert!(
-        status.success(),
-        "exit status {status}; stderr:\n{}",
-        daemon.stderr()
-    );
+    daemon.assert_exits_zero();
 }
 
 #[test]
 fn disconnect_before_any_request_exits_zero() {
     let mut daemon = Daemon::start(&[]);
     drop(daemon.connect());
-    let status = daemon.wait_exit(EXIT_TIMEOUT).expect("daemon exits");
-    assert!(
-        status.success(),
-        "exit status {status}; stderr:\n{}",
-        daemon.stderr()
-    );
+    daemon.assert_exits_zero();
 }
 
 #[test]
@@ -1613,12 +1598,7 @@ fn sandboxed_daemon_with_seccomp_kill_serves_survives_and_exits_zero() {
     remount_cycle(&daemon, &mut s);
     daemon.assert_running("sandboxed traffic");
     drop(s);
-    let status = daemon.wait_exit(EXIT_TIMEOUT).expect("daemon exits");
-    assert!(
-        status.success(),
-        "exit status {status}; stderr:\n{}",
-        daemon.stderr()
-    );
+    daemon.assert_exits_zero();
 }
 
 /// `FOPEN_NOFLUSH` in `fuse_open_out.open_flags` (Linux `include/uapi/linux/fuse.h`, 7.35).
@@ -1719,12 +1699,7 @@ fn local_share_opens_files_with_noflush_and_flush_sent_anyway_succeeds() {
     s.assert_alive().expect("alive under seccomp");
     daemon.assert_running("opens with FOPEN_NOFLUSH");
     drop(s);
-    let status = daemon.wait_exit(EXIT_TIMEOUT).expect("daemon exits");
-    assert!(
-        status.success(),
-        "exit status {status}; stderr:\n{}",
-        daemon.stderr()
-    );
+    daemon.assert_exits_zero();
 }
 
 // ---- every operation, and garbage for every opcode ----------------------------------------------

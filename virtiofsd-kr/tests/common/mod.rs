@@ -155,6 +155,17 @@ impl Daemon {
         }
     }
 
+    /// Panics (with the daemon's stderr) unless the daemon exits with status 0 within
+    /// [`EXIT_TIMEOUT`].
+    pub fn assert_exits_zero(&mut self) {
+        let status = self.wait_exit(EXIT_TIMEOUT).expect("daemon exits");
+        assert!(
+            status.success(),
+            "exit status {status}; stderr:\n{}",
+            self.stderr()
+        );
+    }
+
     /// Panics (with the daemon's stderr) unless the daemon is still running.
     pub fn assert_running(&mut self, after: &str) {
         if let Some(status) = self.try_wait() {

@@ -82,6 +82,18 @@ pub struct HostStat {
 pub trait HostView {
     /// What this view looks at, for messages.
     fn describe(&self) -> String;
+    /// `r` with its error naming this view, the operation and the path.
+    fn wrap<T>(&self, op: &'static str, rel: &str, r: io::Result<T>) -> Result<T>
+    where
+        Self: Sized,
+    {
+        r.map_err(|source| HostViewError {
+            view: self.describe(),
+            op,
+            path: rel.to_string(),
+            source,
+        })
+    }
     /// Creates (or truncates) `path` with `data`, flushed to stable storage.
     fn write_file(&self, path: &str, data: &[u8]) -> Result<()>;
     /// Makes a directory (mode 0755).
@@ -137,15 +149,6 @@ impl LocalDirView {
         } else {
             self.root.join(rel)
         }
-    }
-
-    fn wrap<T>(&self, op: &'static str, rel: &str, r: io::Result<T>) -> Result<T> {
-        r.map_err(|source| HostViewError {
-            view: self.describe(),
-            op,
-            path: rel.to_string(),
-            source,
-        })
     }
 }
 
@@ -324,15 +327,6 @@ impl CephVolumeView {
     /// The backend's filesystem, for operations the trait does not cover.
     pub fn fs(&self) -> &CephFs {
         &self.fs
-    }
-
-    fn wrap<T>(&self, op: &'static str, rel: &str, r: io::Result<T>) -> Result<T> {
-        r.map_err(|source| HostViewError {
-            view: self.describe(),
-            op,
-            path: rel.to_string(),
-            source,
-        })
     }
 
     /// Looks up every component of `path`.
