@@ -254,6 +254,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub thread_pool_size: usize,
 
+    /// When the request queue runs dry, keep watching it for up to this many microseconds
+    /// before sleeping, so a guest's next request costs no kick and no wake-up. The window
+    /// adapts to the guest's gaps and stays at 0 while they are longer than this; it only
+    /// spins after requests, never while the guest is idle. 0 turns polling off.
+    #[arg(long, value_name = "US", default_value_t = DEFAULT_POLL_MAX_US)]
+    pub poll_max_us: u64,
+
     /// Sandbox mode: `namespace` (mount/pid/net namespaces and pivot_root into the shared
     /// directory), `chroot`, or `none`.
     #[arg(long, value_enum, default_value_t = SandboxMode::Namespace)]
@@ -607,6 +614,8 @@ pub enum CliError {
     DaxFileSizeWithoutWindow,
     #[error("--thread-pool-size {0}: at most {max} threads", max = MAX_THREAD_POOL)]
     ThreadPoolTooLarge(usize),
+    #[error("--poll-max-us {0}: at most {max} (a longer spin only burns CPU)", max = MAX_POLL_US)]
+    PollTooLong(u64),
     #[error("--accounting-dir needs --tenant, --volume and --pod (they name the journal)")]
     AccountingDirWithoutLabels,
     #[error("a burst needs its limit: {0}")]
@@ -640,6 +649,11 @@ pub enum CliError {
 
 /// Upper bound for --thread-pool-size: more threads than this only add contention.
 pub const MAX_THREAD_POOL: usize = 1024;
+
+/// Default --poll-max-us (see docs/benchmarks.md for how it was chosen).
+pub const DEFAULT_POLL_MAX_US: u64 = 200;
+/// Upper bound for --poll-max-us.
+pub const MAX_POLL_US: u64 = 10_000;
 
 impl ServeArgs {
     /// The listening socket this invocation asks for.
@@ -728,6 +742,9 @@ impl ServeArgs {
     pub fn validate(&self) -> Result<(), CliError> {
         if self.thread_pool_size > MAX_THREAD_POOL {
             return Err(CliError::ThreadPoolTooLarge(self.thread_pool_size));
+        }
+        if self.poll_max_us > MAX_POLL_US {
+            return Err(CliError::PollTooLong(self.poll_max_us));
         }
         if self.dax_file_size.is_some() && self.dax_window.is_none() {
             return Err(CliError::DaxFileSizeWithoutWindow);
@@ -827,6 +844,15 @@ mod tests {
             .unwrap()
             .serve;
         assert_eq!(s.validate(), Err(CliError::ThreadPoolTooLarge(5000)));
+        let s = parse(&["--fd=3", "--shared-dir=/x", "--poll-max-us=20000"])
+            .unwrap()
+            .serve;
+        assert_eq!(s.validate(), Err(CliError::PollTooLong(20000)));
+        assert!(parse(&["--fd=3", "--shared-dir=/x", "--poll-max-us=-1"]).is_err());
+        let s = parse(&["--fd=3", "--shared-dir=/x", "--poll-max-us=0"])
+            .unwrap()
+            .serve;
+        assert_eq!((s.validate(), s.poll_max_us), (Ok(()), 0));
         let s = parse(&["--fd=3", "--shared-dir=/x", "--dax-file-size=1M"])
             .unwrap()
             .serve;

@@ -13,6 +13,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use fuse_backend_rs::api::filesystem::FileSystem;
 use nix::sys::signal::{SigSet, Signal};
@@ -272,6 +273,7 @@ where
         args.thread_pool_size,
         args.tag.as_deref(),
         threads,
+        Duration::from_micros(args.poll_max_us),
     )?);
     let mut daemon = VhostUserDaemon::new(
         "virtiofsd-kr".to_string(),
@@ -283,7 +285,7 @@ where
     let cleanup = Arc::new(socket_cleanup);
     spawn_signal_thread(signals, cleanup.clone());
 
-    info!(export = what, queue_threads = ?threads, "waiting for the vhost-user frontend");
+    info!(export = what, queue_threads = ?threads, poll_max_us = args.poll_max_us, "waiting for the vhost-user frontend");
     daemon
         .start(&mut listener)
         .map_err(DaemonError::VhostUser)?;
@@ -291,6 +293,16 @@ where
     let result = daemon.wait();
     device.notify_exit();
     accounting::flush_on_exit();
+    for (i, t) in device.poll_totals().enumerate() {
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        info!(
+            "queue {} polling: spins={} caught={} spun_ms={}",
+            i + 1,
+            load(&t.spins),
+            load(&t.caught),
+            load(&t.spun_ns) / 1_000_000
+        );
+    }
     if let Some(window) = &dax_meter {
         let c = window.meter().snapshot();
         info!(

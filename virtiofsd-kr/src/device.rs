@@ -10,7 +10,7 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use fuse_backend_rs::abi::fuse_abi::Opcode;
 use fuse_backend_rs::api::filesystem::FileSystem;
@@ -24,7 +24,7 @@ use vhost::vhost_user::Backend;
 use vhost_user_backend::{VhostUserBackend, VringMutex, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::{DescriptorChain, QueueOwnedT};
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -36,6 +36,7 @@ use crate::accounting::Accounting;
 use crate::dax::{DaxRequest, DaxWindow, SHMEM_PROTOCOL_FEATURE};
 use crate::export::take_written;
 use crate::guard::{error_reply, inspect_prefix, is_no_reply, RequestGuard, Verdict, PEEK_LEN};
+use crate::queue_poll::QueuePoll;
 
 /// Queue 0 carries FORGET and INTERRUPT; the request queues follow it.
 pub const HIPRIO_QUEUE_INDEX: usize = 0;
@@ -304,6 +305,15 @@ fn reply_error(chain: &Chain, unique: u64, errno: i32) -> u32 {
     }
 }
 
+/// Whether the guest has made a chain available that we have not taken yet.
+fn has_available(vring: &Vring, mem: &GuestMemory) -> bool {
+    let state = vring.get_ref();
+    let queue = state.get_queue();
+    queue
+        .avail_idx(mem, Ordering::Acquire)
+        .is_ok_and(|idx| idx.0 != queue.next_avail())
+}
+
 /// Returns a chain's used buffer and tells the guest if it asked to be told.
 fn complete(vring: &Vring, head: u16, len: u32) -> Result<(), DeviceError> {
     // One lock for both steps: VringMutex's add_used and needs_notification lock each.
@@ -401,6 +411,8 @@ pub struct VirtioFsDevice<F: FileSystem + Send + Sync + 'static> {
     tag: Option<[u8; TAG_LEN]>,
     exit: (EventConsumer, EventNotifier),
     threads: QueueThreads,
+    /// One per request queue.
+    polls: Vec<QueuePoll>,
 }
 
 impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
@@ -409,6 +421,7 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
         thread_pool_size: usize,
         tag: Option<&str>,
         threads: QueueThreads,
+        poll_max: Duration,
     ) -> Result<Self, DeviceError> {
         let tag = match tag {
             None => None,
@@ -435,6 +448,9 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
             tag,
             exit,
             threads,
+            polls: (0..REQUEST_QUEUES)
+                .map(|_| QueuePoll::new(poll_max))
+                .collect(),
         })
     }
 
@@ -446,6 +462,11 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
         } else {
             warn!("virtqueue error (further ones logged at debug level): {e}");
         }
+    }
+
+    /// The request queues' polling counters, for the log at exit.
+    pub fn poll_totals(&self) -> impl Iterator<Item = &crate::queue_poll::PollTotals> {
+        self.polls.iter().map(QueuePoll::totals)
     }
 
     /// Tells the queue threads to stop (used on shutdown).
@@ -468,12 +489,31 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
     /// Serves everything available on one queue. With EVENT_IDX, notifications stay off while
     /// we drain and we re-check after turning them back on, so no kick is lost.
     ///
-    /// With `throttle` and a rate limit in force, chains are taken one at a time and only
-    /// when the limiter is out of debt: requests over the limit wait in the ring.
-    fn process_queue(&self, vring: &Vring, throttle: bool) -> Result<(), DeviceError> {
+    /// On a request queue with a rate limit in force, chains are taken one at a time and
+    /// only when the limiter is out of debt: requests over the limit wait in the ring.
+    ///
+    /// A request queue that runs dry is polled for a while ([`QueuePoll`]) before its
+    /// notifications go back on. While it polls, the thread's `others` queues (the hiprio
+    /// queue when one thread serves both) are served as their requests come, so a busy request
+    /// queue never holds up FORGET and INTERRUPT.
+    fn process_queue(
+        &self,
+        vring: &Vring,
+        queue: usize,
+        others: &[(usize, &Vring)],
+    ) -> Result<(), DeviceError> {
         let mem = self.memory()?;
         let event_idx = self.event_idx.load(Ordering::Relaxed);
+        let throttle = queue != HIPRIO_QUEUE_INDEX;
         let limiter = self.core.acct.as_ref().filter(|_| throttle);
+        // Request queues are polled when they run dry; the hiprio queue (FORGET, INTERRUPT:
+        // nobody waits for a reply) is not.
+        let poll = queue
+            .checked_sub(HIPRIO_QUEUE_INDEX + 1)
+            .and_then(|i| self.polls.get(i));
+        if let Some(poll) = poll {
+            poll.woke();
+        }
         let mut chains: Vec<Chain> = Vec::new();
         loop {
             if event_idx {
@@ -516,6 +556,21 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
                 }
                 if taken < batch {
                     break;
+                }
+            }
+            if let Some(poll) = poll {
+                let caught = poll.spin(|| {
+                    for (other, other_vring) in others {
+                        if has_available(other_vring, &mem) {
+                            if let Err(e) = self.process_queue(other_vring, *other, &[]) {
+                                self.report_ring_error(&e);
+                            }
+                        }
+                    }
+                    has_available(vring, &mem)
+                });
+                if caught {
+                    continue;
                 }
             }
             if !event_idx
@@ -631,11 +686,22 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for VirtioFsDevice<
         let vring = vrings
             .get(device_event as usize)
             .ok_or(DeviceError::UnknownEvent(device_event))?;
+        // This thread's other queues (at most NUM_QUEUES - 1: no allocation per event).
+        let mut others = [(queue, vring); NUM_QUEUES];
+        let mut n = 0;
+        for (i, v) in vrings.iter().enumerate().take(NUM_QUEUES) {
+            match self.threads.queue_of(thread_id, i as u16) {
+                Some(q) if q != queue => {
+                    others[n] = (q, v);
+                    n += 1;
+                }
+                _ => {}
+            }
+        }
         // A broken ring (bad avail index or head) is the guest's fault: report it and keep
         // this queue thread alive, so the next kick after a reset is served. Returning the
         // error would end the thread and silence the queue for good.
-        let throttle = queue != HIPRIO_QUEUE_INDEX;
-        if let Err(e) = self.process_queue(vring, throttle) {
+        if let Err(e) = self.process_queue(vring, queue, &others[..n]) {
             self.report_ring_error(&e);
         }
         Ok(())

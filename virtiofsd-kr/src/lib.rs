@@ -15,6 +15,7 @@ pub mod guard;
 pub mod local_fs;
 pub mod logging;
 pub mod passthrough;
+pub mod queue_poll;
 pub mod sandbox;
 pub mod seccomp;
 pub mod size;
