@@ -856,6 +856,13 @@ fn run_guest(
             Err(e) => out.errors.push(e.to_string()),
         }
     }
+    // Our daemon logs what its request-queue polling did (docs/benchmarks.md): into the
+    // progress log, beside the figures it explains.
+    if let Some(d) = &outcome.daemon {
+        for line in d.log.lines().filter(|l| l.contains(" polling: ")) {
+            eprintln!("vmbench: [{name}] {}", line.trim());
+        }
+    }
     for p in outcome.problems() {
         out.errors.push(format!("{name}: {p}"));
     }
@@ -1047,8 +1054,10 @@ fn machine_description(cfg: &Config) -> Value {
             })
             .unwrap_or_default()
     };
-    let fstype = Command::new("stat")
-        .args(["-f", "-c", "%T"])
+    // Device, type and mount options: whether the share's filesystem has a journal, say,
+    // changes what a create costs the host (docs/benchmarks.md, `bench.sh --fs`).
+    let fstype = Command::new("findmnt")
+        .args(["-n", "-o", "SOURCE,FSTYPE,OPTIONS", "-T"])
         .arg(&cfg.work)
         .output()
         .ok()
