@@ -486,6 +486,17 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
             .into_inner())
     }
 
+    /// Serves those of `queues` that have requests waiting (see `process_queue`).
+    fn serve_waiting(&self, queues: &[(usize, &Vring)], mem: &GuestMemory) {
+        for (queue, vring) in queues {
+            if has_available(vring, mem) {
+                if let Err(e) = self.process_queue(vring, *queue, &[]) {
+                    self.report_ring_error(&e);
+                }
+            }
+        }
+    }
+
     /// Serves everything available on one queue. With EVENT_IDX, notifications stay off while
     /// we drain and we re-check after turning them back on, so no kick is lost.
     ///
@@ -493,9 +504,9 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
     /// only when the limiter is out of debt: requests over the limit wait in the ring.
     ///
     /// A request queue that runs dry is polled for a while ([`QueuePoll`]) before its
-    /// notifications go back on. While it polls, the thread's `others` queues (the hiprio
-    /// queue when one thread serves both) are served as their requests come, so a busy request
-    /// queue never holds up FORGET and INTERRUPT.
+    /// notifications go back on. Each time it runs dry, and while it polls, the thread's
+    /// `others` queues (the hiprio queue when one thread serves both) are served if they have
+    /// requests, so a busy request queue never holds up FORGET and INTERRUPT.
     fn process_queue(
         &self,
         vring: &Vring,
@@ -558,15 +569,13 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
                     break;
                 }
             }
+            // Ran dry. The thread's other queues first: a guest that keeps this one busy
+            // (each request posted before we look again) never lets the thread back to
+            // epoll_wait, where their kicks wait.
+            self.serve_waiting(others, &mem);
             if let Some(poll) = poll {
                 let caught = poll.spin(|| {
-                    for (other, other_vring) in others {
-                        if has_available(other_vring, &mem) {
-                            if let Err(e) = self.process_queue(other_vring, *other, &[]) {
-                                self.report_ring_error(&e);
-                            }
-                        }
-                    }
+                    self.serve_waiting(others, &mem);
                     has_available(vring, &mem)
                 });
                 if caught {
@@ -701,7 +710,14 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for VirtioFsDevice<
         // A broken ring (bad avail index or head) is the guest's fault: report it and keep
         // this queue thread alive, so the next kick after a reset is served. Returning the
         // error would end the thread and silence the queue for good.
-        if let Err(e) = self.process_queue(vring, queue, &others[..n]) {
+        // Only a request queue serves the others when it runs dry: the hiprio queue's
+        // requests are quick, and a request queue served from there could poll.
+        let others = if queue == HIPRIO_QUEUE_INDEX {
+            &others[..0]
+        } else {
+            &others[..n]
+        };
+        if let Err(e) = self.process_queue(vring, queue, others) {
             self.report_ring_error(&e);
         }
         Ok(())

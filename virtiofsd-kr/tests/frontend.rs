@@ -1489,7 +1489,11 @@ fn forget_is_served_while_requests_keep_the_polled_queue_busy() {
             daemon.stderr()
         );
     };
-    assert!(i < 10, "the FORGET waited for {i} GETATTRs");
+    assert!(
+        i < 10,
+        "the FORGET waited for {i} GETATTRs; stderr:\n{}",
+        daemon.stderr()
+    );
     daemon.assert_running("a FORGET during back-to-back requests");
 }
 
