@@ -58,15 +58,20 @@ fn daemon_with_its_default_sandbox_and_seccomp_exits_zero() {
     );
 }
 
+/// A guest that reports `before=sleep` and then sleeps past its `timeout_secs`.
+fn sleeping_guest(name: &str, share: &std::path::Path, timeout_secs: u64) -> VmBuilder {
+    VmBuilder::new()
+        .name(name)
+        .share(share)
+        .workload("echo \"@@VMTEST before=sleep\"\nsleep 100000\n")
+        .timeout(std::time::Duration::from_secs(timeout_secs))
+}
+
 #[test]
 fn a_hung_guest_is_killed_at_the_deadline_and_reported() {
     let share = temp_share();
     let started = std::time::Instant::now();
-    let out = VmBuilder::new()
-        .name("hung")
-        .share(share.path())
-        .workload("echo \"@@VMTEST before=sleep\"\nsleep 100000\n")
-        .timeout(std::time::Duration::from_secs(20))
+    let out = sleeping_guest("hung", share.path(), 20)
         .run()
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(out.timed_out, "{}", out.report());
@@ -93,11 +98,7 @@ fn a_hung_guest_is_killed_at_the_deadline_and_reported() {
 #[test]
 fn a_guest_that_stops_reporting_is_reported_with_the_daemon_and_qemu_threads() {
     let share = temp_share();
-    let vm = VmBuilder::new()
-        .name("silent")
-        .share(share.path())
-        .workload("echo \"@@VMTEST before=sleep\"\nsleep 100000\n")
-        .timeout(std::time::Duration::from_secs(300))
+    let vm = sleeping_guest("silent", share.path(), 300)
         .spawn()
         .unwrap_or_else(|e| panic!("{e}"));
     vm.wait_for("before", std::time::Duration::from_secs(240))
