@@ -251,8 +251,16 @@ pub struct ServeArgs {
     pub dax_file_size: Option<u64>,
 
     /// Size of the request thread pool; 0 handles requests on the queue's own thread.
+    /// With a pool every request goes through it (and --overlap-threads is not used).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub thread_pool_size: usize,
+
+    /// When the guest has several data requests (READ, WRITE, FSYNC, FALLOCATE) waiting at
+    /// once, the queue thread serves the first and up to N helper threads the others, so
+    /// their disk waits overlap; a lone request is always served on the queue thread. Helpers
+    /// start when first needed. 0 serves every request on the queue thread.
+    #[arg(long, value_name = "N")]
+    pub overlap_threads: Option<usize>,
 
     /// When the request queue runs dry, keep watching it for up to this many microseconds
     /// before sleeping, so a guest's next request costs no kick and no wake-up. The window
@@ -614,6 +622,12 @@ pub enum CliError {
     DaxFileSizeWithoutWindow,
     #[error("--thread-pool-size {0}: at most {max} threads", max = MAX_THREAD_POOL)]
     ThreadPoolTooLarge(usize),
+    #[error("--overlap-threads {0}: at most {max} threads", max = MAX_THREAD_POOL)]
+    OverlapTooLarge(usize),
+    #[error(
+        "--overlap-threads and --thread-pool-size both choose where requests are served: give one"
+    )]
+    OverlapWithPool,
     #[error("--poll-max-us {0}: at most {max} (a longer spin only burns CPU)", max = MAX_POLL_US)]
     PollTooLong(u64),
     #[error("--accounting-dir needs --tenant, --volume and --pod (they name the journal)")]
@@ -649,6 +663,10 @@ pub enum CliError {
 
 /// Upper bound for --thread-pool-size: more threads than this only add contention.
 pub const MAX_THREAD_POOL: usize = 1024;
+
+/// Default --overlap-threads: the queue depth a guest's 4 KiB random reads need to keep the
+/// host disk busy, measured in docs/benchmarks.md.
+pub const DEFAULT_OVERLAP_THREADS: usize = 8;
 
 /// Default --poll-max-us (see docs/benchmarks.md for how it was chosen).
 pub const DEFAULT_POLL_MAX_US: u64 = 200;
@@ -742,6 +760,11 @@ impl ServeArgs {
     pub fn validate(&self) -> Result<(), CliError> {
         if self.thread_pool_size > MAX_THREAD_POOL {
             return Err(CliError::ThreadPoolTooLarge(self.thread_pool_size));
+        }
+        match self.overlap_threads {
+            Some(n) if n > MAX_THREAD_POOL => return Err(CliError::OverlapTooLarge(n)),
+            Some(n) if n > 0 && self.thread_pool_size > 0 => return Err(CliError::OverlapWithPool),
+            _ => {}
         }
         if self.poll_max_us > MAX_POLL_US {
             return Err(CliError::PollTooLong(self.poll_max_us));
@@ -853,6 +876,20 @@ mod tests {
             .unwrap()
             .serve;
         assert_eq!((s.validate(), s.poll_max_us), (Ok(()), 0));
+        let s = parse(&["--fd=3", "--shared-dir=/x", "--overlap-threads=5000"])
+            .unwrap()
+            .serve;
+        assert_eq!(s.validate(), Err(CliError::OverlapTooLarge(5000)));
+        let both = ["--fd=3", "--shared-dir=/x", "--thread-pool-size=4"];
+        let s = parse(&[&both[..], &["--overlap-threads=2"]].concat())
+            .unwrap()
+            .serve;
+        assert_eq!(s.validate(), Err(CliError::OverlapWithPool));
+        // Turning overlap off explicitly next to a pool says nothing contradictory.
+        let s = parse(&[&both[..], &["--overlap-threads=0"]].concat())
+            .unwrap()
+            .serve;
+        assert_eq!(s.validate(), Ok(()));
         let s = parse(&["--fd=3", "--shared-dir=/x", "--dax-file-size=1M"])
             .unwrap()
             .serve;

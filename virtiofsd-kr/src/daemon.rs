@@ -25,9 +25,9 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use crate::accounting::server::MetricsAddr;
 use crate::accounting::{self, AccountingError};
 use crate::cephfs::{self, CephStart, CephStartError};
-use crate::cli::{Backend, CliError, ServeArgs, SocketSource};
+use crate::cli::{Backend, CliError, ServeArgs, SocketSource, DEFAULT_OVERLAP_THREADS};
 use crate::dax::{DaxError, DaxWindow};
-use crate::device::{DeviceError, QueueThreads, RequestCore, VirtioFsDevice};
+use crate::device::{DeviceError, QueueThreads, RequestCore, RequestThreads, VirtioFsDevice};
 use crate::export::{ExportFs, ExportPolicy};
 use crate::guard::RequestGuard;
 use crate::local_fs::LocalDevices;
@@ -270,7 +270,7 @@ where
     }
     let device = Arc::new(VirtioFsDevice::new(
         core,
-        args.thread_pool_size,
+        request_threads(args),
         args.tag.as_deref(),
         threads,
         Duration::from_micros(args.poll_max_us),
@@ -285,7 +285,7 @@ where
     let cleanup = Arc::new(socket_cleanup);
     spawn_signal_thread(signals, cleanup.clone());
 
-    info!(export = what, queue_threads = ?threads, poll_max_us = args.poll_max_us, "waiting for the vhost-user frontend");
+    info!(export = what, queue_threads = ?threads, request_threads = ?request_threads(args), poll_max_us = args.poll_max_us, "waiting for the vhost-user frontend");
     daemon
         .start(&mut listener)
         .map_err(DaemonError::VhostUser)?;
@@ -323,6 +323,17 @@ where
 
 /// Accounting asked for on the command line, set up before the sandbox: the metrics socket
 /// is bound and the journal opened and replayed.
+/// Where requests are served: `--thread-pool-size` if given, else the queue thread with
+/// `--overlap-threads` helpers (default [`DEFAULT_OVERLAP_THREADS`]).
+fn request_threads(args: &ServeArgs) -> RequestThreads {
+    match (args.thread_pool_size, args.overlap_threads) {
+        (0, None) => RequestThreads::Overlap(DEFAULT_OVERLAP_THREADS),
+        (0, Some(0)) => RequestThreads::Inline,
+        (0, Some(n)) => RequestThreads::Overlap(n),
+        (n, _) => RequestThreads::Pool(n),
+    }
+}
+
 fn prepare_accounting(
     args: &ServeArgs,
     shared_dir: Option<&Path>,
@@ -570,4 +581,40 @@ fn inherited_listener(fd: i32) -> Result<Listener, DaemonError> {
     Ok(Listener::from(std::os::unix::net::UnixListener::from(
         owned,
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn threads_for(flags: &[&str]) -> RequestThreads {
+        let args = ["virtiofsd-kr", "--fd=3", "--shared-dir=/x"];
+        let cli = crate::cli::Cli::try_parse_from(args.iter().chain(flags)).expect("parses");
+        request_threads(&cli.serve)
+    }
+
+    #[test]
+    fn requests_are_served_where_the_flags_say() {
+        assert_eq!(
+            threads_for(&[]),
+            RequestThreads::Overlap(DEFAULT_OVERLAP_THREADS)
+        );
+        assert_eq!(
+            threads_for(&["--overlap-threads=2"]),
+            RequestThreads::Overlap(2)
+        );
+        assert_eq!(
+            threads_for(&["--overlap-threads=0"]),
+            RequestThreads::Inline
+        );
+        assert_eq!(
+            threads_for(&["--thread-pool-size=8"]),
+            RequestThreads::Pool(8)
+        );
+        assert_eq!(
+            threads_for(&["--thread-pool-size=8", "--overlap-threads=0"]),
+            RequestThreads::Pool(8)
+        );
+    }
 }

@@ -5,11 +5,9 @@
 //! returning used buffers and notifying the guest. It must not know how the backend stores
 //! files, and never trusts a length, index or opcode the guest wrote.
 
-use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
-use std::thread;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use fuse_backend_rs::abi::fuse_abi::Opcode;
@@ -37,6 +35,7 @@ use crate::dax::{DaxRequest, DaxWindow, SHMEM_PROTOCOL_FEATURE};
 use crate::export::take_written;
 use crate::guard::{error_reply, inspect_prefix, is_no_reply, RequestGuard, Verdict, PEEK_LEN};
 use crate::queue_poll::QueuePoll;
+use crate::request_pool::{PoolError, RequestPool};
 
 /// Queue 0 carries FORGET and INTERRUPT; the request queues follow it.
 pub const HIPRIO_QUEUE_INDEX: usize = 0;
@@ -105,8 +104,8 @@ pub enum DeviceError {
     TagTooLong(String),
     #[error("creating the exit event: {0}")]
     ExitEvent(io::Error),
-    #[error("starting request worker thread: {0}")]
-    SpawnWorker(io::Error),
+    #[error(transparent)]
+    Pool(#[from] PoolError),
 }
 
 impl From<DeviceError> for io::Error {
@@ -328,83 +327,47 @@ fn complete(vring: &Vring, head: u16, len: u32) -> Result<(), DeviceError> {
     Ok(())
 }
 
-/// Worker threads for `--thread-pool-size N`: the queue thread pops chains and hands them
-/// over; a worker serves the chain and returns it to the ring.
-struct RequestPool {
-    jobs: Arc<Jobs>,
+/// A request handed to a worker: the chain and the ring its used buffer goes back to.
+type Job = (Chain, Vring);
+
+/// How requests reach worker threads (`request_pool.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestThreads {
+    /// Every request is served on its queue's thread.
+    Inline,
+    /// `--thread-pool-size N`: every request goes to one of N workers, as in the reference
+    /// virtiofsd; the queue thread only pops chains.
+    Pool(usize),
+    /// `--overlap-threads N`: the queue thread serves requests itself, but when it takes more
+    /// than one at a time, the batch's data requests after the first go to up to N workers
+    /// (started when first needed), so their disk waits overlap. What no worker has picked up
+    /// when the ring runs dry the queue thread takes back.
+    Overlap(usize),
 }
 
-/// Chains waiting for a worker, and whether the pool is closing. Idle workers sleep on the
-/// condvar, not on the lock, so handing over a chain wakes exactly one of them.
-struct Jobs {
-    queue: Mutex<(VecDeque<(Chain, Vring)>, bool)>,
-    ready: Condvar,
+/// Data requests: the ones that wait on the disk, worth a second thread when several wait.
+/// Metadata requests cost a few microseconds of host time, less than waking a worker.
+fn is_data_opcode(opcode: u32) -> bool {
+    opcode == Opcode::Read as u32
+        || opcode == Opcode::Write as u32
+        || opcode == Opcode::Fsync as u32
+        || opcode == Opcode::Fallocate as u32
 }
 
-impl RequestPool {
-    fn new<F: FileSystem + Send + Sync + 'static>(
-        size: usize,
-        core: Arc<RequestCore<F>>,
-    ) -> Result<Self, DeviceError> {
-        let jobs = Arc::new(Jobs {
-            queue: Mutex::new((VecDeque::new(), false)),
-            ready: Condvar::new(),
-        });
-        for i in 0..size {
-            let jobs = jobs.clone();
-            let core = core.clone();
-            thread::Builder::new()
-                .name(format!("vfs-worker-{i}"))
-                .spawn(move || loop {
-                    // A poisoned lock means another worker panicked: stop this one too.
-                    let Ok(mut queue) = jobs.queue.lock() else {
-                        return;
-                    };
-                    let (chain, vring) = loop {
-                        if let Some(job) = queue.0.pop_front() {
-                            break job;
-                        }
-                        if queue.1 {
-                            return; // closing, and nothing left to serve
-                        }
-                        queue = match jobs.ready.wait(queue) {
-                            Ok(q) => q,
-                            Err(_) => return,
-                        };
-                    };
-                    drop(queue);
-                    let len = core.serve_chain(&chain);
-                    if let Err(e) = complete(&vring, chain.head_index(), len) {
-                        warn!("completing request: {e}");
-                    }
-                })
-                .map_err(DeviceError::SpawnWorker)?;
-        }
-        Ok(RequestPool { jobs })
-    }
-
-    fn submit(&self, chain: Chain, vring: Vring) {
-        if let Ok(mut queue) = self.jobs.queue.lock() {
-            queue.0.push_back((chain, vring));
-        }
-        self.jobs.ready.notify_one();
-    }
-}
-
-impl Drop for RequestPool {
-    /// Workers serve what is queued, then stop (as they did when the channel closed).
-    fn drop(&mut self) {
-        if let Ok(mut queue) = self.jobs.queue.lock() {
-            queue.1 = true;
-        }
-        self.jobs.ready.notify_all();
-    }
+/// The opcode the guest wrote into a chain's header, if the header is there (the guard checks
+/// the whole header again when the request is served).
+fn peek_opcode(chain: &Chain) -> Option<u32> {
+    let mut head = [0u8; 8]; // fuse_in_header: len, opcode
+    (read_chain_prefix(chain, Direction::Readable, &mut head) == head.len())
+        .then(|| u32::from_le_bytes([head[4], head[5], head[6], head[7]]))
 }
 
 /// The vhost-user backend of one virtio-fs device.
 pub struct VirtioFsDevice<F: FileSystem + Send + Sync + 'static> {
     core: Arc<RequestCore<F>>,
-    pool: Option<RequestPool>,
+    pool: Option<RequestPool<Job>>,
+    /// Whether the pool serves every request or only overlaps a batch's data requests.
+    overlap: bool,
     mem: RwLock<Option<GuestMemoryAtomic<GuestMemory>>>,
     event_idx: AtomicBool,
     ring_error_seen: AtomicBool,
@@ -418,7 +381,7 @@ pub struct VirtioFsDevice<F: FileSystem + Send + Sync + 'static> {
 impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
     pub fn new(
         core: RequestCore<F>,
-        thread_pool_size: usize,
+        request_threads: RequestThreads,
         tag: Option<&str>,
         threads: QueueThreads,
         poll_max: Duration,
@@ -433,15 +396,31 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
             }
         };
         let core = Arc::new(core);
-        let pool = match thread_pool_size {
-            0 => None,
-            n => Some(RequestPool::new(n, core.clone())?),
+        let serve = |core: Arc<RequestCore<F>>| {
+            move |(chain, vring): Job| {
+                let len = core.serve_chain(&chain);
+                if let Err(e) = complete(&vring, chain.head_index(), len) {
+                    warn!("completing request: {e}");
+                }
+            }
+        };
+        let (pool, overlap) = match request_threads {
+            RequestThreads::Inline | RequestThreads::Pool(0) | RequestThreads::Overlap(0) => {
+                (None, false)
+            }
+            RequestThreads::Pool(n) => {
+                let pool = RequestPool::new(n, serve(core.clone()));
+                pool.start_all()?;
+                (Some(pool), false)
+            }
+            RequestThreads::Overlap(n) => (Some(RequestPool::new(n, serve(core.clone()))), true),
         };
         let exit =
             new_event_consumer_and_notifier(EventFlag::NONBLOCK).map_err(DeviceError::ExitEvent)?;
         Ok(VirtioFsDevice {
             core,
             pool,
+            overlap,
             mem: RwLock::new(None),
             event_idx: AtomicBool::new(false),
             ring_error_seen: AtomicBool::new(false),
@@ -484,6 +463,14 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
             .ok_or(DeviceError::NoMemory)?
             .memory()
             .into_inner())
+    }
+
+    /// Serves one request on this thread and returns its buffer to `vring`.
+    fn serve_here(&self, vring: &Vring, chain: &Chain) {
+        let len = self.core.serve_chain(chain);
+        if let Err(e) = complete(vring, chain.head_index(), len) {
+            self.report_ring_error(&e);
+        }
     }
 
     /// Serves those of `queues` that have requests waiting (see `process_queue`).
@@ -554,22 +541,42 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
                     );
                 }
                 let taken = chains.len();
-                for chain in chains.drain(..) {
-                    match &self.pool {
-                        Some(pool) => pool.submit(chain, vring.clone()),
-                        None => {
-                            let len = self.core.serve_chain(&chain);
-                            if let Err(e) = complete(vring, chain.head_index(), len) {
-                                self.report_ring_error(&e);
-                            }
+                match &self.pool {
+                    Some(pool) if !self.overlap => {
+                        for chain in chains.drain(..) {
+                            pool.submit((chain, vring.clone()));
                         }
                     }
+                    Some(pool) if taken > 1 => {
+                        // The data requests after the first go to workers before this thread
+                        // starts on the first, so their disk waits overlap with its own.
+                        let mut first = true;
+                        chains.retain(|chain| {
+                            let keep = first || !peek_opcode(chain).is_some_and(is_data_opcode);
+                            first = false;
+                            if !keep {
+                                pool.submit((chain.clone(), vring.clone()));
+                            }
+                            keep
+                        });
+                    }
+                    _ => {}
+                }
+                for chain in chains.drain(..) {
+                    self.serve_here(vring, &chain);
                 }
                 if taken < batch {
                     break;
                 }
             }
-            // Ran dry. The thread's other queues first: a guest that keeps this one busy
+            // Ran dry. Requests handed to workers that none has started yet are this
+            // thread's again: it is free, and a worker may still be waking.
+            if let Some(pool) = self.pool.as_ref().filter(|_| self.overlap) {
+                while let Some((chain, ring)) = pool.take() {
+                    self.serve_here(&ring, &chain);
+                }
+            }
+            // The thread's other queues: a guest that keeps this one busy
             // (each request posted before we look again) never lets the thread back to
             // epoll_wait, where their kicks wait.
             self.serve_waiting(others, &mem);

@@ -16,6 +16,7 @@ pub mod local_fs;
 pub mod logging;
 pub mod passthrough;
 pub mod queue_poll;
+pub mod request_pool;
 pub mod sandbox;
 pub mod seccomp;
 pub mod size;

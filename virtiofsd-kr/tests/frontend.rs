@@ -1497,6 +1497,154 @@ fn forget_is_served_while_requests_keep_the_polled_queue_busy() {
     daemon.assert_running("a FORGET during back-to-back requests");
 }
 
+/// Names of the daemon's threads that are request workers (`vfs-worker-N`).
+fn worker_threads(daemon: &Daemon) -> Vec<String> {
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", daemon.pid())).expect("/proc/PID/task");
+    let mut names: Vec<String> = tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .filter(|n| n.starts_with("vfs-worker-"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Posts `requests` on the request queue with one kick after the last, so the daemon finds
+/// them in one batch, and returns the replies by request.
+fn send_batch(s: &mut FuseSession, requests: &[Vec<u8>], reply_space: usize) -> Vec<Vec<u8>> {
+    let pending: Vec<_> = requests
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let last = i + 1 == requests.len();
+            s.frontend()
+                .post_request(REQUEST_QUEUE, &[r], &[reply_space], last)
+                .expect("posting a request")
+        })
+        .collect();
+    let heads: Vec<u16> = pending.iter().map(|p| p.head).collect();
+    let replies = s
+        .frontend()
+        .collect(pending, Duration::from_secs(10))
+        .expect("every request of the batch answered");
+    heads
+        .iter()
+        .map(|h| {
+            replies
+                .iter()
+                .find(|r| r.head == *h)
+                .expect("a reply per request")
+                .bytes
+                .clone()
+        })
+        .collect()
+}
+
+/// One READ of a batch: its unique, the request, and the bytes it must return.
+struct BatchRead {
+    unique: u64,
+    request: Vec<u8>,
+    want: Vec<u8>,
+}
+
+/// Eight 4 KiB READs of one file at distinct, unaligned offsets.
+fn read_batch(s: &mut FuseSession, node: u64, fh: u64, content: &[u8]) -> Vec<BatchRead> {
+    (0..8u64)
+        .map(|i| {
+            let offset = i * 4096 + i;
+            let arg = ReadIn {
+                fh,
+                offset,
+                size: 4096,
+                ..Default::default()
+            };
+            let unique = s.unique();
+            BatchRead {
+                unique,
+                request: request(Opcode::Read as u32, unique, node, &[arg.as_slice()]),
+                want: content[offset as usize..offset as usize + 4096].to_vec(),
+            }
+        })
+        .collect()
+}
+
+/// Sends a READ batch and checks every reply against the file's bytes.
+fn check_read_batch(s: &mut FuseSession, batch: &[BatchRead], what: &str) {
+    let requests: Vec<Vec<u8>> = batch.iter().map(|b| b.request.clone()).collect();
+    let replies = send_batch(s, &requests, OUT_HEADER_LEN + 4096);
+    for (b, reply) in batch.iter().zip(&replies) {
+        let header = OutHeader::from_slice(&reply[..OUT_HEADER_LEN]).unwrap();
+        assert_eq!((header.unique, header.error), (b.unique, 0), "{what}");
+        assert_eq!(
+            &reply[OUT_HEADER_LEN..],
+            b.want,
+            "READ {} in {what}",
+            b.unique
+        );
+    }
+}
+
+#[test]
+fn a_batch_of_reads_overlaps_on_helper_threads_and_metadata_stays_on_the_queue_thread() {
+    let content: Vec<u8> = (0..64 * 1024u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    let host_content = content.clone();
+    // The production seccomp filter: helpers start long after it is in place.
+    let mut daemon = Daemon::start_with(&["--sandbox", "none", "--seccomp", "kill"], &[], |d| {
+        std::fs::write(d.join("data"), &host_content).unwrap();
+    });
+    let mut s = daemon.session();
+    let e = s.lookup(ROOT, "data").expect("LOOKUP");
+    let open = s.open(e.nodeid, libc::O_RDONLY).expect("OPEN");
+    assert_eq!(
+        worker_threads(&daemon),
+        Vec::<String>::new(),
+        "a worker before any batch"
+    );
+
+    // Metadata in a batch: served on the queue thread, no worker started.
+    let getattrs: Vec<Vec<u8>> = (0..16).map(|_| getattr_request(s.unique(), ROOT)).collect();
+    for reply in send_batch(&mut s, &getattrs, REPLY_SPACE) {
+        let header = OutHeader::from_slice(&reply[..OUT_HEADER_LEN]).unwrap();
+        assert_eq!(header.error, 0, "GETATTR in a batch");
+    }
+    assert_eq!(
+        worker_threads(&daemon),
+        Vec::<String>::new(),
+        "a worker for GETATTRs"
+    );
+
+    // READs in a batch: every reply right, and helpers were started for them.
+    for round in 0..3 {
+        let batch = read_batch(&mut s, e.nodeid, open.fh, &content);
+        check_read_batch(&mut s, &batch, &format!("round {round}"));
+    }
+    let workers = worker_threads(&daemon);
+    assert!(
+        !workers.is_empty() && workers.len() <= virtiofsd_kr::cli::DEFAULT_OVERLAP_THREADS,
+        "workers after three batches of READs: {workers:?}; stderr:\n{}",
+        daemon.stderr()
+    );
+    s.getattr(ROOT).expect("GETATTR after the batches");
+    daemon.assert_running("batches of READs under seccomp kill");
+}
+
+#[test]
+fn overlap_threads_zero_serves_a_batch_of_reads_on_the_queue_thread() {
+    let content: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 253) as u8).collect();
+    let host_content = content.clone();
+    let daemon = Daemon::start_with(
+        &["--sandbox", "none", "--seccomp", "none"],
+        &["--overlap-threads", "0"],
+        |d| std::fs::write(d.join("data"), &host_content).unwrap(),
+    );
+    let mut s = daemon.session();
+    let e = s.lookup(ROOT, "data").expect("LOOKUP");
+    let open = s.open(e.nodeid, libc::O_RDONLY).expect("OPEN");
+    let batch = read_batch(&mut s, e.nodeid, open.fh, &content);
+    check_read_batch(&mut s, &batch, "one batch");
+    assert_eq!(worker_threads(&daemon), Vec::<String>::new());
+}
+
 // ---- lifecycle ------------------------------------------------------------------------------
 
 #[test]

@@ -136,6 +136,11 @@ impl Daemon {
         self.child.as_mut()?.try_wait().expect("waitpid")
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon was started").id()
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child.is_some() && self.try_wait().is_none()
