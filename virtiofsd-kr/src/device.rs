@@ -490,6 +490,9 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
     /// On a request queue with a rate limit in force, chains are taken one at a time and
     /// only when the limiter is out of debt: requests over the limit wait in the ring.
     ///
+    /// Where a chain is served is [`RequestThreads`]'s choice: here, by the pool, or (overlap)
+    /// here unless it is a data request taken together with an earlier one.
+    ///
     /// A request queue that runs dry is polled for a while ([`QueuePoll`]) before its
     /// notifications go back on. Each time it runs dry, and while it polls, the thread's
     /// `others` queues (the hiprio queue when one thread serves both) are served if they have
