@@ -4,7 +4,7 @@
 //! reading the ceph.conf and keyring before the sandbox hides them, and the pre-flight connection that proves the
 //! cluster, the key and the volume root are usable before the vhost-user socket exists. It
 //! must not talk to Ceph in the serving process before the sandbox and seccomp are in place:
-//! libcephfs starts threads, which would escape both (the daemon calls [`connect`] last).
+//! libcephfs starts threads, which would escape both (the daemon calls `CephFs::connect` last).
 //!
 //! The pre-flight runs in a forked child of the still single-threaded daemon: the child
 //! connects, checks the root, unmounts and exits, and reports an error through a pipe. The
