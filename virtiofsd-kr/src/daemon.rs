@@ -303,6 +303,12 @@ where
             load(&t.spun_ns) / 1_000_000
         );
     }
+    if let Some(t) = device.pool_totals() {
+        info!(
+            "request workers: started={} handed_over={} taken_back={}",
+            t.started, t.handed_over, t.taken_back
+        );
+    }
     if let Some(window) = &dax_meter {
         let c = window.meter().snapshot();
         info!(

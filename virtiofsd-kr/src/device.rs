@@ -35,7 +35,7 @@ use crate::dax::{DaxRequest, DaxWindow, SHMEM_PROTOCOL_FEATURE};
 use crate::export::take_written;
 use crate::guard::{error_reply, inspect_prefix, is_no_reply, RequestGuard, Verdict, PEEK_LEN};
 use crate::queue_poll::QueuePoll;
-use crate::request_pool::{PoolError, RequestPool};
+use crate::request_pool::{PoolError, PoolTotals, RequestPool};
 
 /// Queue 0 carries FORGET and INTERRUPT; the request queues follow it.
 pub const HIPRIO_QUEUE_INDEX: usize = 0;
@@ -304,6 +304,16 @@ fn reply_error(chain: &Chain, unique: u64, errno: i32) -> u32 {
     }
 }
 
+/// Logs a guest-caused ring error: the first at warn level, later ones at debug, so a guest
+/// cannot flood the host's logs.
+fn report_ring_error(seen: &AtomicBool, e: &DeviceError) {
+    if seen.swap(true, Ordering::Relaxed) {
+        debug!("virtqueue error: {e}");
+    } else {
+        warn!("virtqueue error (further ones logged at debug level): {e}");
+    }
+}
+
 /// Whether the guest has made a chain available that we have not taken yet.
 fn has_available(vring: &Vring, mem: &GuestMemory) -> bool {
     let state = vring.get_ref();
@@ -370,7 +380,8 @@ pub struct VirtioFsDevice<F: FileSystem + Send + Sync + 'static> {
     overlap: bool,
     mem: RwLock<Option<GuestMemoryAtomic<GuestMemory>>>,
     event_idx: AtomicBool,
-    ring_error_seen: AtomicBool,
+    /// Shared with the workers: one warning per daemon, whichever thread meets the error.
+    ring_error_seen: Arc<AtomicBool>,
     tag: Option<[u8; TAG_LEN]>,
     exit: (EventConsumer, EventNotifier),
     threads: QueueThreads,
@@ -396,11 +407,13 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
             }
         };
         let core = Arc::new(core);
+        let ring_error_seen = Arc::new(AtomicBool::new(false));
         let serve = |core: Arc<RequestCore<F>>| {
+            let seen = ring_error_seen.clone();
             move |(chain, vring): Job| {
                 let len = core.serve_chain(&chain);
                 if let Err(e) = complete(&vring, chain.head_index(), len) {
-                    warn!("completing request: {e}");
+                    report_ring_error(&seen, &e);
                 }
             }
         };
@@ -423,7 +436,7 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
             overlap,
             mem: RwLock::new(None),
             event_idx: AtomicBool::new(false),
-            ring_error_seen: AtomicBool::new(false),
+            ring_error_seen,
             tag,
             exit,
             threads,
@@ -436,16 +449,17 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
     /// Logs a guest-caused ring error: the first at warn level, later ones at debug, so a
     /// guest cannot flood the host's logs.
     fn report_ring_error(&self, e: &DeviceError) {
-        if self.ring_error_seen.swap(true, Ordering::Relaxed) {
-            debug!("virtqueue error: {e}");
-        } else {
-            warn!("virtqueue error (further ones logged at debug level): {e}");
-        }
+        report_ring_error(&self.ring_error_seen, e);
     }
 
     /// The request queues' polling counters, for the log at exit.
     pub fn poll_totals(&self) -> impl Iterator<Item = &crate::queue_poll::PollTotals> {
         self.polls.iter().map(QueuePoll::totals)
+    }
+
+    /// What the request workers did (`None` when requests are all served inline).
+    pub fn pool_totals(&self) -> Option<PoolTotals> {
+        self.pool.as_ref().map(RequestPool::totals)
     }
 
     /// Tells the queue threads to stop (used on shutdown).

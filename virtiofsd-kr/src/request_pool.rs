@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 
@@ -29,6 +29,19 @@ pub struct RequestPool<J: Send + 'static> {
     max_workers: usize,
     /// A failed lazy start is reported once; later ones at debug level would hide nothing new.
     spawn_failed: AtomicBool,
+    handed_over: AtomicU64,
+    taken_back: AtomicU64,
+}
+
+/// What a pool did, for the log at exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolTotals {
+    /// Workers started.
+    pub started: usize,
+    /// Jobs submitted.
+    pub handed_over: u64,
+    /// Jobs the owner took back before a worker started them.
+    pub taken_back: u64,
 }
 
 struct Shared<J> {
@@ -62,6 +75,8 @@ impl<J: Send + 'static> RequestPool<J> {
             }),
             max_workers,
             spawn_failed: AtomicBool::new(false),
+            handed_over: AtomicU64::new(0),
+            taken_back: AtomicU64::new(0),
         }
     }
 
@@ -87,6 +102,7 @@ impl<J: Send + 'static> RequestPool<J> {
     /// the pool is below its size; otherwise an idle worker is woken. If a worker cannot be
     /// started the job stays queued for `take` or a running worker.
     pub fn submit(&self, job: J) {
+        self.handed_over.fetch_add(1, Ordering::Relaxed);
         let start = {
             let mut state = self.shared.lock();
             state.jobs.push_back(job);
@@ -113,7 +129,20 @@ impl<J: Send + 'static> RequestPool<J> {
 
     /// Takes back the oldest job no worker has picked up yet.
     pub fn take(&self) -> Option<J> {
-        self.shared.lock().jobs.pop_front()
+        let job = self.shared.lock().jobs.pop_front();
+        if job.is_some() {
+            self.taken_back.fetch_add(1, Ordering::Relaxed);
+        }
+        job
+    }
+
+    /// Counters since start.
+    pub fn totals(&self) -> PoolTotals {
+        PoolTotals {
+            started: self.workers(),
+            handed_over: self.handed_over.load(Ordering::Relaxed),
+            taken_back: self.taken_back.load(Ordering::Relaxed),
+        }
     }
 
     /// Workers started so far.
@@ -247,7 +276,14 @@ mod tests {
         assert_eq!(pool.take(), Some(1));
         assert_eq!(pool.take(), None);
         hold_tx.send(()).unwrap();
-        assert_eq!(pool.workers(), 1);
+        assert_eq!(
+            pool.totals(),
+            PoolTotals {
+                started: 1,
+                handed_over: 2,
+                taken_back: 1
+            }
+        );
     }
 
     #[test]
