@@ -856,10 +856,11 @@ fn run_guest(
             Err(e) => out.errors.push(e.to_string()),
         }
     }
-    // Our daemon logs what its request-queue polling did (docs/benchmarks.md): into the
-    // progress log, beside the figures it explains.
+    // Our daemon logs what its request-queue polling and its request workers did
+    // (docs/benchmarks.md): into the progress log, beside the figures they explain.
     if let Some(d) = &outcome.daemon {
-        for line in d.log.lines().filter(|l| l.contains(" polling: ")) {
+        let explains = |l: &&str| l.contains(" polling: ") || l.contains(" request workers: ");
+        for line in d.log.lines().filter(explains) {
             eprintln!("vmbench: [{name}] {}", line.trim());
         }
     }
