@@ -813,6 +813,18 @@ impl VmOutcome {
         p
     }
 
+    /// Panics with the full report unless every `check` of the workload passed and
+    /// [`problems`](Self::problems) is empty.
+    #[track_caller]
+    pub fn assert_checks_passed(&self) {
+        let failed = crate::workload::failed_checks(&self.results);
+        self.check(
+            failed.is_empty(),
+            &format!("failed guest checks:\n  {}", failed.join("\n  ")),
+        );
+        self.assert_ok();
+    }
+
     /// Panics with the full report unless [`problems`](Self::problems) is empty.
     #[track_caller]
     pub fn assert_ok(&self) {

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use vm_tests::workload::{failed_checks, script, temp_share, HELPER};
+use vm_tests::workload::{script, temp_share, HELPER};
 use vm_tests::{CacheMode, VmBuilder};
 
 fn host_sha256(path: &Path) -> String {
@@ -61,9 +61,7 @@ fn sha256_of_256_mib_matches_between_guest_and_host() {
         .timeout(std::time::Duration::from_secs(600))
         .run()
         .unwrap_or_else(|e| panic!("{e}"));
-    let failed = failed_checks(&out.results);
-    out.check(failed.is_empty(), &format!("failed checks: {failed:?}"));
-    out.assert_ok();
+    out.assert_checks_passed();
 
     let big = share.path().join("big.bin");
     assert_eq!(std::fs::metadata(&big).unwrap().len(), 256 << 20);

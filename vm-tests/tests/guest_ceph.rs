@@ -15,8 +15,8 @@ use std::time::Duration;
 use common::ceph::{self, CephVolume};
 use common::host_view::HostView;
 use vm_tests::daemon::{attempt_start, StartAttempt};
-use vm_tests::workload::{failed_checks, script, HELPER};
-use vm_tests::{CacheMode, DaemonConfig, ShareBackend, VmBuilder, VmOutcome};
+use vm_tests::workload::{script, HELPER};
+use vm_tests::{CacheMode, DaemonConfig, ShareBackend, VmBuilder};
 
 const GUEST_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -25,15 +25,6 @@ fn helper() -> &'static std::path::Path {
 }
 
 #[track_caller]
-fn assert_checks_passed(out: &VmOutcome) {
-    let failed = failed_checks(&out.results);
-    out.check(
-        failed.is_empty(),
-        &format!("failed guest checks:\n  {}", failed.join("\n  ")),
-    );
-    out.assert_ok();
-}
-
 /// What is wrong with a start that must be refused: it must exit non-zero, print exactly one
 /// line on stderr, starting with `virtiofsd-kr: ` and naming each of `mentions`, and never
 /// have a socket a VMM could connect to. Empty when all is well.
@@ -136,7 +127,7 @@ fn daemon_refuses_another_tenants_key_and_bad_roots() {
         ))
         .run()
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_checks_passed(&out);
+    out.assert_checks_passed();
     assert_eq!(
         mine.view()
             .read_string("hello")
@@ -216,7 +207,7 @@ sync
         .workload(&script(&body))
         .run()
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_checks_passed(&out);
+    out.assert_checks_passed();
     out.expect("moved_lands_in_guest", "ok");
     out.check(
         !out.serial_text().contains(&token),
@@ -284,7 +275,7 @@ sync
         .workload(&script(body))
         .run()
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_checks_passed(&out);
+    out.assert_checks_passed();
     let df_kib = out.int("df_kib");
     let fill = out.value("fill").to_string();
     eprintln!(
@@ -428,7 +419,7 @@ sync
     if let Err(e) = steps {
         panic!("{e}\n{}", out.report());
     }
-    assert_checks_passed(&out);
+    out.assert_checks_passed();
     let observed: Vec<String> = SNAPSHOT_WRITE_ERRORS
         .iter()
         .map(|(k, _)| format!("{k}={}", out.value(k)))
@@ -501,7 +492,7 @@ check second two "$(cat /data/f.txt)"
     if let Err(e) = steps {
         panic!("{e}\n{}", out.report());
     }
-    assert_checks_passed(&out);
+    out.assert_checks_passed();
     out.expect("second", "ok");
 }
 

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use vm_tests::workload::{failed_checks, script, temp_share};
+use vm_tests::workload::{script, temp_share};
 use vm_tests::{CacheMode, VmBuilder};
 
 const BODY: &str = r#"
@@ -43,9 +43,7 @@ fn queue_depth_16_direct_io_verifies_through_the_overlap_helpers() {
         .timeout(std::time::Duration::from_secs(600))
         .run()
         .unwrap_or_else(|e| panic!("{e}"));
-    let failed = failed_checks(&out.results);
-    out.check(failed.is_empty(), &format!("failed checks: {failed:?}"));
-    out.assert_ok();
+    out.assert_checks_passed();
     assert_eq!(out.int("size"), 32 << 20);
     assert_eq!(
         std::fs::metadata(Path::new(share.path()).join("qd16.bin"))

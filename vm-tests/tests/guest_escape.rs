@@ -6,7 +6,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use vm_tests::workload::{failed_checks, script, temp_share};
+use vm_tests::workload::{script, temp_share};
 use vm_tests::{CacheMode, VmBuilder, VmOutcome};
 
 fn run_escape(cache: CacheMode, sandbox: Option<&str>) -> VmOutcome {
@@ -90,9 +90,7 @@ sync
         builder = builder.sandbox(Some(s));
     }
     let out = builder.run().unwrap_or_else(|e| panic!("{e}"));
-    let failed = failed_checks(&out.results);
-    out.check(failed.is_empty(), &format!("failed checks: {failed:?}"));
-    out.assert_ok();
+    out.assert_checks_passed();
     out.expect("moved_out_in_guest", "ok");
     out.check(
         !out.serial_text().contains(&token),

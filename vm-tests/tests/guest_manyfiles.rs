@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use vm_tests::workload::{failed_checks, script, temp_share, HELPER};
+use vm_tests::workload::{script, temp_share, HELPER};
 use vm_tests::{CacheMode, VmBuilder};
 
 const N: usize = 10_000;
@@ -68,9 +68,7 @@ fn ten_thousand_files_created_listed_stated_removed() {
     if let Err(e) = phase {
         panic!("{e}\n{}", out.report());
     }
-    let failed = failed_checks(&out.results);
-    out.check(failed.is_empty(), &format!("failed checks: {failed:?}"));
-    out.assert_ok();
+    out.assert_checks_passed();
     out.check(
         host_count == Some((N, true)),
         &format!("host saw {host_count:?} files/contents, want {N} with the right contents"),
