@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use fuse_backend_rs::abi::fuse_abi::Opcode;
+use fuse_backend_rs::abi::fuse_abi::{InHeader, Opcode};
 use fuse_backend_rs::api::filesystem::FileSystem;
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{FsCacheReqHandler, Reader, VirtioFsWriter, Writer};
@@ -33,7 +33,9 @@ use crate::accounting::meter::Outcome;
 use crate::accounting::Accounting;
 use crate::dax::{DaxRequest, DaxWindow, SHMEM_PROTOCOL_FEATURE};
 use crate::export::take_written;
-use crate::guard::{error_reply, inspect_prefix, is_no_reply, RequestGuard, Verdict, PEEK_LEN};
+use crate::guard::{
+    error_reply, inspect_prefix, is_no_reply, read_prefix, RequestGuard, Verdict, PEEK_LEN,
+};
 use crate::queue_poll::QueuePoll;
 use crate::request_pool::{PoolError, PoolTotals, RequestPool};
 
@@ -367,9 +369,9 @@ fn is_data_opcode(opcode: u32) -> bool {
 /// The opcode the guest wrote into a chain's header, if the header is there (the guard checks
 /// the whole header again when the request is served).
 fn peek_opcode(chain: &Chain) -> Option<u32> {
-    let mut head = [0u8; 8]; // fuse_in_header: len, opcode
-    (read_chain_prefix(chain, Direction::Readable, &mut head) == head.len())
-        .then(|| u32::from_le_bytes([head[4], head[5], head[6], head[7]]))
+    let mut head = [0u8; std::mem::size_of::<InHeader>()];
+    let filled = read_chain_prefix(chain, Direction::Readable, &mut head);
+    read_prefix::<InHeader>(&head[..filled]).map(|h| h.opcode)
 }
 
 /// The vhost-user backend of one virtio-fs device.
