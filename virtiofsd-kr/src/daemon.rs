@@ -268,9 +268,10 @@ where
     if let Some(acct) = acct {
         core = core.with_accounting(acct);
     }
+    let request_threads = request_threads(args);
     let device = Arc::new(VirtioFsDevice::new(
         core,
-        request_threads(args),
+        request_threads,
         args.tag.as_deref(),
         threads,
         Duration::from_micros(args.poll_max_us),
@@ -285,7 +286,7 @@ where
     let cleanup = Arc::new(socket_cleanup);
     spawn_signal_thread(signals, cleanup.clone());
 
-    info!(export = what, queue_threads = ?threads, request_threads = ?request_threads(args), poll_max_us = args.poll_max_us, "waiting for the vhost-user frontend");
+    info!(export = what, queue_threads = ?threads, request_threads = ?request_threads, poll_max_us = args.poll_max_us, "waiting for the vhost-user frontend");
     daemon
         .start(&mut listener)
         .map_err(DaemonError::VhostUser)?;
@@ -293,21 +294,11 @@ where
     let result = daemon.wait();
     device.notify_exit();
     accounting::flush_on_exit();
-    for (i, t) in device.poll_totals().enumerate() {
-        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-        info!(
-            "queue {} polling: spins={} caught={} spun_ms={}",
-            i + 1,
-            load(&t.spins),
-            load(&t.caught),
-            load(&t.spun_ns) / 1_000_000
-        );
+    for (i, totals) in device.poll_totals().enumerate() {
+        info!("queue {} polling: {totals}", i + 1);
     }
-    if let Some(t) = device.pool_totals() {
-        info!(
-            "request workers: started={} handed_over={} taken_back={}",
-            t.started, t.handed_over, t.taken_back
-        );
+    if let Some(totals) = device.pool_totals() {
+        info!("request workers: {totals}");
     }
     if let Some(window) = &dax_meter {
         let c = window.meter().snapshot();
@@ -327,8 +318,6 @@ where
     .inspect(|_| info!("frontend disconnected, exiting"))
 }
 
-/// Accounting asked for on the command line, set up before the sandbox: the metrics socket
-/// is bound and the journal opened and replayed.
 /// Where requests are served: `--thread-pool-size` if given, else the queue thread with
 /// `--overlap-threads` helpers (default [`DEFAULT_OVERLAP_THREADS`]).
 fn request_threads(args: &ServeArgs) -> RequestThreads {
@@ -340,6 +329,8 @@ fn request_threads(args: &ServeArgs) -> RequestThreads {
     }
 }
 
+/// Accounting asked for on the command line, set up before the sandbox: the metrics socket
+/// is bound and the journal opened and replayed.
 fn prepare_accounting(
     args: &ServeArgs,
     shared_dir: Option<&Path>,

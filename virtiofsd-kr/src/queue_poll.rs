@@ -41,6 +41,20 @@ pub struct PollTotals {
     pub spun_ns: AtomicU64,
 }
 
+impl std::fmt::Display for PollTotals {
+    /// `spins=N caught=N spun_ms=N`, as the daemon logs it at exit.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        write!(
+            f,
+            "spins={} caught={} spun_ms={}",
+            load(&self.spins),
+            load(&self.caught),
+            load(&self.spun_ns) / 1_000_000
+        )
+    }
+}
+
 impl QueuePoll {
     /// A poller that never spins longer than `max`; `Duration::ZERO` turns polling off.
     pub fn new(max: Duration) -> Self {
@@ -207,6 +221,10 @@ mod tests {
         assert_eq!(calls, 3);
         assert_eq!(p.totals().spins.load(Ordering::Relaxed), 1);
         assert_eq!(p.totals().caught.load(Ordering::Relaxed), 1);
+        assert!(p
+            .totals()
+            .to_string()
+            .starts_with("spins=1 caught=1 spun_ms="));
     }
 
     #[test]

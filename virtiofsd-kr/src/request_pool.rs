@@ -59,6 +59,17 @@ struct State<J> {
     closing: bool,
 }
 
+impl std::fmt::Display for PoolTotals {
+    /// `started=N handed_over=N taken_back=N`, as the daemon logs it at exit.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "started={} handed_over={} taken_back={}",
+            self.started, self.handed_over, self.taken_back
+        )
+    }
+}
+
 impl<J: Send + 'static> RequestPool<J> {
     /// A pool of at most `max_workers` threads, none started yet; `serve` runs every job.
     pub fn new(max_workers: usize, serve: impl Fn(J) + Send + Sync + 'static) -> Self {
@@ -283,6 +294,10 @@ mod tests {
                 handed_over: 2,
                 taken_back: 1
             }
+        );
+        assert_eq!(
+            pool.totals().to_string(),
+            "started=1 handed_over=2 taken_back=1"
         );
     }
 
