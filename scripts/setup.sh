@@ -14,10 +14,12 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD=1
 GUEST=1
+FUZZ=1
 for arg in "$@"; do
     case "$arg" in
         --no-build) BUILD=0 ;;
         --no-guest) GUEST=0 ;;
+        --no-fuzz) FUZZ=0 ;;
         -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "setup: unknown option $arg" >&2; exit 2 ;;
     esac
@@ -36,7 +38,7 @@ export DEBIAN_FRONTEND=noninteractive
 PACKAGES=(
     qemu-system-x86 busybox-static fio cpio libseccomp-dev libcap-ng-dev fuse3 attr kmod
     xz-utils zstd gzip coreutils util-linux findutils grep
-    gcc libc6-dev pkg-config ca-certificates strace
+    gcc g++ libc6-dev pkg-config ca-certificates strace
 )
 
 # Serialise concurrent runs (tests and scripts may call setup.sh at the same time).
@@ -82,6 +84,19 @@ if [ "$GUEST" = 1 ]; then
         "$REPO/scripts/build-guest.sh"
     else
         "${SUDO[@]}" "$REPO/scripts/build-guest.sh"
+    fi
+fi
+
+if [ "$FUZZ" = 1 ]; then
+    # libFuzzer needs nightly (-Zsanitizer, sancov); g++ builds libFuzzer itself.
+    command -v rustup >/dev/null 2>&1 || die "rustup not found (the fuzz targets need Rust nightly)"
+    if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+        log "installing Rust nightly (minimal profile) for the fuzz targets"
+        rustup toolchain install nightly --profile minimal </dev/null >&2
+    fi
+    if ! command -v cargo-fuzz >/dev/null 2>&1; then
+        log "installing cargo-fuzz"
+        cargo install cargo-fuzz --locked </dev/null >&2
     fi
 fi
 

@@ -204,7 +204,7 @@ where
     let acct = acct.clone();
     let active = active.clone();
     tokio::task::spawn_local(async move {
-        if let Err(e) = tokio::time::timeout(REQUEST_TIMEOUT, handle(stream, &acct)).await {
+        if let Err(e) = tokio::time::timeout(REQUEST_TIMEOUT, serve_connection(stream, &acct)).await {
             debug!("metrics client timed out: {e}");
         }
         active.fetch_sub(1, Ordering::Relaxed);
@@ -262,7 +262,10 @@ async fn read_request<S: AsyncRead + Unpin>(stream: &mut S) -> Option<Request> {
     Some(Request { method, path, body })
 }
 
-async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, acct: &Accounting) {
+/// Answers one HTTP request read from `stream` (a connection the listener accepted) and
+/// closes it. Public so the `metrics_http` fuzz target can drive the endpoint in-process
+/// over any byte stream; the server itself calls it through [`spawn`] with a timeout.
+pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, acct: &Accounting) {
     let (status, content_type, body) = match read_request(&mut stream).await {
         None => ("400 Bad Request", "text/plain", "bad request\n".to_string()),
         Some(req) => route(&req, acct),

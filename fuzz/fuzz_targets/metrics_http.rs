@@ -1,0 +1,110 @@
+//! The metrics/admin HTTP endpoint (`GET /metrics`, `GET|PUT|POST /limits`), in-process:
+//! the input is what a client sends on one connection, delivered in chunks the input chooses.
+//!
+//! Checks: every connection gets exactly one well-formed response (status line with a known
+//! code, `Content-Length` equal to the body's length); a 200 answer to a limits change is
+//! what `GET /limits` reports afterwards; a refused change leaves the limits as they were;
+//! the metrics text stays renderable after any change.
+#![no_main]
+
+use std::sync::Arc;
+
+use fuzz_harness::Cursor;
+use libfuzzer_sys::fuzz_target;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use virtiofsd_kr::accounting::limiter::Limits;
+use virtiofsd_kr::accounting::meter::Totals;
+use virtiofsd_kr::accounting::server::serve_connection;
+use virtiofsd_kr::accounting::{Accounting, Labels};
+
+fn accounting() -> Arc<Accounting> {
+    Arc::new(Accounting::new(
+        Labels {
+            tenant: "t".into(),
+            volume: "v".into(),
+            pod: "p".into(),
+            traffic_class: "internal".into(),
+            host: "h".into(),
+        },
+        Limits::default(),
+        Totals::default(),
+        None,
+    ))
+}
+
+/// Sends `chunks` on one connection and returns the raw response.
+fn exchange(rt: &tokio::runtime::Runtime, acct: &Accounting, chunks: &[&[u8]]) -> Vec<u8> {
+    rt.block_on(async {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let send = async {
+            for chunk in chunks {
+                if client.write_all(chunk).await.is_err() {
+                    break;
+                }
+            }
+            let _ = client.shutdown().await;
+            let mut out = Vec::new();
+            let _ = client.read_to_end(&mut out).await;
+            out
+        };
+        let (_, out) = tokio::join!(serve_connection(server, acct), send);
+        out
+    })
+}
+
+/// Splits a response into status code and body, checking its framing.
+fn parse(response: &[u8]) -> (u16, String) {
+    let text = std::str::from_utf8(response).expect("response is UTF-8");
+    let (head, body) = text.split_once("\r\n\r\n").expect("response has a header end");
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    assert!(status_line.starts_with("HTTP/1.1 "), "{status_line:?}");
+    let code: u16 = status_line[9..12].parse().expect("status code");
+    assert!(matches!(code, 200 | 400 | 404 | 405), "status {code}");
+    let length: usize = lines
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .expect("Content-Length")
+        .parse()
+        .unwrap();
+    assert_eq!(length, body.len(), "Content-Length differs from the body");
+    (code, body.to_string())
+}
+
+fuzz_target!(|data: &[u8]| {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let acct = accounting();
+    let mut c = Cursor::new(data);
+    let pieces = 1 + c.u8() % 4;
+    let mut chunks = Vec::new();
+    for i in 0..pieces {
+        if i + 1 == pieces {
+            chunks.push(c.rest());
+        } else {
+            let n = c.u16() as usize;
+            chunks.push(c.bytes(n));
+        }
+    }
+    let before = acct.limiter.limits();
+    let response = exchange(&rt, &acct, &chunks);
+    let (code, body) = parse(&response);
+    let after = acct.limiter.limits();
+    let request: Vec<u8> = chunks.concat();
+    let changes = request.starts_with(b"PUT /limits") || request.starts_with(b"POST /limits");
+    if code != 200 || !changes {
+        assert_eq!(before, after, "limits changed by a request answered {code}");
+    } else {
+        assert_eq!(body, format!("{after}\n"), "200 body is not the new limits");
+    }
+    // What GET /limits and GET /metrics report now is consistent with the limiter.
+    let (code, body) = parse(&exchange(&rt, &acct, &[b"GET /limits HTTP/1.1\r\n\r\n"]));
+    assert_eq!(code, 200);
+    assert_eq!(body, format!("{after}\n"));
+    let (code, body) = parse(&exchange(&rt, &acct, &[b"GET /metrics HTTP/1.1\r\n\r\n"]));
+    assert_eq!(code, 200);
+    assert!(body.ends_with('\n'));
+    // The limiter takes the new limits without panicking on a charge.
+    acct.limiter.charge(u64::from(c.u32()));
+    let _ = acct.limiter.is_active();
+});
