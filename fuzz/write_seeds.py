@@ -290,4 +290,26 @@ write("metrics_http", [
     ("huge_length", http(b"PUT /limits HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n")),
     ("no_end", http(b"GET /metrics HTTP/1.1\r\n")),
 ])
+
+# ---- docker_plugin: per call a path selector, a mount-failure byte, a body kind and fields ---
+# Paths: 0 Activate, 1 Capabilities, 2 Create, 3 Remove, 4 Get, 5 List, 6 Path, 7 Mount,
+# 8 Unmount, 9 unknown. Names: 0 v1, 1 v2, 2 .., 3 a/b, 4 empty, 5 .hidden, 6 vol.ume_1-x.
+def call(path, kind, *fields, fail=0):
+    return u8(path) + u8(fail) + u8(kind) + b"".join(fields)
+
+
+def text(s): return u8(0xF0) + short(s)
+
+
+write("docker_plugin", [
+    ("lifecycle", call(0, 0, u8(0)) + call(2, 2, u8(2), u8(0), text(b"10G"), u8(3), text(b"100"), u8(0))
+     + call(4, 0, u8(0)) + call(7, 1, u8(0), text(b"abc123")) + call(7, 1, u8(0), text(b"abc123"))
+     + call(3, 0, u8(0)) + call(8, 1, u8(0), text(b"abc123")) + call(8, 1, u8(0), text(b"abc123"))
+     + call(3, 0, u8(0)) + call(5, 0, u8(0))),
+    ("hostile_names", call(2, 0, u8(2)) + call(2, 0, u8(3)) + call(7, 1, u8(2), text(b"../x"))
+     + call(2, 2, u8(1), u8(4), text(b"x"), u8(5))),
+    ("failing_mount", call(2, 0, u8(1)) + call(7, 1, u8(1), text(b"id"), fail=0xFF)
+     + call(7, 1, u8(1), text(b"id")) + call(8, 1, u8(1), text(b"id"), fail=0xFF)),
+    ("raw_json", call(7, 3, short(b'{"Name":"v1","ID":"a","Extra":[1,2]}')) + u8(0xF0) + short(b"/VolumeDriver.Get") + u8(0) + u8(3) + short(b"{}")),
+])
 print("seeds written to", ROOT)

@@ -68,5 +68,10 @@ fuzz_target!(|data: &[u8]| {
         share.serve(&req, &shape);
         share.dir.check_escape();
     }
-    assert_eq!(open_fds(), fds, "descriptors left open after the share was dropped");
+    assert_eq!(
+        open_fds(),
+        fds,
+        "descriptors left open after the share was dropped: {:?}",
+        fd_targets()
+    );
 });

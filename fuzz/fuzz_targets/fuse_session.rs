@@ -77,66 +77,190 @@ impl Session {
         let node = self.node(c);
         let d = Body::default();
         match op {
-            0 => { let n = Self::name(c); self.call(1, node, d.name(&n), reply_len); }
-            1 => { let n = c.u64(); self.call(2, node, d.u64(n), reply_len); }
-            2 => { let (f, h) = (c.u32(), self.handle(c)); self.call(3, node, d.u32(f).u32(0).u64(h), reply_len); }
+            0 => {
+                let n = Self::name(c);
+                self.call(1, node, d.name(&n), reply_len);
+            }
+            1 => {
+                let n = c.u64();
+                self.call(2, node, d.u64(n), reply_len);
+            }
+            2 => {
+                let (f, h) = (c.u32(), self.handle(c));
+                self.call(3, node, d.u32(f).u32(0).u64(h), reply_len);
+            }
             3 => {
                 let (valid, h, size) = (c.u32(), self.handle(c), u64::from(c.u32()));
                 let (t, mode, uid) = (c.u64(), c.u32(), c.u32());
-                let b = d.u32(valid).u32(0).u64(h).u64(size).u64(0).u64(t).u64(t).u64(t)
-                    .u32(0).u32(0).u32(0).u32(mode).u32(0).u32(uid).u32(uid).u32(0);
+                let b = d
+                    .u32(valid)
+                    .u32(0)
+                    .u64(h)
+                    .u64(size)
+                    .u64(0)
+                    .u64(t)
+                    .u64(t)
+                    .u64(t)
+                    .u32(0)
+                    .u32(0)
+                    .u32(0)
+                    .u32(mode)
+                    .u32(0)
+                    .u32(uid)
+                    .u32(uid)
+                    .u32(0);
                 self.call(4, node, b, reply_len);
             }
-            4 => { self.call(5, node, d, reply_len); }
-            5 => { let (n, t) = (Self::name(c), Self::name(c)); self.call(6, node, d.name(&n).name(&t), reply_len); }
-            6 => { let (mode, rdev, n) = (c.u32(), c.u32(), Self::name(c)); self.call(8, node, d.u32(mode).u32(rdev).u32(0).u32(0).name(&n), reply_len); }
-            7 => { let (mode, n) = (c.u32(), Self::name(c)); self.call(9, node, d.u32(mode).u32(0).name(&n), reply_len); }
-            8 => { let n = Self::name(c); self.call(10, node, d.name(&n), reply_len); }
-            9 => { let n = Self::name(c); self.call(11, node, d.name(&n), reply_len); }
+            4 => {
+                self.call(5, node, d, reply_len);
+            }
+            5 => {
+                let (n, t) = (Self::name(c), Self::name(c));
+                self.call(6, node, d.name(&n).name(&t), reply_len);
+            }
+            6 => {
+                let (mode, rdev, n) = (c.u32(), c.u32(), Self::name(c));
+                self.call(
+                    8,
+                    node,
+                    d.u32(mode).u32(rdev).u32(0).u32(0).name(&n),
+                    reply_len,
+                );
+            }
+            7 => {
+                let (mode, n) = (c.u32(), Self::name(c));
+                self.call(9, node, d.u32(mode).u32(0).name(&n), reply_len);
+            }
+            8 => {
+                let n = Self::name(c);
+                self.call(10, node, d.name(&n), reply_len);
+            }
+            9 => {
+                let n = Self::name(c);
+                self.call(11, node, d.name(&n), reply_len);
+            }
             10 => {
                 let (new_dir, a, b) = (self.node(c), Self::name(c), Self::name(c));
                 self.call(12, node, d.u64(new_dir).name(&a).name(&b), reply_len);
             }
-            11 => { let (old, n) = (self.node(c), Self::name(c)); self.call(13, node, d.u64(old).name(&n), reply_len); }
-            12 => { let f = c.u32(); self.call(14, node, d.u32(f).u32(0), reply_len); }
+            11 => {
+                let (old, n) = (self.node(c), Self::name(c));
+                self.call(13, node, d.u64(old).name(&n), reply_len);
+            }
+            12 => {
+                let f = c.u32();
+                self.call(14, node, d.u32(f).u32(0), reply_len);
+            }
             13 | 24 | 34 => {
                 let (h, off, size, f) = (self.handle(c), c.u64(), c.u32() % (2 << 20), c.u32());
                 let opcode = [15, 28, 44][(op == 24) as usize + 2 * (op == 34) as usize];
-                self.call(opcode, node, d.u64(h).u64(off).u32(size).u32(0).u64(0).u32(f).u32(0), reply_len);
+                self.call(
+                    opcode,
+                    node,
+                    d.u64(h).u64(off).u32(size).u32(0).u64(0).u32(f).u32(0),
+                    reply_len,
+                );
             }
             14 => {
                 let (h, off, f) = (self.handle(c), u64::from(c.u32()), c.u32());
                 let data = c.short_bytes().repeat(1 + c.u8() as usize % 16);
-                let b = d.u64(h).u64(off).u32(data.len() as u32).u32(f).u64(0).u32(0).u32(0).bytes(&data);
+                let b = d
+                    .u64(h)
+                    .u64(off)
+                    .u32(data.len() as u32)
+                    .u32(f)
+                    .u64(0)
+                    .u32(0)
+                    .u32(0)
+                    .bytes(&data);
                 self.call(16, node, b, reply_len);
             }
-            15 => { self.call(17, node, d, reply_len); }
+            15 => {
+                self.call(17, node, d, reply_len);
+            }
             16 | 25 => {
                 let (h, f) = (self.handle(c), c.u32());
-                self.call(if op == 16 { 18 } else { 29 }, node, d.u64(h).u32(f).u32(c.u32()).u64(0), reply_len);
+                self.call(
+                    if op == 16 { 18 } else { 29 },
+                    node,
+                    d.u64(h).u32(f).u32(c.u32()).u64(0),
+                    reply_len,
+                );
             }
-            17 | 26 => { let (h, f) = (self.handle(c), c.u32()); self.call(if op == 17 { 20 } else { 30 }, node, d.u64(h).u32(f).u32(0), reply_len); }
+            17 | 26 => {
+                let (h, f) = (self.handle(c), c.u32());
+                self.call(
+                    if op == 17 { 20 } else { 30 },
+                    node,
+                    d.u64(h).u32(f).u32(0),
+                    reply_len,
+                );
+            }
             18 => {
                 let (n, v, f) = (Self::name(c), c.short_bytes().to_vec(), c.u32());
-                self.call(21, node, d.u32(v.len() as u32).u32(f).name(&n).bytes(&v), reply_len);
+                self.call(
+                    21,
+                    node,
+                    d.u32(v.len() as u32).u32(f).name(&n).bytes(&v),
+                    reply_len,
+                );
             }
-            19 => { let (size, n) = (c.u32() % 70000, Self::name(c)); self.call(22, node, d.u32(size).u32(0).name(&n), reply_len); }
-            20 => { let size = c.u32() % 70000; self.call(23, node, d.u32(size).u32(0), reply_len); }
-            21 => { let n = Self::name(c); self.call(24, node, d.name(&n), reply_len); }
-            22 => { let h = self.handle(c); self.call(25, node, d.u64(h).u32(0).u32(0).u64(c.u64()), reply_len); }
-            23 => { let f = c.u32(); self.call(27, node, d.u32(f).u32(0), reply_len); }
+            19 => {
+                let (size, n) = (c.u32() % 70000, Self::name(c));
+                self.call(22, node, d.u32(size).u32(0).name(&n), reply_len);
+            }
+            20 => {
+                let size = c.u32() % 70000;
+                self.call(23, node, d.u32(size).u32(0), reply_len);
+            }
+            21 => {
+                let n = Self::name(c);
+                self.call(24, node, d.name(&n), reply_len);
+            }
+            22 => {
+                let h = self.handle(c);
+                self.call(25, node, d.u64(h).u32(0).u32(0).u64(c.u64()), reply_len);
+            }
+            23 => {
+                let f = c.u32();
+                self.call(27, node, d.u32(f).u32(0), reply_len);
+            }
             27 => {
-                let (h, owner, start, end, ty) = (self.handle(c), c.u64(), c.u64(), c.u64(), c.u32());
+                let (h, owner, start, end, ty) =
+                    (self.handle(c), c.u64(), c.u64(), c.u64(), c.u32());
                 // GETLK, SETLK; never SETLKW (a wait the harness cannot end).
                 let opcode = 31 + u32::from(c.u8() & 1);
-                self.call(opcode, node, d.u64(h).u64(owner).u64(start).u64(end).u32(ty).u32(1).u32(c.u32()).u32(0), reply_len);
+                self.call(
+                    opcode,
+                    node,
+                    d.u64(h)
+                        .u64(owner)
+                        .u64(start)
+                        .u64(end)
+                        .u32(ty)
+                        .u32(1)
+                        .u32(c.u32())
+                        .u32(0),
+                    reply_len,
+                );
             }
-            28 => { let m = c.u32(); self.call(34, node, d.u32(m).u32(0), reply_len); }
+            28 => {
+                let m = c.u32();
+                self.call(34, node, d.u32(m).u32(0), reply_len);
+            }
             29 => {
                 let (f, mode, n) = (c.u32(), c.u32(), Self::name(c));
-                self.call(35, node, d.u32(f).u32(mode).u32(0).u32(0).name(&n), reply_len);
+                self.call(
+                    35,
+                    node,
+                    d.u32(f).u32(mode).u32(0).u32(0).name(&n),
+                    reply_len,
+                );
             }
-            30 => { let u = c.u64(); self.call(36, node, d.u64(u), reply_len); }
+            30 => {
+                let u = c.u64();
+                self.call(36, node, d.u64(u), reply_len);
+            }
             31 => {
                 self.call(38, node, d, reply_len);
                 self.share.init();
@@ -152,18 +276,47 @@ impl Session {
                 self.call(42, node, b, reply_len);
             }
             33 => {
-                let (h, off, len, mode) = (self.handle(c), u64::from(c.u32()), c.u64() % MAX_ALLOC_LEN, c.u32());
-                self.call(43, node, d.u64(h).u64(off).u64(len).u32(mode).u32(0), reply_len);
+                let (h, off, len, mode) = (
+                    self.handle(c),
+                    u64::from(c.u32()),
+                    c.u64() % MAX_ALLOC_LEN,
+                    c.u32(),
+                );
+                self.call(
+                    43,
+                    node,
+                    d.u64(h).u64(off).u64(len).u32(mode).u32(0),
+                    reply_len,
+                );
             }
             35 => {
                 let (new_dir, f, a, b) = (self.node(c), c.u32(), Self::name(c), Self::name(c));
-                self.call(45, node, d.u64(new_dir).u32(f).u32(0).name(&a).name(&b), reply_len);
+                self.call(
+                    45,
+                    node,
+                    d.u64(new_dir).u32(f).u32(0).name(&a).name(&b),
+                    reply_len,
+                );
             }
-            36 => { let (h, off, w) = (self.handle(c), c.u64(), c.u32()); self.call(46, node, d.u64(h).u64(off).u32(w).u32(0), reply_len); }
+            36 => {
+                let (h, off, w) = (self.handle(c), c.u64(), c.u32());
+                self.call(46, node, d.u64(h).u64(off).u32(w).u32(0), reply_len);
+            }
             37 => {
-                let (hi, oi, no, ho, oo) = (self.handle(c), u64::from(c.u32()), self.node(c), self.handle(c), u64::from(c.u32()));
+                let (hi, oi, no, ho, oo) = (
+                    self.handle(c),
+                    u64::from(c.u32()),
+                    self.node(c),
+                    self.handle(c),
+                    u64::from(c.u32()),
+                );
                 let (len, f) = (c.u64() % MAX_ALLOC_LEN, c.u64());
-                self.call(47, node, d.u64(hi).u64(oi).u64(no).u64(ho).u64(oo).u64(len).u64(f), reply_len);
+                self.call(
+                    47,
+                    node,
+                    d.u64(hi).u64(oi).u64(no).u64(ho).u64(oo).u64(len).u64(f),
+                    reply_len,
+                );
             }
             38 => {
                 let opcode = u32::from(c.u8());
@@ -174,7 +327,9 @@ impl Session {
                 clamp_allocations(&mut req);
                 self.share.serve(&req, &ChainShape::simple(reply_len));
             }
-            _ => { self.call(26, 0, Body(init_body()), reply_len); }
+            _ => {
+                self.call(26, 0, Body(init_body()), reply_len);
+            }
         }
     }
 }
@@ -196,5 +351,10 @@ fuzz_target!(|data: &[u8]| {
             steps += 1;
         }
     }
-    assert_eq!(open_fds(), fds, "descriptors left open after the share was dropped");
+    assert_eq!(
+        open_fds(),
+        fds,
+        "descriptors left open after the share was dropped: {:?}",
+        fd_targets()
+    );
 });

@@ -55,7 +55,9 @@ fn exchange(rt: &tokio::runtime::Runtime, acct: &Accounting, chunks: &[&[u8]]) -
 /// Splits a response into status code and body, checking its framing.
 fn parse(response: &[u8]) -> (u16, String) {
     let text = std::str::from_utf8(response).expect("response is UTF-8");
-    let (head, body) = text.split_once("\r\n\r\n").expect("response has a header end");
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .expect("response has a header end");
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap();
     assert!(status_line.starts_with("HTTP/1.1 "), "{status_line:?}");

@@ -56,25 +56,33 @@ fuzz_target!(|data: &[u8]| {
     let base = c.u16();
 
     let mem = new_memory();
-    let descs: Vec<Desc> = (0..c.u8() as u16 % (size + 1)).map(|_| desc(&mut c)).collect();
+    let descs: Vec<Desc> = (0..c.u8() as u16 % (size + 1))
+        .map(|_| desc(&mut c))
+        .collect();
     write_table(&mem, DESC_TABLE, &descs);
     let indirect: Vec<Desc> = (0..c.u8() % 32).map(|_| desc(&mut c)).collect();
     write_table(&mem, INDIRECT_TABLE, &indirect);
-    let heads: Vec<u16> = (0..c.u8() as u16 % (size + 1)).map(|_| c.u16() % (size + 8)).collect();
+    let heads: Vec<u16> = (0..c.u8() as u16 % (size + 1))
+        .map(|_| c.u16() % (size + 8))
+        .collect();
     for (i, h) in heads.iter().enumerate() {
         let slot = (base as usize + i) % size as usize;
-        mem.write_obj(*h, GuestAddress(AVAIL_RING + 4 + 2 * slot as u64)).unwrap();
+        mem.write_obj(*h, GuestAddress(AVAIL_RING + 4 + 2 * slot as u64))
+            .unwrap();
     }
     let avail_idx = match c.u8() {
         0..=0xef => base.wrapping_add(heads.len() as u16),
         _ => c.u16(),
     };
-    mem.write_obj(avail_idx, GuestAddress(AVAIL_RING + 2)).unwrap();
+    mem.write_obj(avail_idx, GuestAddress(AVAIL_RING + 2))
+        .unwrap();
     // used_event sits after the available ring's entries.
-    mem.write_obj(c.u16(), GuestAddress(AVAIL_RING + 4 + 2 * u64::from(size))).unwrap();
+    mem.write_obj(c.u16(), GuestAddress(AVAIL_RING + 4 + 2 * u64::from(size)))
+        .unwrap();
     mem.write_obj(base, GuestAddress(USED_RING + 2)).unwrap();
     let payload = c.rest();
-    mem.write_slice(payload, GuestAddress(READABLE_BASE)).unwrap();
+    mem.write_slice(payload, GuestAddress(READABLE_BASE))
+        .unwrap();
 
     let fds = open_fds();
     {
@@ -124,12 +132,22 @@ fuzz_target!(|data: &[u8]| {
         }
         for i in 0..used.min(size) {
             let slot = (base.wrapping_add(i) % size) as u64;
-            let id: u32 = mem.read_obj(GuestAddress(USED_RING + 4 + 8 * slot)).unwrap();
-            assert!(id < u32::from(size), "used element names head {id} of a {size} queue");
+            let id: u32 = mem
+                .read_obj(GuestAddress(USED_RING + 4 + 8 * slot))
+                .unwrap();
+            assert!(
+                id < u32::from(size),
+                "used element names head {id} of a {size} queue"
+            );
         }
         dir.check_escape();
         drop(vrings);
         drop(device);
     }
-    assert_eq!(open_fds(), fds, "descriptors left open after the device was dropped");
+    assert_eq!(
+        open_fds(),
+        fds,
+        "descriptors left open after the device was dropped: {:?}",
+        fd_targets()
+    );
 });

@@ -100,7 +100,8 @@ pub fn publish(mem: &Mem, heads: &[u16], avail_idx: u16) {
         mem.write_obj(*h, GuestAddress(AVAIL_RING + 4 + 2 * i as u64))
             .unwrap();
     }
-    mem.write_obj(avail_idx, GuestAddress(AVAIL_RING + 2)).unwrap();
+    mem.write_obj(avail_idx, GuestAddress(AVAIL_RING + 2))
+        .unwrap();
 }
 
 /// How a request's bytes are laid over descriptors.
@@ -142,7 +143,8 @@ pub fn build_chain(mem: &Arc<Mem>, request: &[u8], shape: &ChainShape) -> Chain 
     let n = shape.readable.len().max(1);
     for i in 0..n {
         let want = if i + 1 == n {
-            rest.len().max(shape.readable.get(i).copied().unwrap_or(0) as usize)
+            rest.len()
+                .max(shape.readable.get(i).copied().unwrap_or(0) as usize)
         } else {
             (shape.readable[i] as usize).min(rest.len())
         };
@@ -213,7 +215,8 @@ pub fn build_chain(mem: &Arc<Mem>, request: &[u8], shape: &ChainShape) -> Chain 
 /// area (contiguous in the harness's layout).
 pub fn read_reply(mem: &Mem, used: u32) -> Vec<u8> {
     let mut out = vec![0u8; used as usize];
-    mem.read_slice(&mut out, GuestAddress(WRITABLE_BASE)).unwrap();
+    mem.read_slice(&mut out, GuestAddress(WRITABLE_BASE))
+        .unwrap();
     out
 }
 
@@ -235,13 +238,23 @@ pub fn check_reply(request: &[u8], used: u32, writable: u64, reply: &[u8]) {
     if used == 0 {
         return; // dropped: no room for a reply, or shorter than a header
     }
-    assert!(used >= 16, "reply of {used} bytes, shorter than fuse_out_header");
+    assert!(
+        used >= 16,
+        "reply of {used} bytes, shorter than fuse_out_header"
+    );
     let len = u32::from_le_bytes(reply[0..4].try_into().unwrap());
     let error = i32::from_le_bytes(reply[4..8].try_into().unwrap());
     let unique = u64::from_le_bytes(reply[8..16].try_into().unwrap());
-    assert_eq!(len, used, "reply header length differs from the used length");
+    assert_eq!(
+        len, used,
+        "reply header length differs from the used length"
+    );
     if let Some(u) = request.get(8..16) {
-        assert_eq!(unique, u64::from_le_bytes(u.try_into().unwrap()), "reply to another request");
+        assert_eq!(
+            unique,
+            u64::from_le_bytes(u.try_into().unwrap()),
+            "reply to another request"
+        );
     }
     assert!(
         (-4095..=0).contains(&error),
@@ -355,9 +368,31 @@ fn snapshot(dir: &Path, skip: &Path) -> BTreeMap<PathBuf, (u32, u64, u32)> {
     out
 }
 
-/// Number of descriptors this process has open.
+/// Number of descriptors this process has open, after a first share has been built and
+/// dropped (so descriptors opened once per process, not per share, are already counted).
 pub fn open_fds() -> usize {
+    static WARM: std::sync::Once = std::sync::Once::new();
+    WARM.call_once(|| {
+        let mut share = Share::new(new_memory());
+        share.init();
+        drop(share);
+    });
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+/// The descriptors this process has open (for a leak's message).
+pub fn fd_targets() -> Vec<String> {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.flatten()
+                .map(|e| {
+                    std::fs::read_link(e.path())
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A temporary share beside a canary directory, served by the daemon's request path.
@@ -516,13 +551,17 @@ impl Share {
     /// LOOKUP of `name` in `parent`: the node id, if found.
     pub fn lookup(&mut self, parent: u64, name: &[u8]) -> Option<u64> {
         let reply = self.call(1, parent, &Body::default().name(name).0, 4096);
-        (error_of(&reply) == 0).then(|| u64_at(&reply, 16)).flatten()
+        (error_of(&reply) == 0)
+            .then(|| u64_at(&reply, 16))
+            .flatten()
     }
 
     /// OPEN or OPENDIR of `node`: the handle, if opened.
     pub fn open(&mut self, opcode: u32, node: u64, flags: u32) -> Option<u64> {
         let reply = self.call(opcode, node, &Body::default().u32(flags).u32(0).0, 4096);
-        (error_of(&reply) == 0).then(|| u64_at(&reply, 16)).flatten()
+        (error_of(&reply) == 0)
+            .then(|| u64_at(&reply, 16))
+            .flatten()
     }
 }
 

@@ -37,6 +37,11 @@ pub const MAX_PAYLOAD: usize = 1 << 20;
 pub const COMPACT_AT: u64 = 4 << 20;
 /// Record format version.
 pub const VERSION: u32 = 1;
+/// The highest sequence a record may carry. A record per flush (seconds apart) never gets
+/// near it; a record beyond it is corrupt or hostile, and continuing from it would overflow
+/// the next append's sequence (found by the `journal_replay` fuzz target: with `u64::MAX`
+/// the next record wrapped to 0 and every later replay went back to the old totals).
+pub const MAX_SEQ: u64 = i64::MAX as u64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -149,6 +154,9 @@ fn decode_at(bytes: &[u8]) -> Result<(Record, usize), String> {
     }
     let record: Record =
         serde_json::from_slice(payload).map_err(|e| format!("undecodable payload: {e}"))?;
+    if record.seq > MAX_SEQ {
+        return Err(format!("sequence {} out of range", record.seq));
+    }
     Ok((record, HEADER_LEN + len))
 }
 
@@ -495,6 +503,42 @@ mod tests {
             let noise: Vec<u8> = (0..len).map(|i| (i * 37 % 251) as u8).collect();
             assert!(decode_all(&noise).last.is_none());
         }
+    }
+
+    /// Regression test for a `journal_replay` fuzz finding: a record whose sequence is
+    /// `u64::MAX` (checksum right) made the next append overflow (a panic with overflow
+    /// checks; in release the sequence wrapped to 0 and every later replay continued from
+    /// the old record, losing what was appended).
+    #[test]
+    fn a_record_with_an_impossible_sequence_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(relative_path(&labels()));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let mut rec = Record {
+            version: VERSION,
+            stream: "s".into(),
+            seq: u64::MAX,
+            unix_ms: 0,
+            tenant: "acme".into(),
+            volume: "vol1".into(),
+            pod: "pod-a".into(),
+            traffic_class: "internal".into(),
+            host: "h".into(),
+            totals: totals(9),
+        };
+        let mut bytes = encode(&rec).unwrap();
+        rec.seq = 3;
+        rec.totals = totals(5);
+        bytes.extend(encode(&rec).unwrap());
+        std::fs::write(&path, &bytes).unwrap();
+        let r = decode_all(&bytes);
+        assert_eq!((r.valid, r.corrupt.len()), (1, 1), "{:?}", r.corrupt);
+        let (mut j, base) = Journal::open(dir.path(), &labels()).unwrap();
+        assert_eq!((base.read_bytes, j.last().seq), (5, 3));
+        assert!(j.append(&totals(11)).unwrap());
+        drop(j);
+        let (j, base) = Journal::open(dir.path(), &labels()).unwrap();
+        assert_eq!((base.read_bytes, j.last().seq), (11, 4));
     }
 
     #[test]

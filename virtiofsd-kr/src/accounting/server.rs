@@ -204,7 +204,8 @@ where
     let acct = acct.clone();
     let active = active.clone();
     tokio::task::spawn_local(async move {
-        if let Err(e) = tokio::time::timeout(REQUEST_TIMEOUT, serve_connection(stream, &acct)).await {
+        if let Err(e) = tokio::time::timeout(REQUEST_TIMEOUT, serve_connection(stream, &acct)).await
+        {
             debug!("metrics client timed out: {e}");
         }
         active.fetch_sub(1, Ordering::Relaxed);

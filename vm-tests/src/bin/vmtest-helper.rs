@@ -276,23 +276,33 @@ fn cpath(path: &str) -> Res<CString> {
 fn single_call(cmd: &str, args: &[String]) -> Res<String> {
     let p1 = || cpath(arg(args, 1, "path")?);
     let p2 = || cpath(arg(args, 2, "second path")?);
-    // SAFETY (every call below): valid NUL-terminated paths; descriptors are closed at once.
+    // Every call below gets NUL-terminated paths that live until the end of its statement
+    // (the `CString` temporaries), and a value buffer with its true length.
     let rc = match cmd {
+        // SAFETY: a valid NUL-terminated path (see above).
         "unlink" => unsafe { libc::unlink(p1()?.as_ptr()) },
+        // SAFETY: a valid NUL-terminated path.
         "rmdir" => unsafe { libc::rmdir(p1()?.as_ptr()) },
+        // SAFETY: a valid NUL-terminated path.
         "mkdir" => unsafe { libc::mkdir(p1()?.as_ptr(), 0o755) },
+        // SAFETY: two valid NUL-terminated paths.
         "rename" => unsafe { libc::rename(p1()?.as_ptr(), p2()?.as_ptr()) },
+        // SAFETY: two valid NUL-terminated paths.
         "link" => unsafe { libc::link(p1()?.as_ptr(), p2()?.as_ptr()) },
+        // SAFETY: two valid NUL-terminated paths.
         "symlink" => unsafe { libc::symlink(p1()?.as_ptr(), p2()?.as_ptr()) },
+        // SAFETY: a valid NUL-terminated path.
         "truncate" => unsafe { libc::truncate(p1()?.as_ptr(), num(args, 2, "length")? as i64) },
         "chmod" => {
             let mode = u32::from_str_radix(arg(args, 2, "mode")?, 8)
                 .map_err(|_| Failure::Usage("mode: not octal".into()))?;
+            // SAFETY: a valid NUL-terminated path.
             unsafe { libc::chmod(p1()?.as_ptr(), mode) }
         }
         "setxattr" => {
             let name = cpath(arg(args, 2, "name")?)?;
             let value = arg(args, 3, "value")?;
+            // SAFETY: NUL-terminated path and name; `value` is readable for `value.len()`.
             unsafe {
                 libc::setxattr(
                     p1()?.as_ptr(),
@@ -309,8 +319,10 @@ fn single_call(cmd: &str, args: &[String]) -> Res<String> {
             } else {
                 libc::O_WRONLY
             };
+            // SAFETY: a valid NUL-terminated path.
             let fd = unsafe { libc::open(p1()?.as_ptr(), flags | libc::O_CLOEXEC, 0o644) };
             if fd >= 0 {
+                // SAFETY: `fd` was just opened here and is not used after.
                 unsafe { libc::close(fd) };
             }
             fd

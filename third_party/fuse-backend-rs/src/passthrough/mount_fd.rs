@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Read, Seek};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
@@ -127,12 +127,18 @@ impl MountFds {
                     .prefix(format!("Failed to convert \"{mount_point}\" to a CString"))
             })?;
 
-            let mount_point_fd = unsafe { libc::open(c_mount_point.as_ptr(), libc::O_PATH) };
-            if mount_point_fd < 0 {
+            // virtiofsd-kr patch: the O_PATH descriptor is owned (closed when this block ends);
+            // upstream kept the raw number and never closed it, one descriptor leaked per
+            // MountFd created (a guest that looks up and forgets a submount's inodes in turn
+            // could run the daemon out of descriptors).
+            let raw_fd = unsafe { libc::open(c_mount_point.as_ptr(), libc::O_PATH) };
+            if raw_fd < 0 {
                 return Err(self
                     .error_for(mount_id, io::Error::last_os_error())
                     .prefix(format!("Failed to open mount point \"{mount_point}\"")));
             }
+            // SAFETY: `raw_fd` was just returned by open() and is owned by nothing else.
+            let mount_point_fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw_fd) };
 
             // Check the mount point has the expected `mount_id`.
             let st_mode = self.validate_mount_id(mount_id, &mount_point_fd, &mount_point)?;
