@@ -9,9 +9,9 @@
 //! offsets this module has checked.
 //!
 //! Protocol: the daemon announces one shared memory region (`GET_SHMEM_CONFIG`, region id
-//! [`DAX_SHMID`]) when the frontend negotiates [`SHMEM_PROTOCOL_FEATURE`]. vhost 0.16 defines
-//! that bit as 21 (`VhostUserProtocolFeatures::SHMEM`, `0x0020_0000`); drafts of the
-//! vhost-user specification have used other numbers, so a VMM must agree on this one.
+//! [`DAX_SHMID`]) when the frontend negotiates [`SHMEM_PROTOCOL_FEATURE`]: bit 22, as in the
+//! vhost-user specification, QEMU 11.1 and vhost 0.17. vhost 0.16.0 had it at 21 (QEMU's
+//! F_GPA_ADDRESSES); the workspace builds against `third_party/vhost`, which carries the fix.
 
 use std::io;
 use std::os::fd::{BorrowedFd, RawFd};
@@ -26,7 +26,7 @@ use vhost::vhost_user::message::{
 };
 use vhost::vhost_user::{Backend, VhostUserFrontendReqHandler};
 
-/// The vhost-user protocol feature that carries shared memory regions (bit 21 in vhost 0.16).
+/// The vhost-user protocol feature that carries shared memory regions: bit 22.
 pub const SHMEM_PROTOCOL_FEATURE: VhostUserProtocolFeatures = VhostUserProtocolFeatures::SHMEM;
 /// Shared memory region id of the DAX window (the only region this device has).
 pub const DAX_SHMID: u8 = 0;
@@ -336,6 +336,14 @@ mod tests {
 
     fn window() -> DaxWindow {
         DaxWindow::new(64 * MIB).unwrap()
+    }
+
+    #[test]
+    fn shmem_is_bit_22_and_bit_21_is_not_it() {
+        // QEMU 11.1 reads bit 21 as F_GPA_ADDRESSES: offering it would make QEMU send guest
+        // physical addresses and never ask for the window (third_party/README.md).
+        assert_eq!(SHMEM_PROTOCOL_FEATURE.bits(), 1 << 22);
+        assert_eq!(VhostUserProtocolFeatures::from_bits(1 << 21), None);
     }
 
     #[test]

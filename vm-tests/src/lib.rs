@@ -32,6 +32,6 @@ pub mod workload;
 pub use accel::{Accel, AccelChoice};
 pub use daemon::{CacheMode, CephShare, DaemonConfig, DaemonOutcome, ShareBackend};
 pub use error::{HarnessError, Result};
-pub use paths::GuestImage;
+pub use paths::{GuestImage, GuestKernel, QemuVersion};
 pub use results::{GuestResults, ResultEntry, SerialLine};
-pub use vm::{RunningVm, VmBuilder, VmOutcome, GUEST_MOUNT};
+pub use vm::{FsDevice, RunningVm, VmBuilder, VmOutcome, GUEST_MOUNT};
