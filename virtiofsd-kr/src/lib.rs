@@ -21,3 +21,4 @@ pub mod sandbox;
 pub mod seccomp;
 pub mod size;
 pub mod volume;
+pub mod volume_serve;
