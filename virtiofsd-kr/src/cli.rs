@@ -42,6 +42,52 @@ pub enum Command {
     /// CephFS volumes for `--backend cephfs`: directories with a quota and their own cephx
     /// identity (run on the host as a cluster administrator).
     Volume(VolumeCli),
+    /// The `gfs` Docker volume plugin: `docker volume create NAME --driver gfs [-o size=10G]
+    /// [-o pool=POOL]`, `docker run -v NAME:/data`. Runs as root beside dockerd, as the
+    /// cluster administrator (the `volume` flags); each container's mount is served by a
+    /// `virtiofsd-kr mount --backend cephfs` process as the volume's own identity.
+    DockerPlugin(DockerPluginArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DockerPluginArgs {
+    /// Unix socket dockerd finds the plugin at (`/run/docker/plugins/NAME.sock`: the file
+    /// name is the driver's name).
+    #[arg(long, value_name = "PATH", default_value = crate::docker_plugin::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+
+    /// Where the plugin keeps its mount table, the mountpoints, logs and accounting journals.
+    #[arg(long, value_name = "DIR", default_value = crate::docker_plugin::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+
+    /// Tenant label of every mount's accounting.
+    #[arg(long, value_name = "NAME", value_parser = label_arg, default_value = "docker")]
+    pub tenant: String,
+
+    /// A flag for every `virtiofsd-kr mount` the plugin starts (repeatable), e.g.
+    /// `--mount-flag=--cache=never`.
+    #[arg(long, value_name = "FLAG", allow_hyphen_values = true)]
+    pub mount_flag: Vec<String>,
+
+    #[command(flatten)]
+    pub admin: VolumeArgs,
+
+    /// Log level: error, warn, info, debug, trace or off.
+    #[arg(long, value_enum, default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
+}
+
+impl DockerPluginArgs {
+    /// The plugin's options.
+    pub fn plugin_options(&self) -> crate::docker_plugin::PluginOptions {
+        crate::docker_plugin::PluginOptions {
+            socket: self.socket.clone(),
+            state_dir: self.state_dir.clone(),
+            admin: self.admin.admin_options(),
+            tenant: self.tenant.clone(),
+            mount_flags: self.mount_flag.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -403,7 +449,7 @@ impl VolumeCommand {
 
 /// RADOS pool names for `--data-pool`: 1 to 128 of `A-Z a-z 0-9 . _ -`.
 pub fn pool_arg(text: &str) -> Result<String, String> {
-    plain_name(text, 128, ".")
+    crate::volume::check_pool_name(text).map(str::to_string)
 }
 
 /// A name made of 1 to `max` of `A-Z a-z 0-9 . _ -` that does not start with `banned`.

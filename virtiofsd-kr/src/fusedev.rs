@@ -194,12 +194,9 @@ fn spawn_unmounter(mountpoint: &std::path::Path) -> Result<OwnedFd, MountError> 
             let _ = nix::unistd::setsid();
             let _ = nix::sys::prctl::set_name(c"vfs-unmounter");
             let mut buf = [0u8; 1];
-            loop {
-                match nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&read_end), &mut buf) {
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    _ => break,
-                }
-            }
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&read_end);
+            // Blocks until the server's end closes (EOF or an error, never data).
+            while let Err(nix::errno::Errno::EINTR) = nix::unistd::read(fd, &mut buf) {}
             // A lazy unmount: a container may still hold the mount; it goes away when unused.
             let _ = nix::mount::umount2(target.as_c_str(), nix::mount::MntFlags::MNT_DETACH);
             // SAFETY: `_exit` ends the child without running the parent's destructors.
@@ -294,14 +291,14 @@ where
             if let Ok(sig) = signals.wait() {
                 info!("received {sig}, unmounting");
                 accounting::flush_on_exit();
-                if may_unmount {
-                    if let Ok(mut s) = signal_session.lock() {
-                        let _ = s.wake();
+                if let Ok(mut s) = signal_session.lock() {
+                    // The readers return; the main thread then closes the backend cleanly
+                    // (a CephFS session ends at once instead of holding its capabilities
+                    // until the MDS evicts it) before the mount goes.
+                    let _ = s.wake();
+                    if may_unmount {
                         let _ = s.umount();
                     }
-                } else {
-                    // The helper unmounts once this process is gone.
-                    std::process::exit(0);
                 }
             }
         });
@@ -312,6 +309,8 @@ where
         let _ = w.join();
     }
     accounting::flush_on_exit();
+    // The last reference: the backend closes here (libcephfs unmounts, flushing).
+    drop(server);
     if may_unmount {
         if let Ok(mut s) = session.lock() {
             let _ = s.umount();

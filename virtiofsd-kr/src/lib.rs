@@ -9,6 +9,7 @@ pub mod cli;
 pub mod daemon;
 pub mod dax;
 pub mod device;
+pub mod docker_plugin;
 pub mod export;
 pub mod fusedev;
 pub mod guard;

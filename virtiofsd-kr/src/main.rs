@@ -56,6 +56,10 @@ fn main() -> ExitCode {
                 None => virtiofsd_kr::volume_serve::run(v).map_err(|e| e.to_string()),
             }
         }
+        Some(Command::DockerPlugin(args)) => {
+            logging::init(args.log_level);
+            virtiofsd_kr::docker_plugin::run(args.plugin_options()).map_err(|e| e.to_string())
+        }
         None if cli.serve.print_capabilities => {
             println!("{}", daemon::capabilities_json());
             Ok(())

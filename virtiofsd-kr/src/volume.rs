@@ -59,6 +59,25 @@ pub fn check_name(text: &str) -> Result<&str, String> {
     }
 }
 
+/// RADOS pool names (`--data-pool`, `-o pool=`): 1 to 128 of `A-Z a-z 0-9 . _ -`, not
+/// starting with a dot.
+pub fn check_pool_name(text: &str) -> Result<&str, String> {
+    let ok = !text.is_empty()
+        && text.len() <= 128
+        && !text.starts_with('.')
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(text)
+    } else {
+        let shown: String = text.chars().take(80).collect();
+        Err(format!(
+            "{shown:?}: a pool name is 1 to 128 of A-Z a-z 0-9 . _ - (not starting with `.`)"
+        ))
+    }
+}
+
 fn name_arg(text: &str) -> Result<&str, String> {
     check_name(text)
 }
