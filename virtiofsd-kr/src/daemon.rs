@@ -106,9 +106,12 @@ fn serve_host_dir(args: ServeArgs) -> Result<(), DaemonError> {
         .readonly(args.fs.readonly)
         .xattr(args.fs.xattr);
     sandbox.enter()?;
+    // FUSE_ATTR_DAX (the guest's dax=inode) only on a writable export: a --readonly export
+    // can only be mapped through read-only descriptors, which QEMU 11.1 cannot map (docs/dax.md).
     let dax_file_size = started
         .dax
         .as_ref()
+        .filter(|_| !args.fs.readonly)
         .map(|_| args.dax_file_size.unwrap_or(0));
     let fs = passthrough::open(&args.fs, &sandbox.backend_root(), dax_file_size)?;
     sandbox.confine()?;
