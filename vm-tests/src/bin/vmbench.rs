@@ -326,7 +326,7 @@ fn meta_command(args: &[String]) -> Result<()> {
 }
 
 /// Turns `meta-PHASE=SECONDS` results into the table rows (files/s per phase, total s).
-fn meta_rows(get: impl Fn(&str) -> Option<String>) -> Result<BTreeMap<String, f64>> {
+fn meta_rows(files: u64, get: impl Fn(&str) -> Option<String>) -> Result<BTreeMap<String, f64>> {
     let mut rows = BTreeMap::new();
     let mut total = 0.0;
     for phase in ["create", "stat", "readdir", "unlink"] {
@@ -337,7 +337,7 @@ fn meta_rows(get: impl Fn(&str) -> Option<String>) -> Result<BTreeMap<String, f6
             .parse()
             .map_err(|_| BenchError::Meta(format!("{key}={raw:?} is not a number")))?;
         total += secs;
-        rows.insert(key, META_FILES as f64 / secs.max(1e-6));
+        rows.insert(key, files as f64 / secs.max(1e-6));
     }
     rows.insert("meta-total".into(), total);
     Ok(rows)
@@ -373,12 +373,19 @@ struct Config {
     /// A private copy of this program, copied into guests and run on the host for the
     /// metadata job (the build may replace `target/release/vmbench` while a run is going on).
     self_exe: PathBuf,
+    /// `--ours-ceph`: our daemon serves this CephFS directory natively (`--backend cephfs`)
+    /// instead of the share folder, which must then be a mount of the same directory (see
+    /// [`ours_backend`]).
+    ours_ceph: Option<vm_tests::CephShare>,
+    /// `--meta-files N`: files the metadata job creates, stats, lists and unlinks.
+    meta_files: u64,
 }
 
 const USAGE: &str = "vmbench [--quick] [--json] [--reps N] [--cache auto,never,...] \
     [--runtime SECS] [--file-mib N] [--memory MIB] [--smp N] [--accel auto|kvm|tcg] \
     [--ours BIN] [--reference BIN] [--work DIR] [--jobs a,b,...] [--no-meta] [--no-host] \
-    [--strace DIR [--strace-full]] [--markdown-out FILE] [--json-out FILE]\n       vmbench meta DIR COUNT \
+    [--strace DIR [--strace-full]] [--markdown-out FILE] [--json-out FILE] \
+    [--ours-ceph CONF,ID,KEYRING,ROOT] [--meta-files N]\n       vmbench meta DIR COUNT \
     [--drop-caches]";
 
 fn parse_cache(s: &str) -> Result<CacheMode> {
@@ -424,6 +431,8 @@ fn parse_args(args: &[String]) -> Result<Config> {
             .collect::<Vec<_>>()
             .join(" "),
         self_exe: PathBuf::new(),
+        ours_ceph: None,
+        meta_files: META_FILES,
     };
     let mut i = 0;
     let val = |i: usize| -> Result<&String> {
@@ -475,6 +484,8 @@ fn parse_args(args: &[String]) -> Result<Config> {
             "--strace" => c.strace_dir = Some(PathBuf::from(val(i)?)),
             "--markdown-out" => c.markdown_out = Some(PathBuf::from(val(i)?)),
             "--json-out" => c.json_out = Some(PathBuf::from(val(i)?)),
+            "--ours-ceph" => c.ours_ceph = Some(parse_ours_ceph(val(i)?)?),
+            "--meta-files" => c.meta_files = num(i)?.max(1),
             "-h" | "--help" => return Err(BenchError::Usage(USAGE.into())),
             o => return Err(BenchError::Usage(format!("unknown option {o}\n{USAGE}"))),
         }
@@ -554,6 +565,47 @@ fn pair_order(n: usize) -> [Which; 2] {
         [Which::Ours, Which::Reference]
     } else {
         [Which::Reference, Which::Ours]
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// CephFS: our daemon's native backend against daemons serving a mount of the same volume
+// ---------------------------------------------------------------------------------------
+
+/// `--ours-ceph CONF,ID,KEYRING,ROOT`: ceph.conf, cephx id (without `client.`), its keyring,
+/// and the directory inside CephFS whose contents are the share (the same files the share
+/// folder shows through a host mount of it, for the other daemon).
+fn parse_ours_ceph(v: &str) -> Result<vm_tests::CephShare> {
+    let parts: Vec<&str> = v.split(',').collect();
+    let [conf, id, keyring, root] = parts[..] else {
+        return Err(BenchError::Usage(format!(
+            "--ours-ceph {v}: want CONF,ID,KEYRING,ROOT"
+        )));
+    };
+    if !root.starts_with('/') {
+        return Err(BenchError::Usage(format!(
+            "--ours-ceph: ROOT {root} must be an absolute path inside CephFS"
+        )));
+    }
+    for f in [conf, keyring] {
+        if !Path::new(f).is_file() {
+            return Err(BenchError::Usage(format!("--ours-ceph: {f} does not exist")));
+        }
+    }
+    Ok(vm_tests::CephShare {
+        conf: conf.into(),
+        id: id.into(),
+        keyring: keyring.into(),
+        root: root.into(),
+    })
+}
+
+/// What `which` serves: the share folder, or for our daemon with `--ours-ceph` the CephFS
+/// directory itself through libcephfs.
+fn backend_of(cfg: &Config, which: Which, share: &Path) -> vm_tests::ShareBackend {
+    match (which, &cfg.ours_ceph) {
+        (Which::Ours, Some(c)) => vm_tests::ShareBackend::CephFs(c.clone()),
+        _ => vm_tests::ShareBackend::Passthrough(share.to_path_buf()),
     }
 }
 
@@ -645,7 +697,7 @@ fn start_sample(cfg: &Config, which: Which, share: &Path) -> Result<StartSample>
     // The clock starts before the spawn: the daemon may have its socket before spawn returns.
     let t = Instant::now();
     let mut child = Command::new(&binary)
-        .args(dc.args(&sock, share))
+        .args(dc.args_for(&sock, &backend_of(cfg, which, share)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -750,8 +802,9 @@ fn guest_script(cfg: &Config, jobs: &[FioJob]) -> String {
     if cfg.meta {
         let _ = writeln!(
             s,
-            "/bin/vmbench meta /data/bench/meta {META_FILES} --drop-caches || \
-             echo \"@@VMTEST-ERROR metadata job failed\""
+            "/bin/vmbench meta /data/bench/meta {} --drop-caches || \
+             echo \"@@VMTEST-ERROR metadata job failed\"",
+            cfg.meta_files
         );
     }
     s.push_str("exit 0\n");
@@ -792,7 +845,7 @@ fn run_guest(
     let exe = &cfg.self_exe;
     let mut b = VmBuilder::new()
         .name(&name)
-        .share(share)
+        .backend(backend_of(cfg, which, share))
         .daemon_config(daemon_config(cfg, which, cache))
         .fio(true)
         .memory_mib(cfg.memory_mib)
@@ -851,7 +904,9 @@ fn run_guest(
     let get = |k: &str| outcome.results.get(k).map(str::to_string);
     collect_fio(jobs, get, &mut out);
     if cfg.meta {
-        match meta_rows(|k| outcome.results.get(k).map(str::to_string)) {
+        match meta_rows(cfg.meta_files, |k| {
+            outcome.results.get(k).map(str::to_string)
+        }) {
             Ok(rows) => out.values.extend(rows),
             Err(e) => out.errors.push(e.to_string()),
         }
@@ -918,7 +973,7 @@ fn run_host(cfg: &Config, dir: &Path, jobs: &[FioJob]) -> Result<RunValues> {
         let o = Command::new(exe)
             .arg("meta")
             .arg(dir.join("meta"))
-            .arg(META_FILES.to_string())
+            .arg(cfg.meta_files.to_string())
             .stdin(Stdio::null())
             .output()
             .map_err(io_err("running the metadata job on the host"))?;
@@ -928,7 +983,7 @@ fn run_host(cfg: &Config, dir: &Path, jobs: &[FioJob]) -> Result<RunValues> {
                 kv.insert(key, value);
             }
         }
-        match meta_rows(|k| kv.get(k).cloned()) {
+        match meta_rows(cfg.meta_files, |k| kv.get(k).cloned()) {
             Ok(rows) => out.values.extend(rows),
             Err(e) => out.errors.push(format!(
                 "host: {e}: {}",
@@ -1284,6 +1339,7 @@ fn build_report(
         "daemons": daemons,
         "config": {
             "command": cfg.command,
+            "ours_backend": cfg.ours_ceph.as_ref().map_or("passthrough", |_| "cephfs"),
             "quick": cfg.quick,
             "repetitions": cfg.reps,
             "order": "per cache mode and repetition one pair of boots, ours first in even pairs and \
@@ -1291,7 +1347,7 @@ fn build_report(
             "cache_modes": cfg.caches.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
             "runtime_s": cfg.runtime_secs,
             "file_mib": cfg.file_mib,
-            "metadata_files": if cfg.meta { Some(META_FILES) } else { None },
+            "metadata_files": if cfg.meta { Some(cfg.meta_files) } else { None },
             "accel": accel,
             "statistic": "median over repetitions",
         },
@@ -1617,7 +1673,7 @@ mod micro {
             .map_err(io_err("creating a daemon log"))?;
         let binary = dc.binary.clone().unwrap_or_default();
         let mut child = Command::new(&binary)
-            .args(dc.args(&sock, share))
+            .args(dc.args_for(&sock, &super::backend_of(&cfg.base, which, share)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -2126,9 +2182,9 @@ mod tests {
 
     #[test]
     fn meta_rows_need_every_phase() {
-        let r = meta_rows(|k| (k != "meta-unlink").then(|| "2.0".to_string()));
+        let r = meta_rows(META_FILES, |k| (k != "meta-unlink").then(|| "2.0".to_string()));
         assert!(r.is_err());
-        let r = meta_rows(|_| Some("2.0".to_string())).unwrap();
+        let r = meta_rows(META_FILES, |_| Some("2.0".to_string())).unwrap();
         assert_eq!(r["meta-create"], META_FILES as f64 / 2.0);
         assert_eq!(r["meta-total"], 8.0);
     }
