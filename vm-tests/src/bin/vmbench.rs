@@ -589,7 +589,9 @@ fn parse_ours_ceph(v: &str) -> Result<vm_tests::CephShare> {
     }
     for f in [conf, keyring] {
         if !Path::new(f).is_file() {
-            return Err(BenchError::Usage(format!("--ours-ceph: {f} does not exist")));
+            return Err(BenchError::Usage(format!(
+                "--ours-ceph: {f} does not exist"
+            )));
         }
     }
     Ok(vm_tests::CephShare {
@@ -2182,7 +2184,9 @@ mod tests {
 
     #[test]
     fn meta_rows_need_every_phase() {
-        let r = meta_rows(META_FILES, |k| (k != "meta-unlink").then(|| "2.0".to_string()));
+        let r = meta_rows(META_FILES, |k| {
+            (k != "meta-unlink").then(|| "2.0".to_string())
+        });
         assert!(r.is_err());
         let r = meta_rows(META_FILES, |_| Some("2.0".to_string())).unwrap();
         assert_eq!(r["meta-create"], META_FILES as f64 / 2.0);
