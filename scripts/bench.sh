@@ -4,6 +4,7 @@
 #   scripts/bench.sh [--quick] [--json] [--out DIR] [vmbench options...]
 #   scripts/bench.sh --micro [vmbench micro options...]
 #   scripts/bench.sh --backend cephfs [--quick] [--out DIR] [vmbench options...]
+#   scripts/bench.sh --density [vmbench density options...]
 #
 # Builds our daemon as it ships (cargo build --profile dist -p virtiofsd-kr: release with fat
 # LTO, as the reference's own release profile has, and opt-level s, which it has not; see
@@ -12,7 +13,9 @@
 # .cache/reference-virtiofsd (only when it is missing; needs libseccomp-dev and libcap-ng-dev,
 # checked here and installed by scripts/setup.sh), then runs vmbench: per cache mode and
 # repetition one guest boot per daemon (A B, then B A, ...), fio jobs inside, the
-# same jobs on the host; medians of the repetitions.
+# same jobs on the host. Every ratio comes with a 95 % bootstrap interval and is called won or
+# lost only when that excludes 1.0; beside every figure, the daemon's CPU time per operation
+# (or per MiB, per file) inside that job's window, and its ratio with its interval.
 #
 # Output: a Markdown table on stdout, or with --json one JSON object on stdout. Progress goes
 # to stderr. Both are also saved in --out DIR (default target/vmbench/): last.md, last.json,
@@ -39,9 +42,15 @@
 # DIR/ceph.md (also on stdout), DIR/ceph-native.{md,json}, DIR/ceph-passthrough.{md,json},
 # DIR/ceph.json (both). The volume is removed afterwards; --fs does not apply.
 #
+# --density runs `vmbench density`: N daemons of each kind (default 32) connected to test
+# frontends, idle and then each sent one GETATTR every few ms: the CPU of all of them per
+# second, CPU per request and PSS per daemon (about 2 minutes; DIR/density.md and .json).
+# Its options: --n N, --rounds N, --idle-secs S, --load-secs S, --interval-us US.
+#
 # Options:
 #   --backend B     passthrough (default: a host folder) or cephfs (see above)
-#   --quick         cache=auto only, 3 repetitions, 2 s fio jobs, 256 MiB files (< 10 min)
+#   --quick         cache=auto only, 3 boots per daemon with every job run 3 times in each
+#                   (--repeat 3), 2 s fio jobs, 256 MiB files, host jobs once (~12 min)
 #   --json          JSON on stdout instead of the table
 #   --out DIR       where last.md/last.json/last.log go
 #   --no-setup      skip scripts/setup.sh (apt packages, guest image)
@@ -50,7 +59,9 @@
 #                   device with direct I/O, mounted at target/vmbench-fs for the run and
 #                   removed after it (needs root). root: target/vmbench on the filesystem of
 #                   the checkout, as it is (docs/benchmarks.md says why the default is not).
-# Everything else is passed to vmbench (target/release/vmbench --help): --reps N,
+# Everything else is passed to vmbench (target/release/vmbench --help): --reps N, --repeat N,
+# --count-cpu ours|reference:PID (count another process's CPU as that daemon's, e.g.
+# ceph-fuse under a reference serving its mount), --ours-arg ARG, --reference-arg ARG,
 # --cache auto,always,never,metadata, --runtime SECS, --file-mib N, --jobs a,b, --no-meta,
 # --no-host, --strace DIR, --accel auto|kvm|tcg.
 #
@@ -62,6 +73,7 @@ OUT="$REPO/target/vmbench"
 SETUP=1
 MICRO=0
 BACKEND=passthrough
+DENSITY=0
 FS=image
 PASS=()
 
@@ -80,6 +92,7 @@ while [ $# -gt 0 ]; do
                 *) die "--backend ${2:-}: passthrough or cephfs" ;;
             esac
             shift 2 ;;
+        --density) DENSITY=1; shift ;;
         --fs)
             case "${2:-}" in
                 image|root) FS="$2" ;;
@@ -119,6 +132,18 @@ fi
 [ -x "$REF" ] || die "reference daemon $REF missing after the install"
 
 mkdir -p "$OUT"
+if [ "$DENSITY" = 1 ]; then
+    log "running vmbench density ${PASS[*]:-}"
+    set +e
+    "$REPO/target/release/vmbench" density \
+        --ours "$OURS" --reference "$REF" \
+        --work "$REPO/target/vmbench" --markdown-out "$OUT/density.md" \
+        --json-out "$OUT/density.json" "${PASS[@]}" </dev/null
+    rc=$?
+    set -e
+    log "finished in $(( $(date +%s) - START )) s (exit $rc); table in $OUT/density.md"
+    exit "$rc"
+fi
 if [ "$MICRO" = 1 ]; then
     PIN=()
     if [ "${BENCH_MICRO_CPU:-0}" != none ]; then

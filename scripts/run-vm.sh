@@ -9,7 +9,8 @@
 #   --cephfs-volume NAME serve the CephFS volume NAME instead (--backend cephfs): starts the
 #                        dev cluster (scripts/ceph-dev-cluster.sh), creates the volume with
 #                        `virtiofsd-kr volume create` if it does not exist (with hello.txt),
-#                        and serves it as its own identity client.vol-NAME
+#                        and serves it with `virtiofsd-kr volume serve NAME` (its own
+#                        identity client.vol-NAME, its quota and rate limits)
 #   --cache MODE         auto|always|never|metadata (default auto)
 #   --accel MODE         auto|kvm|tcg (default auto: KVM when it can run the guest, else TCG)
 #   --sandbox MODE       pass --sandbox MODE to the daemon (default: the daemon's default)
@@ -132,6 +133,7 @@ cleanup() {
 trap cleanup EXIT
 
 BACKEND_ARGS=()
+SERVE_PREFIX=()
 if [ -n "$CEPH_VOLUME" ]; then
     [ -z "$SHARED_DIR" ] || die "--shared-dir and --cephfs-volume exclude each other"
     CEPH_CONF="$("$REPO/scripts/ceph-dev-cluster.sh" start)" || die "the Ceph dev cluster did not start"
@@ -142,13 +144,10 @@ if [ -n "$CEPH_VOLUME" ]; then
             || die "volume create $CEPH_VOLUME failed"
         NEW_VOLUME=1
     fi
-    json() { printf '%s' "$INFO" | sed -n "s/^ *\"$1\": \"\(.*\)\",\{0,1\}\$/\1/p"; }
-    CEPH_ROOT="$(json path)"; CEPH_ID="$(json ceph_id)"; CEPH_KEYRING="$(json keyring)"
-    [ -n "$CEPH_ROOT" ] && [ -n "$CEPH_ID" ] && [ -f "$CEPH_KEYRING" ] \
-        || die "volume $CEPH_VOLUME: no path, identity or keyring on this host: $INFO"
-    BACKEND_ARGS=(--backend cephfs --ceph-conf "$CEPH_CONF" --ceph-id "$CEPH_ID"
-        --ceph-keyring "$CEPH_KEYRING" --ceph-root "$CEPH_ROOT")
-    echo "run-vm: serving CephFS volume $CEPH_VOLUME ($CEPH_ROOT as client.$CEPH_ID)" >&2
+    # `volume serve` resolves the volume's root, identity and keyring and becomes the daemon.
+    SERVE_PREFIX=(volume serve "$CEPH_VOLUME" "${CEPH_ADMIN[@]}")
+    BACKEND_ARGS=()
+    echo "run-vm: serving CephFS volume $CEPH_VOLUME (virtiofsd-kr volume serve)" >&2
 else
     if [ -z "$SHARED_DIR" ]; then
         SHARED_DIR="$WORK/share"
@@ -227,7 +226,7 @@ case "$ACCEL" in kvm|tcg) ;; *) ACCEL=tcg ;; esac
 # ---- the daemon
 SOCK="$WORK/vhost-fs.sock"
 case "$SOCK" in *,*) die "socket path $SOCK contains a comma" ;; esac
-DARGS=(--socket-path "$SOCK" "${BACKEND_ARGS[@]}" --cache "$CACHE")
+DARGS=("${SERVE_PREFIX[@]}" --socket-path "$SOCK" "${BACKEND_ARGS[@]}" --cache "$CACHE")
 [ -n "$SANDBOX" ] && DARGS+=(--sandbox "$SANDBOX")
 DARGS+=("${DAEMON_ARGS[@]}")
 if [ -n "$DAX_WINDOW" ]; then

@@ -42,6 +42,52 @@ pub enum Command {
     /// CephFS volumes for `--backend cephfs`: directories with a quota and their own cephx
     /// identity (run on the host as a cluster administrator).
     Volume(VolumeCli),
+    /// The `gfs` Docker volume plugin: `docker volume create NAME --driver gfs [-o size=10G]
+    /// [-o pool=POOL]`, `docker run -v NAME:/data`. Runs as root beside dockerd, as the
+    /// cluster administrator (the `volume` flags); each container's mount is served by a
+    /// `virtiofsd-kr mount --backend cephfs` process as the volume's own identity.
+    DockerPlugin(DockerPluginArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DockerPluginArgs {
+    /// Unix socket dockerd finds the plugin at (`/run/docker/plugins/NAME.sock`: the file
+    /// name is the driver's name).
+    #[arg(long, value_name = "PATH", default_value = crate::docker_plugin::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+
+    /// Where the plugin keeps its mount table, the mountpoints, logs and accounting journals.
+    #[arg(long, value_name = "DIR", default_value = crate::docker_plugin::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+
+    /// Tenant label of every mount's accounting.
+    #[arg(long, value_name = "NAME", value_parser = label_arg, default_value = "docker")]
+    pub tenant: String,
+
+    /// A flag for every `virtiofsd-kr mount` the plugin starts (repeatable), e.g.
+    /// `--mount-flag=--cache=never`.
+    #[arg(long, value_name = "FLAG", allow_hyphen_values = true)]
+    pub mount_flag: Vec<String>,
+
+    #[command(flatten)]
+    pub admin: VolumeArgs,
+
+    /// Log level: error, warn, info, debug, trace or off.
+    #[arg(long, value_enum, default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
+}
+
+impl DockerPluginArgs {
+    /// The plugin's options.
+    pub fn plugin_options(&self) -> crate::docker_plugin::PluginOptions {
+        crate::docker_plugin::PluginOptions {
+            socket: self.socket.clone(),
+            state_dir: self.state_dir.clone(),
+            admin: self.admin.admin_options(),
+            tenant: self.tenant.clone(),
+            mount_flags: self.mount_flag.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -63,6 +109,34 @@ pub enum VolumeCommand {
         /// Most bytes the volume may hold (ceph.quota.max_bytes), e.g. 10G.
         #[arg(long, value_name = "SIZE", value_parser = size_arg)]
         quota: Option<u64>,
+        /// Put the volume's file data in this RADOS pool (the directory layout's pool), e.g.
+        /// a pool on magnetic disks for large intermediate data; it is made a data pool of
+        /// the filesystem if it is not one yet. The pool must exist.
+        #[arg(long, value_name = "POOL", value_parser = pool_arg)]
+        data_pool: Option<String>,
+        /// Data bytes/s every daemon serving the volume allows (READ+WRITE), e.g. 20MiB.
+        #[arg(long, value_name = "SIZE", value_parser = size_arg)]
+        rate_limit_bytes: Option<u64>,
+        /// FUSE requests/s every daemon serving the volume allows.
+        #[arg(long, value_name = "N")]
+        rate_limit_ops: Option<u64>,
+    },
+    /// Serve a volume to one microVM: resolves its root, identity and keyring (writing the
+    /// keyring on this host if needed) and runs the daemon with `--backend cephfs` and every
+    /// daemon flag that follows NAME (`--socket-path S`, `--cache`, `--pod`, ...). The volume's
+    /// rate limits apply unless given here; `--volume` defaults to NAME.
+    Serve {
+        #[arg(value_name = "NAME", value_parser = volume_name_arg)]
+        name: String,
+        /// Daemon flags (as for `virtiofsd-kr` itself, without the `--ceph-*` ones, which
+        /// come from the volume). The admin's --ceph-conf, --ceph-keyring, --keyring-dir,
+        /// --volumes-root and --ceph-fs may appear among them too.
+        #[arg(
+            value_name = "DAEMON-FLAG",
+            trailing_var_arg = true,
+            allow_hyphen_values = true
+        )]
+        daemon_args: Vec<String>,
     },
     /// Remove a volume: its files, snapshots, directory, identity and keyring.
     Rm {
@@ -320,9 +394,62 @@ impl CephClientArgs {
         ))
     }
 
-    fn any(&self) -> bool {
+    pub fn any(&self) -> bool {
         self.ceph_conf.is_some() || self.ceph_id.is_some() || self.ceph_keyring.is_some()
     }
+}
+
+impl VolumeArgs {
+    /// The `volume` module's options.
+    pub fn admin_options(&self) -> crate::volume::AdminOptions {
+        crate::volume::AdminOptions {
+            ceph_conf: self.ceph_conf.clone(),
+            ceph_id: self.ceph_id.clone(),
+            ceph_keyring: self.ceph_keyring.clone(),
+            ceph_fs: self.ceph_fs.clone(),
+            volumes_root: self.volumes_root.clone(),
+            keyring_dir: self.keyring_dir.clone(),
+        }
+    }
+}
+
+impl VolumeCommand {
+    /// The `volume` module's action (`None` for `serve`, which `volume_serve` runs).
+    pub fn action(&self) -> Option<crate::volume::VolumeAction> {
+        use crate::volume::{CreateSpec, VolumeAction, VolumeLimits};
+        Some(match self.clone() {
+            VolumeCommand::Create {
+                name,
+                quota,
+                data_pool,
+                rate_limit_bytes,
+                rate_limit_ops,
+            } => VolumeAction::Create {
+                name,
+                spec: CreateSpec {
+                    quota,
+                    data_pool,
+                    limits: VolumeLimits {
+                        bytes_per_sec: rate_limit_bytes.unwrap_or(0),
+                        ops_per_sec: rate_limit_ops.unwrap_or(0),
+                    },
+                },
+            },
+            VolumeCommand::Rm { name } => VolumeAction::Remove { name },
+            VolumeCommand::Ls => VolumeAction::List,
+            VolumeCommand::Inspect { name } => VolumeAction::Inspect { name },
+            VolumeCommand::Snapshot { name, snap, rm } => match rm {
+                false => VolumeAction::Snapshot { name, snap },
+                true => VolumeAction::DeleteSnapshot { name, snap },
+            },
+            VolumeCommand::Serve { .. } => return None,
+        })
+    }
+}
+
+/// RADOS pool names for `--data-pool`: 1 to 128 of `A-Z a-z 0-9 . _ -`.
+pub fn pool_arg(text: &str) -> Result<String, String> {
+    crate::volume::check_pool_name(text).map(str::to_string)
 }
 
 /// A name made of 1 to `max` of `A-Z a-z 0-9 . _ -` that does not start with `banned`.
@@ -344,7 +471,7 @@ fn plain_name(text: &str, max: usize, banned: &str) -> Result<String, String> {
 
 /// Names of volumes and snapshots: 1 to 64 of `A-Z a-z 0-9 . _ -`, not starting with a dot.
 pub fn volume_name_arg(text: &str) -> Result<String, String> {
-    plain_name(text, 64, ".")
+    crate::volume::check_name(text).map(str::to_string)
 }
 
 /// cephx user names: 1 to 64 of `A-Z a-z 0-9 . _ -`, without the `client.` prefix.
@@ -465,6 +592,45 @@ impl AccountingArgs {
         }
     }
 
+    /// The `accounting` module's configuration (`None`: nothing asked for). `host` goes in
+    /// the journal records.
+    pub fn config(
+        &self,
+        ceph: &CephClientArgs,
+        host: String,
+    ) -> Result<Option<crate::accounting::Config>, CliError> {
+        if !self.enabled() {
+            return Ok(None);
+        }
+        let unset = || "none".to_string();
+        let labels = crate::accounting::Labels {
+            tenant: self.tenant.clone().unwrap_or_else(unset),
+            volume: self.volume.clone().unwrap_or_else(unset),
+            pod: self.pod.clone().unwrap_or_else(unset),
+            traffic_class: self.traffic_class.as_str().to_string(),
+            host,
+        };
+        let rados = match &self.accounting_rados {
+            Some(pool) => {
+                let (conf, id, keyring) = ceph.required("--accounting-rados")?;
+                Some(crate::accounting::rados_sink::SinkConfig {
+                    pool: pool.clone(),
+                    conf,
+                    id,
+                    keyring,
+                })
+            }
+            None => None,
+        };
+        Ok(Some(crate::accounting::Config {
+            labels,
+            limits: self.limits(),
+            metrics_addr: self.metrics_addr.clone(),
+            accounting_dir: self.accounting_dir.clone(),
+            rados,
+        }))
+    }
+
     fn validate(&self) -> Result<(), CliError> {
         if self.accounting_dir.is_some()
             && (self.tenant.is_none() || self.volume.is_none() || self.pod.is_none())
@@ -512,16 +678,46 @@ fn metrics_addr_arg(text: &str) -> Result<MetricsAddr, String> {
 
 #[derive(Debug, Clone, Args)]
 pub struct MountArgs {
-    /// Directory to serve.
+    /// Directory to serve (`--backend passthrough`).
     #[arg(long, value_name = "DIR")]
-    pub shared_dir: PathBuf,
+    pub shared_dir: Option<PathBuf>,
 
     /// Where to mount it on this host.
     #[arg(value_name = "MOUNTPOINT")]
     pub mountpoint: PathBuf,
 
+    /// `passthrough` (--shared-dir) or `cephfs` (--ceph-conf, --ceph-id, --ceph-keyring,
+    /// --ceph-root: a CephFS volume as its own identity, no kernel CephFS mount).
+    #[arg(long, value_enum, default_value_t = Backend::Passthrough)]
+    pub backend: Backend,
+
+    #[command(flatten)]
+    pub ceph: CephClientArgs,
+
+    /// `--backend cephfs`: the volume's directory inside CephFS.
+    #[arg(long, value_name = "PATH")]
+    pub ceph_root: Option<String>,
+
+    /// `--backend cephfs`: the CephFS filesystem (default: the cluster's default).
+    #[arg(long, value_name = "NAME")]
+    pub ceph_fs: Option<String>,
+
+    /// `--backend cephfs`: seconds a request may wait for the cluster before ETIMEDOUT.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub ceph_op_timeout: u64,
+
     #[command(flatten)]
     pub fs: FsOptions,
+
+    #[command(flatten)]
+    pub accounting: AccountingArgs,
+
+    /// With `--backend cephfs`: after mounting, drop every capability and install the seccomp
+    /// allow-list (`--seccomp`); a small helper process keeps CAP_SYS_ADMIN only to unmount
+    /// when the server ends, however it ends. (A host directory keeps the host's view and
+    /// capabilities: it acts on host files as the caller.)
+    #[arg(long, value_enum, default_value_t = SeccompAction::Kill)]
+    pub seccomp: SeccompAction,
 
     /// Number of threads reading /dev/fuse.
     #[arg(long, value_name = "N", default_value_t = 2)]
@@ -530,6 +726,106 @@ pub struct MountArgs {
     /// Log level: error, warn, info, debug, trace or off.
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
+}
+
+impl MountArgs {
+    /// The `fusedev` module's options, checked.
+    pub fn mount_options(&self, host: String) -> Result<crate::fusedev::MountOptions, CliError> {
+        use crate::fusedev::{MountBackend, MountOptions};
+        self.accounting.validate()?;
+        let backend = match self.backend {
+            Backend::Passthrough => {
+                if self.ceph_root.is_some() {
+                    return Err(CliError::CephFlagWithoutCephfs("--ceph-root"));
+                }
+                if self.ceph_fs.is_some() {
+                    return Err(CliError::CephFlagWithoutCephfs("--ceph-fs"));
+                }
+                if self.ceph.any() && self.accounting.accounting_rados.is_none() {
+                    return Err(CliError::CephClientUnused);
+                }
+                MountBackend::HostDir {
+                    dir: self.shared_dir.clone().ok_or(CliError::NoSharedDir)?,
+                    fs: self.fs.clone(),
+                }
+            }
+            Backend::Cephfs => {
+                if self.shared_dir.is_some() {
+                    return Err(CliError::SharedDirWithCephfs);
+                }
+                if self.fs.inode_file_handles != InodeFileHandles::Never {
+                    return Err(CliError::FileHandlesWithCephfs);
+                }
+                MountBackend::CephFs(ceph_options(
+                    &self.ceph,
+                    self.ceph_root.as_deref(),
+                    self.ceph_fs.clone(),
+                    self.ceph_op_timeout,
+                    self.fs.cache,
+                )?)
+            }
+        };
+        Ok(MountOptions {
+            mountpoint: self.mountpoint.clone(),
+            backend,
+            policy: crate::export::ExportPolicy::from(&self.fs),
+            readonly: self.fs.readonly,
+            threads: self.threads,
+            seccomp: crate::seccomp::mismatch_action(self.seccomp),
+            accounting: self.accounting.config(&self.ceph, host)?,
+        })
+    }
+}
+
+/// The guest cache policy of the CephFS backend for `--cache`.
+pub fn ceph_cache_policy(mode: CacheMode) -> cephfs_backend::CachePolicy {
+    use cephfs_backend::CachePolicy;
+    match mode {
+        CacheMode::Never => CachePolicy::never(),
+        CacheMode::Auto => CachePolicy::auto(),
+        CacheMode::Metadata => CachePolicy::metadata(),
+        CacheMode::Always => CachePolicy::always(),
+    }
+}
+
+/// A CephFS volume root, checked: absolute, normal components only.
+fn checked_ceph_root(root: Option<&str>) -> Result<&str, CliError> {
+    let root = root.ok_or(CliError::MissingCephFlag {
+        flag: "--ceph-root",
+        why: "--backend cephfs",
+    })?;
+    let bad = || CliError::BadCephRoot(root.to_string());
+    if !root.starts_with('/') || root.contains('\0') {
+        return Err(bad());
+    }
+    if root
+        .split('/')
+        .skip(1)
+        .any(|c| c == "." || c == ".." || (c.is_empty() && root != "/"))
+    {
+        return Err(bad());
+    }
+    Ok(root)
+}
+
+/// The `cephfs` module's options from the `--ceph-*` flags.
+fn ceph_options(
+    ceph: &CephClientArgs,
+    root: Option<&str>,
+    fs_name: Option<String>,
+    op_timeout: u64,
+    cache: CacheMode,
+) -> Result<crate::cephfs::CephOptions, CliError> {
+    let (conf, id, keyring) = ceph.required("--backend cephfs")?;
+    Ok(crate::cephfs::CephOptions {
+        conf,
+        id,
+        keyring,
+        root: checked_ceph_root(root)?.to_string(),
+        fs_name,
+        cache: ceph_cache_policy(cache),
+        op_timeout: Some(std::time::Duration::from_secs(op_timeout)).filter(|t| !t.is_zero()),
+    })
 }
 
 fn size_arg(text: &str) -> Result<u64, String> {
@@ -701,22 +997,18 @@ impl ServeArgs {
 
     /// The CephFS volume root (`--ceph-root`), checked: absolute, normal components only.
     pub fn ceph_root(&self) -> Result<&str, CliError> {
-        let root = self.ceph_root.as_deref().ok_or(CliError::MissingCephFlag {
-            flag: "--ceph-root",
-            why: "--backend cephfs",
-        })?;
-        let bad = || CliError::BadCephRoot(root.to_string());
-        if !root.starts_with('/') || root.contains('\0') {
-            return Err(bad());
-        }
-        if root
-            .split('/')
-            .skip(1)
-            .any(|c| c == "." || c == ".." || (c.is_empty() && root != "/"))
-        {
-            return Err(bad());
-        }
-        Ok(root)
+        checked_ceph_root(self.ceph_root.as_deref())
+    }
+
+    /// The `cephfs` module's options (`--backend cephfs`).
+    pub fn ceph_options(&self) -> Result<crate::cephfs::CephOptions, CliError> {
+        ceph_options(
+            &self.ceph,
+            self.ceph_root.as_deref(),
+            self.ceph_fs.clone(),
+            self.ceph_op_timeout,
+            self.fs.cache,
+        )
     }
 
     fn validate_backend(&self) -> Result<(), CliError> {
@@ -917,7 +1209,7 @@ mod tests {
         let cli = parse(&["mount", "--shared-dir=/src", "/mnt/x", "--cache=always"]).unwrap();
         match cli.command {
             Some(Command::Mount(m)) => {
-                assert_eq!(m.shared_dir, PathBuf::from("/src"));
+                assert_eq!(m.shared_dir, Some(PathBuf::from("/src")));
                 assert_eq!(m.mountpoint, PathBuf::from("/mnt/x"));
                 assert_eq!(m.fs.cache, CacheMode::Always);
             }
@@ -1121,7 +1413,7 @@ mod tests {
             Some(Command::Volume(v)) => {
                 assert!(matches!(
                     v.command,
-                    VolumeCommand::Create { ref name, quota: Some(q) } if name == "shared" && q == 10 << 30
+                    VolumeCommand::Create { ref name, quota: Some(q), .. } if name == "shared" && q == 10 << 30
                 ));
                 assert_eq!(v.args.ceph_id, "admin");
                 assert_eq!(v.args.volumes_root, "/volumes");

@@ -202,10 +202,22 @@ impl<F: FileSystem + Send + Sync + 'static> RequestCore<F> {
             _ => None,
         };
         let vu_req = dax.as_mut().map(|r| r as &mut dyn FsCacheReqHandler);
-        match self
+        // A new INIT or DESTROY: the guest's mappings of the mount before are still live in the
+        // VMM (a guest sends no REMOVEMAPPING at umount), and the next mount would map over them.
+        if let Some(window) = &self.dax {
+            if header.opcode == Opcode::Init as u32 || header.opcode == Opcode::Destroy as u32 {
+                window.unmap_all();
+            }
+        }
+        let served = self
             .server
-            .handle_message(reader, Writer::VirtioFs(writer), vu_req, None)
-        {
+            .handle_message(reader, Writer::VirtioFs(writer), vu_req, None);
+        if let Some(window) = &self.dax {
+            if may_change_file_size(header.opcode) {
+                window.refresh_tails();
+            }
+        }
+        match served {
             Ok(len) => u32::try_from(len).unwrap_or(0),
             Err(e) => {
                 debug!(opcode = header.opcode, "malformed request: {e}");
@@ -287,6 +299,25 @@ fn read_chain_prefix(chain: &Chain, part: Direction, buf: &mut [u8]) -> usize {
         filled += want;
     }
     filled
+}
+
+/// Requests after which a padded DAX mapping (one past the end of its file) is checked
+/// against its file's size (`DaxWindow::refresh_tails`): changes through FUSE, syncs, and the
+/// attribute requests by which the guest learns of a change on the host.
+fn may_change_file_size(opcode: u32) -> bool {
+    [
+        Opcode::Write,
+        Opcode::Setattr,
+        Opcode::Fallocate,
+        Opcode::CopyFileRange,
+        Opcode::Fsync,
+        Opcode::Flush,
+        Opcode::Release,
+        Opcode::Getattr,
+        Opcode::Lookup,
+    ]
+    .iter()
+    .any(|op| *op as u32 == opcode)
 }
 
 fn is_mapping_opcode(opcode: u32) -> bool {

@@ -16,6 +16,7 @@
 pub mod accel;
 pub mod ceph_dev;
 pub mod cpio;
+pub mod cpu;
 pub mod daemon;
 pub mod dax_window;
 pub mod error;
@@ -24,6 +25,7 @@ pub mod fs_buffers;
 pub mod fuse;
 pub mod paths;
 pub mod results;
+pub mod stats;
 pub mod vm;
 pub mod workload;
 
