@@ -29,7 +29,7 @@ fn probe(timeout: Option<Duration>) {
         let d = |tv: libc::timeval| tv.tv_sec as f64 * 1e6 + tv.tv_usec as f64;
         d(r.ru_utime) + d(r.ru_stime)
     };
-    let mut run = |what: &str, n: u64, mut op: Box<dyn FnMut(u64) + '_>| {
+    let run = |what: &str, n: u64, mut op: Box<dyn FnMut(u64) + '_>| {
         let (t0, c0) = (Instant::now(), cpu());
         for i in 0..n {
             op(i);
