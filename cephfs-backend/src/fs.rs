@@ -22,6 +22,12 @@
 //! references inline (local to the client, no MDS round trip). Without an op timeout, every
 //! call runs on the request's thread.
 //!
+//! POSIX corners CephFS itself does not give: times outside CephFS's 32-bit seconds are
+//! clamped (never wrapped), `UTIME_NOW` is the host's now, an ftruncate through a descriptor
+//! opened for writing takes its permission from the descriptor, and a directory moved to
+//! another parent refreshes the old parent's link count. READ and WRITE data goes through a
+//! few reused buffers (`IoBuffers`), owned by the job while it runs.
+//!
 //! Must not: use `unsafe` (everything unsafe is in `mount`), or trust anything from the guest:
 //! unknown nodes and handles are EBADF, bad names EINVAL, never a panic.
 
