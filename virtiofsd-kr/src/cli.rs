@@ -338,9 +338,12 @@ pub struct ServeArgs {
     pub overlap_threads: Option<usize>,
 
     /// When the request queue runs dry, keep watching it for up to this many microseconds
-    /// before sleeping, so a guest's next request costs no kick and no wake-up. The window
-    /// adapts to the guest's gaps and stays at 0 while they are longer than this; it only
-    /// spins after requests, never while the guest is idle. 0 turns polling off.
+    /// before sleeping, so a guest's next request costs no kick and no wake-up. Only where
+    /// that pays: the window is the one that saves the guest more time than it costs in CPU
+    /// for the gaps seen (0, no polling, for guests that pause longer than a wake-up costs),
+    /// one queue of the daemon spins at a time within a daemon-wide budget, and polling
+    /// stops while other threads want the CPU; never while the guest is idle. 0 turns
+    /// polling off.
     #[arg(long, value_name = "US", default_value_t = DEFAULT_POLL_MAX_US)]
     pub poll_max_us: u64,
 
