@@ -1598,6 +1598,61 @@ fn build_report(
     Report { json, markdown: md }
 }
 
+/// Samples as `1,2,3` (one per boot) or `1,2;3,4` (boots separated by `;`).
+fn parse_samples(text: &str) -> Result<Vec<Vec<f64>>> {
+    text.split(';')
+        .map(|boot| {
+            boot.split([',', ' '])
+                .filter(|x| !x.is_empty())
+                .map(|x| {
+                    x.parse::<f64>()
+                        .map_err(|_| BenchError::Usage(format!("{x:?} is not a number")))
+                })
+                .collect::<Result<Vec<f64>>>()
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(|v| v.into_iter().filter(|b| !b.is_empty()).collect())
+}
+
+/// `vmbench ratio [--lower-is-better] OURS REFERENCE`: the statistics of the report for
+/// samples given by hand (earlier runs' published samples, say). With one value per boot
+/// each value is its own boot.
+fn ratio_command(args: &[String]) -> Result<String> {
+    const RATIO_USAGE: &str = "vmbench ratio [--lower-is-better] OURS REFERENCE \
+        (samples as 1,2,3 one per boot, or 1,2;3,4 with boots separated by ;)";
+    let lower = args.iter().any(|a| a == "--lower-is-better");
+    let rest: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
+    let [ours, reference] = rest[..] else {
+        return Err(BenchError::Usage(RATIO_USAGE.into()));
+    };
+    let group = |t: &str| -> Result<Vec<Vec<f64>>> {
+        let g = parse_samples(t)?;
+        // A plain list is one sample per boot.
+        Ok(if g.len() == 1 {
+            vm_tests::stats::ungrouped(&g[0])
+        } else {
+            g
+        })
+    };
+    let (o, r) = (group(ours)?, group(reference)?);
+    let ri = if lower {
+        ratio_interval(&r, &o, DEFAULT_SEED)
+    } else {
+        ratio_interval(&o, &r, DEFAULT_SEED)
+    };
+    match ri {
+        Some(x) => Ok(format!(
+            "{} (n {}/{}, boots {}/{})",
+            fmt_interval(Some(&x), true),
+            x.n_a,
+            x.n_b,
+            x.boots_a,
+            x.boots_b
+        )),
+        None => Err(BenchError::Usage("no positive samples".into())),
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Main
 // ---------------------------------------------------------------------------------------
@@ -1705,6 +1760,18 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("vmbench micro: {e}");
                 ExitCode::FAILURE
+            }
+        };
+    }
+    if args.first().map(String::as_str) == Some("ratio") {
+        return match ratio_command(&args[1..]) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("vmbench ratio: {e}");
+                ExitCode::from(2)
             }
         };
     }
@@ -2989,6 +3056,26 @@ mod tests {
         assert!(with(&["--count-cpu", "ours:x"]).is_err());
         assert!(with(&["--count-cpu", &format!("ours:{}", u32::MAX)]).is_err());
         assert_eq!(with(&["--quick"]).unwrap().repeat, 3);
+    }
+
+    #[test]
+    fn ratio_command_reads_boots_and_orientation() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let won = ratio_command(&s(&["20,21,19,20.5", "10,10.5,9.5,10.2"])).unwrap();
+        assert!(won.starts_with("1.9") || won.starts_with("2.0"), "{won}");
+        assert!(won.contains(" won (n 4/4, boots 4/4)"), "{won}");
+        // Seconds: the same numbers are a loss for us.
+        let lost = ratio_command(&s(&[
+            "--lower-is-better",
+            "20,21,19,20.5",
+            "10,10.5,9.5,10.2",
+        ]))
+        .unwrap();
+        assert!(lost.contains(" lost "), "{lost}");
+        let grouped = ratio_command(&s(&["1,1.1;1.2,1.3", "1,1.1;1.2,1.3"])).unwrap();
+        assert!(grouped.contains("level (n 4/4, boots 2/2)"), "{grouped}");
+        assert!(ratio_command(&s(&["1,x", "1"])).is_err());
+        assert!(ratio_command(&s(&["1"])).is_err());
     }
 
     #[test]
