@@ -290,6 +290,8 @@ where
     spawn_signal_thread(signals, cleanup.clone());
 
     info!(export = what, queue_threads = ?threads, request_threads = ?request_threads, poll_max_us = args.poll_max_us, "waiting for the vhost-user frontend");
+    // The reference daemon's words: Kata's runtime-rs waits for this line on stderr.
+    info!("Waiting for vhost-user socket connection...");
     daemon
         .start(&mut listener)
         .map_err(DaemonError::VhostUser)?;
