@@ -260,8 +260,9 @@ pub struct ReportArgs {
 /// The arguments of the vhost-user daemon (the default mode).
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// vhost-user socket path to listen on (created, replacing a stale socket).
-    #[arg(long, value_name = "PATH", conflicts_with = "fd")]
+    /// vhost-user socket path to listen on (created, replacing a stale socket). `--socket`
+    /// is the reference daemon's deprecated spelling.
+    #[arg(long, value_name = "PATH", conflicts_with = "fd", alias = "socket")]
     pub socket_path: Option<PathBuf>,
 
     /// File descriptor of an already listening vhost-user socket, inherited from the caller.
@@ -367,6 +368,88 @@ pub struct ServeArgs {
     /// Print the vhost-user backend capabilities as JSON (as libvirt asks) and exit.
     #[arg(long)]
     pub print_capabilities: bool,
+
+    /// Log to syslog (/dev/log, opened before the sandbox) instead of stderr.
+    #[arg(long)]
+    pub syslog: bool,
+
+    #[command(flatten)]
+    pub compat: CompatArgs,
+}
+
+/// The reference virtiofsd's flags this daemon does not implement the same way: accepted
+/// where the meaning is this daemon's behaviour anyway, refused (with the alternative)
+/// where it is not. See [`ServeArgs::normalized`].
+#[derive(Debug, Clone, Default, Args)]
+pub struct CompatArgs {
+    /// POSIX ACLs: `never` (the default, what this daemon does); `auto`/`always` are refused.
+    #[arg(long, value_name = "never|auto|always", num_args = 0..=1, default_missing_value = "always")]
+    pub posix_acl: Option<String>,
+
+    /// Extended attribute name mapping rules: refused (attributes pass through unchanged with
+    /// --xattr).
+    #[arg(long, value_name = "RULES")]
+    pub xattrmap: Option<String>,
+
+    /// Guest/host UID translation: refused (not implemented).
+    #[arg(long, value_name = "TYPE:SOURCE:TARGET:COUNT")]
+    pub translate_uid: Vec<String>,
+
+    /// Guest/host GID translation: refused (not implemented).
+    #[arg(long, value_name = "TYPE:SOURCE:TARGET:COUNT")]
+    pub translate_gid: Vec<String>,
+
+    /// User-namespace UID map: refused (the sandbox keeps the host user namespace).
+    #[arg(long, value_name = ":NS:HOST:COUNT:")]
+    pub uid_map: Vec<String>,
+
+    /// User-namespace GID map: refused (the sandbox keeps the host user namespace).
+    #[arg(long, value_name = ":NS:HOST:COUNT:")]
+    pub gid_map: Vec<String>,
+
+    /// FUSE_HANDLE_KILLPRIV_V2: refused (the host kernel clears setuid/setgid on write, as
+    /// with --no-killpriv-v2).
+    #[arg(long, conflicts_with = "no_killpriv_v2")]
+    pub killpriv_v2: bool,
+
+    /// No FUSE_HANDLE_KILLPRIV_V2: this daemon's behaviour (accepted).
+    #[arg(long)]
+    pub no_killpriv_v2: bool,
+
+    /// Security labels on create: `never` (accepted); `auto`/`always` are refused.
+    #[arg(long, value_name = "never|auto|always", num_args = 0..=1, default_missing_value = "always")]
+    pub security_label: Option<String>,
+
+    /// Changing the kept capabilities: refused (the sandbox's set is fixed).
+    #[arg(long, value_name = "CAPS")]
+    pub modcaps: Option<String>,
+
+    /// Keep the guest's O_NOATIME (accepted: it is always passed to the host).
+    #[arg(long)]
+    pub preserve_noatime: bool,
+
+    /// Shared mmap with --cache=never|metadata: refused there (needs
+    /// FUSE_DIRECT_IO_ALLOW_MMAP, not offered); with auto/always mmap works anyway.
+    #[arg(long)]
+    pub allow_mmap: bool,
+
+    /// Do not announce submounts: this daemon's default (accepted).
+    #[arg(long, conflicts_with = "announce_submounts")]
+    pub no_announce_submounts: bool,
+
+    /// Options in the legacy `-o a,b=c` form (announce_submounts, xattr, no_xattr, cache=,
+    /// source=, writeback, no_writeback, readdirplus, no_readdirplus, allow_direct_io,
+    /// no_killpriv_v2, log_level=, sandbox=, flock/posix_lock and their no_ forms).
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    pub compat_options: Vec<String>,
+
+    /// Log level debug (legacy `-d`).
+    #[arg(short = 'd')]
+    pub debug: bool,
+
+    /// Foreground (legacy `-f`, no effect: the daemon always runs in the foreground).
+    #[arg(short = 'f')]
+    pub foreground: bool,
 }
 
 /// How to reach a Ceph cluster: for `--backend cephfs`, `--accounting-rados` and the
@@ -514,9 +597,11 @@ pub struct FsOptions {
     #[arg(long)]
     pub announce_submounts: bool,
 
-    /// Reference inodes by file handle instead of an O_PATH descriptor:
-    /// `never`, `prefer` (fall back to descriptors), or `mandatory` (refuse to start without).
-    #[arg(long, value_enum, default_value_t = InodeFileHandles::Never)]
+    /// Reference inodes by file handle instead of an O_PATH descriptor, so the guest can hold
+    /// more inodes than the descriptor limit: `prefer` (default, as the reference daemon:
+    /// handles where the filesystem and the daemon's privileges allow, descriptors
+    /// otherwise), `never`, or `mandatory` (refuse to start without).
+    #[arg(long, value_enum, default_value_t = InodeFileHandles::Prefer)]
     pub inode_file_handles: InodeFileHandles,
 }
 
@@ -951,13 +1036,19 @@ pub enum CliError {
     #[error("--sandbox chroot is not available with --backend cephfs (libcephfs needs the network and its config files): use namespace or none")]
     ChrootWithCephfs,
     #[error(
-        "--inode-file-handles is for --backend passthrough: CephFS inodes are addressed by number"
+        "--inode-file-handles=mandatory is for --backend passthrough: CephFS inodes are addressed by number"
     )]
     FileHandlesWithCephfs,
     #[error(
         "--ceph-conf, --ceph-id and --ceph-keyring need --backend cephfs or --accounting-rados"
     )]
     CephClientUnused,
+    #[error("{flag}: {reason}")]
+    Unsupported { flag: String, reason: &'static str },
+    #[error("-o {0}: unknown legacy option (give the flag instead; see --help)")]
+    UnknownCompatOption(String),
+    #[error("-o {option}: {reason}")]
+    BadCompatOption { option: String, reason: String },
 }
 
 /// Upper bound for --thread-pool-size: more threads than this only add contention.
@@ -974,7 +1065,146 @@ pub const DEFAULT_POLL_MAX_US: u64 = 0;
 /// Upper bound for --poll-max-us.
 pub const MAX_POLL_US: u64 = 10_000;
 
+fn unsupported(flag: impl Into<String>, reason: &'static str) -> CliError {
+    CliError::Unsupported {
+        flag: flag.into(),
+        reason,
+    }
+}
+
 impl ServeArgs {
+    /// Applies the reference daemon's legacy forms (`-o`, `-d`) and refuses its flags whose
+    /// meaning this daemon does not provide, naming the alternative.
+    pub fn normalized(mut self) -> Result<ServeArgs, CliError> {
+        let c = self.compat.clone();
+        if c.debug {
+            self.log_level = LogLevel::Debug;
+        }
+        for list in &c.compat_options {
+            for option in list.split(',').filter(|o| !o.is_empty()) {
+                self.apply_compat_option(option)?;
+            }
+        }
+        if self.compat.no_announce_submounts {
+            self.fs.announce_submounts = false;
+        }
+        let c = &self.compat;
+        if let Some(mode) = c.posix_acl.as_deref().filter(|m| *m != "never") {
+            return Err(unsupported(
+                format!("--posix-acl={mode}"),
+                "POSIX ACLs are not served (the guest kernel would enforce ACLs the daemon does not keep); use --posix-acl=never and plain mode bits",
+            ));
+        }
+        if c.xattrmap.is_some() {
+            return Err(unsupported(
+                "--xattrmap",
+                "extended attribute names are not mapped; --xattr passes them through unchanged",
+            ));
+        }
+        for (flag, set) in [
+            ("--translate-uid", &c.translate_uid),
+            ("--translate-gid", &c.translate_gid),
+        ] {
+            if !set.is_empty() {
+                return Err(unsupported(
+                    flag,
+                    "guest/host ID translation is not implemented; give the guest's files host IDs (or serve a CephFS volume, whose identity bounds what a guest reaches)",
+                ));
+            }
+        }
+        for (flag, set) in [("--uid-map", &c.uid_map), ("--gid-map", &c.gid_map)] {
+            if !set.is_empty() {
+                return Err(unsupported(
+                    flag,
+                    "the sandbox keeps the host user namespace (it needs root); run the daemon as root without ID maps",
+                ));
+            }
+        }
+        if c.killpriv_v2 {
+            return Err(unsupported(
+                "--killpriv-v2",
+                "FUSE_HANDLE_KILLPRIV_V2 is not offered; the host kernel clears setuid/setgid bits on write (--no-killpriv-v2, the default)",
+            ));
+        }
+        if let Some(mode) = c.security_label.as_deref().filter(|m| *m != "never") {
+            return Err(unsupported(
+                format!("--security-label={mode}"),
+                "security labels on create are not supported; --xattr passes security.* attributes set after creation",
+            ));
+        }
+        if c.modcaps.is_some() {
+            return Err(unsupported(
+                "--modcaps",
+                "the kept capabilities are fixed by the sandbox (see docs/architecture.md); --sandbox=none keeps the caller's",
+            ));
+        }
+        if c.allow_mmap && matches!(self.fs.cache, CacheMode::Never | CacheMode::Metadata) {
+            return Err(unsupported(
+                "--allow-mmap",
+                "shared mmap with --cache=never|metadata needs FUSE_DIRECT_IO_ALLOW_MMAP, which this daemon does not offer; use --cache=auto or --cache=always, where mmap works",
+            ));
+        }
+        Ok(self)
+    }
+
+    fn apply_compat_option(&mut self, option: &str) -> Result<(), CliError> {
+        let (key, value) = match option.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (option, None),
+        };
+        let bad = |reason: String| CliError::BadCompatOption {
+            option: option.to_string(),
+            reason,
+        };
+        let parse = |v: Option<&str>| -> Result<String, CliError> {
+            v.map(str::to_string)
+                .ok_or_else(|| bad("needs a value".to_string()))
+        };
+        match key {
+            "announce_submounts" => self.fs.announce_submounts = true,
+            "no_announce_submounts" => self.fs.announce_submounts = false,
+            "xattr" => self.fs.xattr = true,
+            "no_xattr" => self.fs.xattr = false,
+            "writeback" => self.fs.writeback = true,
+            "no_writeback" => self.fs.writeback = false,
+            "readdirplus" => self.fs.no_readdirplus = false,
+            "no_readdirplus" => self.fs.no_readdirplus = true,
+            "allow_direct_io" => self.fs.allow_direct_io = true,
+            "no_allow_direct_io" => self.fs.allow_direct_io = false,
+            // The daemon's behaviour anyway: locks are served, KILLPRIV_V2 is not offered.
+            "flock" | "posix_lock" | "no_killpriv_v2" => {}
+            "no_flock" | "no_posix_lock" => return Err(bad("locks are always served".to_string())),
+            "killpriv_v2" => self.compat.killpriv_v2 = true,
+            "posix_acl" => self.compat.posix_acl = Some("always".to_string()),
+            "no_posix_acl" => self.compat.posix_acl = Some("never".to_string()),
+            "cache" => {
+                self.fs.cache = match parse(value)?.as_str() {
+                    "auto" => CacheMode::Auto,
+                    "always" => CacheMode::Always,
+                    "never" | "none" => CacheMode::Never,
+                    "metadata" => CacheMode::Metadata,
+                    other => return Err(bad(format!("unknown cache mode {other:?}"))),
+                }
+            }
+            "source" => self.shared_dir = Some(PathBuf::from(parse(value)?)),
+            "sandbox" => {
+                self.sandbox = match parse(value)?.as_str() {
+                    "namespace" => SandboxMode::Namespace,
+                    "chroot" => SandboxMode::Chroot,
+                    "none" => SandboxMode::None,
+                    other => return Err(bad(format!("unknown sandbox {other:?}"))),
+                }
+            }
+            "log_level" => {
+                self.log_level = LogLevel::from_str(&parse(value)?, true).map_err(|_| {
+                    bad("expected error, warn, info, debug, trace or off".to_string())
+                })?
+            }
+            _ => return Err(CliError::UnknownCompatOption(option.to_string())),
+        }
+        Ok(())
+    }
+
     /// The listening socket this invocation asks for.
     pub fn socket_source(&self) -> Result<SocketSource, CliError> {
         match (&self.socket_path, self.fd) {
@@ -1042,7 +1272,7 @@ impl ServeArgs {
                 if self.sandbox == SandboxMode::Chroot {
                     return Err(CliError::ChrootWithCephfs);
                 }
-                if self.fs.inode_file_handles != InodeFileHandles::Never {
+                if self.fs.inode_file_handles == InodeFileHandles::Mandatory {
                     return Err(CliError::FileHandlesWithCephfs);
                 }
             }
@@ -1132,7 +1362,7 @@ mod tests {
         assert_eq!(s.sandbox, SandboxMode::Namespace);
         assert_eq!(s.seccomp, SeccompAction::Kill);
         assert_eq!(s.thread_pool_size, 0);
-        assert_eq!(s.fs.inode_file_handles, InodeFileHandles::Never);
+        assert_eq!(s.fs.inode_file_handles, InodeFileHandles::Prefer);
         assert_eq!(s.socket_source().unwrap(), SocketSource::Fd(3));
     }
 
@@ -1370,9 +1600,14 @@ mod tests {
         assert_eq!(refused(&["--dax-window=1G"]), CliError::DaxWithCephfs);
         assert_eq!(refused(&["--sandbox=chroot"]), CliError::ChrootWithCephfs);
         assert_eq!(
-            refused(&["--inode-file-handles=prefer"]),
+            refused(&["--inode-file-handles=mandatory"]),
             CliError::FileHandlesWithCephfs
         );
+        // `prefer`, the default, means nothing without host descriptors: accepted.
+        with(&["--inode-file-handles=prefer"])
+            .unwrap()
+            .validate()
+            .unwrap();
         for root in ["volumes/a", "/volumes/../x", "/volumes/./a", "/a//b"] {
             let mut s = with(&[]).unwrap();
             s.ceph_root = Some(root.to_string());
@@ -1446,6 +1681,133 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    fn normalized(args: &[&str]) -> Result<ServeArgs, CliError> {
+        parse(args).unwrap().serve.normalized()
+    }
+
+    #[test]
+    fn integrators_argument_lists_are_accepted() {
+        // Kata's Go runtime (virtiofsd.go) with its default extra arguments.
+        let s = normalized(&[
+            "--syslog",
+            "--cache=auto",
+            "--shared-dir=/run/kata/shared",
+            "--fd=3",
+            "--thread-pool-size=1",
+            "--announce-submounts",
+        ])
+        .unwrap();
+        s.validate().unwrap();
+        assert!(s.syslog && s.fs.announce_submounts);
+        assert_eq!(s.socket_source().unwrap(), SocketSource::Fd(3));
+        // Older Kata configurations: the legacy `-o` form.
+        let s = normalized(&[
+            "--fd=3",
+            "--shared-dir=/d",
+            "-o",
+            "announce_submounts,cache=never,xattr",
+            "-d",
+            "-f",
+        ])
+        .unwrap();
+        s.validate().unwrap();
+        assert!(s.fs.announce_submounts && s.fs.xattr);
+        assert_eq!(s.fs.cache, CacheMode::Never);
+        assert_eq!(s.log_level, LogLevel::Debug);
+        // Kata runtime-rs, libvirt, cloud-hypervisor's docs.
+        for list in [
+            &[
+                "--socket-path=/run/v.sock",
+                "--shared-dir=/d",
+                "--cache=never",
+                "--sandbox=none",
+                "--seccomp=none",
+            ][..],
+            &[
+                "--fd=3",
+                "--shared-dir=/d",
+                "--xattr",
+                "--cache=always",
+                "--thread-pool-size=4",
+            ],
+            &["--socket=/run/v.sock", "--shared-dir=/d", "--cache=never"],
+            &[
+                "--socket-path=/s",
+                "--shared-dir=/d",
+                "--no-killpriv-v2",
+                "--posix-acl=never",
+                "--security-label=never",
+                "--preserve-noatime",
+                "--no-announce-submounts",
+                "--allow-mmap",
+                "--log-level=info",
+            ],
+        ] {
+            let s = normalized(list).unwrap_or_else(|e| panic!("{list:?}: {e}"));
+            s.validate().unwrap_or_else(|e| panic!("{list:?}: {e}"));
+        }
+        let s = normalized(&["--socket=/run/v.sock", "--shared-dir=/d"]).unwrap();
+        assert_eq!(s.socket_path, Some(PathBuf::from("/run/v.sock")));
+        assert!(
+            !normalized(&[
+                "--socket-path=/s",
+                "--shared-dir=/d",
+                "-o",
+                "announce_submounts",
+                "--no-announce-submounts"
+            ])
+            .unwrap()
+            .fs
+            .announce_submounts
+        );
+    }
+
+    #[test]
+    fn unsupported_reference_flags_are_refused_with_the_alternative() {
+        for (flag, alternative) in [
+            ("--posix-acl", "--posix-acl=never"),
+            ("--posix-acl=auto", "--posix-acl=never"),
+            ("--xattrmap=:map::user.virtiofs.:", "--xattr"),
+            ("--translate-uid=map:0:1000:1", "host IDs"),
+            ("--translate-gid=squash-guest:0:1000:65536", "host IDs"),
+            ("--uid-map=:0:100000:65536:", "without ID maps"),
+            ("--gid-map=:0:100000:65536:", "without ID maps"),
+            ("--killpriv-v2", "--no-killpriv-v2"),
+            ("--security-label", "--xattr"),
+            ("--modcaps=+sys_admin", "--sandbox=none"),
+        ] {
+            let e = normalized(&["--socket-path=/s", "--shared-dir=/d", flag]).unwrap_err();
+            assert!(matches!(e, CliError::Unsupported { .. }), "{flag}: {e}");
+            assert!(e.to_string().contains(alternative), "{flag}: {e}");
+        }
+        let e = normalized(&[
+            "--socket-path=/s",
+            "--shared-dir=/d",
+            "--cache=never",
+            "--allow-mmap",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("--cache=auto"), "{e}");
+        let e =
+            normalized(&["--socket-path=/s", "--shared-dir=/d", "-o", "frobnicate"]).unwrap_err();
+        assert_eq!(e, CliError::UnknownCompatOption("frobnicate".into()));
+        let e = normalized(&[
+            "--socket-path=/s",
+            "--shared-dir=/d",
+            "-o",
+            "cache=sometimes",
+        ])
+        .unwrap_err();
+        assert!(matches!(e, CliError::BadCompatOption { .. }), "{e}");
+        assert!(parse(&[
+            "--socket-path=/s",
+            "--shared-dir=/d",
+            "--killpriv-v2",
+            "--no-killpriv-v2"
+        ])
+        .is_err());
     }
 
     #[test]

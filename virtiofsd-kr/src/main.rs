@@ -64,10 +64,17 @@ fn main() -> ExitCode {
             println!("{}", daemon::capabilities_json());
             Ok(())
         }
-        None => {
-            logging::init(cli.serve.log_level);
-            daemon::serve(cli.serve).map_err(|e| e.to_string())
-        }
+        None => match cli.serve.normalized() {
+            Ok(serve) => {
+                let sink = match serve.syslog {
+                    true => logging::Sink::Syslog,
+                    false => logging::Sink::Stderr,
+                };
+                logging::init_to(serve.log_level, sink);
+                daemon::serve(serve).map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -174,7 +174,8 @@ fn check_daemon_flags(argv: &[String]) -> Result<(), VolumeServeError> {
         ));
     }
     cli.serve
-        .validate()
+        .normalized()
+        .and_then(|s| s.validate())
         .map_err(|e| VolumeServeError::Daemon(e.to_string()))
 }
 
