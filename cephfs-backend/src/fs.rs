@@ -22,6 +22,12 @@
 //! references inline (local to the client, no MDS round trip). Without an op timeout, every
 //! call runs on the request's thread.
 //!
+//! POSIX corners CephFS itself does not give: times outside CephFS's 32-bit seconds are
+//! clamped (never wrapped), `UTIME_NOW` is the host's now, an ftruncate through a descriptor
+//! opened for writing takes its permission from the descriptor, and a directory moved to
+//! another parent refreshes the old parent's link count. READ and WRITE data goes through a
+//! few reused buffers (`IoBuffers`), owned by the job while it runs.
+//!
 //! Must not: use `unsafe` (everything unsafe is in `mount`), or trust anything from the guest:
 //! unknown nodes and handles are EBADF, bad names EINVAL, never a panic.
 
@@ -54,6 +60,43 @@ const MAX_IO: usize = fuse_backend_rs::api::server::MAX_BUFFER_SIZE as usize;
 /// Threads running libcephfs calls when there is an op timeout. A call stuck on a missing
 /// MDS holds one until the MDS is back; once all are stuck, further calls queue and time out.
 const CALL_WORKERS: usize = 16;
+
+/// Data buffers kept for reuse by READ and WRITE ([`IoBuffers`]).
+const KEPT_BUFFERS: usize = 4;
+
+/// READ and WRITE data buffers, reused. A job owns the buffer it reads into or writes from
+/// (guest memory is copied on the request's thread, before or after it), and hands it back
+/// with its result; a late job drops it. Allocating a fresh buffer per request cost a 1 MiB
+/// allocation, its zeroing and its page faults each time (tests/probe.rs).
+struct IoBuffers {
+    free: Mutex<Vec<Vec<u8>>>,
+}
+
+impl IoBuffers {
+    fn new() -> IoBuffers {
+        IoBuffers {
+            free: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A buffer of `len` bytes (contents unspecified).
+    fn take(&self, len: usize) -> Vec<u8> {
+        let mut buf = lock(&self.free).pop().unwrap_or_default();
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        buf.truncate(len);
+        buf
+    }
+
+    /// Keeps `buf` for a later request (up to [`KEPT_BUFFERS`]).
+    fn give(&self, buf: Vec<u8>) {
+        let mut free = lock(&self.free);
+        if free.len() < KEPT_BUFFERS && buf.capacity() <= MAX_IO {
+            free.push(buf);
+        }
+    }
+}
 
 /// Bytes of a READDIR reply entry before its name (`struct fuse_dirent`).
 const DIRENT_HEADER: usize = 24;
@@ -108,6 +151,7 @@ pub struct CephFs {
     files: Mutex<HashMap<u64, Arc<CephFile>>>,
     dirs: Mutex<HashMap<u64, Arc<Mutex<CephDir>>>>,
     next_handle: AtomicU64,
+    buffers: IoBuffers,
     cache: CachePolicy,
     /// Ceph inode number of the root, reported for `..` at the root.
     root_ino: u64,
@@ -199,6 +243,7 @@ impl CephFs {
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
+            buffers: IoBuffers::new(),
             cache: cfg.cache,
         })
     }
@@ -794,10 +839,16 @@ impl FileSystem for CephFs {
         let f = self.file(handle)?;
         // Never allocate more than the reply can carry, whatever size the guest asks.
         let size = (size as usize).min(w.available_bytes()).min(MAX_IO);
-        // The job reads into its own buffer; guest memory is written here, after it.
-        let data = self.call("read", move || f.mount().read(&f, offset, size))?;
-        w.write_all(&data)?;
-        Ok(data.len())
+        // The job reads into a buffer it owns; guest memory is written here, after it.
+        let mut buf = self.buffers.take(size);
+        let (buf, n) = self.call("read", move || {
+            let n = f.mount().read_into(&f, offset, &mut buf)?;
+            Ok((buf, n))
+        })?;
+        let written = w.write_all(&buf[..n]);
+        self.buffers.give(buf);
+        written?;
+        Ok(n)
     }
 
     fn write(
@@ -818,7 +869,7 @@ impl FileSystem for CephFs {
         }
         let f = self.file(handle)?;
         // Guest memory is copied out here, before the job: a late job never touches it.
-        let mut buf = vec![0u8; size as usize];
+        let mut buf = self.buffers.take(size as usize);
         let mut filled = 0;
         while filled < buf.len() {
             match r.read(&mut buf[filled..]) {
@@ -829,7 +880,7 @@ impl FileSystem for CephFs {
             }
         }
         buf.truncate(filled);
-        self.call("write", move || {
+        let (buf, done) = self.call("write", move || {
             let mut done = 0;
             while done < buf.len() {
                 let at = offset
@@ -841,8 +892,10 @@ impl FileSystem for CephFs {
                 }
                 done += n;
             }
-            Ok(done)
-        })
+            Ok((buf, done))
+        })?;
+        self.buffers.give(buf);
+        Ok(done)
     }
 
     fn flush(&self, _ctx: &Context, _inode: u64, handle: u64, _lock_owner: u64) -> io::Result<()> {
@@ -1076,6 +1129,32 @@ impl FileSystem for CephFs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn io_buffers_are_reused_and_bounded() {
+        let b = IoBuffers::new();
+        let first = b.take(4096);
+        assert_eq!(first.len(), 4096);
+        let ptr = first.as_ptr();
+        b.give(first);
+        let again = b.take(100);
+        assert_eq!(again.len(), 100);
+        assert_eq!(again.as_ptr(), ptr, "the kept buffer is handed out again");
+        let big = b.take(MAX_IO);
+        assert_eq!(big.len(), MAX_IO);
+        b.give(again);
+        b.give(big);
+        for _ in 0..10 {
+            b.give(vec![0; 16]);
+        }
+        assert_eq!(
+            lock(&b.free).len(),
+            KEPT_BUFFERS,
+            "at most KEPT_BUFFERS are kept"
+        );
+        b.give(Vec::with_capacity(MAX_IO * 2));
+        assert!(lock(&b.free).iter().all(|v| v.capacity() <= MAX_IO));
+    }
 
     #[test]
     fn times_are_clamped_to_what_cephfs_stores() {

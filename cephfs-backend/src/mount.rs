@@ -412,6 +412,22 @@ impl CephMount {
         Ok(buf)
     }
 
+    /// Reads into `buf` (as much as it holds) at `offset`; the bytes read.
+    pub fn read_into(&self, file: &CephFile, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let off = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: live mount and open file; `buf` is writable for its length.
+        let n = check(unsafe {
+            ffi::ceph_ll_read(
+                self.raw(),
+                file.fh.as_ptr(),
+                off,
+                buf.len() as u64,
+                buf.as_mut_ptr().cast::<c_char>(),
+            )
+        })?;
+        Ok((n as usize).min(buf.len()))
+    }
+
     pub fn write(&self, file: &CephFile, offset: u64, data: &[u8]) -> io::Result<usize> {
         let off = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
         // SAFETY: live mount and open file; `data` is readable for its length.

@@ -597,9 +597,11 @@ pub struct FsOptions {
     #[arg(long)]
     pub announce_submounts: bool,
 
-    /// Reference inodes by file handle instead of an O_PATH descriptor:
-    /// `never`, `prefer` (fall back to descriptors), or `mandatory` (refuse to start without).
-    #[arg(long, value_enum, default_value_t = InodeFileHandles::Never)]
+    /// Reference inodes by file handle instead of an O_PATH descriptor, so the guest can hold
+    /// more inodes than the descriptor limit: `prefer` (default, as the reference daemon:
+    /// handles where the filesystem and the daemon's privileges allow, descriptors
+    /// otherwise), `never`, or `mandatory` (refuse to start without).
+    #[arg(long, value_enum, default_value_t = InodeFileHandles::Prefer)]
     pub inode_file_handles: InodeFileHandles,
 }
 
@@ -1034,7 +1036,7 @@ pub enum CliError {
     #[error("--sandbox chroot is not available with --backend cephfs (libcephfs needs the network and its config files): use namespace or none")]
     ChrootWithCephfs,
     #[error(
-        "--inode-file-handles is for --backend passthrough: CephFS inodes are addressed by number"
+        "--inode-file-handles=mandatory is for --backend passthrough: CephFS inodes are addressed by number"
     )]
     FileHandlesWithCephfs,
     #[error(
@@ -1268,7 +1270,7 @@ impl ServeArgs {
                 if self.sandbox == SandboxMode::Chroot {
                     return Err(CliError::ChrootWithCephfs);
                 }
-                if self.fs.inode_file_handles != InodeFileHandles::Never {
+                if self.fs.inode_file_handles == InodeFileHandles::Mandatory {
                     return Err(CliError::FileHandlesWithCephfs);
                 }
             }
@@ -1358,7 +1360,7 @@ mod tests {
         assert_eq!(s.sandbox, SandboxMode::Namespace);
         assert_eq!(s.seccomp, SeccompAction::Kill);
         assert_eq!(s.thread_pool_size, 0);
-        assert_eq!(s.fs.inode_file_handles, InodeFileHandles::Never);
+        assert_eq!(s.fs.inode_file_handles, InodeFileHandles::Prefer);
         assert_eq!(s.socket_source().unwrap(), SocketSource::Fd(3));
     }
 
@@ -1594,9 +1596,14 @@ mod tests {
         assert_eq!(refused(&["--dax-window=1G"]), CliError::DaxWithCephfs);
         assert_eq!(refused(&["--sandbox=chroot"]), CliError::ChrootWithCephfs);
         assert_eq!(
-            refused(&["--inode-file-handles=prefer"]),
+            refused(&["--inode-file-handles=mandatory"]),
             CliError::FileHandlesWithCephfs
         );
+        // `prefer`, the default, means nothing without host descriptors: accepted.
+        with(&["--inode-file-handles=prefer"])
+            .unwrap()
+            .validate()
+            .unwrap();
         for root in ["volumes/a", "/volumes/../x", "/volumes/./a", "/a//b"] {
             let mut s = with(&[]).unwrap();
             s.ceph_root = Some(root.to_string());

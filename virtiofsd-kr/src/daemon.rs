@@ -313,6 +313,7 @@ where
         );
     }
     cleanup.run();
+    release_queue_threads(daemon);
     match result {
         Ok(()) => Ok(()),
         Err(DaemonLibError::HandleRequest(
@@ -321,6 +322,33 @@ where
         Err(e) => Err(DaemonError::VhostUser(e)),
     }
     .inspect(|_| info!("frontend disconnected, exiting"))
+}
+
+/// How long the queue threads get to finish their requests once the frontend is gone.
+const QUEUE_THREAD_EXIT_GRACE: Duration = Duration::from_secs(5);
+
+/// Drops the vhost-user daemon, which joins its queue threads, but waits at most
+/// [`QUEUE_THREAD_EXIT_GRACE`] for them: a thread stuck in a request (a host filesystem that
+/// stopped answering) must not keep the process alive once the VMM has disconnected. The
+/// process exits right after, which ends such a thread.
+fn release_queue_threads<T: Send + 'static>(daemon: T) {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("vfs-release".to_string())
+        .spawn(move || {
+            drop(daemon);
+            let _ = done_tx.send(());
+        });
+    if spawned.is_err() {
+        warn!("no thread to release the queue threads; exiting without joining them");
+        return;
+    }
+    if done_rx.recv_timeout(QUEUE_THREAD_EXIT_GRACE).is_err() {
+        warn!(
+            "a queue thread is still inside a request {}s after the frontend left; exiting without it",
+            QUEUE_THREAD_EXIT_GRACE.as_secs()
+        );
+    }
 }
 
 /// Where requests are served: `--thread-pool-size` if given, else the queue thread with

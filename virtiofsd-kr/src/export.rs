@@ -10,8 +10,10 @@
 //! not to send FLUSH on close (`FOPEN_NOFLUSH` in OPEN and CREATE replies) for regular files
 //! whose device is one of the local filesystems found at start-up (`local_fs`): there the
 //! backend's FLUSH (`close(dup(fd))`) is a no-op, while on network filesystems it writes back
-//! and reports errors. Every other call is forwarded unchanged. It must not keep any other
-//! per-inode state: the backend owns lookup counts.
+//! and reports errors. It filters the guest's open flags for every backend
+//! ([`guest_open_flags`]: `O_PATH`, `O_TMPFILE` refused, bits no guest sends dropped). Every
+//! other call is forwarded unchanged. It must not keep any other per-inode state: the backend
+//! owns lookup counts.
 
 use std::collections::HashMap;
 use std::ffi::CStr;
@@ -118,6 +120,38 @@ impl WriteOpens {
 
 fn opens_for_writing(flags: u32) -> bool {
     (flags as i32) & libc::O_ACCMODE != libc::O_RDONLY
+}
+
+/// The open flags a guest kernel sends in OPEN, OPENDIR and CREATE. Anything else is dropped
+/// before a backend sees it (`O_ASYNC` would have the host signal the daemon).
+const GUEST_OPEN_FLAGS: i32 = libc::O_ACCMODE
+    | libc::O_CREAT
+    | libc::O_EXCL
+    | libc::O_NOCTTY
+    | libc::O_TRUNC
+    | libc::O_APPEND
+    | libc::O_NONBLOCK
+    | libc::O_SYNC
+    | libc::O_DSYNC
+    | libc::O_DIRECT
+    | libc::O_LARGEFILE
+    | libc::O_DIRECTORY
+    | libc::O_NOFOLLOW
+    | libc::O_NOATIME
+    | libc::O_CLOEXEC;
+
+/// The guest's open flags as a backend may use them, or EINVAL for flags no guest kernel
+/// sends in a FUSE open: `O_PATH` (under which Linux ignores `O_CREAT | O_EXCL`, so a CREATE
+/// would open whatever has the name: a symlink's target, a FIFO), `O_TMPFILE` (an unnamed
+/// file in the directory being opened), and access mode 3. `O_DIRECT` stays: each backend
+/// decides whether it honours it (`--allow-direct-io`).
+pub fn guest_open_flags(flags: u32) -> io::Result<u32> {
+    let flags = flags as i32;
+    let tmpfile = libc::O_TMPFILE & !libc::O_DIRECTORY;
+    if flags & (libc::O_PATH | tmpfile) != 0 || flags & libc::O_ACCMODE == libc::O_ACCMODE {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    Ok((flags & GUEST_OPEN_FLAGS) as u32)
 }
 
 impl<F: FileSystem> ExportFs<F> {
@@ -400,6 +434,7 @@ where
         flags: u32,
         fuse_flags: u32,
     ) -> io::Result<(Option<Self::Handle>, OpenOptions, Option<u32>)> {
+        let flags = guest_open_flags(flags)?;
         if opens_for_writing(flags) || (flags as i32) & libc::O_TRUNC != 0 {
             self.writable()?;
         }
@@ -417,7 +452,8 @@ where
         args: CreateIn,
     ) -> io::Result<(Entry, Option<Self::Handle>, OpenOptions, Option<u32>)> {
         self.writable()?;
-        let flags = args.flags;
+        let flags = guest_open_flags(args.flags)?;
+        let args = CreateIn { flags, ..args };
         let (entry, handle, mut options, passthrough) =
             self.inner.create(ctx, parent, name, args)?;
         self.note_open(handle.map(Into::into), entry.inode, flags);
@@ -567,7 +603,7 @@ where
         inode: Self::Inode,
         flags: u32,
     ) -> io::Result<(Option<Self::Handle>, OpenOptions)> {
-        self.inner.opendir(ctx, inode, flags)
+        self.inner.opendir(ctx, inode, guest_open_flags(flags)?)
     }
 
     fn readdir(
@@ -775,6 +811,28 @@ mod tests {
     fn backend(dir: &std::path::Path) -> crate::passthrough::HostFs {
         let opts = T::parse_from(["t"]).fs;
         crate::passthrough::open(&opts, dir, None).unwrap()
+    }
+
+    #[test]
+    fn guest_open_flags_refuse_o_path_and_o_tmpfile_and_drop_unknown_bits() {
+        let einval = |f: i32| guest_open_flags(f as u32).unwrap_err().raw_os_error();
+        assert_eq!(einval(libc::O_PATH), Some(libc::EINVAL));
+        assert_eq!(
+            einval(libc::O_PATH | libc::O_CREAT | libc::O_EXCL),
+            Some(libc::EINVAL)
+        );
+        assert_eq!(einval(libc::O_TMPFILE | libc::O_RDWR), Some(libc::EINVAL));
+        assert_eq!(einval(libc::O_ACCMODE), Some(libc::EINVAL));
+        let kept = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_APPEND;
+        assert_eq!(guest_open_flags(kept as u32).unwrap(), kept as u32);
+        assert_eq!(
+            guest_open_flags((libc::O_WRONLY | libc::O_ASYNC) as u32).unwrap(),
+            libc::O_WRONLY as u32
+        );
+        assert_eq!(
+            guest_open_flags((libc::O_RDONLY | libc::O_DIRECTORY) as u32).unwrap(),
+            (libc::O_RDONLY | libc::O_DIRECTORY) as u32
+        );
     }
 
     #[test]

@@ -6,10 +6,12 @@
 //! the daemon builds the backend after `Sandbox::enter` and before `Sandbox::confine`, so the
 //! root and `/proc/self/fd` descriptors it opens stay valid inside.
 //!
-//! `PassthroughFs` is the crates.io fuse-backend-rs 0.14.0 with one patch
+//! `PassthroughFs` is the crates.io fuse-backend-rs 0.14.0 with patches
 //! (`third_party/fuse-backend-rs`, see `third_party/README.md`): READDIR answers from
-//! `getdents64` on the directory handle with the host's `d_ino`/`d_type` and no lookup per
-//! entry, and READDIR/READDIRPLUS list `.` and `..`. The tests below pin that behaviour.
+//! `getdents64` with the host's `d_ino`/`d_type` and lists `.` and `..`; a failed READ/WRITE
+//! never closes the handle's descriptor; DESTROY keeps the root. The tests below pin the
+//! READDIR behaviour. File handles are used by default (`prefer`) when a probe at start shows
+//! this process can open them again (`file_handles_usable`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -68,7 +70,8 @@ pub fn config(
         xattr: opts.xattr,
         writeback: opts.writeback,
         allow_direct_io: opts.allow_direct_io,
-        inode_file_handles: opts.inode_file_handles != InodeFileHandles::Never,
+        inode_file_handles: opts.inode_file_handles != InodeFileHandles::Never
+            && file_handles_usable(root, opts.inode_file_handles).is_ok(),
         do_import: true,
         dax_file_size,
         ..Default::default()
@@ -81,8 +84,24 @@ pub fn open(
     root: &Path,
     dax_file_size: Option<u64>,
 ) -> Result<HostFs, PassthroughError> {
-    if opts.inode_file_handles == InodeFileHandles::Mandatory {
-        check_file_handles(root)?;
+    match (
+        opts.inode_file_handles,
+        file_handles_usable(root, opts.inode_file_handles),
+    ) {
+        (InodeFileHandles::Mandatory, Err(source)) => {
+            return Err(PassthroughError::NoFileHandles {
+                path: root.to_path_buf(),
+                source,
+            })
+        }
+        (InodeFileHandles::Prefer, Err(e)) => {
+            tracing::info!(
+                "file handles unusable on {} ({e}): inodes are referenced by descriptors, \
+                 so the guest can hold at most RLIMIT_NOFILE of them",
+                root.display()
+            );
+        }
+        _ => {}
     }
     let fs = PassthroughFs::new(config(opts, root, dax_file_size)?).map_err(|source| {
         PassthroughError::Open {
@@ -97,9 +116,12 @@ pub fn open(
     Ok(fs)
 }
 
-/// Asks the kernel for a file handle of `root`, as `mandatory` file handles require.
-fn check_file_handles(root: &Path) -> Result<(), PassthroughError> {
+/// Whether inodes under `root` can be referenced by file handle: the kernel gives a handle
+/// for `root` (`name_to_handle_at`, the filesystem supports it) and opens it again
+/// (`open_by_handle_at`, which needs CAP_DAC_READ_SEARCH). `never` asks nothing.
+fn file_handles_usable(root: &Path, mode: InodeFileHandles) -> std::io::Result<()> {
     use std::ffi::CString;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::os::unix::ffi::OsStrExt;
 
     #[repr(C)]
@@ -108,12 +130,11 @@ fn check_file_handles(root: &Path) -> Result<(), PassthroughError> {
         kind: i32,
         data: [u8; 128],
     }
-    let err = |source| PassthroughError::NoFileHandles {
-        path: root.to_path_buf(),
-        source,
-    };
+    if mode == InodeFileHandles::Never {
+        return Err(std::io::Error::from_raw_os_error(libc::ENOTSUP));
+    }
     let path = CString::new(root.as_os_str().as_bytes())
-        .map_err(|_| err(std::io::Error::from_raw_os_error(libc::EINVAL)))?;
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     let mut handle = Handle {
         bytes: 128,
         kind: 0,
@@ -133,8 +154,24 @@ fn check_file_handles(root: &Path) -> Result<(), PassthroughError> {
         )
     };
     if ret < 0 {
-        return Err(err(std::io::Error::last_os_error()));
+        return Err(std::io::Error::last_os_error());
     }
+    let mount = std::fs::File::open(root)?;
+    // SAFETY: `mount` is an open descriptor on the handle's filesystem and `handle` was just
+    // filled in by the kernel; the return value is checked and a descriptor is owned below.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount.as_raw_fd(),
+            &mut handle as *mut Handle,
+            libc::O_PATH | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a descriptor the kernel just returned to this process, owned once.
+    drop(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) });
     Ok(())
 }
 
@@ -172,9 +209,14 @@ mod tests {
         let c = config(&opts(&[]), dir.path(), None).unwrap();
         assert!(matches!(c.cache_policy, CachePolicy::Auto));
         assert_eq!(c.attr_timeout, Duration::from_secs(1));
+        // The default is `prefer`: handles when this process can open them again (root,
+        // as in CI), descriptors otherwise.
+        assert_eq!(
+            c.inode_file_handles,
+            file_handles_usable(dir.path(), InodeFileHandles::Prefer).is_ok()
+        );
+        let c = config(&opts(&["--inode-file-handles=never"]), dir.path(), Some(0)).unwrap();
         assert!(!c.inode_file_handles);
-        let c = config(&opts(&["--inode-file-handles=prefer"]), dir.path(), Some(0)).unwrap();
-        assert!(c.inode_file_handles);
     }
 
     /// One directory entry as a READDIR(PLUS) reply carried it.

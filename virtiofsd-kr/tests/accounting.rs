@@ -116,6 +116,19 @@ impl Pod {
         pod
     }
 
+    /// Waits up to 10 s for `line` in the daemon's stderr (the socket can exist before the
+    /// journal is replayed and logged), then returns whether it appeared.
+    fn logged(&self, line: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.stderr().contains(line) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
     fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
@@ -519,7 +532,7 @@ fn kill_9_during_traffic_then_the_journal_continues_without_double_counting() {
 
     let pod = Pod::start(&spec);
     assert!(
-        pod.stderr().contains("accounting journal replayed"),
+        pod.logged("accounting journal replayed"),
         "{}",
         pod.stderr()
     );

@@ -90,3 +90,44 @@ fn ten_thousand_files_created_listed_stated_removed() {
         secs("phase_remove_start", "phase_remove_end"),
     );
 }
+
+/// A guest holding four times as many inodes as the daemon may open descriptors: with
+/// cache=always the guest keeps every inode it looked up (no FORGET), which with one O_PATH
+/// descriptor per inode failed with EMFILE at the limit; file handles (the default) need no
+/// descriptor per inode.
+const HELD: usize = 4000;
+const HELD_BODY: &str = r#"
+H=/bin/vmtest-helper
+D=/data/held
+mkdir $D
+check created 4000 "$($H mkfiles $D 4000)"
+check ls_long_count 4000 "$(ls -l $D | grep -c '^-')"
+check stat_ok 4000 "$($H statfiles $D 4000)"
+check content_3999 3999 "$(cat $D/f03999)"
+echo more > $D/one-more; check write_after 0 "$?"
+check read_after more "$(cat $D/one-more)"
+"#;
+
+#[test]
+fn a_guest_holds_four_times_more_files_than_the_descriptor_limit() {
+    let share = temp_share();
+    let out = VmBuilder::new()
+        .name("heldfiles")
+        .share(share.path())
+        .cache(CacheMode::Always)
+        .daemon_arg("--rlimit-nofile=1000")
+        .program(Path::new(env!("CARGO_BIN_EXE_vmtest-helper")), HELPER)
+        .unwrap()
+        .workload(&script(HELD_BODY))
+        .timeout(Duration::from_secs(600))
+        .run()
+        .unwrap_or_else(|e| panic!("{e}"));
+    out.assert_checks_passed();
+    let on_host = std::fs::read_dir(share.path().join("held"))
+        .unwrap()
+        .count();
+    out.check(
+        on_host == HELD + 1,
+        &format!("host has {on_host} files, want {}", HELD + 1),
+    );
+}

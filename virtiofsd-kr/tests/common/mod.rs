@@ -48,6 +48,11 @@ impl Daemon {
         Self::start_serving(Some(other.shared_dir.clone()), confinement, extra, |_| {})
     }
 
+    /// Starts a daemon on an existing directory `dir` (not populated, not removed).
+    pub fn start_sharing_dir(dir: &Path, confinement: &[&str], extra: &[&str]) -> Daemon {
+        Self::start_serving(Some(dir.to_path_buf()), confinement, extra, |_| {})
+    }
+
     fn start_serving(
         dir: Option<PathBuf>,
         confinement: &[&str],

@@ -370,7 +370,11 @@ fn meta_command(args: &[String]) -> Result<()> {
 
 /// Turns the `meta-PHASE:TAG=SECONDS` results of repetition `tag` into the table rows
 /// (files/s per phase, total s).
-fn meta_rows(get: impl Fn(&str) -> Option<String>, tag: usize) -> Result<BTreeMap<String, f64>> {
+fn meta_rows(
+    files: u64,
+    get: impl Fn(&str) -> Option<String>,
+    tag: usize,
+) -> Result<BTreeMap<String, f64>> {
     let mut rows = BTreeMap::new();
     let mut total = 0.0;
     for phase in META_PHASES {
@@ -381,7 +385,7 @@ fn meta_rows(get: impl Fn(&str) -> Option<String>, tag: usize) -> Result<BTreeMa
             .parse()
             .map_err(|_| BenchError::Meta(format!("{key}={raw:?} is not a number")))?;
         total += secs;
-        rows.insert(format!("meta-{phase}"), META_FILES as f64 / secs.max(1e-6));
+        rows.insert(format!("meta-{phase}"), files as f64 / secs.max(1e-6));
     }
     rows.insert("meta-total".into(), total);
     Ok(rows)
@@ -425,13 +429,20 @@ struct Config {
     /// A private copy of this program, copied into guests and run on the host for the
     /// metadata job (the build may replace `target/release/vmbench` while a run is going on).
     self_exe: PathBuf,
+    /// `--ours-ceph`: our daemon serves this CephFS directory natively (`--backend cephfs`)
+    /// instead of the share folder, which must then be a mount of the same directory (see
+    /// [`backend_of`]).
+    ours_ceph: Option<vm_tests::CephShare>,
+    /// `--meta-files N`: files the metadata job creates, stats, lists and unlinks.
+    meta_files: u64,
 }
 
 const USAGE: &str = "vmbench [--quick] [--json] [--reps N] [--repeat N] [--cache auto,never,...] \
     [--count-cpu ours|reference:PID]... [--ours-arg ARG]... [--reference-arg ARG]... \
     [--runtime SECS] [--file-mib N] [--memory MIB] [--smp N] [--accel auto|kvm|tcg] \
     [--ours BIN] [--reference BIN] [--work DIR] [--jobs a,b,...] [--no-meta] [--no-host] \
-    [--strace DIR [--strace-full]] [--markdown-out FILE] [--json-out FILE]\n       vmbench meta DIR COUNT \
+    [--strace DIR [--strace-full]] [--markdown-out FILE] [--json-out FILE] \
+    [--ours-ceph CONF,ID,KEYRING,ROOT] [--meta-files N]\n       vmbench meta DIR COUNT \
     [--drop-caches]";
 
 fn parse_cache(s: &str) -> Result<CacheMode> {
@@ -481,6 +492,8 @@ fn parse_args(args: &[String]) -> Result<Config> {
             .collect::<Vec<_>>()
             .join(" "),
         self_exe: PathBuf::new(),
+        ours_ceph: None,
+        meta_files: META_FILES,
     };
     let mut i = 0;
     let val = |i: usize| -> Result<&String> {
@@ -554,6 +567,8 @@ fn parse_args(args: &[String]) -> Result<Config> {
             "--strace" => c.strace_dir = Some(PathBuf::from(val(i)?)),
             "--markdown-out" => c.markdown_out = Some(PathBuf::from(val(i)?)),
             "--json-out" => c.json_out = Some(PathBuf::from(val(i)?)),
+            "--ours-ceph" => c.ours_ceph = Some(parse_ours_ceph(val(i)?)?),
+            "--meta-files" => c.meta_files = num(i)?.max(1),
             "-h" | "--help" => return Err(BenchError::Usage(USAGE.into())),
             o => return Err(BenchError::Usage(format!("unknown option {o}\n{USAGE}"))),
         }
@@ -642,6 +657,49 @@ fn pair_order(n: usize) -> [Which; 2] {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// CephFS: our daemon's native backend against daemons serving a mount of the same volume
+// ---------------------------------------------------------------------------------------
+
+/// `--ours-ceph CONF,ID,KEYRING,ROOT`: ceph.conf, cephx id (without `client.`), its keyring,
+/// and the directory inside CephFS whose contents are the share (the same files the share
+/// folder shows through a host mount of it, for the other daemon).
+fn parse_ours_ceph(v: &str) -> Result<vm_tests::CephShare> {
+    let parts: Vec<&str> = v.split(',').collect();
+    let [conf, id, keyring, root] = parts[..] else {
+        return Err(BenchError::Usage(format!(
+            "--ours-ceph {v}: want CONF,ID,KEYRING,ROOT"
+        )));
+    };
+    if !root.starts_with('/') {
+        return Err(BenchError::Usage(format!(
+            "--ours-ceph: ROOT {root} must be an absolute path inside CephFS"
+        )));
+    }
+    for f in [conf, keyring] {
+        if !Path::new(f).is_file() {
+            return Err(BenchError::Usage(format!(
+                "--ours-ceph: {f} does not exist"
+            )));
+        }
+    }
+    Ok(vm_tests::CephShare {
+        conf: conf.into(),
+        id: id.into(),
+        keyring: keyring.into(),
+        root: root.into(),
+    })
+}
+
+/// What `which` serves: the share folder, or for our daemon with `--ours-ceph` the CephFS
+/// directory itself through libcephfs.
+fn backend_of(cfg: &Config, which: Which, share: &Path) -> vm_tests::ShareBackend {
+    match (which, &cfg.ours_ceph) {
+        (Which::Ours, Some(c)) => vm_tests::ShareBackend::CephFs(c.clone()),
+        _ => vm_tests::ShareBackend::Passthrough(share.to_path_buf()),
+    }
+}
+
 /// A field of `/proc/PID/status` in KiB (`VmHWM`, `RssAnon`, ...).
 fn status_kib(status: &str, field: &str) -> Option<u64> {
     status
@@ -719,7 +777,7 @@ fn start_sample(cfg: &Config, which: Which, share: &Path) -> Result<StartSample>
     // The clock starts before the spawn: the daemon may have its socket before spawn returns.
     let t = Instant::now();
     let mut child = Command::new(&binary)
-        .args(dc.args(&sock, share))
+        .args(dc.args_for(&sock, &backend_of(cfg, which, share)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -844,8 +902,9 @@ fn guest_script(cfg: &Config, jobs: &[FioJob]) -> String {
         if cfg.meta {
             let _ = writeln!(
                 s,
-                "/bin/vmbench meta /data/bench/meta {META_FILES} --drop-caches --tag {round} || \
-                 echo \"@@VMTEST-ERROR metadata job failed\""
+                "/bin/vmbench meta /data/bench/meta {} --drop-caches --tag {round} || \
+                 echo \"@@VMTEST-ERROR metadata job failed\"",
+                cfg.meta_files
             );
         }
     }
@@ -918,7 +977,7 @@ fn run_guest(
     let exe = &cfg.self_exe;
     let mut b = VmBuilder::new()
         .name(&name)
-        .share(share)
+        .backend(backend_of(cfg, which, share))
         .daemon_config(daemon_config(cfg, which, cache))
         .fio(true)
         .memory_mib(cfg.memory_mib)
@@ -992,7 +1051,7 @@ fn run_guest(
             }
         }
         if cfg.meta {
-            match meta_rows(get, round) {
+            match meta_rows(cfg.meta_files, get, round) {
                 Ok(rows) => {
                     for (k, v) in rows {
                         out.push(&k, v);
@@ -1002,12 +1061,12 @@ fn run_guest(
                         let key = format!("meta-{phase}");
                         let c = window_cpu(results, &trace, &key, round);
                         if let Some(c) = c {
-                            out.push_cpu(&key, c / META_FILES as f64);
+                            out.push_cpu(&key, c / cfg.meta_files as f64);
                         }
                         total = total.zip(c).map(|(t, c)| t + c);
                     }
                     match total {
-                        Some(t) => out.push_cpu("meta-total", t / META_FILES as f64),
+                        Some(t) => out.push_cpu("meta-total", t / cfg.meta_files as f64),
                         None => out.errors.push(format!(
                             "{name}: no CPU window for a metadata phase of round {round}"
                         )),
@@ -1079,7 +1138,7 @@ fn run_host(cfg: &Config, dir: &Path, jobs: &[FioJob]) -> Result<RunValues> {
         let o = Command::new(exe)
             .arg("meta")
             .arg(dir.join("meta"))
-            .arg(META_FILES.to_string())
+            .arg(cfg.meta_files.to_string())
             .stdin(Stdio::null())
             .output()
             .map_err(io_err("running the metadata job on the host"))?;
@@ -1089,7 +1148,7 @@ fn run_host(cfg: &Config, dir: &Path, jobs: &[FioJob]) -> Result<RunValues> {
                 kv.insert(key, value);
             }
         }
-        match meta_rows(|k| kv.get(k).cloned(), 0) {
+        match meta_rows(cfg.meta_files, |k| kv.get(k).cloned(), 0) {
             Ok(rows) => {
                 for (k, v) in rows {
                     out.push(&k, v);
@@ -1520,7 +1579,8 @@ fn build_report(
             "cache_modes": cfg.caches.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
             "runtime_s": cfg.runtime_secs,
             "file_mib": cfg.file_mib,
-            "metadata_files": if cfg.meta { Some(META_FILES) } else { None },
+            "metadata_files": if cfg.meta { Some(cfg.meta_files) } else { None },
+            "ours_backend": cfg.ours_ceph.as_ref().map_or("passthrough", |_| "cephfs"),
             "accel": accel,
             "repeat_in_boot": cfg.repeat,
             "count_cpu": cfg.count_cpu.iter().map(|(w, p)| format!("{}:{p}", w.key())).collect::<Vec<_>>(),
@@ -1934,7 +1994,7 @@ mod micro {
             .map_err(io_err("creating a daemon log"))?;
         let binary = dc.binary.clone().unwrap_or_default();
         let mut child = Command::new(&binary)
-            .args(dc.args(&sock, share))
+            .args(dc.args_for(&sock, &super::backend_of(&cfg.base, which, share)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -2887,12 +2947,25 @@ mod tests {
 
     #[test]
     fn meta_rows_need_every_phase() {
-        let r = meta_rows(|k| (k != "meta-unlink:0").then(|| "2.0".to_string()), 0);
+        let r = meta_rows(
+            META_FILES,
+            |k| (k != "meta-unlink:0").then(|| "2.0".to_string()),
+            0,
+        );
         assert!(r.is_err());
         // Each round reads its own keys.
-        let r = meta_rows(|k| k.ends_with(":0").then(|| "1.0".to_string()), 1);
+        let r = meta_rows(
+            META_FILES,
+            |k| k.ends_with(":0").then(|| "1.0".to_string()),
+            1,
+        );
         assert!(r.is_err());
-        let r = meta_rows(|k| k.ends_with(":1").then(|| "2.0".to_string()), 1).unwrap();
+        let r = meta_rows(
+            META_FILES,
+            |k| k.ends_with(":1").then(|| "2.0".to_string()),
+            1,
+        )
+        .unwrap();
         assert_eq!(r["meta-create"], META_FILES as f64 / 2.0);
         assert_eq!(r["meta-total"], 8.0);
     }

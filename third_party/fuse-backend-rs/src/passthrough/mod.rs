@@ -650,6 +650,24 @@ impl<S: BitmapSlice + Send + Sync> PassthroughFs<S> {
         let (path_fd, handle_opt, st) = Self::open_file_and_handle(self, &dir_file, name)?;
         let id = InodeId::from_stat(&st);
 
+        // virtiofsd-kr patch: a file handle is only used when it can be opened again, i.e.
+        // when its mount has a mount descriptor. Inside a sandbox whose root replaced the
+        // host's, the mount table of a mount not yet seen cannot be read any more, and
+        // upstream then failed the LOOKUP; such an inode is referenced by its O_PATH
+        // descriptor instead (file handles are preferred, not required, per inode). The
+        // conversion is made before the inode map is searched, so an inode is keyed the same
+        // way (by handle or by id) every time it is looked up.
+        let (openable, handle_opt) = match handle_opt {
+            Some(h) => match self.to_openable_handle(h.clone()) {
+                Ok(openable) => (Some(openable), Some(h)),
+                Err(e) => {
+                    debug!("fuse: lookup {:?}: no openable file handle ({}), using a descriptor", name, e);
+                    (None, None)
+                }
+            },
+            None => (None, None),
+        };
+
         let mut found = None;
         'search: loop {
             match self.inode_map.get_alt(&id, handle_opt.as_ref()) {
@@ -681,8 +699,8 @@ impl<S: BitmapSlice + Send + Sync> PassthroughFs<S> {
         let inode = if let Some(v) = found {
             v
         } else {
-            let handle = if let Some(h) = handle_opt.clone() {
-                InodeHandle::Handle(self.to_openable_handle(h)?)
+            let handle = if let Some(openable) = openable {
+                InodeHandle::Handle(openable)
             } else {
                 InodeHandle::File(path_fd)
             };

@@ -42,19 +42,34 @@ impl<S: BitmapSlice + Send + Sync> PassthroughFs<S> {
         }
     }
 
-    /// Check the HandleData flags against the flags from the current request
-    /// if these do not match update the file descriptor flags and store the new
-    /// result in the HandleData entry
+    /// virtiofsd-kr patch: the only flag a READ or WRITE may change on the host descriptor is
+    /// `O_DIRECT` (a guest `fcntl(F_SETFL, O_DIRECT)` reaches the server only through the
+    /// flags of later READ/WRITE requests), and only when direct I/O is allowed. Upstream
+    /// applied every flag the guest sent with `F_SETFL`: `O_DIRECT` without
+    /// `allow_direct_io`, `O_APPEND` (which makes `pwrite` ignore the offset on Linux),
+    /// `O_ASYNC`, `O_NONBLOCK`, `O_NOATIME`. The reference virtiofsd ignores the flags.
     #[inline(always)]
-    fn check_fd_flags(&self, data: Arc<HandleData>, fd: RawFd, flags: u32) -> io::Result<()> {
-        let open_flags = data.get_flags();
-        if open_flags != flags {
-            let ret = unsafe { libc::fcntl(fd, libc::F_SETFL, flags) };
-            if ret != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            data.set_flags(flags);
+    fn check_fd_flags(&self, data: &HandleData, fd: RawFd, flags: u32) -> io::Result<()> {
+        if !self.cfg.allow_direct_io {
+            return Ok(());
         }
+        let direct = libc::O_DIRECT as u32;
+        let open_flags = data.get_flags();
+        if open_flags & direct == flags & direct {
+            return Ok(());
+        }
+        // SAFETY: F_GETFL/F_SETFL on a descriptor this handle owns; no memory is passed and
+        // the return values are checked.
+        let current = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        if current < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let wanted = (current & !libc::O_DIRECT) | (flags & direct) as i32;
+        // SAFETY: as above.
+        if unsafe { libc::fcntl(fd, libc::F_SETFL, wanted) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        data.set_flags((open_flags & !direct) | (flags & direct));
         Ok(())
     }
 
@@ -301,7 +316,10 @@ impl<S: BitmapSlice + Send + Sync> FileSystem for PassthroughFs<S> {
     type Handle = Handle;
 
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
-        if self.cfg.do_import {
+        // virtiofsd-kr patch: import the root only when there is none (the daemon imports it
+        // before the sandbox closes, and DESTROY keeps it); importing it again by path at
+        // every INIT fails inside a sandbox (see `destroy`).
+        if self.cfg.do_import && self.inode_map.get(fuse::ROOT_ID).is_err() {
             self.import()?;
         }
 
@@ -345,11 +363,25 @@ impl<S: BitmapSlice + Send + Sync> FileSystem for PassthroughFs<S> {
 
     fn destroy(&self) {
         self.handle_map.clear();
+        // virtiofsd-kr patch: the root inode survives DESTROY, with the reference count a new
+        // mount starts with. Upstream cleared the map and imported the root again by its path:
+        // inside a sandbox that path (or, with file handles, the mount table needed to open
+        // the root's mount again) is gone, so the re-import failed and every later INIT and
+        // request failed until a restart. Keeping the root needs neither; the root is the
+        // same directory either way.
+        let root = self.inode_map.get(fuse::ROOT_ID).ok();
         self.inode_map.clear();
-
-        if let Err(e) = self.import() {
-            error!("fuse: failed to destroy instance, {:?}", e);
-        };
+        match root {
+            Some(root) => {
+                root.refcount.store(2, Ordering::Relaxed);
+                self.inode_map.insert(root);
+            }
+            None => {
+                if let Err(e) = self.import() {
+                    error!("fuse: failed to destroy instance, {:?}", e);
+                }
+            }
+        }
     }
 
     fn statfs(&self, _ctx: &Context, inode: Inode) -> io::Result<libc::statvfs64> {
@@ -571,7 +603,12 @@ impl<S: BitmapSlice + Send + Sync> FileSystem for PassthroughFs<S> {
         let new_file = {
             let (_uid, _gid) = set_creds(ctx.uid, ctx.gid)?;
 
-            let flags = self.get_writeback_open_flags(args.flags as i32);
+            let mut flags = self.get_writeback_open_flags(args.flags as i32);
+            // virtiofsd-kr patch: O_DIRECT only with allow_direct_io, as in `open_inode`
+            // (upstream passed the guest's O_DIRECT to the host on CREATE).
+            if !self.cfg.allow_direct_io {
+                flags &= !libc::O_DIRECT;
+            }
             Self::create_file_excl(&dir_file, name, flags, args.mode & !(args.umask & 0o777))?
         };
 
@@ -673,14 +710,16 @@ impl<S: BitmapSlice + Send + Sync> FileSystem for PassthroughFs<S> {
     ) -> io::Result<usize> {
         let data = self.get_data(handle, inode, libc::O_RDONLY)?;
 
-        // Manually implement File::try_clone() by borrowing fd of data.file instead of dup().
-        // It's safe because the `data` variable's lifetime spans the whole function,
-        // so data.file won't be closed.
-        let f = unsafe { File::from_raw_fd(data.borrow_fd().as_raw_fd()) };
+        // virtiofsd-kr patch: the borrowed descriptor is wrapped in `ManuallyDrop` before
+        // anything can fail. Upstream returned early (the `?` of `check_fd_flags`) while an
+        // owning `File` held the handle's descriptor, which closed it: the handle kept the
+        // number, the next open reused it, and later requests on this handle reached another
+        // file.
+        // SAFETY: the descriptor belongs to `data`, which outlives `f`; `ManuallyDrop` never
+        // closes it.
+        let mut f = ManuallyDrop::new(unsafe { File::from_raw_fd(data.borrow_fd().as_raw_fd()) });
 
-        self.check_fd_flags(data.clone(), f.as_raw_fd(), flags)?;
-
-        let mut f = ManuallyDrop::new(f);
+        self.check_fd_flags(&data, f.as_raw_fd(), flags)?;
 
         w.write_from(&mut *f, size as usize, offset)
     }
@@ -700,19 +739,18 @@ impl<S: BitmapSlice + Send + Sync> FileSystem for PassthroughFs<S> {
     ) -> io::Result<usize> {
         let data = self.get_data(handle, inode, libc::O_RDWR)?;
 
-        // Manually implement File::try_clone() by borrowing fd of data.file instead of dup().
-        // It's safe because the `data` variable's lifetime spans the whole function,
-        // so data.file won't be closed.
-        let f = unsafe { File::from_raw_fd(data.borrow_fd().as_raw_fd()) };
+        // virtiofsd-kr patch: `ManuallyDrop` first, as in `read`: an early return must not
+        // close the handle's descriptor.
+        // SAFETY: the descriptor belongs to `data`, which outlives `f`; `ManuallyDrop` never
+        // closes it.
+        let mut f = ManuallyDrop::new(unsafe { File::from_raw_fd(data.borrow_fd().as_raw_fd()) });
 
-        self.check_fd_flags(data.clone(), f.as_raw_fd(), flags)?;
+        self.check_fd_flags(&data, f.as_raw_fd(), flags)?;
 
         if self.seal_size.load(Ordering::Relaxed) {
-            let st = stat_fd(&f, None)?;
+            let st = stat_fd(&*f, None)?;
             self.seal_size_check(Opcode::Write, st.st_size as u64, offset, size as u64, 0)?;
         }
-
-        let mut f = ManuallyDrop::new(f);
 
         // Cap restored when _killpriv is dropped
         let _killpriv =
