@@ -480,7 +480,7 @@ fn docker_volume_plugin_end_to_end() {
             "a refused name reached the cluster: {refused}"
         );
     }
-    assert!(names(&before).iter().all(|n| names(&after).contains(n)));
+    assert!(names(&before).contains(&vol) && names(&after).contains(&vol));
     // A name the plugin does not own.
     let reply = env.plugin_call("VolumeDriver.Get", r#"{"Name":"never-made"}"#);
     assert!(

@@ -16,6 +16,7 @@
 //! the state directory, replaced atomically after every change. The plugin runs as root on
 //! the host beside dockerd; it never serves file data itself.
 
+pub mod fakes;
 pub mod mounts;
 pub mod protocol;
 pub mod server;
