@@ -3,6 +3,8 @@
 #
 #   scripts/bench.sh [--quick] [--json] [--out DIR] [vmbench options...]
 #   scripts/bench.sh --micro [vmbench micro options...]
+#   scripts/bench.sh --backend cephfs [--quick] [--out DIR] [vmbench options...]
+#   scripts/bench.sh --density [vmbench density options...]
 #
 # Builds our daemon as it ships (cargo build --profile dist -p virtiofsd-kr: release with fat
 # LTO, as the reference's own release profile has, and opt-level s, which it has not; see
@@ -11,7 +13,9 @@
 # .cache/reference-virtiofsd (only when it is missing; needs libseccomp-dev and libcap-ng-dev,
 # checked here and installed by scripts/setup.sh), then runs vmbench: per cache mode and
 # repetition one guest boot per daemon (A B, then B A, ...), fio jobs inside, the
-# same jobs on the host; medians of the repetitions.
+# same jobs on the host. Every ratio comes with a 95 % bootstrap interval and is called won or
+# lost only when that excludes 1.0; beside every figure, the daemon's CPU time per operation
+# (or per MiB, per file) inside that job's window, and its ratio with its interval.
 #
 # Output: a Markdown table on stdout, or with --json one JSON object on stdout. Progress goes
 # to stderr. Both are also saved in --out DIR (default target/vmbench/): last.md, last.json,
@@ -26,8 +30,27 @@
 # (a cross-CPU wake-up in a VM costs an IPI), which swung the reference's 4 KiB READ between
 # 21 and 53 us from run to run on this 2-vCPU machine.
 #
+# --backend cephfs compares the daemons on a CephFS volume of the dev cluster
+# (scripts/ceph-dev-cluster.sh start, CEPH_DEV_PORT as usual; left running): a fresh volume
+# /volumes/bench-N with its own cephx identity (`ceph fs authorize ... rw`), mounted on the
+# host with Debian's ceph-fuse as that identity (target/vmbench-ceph). Two vmbench runs on it,
+# each with its A B / B A alternation: (1) ours with --backend cephfs on the volume against
+# the reference virtiofsd serving the ceph-fuse mount (host jobs: the same fio jobs on the
+# ceph-fuse mount); (2) ours passthrough against the reference, both serving that mount. In
+# both, ceph-fuse's CPU time is counted as the CPU of each daemon serving its mount
+# (--count-cpu), so "CPU" is the whole host cost of a guest's I/O either way. Tables in
+# DIR/ceph.md (also on stdout), DIR/ceph-native.{md,json}, DIR/ceph-passthrough.{md,json},
+# DIR/ceph.json (both). The volume is removed afterwards; --fs does not apply.
+#
+# --density runs `vmbench density`: N daemons of each kind (default 32) connected to test
+# frontends, idle and then each sent one GETATTR every few ms: the CPU of all of them per
+# second, CPU per request and PSS per daemon (about 2 minutes; DIR/density.md and .json).
+# Its options: --n N, --rounds N, --idle-secs S, --load-secs S, --interval-us US.
+#
 # Options:
-#   --quick         cache=auto only, 3 repetitions, 2 s fio jobs, 256 MiB files (< 10 min)
+#   --backend B     passthrough (default: a host folder) or cephfs (see above)
+#   --quick         cache=auto only, 3 boots per daemon with every job run 3 times in each
+#                   (--repeat 3), 2 s fio jobs, 256 MiB files, host jobs once (~12 min)
 #   --json          JSON on stdout instead of the table
 #   --out DIR       where last.md/last.json/last.log go
 #   --no-setup      skip scripts/setup.sh (apt packages, guest image)
@@ -36,7 +59,9 @@
 #                   device with direct I/O, mounted at target/vmbench-fs for the run and
 #                   removed after it (needs root). root: target/vmbench on the filesystem of
 #                   the checkout, as it is (docs/benchmarks.md says why the default is not).
-# Everything else is passed to vmbench (target/release/vmbench --help): --reps N,
+# Everything else is passed to vmbench (target/release/vmbench --help): --reps N, --repeat N,
+# --count-cpu ours|reference:PID (count another process's CPU as that daemon's, e.g.
+# ceph-fuse under a reference serving its mount), --ours-arg ARG, --reference-arg ARG,
 # --cache auto,always,never,metadata, --runtime SECS, --file-mib N, --jobs a,b, --no-meta,
 # --no-host, --strace DIR, --accel auto|kvm|tcg.
 #
@@ -47,6 +72,8 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="$REPO/target/vmbench"
 SETUP=1
 MICRO=0
+BACKEND=passthrough
+DENSITY=0
 FS=image
 PASS=()
 
@@ -59,6 +86,13 @@ while [ $# -gt 0 ]; do
         --out) OUT="${2:?--out needs a directory}"; shift 2 ;;
         --no-setup) SETUP=0; shift ;;
         --micro) MICRO=1; shift ;;
+        --backend)
+            case "${2:-}" in
+                passthrough|cephfs) BACKEND="$2" ;;
+                *) die "--backend ${2:-}: passthrough or cephfs" ;;
+            esac
+            shift 2 ;;
+        --density) DENSITY=1; shift ;;
         --fs)
             case "${2:-}" in
                 image|root) FS="$2" ;;
@@ -98,6 +132,18 @@ fi
 [ -x "$REF" ] || die "reference daemon $REF missing after the install"
 
 mkdir -p "$OUT"
+if [ "$DENSITY" = 1 ]; then
+    log "running vmbench density ${PASS[*]:-}"
+    set +e
+    "$REPO/target/release/vmbench" density \
+        --ours "$OURS" --reference "$REF" \
+        --work "$REPO/target/vmbench" --markdown-out "$OUT/density.md" \
+        --json-out "$OUT/density.json" "${PASS[@]}" </dev/null
+    rc=$?
+    set -e
+    log "finished in $(( $(date +%s) - START )) s (exit $rc); table in $OUT/density.md"
+    exit "$rc"
+fi
 if [ "$MICRO" = 1 ]; then
     PIN=()
     if [ "${BENCH_MICRO_CPU:-0}" != none ]; then
@@ -115,6 +161,137 @@ if [ "$MICRO" = 1 ]; then
     log "finished in $(( $(date +%s) - START )) s (exit $rc); table in $OUT/micro.md"
     exit "$rc"
 fi
+
+# ---- CephFS mode (--backend cephfs) -------------------------------------------------------
+CEPH_DIR="${CEPH_DEV_DIR:-$REPO/.cache/ceph}"
+CEPH_MNT="$REPO/target/vmbench-ceph"
+CEPH_ADMIN_MNT="$REPO/target/vmbench-ceph-admin"
+CEPH_FUSE_PID=""
+CEPH_VOLUME=""
+
+# ceph-fuse, foreground in the background (its pid is ours to count and to stop), as
+# client.$1 with keyring $2, the CephFS directory $3 as the root, on $4. Waits for the mount.
+ceph_fuse_mount() {
+    local id="$1" keyring="$2" root="$3" mnt="$4" i
+    mkdir -p "$mnt"
+    mountpoint -q "$mnt" && { umount "$mnt" || die "$mnt is mounted and cannot be unmounted"; }
+    ceph-fuse -f -c "$CEPH_DIR/ceph.conf" -n "client.$id" -k "$keyring" -r "$root" \
+        --admin_socket= --log_file="$CEPH_DIR/log/ceph-fuse-$id.log" "$mnt" \
+        </dev/null >>"$OUT/ceph-fuse.log" 2>&1 &
+    CEPH_FUSE_PID=$!
+    for i in $(seq 1 200); do
+        mountpoint -q "$mnt" && return 0
+        kill -0 "$CEPH_FUSE_PID" 2>/dev/null || die "ceph-fuse exited (see $OUT/ceph-fuse.log)"
+        sleep 0.1
+    done
+    die "ceph-fuse did not mount $mnt within 20 s (see $OUT/ceph-fuse.log)"
+}
+
+# Unmounts $1 and waits (bounded) for ceph-fuse pid $2 to exit.
+ceph_fuse_umount() {
+    local mnt="$1" pid="$2" i
+    mountpoint -q "$mnt" && umount "$mnt" 2>/dev/null
+    for i in $(seq 1 100); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    kill "$pid" 2>/dev/null || true
+}
+
+ceph_cleanup() {
+    if [ -n "$CEPH_FUSE_PID" ]; then
+        # The bench's files go with the run (memstore keeps them in memory); the identity too.
+        rm -rf "${CEPH_MNT:?}/share" "${CEPH_MNT:?}/host" 2>/dev/null || true
+        ceph_fuse_umount "$CEPH_MNT" "$CEPH_FUSE_PID"
+    fi
+    if [ -n "$CEPH_VOLUME" ]; then
+        ceph -c "$CEPH_DIR/ceph.conf" auth rm "client.$CEPH_VOLUME" >/dev/null 2>&1 || true
+    fi
+}
+
+ceph_bench() {
+    [ "$(id -u)" = 0 ] || die "--backend cephfs mounts ceph-fuse and needs root"
+    command -v ceph-fuse >/dev/null || die "ceph-fuse is missing: scripts/ceph-dev-cluster.sh start installs it"
+    "$REPO/scripts/ceph-dev-cluster.sh" start >&2
+    command -v ceph-fuse >/dev/null || die "ceph-fuse is missing after the cluster's set-up"
+    local conf="$CEPH_DIR/ceph.conf" keyring rc1 rc2 count_cpu_ok=0
+    CEPH_VOLUME="bench-$(date +%s)"
+    trap ceph_cleanup EXIT
+    # The volume directory, made through an admin mount (as an operator does).
+    ceph_fuse_mount admin "$CEPH_DIR/keyring" / "$CEPH_ADMIN_MNT"
+    mkdir -p "$CEPH_ADMIN_MNT/volumes/$CEPH_VOLUME/share"
+    ceph_fuse_umount "$CEPH_ADMIN_MNT" "$CEPH_FUSE_PID"
+    CEPH_FUSE_PID=""
+    rmdir "$CEPH_ADMIN_MNT" 2>/dev/null || true
+    mkdir -p "$CEPH_DIR/tenants"
+    keyring="$CEPH_DIR/tenants/$CEPH_VOLUME.keyring"
+    ceph -c "$conf" fs authorize cephfs "client.$CEPH_VOLUME" "/volumes/$CEPH_VOLUME" rw \
+        >"$keyring" || die "ceph fs authorize failed"
+    # The host mount the other daemons serve: the volume's own identity, as a tenant would.
+    ceph_fuse_mount "$CEPH_VOLUME" "$keyring" "/volumes/$CEPH_VOLUME" "$CEPH_MNT"
+    log "volume /volumes/$CEPH_VOLUME as client.$CEPH_VOLUME; ceph-fuse (pid $CEPH_FUSE_PID) on $CEPH_MNT"
+    local vmbench="$REPO/target/release/vmbench"
+    local fuse_cpu=()
+    # Not `--help | grep -q`: with pipefail, grep's early exit makes that pipeline fail.
+    local help
+    help=$("$vmbench" --help 2>&1 || true)
+    if [[ "$help" == *--count-cpu* ]]; then
+        count_cpu_ok=1
+    else
+        log "this vmbench has no --count-cpu: ceph-fuse's CPU is not added to the daemons' (see ceph-fuse CPU below)"
+    fi
+    local fuse_cpu0 fuse_cpu1
+    fuse_cpu0=$(awk '{ print $14 + $15 }' "/proc/$CEPH_FUSE_PID/stat")
+    [ "$count_cpu_ok" = 1 ] && fuse_cpu=(--count-cpu "reference:$CEPH_FUSE_PID")
+    log "run 1 of 2: ours --backend cephfs against the reference over ceph-fuse"
+    set +e
+    "$vmbench" --ours "$OURS" --reference "$REF" --work "$CEPH_MNT" \
+        --ours-ceph "$conf,$CEPH_VOLUME,$keyring,/volumes/$CEPH_VOLUME/share" "${fuse_cpu[@]}" \
+        --markdown-out "$OUT/ceph-native.md" --json-out "$OUT/ceph-native.json" \
+        "${PASS[@]}" </dev/null 2>&1 >/dev/null | tee "$OUT/last.log" >&2
+    rc1=${PIPESTATUS[0]}
+    [ "$count_cpu_ok" = 1 ] && fuse_cpu=(--count-cpu "reference:$CEPH_FUSE_PID" --count-cpu "ours:$CEPH_FUSE_PID")
+    log "run 2 of 2: ours passthrough against the reference, both over ceph-fuse"
+    "$vmbench" --ours "$OURS" --reference "$REF" --work "$CEPH_MNT" --no-host "${fuse_cpu[@]}" \
+        --markdown-out "$OUT/ceph-passthrough.md" --json-out "$OUT/ceph-passthrough.json" \
+        "${PASS[@]}" </dev/null 2>&1 >/dev/null | tee -a "$OUT/last.log" >&2
+    rc2=${PIPESTATUS[0]}
+    set -e
+    fuse_cpu1=$(awk '{ print $14 + $15 }' "/proc/$CEPH_FUSE_PID/stat")
+    {
+        echo "# CephFS: ours native and ours passthrough against the reference over ceph-fuse"
+        echo
+        echo "Volume /volumes/$CEPH_VOLUME (dev cluster, $(ceph-fuse --version 2>/dev/null | head -1))," \
+            "ceph-fuse as client.$CEPH_VOLUME; ceph-fuse CPU over both runs:" \
+            "$(awk -v t="$(( fuse_cpu1 - fuse_cpu0 ))" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t / hz }') s."
+        echo
+        echo "## 1. ours --backend cephfs (\"ours\") vs reference virtiofsd over ceph-fuse"
+        echo
+        cat "$OUT/ceph-native.md" 2>/dev/null || echo "(run 1 failed: exit $rc1)"
+        echo
+        echo "## 2. ours passthrough over ceph-fuse (\"ours\") vs reference virtiofsd over ceph-fuse"
+        echo
+        cat "$OUT/ceph-passthrough.md" 2>/dev/null || echo "(run 2 failed: exit $rc2)"
+    } >"$OUT/ceph.md"
+    {
+        printf '{"volume":"/volumes/%s","ceph_fuse_cpu_ticks":%s,"native_vs_reference":' \
+            "$CEPH_VOLUME" "$(( fuse_cpu1 - fuse_cpu0 ))"
+        cat "$OUT/ceph-native.json" 2>/dev/null || printf null
+        printf ',"passthrough_vs_reference":'
+        cat "$OUT/ceph-passthrough.json" 2>/dev/null || printf null
+        printf '}\n'
+    } >"$OUT/ceph.json"
+    if printf '%s\n' "${PASS[@]}" | grep -qx -- --json; then cat "$OUT/ceph.json"; else cat "$OUT/ceph.md"; fi
+    log "finished in $(( $(date +%s) - START )) s (exits $rc1 $rc2); results in $OUT/ceph.md and $OUT/ceph.json"
+    [ "$rc1" = 0 ] && [ "$rc2" = 0 ]
+}
+
+if [ "$BACKEND" = cephfs ]; then
+    ceph_bench
+    exit $?
+fi
+# ---- end of the CephFS mode ---------------------------------------------------------------
+
 WORK="$REPO/target/vmbench"
 if [ "$FS" = image ]; then
     # The checkout's filesystem is whatever the machine has; on this one an ext4 without a

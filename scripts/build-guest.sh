@@ -206,6 +206,7 @@ for rel in "${ORDER[@]}"; do
     echo "$base" >> "$STAGE/lib/modules/load-order"
 done
 log "modules: $(tr '\n' ' ' < "$STAGE/lib/modules/load-order")"
+echo "$KREL" > "$STAGE/lib/modules/kernel-version"
 
 # Dynamic programs and every library ldd lists (kept at their host paths).
 copy_with_libs() {
@@ -255,25 +256,31 @@ finish() {
     echo o > /proc/sysrq-trigger
 }
 
-while read -r m; do
-    [ -n "$m" ] || continue
-    insmod "/lib/modules/$m" 2>/tmp/insmod.err || {
-        grep -q 'File exists' /tmp/insmod.err || { echo "insmod $m failed: $(cat /tmp/insmod.err)"; }
-    }
-done < /lib/modules/load-order
+# The modules are those of the kernel this initramfs was built for; another kernel (the 6.12
+# guest of the modern rig) has virtio-fs built in and loads none.
+if [ "$(uname -r)" = "$(cat /lib/modules/kernel-version 2>/dev/null)" ]; then
+    while read -r m; do
+        [ -n "$m" ] || continue
+        insmod "/lib/modules/$m" 2>/tmp/insmod.err || {
+            grep -q 'File exists' /tmp/insmod.err || { echo "insmod $m failed: $(cat /tmp/insmod.err)"; }
+        }
+    done < /lib/modules/load-order
+fi
 
-TAG=""; MNT=/data; CMD=""
+TAG=""; MNT=/data; CMD=""; OPTS=""
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         vmtest.tag=*) TAG="${arg#vmtest.tag=}" ;;
         vmtest.mnt=*) MNT="${arg#vmtest.mnt=}" ;;
+        vmtest.opts=*) OPTS="${arg#vmtest.opts=}" ;;
     esac
 done
+export VMTEST_TAG="$TAG" VMTEST_MNT="$MNT" VMTEST_OPTS="$OPTS"
 
 if [ -n "$TAG" ]; then
     mkdir -p "$MNT"
     tries=0
-    until mount -t virtiofs "$TAG" "$MNT" 2>/tmp/mount.err; do
+    until mount -t virtiofs ${OPTS:+-o "$OPTS"} "$TAG" "$MNT" 2>/tmp/mount.err; do
         tries=$((tries + 1))
         if [ "$tries" -ge 20 ]; then
             echo "@@VMTEST-ERROR mount of virtiofs tag $TAG on $MNT failed: $(cat /tmp/mount.err)"
@@ -281,7 +288,7 @@ if [ -n "$TAG" ]; then
         fi
         sleep 0.1
     done
-    say "mounted=$MNT"
+    say "mounted=$MNT${OPTS:+ opts=$OPTS}"
 fi
 echo "@@VMTEST-READY"
 

@@ -43,7 +43,8 @@ if [ "$(id -u)" != 0 ]; then
     SUDO=(sudo -n)
 fi
 
-PACKAGES=(ceph-mon ceph-osd ceph-mds ceph-mgr ceph-common libcephfs-dev librados-dev)
+# ceph-fuse: the host mount scripts/bench.sh --backend cephfs compares against.
+PACKAGES=(ceph-mon ceph-osd ceph-mds ceph-mgr ceph-common ceph-fuse libcephfs-dev librados-dev)
 
 installed() {
     dpkg-query -W -f='${Status}\n' "$1" 2>/dev/null | grep -q '^install ok installed$'

@@ -9,7 +9,8 @@
 #   --cephfs-volume NAME serve the CephFS volume NAME instead (--backend cephfs): starts the
 #                        dev cluster (scripts/ceph-dev-cluster.sh), creates the volume with
 #                        `virtiofsd-kr volume create` if it does not exist (with hello.txt),
-#                        and serves it as its own identity client.vol-NAME
+#                        and serves it with `virtiofsd-kr volume serve NAME` (its own
+#                        identity client.vol-NAME, its quota and rate limits)
 #   --cache MODE         auto|always|never|metadata (default auto)
 #   --accel MODE         auto|kvm|tcg (default auto: KVM when it can run the guest, else TCG)
 #   --sandbox MODE       pass --sandbox MODE to the daemon (default: the daemon's default)
@@ -17,6 +18,16 @@
 #   --timeout SECS       hard limit for the guest (default 300)
 #   --memory MIB         guest memory (default 1024)
 #   --no-fio             boot the smaller initramfs without fio (about 1 s faster under TCG)
+#   --qemu VERSION       7.2 (default: the host's Debian 12 QEMU) or 11.1 (Debian trixie-backports,
+#                        run from .cache/trixie-root by scripts/qemu11.sh; setup.sh builds it)
+#   --kernel VERSION     guest kernel: 6.1 (default, Debian 12) or 6.12 (Debian trixie)
+#   --queues N           request queues (vhost-user-fs-pci num-request-queues; default 1)
+#   --dax-window SIZE    give the guest a DAX window of SIZE (e.g. 256M): passes --dax-window
+#                        and --tag to the daemon and uses QEMU 11.1's generic
+#                        vhost-user-test-device-pci (the only device with a shared memory
+#                        region); needs --qemu 11.1
+#   --mount-opts OPTS    mount options of the share in the guest (e.g. dax=always)
+#   --smp N              guest vCPUs (default 2)
 #   --no-setup           do not run scripts/setup.sh first
 #   --keep               keep the work directory (logs) afterwards
 #
@@ -38,6 +49,12 @@ MEMORY=1024
 SETUP=1
 KEEP=0
 NO_FIO=0
+QEMU_VERSION=7.2
+KERNEL_VERSION=6.1
+QUEUES=1
+DAX_WINDOW=""
+MOUNT_OPTS=""
+SMP=2
 
 die() { echo "run-vm: error: $*" >&2; exit 1; }
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2; exit 2; }
@@ -54,6 +71,12 @@ while [ $# -gt 0 ]; do
         --memory) MEMORY="${2:?}"; shift 2 ;;
         --no-setup) SETUP=0; shift ;;
         --no-fio) NO_FIO=1; shift ;;
+        --qemu) QEMU_VERSION="${2:?}"; shift 2 ;;
+        --kernel) KERNEL_VERSION="${2:?}"; shift 2 ;;
+        --queues) QUEUES="${2:?}"; shift 2 ;;
+        --dax-window) DAX_WINDOW="${2:?}"; shift 2 ;;
+        --mount-opts) MOUNT_OPTS="${2:?}"; shift 2 ;;
+        --smp) SMP="${2:?}"; shift 2 ;;
         --keep) KEEP=1; shift ;;
         --) shift; break ;;
         -h|--help) usage ;;
@@ -63,14 +86,25 @@ done
 [ $# -gt 0 ] || { echo "run-vm: no command given" >&2; usage; }
 case "$CACHE" in auto|always|never|metadata) ;; *) die "bad --cache $CACHE" ;; esac
 case "$ACCEL" in auto|kvm|tcg) ;; *) die "bad --accel $ACCEL" ;; esac
+case "$QEMU_VERSION" in 7.2|11.1) ;; *) die "bad --qemu $QEMU_VERSION (7.2 or 11.1)" ;; esac
+case "$KERNEL_VERSION" in 6.1|6.12) ;; *) die "bad --kernel $KERNEL_VERSION (6.1 or 6.12)" ;; esac
+case "$QUEUES" in [1-9]|1[0-6]) ;; *) die "bad --queues $QUEUES (1 to 16)" ;; esac
+case "$SMP" in [1-9]|[1-9][0-9]) ;; *) die "bad --smp $SMP" ;; esac
+case "$MOUNT_OPTS" in *[[:space:]]*) die "--mount-opts must not contain spaces" ;; esac
+if [ -n "$DAX_WINDOW" ] && [ "$QEMU_VERSION" != 11.1 ]; then
+    die "--dax-window needs --qemu 11.1 (QEMU 7.2's vhost-user-fs-pci has no shared memory region)"
+fi
 
 if [ "$SETUP" = 1 ]; then
     "$REPO/scripts/setup.sh" >&2
 fi
 
 GUEST_DIR="$REPO/.cache/guest"
-KERNEL="$GUEST_DIR/vmlinux"
-[ -f "$KERNEL" ] || KERNEL="$GUEST_DIR/vmlinuz"
+KERNEL_DIR="$GUEST_DIR"
+[ "$KERNEL_VERSION" = 6.12 ] && KERNEL_DIR="$REPO/.cache/guest-6.12"
+KERNEL="$KERNEL_DIR/vmlinux"
+[ -f "$KERNEL" ] || KERNEL="$KERNEL_DIR/vmlinuz"
+[ -f "$KERNEL" ] || die "guest kernel $KERNEL_VERSION missing in $KERNEL_DIR: run scripts/setup.sh"
 INITRAMFS="$GUEST_DIR/initramfs.cpio"
 if [ "$NO_FIO" = 1 ] && [ -f "$GUEST_DIR/initramfs-base.cpio" ]; then
     INITRAMFS="$GUEST_DIR/initramfs-base.cpio"
@@ -78,7 +112,15 @@ fi
 [ -f "$KERNEL" ] && [ -f "$INITRAMFS" ] || die "guest image missing in $GUEST_DIR: run scripts/setup.sh"
 DAEMON="${VIRTIOFSD_KR_BIN:-$REPO/target/release/virtiofsd-kr}"
 [ -x "$DAEMON" ] || die "daemon $DAEMON missing: run scripts/setup.sh (cargo build --release -p virtiofsd-kr)"
-QEMU="$(command -v qemu-system-x86_64)" || die "qemu-system-x86_64 missing: run scripts/setup.sh"
+if [ "$QEMU_VERSION" = 11.1 ]; then
+    QEMU="$REPO/scripts/qemu11.sh"
+    [ -x "$REPO/.cache/trixie-root/usr/bin/qemu-system-x86_64" ] \
+        || die "QEMU 11.1 missing in .cache/trixie-root: run scripts/setup.sh"
+    # The KVM probe below runs the host's QEMU; QEMU 11.1 here runs under TCG unless asked.
+    [ "$ACCEL" = auto ] && ACCEL=tcg
+else
+    QEMU="$(command -v qemu-system-x86_64)" || die "qemu-system-x86_64 missing: run scripts/setup.sh"
+fi
 
 WORK="$(mktemp -d /tmp/run-vm.XXXXXX)"
 QEMU_PID=""
@@ -91,6 +133,7 @@ cleanup() {
 trap cleanup EXIT
 
 BACKEND_ARGS=()
+SERVE_PREFIX=()
 if [ -n "$CEPH_VOLUME" ]; then
     [ -z "$SHARED_DIR" ] || die "--shared-dir and --cephfs-volume exclude each other"
     CEPH_CONF="$("$REPO/scripts/ceph-dev-cluster.sh" start)" || die "the Ceph dev cluster did not start"
@@ -101,13 +144,10 @@ if [ -n "$CEPH_VOLUME" ]; then
             || die "volume create $CEPH_VOLUME failed"
         NEW_VOLUME=1
     fi
-    json() { printf '%s' "$INFO" | sed -n "s/^ *\"$1\": \"\(.*\)\",\{0,1\}\$/\1/p"; }
-    CEPH_ROOT="$(json path)"; CEPH_ID="$(json ceph_id)"; CEPH_KEYRING="$(json keyring)"
-    [ -n "$CEPH_ROOT" ] && [ -n "$CEPH_ID" ] && [ -f "$CEPH_KEYRING" ] \
-        || die "volume $CEPH_VOLUME: no path, identity or keyring on this host: $INFO"
-    BACKEND_ARGS=(--backend cephfs --ceph-conf "$CEPH_CONF" --ceph-id "$CEPH_ID"
-        --ceph-keyring "$CEPH_KEYRING" --ceph-root "$CEPH_ROOT")
-    echo "run-vm: serving CephFS volume $CEPH_VOLUME ($CEPH_ROOT as client.$CEPH_ID)" >&2
+    # `volume serve` resolves the volume's root, identity and keyring and becomes the daemon.
+    SERVE_PREFIX=(volume serve "$CEPH_VOLUME" "${CEPH_ADMIN[@]}")
+    BACKEND_ARGS=()
+    echo "run-vm: serving CephFS volume $CEPH_VOLUME (virtiofsd-kr volume serve)" >&2
 else
     if [ -z "$SHARED_DIR" ]; then
         SHARED_DIR="$WORK/share"
@@ -186,9 +226,16 @@ case "$ACCEL" in kvm|tcg) ;; *) ACCEL=tcg ;; esac
 # ---- the daemon
 SOCK="$WORK/vhost-fs.sock"
 case "$SOCK" in *,*) die "socket path $SOCK contains a comma" ;; esac
-DARGS=(--socket-path "$SOCK" "${BACKEND_ARGS[@]}" --cache "$CACHE")
+DARGS=("${SERVE_PREFIX[@]}" --socket-path "$SOCK" "${BACKEND_ARGS[@]}" --cache "$CACHE")
 [ -n "$SANDBOX" ] && DARGS+=(--sandbox "$SANDBOX")
 DARGS+=("${DAEMON_ARGS[@]}")
+if [ -n "$DAX_WINDOW" ]; then
+    # The generic device takes its configuration space (tag, queue count) from the daemon.
+    DARGS+=(--dax-window "$DAX_WINDOW" --tag share --request-queues "$QUEUES")
+    FS_DEVICE="vhost-user-test-device-pci,chardev=vfs0,virtio-id=26,num_vqs=$((QUEUES + 1)),vq_size=128,config_size=40"
+else
+    FS_DEVICE="vhost-user-fs-pci,chardev=vfs0,tag=share,num-request-queues=$QUEUES"
+fi
 "$DAEMON" "${DARGS[@]}" > "$WORK/daemon.log" 2>&1 &
 DAEMON_PID=$!
 for _ in $(seq 1 500); do
@@ -203,14 +250,15 @@ fi
 
 # ---- the guest
 echo "run-vm: booting (accel=$ACCEL, cache=$CACHE, share=${SHARED_DIR:-cephfs:$CEPH_VOLUME})" >&2
+echo "run-vm: $("$QEMU" --version | head -1), guest kernel $(cat "$KERNEL_DIR/kernel-version" 2>/dev/null || echo "$KERNEL_VERSION"), queues=$QUEUES${DAX_WINDOW:+, dax window $DAX_WINDOW}${MOUNT_OPTS:+, mount -o $MOUNT_OPTS}" >&2
 set +e
 # shellcheck disable=SC2046
 timeout -k 5 "$TIMEOUT" "$QEMU" -name run-vm -M q35,memory-backend=mem \
-    -object "memory-backend-memfd,id=mem,size=${MEMORY}M,share=on" -m "${MEMORY}M" -smp 2 \
+    -object "memory-backend-memfd,id=mem,size=${MEMORY}M,share=on" -m "${MEMORY}M" -smp "$SMP" \
     $(accel_args "$ACCEL") \
     -kernel "$KERNEL" -initrd "$WORK/initrd.cpio" \
-    -append "console=ttyS0 panic=-1 quiet i8042.noaux=1 i8042.nokbd=1 vmtest.tag=share vmtest.mnt=/data" \
-    -chardev "socket,id=vfs0,path=$SOCK" -device vhost-user-fs-pci,chardev=vfs0,tag=share \
+    -append "console=ttyS0 panic=-1 quiet i8042.noaux=1 i8042.nokbd=1 vmtest.tag=share vmtest.mnt=/data${MOUNT_OPTS:+ vmtest.opts=$MOUNT_OPTS}" \
+    -chardev "socket,id=vfs0,path=$SOCK" -device "$FS_DEVICE" \
     -nodefaults -display none -serial stdio -no-reboot </dev/null 2>"$WORK/qemu.err" \
     | tee "$WORK/serial.log" | awk '
         /@@VMTEST-EXIT / { on = 0; next }

@@ -2,13 +2,17 @@
 # Idempotent set-up of a Debian bookworm machine for building and testing virtiofsd-kr:
 #   1. apt packages (apt-get update only when something is missing),
 #   2. the test guest (kernel + initramfs in .cache/guest/, scripts/build-guest.sh),
-#   3. cargo build --release -p virtiofsd-kr.
+#   3. the modern guest rig: QEMU 11.1 from Debian trixie-backports in a debootstrapped trixie
+#      root (.cache/trixie-root, run by scripts/qemu11.sh; host packages untouched) and
+#      Debian trixie's 6.12 guest kernel (.cache/guest-6.12), scripts/build-modern-rig.sh
+#      (about 70 s and 0.6 GB the first time),
+#   4. cargo build --release -p virtiofsd-kr.
 # Runs as root (uses sudo for apt when not root). Needs no stdin. Takes seconds when
 # everything is already in place.
 #
 # Options:
 #   --no-build   skip the cargo build of the daemon
-#   --no-guest   skip building the guest image
+#   --no-guest   skip building the guest images (both rigs)
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,7 +42,8 @@ export DEBIAN_FRONTEND=noninteractive
 PACKAGES=(
     qemu-system-x86 busybox-static fio cpio libseccomp-dev libcap-ng-dev fuse3 attr kmod
     xz-utils zstd gzip coreutils util-linux findutils grep
-    gcc g++ libc6-dev pkg-config ca-certificates strace
+    gcc g++ libc6-dev pkg-config ca-certificates strace debootstrap
+    docker.io tar
 )
 
 # Serialise concurrent runs (tests and scripts may call setup.sh at the same time).
@@ -84,6 +89,11 @@ if [ "$GUEST" = 1 ]; then
         "$REPO/scripts/build-guest.sh"
     else
         "${SUDO[@]}" "$REPO/scripts/build-guest.sh"
+    fi
+    if [ "$(id -u)" = 0 ]; then
+        "$REPO/scripts/build-modern-rig.sh"
+    else
+        "${SUDO[@]}" "$REPO/scripts/build-modern-rig.sh"
     fi
 fi
 

@@ -22,6 +22,12 @@
 //! references inline (local to the client, no MDS round trip). Without an op timeout, every
 //! call runs on the request's thread.
 //!
+//! POSIX corners CephFS itself does not give: times outside CephFS's 32-bit seconds are
+//! clamped (never wrapped), `UTIME_NOW` is the host's now, an ftruncate through a descriptor
+//! opened for writing takes its permission from the descriptor, and a directory moved to
+//! another parent refreshes the old parent's link count. READ and WRITE data goes through a
+//! few reused buffers (`IoBuffers`), owned by the job while it runs.
+//!
 //! Must not: use `unsafe` (everything unsafe is in `mount`), or trust anything from the guest:
 //! unknown nodes and handles are EBADF, bad names EINVAL, never a panic.
 
@@ -54,6 +60,43 @@ const MAX_IO: usize = fuse_backend_rs::api::server::MAX_BUFFER_SIZE as usize;
 /// Threads running libcephfs calls when there is an op timeout. A call stuck on a missing
 /// MDS holds one until the MDS is back; once all are stuck, further calls queue and time out.
 const CALL_WORKERS: usize = 16;
+
+/// Data buffers kept for reuse by READ and WRITE ([`IoBuffers`]).
+const KEPT_BUFFERS: usize = 4;
+
+/// READ and WRITE data buffers, reused. A job owns the buffer it reads into or writes from
+/// (guest memory is copied on the request's thread, before or after it), and hands it back
+/// with its result; a late job drops it. Allocating a fresh buffer per request cost a 1 MiB
+/// allocation, its zeroing and its page faults each time (tests/probe.rs).
+struct IoBuffers {
+    free: Mutex<Vec<Vec<u8>>>,
+}
+
+impl IoBuffers {
+    fn new() -> IoBuffers {
+        IoBuffers {
+            free: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A buffer of `len` bytes (contents unspecified).
+    fn take(&self, len: usize) -> Vec<u8> {
+        let mut buf = lock(&self.free).pop().unwrap_or_default();
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        buf.truncate(len);
+        buf
+    }
+
+    /// Keeps `buf` for a later request (up to [`KEPT_BUFFERS`]).
+    fn give(&self, buf: Vec<u8>) {
+        let mut free = lock(&self.free);
+        if free.len() < KEPT_BUFFERS && buf.capacity() <= MAX_IO {
+            free.push(buf);
+        }
+    }
+}
 
 /// Bytes of a READDIR reply entry before its name (`struct fuse_dirent`).
 const DIRENT_HEADER: usize = 24;
@@ -108,6 +151,7 @@ pub struct CephFs {
     files: Mutex<HashMap<u64, Arc<CephFile>>>,
     dirs: Mutex<HashMap<u64, Arc<Mutex<CephDir>>>>,
     next_handle: AtomicU64,
+    buffers: IoBuffers,
     cache: CachePolicy,
     /// Ceph inode number of the root, reported for `..` at the root.
     root_ino: u64,
@@ -199,6 +243,7 @@ impl CephFs {
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
+            buffers: IoBuffers::new(),
             cache: cfg.cache,
         })
     }
@@ -408,6 +453,42 @@ impl Drop for CephFs {
     }
 }
 
+/// The host's real-time clock, for `UTIME_NOW`.
+fn host_now() -> ffi::Timespec {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    timespec(
+        i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        i64::from(d.subsec_nanos()),
+    )
+}
+
+/// `CEPH_SETATTR_*` bits an ftruncate through a descriptor may carry besides the size: the
+/// times the kernel sets to now (never a time the caller chose), and the setuid/setgid kill.
+fn descriptor_setattr_mask(mask: i32) -> bool {
+    let mut allowed = ffi::CEPH_SETATTR_SIZE
+        | ffi::CEPH_SETATTR_CTIME
+        | ffi::CEPH_SETATTR_KILL_SGUID
+        | ffi::CEPH_SETATTR_MTIME_NOW
+        | ffi::CEPH_SETATTR_ATIME_NOW;
+    if mask & ffi::CEPH_SETATTR_MTIME_NOW != 0 {
+        allowed |= ffi::CEPH_SETATTR_MTIME;
+    }
+    if mask & ffi::CEPH_SETATTR_ATIME_NOW != 0 {
+        allowed |= ffi::CEPH_SETATTR_ATIME;
+    }
+    mask & ffi::CEPH_SETATTR_SIZE != 0 && mask & !allowed == 0
+}
+
+/// Whether a SETATTR that libcephfs refused for the caller's permission is an ftruncate
+/// through a descriptor opened for writing, which POSIX allows whatever the file's mode.
+fn through_descriptor(e: &io::Error, file: Option<&CephFile>, mask: i32) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM))
+        && file.is_some_and(CephFile::writable)
+        && descriptor_setattr_mask(mask)
+}
+
 fn stat_zero_with_ino(ino: u64) -> stat64 {
     let mut st = Statx(ffi::CephStatx::default()).to_stat64();
     st.st_ino = ino;
@@ -415,10 +496,29 @@ fn stat_zero_with_ino(ino: u64) -> stat64 {
     st
 }
 
+/// Latest time CephFS stores: its `utime_t` keeps seconds in 32 unsigned bits (Pacific and
+/// Reef alike), and libcephfs silently wraps anything outside (2^32 s would read back as 0).
+const CEPH_TIME_MAX: i64 = u32::MAX as i64;
+
+/// A time the guest sets, clamped to what CephFS can store, `[0, 2^32 - 1]` seconds, the way
+/// the Linux CephFS client does (`s_time_min`/`s_time_max`, with the nanoseconds zeroed at
+/// either end): a time past 2106 reads back as the last second CephFS has, not as 1970.
 fn timespec(sec: i64, nsec: i64) -> ffi::Timespec {
-    ffi::Timespec {
-        tv_sec: sec,
-        tv_nsec: nsec,
+    if sec < 0 {
+        ffi::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        }
+    } else if sec >= CEPH_TIME_MAX {
+        ffi::Timespec {
+            tv_sec: CEPH_TIME_MAX,
+            tv_nsec: 0,
+        }
+    } else {
+        ffi::Timespec {
+            tv_sec: sec,
+            tv_nsec: nsec.clamp(0, 999_999_999),
+        }
     }
 }
 
@@ -486,12 +586,19 @@ impl FileSystem for CephFs {
         ctx: &Context,
         inode: u64,
         attr: stat64,
-        _handle: Option<u64>,
+        handle: Option<u64>,
         valid: SetattrValid,
     ) -> io::Result<(stat64, Duration)> {
         let perm = Self::perm(ctx)?;
         let i = self.node(inode)?;
+        // A size change through an open descriptor (ftruncate) takes its permission from the
+        // descriptor: an unknown handle is EBADF like any other.
+        let file = match handle {
+            Some(h) if valid.contains(SetattrValid::SIZE) => Some(self.file(h)?),
+            _ => None,
+        };
         let mut s = SetAttr::default();
+        let now = host_now();
         if valid.contains(SetattrValid::MODE) {
             s.mask |= ffi::CEPH_SETATTR_MODE;
             s.mode = attr.st_mode;
@@ -513,14 +620,20 @@ impl FileSystem for CephFs {
             s.atime = timespec(attr.st_atime, attr.st_atime_nsec);
         }
         if valid.contains(SetattrValid::ATIME_NOW) {
-            s.mask |= ffi::CEPH_SETATTR_ATIME_NOW;
+            // Now is the filesystem's now, from the clock that also stamps ctime and the
+            // times of new files: the host's, not the one the guest sent (a TCG guest's
+            // clock lags, and the time would go back). libcephfs uses the mask bit only to
+            // check permission (write access suffices for "now").
+            s.mask |= ffi::CEPH_SETATTR_ATIME | ffi::CEPH_SETATTR_ATIME_NOW;
+            s.atime = now;
         }
         if valid.contains(SetattrValid::MTIME) {
             s.mask |= ffi::CEPH_SETATTR_MTIME;
             s.mtime = timespec(attr.st_mtime, attr.st_mtime_nsec);
         }
         if valid.contains(SetattrValid::MTIME_NOW) {
-            s.mask |= ffi::CEPH_SETATTR_MTIME_NOW;
+            s.mask |= ffi::CEPH_SETATTR_MTIME | ffi::CEPH_SETATTR_MTIME_NOW;
+            s.mtime = now;
         }
         if valid.contains(SetattrValid::CTIME) {
             s.mask |= ffi::CEPH_SETATTR_CTIME;
@@ -531,7 +644,18 @@ impl FileSystem for CephFs {
         }
         let stat = self.call("setattr", move || {
             if s.mask != 0 {
-                i.mount().setattr(&i, &s, &perm)?;
+                match i.mount().setattr(&i, &s, &perm) {
+                    Err(e) if through_descriptor(&e, file.as_deref(), s.mask) => {
+                        // POSIX ftruncate: the descriptor was opened for writing (checked
+                        // against the file's mode then, as the guest's user), so the file's
+                        // mode now (0 for a file just created with mode 0) does not matter.
+                        // libcephfs has no setattr on an `Fh`, and `ceph_ll_setattr` checks
+                        // the mode for the caller: run it with credentials the client does
+                        // not check (the cephx identity still bounds it on the MDS).
+                        i.mount().setattr(&i, &s, &UserPerm::new(0, 0, &[])?)?;
+                    }
+                    r => r?,
+                }
             }
             i.mount().getattr(&i, &perm)
         })?;
@@ -626,8 +750,25 @@ impl FileSystem for CephFs {
         let nd = self.node(newdir)?;
         let oldname: CString = oldname.to_owned();
         let newname: CString = newname.to_owned();
+        let across = olddir != newdir;
         self.call("rename", move || {
-            od.mount().rename(&od, &oldname, &nd, &newname, &perm)
+            od.mount().rename(&od, &oldname, &nd, &newname, &perm)?;
+            if across {
+                // A directory moved to another parent: the old parent lost a link, which
+                // libcephfs does not see by itself (see `CephMount::refresh_dir`). The moved
+                // entry's type comes from the client's cache (the rename reply put it there).
+                // Best effort: the rename itself succeeded whatever happens here.
+                let moved = od.mount().lookup(&nd, &newname, &perm);
+                if let Ok((_, st)) = moved {
+                    if st.mode() & libc::S_IFMT == libc::S_IFDIR {
+                        let root = UserPerm::new(0, 0, &[])?;
+                        if let Err(e) = od.mount().refresh_dir(&od, &root) {
+                            tracing::debug!("cephfs: refreshing a rename's old parent: {e}");
+                        }
+                    }
+                }
+            }
+            Ok(())
         })
     }
 
@@ -698,10 +839,16 @@ impl FileSystem for CephFs {
         let f = self.file(handle)?;
         // Never allocate more than the reply can carry, whatever size the guest asks.
         let size = (size as usize).min(w.available_bytes()).min(MAX_IO);
-        // The job reads into its own buffer; guest memory is written here, after it.
-        let data = self.call("read", move || f.mount().read(&f, offset, size))?;
-        w.write_all(&data)?;
-        Ok(data.len())
+        // The job reads into a buffer it owns; guest memory is written here, after it.
+        let mut buf = self.buffers.take(size);
+        let (buf, n) = self.call("read", move || {
+            let n = f.mount().read_into(&f, offset, &mut buf)?;
+            Ok((buf, n))
+        })?;
+        let written = w.write_all(&buf[..n]);
+        self.buffers.give(buf);
+        written?;
+        Ok(n)
     }
 
     fn write(
@@ -722,7 +869,7 @@ impl FileSystem for CephFs {
         }
         let f = self.file(handle)?;
         // Guest memory is copied out here, before the job: a late job never touches it.
-        let mut buf = vec![0u8; size as usize];
+        let mut buf = self.buffers.take(size as usize);
         let mut filled = 0;
         while filled < buf.len() {
             match r.read(&mut buf[filled..]) {
@@ -733,7 +880,7 @@ impl FileSystem for CephFs {
             }
         }
         buf.truncate(filled);
-        self.call("write", move || {
+        let (buf, done) = self.call("write", move || {
             let mut done = 0;
             while done < buf.len() {
                 let at = offset
@@ -745,8 +892,10 @@ impl FileSystem for CephFs {
                 }
                 done += n;
             }
-            Ok(done)
-        })
+            Ok((buf, done))
+        })?;
+        self.buffers.give(buf);
+        Ok(done)
     }
 
     fn flush(&self, _ctx: &Context, _inode: u64, handle: u64, _lock_owner: u64) -> io::Result<()> {
@@ -974,5 +1123,89 @@ impl FileSystem for CephFs {
     ) -> io::Result<u64> {
         let f = self.file(handle)?;
         self.call("lseek", move || f.mount().lseek(&f, offset, whence as i32))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_buffers_are_reused_and_bounded() {
+        let b = IoBuffers::new();
+        let first = b.take(4096);
+        assert_eq!(first.len(), 4096);
+        let ptr = first.as_ptr();
+        b.give(first);
+        let again = b.take(100);
+        assert_eq!(again.len(), 100);
+        assert_eq!(again.as_ptr(), ptr, "the kept buffer is handed out again");
+        let big = b.take(MAX_IO);
+        assert_eq!(big.len(), MAX_IO);
+        b.give(again);
+        b.give(big);
+        for _ in 0..10 {
+            b.give(vec![0; 16]);
+        }
+        assert_eq!(
+            lock(&b.free).len(),
+            KEPT_BUFFERS,
+            "at most KEPT_BUFFERS are kept"
+        );
+        b.give(Vec::with_capacity(MAX_IO * 2));
+        assert!(lock(&b.free).iter().all(|v| v.capacity() <= MAX_IO));
+    }
+
+    #[test]
+    fn times_are_clamped_to_what_cephfs_stores() {
+        let t = |s, n| {
+            let ts = timespec(s, n);
+            (ts.tv_sec, ts.tv_nsec)
+        };
+        assert_eq!(t(0, 5), (0, 5));
+        assert_eq!(t(1 << 31, 7), (1 << 31, 7));
+        assert_eq!(
+            t(CEPH_TIME_MAX - 1, 999_999_999),
+            (CEPH_TIME_MAX - 1, 999_999_999)
+        );
+        assert_eq!(t(CEPH_TIME_MAX, 5), (CEPH_TIME_MAX, 0));
+        assert_eq!(
+            t(1 << 32, 5),
+            (CEPH_TIME_MAX, 0),
+            "2^32 s is not wrapped to 0"
+        );
+        assert_eq!(t(i64::MAX, 5), (CEPH_TIME_MAX, 0));
+        assert_eq!(t(-1, 5), (0, 0), "before 1970 is not wrapped to 2106");
+        assert_eq!(t(5, -3), (5, 0));
+        assert_eq!(t(5, 2_000_000_000), (5, 999_999_999));
+    }
+
+    #[test]
+    fn only_an_ftruncate_takes_its_permission_from_the_descriptor() {
+        use ffi::*;
+        assert!(descriptor_setattr_mask(CEPH_SETATTR_SIZE));
+        assert!(descriptor_setattr_mask(
+            CEPH_SETATTR_SIZE | CEPH_SETATTR_MTIME | CEPH_SETATTR_MTIME_NOW | CEPH_SETATTR_CTIME
+        ));
+        assert!(descriptor_setattr_mask(
+            CEPH_SETATTR_SIZE | CEPH_SETATTR_KILL_SGUID
+        ));
+        assert!(!descriptor_setattr_mask(0));
+        assert!(!descriptor_setattr_mask(
+            CEPH_SETATTR_MTIME | CEPH_SETATTR_MTIME_NOW
+        ));
+        assert!(
+            !descriptor_setattr_mask(CEPH_SETATTR_SIZE | CEPH_SETATTR_MTIME),
+            "a chosen time needs ownership"
+        );
+        assert!(!descriptor_setattr_mask(
+            CEPH_SETATTR_SIZE | CEPH_SETATTR_MODE
+        ));
+        assert!(!descriptor_setattr_mask(
+            CEPH_SETATTR_SIZE | CEPH_SETATTR_UID
+        ));
+        assert!(!descriptor_setattr_mask(
+            CEPH_SETATTR_SIZE | CEPH_SETATTR_GID
+        ));
     }
 }

@@ -281,6 +281,16 @@ impl CephMount {
     }
 
     pub fn getattr(&self, inode: &CephInode, perm: &UserPerm) -> io::Result<Statx> {
+        self.getattr_flags(inode, perm, 0)
+    }
+
+    /// `getattr` with `AT_STATX_*` flags.
+    pub fn getattr_flags(
+        &self,
+        inode: &CephInode,
+        perm: &UserPerm,
+        flags: u32,
+    ) -> io::Result<Statx> {
         let mut stx = ffi::CephStatx::default();
         // SAFETY: live mount, inode reference and credentials; `stx` is writable.
         check(unsafe {
@@ -289,7 +299,7 @@ impl CephMount {
                 inode.ptr.as_ptr(),
                 &mut stx,
                 ffi::CEPH_STATX_BASIC_STATS,
-                0,
+                flags,
                 perm.raw(),
             )
         })?;
@@ -331,13 +341,14 @@ impl CephMount {
         check(unsafe {
             ffi::ceph_ll_open(self.raw(), inode.ptr.as_ptr(), flags, &mut fh, perm.raw())
         })?;
-        self.adopt_fh(fh)
+        self.adopt_fh(fh, flags)
     }
 
-    fn adopt_fh(self: &Arc<Self>, fh: *mut ffi::Fh) -> io::Result<CephFile> {
+    fn adopt_fh(self: &Arc<Self>, fh: *mut ffi::Fh, flags: i32) -> io::Result<CephFile> {
         Ok(CephFile {
             mount: Arc::clone(self),
             fh: non_null(fh)?,
+            flags,
         })
     }
 
@@ -376,6 +387,7 @@ impl CephMount {
         let file = NonNull::new(fh).map(|fh| CephFile {
             mount: Arc::clone(self),
             fh,
+            flags,
         });
         match (inode, file) {
             (Some(i), Some(f)) => Ok((i, f, Statx(stx))),
@@ -398,6 +410,22 @@ impl CephMount {
         })?;
         buf.truncate(n as usize);
         Ok(buf)
+    }
+
+    /// Reads into `buf` (as much as it holds) at `offset`; the bytes read.
+    pub fn read_into(&self, file: &CephFile, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let off = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: live mount and open file; `buf` is writable for its length.
+        let n = check(unsafe {
+            ffi::ceph_ll_read(
+                self.raw(),
+                file.fh.as_ptr(),
+                off,
+                buf.len() as u64,
+                buf.as_mut_ptr().cast::<c_char>(),
+            )
+        })?;
+        Ok((n as usize).min(buf.len()))
     }
 
     pub fn write(&self, file: &CephFile, offset: u64, data: &[u8]) -> io::Result<usize> {
@@ -704,6 +732,17 @@ impl CephMount {
         Ok(out)
     }
 
+    /// Makes the client fetch `dir`'s attributes from the MDS again by reading the first
+    /// chunk of its entries: the readdir reply carries the directory's current inode (link
+    /// count, sizes). libcephfs keeps the old parent's subdirectory count after a directory
+    /// was renamed out of it while it holds the caps, and `ceph_ll_getattr` has no way to
+    /// force a round trip (`AT_STATX_FORCE_SYNC` is refused there).
+    pub fn refresh_dir(self: &Arc<Self>, dir: &CephInode, perm: &UserPerm) -> io::Result<()> {
+        let mut stream = self.opendir(dir, perm)?;
+        stream.read_entry()?;
+        Ok(())
+    }
+
     pub fn opendir(self: &Arc<Self>, inode: &CephInode, perm: &UserPerm) -> io::Result<CephDir> {
         let mut dir = ptr::null_mut();
         // SAFETY: live mount, inode and credentials; `dir` is a valid out-pointer.
@@ -825,6 +864,8 @@ impl Drop for CephInode {
 pub struct CephFile {
     mount: Arc<CephMount>,
     fh: NonNull<ffi::Fh>,
+    /// The open flags (`O_ACCMODE` says what the descriptor grants).
+    flags: i32,
 }
 
 // SAFETY: an `Fh` may be used from any thread; libcephfs serialises through the client lock.
@@ -836,6 +877,11 @@ impl CephFile {
     /// The mount this file belongs to.
     pub fn mount(&self) -> &Arc<CephMount> {
         &self.mount
+    }
+
+    /// Opened for writing (`O_WRONLY` or `O_RDWR`).
+    pub fn writable(&self) -> bool {
+        matches!(self.flags & libc::O_ACCMODE, libc::O_WRONLY | libc::O_RDWR)
     }
 }
 

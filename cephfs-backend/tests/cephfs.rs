@@ -536,3 +536,129 @@ fn guest_credentials_are_used() {
     fs.access(&alice, private.inode, (libc::R_OK | libc::X_OK) as u32)
         .expect("owner access");
 }
+
+/// The four defects a POSIX conformance run found on this backend only (issue 14): times
+/// past 2106, UTIME_NOW of atime, ftruncate through a descriptor of a mode-0 file, and the
+/// old parent's link count after a directory moved away.
+#[test]
+fn posix_edge_cases() {
+    let vol = Volume::new("edges");
+    let fs = vol.mount();
+    let root = ctx();
+    let alice = user(1000, 1000);
+
+    // Times: CephFS stores 32-bit unsigned seconds (utime_t). Beyond that range a time is
+    // clamped like the Linux CephFS client does (s_time_max = U32_MAX), never wrapped.
+    let (f, h) = create(&fs, &root, ROOT, "t", 0o644);
+    release(&fs, f.inode, h);
+    let mut attr = f.attr;
+    for (set, want) in [
+        (1_i64 << 31, 1_i64 << 31),
+        ((1_i64 << 32) - 1, (1_i64 << 32) - 1),
+        (1_i64 << 32, (1_i64 << 32) - 1),
+        (1_i64 << 40, (1_i64 << 32) - 1),
+        (-1, 0),
+    ] {
+        attr.st_atime = set;
+        attr.st_atime_nsec = 0;
+        attr.st_mtime = set;
+        attr.st_mtime_nsec = 0;
+        let (st, _) = fs
+            .setattr(
+                &root,
+                f.inode,
+                attr,
+                None,
+                SetattrValid::ATIME | SetattrValid::MTIME,
+            )
+            .expect("utimens");
+        assert_eq!((st.st_atime, st.st_mtime), (want, want), "set {set}");
+        let (st, _) = fs.getattr(&root, f.inode, None).expect("getattr");
+        assert_eq!((st.st_atime, st.st_mtime), (want, want), "set {set}");
+    }
+
+    // UTIME_NOW: the guest sends ATIME|ATIME_NOW (and MTIME|MTIME_NOW) with its own clock.
+    attr.st_atime = 1_000_000_000;
+    attr.st_mtime = 1_000_000_000;
+    fs.setattr(
+        &root,
+        f.inode,
+        attr,
+        None,
+        SetattrValid::ATIME | SetattrValid::MTIME,
+    )
+    .expect("utimens past");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    // A guest whose clock is a day behind: now is still the host's now.
+    attr.st_atime = now - 86400;
+    attr.st_mtime = now - 86400;
+    let (st, _) = fs
+        .setattr(
+            &root,
+            f.inode,
+            attr,
+            None,
+            SetattrValid::ATIME
+                | SetattrValid::ATIME_NOW
+                | SetattrValid::MTIME
+                | SetattrValid::MTIME_NOW,
+        )
+        .expect("utimens now");
+    assert!(st.st_atime >= now - 5, "atime {} now {now}", st.st_atime);
+    assert!(st.st_mtime >= now - 5, "mtime {} now {now}", st.st_mtime);
+    let (st, _) = fs.getattr(&root, f.inode, None).expect("getattr");
+    assert!(st.st_atime >= now - 5, "atime {} now {now}", st.st_atime);
+
+    // ftruncate through the descriptor of a file created with mode 0, as a plain user.
+    let shared = fs
+        .mkdir(&root, ROOT, &cstr("shared"), 0o777, 0)
+        .expect("mkdir");
+    let mut dattr = shared.attr;
+    dattr.st_mode = libc::S_IFDIR | 0o777;
+    fs.setattr(&root, shared.inode, dattr, None, SetattrValid::MODE)
+        .expect("chmod 777");
+    let (z, zh) = create(&fs, &alice, shared.inode, "zero", 0);
+    assert_eq!(z.attr.st_mode & 0o7777, 0);
+    let mut zattr = z.attr;
+    zattr.st_size = 1234;
+    let (st, _) = fs
+        .setattr(&alice, z.inode, zattr, Some(zh), SetattrValid::SIZE)
+        .expect("ftruncate through the open handle");
+    assert_eq!(st.st_size, 1234);
+    // Without the handle the mode decides.
+    assert_eq!(
+        errno(
+            fs.setattr(&alice, z.inode, zattr, None, SetattrValid::SIZE)
+                .unwrap_err()
+        ),
+        libc::EACCES
+    );
+    release(&fs, z.inode, zh);
+
+    // A directory moved into another: the old parent loses a link, the new one gains one.
+    let a = fs
+        .mkdir(&root, ROOT, &cstr("a"), 0o755, 0)
+        .expect("mkdir a");
+    let b = fs
+        .mkdir(&root, ROOT, &cstr("b"), 0o755, 0)
+        .expect("mkdir b");
+    fs.mkdir(&root, a.inode, &cstr("sub"), 0o755, 0)
+        .expect("mkdir a/sub");
+    assert_eq!(fs.getattr(&root, a.inode, None).unwrap().0.st_nlink, 3);
+    assert_eq!(fs.getattr(&root, b.inode, None).unwrap().0.st_nlink, 2);
+    fs.rename(&root, a.inode, &cstr("sub"), b.inode, &cstr("sub"), 0)
+        .expect("rename dir");
+    assert_eq!(
+        fs.getattr(&root, a.inode, None).unwrap().0.st_nlink,
+        2,
+        "old parent"
+    );
+    assert_eq!(
+        fs.getattr(&root, b.inode, None).unwrap().0.st_nlink,
+        3,
+        "new parent"
+    );
+}

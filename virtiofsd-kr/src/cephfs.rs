@@ -21,7 +21,6 @@ use nix::sys::wait::WaitStatus;
 use nix::unistd::ForkResult;
 use tracing::info;
 
-use crate::cli::{CacheMode, ServeArgs};
 use crate::sandbox::SandboxFile;
 
 /// Name of the ceph.conf inside the sandbox's private root.
@@ -38,8 +37,6 @@ const MAX_FILE: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CephStartError {
-    #[error(transparent)]
-    Cli(#[from] crate::cli::CliError),
     #[error("{flag} {path:?}: {source}")]
     File {
         flag: &'static str,
@@ -63,34 +60,36 @@ pub struct CephStart {
     files: Vec<SandboxFile>,
 }
 
-/// The guest cache policy for `--cache`.
-pub fn cache_policy(mode: CacheMode) -> CachePolicy {
-    match mode {
-        CacheMode::Never => CachePolicy::never(),
-        CacheMode::Auto => CachePolicy::auto(),
-        CacheMode::Metadata => CachePolicy::metadata(),
-        CacheMode::Always => CachePolicy::always(),
-    }
+/// Which volume to serve and how (the CLI's `--ceph-*` flags, converted and checked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CephOptions {
+    pub conf: PathBuf,
+    /// cephx user without `client.`.
+    pub id: String,
+    pub keyring: PathBuf,
+    /// The volume's absolute directory inside CephFS.
+    pub root: String,
+    pub fs_name: Option<String>,
+    pub cache: CachePolicy,
+    /// `None`: wait for the cluster as long as it takes.
+    pub op_timeout: Option<Duration>,
 }
 
 impl CephStart {
-    /// Reads the conf and keyring the command line names.
-    pub fn from_args(args: &ServeArgs) -> Result<CephStart, CephStartError> {
-        let (conf, id, keyring) = args.ceph.required("--backend cephfs")?;
+    /// Reads the conf and keyring the options name.
+    pub fn new(options: CephOptions) -> Result<CephStart, CephStartError> {
         // libcephfs is loaded on demand (a host-directory daemon never maps it), and must be
         // now: its files are not in the sandbox's root. Loading starts no thread.
         cephfs_backend::load_libcephfs()?;
-        let root = args.ceph_root()?.to_string();
         let files = vec![
-            read_file("--ceph-conf", CONF_FILE, conf.clone())?,
-            read_file("--ceph-keyring", KEYRING_FILE, keyring.clone())?,
+            read_file("--ceph-conf", CONF_FILE, options.conf.clone())?,
+            read_file("--ceph-keyring", KEYRING_FILE, options.keyring.clone())?,
         ];
-        let mut config = CephConfig::new(conf, id, keyring, root);
-        config.fs_name = args.ceph_fs.clone();
-        config.cache = cache_policy(args.fs.cache);
+        let mut config = CephConfig::new(options.conf, options.id, options.keyring, options.root);
+        config.fs_name = options.fs_name;
+        config.cache = options.cache;
         config.mount_timeout = MOUNT_TIMEOUT;
-        config.op_timeout =
-            Some(Duration::from_secs(args.ceph_op_timeout)).filter(|t| !t.is_zero());
+        config.op_timeout = options.op_timeout;
         Ok(CephStart { config, files })
     }
 
@@ -239,14 +238,6 @@ fn wait_with_deadline(child: nix::unistd::Pid, deadline: Instant) -> Option<Wait
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cache_modes_map_to_policies() {
-        assert_eq!(cache_policy(CacheMode::Never), CachePolicy::never());
-        assert_eq!(cache_policy(CacheMode::Auto), CachePolicy::auto());
-        assert_eq!(cache_policy(CacheMode::Metadata), CachePolicy::metadata());
-        assert_eq!(cache_policy(CacheMode::Always), CachePolicy::always());
-    }
 
     #[test]
     fn missing_and_oversized_files_are_named() {

@@ -42,6 +42,52 @@ pub enum Command {
     /// CephFS volumes for `--backend cephfs`: directories with a quota and their own cephx
     /// identity (run on the host as a cluster administrator).
     Volume(VolumeCli),
+    /// The `gfs` Docker volume plugin: `docker volume create NAME --driver gfs [-o size=10G]
+    /// [-o pool=POOL]`, `docker run -v NAME:/data`. Runs as root beside dockerd, as the
+    /// cluster administrator (the `volume` flags); each container's mount is served by a
+    /// `virtiofsd-kr mount --backend cephfs` process as the volume's own identity.
+    DockerPlugin(DockerPluginArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DockerPluginArgs {
+    /// Unix socket dockerd finds the plugin at (`/run/docker/plugins/NAME.sock`: the file
+    /// name is the driver's name).
+    #[arg(long, value_name = "PATH", default_value = crate::docker_plugin::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+
+    /// Where the plugin keeps its mount table, the mountpoints, logs and accounting journals.
+    #[arg(long, value_name = "DIR", default_value = crate::docker_plugin::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+
+    /// Tenant label of every mount's accounting.
+    #[arg(long, value_name = "NAME", value_parser = label_arg, default_value = "docker")]
+    pub tenant: String,
+
+    /// A flag for every `virtiofsd-kr mount` the plugin starts (repeatable), e.g.
+    /// `--mount-flag=--cache=never`.
+    #[arg(long, value_name = "FLAG", allow_hyphen_values = true)]
+    pub mount_flag: Vec<String>,
+
+    #[command(flatten)]
+    pub admin: VolumeArgs,
+
+    /// Log level: error, warn, info, debug, trace or off.
+    #[arg(long, value_enum, default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
+}
+
+impl DockerPluginArgs {
+    /// The plugin's options.
+    pub fn plugin_options(&self) -> crate::docker_plugin::PluginOptions {
+        crate::docker_plugin::PluginOptions {
+            socket: self.socket.clone(),
+            state_dir: self.state_dir.clone(),
+            admin: self.admin.admin_options(),
+            tenant: self.tenant.clone(),
+            mount_flags: self.mount_flag.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -63,6 +109,34 @@ pub enum VolumeCommand {
         /// Most bytes the volume may hold (ceph.quota.max_bytes), e.g. 10G.
         #[arg(long, value_name = "SIZE", value_parser = size_arg)]
         quota: Option<u64>,
+        /// Put the volume's file data in this RADOS pool (the directory layout's pool), e.g.
+        /// a pool on magnetic disks for large intermediate data; it is made a data pool of
+        /// the filesystem if it is not one yet. The pool must exist.
+        #[arg(long, value_name = "POOL", value_parser = pool_arg)]
+        data_pool: Option<String>,
+        /// Data bytes/s every daemon serving the volume allows (READ+WRITE), e.g. 20MiB.
+        #[arg(long, value_name = "SIZE", value_parser = size_arg)]
+        rate_limit_bytes: Option<u64>,
+        /// FUSE requests/s every daemon serving the volume allows.
+        #[arg(long, value_name = "N")]
+        rate_limit_ops: Option<u64>,
+    },
+    /// Serve a volume to one microVM: resolves its root, identity and keyring (writing the
+    /// keyring on this host if needed) and runs the daemon with `--backend cephfs` and every
+    /// daemon flag that follows NAME (`--socket-path S`, `--cache`, `--pod`, ...). The volume's
+    /// rate limits apply unless given here; `--volume` defaults to NAME.
+    Serve {
+        #[arg(value_name = "NAME", value_parser = volume_name_arg)]
+        name: String,
+        /// Daemon flags (as for `virtiofsd-kr` itself, without the `--ceph-*` ones, which
+        /// come from the volume). The admin's --ceph-conf, --ceph-keyring, --keyring-dir,
+        /// --volumes-root and --ceph-fs may appear among them too.
+        #[arg(
+            value_name = "DAEMON-FLAG",
+            trailing_var_arg = true,
+            allow_hyphen_values = true
+        )]
+        daemon_args: Vec<String>,
     },
     /// Remove a volume: its files, snapshots, directory, identity and keyring.
     Rm {
@@ -186,8 +260,9 @@ pub struct ReportArgs {
 /// The arguments of the vhost-user daemon (the default mode).
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// vhost-user socket path to listen on (created, replacing a stale socket).
-    #[arg(long, value_name = "PATH", conflicts_with = "fd")]
+    /// vhost-user socket path to listen on (created, replacing a stale socket). `--socket`
+    /// is the reference daemon's deprecated spelling.
+    #[arg(long, value_name = "PATH", conflicts_with = "fd", alias = "socket")]
     pub socket_path: Option<PathBuf>,
 
     /// File descriptor of an already listening vhost-user socket, inherited from the caller.
@@ -262,10 +337,22 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N")]
     pub overlap_threads: Option<usize>,
 
+    /// Request queues offered to the VMM (GET_QUEUE_NUM answers one more, for the hiprio
+    /// queue), 1 to 16, each served by a vring thread of its own. QEMU's vhost-user-fs-pci uses
+    /// as many as its `num-request-queues` asks for (Linux >= 6.10 spreads requests over
+    /// them); a device that takes its configuration space from the daemon (QEMU's generic
+    /// vhost-user-test-device-pci, used for DAX, with `--tag`) tells the guest this number,
+    /// so there it must be the device's `num_vqs` - 1.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_REQUEST_QUEUES)]
+    pub request_queues: usize,
+
     /// When the request queue runs dry, keep watching it for up to this many microseconds
-    /// before sleeping, so a guest's next request costs no kick and no wake-up. The window
-    /// adapts to the guest's gaps and stays at 0 while they are longer than this; it only
-    /// spins after requests, never while the guest is idle. 0 turns polling off.
+    /// before sleeping, so a guest's next request costs no kick and no wake-up. Only where
+    /// that pays: the window is the one that saves the guest more time than it costs in CPU
+    /// for the gaps seen (0, no polling, for guests that pause longer than a wake-up costs),
+    /// one queue of the daemon spins at a time within a daemon-wide budget, and polling
+    /// stops while other threads want the CPU; never while the guest is idle. 0 (the
+    /// default) turns polling off.
     #[arg(long, value_name = "US", default_value_t = DEFAULT_POLL_MAX_US)]
     pub poll_max_us: u64,
 
@@ -290,6 +377,88 @@ pub struct ServeArgs {
     /// Print the vhost-user backend capabilities as JSON (as libvirt asks) and exit.
     #[arg(long)]
     pub print_capabilities: bool,
+
+    /// Log to syslog (/dev/log, opened before the sandbox) instead of stderr.
+    #[arg(long)]
+    pub syslog: bool,
+
+    #[command(flatten)]
+    pub compat: CompatArgs,
+}
+
+/// The reference virtiofsd's flags this daemon does not implement the same way: accepted
+/// where the meaning is this daemon's behaviour anyway, refused (with the alternative)
+/// where it is not. See [`ServeArgs::normalized`].
+#[derive(Debug, Clone, Default, Args)]
+pub struct CompatArgs {
+    /// POSIX ACLs: `never` (the default, what this daemon does); `auto`/`always` are refused.
+    #[arg(long, value_name = "never|auto|always", num_args = 0..=1, default_missing_value = "always")]
+    pub posix_acl: Option<String>,
+
+    /// Extended attribute name mapping rules: refused (attributes pass through unchanged with
+    /// --xattr).
+    #[arg(long, value_name = "RULES")]
+    pub xattrmap: Option<String>,
+
+    /// Guest/host UID translation: refused (not implemented).
+    #[arg(long, value_name = "TYPE:SOURCE:TARGET:COUNT")]
+    pub translate_uid: Vec<String>,
+
+    /// Guest/host GID translation: refused (not implemented).
+    #[arg(long, value_name = "TYPE:SOURCE:TARGET:COUNT")]
+    pub translate_gid: Vec<String>,
+
+    /// User-namespace UID map: refused (the sandbox keeps the host user namespace).
+    #[arg(long, value_name = ":NS:HOST:COUNT:")]
+    pub uid_map: Vec<String>,
+
+    /// User-namespace GID map: refused (the sandbox keeps the host user namespace).
+    #[arg(long, value_name = ":NS:HOST:COUNT:")]
+    pub gid_map: Vec<String>,
+
+    /// FUSE_HANDLE_KILLPRIV_V2: refused (the host kernel clears setuid/setgid on write, as
+    /// with --no-killpriv-v2).
+    #[arg(long, conflicts_with = "no_killpriv_v2")]
+    pub killpriv_v2: bool,
+
+    /// No FUSE_HANDLE_KILLPRIV_V2: this daemon's behaviour (accepted).
+    #[arg(long)]
+    pub no_killpriv_v2: bool,
+
+    /// Security labels on create: `never` (accepted); `auto`/`always` are refused.
+    #[arg(long, value_name = "never|auto|always", num_args = 0..=1, default_missing_value = "always")]
+    pub security_label: Option<String>,
+
+    /// Changing the kept capabilities: refused (the sandbox's set is fixed).
+    #[arg(long, value_name = "CAPS")]
+    pub modcaps: Option<String>,
+
+    /// Keep the guest's O_NOATIME (accepted: it is always passed to the host).
+    #[arg(long)]
+    pub preserve_noatime: bool,
+
+    /// Shared mmap with --cache=never|metadata: refused there (needs
+    /// FUSE_DIRECT_IO_ALLOW_MMAP, not offered); with auto/always mmap works anyway.
+    #[arg(long)]
+    pub allow_mmap: bool,
+
+    /// Do not announce submounts: this daemon's default (accepted).
+    #[arg(long, conflicts_with = "announce_submounts")]
+    pub no_announce_submounts: bool,
+
+    /// Options in the legacy `-o a,b=c` form (announce_submounts, xattr, no_xattr, cache=,
+    /// source=, writeback, no_writeback, readdirplus, no_readdirplus, allow_direct_io,
+    /// no_killpriv_v2, log_level=, sandbox=, flock/posix_lock and their no_ forms).
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    pub compat_options: Vec<String>,
+
+    /// Log level debug (legacy `-d`).
+    #[arg(short = 'd')]
+    pub debug: bool,
+
+    /// Foreground (legacy `-f`, no effect: the daemon always runs in the foreground).
+    #[arg(short = 'f')]
+    pub foreground: bool,
 }
 
 /// How to reach a Ceph cluster: for `--backend cephfs`, `--accounting-rados` and the
@@ -320,9 +489,62 @@ impl CephClientArgs {
         ))
     }
 
-    fn any(&self) -> bool {
+    pub fn any(&self) -> bool {
         self.ceph_conf.is_some() || self.ceph_id.is_some() || self.ceph_keyring.is_some()
     }
+}
+
+impl VolumeArgs {
+    /// The `volume` module's options.
+    pub fn admin_options(&self) -> crate::volume::AdminOptions {
+        crate::volume::AdminOptions {
+            ceph_conf: self.ceph_conf.clone(),
+            ceph_id: self.ceph_id.clone(),
+            ceph_keyring: self.ceph_keyring.clone(),
+            ceph_fs: self.ceph_fs.clone(),
+            volumes_root: self.volumes_root.clone(),
+            keyring_dir: self.keyring_dir.clone(),
+        }
+    }
+}
+
+impl VolumeCommand {
+    /// The `volume` module's action (`None` for `serve`, which `volume_serve` runs).
+    pub fn action(&self) -> Option<crate::volume::VolumeAction> {
+        use crate::volume::{CreateSpec, VolumeAction, VolumeLimits};
+        Some(match self.clone() {
+            VolumeCommand::Create {
+                name,
+                quota,
+                data_pool,
+                rate_limit_bytes,
+                rate_limit_ops,
+            } => VolumeAction::Create {
+                name,
+                spec: CreateSpec {
+                    quota,
+                    data_pool,
+                    limits: VolumeLimits {
+                        bytes_per_sec: rate_limit_bytes.unwrap_or(0),
+                        ops_per_sec: rate_limit_ops.unwrap_or(0),
+                    },
+                },
+            },
+            VolumeCommand::Rm { name } => VolumeAction::Remove { name },
+            VolumeCommand::Ls => VolumeAction::List,
+            VolumeCommand::Inspect { name } => VolumeAction::Inspect { name },
+            VolumeCommand::Snapshot { name, snap, rm } => match rm {
+                false => VolumeAction::Snapshot { name, snap },
+                true => VolumeAction::DeleteSnapshot { name, snap },
+            },
+            VolumeCommand::Serve { .. } => return None,
+        })
+    }
+}
+
+/// RADOS pool names for `--data-pool`: 1 to 128 of `A-Z a-z 0-9 . _ -`.
+pub fn pool_arg(text: &str) -> Result<String, String> {
+    crate::volume::check_pool_name(text).map(str::to_string)
 }
 
 /// A name made of 1 to `max` of `A-Z a-z 0-9 . _ -` that does not start with `banned`.
@@ -344,7 +566,7 @@ fn plain_name(text: &str, max: usize, banned: &str) -> Result<String, String> {
 
 /// Names of volumes and snapshots: 1 to 64 of `A-Z a-z 0-9 . _ -`, not starting with a dot.
 pub fn volume_name_arg(text: &str) -> Result<String, String> {
-    plain_name(text, 64, ".")
+    crate::volume::check_name(text).map(str::to_string)
 }
 
 /// cephx user names: 1 to 64 of `A-Z a-z 0-9 . _ -`, without the `client.` prefix.
@@ -467,6 +689,45 @@ impl AccountingArgs {
         }
     }
 
+    /// The `accounting` module's configuration (`None`: nothing asked for). `host` goes in
+    /// the journal records.
+    pub fn config(
+        &self,
+        ceph: &CephClientArgs,
+        host: String,
+    ) -> Result<Option<crate::accounting::Config>, CliError> {
+        if !self.enabled() {
+            return Ok(None);
+        }
+        let unset = || "none".to_string();
+        let labels = crate::accounting::Labels {
+            tenant: self.tenant.clone().unwrap_or_else(unset),
+            volume: self.volume.clone().unwrap_or_else(unset),
+            pod: self.pod.clone().unwrap_or_else(unset),
+            traffic_class: self.traffic_class.as_str().to_string(),
+            host,
+        };
+        let rados = match &self.accounting_rados {
+            Some(pool) => {
+                let (conf, id, keyring) = ceph.required("--accounting-rados")?;
+                Some(crate::accounting::rados_sink::SinkConfig {
+                    pool: pool.clone(),
+                    conf,
+                    id,
+                    keyring,
+                })
+            }
+            None => None,
+        };
+        Ok(Some(crate::accounting::Config {
+            labels,
+            limits: self.limits(),
+            metrics_addr: self.metrics_addr.clone(),
+            accounting_dir: self.accounting_dir.clone(),
+            rados,
+        }))
+    }
+
     fn validate(&self) -> Result<(), CliError> {
         if self.accounting_dir.is_some()
             && (self.tenant.is_none() || self.volume.is_none() || self.pod.is_none())
@@ -514,16 +775,46 @@ fn metrics_addr_arg(text: &str) -> Result<MetricsAddr, String> {
 
 #[derive(Debug, Clone, Args)]
 pub struct MountArgs {
-    /// Directory to serve.
+    /// Directory to serve (`--backend passthrough`).
     #[arg(long, value_name = "DIR")]
-    pub shared_dir: PathBuf,
+    pub shared_dir: Option<PathBuf>,
 
     /// Where to mount it on this host.
     #[arg(value_name = "MOUNTPOINT")]
     pub mountpoint: PathBuf,
 
+    /// `passthrough` (--shared-dir) or `cephfs` (--ceph-conf, --ceph-id, --ceph-keyring,
+    /// --ceph-root: a CephFS volume as its own identity, no kernel CephFS mount).
+    #[arg(long, value_enum, default_value_t = Backend::Passthrough)]
+    pub backend: Backend,
+
+    #[command(flatten)]
+    pub ceph: CephClientArgs,
+
+    /// `--backend cephfs`: the volume's directory inside CephFS.
+    #[arg(long, value_name = "PATH")]
+    pub ceph_root: Option<String>,
+
+    /// `--backend cephfs`: the CephFS filesystem (default: the cluster's default).
+    #[arg(long, value_name = "NAME")]
+    pub ceph_fs: Option<String>,
+
+    /// `--backend cephfs`: seconds a request may wait for the cluster before ETIMEDOUT.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub ceph_op_timeout: u64,
+
     #[command(flatten)]
     pub fs: FsOptions,
+
+    #[command(flatten)]
+    pub accounting: AccountingArgs,
+
+    /// With `--backend cephfs`: after mounting, drop every capability and install the seccomp
+    /// allow-list (`--seccomp`); a small helper process keeps CAP_SYS_ADMIN only to unmount
+    /// when the server ends, however it ends. (A host directory keeps the host's view and
+    /// capabilities: it acts on host files as the caller.)
+    #[arg(long, value_enum, default_value_t = SeccompAction::Kill)]
+    pub seccomp: SeccompAction,
 
     /// Number of threads reading /dev/fuse.
     #[arg(long, value_name = "N", default_value_t = 2)]
@@ -532,6 +823,106 @@ pub struct MountArgs {
     /// Log level: error, warn, info, debug, trace or off.
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
+}
+
+impl MountArgs {
+    /// The `fusedev` module's options, checked.
+    pub fn mount_options(&self, host: String) -> Result<crate::fusedev::MountOptions, CliError> {
+        use crate::fusedev::{MountBackend, MountOptions};
+        self.accounting.validate()?;
+        let backend = match self.backend {
+            Backend::Passthrough => {
+                if self.ceph_root.is_some() {
+                    return Err(CliError::CephFlagWithoutCephfs("--ceph-root"));
+                }
+                if self.ceph_fs.is_some() {
+                    return Err(CliError::CephFlagWithoutCephfs("--ceph-fs"));
+                }
+                if self.ceph.any() && self.accounting.accounting_rados.is_none() {
+                    return Err(CliError::CephClientUnused);
+                }
+                MountBackend::HostDir {
+                    dir: self.shared_dir.clone().ok_or(CliError::NoSharedDir)?,
+                    fs: self.fs.clone(),
+                }
+            }
+            Backend::Cephfs => {
+                if self.shared_dir.is_some() {
+                    return Err(CliError::SharedDirWithCephfs);
+                }
+                if self.fs.inode_file_handles != InodeFileHandles::Never {
+                    return Err(CliError::FileHandlesWithCephfs);
+                }
+                MountBackend::CephFs(ceph_options(
+                    &self.ceph,
+                    self.ceph_root.as_deref(),
+                    self.ceph_fs.clone(),
+                    self.ceph_op_timeout,
+                    self.fs.cache,
+                )?)
+            }
+        };
+        Ok(MountOptions {
+            mountpoint: self.mountpoint.clone(),
+            backend,
+            policy: crate::export::ExportPolicy::from(&self.fs),
+            readonly: self.fs.readonly,
+            threads: self.threads,
+            seccomp: crate::seccomp::mismatch_action(self.seccomp),
+            accounting: self.accounting.config(&self.ceph, host)?,
+        })
+    }
+}
+
+/// The guest cache policy of the CephFS backend for `--cache`.
+pub fn ceph_cache_policy(mode: CacheMode) -> cephfs_backend::CachePolicy {
+    use cephfs_backend::CachePolicy;
+    match mode {
+        CacheMode::Never => CachePolicy::never(),
+        CacheMode::Auto => CachePolicy::auto(),
+        CacheMode::Metadata => CachePolicy::metadata(),
+        CacheMode::Always => CachePolicy::always(),
+    }
+}
+
+/// A CephFS volume root, checked: absolute, normal components only.
+fn checked_ceph_root(root: Option<&str>) -> Result<&str, CliError> {
+    let root = root.ok_or(CliError::MissingCephFlag {
+        flag: "--ceph-root",
+        why: "--backend cephfs",
+    })?;
+    let bad = || CliError::BadCephRoot(root.to_string());
+    if !root.starts_with('/') || root.contains('\0') {
+        return Err(bad());
+    }
+    if root
+        .split('/')
+        .skip(1)
+        .any(|c| c == "." || c == ".." || (c.is_empty() && root != "/"))
+    {
+        return Err(bad());
+    }
+    Ok(root)
+}
+
+/// The `cephfs` module's options from the `--ceph-*` flags.
+fn ceph_options(
+    ceph: &CephClientArgs,
+    root: Option<&str>,
+    fs_name: Option<String>,
+    op_timeout: u64,
+    cache: CacheMode,
+) -> Result<crate::cephfs::CephOptions, CliError> {
+    let (conf, id, keyring) = ceph.required("--backend cephfs")?;
+    Ok(crate::cephfs::CephOptions {
+        conf,
+        id,
+        keyring,
+        root: checked_ceph_root(root)?.to_string(),
+        fs_name,
+        cache: ceph_cache_policy(cache),
+        op_timeout: Some(std::time::Duration::from_secs(op_timeout)).filter(|t| !t.is_zero()),
+    })
 }
 
 fn size_arg(text: &str) -> Result<u64, String> {
@@ -632,6 +1023,8 @@ pub enum CliError {
     OverlapWithPool,
     #[error("--poll-max-us {0}: at most {max} (a longer spin only burns CPU)", max = MAX_POLL_US)]
     PollTooLong(u64),
+    #[error("--request-queues {0}: 1 to {MAX_REQUEST_QUEUES} are supported")]
+    RequestQueues(usize),
     #[error("--accounting-dir needs --tenant, --volume and --pod (they name the journal)")]
     AccountingDirWithoutLabels,
     #[error("a burst needs its limit: {0}")]
@@ -661,6 +1054,12 @@ pub enum CliError {
         "--ceph-conf, --ceph-id and --ceph-keyring need --backend cephfs or --accounting-rados"
     )]
     CephClientUnused,
+    #[error("{flag}: {reason}")]
+    Unsupported { flag: String, reason: &'static str },
+    #[error("-o {0}: unknown legacy option (give the flag instead; see --help)")]
+    UnknownCompatOption(String),
+    #[error("-o {option}: {reason}")]
+    BadCompatOption { option: String, reason: String },
 }
 
 /// Upper bound for --thread-pool-size: more threads than this only add contention.
@@ -670,12 +1069,158 @@ pub const MAX_THREAD_POOL: usize = 1024;
 /// host disk busy, measured in docs/benchmarks.md.
 pub const DEFAULT_OVERLAP_THREADS: usize = 8;
 
-/// Default --poll-max-us (see docs/benchmarks.md for how it was chosen).
-pub const DEFAULT_POLL_MAX_US: u64 = 200;
+/// Default --poll-max-us: off. Measured in docs/benchmarks.md ("Polling the request queue"):
+/// in TCG guests on a shared machine polling cost 1.4x the CPU per metadata file and bought
+/// no throughput; it is for hosts whose guests' gaps are a few microseconds (try 200).
+pub const DEFAULT_POLL_MAX_US: u64 = 0;
+/// Most request queues (`--request-queues`): the device's limit.
+pub const MAX_REQUEST_QUEUES: usize = crate::device::MAX_REQUEST_QUEUES;
+/// Default `--request-queues`: the most QEMU's vhost-user-fs-pci may be configured with, so
+/// any `num-request-queues` works without a flag; unused queues cost one idle thread each.
+pub const DEFAULT_REQUEST_QUEUES: usize = MAX_REQUEST_QUEUES;
 /// Upper bound for --poll-max-us.
 pub const MAX_POLL_US: u64 = 10_000;
 
+fn unsupported(flag: impl Into<String>, reason: &'static str) -> CliError {
+    CliError::Unsupported {
+        flag: flag.into(),
+        reason,
+    }
+}
+
 impl ServeArgs {
+    /// Applies the reference daemon's legacy forms (`-o`, `-d`) and refuses its flags whose
+    /// meaning this daemon does not provide, naming the alternative.
+    pub fn normalized(mut self) -> Result<ServeArgs, CliError> {
+        let c = self.compat.clone();
+        if c.debug {
+            self.log_level = LogLevel::Debug;
+        }
+        for list in &c.compat_options {
+            for option in list.split(',').filter(|o| !o.is_empty()) {
+                self.apply_compat_option(option)?;
+            }
+        }
+        if self.compat.no_announce_submounts {
+            self.fs.announce_submounts = false;
+        }
+        let c = &self.compat;
+        if let Some(mode) = c.posix_acl.as_deref().filter(|m| *m != "never") {
+            return Err(unsupported(
+                format!("--posix-acl={mode}"),
+                "POSIX ACLs are not served (the guest kernel would enforce ACLs the daemon does not keep); use --posix-acl=never and plain mode bits",
+            ));
+        }
+        if c.xattrmap.is_some() {
+            return Err(unsupported(
+                "--xattrmap",
+                "extended attribute names are not mapped; --xattr passes them through unchanged",
+            ));
+        }
+        for (flag, set) in [
+            ("--translate-uid", &c.translate_uid),
+            ("--translate-gid", &c.translate_gid),
+        ] {
+            if !set.is_empty() {
+                return Err(unsupported(
+                    flag,
+                    "guest/host ID translation is not implemented; give the guest's files host IDs (or serve a CephFS volume, whose identity bounds what a guest reaches)",
+                ));
+            }
+        }
+        for (flag, set) in [("--uid-map", &c.uid_map), ("--gid-map", &c.gid_map)] {
+            if !set.is_empty() {
+                return Err(unsupported(
+                    flag,
+                    "the sandbox keeps the host user namespace (it needs root); run the daemon as root without ID maps",
+                ));
+            }
+        }
+        if c.killpriv_v2 {
+            return Err(unsupported(
+                "--killpriv-v2",
+                "FUSE_HANDLE_KILLPRIV_V2 is not offered; the host kernel clears setuid/setgid bits on write (--no-killpriv-v2, the default)",
+            ));
+        }
+        if let Some(mode) = c.security_label.as_deref().filter(|m| *m != "never") {
+            return Err(unsupported(
+                format!("--security-label={mode}"),
+                "security labels on create are not supported; --xattr passes security.* attributes set after creation",
+            ));
+        }
+        if c.modcaps.is_some() {
+            return Err(unsupported(
+                "--modcaps",
+                "the kept capabilities are fixed by the sandbox (see docs/architecture.md); --sandbox=none keeps the caller's",
+            ));
+        }
+        if c.allow_mmap && matches!(self.fs.cache, CacheMode::Never | CacheMode::Metadata) {
+            return Err(unsupported(
+                "--allow-mmap",
+                "shared mmap with --cache=never|metadata needs FUSE_DIRECT_IO_ALLOW_MMAP, which this daemon does not offer; use --cache=auto or --cache=always, where mmap works",
+            ));
+        }
+        Ok(self)
+    }
+
+    fn apply_compat_option(&mut self, option: &str) -> Result<(), CliError> {
+        let (key, value) = match option.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (option, None),
+        };
+        let bad = |reason: String| CliError::BadCompatOption {
+            option: option.to_string(),
+            reason,
+        };
+        let parse = |v: Option<&str>| -> Result<String, CliError> {
+            v.map(str::to_string)
+                .ok_or_else(|| bad("needs a value".to_string()))
+        };
+        match key {
+            "announce_submounts" => self.fs.announce_submounts = true,
+            "no_announce_submounts" => self.fs.announce_submounts = false,
+            "xattr" => self.fs.xattr = true,
+            "no_xattr" => self.fs.xattr = false,
+            "writeback" => self.fs.writeback = true,
+            "no_writeback" => self.fs.writeback = false,
+            "readdirplus" => self.fs.no_readdirplus = false,
+            "no_readdirplus" => self.fs.no_readdirplus = true,
+            "allow_direct_io" => self.fs.allow_direct_io = true,
+            "no_allow_direct_io" => self.fs.allow_direct_io = false,
+            // The daemon's behaviour anyway: locks are served, KILLPRIV_V2 is not offered.
+            "flock" | "posix_lock" | "no_killpriv_v2" => {}
+            "no_flock" | "no_posix_lock" => return Err(bad("locks are always served".to_string())),
+            "killpriv_v2" => self.compat.killpriv_v2 = true,
+            "posix_acl" => self.compat.posix_acl = Some("always".to_string()),
+            "no_posix_acl" => self.compat.posix_acl = Some("never".to_string()),
+            "cache" => {
+                self.fs.cache = match parse(value)?.as_str() {
+                    "auto" => CacheMode::Auto,
+                    "always" => CacheMode::Always,
+                    "never" | "none" => CacheMode::Never,
+                    "metadata" => CacheMode::Metadata,
+                    other => return Err(bad(format!("unknown cache mode {other:?}"))),
+                }
+            }
+            "source" => self.shared_dir = Some(PathBuf::from(parse(value)?)),
+            "sandbox" => {
+                self.sandbox = match parse(value)?.as_str() {
+                    "namespace" => SandboxMode::Namespace,
+                    "chroot" => SandboxMode::Chroot,
+                    "none" => SandboxMode::None,
+                    other => return Err(bad(format!("unknown sandbox {other:?}"))),
+                }
+            }
+            "log_level" => {
+                self.log_level = LogLevel::from_str(&parse(value)?, true).map_err(|_| {
+                    bad("expected error, warn, info, debug, trace or off".to_string())
+                })?
+            }
+            _ => return Err(CliError::UnknownCompatOption(option.to_string())),
+        }
+        Ok(())
+    }
+
     /// The listening socket this invocation asks for.
     pub fn socket_source(&self) -> Result<SocketSource, CliError> {
         match (&self.socket_path, self.fd) {
@@ -703,22 +1248,18 @@ impl ServeArgs {
 
     /// The CephFS volume root (`--ceph-root`), checked: absolute, normal components only.
     pub fn ceph_root(&self) -> Result<&str, CliError> {
-        let root = self.ceph_root.as_deref().ok_or(CliError::MissingCephFlag {
-            flag: "--ceph-root",
-            why: "--backend cephfs",
-        })?;
-        let bad = || CliError::BadCephRoot(root.to_string());
-        if !root.starts_with('/') || root.contains('\0') {
-            return Err(bad());
-        }
-        if root
-            .split('/')
-            .skip(1)
-            .any(|c| c == "." || c == ".." || (c.is_empty() && root != "/"))
-        {
-            return Err(bad());
-        }
-        Ok(root)
+        checked_ceph_root(self.ceph_root.as_deref())
+    }
+
+    /// The `cephfs` module's options (`--backend cephfs`).
+    pub fn ceph_options(&self) -> Result<crate::cephfs::CephOptions, CliError> {
+        ceph_options(
+            &self.ceph,
+            self.ceph_root.as_deref(),
+            self.ceph_fs.clone(),
+            self.ceph_op_timeout,
+            self.fs.cache,
+        )
     }
 
     fn validate_backend(&self) -> Result<(), CliError> {
@@ -770,6 +1311,9 @@ impl ServeArgs {
         }
         if self.poll_max_us > MAX_POLL_US {
             return Err(CliError::PollTooLong(self.poll_max_us));
+        }
+        if !(1..=MAX_REQUEST_QUEUES).contains(&self.request_queues) {
+            return Err(CliError::RequestQueues(self.request_queues));
         }
         if self.dax_file_size.is_some() && self.dax_window.is_none() {
             return Err(CliError::DaxFileSizeWithoutWindow);
@@ -874,6 +1418,8 @@ mod tests {
             .serve;
         assert_eq!(s.validate(), Err(CliError::PollTooLong(20000)));
         assert!(parse(&["--fd=3", "--shared-dir=/x", "--poll-max-us=-1"]).is_err());
+        let s = parse(&["--fd=3", "--shared-dir=/x"]).expect("parses").serve;
+        assert_eq!(s.poll_max_us, 0, "polling is off by default");
         let s = parse(&["--fd=3", "--shared-dir=/x", "--poll-max-us=0"])
             .unwrap()
             .serve;
@@ -919,7 +1465,7 @@ mod tests {
         let cli = parse(&["mount", "--shared-dir=/src", "/mnt/x", "--cache=always"]).unwrap();
         match cli.command {
             Some(Command::Mount(m)) => {
-                assert_eq!(m.shared_dir, PathBuf::from("/src"));
+                assert_eq!(m.shared_dir, Some(PathBuf::from("/src")));
                 assert_eq!(m.mountpoint, PathBuf::from("/mnt/x"));
                 assert_eq!(m.fs.cache, CacheMode::Always);
             }
@@ -1128,7 +1674,7 @@ mod tests {
             Some(Command::Volume(v)) => {
                 assert!(matches!(
                     v.command,
-                    VolumeCommand::Create { ref name, quota: Some(q) } if name == "shared" && q == 10 << 30
+                    VolumeCommand::Create { ref name, quota: Some(q), .. } if name == "shared" && q == 10 << 30
                 ));
                 assert_eq!(v.args.ceph_id, "admin");
                 assert_eq!(v.args.volumes_root, "/volumes");
@@ -1154,6 +1700,133 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    fn normalized(args: &[&str]) -> Result<ServeArgs, CliError> {
+        parse(args).unwrap().serve.normalized()
+    }
+
+    #[test]
+    fn integrators_argument_lists_are_accepted() {
+        // Kata's Go runtime (virtiofsd.go) with its default extra arguments.
+        let s = normalized(&[
+            "--syslog",
+            "--cache=auto",
+            "--shared-dir=/run/kata/shared",
+            "--fd=3",
+            "--thread-pool-size=1",
+            "--announce-submounts",
+        ])
+        .unwrap();
+        s.validate().unwrap();
+        assert!(s.syslog && s.fs.announce_submounts);
+        assert_eq!(s.socket_source().unwrap(), SocketSource::Fd(3));
+        // Older Kata configurations: the legacy `-o` form.
+        let s = normalized(&[
+            "--fd=3",
+            "--shared-dir=/d",
+            "-o",
+            "announce_submounts,cache=never,xattr",
+            "-d",
+            "-f",
+        ])
+        .unwrap();
+        s.validate().unwrap();
+        assert!(s.fs.announce_submounts && s.fs.xattr);
+        assert_eq!(s.fs.cache, CacheMode::Never);
+        assert_eq!(s.log_level, LogLevel::Debug);
+        // Kata runtime-rs, libvirt, cloud-hypervisor's docs.
+        for list in [
+            &[
+                "--socket-path=/run/v.sock",
+                "--shared-dir=/d",
+                "--cache=never",
+                "--sandbox=none",
+                "--seccomp=none",
+            ][..],
+            &[
+                "--fd=3",
+                "--shared-dir=/d",
+                "--xattr",
+                "--cache=always",
+                "--thread-pool-size=4",
+            ],
+            &["--socket=/run/v.sock", "--shared-dir=/d", "--cache=never"],
+            &[
+                "--socket-path=/s",
+                "--shared-dir=/d",
+                "--no-killpriv-v2",
+                "--posix-acl=never",
+                "--security-label=never",
+                "--preserve-noatime",
+                "--no-announce-submounts",
+                "--allow-mmap",
+                "--log-level=info",
+            ],
+        ] {
+            let s = normalized(list).unwrap_or_else(|e| panic!("{list:?}: {e}"));
+            s.validate().unwrap_or_else(|e| panic!("{list:?}: {e}"));
+        }
+        let s = normalized(&["--socket=/run/v.sock", "--shared-dir=/d"]).unwrap();
+        assert_eq!(s.socket_path, Some(PathBuf::from("/run/v.sock")));
+        assert!(
+            !normalized(&[
+                "--socket-path=/s",
+                "--shared-dir=/d",
+                "-o",
+                "announce_submounts",
+                "--no-announce-submounts"
+            ])
+            .unwrap()
+            .fs
+            .announce_submounts
+        );
+    }
+
+    #[test]
+    fn unsupported_reference_flags_are_refused_with_the_alternative() {
+        for (flag, alternative) in [
+            ("--posix-acl", "--posix-acl=never"),
+            ("--posix-acl=auto", "--posix-acl=never"),
+            ("--xattrmap=:map::user.virtiofs.:", "--xattr"),
+            ("--translate-uid=map:0:1000:1", "host IDs"),
+            ("--translate-gid=squash-guest:0:1000:65536", "host IDs"),
+            ("--uid-map=:0:100000:65536:", "without ID maps"),
+            ("--gid-map=:0:100000:65536:", "without ID maps"),
+            ("--killpriv-v2", "--no-killpriv-v2"),
+            ("--security-label", "--xattr"),
+            ("--modcaps=+sys_admin", "--sandbox=none"),
+        ] {
+            let e = normalized(&["--socket-path=/s", "--shared-dir=/d", flag]).unwrap_err();
+            assert!(matches!(e, CliError::Unsupported { .. }), "{flag}: {e}");
+            assert!(e.to_string().contains(alternative), "{flag}: {e}");
+        }
+        let e = normalized(&[
+            "--socket-path=/s",
+            "--shared-dir=/d",
+            "--cache=never",
+            "--allow-mmap",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("--cache=auto"), "{e}");
+        let e =
+            normalized(&["--socket-path=/s", "--shared-dir=/d", "-o", "frobnicate"]).unwrap_err();
+        assert_eq!(e, CliError::UnknownCompatOption("frobnicate".into()));
+        let e = normalized(&[
+            "--socket-path=/s",
+            "--shared-dir=/d",
+            "-o",
+            "cache=sometimes",
+        ])
+        .unwrap_err();
+        assert!(matches!(e, CliError::BadCompatOption { .. }), "{e}");
+        assert!(parse(&[
+            "--socket-path=/s",
+            "--shared-dir=/d",
+            "--killpriv-v2",
+            "--no-killpriv-v2"
+        ])
+        .is_err());
     }
 
     #[test]

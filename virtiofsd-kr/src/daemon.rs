@@ -106,9 +106,12 @@ fn serve_host_dir(args: ServeArgs) -> Result<(), DaemonError> {
         .readonly(args.fs.readonly)
         .xattr(args.fs.xattr);
     sandbox.enter()?;
+    // FUSE_ATTR_DAX (the guest's dax=inode) only on a writable export: a --readonly export
+    // can only be mapped through read-only descriptors, which QEMU 11.1 cannot map (docs/dax.md).
     let dax_file_size = started
         .dax
         .as_ref()
+        .filter(|_| !args.fs.readonly)
         .map(|_| args.dax_file_size.unwrap_or(0));
     let fs = passthrough::open(&args.fs, &sandbox.backend_root(), dax_file_size)?;
     sandbox.confine()?;
@@ -159,7 +162,7 @@ fn probe_local_devices(shared_dir: &Path) -> Option<LocalDevices> {
 /// the socket exists; the serving connection is made last, once confined and under seccomp,
 /// because libcephfs starts threads that would otherwise escape both.
 fn serve_cephfs(args: ServeArgs) -> Result<(), DaemonError> {
-    let ceph = CephStart::from_args(&args)?;
+    let ceph = CephStart::new(args.ceph_options()?)?;
     ceph.preflight()?;
     let started = start(&args, None)?;
 
@@ -274,6 +277,7 @@ where
         request_threads,
         args.tag.as_deref(),
         threads,
+        args.request_queues,
         Duration::from_micros(args.poll_max_us),
     )?);
     let mut daemon = VhostUserDaemon::new(
@@ -287,6 +291,8 @@ where
     spawn_signal_thread(signals, cleanup.clone());
 
     info!(export = what, queue_threads = ?threads, request_threads = ?request_threads, poll_max_us = args.poll_max_us, "waiting for the vhost-user frontend");
+    // The reference daemon's words: Kata's runtime-rs waits for this line on stderr.
+    info!("Waiting for vhost-user socket connection...");
     daemon
         .start(&mut listener)
         .map_err(DaemonError::VhostUser)?;
@@ -297,6 +303,16 @@ where
     for (i, totals) in device.poll_totals().enumerate() {
         info!("queue {} polling: {totals}", i + 1);
     }
+    let per_queue = device.requests_per_queue();
+    info!(
+        "requests per queue (0: hiprio): {}",
+        per_queue
+            .iter()
+            .enumerate()
+            .map(|(q, n)| format!("{q}={n}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     if let Some(totals) = device.pool_totals() {
         info!("request workers: {totals}");
     }
@@ -383,36 +399,17 @@ fn prepare_accounting(
         }
         std::fs::create_dir_all(dir).map_err(dir_err)?;
     }
-    let unset = || "none".to_string();
-    let labels = accounting::Labels {
-        tenant: a.tenant.clone().unwrap_or_else(unset),
-        volume: a.volume.clone().unwrap_or_else(unset),
-        pod: a.pod.clone().unwrap_or_else(unset),
-        traffic_class: a.traffic_class.as_str().to_string(),
-        host: std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "unknown".to_string()),
-    };
-    let rados = match &a.accounting_rados {
-        Some(pool) => {
-            let (conf, id, keyring) = args.ceph.required("--accounting-rados")?;
-            Some(accounting::rados_sink::SinkConfig {
-                pool: pool.clone(),
-                conf,
-                id,
-                keyring,
-            })
-        }
-        None => None,
-    };
-    let config = accounting::Config {
-        labels,
-        limits: a.limits(),
-        metrics_addr: a.metrics_addr.clone(),
-        accounting_dir: a.accounting_dir.clone(),
-        rados,
+    let Some(config) = a.config(&args.ceph, host_name())? else {
+        return Ok(None);
     };
     Ok(Some(accounting::Prepared::prepare(config, dax)?))
+}
+
+/// This host's name, for journal records.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".to_string())
 }
 
 /// Where a directory that may not exist yet will be: its nearest existing ancestor resolved,

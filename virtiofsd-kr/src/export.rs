@@ -235,6 +235,12 @@ impl<F: FileSystem> ExportFs<F> {
         if self.policy.announce_submounts && capable.contains(FsOptions::SUBMOUNTS) {
             opts.insert(FsOptions::SUBMOUNTS);
         }
+        // Options above bit 31 (PERFILE_DAX, the guest's dax=inode, among them) travel in
+        // `flags2`, which Linux reads only when the reply carries INIT_EXT; fuse-backend-rs
+        // fills `flags2` but does not set the flag.
+        if capable.contains(FsOptions::INIT_EXT) && (capable & opts).bits() >> 32 != 0 {
+            opts.insert(FsOptions::INIT_EXT);
+        }
         opts
     }
 
@@ -644,13 +650,39 @@ where
         moffset: u64,
         vu_req: &mut dyn FsCacheReqHandler,
     ) -> io::Result<()> {
-        // The backend opens the file itself for the mapping, with the daemon's rights: a
-        // writable mapping is only granted while the guest holds the file open for writing.
-        if flags & SetupmappingFlags::WRITE.bits() != 0 {
+        // The backend opens the file itself for the mapping, with the daemon's rights, read-write
+        // when WRITE is asked, else read-only. A writable mapping is only granted on a writable
+        // export while the guest holds the file open for writing.
+        let write = SetupmappingFlags::WRITE.bits();
+        if flags & write != 0 {
             self.writable()?;
-        }
-        if flags & SetupmappingFlags::WRITE.bits() != 0 && !self.open_for_writing(inode.into()) {
-            return Err(io::Error::from_raw_os_error(libc::EACCES));
+            if !self.open_for_writing(inode.into()) {
+                return Err(io::Error::from_raw_os_error(libc::EACCES));
+            }
+        } else if !self.policy.readonly {
+            // A read mapping: QEMU 11.1 maps every descriptor read-write and fails on a
+            // read-only one, so on a writable export the file is opened read-write when the
+            // host allows it, which is exactly when a FUSE OPEN(O_RDWR) from the guest would
+            // succeed: it grants nothing the guest could not take through FUSE. Files the host
+            // will not open for writing, and every file of a --readonly export, get a
+            // read-only descriptor (and no FUSE_ATTR_DAX), never a writable one.
+            match self.inner.setupmapping(
+                ctx,
+                inode,
+                handle,
+                foffset,
+                len,
+                flags | write,
+                moffset,
+                vu_req,
+            ) {
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EACCES | libc::EPERM | libc::EROFS | libc::ETXTBSY)
+                    ) => {}
+                done => return done,
+            }
         }
         self.inner
             .setupmapping(ctx, inode, handle, foffset, len, flags, moffset, vu_req)
@@ -801,6 +833,22 @@ mod tests {
             guest_open_flags((libc::O_RDONLY | libc::O_DIRECTORY) as u32).unwrap(),
             (libc::O_RDONLY | libc::O_DIRECTORY) as u32
         );
+    }
+
+    #[test]
+    fn options_above_bit_31_come_with_init_ext() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = ExportFs::new(backend(dir.path()), ExportPolicy::default());
+        // A dax=inode guest: PERFILE_DAX is bit 33, read from flags2 only with INIT_EXT.
+        let opts = fs
+            .init(FsOptions::PERFILE_DAX | FsOptions::INIT_EXT | FsOptions::BIG_WRITES)
+            .unwrap();
+        assert!(opts.contains(FsOptions::PERFILE_DAX | FsOptions::INIT_EXT));
+        // Nothing above bit 31 enabled: no INIT_EXT either.
+        let opts = fs
+            .init(FsOptions::INIT_EXT | FsOptions::BIG_WRITES)
+            .unwrap();
+        assert!(!opts.contains(FsOptions::INIT_EXT));
     }
 
     #[test]

@@ -38,6 +38,96 @@ fn filter(level: LogLevel, rust_log: Option<&str>) -> (Targets, Option<String>) 
     }
 }
 
+/// Where log lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sink {
+    Stderr,
+    /// The local syslog socket (`/dev/log`), connected now, so the sandbox does not hide it;
+    /// stderr if it cannot be.
+    Syslog,
+}
+
+/// A connected `/dev/log` datagram socket; each event is one RFC 3164 message (facility
+/// daemon, severity from the level), sent with one `send` (allowed under seccomp).
+struct SyslogSocket {
+    socket: std::os::unix::net::UnixDatagram,
+    tag: String,
+}
+
+/// One event's text, sent when the formatter is done with it.
+struct SyslogLine<'a> {
+    to: &'a SyslogSocket,
+    buf: Vec<u8>,
+}
+
+impl std::io::Write for SyslogLine<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for SyslogLine<'_> {
+    fn drop(&mut self) {
+        let text = String::from_utf8_lossy(&self.buf);
+        let text = text.trim();
+        // Severity from the formatted level (the fmt layer writes it first).
+        let severity = match text.split_whitespace().next().unwrap_or("") {
+            "ERROR" => 3,
+            "WARN" => 4,
+            "INFO" => 6,
+            _ => 7,
+        };
+        let message = format!("<{}>{}: {text}", 24 + severity, self.to.tag);
+        let _ = self.to.socket.send(message.as_bytes());
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for SyslogSocket {
+    type Writer = SyslogLine<'a>;
+    fn make_writer(&'a self) -> Self::Writer {
+        SyslogLine {
+            to: self,
+            buf: Vec::with_capacity(256),
+        }
+    }
+}
+
+fn syslog_socket() -> std::io::Result<SyslogSocket> {
+    let socket = std::os::unix::net::UnixDatagram::unbound()?;
+    socket.connect("/dev/log")?;
+    Ok(SyslogSocket {
+        socket,
+        tag: format!("virtiofsd-kr[{}]", std::process::id()),
+    })
+}
+
+/// [`init`] with a choice of sink.
+pub fn init_to(level: LogLevel, sink: Sink) {
+    if sink == Sink::Syslog {
+        match syslog_socket() {
+            Ok(socket) => {
+                let _ = tracing_log::LogTracer::init();
+                let (targets, _) = filter(level, std::env::var("RUST_LOG").ok().as_deref());
+                let fmt = tracing_subscriber::fmt::layer()
+                    .with_writer(socket)
+                    .with_ansi(false)
+                    .without_time()
+                    .with_target(false);
+                let _ = tracing_subscriber::registry()
+                    .with(fmt.with_filter(targets))
+                    .try_init();
+                return;
+            }
+            Err(e) => eprintln!("virtiofsd-kr: --syslog: /dev/log: {e}; logging to stderr"),
+        }
+    }
+    init(level)
+}
+
 /// Install the global subscriber. `RUST_LOG`, when set, replaces the level from the command
 /// line.
 pub fn init(level: LogLevel) {
@@ -88,6 +178,35 @@ mod tests {
         assert!(complaint.contains("RUST_LOG"), "{complaint}");
         assert!(t.would_enable("virtiofsd_kr::daemon", &Level::INFO));
         assert!(!t.would_enable("virtiofsd_kr::daemon", &Level::DEBUG));
+    }
+
+    #[test]
+    fn syslog_lines_carry_facility_severity_and_tag() {
+        use std::io::Write;
+        use tracing_subscriber::fmt::MakeWriter;
+        let (ours, theirs) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        let sink = SyslogSocket {
+            socket: ours,
+            tag: "virtiofsd-kr[42]".to_string(),
+        };
+        for (line, want) in [
+            (
+                "ERROR disk on fire\n",
+                "<27>virtiofsd-kr[42]: ERROR disk on fire",
+            ),
+            (
+                " INFO Waiting for vhost-user socket connection...\n",
+                "<30>virtiofsd-kr[42]: INFO Waiting for vhost-user socket connection...",
+            ),
+            ("DEBUG x", "<31>virtiofsd-kr[42]: DEBUG x"),
+        ] {
+            let mut w = sink.make_writer();
+            w.write_all(line.as_bytes()).unwrap();
+            drop(w);
+            let mut buf = [0u8; 256];
+            let n = theirs.recv(&mut buf).unwrap();
+            assert_eq!(std::str::from_utf8(&buf[..n]).unwrap(), want);
+        }
     }
 
     #[test]

@@ -12,7 +12,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Mount(args)) => {
             logging::init(args.log_level);
-            virtiofsd_kr::fusedev::mount(args).map_err(|e| e.to_string())
+            args.mount_options(daemon::host_name())
+                .map_err(|e| e.to_string())
+                .and_then(|opts| virtiofsd_kr::fusedev::mount(opts).map_err(|e| e.to_string()))
         }
         Some(Command::Stats(args)) => {
             server::http_request(&args.metrics_addr, "GET", "/metrics", "")
@@ -48,16 +50,31 @@ fn main() -> ExitCode {
         }
         Some(Command::Volume(v)) => {
             logging::init(virtiofsd_kr::cli::LogLevel::Warn);
-            virtiofsd_kr::volume::run(v).map_err(|e| e.to_string())
+            match v.command.action() {
+                Some(action) => virtiofsd_kr::volume::run(&v.args.admin_options(), action)
+                    .map_err(|e| e.to_string()),
+                None => virtiofsd_kr::volume_serve::run(v).map_err(|e| e.to_string()),
+            }
+        }
+        Some(Command::DockerPlugin(args)) => {
+            logging::init(args.log_level);
+            virtiofsd_kr::docker_plugin::run(args.plugin_options()).map_err(|e| e.to_string())
         }
         None if cli.serve.print_capabilities => {
             println!("{}", daemon::capabilities_json());
             Ok(())
         }
-        None => {
-            logging::init(cli.serve.log_level);
-            daemon::serve(cli.serve).map_err(|e| e.to_string())
-        }
+        None => match cli.serve.normalized() {
+            Ok(serve) => {
+                let sink = match serve.syslog {
+                    true => logging::Sink::Syslog,
+                    false => logging::Sink::Stderr,
+                };
+                logging::init_to(serve.log_level, sink);
+                daemon::serve(serve).map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -381,10 +381,16 @@ pub fn mismatch_action(action: SeccompAction) -> Option<Action> {
 
 /// Installs the filters on every thread of the process (also sets PR_SET_NO_NEW_PRIVS).
 pub fn install(action: SeccompAction, profile: Profile) -> Result<(), SeccompError> {
-    let Some(mismatch) = mismatch_action(action) else {
+    install_with(mismatch_action(action), profile)
+}
+
+/// [`install`] with the mismatch action itself (`None`: no filter).
+pub fn install_with(mismatch: Option<Action>, profile: Profile) -> Result<(), SeccompError> {
+    let Some(mismatch) = mismatch else {
         info!("seccomp: no filter (--seccomp=none)");
         return Ok(());
     };
+    let action = mismatch.clone();
     let main = allow_list_filter(mismatch, profile)?;
     let clone3 = clone3_filter()?;
     // The clone3 filter goes first: once the allow-list is in, `seccomp` itself is refused.

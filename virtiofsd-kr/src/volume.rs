@@ -20,7 +20,108 @@ use cephfs_backend::rados::Rados;
 use cephfs_backend::{CephError, CephInode, CephMount, UserPerm};
 use serde::Serialize;
 
-use crate::cli::{volume_name_arg as name_arg, VolumeArgs};
+/// How the administrator's commands reach the cluster (the CLI's `volume` flags, converted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminOptions {
+    /// ceph.conf naming the monitors.
+    pub ceph_conf: PathBuf,
+    /// cephx user allowed to make directories, set quotas and create identities.
+    pub ceph_id: String,
+    /// That user's keyring.
+    pub ceph_keyring: PathBuf,
+    /// The CephFS filesystem (`None`: the cluster's only one).
+    pub ceph_fs: Option<String>,
+    /// Directory inside CephFS that holds the volumes.
+    pub volumes_root: String,
+    /// Where the volumes' keyrings are written.
+    pub keyring_dir: PathBuf,
+}
+
+/// Longest volume or snapshot name.
+pub const MAX_NAME: usize = 64;
+
+/// Names of volumes and snapshots: 1 to 64 of `A-Z a-z 0-9 . _ -`, not starting with a dot
+/// (so never `.`, `..`, `.snap`, never a `/`). Checked before anything reaches CephFS.
+pub fn check_name(text: &str) -> Result<&str, String> {
+    let ok = !text.is_empty()
+        && text.len() <= MAX_NAME
+        && !text.starts_with('.')
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(text)
+    } else {
+        let shown: String = text.chars().take(80).collect();
+        Err(format!(
+            "{shown:?}: a volume name is 1 to {MAX_NAME} of A-Z a-z 0-9 . _ - (not starting with `.`)"
+        ))
+    }
+}
+
+/// RADOS pool names (`--data-pool`, `-o pool=`): 1 to 128 of `A-Z a-z 0-9 . _ -`, not
+/// starting with a dot.
+pub fn check_pool_name(text: &str) -> Result<&str, String> {
+    let ok = !text.is_empty()
+        && text.len() <= 128
+        && !text.starts_with('.')
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(text)
+    } else {
+        let shown: String = text.chars().take(80).collect();
+        Err(format!(
+            "{shown:?}: a pool name is 1 to 128 of A-Z a-z 0-9 . _ - (not starting with `.`)"
+        ))
+    }
+}
+
+fn name_arg(text: &str) -> Result<&str, String> {
+    check_name(text)
+}
+
+/// What a new volume gets besides its directory and identity.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CreateSpec {
+    /// Most bytes the volume may hold (`ceph.quota.max_bytes`).
+    pub quota: Option<u64>,
+    /// The RADOS data pool its files' data goes to (the directory layout's pool); made a data
+    /// pool of the filesystem if it is not one yet.
+    pub data_pool: Option<String>,
+    /// Rate limits whoever serves the volume applies (kept as `user.` attributes of the
+    /// directory, so every host serving it sees the same).
+    pub limits: VolumeLimits,
+}
+
+/// A volume's own rate limits (0: unlimited).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct VolumeLimits {
+    pub bytes_per_sec: u64,
+    pub ops_per_sec: u64,
+}
+
+/// The directory attributes that hold [`VolumeLimits`].
+const LIMIT_BYTES_XATTR: &CStr = c"user.virtiofsd-kr.rate-limit-bytes";
+const LIMIT_OPS_XATTR: &CStr = c"user.virtiofsd-kr.rate-limit-ops";
+
+/// Everything needed to serve a volume as its own identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeIdentity {
+    /// The directory inside CephFS (`--ceph-root`).
+    pub root: String,
+    /// The cephx user (`--ceph-id`).
+    pub ceph_id: String,
+    /// Its keyring on this host (`--ceph-keyring`).
+    pub keyring: PathBuf,
+    /// The ceph.conf (`--ceph-conf`).
+    pub conf: PathBuf,
+    /// The filesystem (`--ceph-fs`).
+    pub fs_name: Option<String>,
+    pub limits: VolumeLimits,
+    pub quota_bytes: Option<u64>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
@@ -42,6 +143,10 @@ pub enum VolumeError {
     Mon { command: String, message: String },
     #[error("keyring {path:?}: {source}")]
     Keyring { path: PathBuf, source: io::Error },
+    #[error("{0}")]
+    BadName(String),
+    #[error("data pool {0:?} does not exist in the cluster (create it first, e.g. `ceph osd pool create {0}`)")]
+    NoSuchPool(String),
 }
 
 /// What `volume inspect` prints (and `create`, `ls` per volume), as JSON.
@@ -60,6 +165,10 @@ pub struct VolumeInfo {
     pub keyring: Option<PathBuf>,
     /// Snapshot names (the guest sees them read-only under `/.snap`).
     pub snapshots: Vec<String>,
+    /// The data pool set on the volume's layout (`None`: the filesystem's default).
+    pub data_pool: Option<String>,
+    /// Rate limits whoever serves it applies.
+    pub limits: VolumeLimits,
 }
 
 /// An administrator's connection: a libcephfs mount of the filesystem's root for the
@@ -67,7 +176,7 @@ pub struct VolumeInfo {
 pub struct VolumeAdmin {
     mount: Arc<CephMount>,
     root: CephInode,
-    args: VolumeArgs,
+    args: AdminOptions,
     perm: UserPerm,
 }
 
@@ -85,7 +194,7 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> VolumeError {
 
 impl VolumeAdmin {
     /// Connects as the administrator the arguments name.
-    pub fn connect(args: &VolumeArgs) -> Result<VolumeAdmin, VolumeError> {
+    pub fn connect(args: &AdminOptions) -> Result<VolumeAdmin, VolumeError> {
         let root = args.volumes_root.trim_end_matches('/');
         if !root.starts_with('/')
             || root
@@ -150,6 +259,7 @@ impl VolumeAdmin {
     }
 
     fn volume_dir(&self, name: &str) -> Result<CephInode, VolumeError> {
+        name_arg(name).map_err(VolumeError::BadName)?;
         match self.mount.lookup(&self.root, &cstr(name)?, &self.perm) {
             Ok((inode, stat)) if stat.mode() & libc::S_IFMT == libc::S_IFDIR => Ok(inode),
             Ok(_) => Err(VolumeError::NoSuchVolume(name.to_string())),
@@ -160,9 +270,15 @@ impl VolumeAdmin {
         }
     }
 
-    /// Creates the directory, its quota, its identity and keyring.
-    pub fn create(&self, name: &str, quota: Option<u64>) -> Result<VolumeInfo, VolumeError> {
+    /// Creates the directory, its quota, data pool and limits, its identity and keyring. A
+    /// data pool that does not exist is refused before anything is made; a step that fails
+    /// after the directory exists removes it again.
+    pub fn create(&self, name: &str, spec: &CreateSpec) -> Result<VolumeInfo, VolumeError> {
+        name_arg(name).map_err(VolumeError::BadName)?;
         let cname = cstr(name)?;
+        if let Some(pool) = &spec.data_pool {
+            self.ensure_data_pool(pool)?;
+        }
         let dir = match self.mount.mkdir(&self.root, &cname, 0o777, &self.perm) {
             Ok((dir, _)) => dir,
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
@@ -170,12 +286,73 @@ impl VolumeAdmin {
             }
             Err(e) => return Err(io_err(format!("creating volume {name}"))(e)),
         };
-        if let Some(bytes) = quota {
-            self.set_quota(&dir, name, bytes)?;
+        let configured = self.configure(&dir, name, spec);
+        drop(dir);
+        if let Err(e) = configured {
+            let _ = self.mount.rmdir(&self.root, &cname, &self.perm);
+            return Err(e);
         }
         let keyring = self.authorize(name)?;
         write_keyring(&self.keyring_path(name), &keyring)?;
         self.inspect(name)
+    }
+
+    fn configure(&self, dir: &CephInode, name: &str, spec: &CreateSpec) -> Result<(), VolumeError> {
+        if let Some(pool) = &spec.data_pool {
+            self.mount
+                .setxattr(dir, c"ceph.dir.layout.pool", pool.as_bytes(), 0, &self.perm)
+                .map_err(io_err(format!("setting data pool {pool} on volume {name}")))?;
+        }
+        if let Some(bytes) = spec.quota {
+            self.set_quota(dir, name, bytes)?;
+        }
+        for (attr, value) in [
+            (LIMIT_BYTES_XATTR, spec.limits.bytes_per_sec),
+            (LIMIT_OPS_XATTR, spec.limits.ops_per_sec),
+        ] {
+            if value > 0 {
+                self.mount
+                    .setxattr(dir, attr, value.to_string().as_bytes(), 0, &self.perm)
+                    .map_err(io_err(format!("setting the rate limits of volume {name}")))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that `pool` exists and makes it a data pool of the filesystem (idempotent).
+    fn ensure_data_pool(&self, pool: &str) -> Result<(), VolumeError> {
+        let out = self.mon(&serde_json::json!({"prefix": "osd pool ls", "format": "json"}))?;
+        let pools: Vec<String> = serde_json::from_slice(&out).map_err(|e| VolumeError::Mon {
+            command: "osd pool ls".to_string(),
+            message: format!("unreadable answer: {e}"),
+        })?;
+        if !pools.iter().any(|p| p == pool) {
+            return Err(VolumeError::NoSuchPool(pool.to_string()));
+        }
+        let fs = self.fs_name()?;
+        self.mon(&serde_json::json!({"prefix": "fs add_data_pool", "fs_name": fs, "pool": pool}))?;
+        Ok(())
+    }
+
+    /// What serving the volume as its own identity needs; writes the identity's keyring on
+    /// this host if it is not here yet (a volume made on another host).
+    pub fn serve_identity(&self, name: &str) -> Result<ServeIdentity, VolumeError> {
+        let info = self.inspect(name)?;
+        let keyring = self.keyring_path(name);
+        if !keyring.is_file() {
+            let entity = format!("client.{}", Self::ceph_id(name));
+            let text = self.mon(&serde_json::json!({"prefix": "auth get", "entity": entity}))?;
+            write_keyring(&keyring, &text)?;
+        }
+        Ok(ServeIdentity {
+            root: info.path,
+            ceph_id: info.ceph_id,
+            keyring,
+            conf: self.args.ceph_conf.clone(),
+            fs_name: self.args.ceph_fs.clone(),
+            limits: info.limits,
+            quota_bytes: info.quota_bytes,
+        })
     }
 
     fn set_quota(&self, dir: &CephInode, name: &str, bytes: u64) -> Result<(), VolumeError> {
@@ -387,6 +564,21 @@ impl VolumeAdmin {
         self.inspect(name)
     }
 
+    fn xattr_text(&self, dir: &CephInode, attr: &CStr) -> Result<Option<String>, io::Error> {
+        match self.mount.getxattr(dir, attr, 256, &self.perm) {
+            Ok(XattrReply::Data(v)) => Ok(Some(
+                String::from_utf8_lossy(&v)
+                    .trim_matches(char::from(0))
+                    .trim()
+                    .to_string(),
+            )
+            .filter(|t| !t.is_empty())),
+            Ok(XattrReply::Size(_)) => Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     fn xattr_u64(&self, dir: &CephInode, attr: &CStr) -> Result<Option<u64>, io::Error> {
         match self.mount.getxattr(dir, attr, 64, &self.perm) {
             Ok(XattrReply::Data(v)) => Ok(String::from_utf8_lossy(&v)
@@ -412,6 +604,18 @@ impl VolumeAdmin {
             .map_err(io_err(format!("volume {name}: usage")))?
             .unwrap_or(0);
         let keyring = Some(self.keyring_path(name)).filter(|p| p.is_file());
+        let data_pool = self
+            .xattr_text(&dir, c"ceph.dir.layout.pool")
+            .map_err(io_err(format!("volume {name}: layout")))?;
+        let limit = |attr| {
+            self.xattr_u64(&dir, attr)
+                .map(|v| v.unwrap_or(0))
+                .map_err(io_err(format!("volume {name}: rate limits")))
+        };
+        let limits = VolumeLimits {
+            bytes_per_sec: limit(LIMIT_BYTES_XATTR)?,
+            ops_per_sec: limit(LIMIT_OPS_XATTR)?,
+        };
         Ok(VolumeInfo {
             name: name.to_string(),
             path: self.path_of(name),
@@ -420,6 +624,8 @@ impl VolumeAdmin {
             ceph_id: Self::ceph_id(name),
             keyring,
             snapshots: self.snapshots(&dir, name)?,
+            data_pool,
+            limits,
         })
     }
 
@@ -459,26 +665,31 @@ fn write_keyring(path: &Path, text: &[u8]) -> Result<(), VolumeError> {
     std::fs::rename(&tmp, path).map_err(err)
 }
 
+/// One `volume` command, as the CLI converted it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeAction {
+    Create { name: String, spec: CreateSpec },
+    Remove { name: String },
+    List,
+    Inspect { name: String },
+    Snapshot { name: String, snap: String },
+    DeleteSnapshot { name: String, snap: String },
+}
+
 /// Runs one `volume` command; what it prints goes to stdout.
-pub fn run(cli: crate::cli::VolumeCli) -> Result<(), VolumeError> {
-    use crate::cli::VolumeCommand;
-    let admin = VolumeAdmin::connect(&cli.args)?;
+pub fn run(options: &AdminOptions, action: VolumeAction) -> Result<(), VolumeError> {
+    let admin = VolumeAdmin::connect(options)?;
     let print = |info: &VolumeInfo| match serde_json::to_string_pretty(info) {
         Ok(text) => println!("{text}"),
         Err(e) => tracing::error!("printing volume {}: {e}", info.name),
     };
-    match cli.command {
-        VolumeCommand::Create { name, quota } => print(&admin.create(&name, quota)?),
-        VolumeCommand::Rm { name } => admin.remove(&name)?,
-        VolumeCommand::Inspect { name } => print(&admin.inspect(&name)?),
-        VolumeCommand::Snapshot { name, snap, rm } => {
-            let info = match rm {
-                false => admin.snapshot(&name, &snap)?,
-                true => admin.delete_snapshot(&name, &snap)?,
-            };
-            print(&info)
-        }
-        VolumeCommand::Ls => {
+    match action {
+        VolumeAction::Create { name, spec } => print(&admin.create(&name, &spec)?),
+        VolumeAction::Remove { name } => admin.remove(&name)?,
+        VolumeAction::Inspect { name } => print(&admin.inspect(&name)?),
+        VolumeAction::Snapshot { name, snap } => print(&admin.snapshot(&name, &snap)?),
+        VolumeAction::DeleteSnapshot { name, snap } => print(&admin.delete_snapshot(&name, &snap)?),
+        VolumeAction::List => {
             for info in admin.list()? {
                 match serde_json::to_string(&info) {
                     Ok(line) => println!("{line}"),

@@ -4,7 +4,9 @@
 //!
 //! Owns the reservation and the bookkeeping of what is mapped where. It checks every request
 //! against the window itself (a buggy daemon must not make the test process map outside its
-//! window) and records every request so tests can assert what the daemon asked for.
+//! window) and records every request so tests can assert what the daemon asked for. Like
+//! QEMU 11.1 it refuses a mapping over a live one or past the end of the file, and an unmap
+//! that does not match a mapping exactly.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -157,6 +159,25 @@ impl VhostUserFrontendReqHandler for DaxWindowMapper {
         if req.shmid != 0 || !self.in_window(shm_offset, len) {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
+        // As QEMU 11.1 does: no mapping over a live one, none past the end of the file.
+        let overlaps = self.live.lock().is_ok_and(|live| {
+            live.iter()
+                .any(|(start, l)| *start < shm_offset + len && shm_offset < start + l)
+        });
+        if overlaps {
+            return Err(io::Error::other("VIRTIO Shared Memory mapping overlap"));
+        }
+        // SAFETY: fstat on the descriptor the daemon sent, valid for this call.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if st.st_size > 0 && (st.st_size as u64) < fd_offset.saturating_add(len) {
+            return Err(io::Error::other(format!(
+                "backing store size {:#x} does not match 'size' option {len:#x}",
+                st.st_size
+            )));
+        }
         let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
         // SAFETY: MAP_FIXED replaces pages only inside this object's own reservation (checked
         // by `in_window`); the descriptor is valid for the duration of the call.
@@ -184,6 +205,16 @@ impl VhostUserFrontendReqHandler for DaxWindowMapper {
         self.record(WindowRequest::Unmap { shm_offset, len });
         if req.shmid != 0 || !self.in_window(shm_offset, len) {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        // As QEMU 11.1 does: an unmap must match a mapping exactly.
+        if self
+            .live
+            .lock()
+            .map_or(true, |live| live.get(&shm_offset) != Some(&len))
+        {
+            return Err(io::Error::other(format!(
+                "no mapping at {shm_offset:#x}+{len:#x} to unmap"
+            )));
         }
         // SAFETY: puts the reservation back over a range inside this object's own window.
         let addr = unsafe {

@@ -16,6 +16,7 @@
 pub mod accel;
 pub mod ceph_dev;
 pub mod cpio;
+pub mod cpu;
 pub mod daemon;
 pub mod dax_window;
 pub mod error;
@@ -24,12 +25,13 @@ pub mod fs_buffers;
 pub mod fuse;
 pub mod paths;
 pub mod results;
+pub mod stats;
 pub mod vm;
 pub mod workload;
 
 pub use accel::{Accel, AccelChoice};
 pub use daemon::{CacheMode, CephShare, DaemonConfig, DaemonOutcome, ShareBackend};
 pub use error::{HarnessError, Result};
-pub use paths::GuestImage;
+pub use paths::{GuestImage, GuestKernel, QemuVersion};
 pub use results::{GuestResults, ResultEntry, SerialLine};
-pub use vm::{RunningVm, VmBuilder, VmOutcome, GUEST_MOUNT};
+pub use vm::{FsDevice, RunningVm, VmBuilder, VmOutcome, GUEST_MOUNT};

@@ -46,6 +46,23 @@ impl GuestImage {
         }
     }
 
+    /// The image with `kernel` in place of the default one.
+    pub fn locate_with(kernel: GuestKernel) -> Result<GuestImage> {
+        let mut image = GuestImage::locate()?;
+        if kernel == GuestKernel::Trixie612 {
+            let dir = repo_root()?.join(".cache").join("guest-6.12");
+            let vmlinux = dir.join("vmlinux");
+            if !vmlinux.is_file() {
+                return Err(HarnessError::GuestImageMissing { path: vmlinux });
+            }
+            image.kernel = vmlinux;
+            image.kernel_version = std::fs::read_to_string(dir.join("kernel-version"))
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default();
+        }
+        Ok(image)
+    }
+
     /// Locates the image: `VMTEST_GUEST_DIR`, else `<repo>/.cache/guest`.
     pub fn locate() -> Result<GuestImage> {
         let dir = match std::env::var_os("VMTEST_GUEST_DIR") {
@@ -120,6 +137,56 @@ pub fn daemon_binary() -> Result<PathBuf> {
             .collect::<Vec<_>>()
             .join(", "),
     })
+}
+
+/// Which QEMU boots a guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QemuVersion {
+    /// The host's QEMU (Debian 12: 7.2), the default drop-in check.
+    #[default]
+    Host,
+    /// QEMU 11.1 from Debian trixie-backports, run out of `.cache/trixie-root` by
+    /// `scripts/qemu11.sh` (built by `scripts/setup.sh`): the first QEMU with vhost-user shared
+    /// memory (DAX) and the VMM for several request queues.
+    V11_1,
+}
+
+impl QemuVersion {
+    /// Short name for messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QemuVersion::Host => "host (7.2)",
+            QemuVersion::V11_1 => "11.1",
+        }
+    }
+}
+
+/// The command that runs `version`'s QEMU: the host binary, or the `scripts/qemu11.sh`
+/// wrapper once the trixie root holds QEMU (a missing root is an error, never a silent
+/// fallback to the host's QEMU).
+pub fn qemu_command(version: QemuVersion) -> Result<PathBuf> {
+    match version {
+        QemuVersion::Host => qemu_binary(),
+        QemuVersion::V11_1 => {
+            let root = repo_root()?;
+            let qemu = root.join(".cache/trixie-root/usr/bin/qemu-system-x86_64");
+            if !qemu.is_file() {
+                return Err(HarnessError::GuestImageMissing { path: qemu });
+            }
+            Ok(root.join("scripts").join("qemu11.sh"))
+        }
+    }
+}
+
+/// Which guest kernel boots (both with the initramfs of `.cache/guest`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GuestKernel {
+    /// Debian 12's 6.1 (virtio-fs as modules), `.cache/guest`.
+    #[default]
+    Debian61,
+    /// Debian trixie's 6.12 (virtio-fs built in; spreads requests over several request
+    /// queues), `.cache/guest-6.12`.
+    Trixie612,
 }
 
 /// `qemu-system-x86_64` on PATH (or `VMTEST_QEMU`).

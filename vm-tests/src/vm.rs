@@ -20,7 +20,7 @@ use crate::accel::{self, Accel, AccelChoice};
 use crate::cpio::CpioWriter;
 use crate::daemon::{CacheMode, CephShare, Daemon, DaemonConfig, DaemonOutcome, ShareBackend};
 use crate::error::{HarnessError, Result};
-use crate::paths::{self, GuestImage};
+use crate::paths::{self, GuestImage, GuestKernel, QemuVersion};
 use crate::results::{GuestResults, ResultEntry, SerialLine};
 
 /// Where the share is mounted in the guest.
@@ -53,6 +53,47 @@ pub struct VmBuilder {
     accel: Option<AccelChoice>,
     kernel_args: Vec<String>,
     fio: bool,
+    qemu: QemuVersion,
+    kernel: GuestKernel,
+    device: FsDevice,
+    mount_options: Option<String>,
+}
+
+/// How the share reaches the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsDevice {
+    /// `vhost-user-fs-pci` with this many request queues (QEMU's own virtio-fs device).
+    FsPci { request_queues: u32 },
+    /// QEMU 11.1's generic `vhost-user-test-device-pci` (virtio id 26): the only device with a
+    /// vhost-user shared memory region, so the one that gives the guest a DAX window. Its
+    /// configuration space (tag, queue count) comes from the daemon (`--tag`).
+    Generic { request_queues: u32 },
+}
+
+impl FsDevice {
+    fn request_queues(self) -> u32 {
+        match self {
+            FsDevice::FsPci { request_queues } | FsDevice::Generic { request_queues } => {
+                request_queues
+            }
+        }
+    }
+
+    /// The `-device` argument for the chardev `vfs0`.
+    pub fn qemu_arg(self) -> String {
+        match self {
+            FsDevice::FsPci { request_queues: 1 } => {
+                format!("vhost-user-fs-pci,chardev=vfs0,tag={SHARE_TAG}")
+            }
+            FsDevice::FsPci { request_queues } => format!(
+                "vhost-user-fs-pci,chardev=vfs0,tag={SHARE_TAG},num-request-queues={request_queues}"
+            ),
+            FsDevice::Generic { request_queues } => format!(
+                "vhost-user-test-device-pci,chardev=vfs0,virtio-id=26,num_vqs={},vq_size=128,config_size=40",
+                request_queues + 1
+            ),
+        }
+    }
 }
 
 impl Default for VmBuilder {
@@ -85,6 +126,10 @@ impl VmBuilder {
             accel: None,
             kernel_args: Vec::new(),
             fio: false,
+            qemu: QemuVersion::default(),
+            kernel: GuestKernel::default(),
+            device: FsDevice::FsPci { request_queues: 1 },
+            mount_options: None,
         }
     }
 
@@ -224,6 +269,50 @@ impl VmBuilder {
         self
     }
 
+    /// Which QEMU runs the guest (default: the host's 7.2).
+    pub fn qemu(mut self, version: QemuVersion) -> Self {
+        self.qemu = version;
+        self
+    }
+
+    /// Which guest kernel boots (default: Debian 12's 6.1).
+    pub fn kernel(mut self, kernel: GuestKernel) -> Self {
+        self.kernel = kernel;
+        self
+    }
+
+    /// The modern rig: QEMU 11.1 and the 6.12 guest kernel.
+    pub fn modern(self) -> Self {
+        self.qemu(QemuVersion::V11_1).kernel(GuestKernel::Trixie612)
+    }
+
+    /// `num-request-queues` of `vhost-user-fs-pci` (or the generic device's queue count).
+    pub fn request_queues(mut self, n: u32) -> Self {
+        self.device = match self.device {
+            FsDevice::FsPci { .. } => FsDevice::FsPci { request_queues: n },
+            FsDevice::Generic { .. } => FsDevice::Generic { request_queues: n },
+        };
+        self
+    }
+
+    /// A DAX window of `size` (as `--dax-window` takes it, e.g. `64M`): the daemon gets
+    /// `--dax-window` and `--tag`, the guest QEMU 11.1's generic device (needs
+    /// [`QemuVersion::V11_1`]).
+    pub fn dax_window(mut self, size: &str) -> Self {
+        self.device = FsDevice::Generic {
+            request_queues: self.device.request_queues(),
+        };
+        self.daemon.extra_args.push(format!("--dax-window={size}"));
+        self.daemon.extra_args.push(format!("--tag={SHARE_TAG}"));
+        self
+    }
+
+    /// Options of the guest's `mount -t virtiofs` (e.g. `dax=always`; no spaces).
+    pub fn mount_options(mut self, opts: &str) -> Self {
+        self.mount_options = Some(opts.to_string());
+        self
+    }
+
     /// An extra kernel command-line argument.
     pub fn kernel_arg(mut self, arg: &str) -> Self {
         self.kernel_args.push(arg.to_string());
@@ -265,14 +354,31 @@ impl VmBuilder {
     }
 
     /// Starts the daemon (when sharing) and QEMU; returns at once.
-    pub fn spawn(self) -> Result<RunningVm> {
-        let image = GuestImage::locate()?;
-        let qemu = paths::qemu_binary()?;
+    pub fn spawn(mut self) -> Result<RunningVm> {
+        let image = GuestImage::locate_with(self.kernel)?;
+        let qemu = paths::qemu_command(self.qemu)?;
         let choice = match self.accel {
             Some(c) => c,
             None => AccelChoice::from_env()?,
         };
-        let accel = accel::resolve(choice, &image)?;
+        if matches!(self.device, FsDevice::Generic { .. }) && self.qemu != QemuVersion::V11_1 {
+            return Err(HarnessError::Config(
+                "a DAX window needs QEMU 11.1 (the host QEMU has no vhost-user shared memory)"
+                    .into(),
+            ));
+        }
+        if let Some(opts) = &self.mount_options {
+            if opts.is_empty() || opts.contains(char::is_whitespace) {
+                return Err(HarnessError::Config(format!(
+                    "mount options {opts:?} must be one word"
+                )));
+            }
+        }
+        // The KVM probe boots the host QEMU; QEMU 11.1 runs under TCG unless KVM is asked for.
+        let accel = match (self.qemu, choice) {
+            (QemuVersion::V11_1, AccelChoice::Auto) => accel::resolve(AccelChoice::Tcg, &image)?,
+            _ => accel::resolve(choice, &image)?,
+        };
         let workdir = tempfile::Builder::new()
             .prefix("vmtest-vm-")
             .tempdir()
@@ -281,6 +387,12 @@ impl VmBuilder {
         paths::no_comma(&initrd)?;
         paths::no_comma(&image.kernel)?;
 
+        if let FsDevice::Generic { request_queues } = self.device {
+            // This device tells the guest the daemon's queue count (its configuration space).
+            self.daemon
+                .extra_args
+                .push(format!("--request-queues={request_queues}"));
+        }
         let daemon = match &self.share {
             Some(backend) => Some(Daemon::start_backend(&self.daemon, backend)?),
             None => None,
@@ -296,6 +408,9 @@ impl VmBuilder {
         if daemon.is_some() {
             append.push(format!("vmtest.tag={SHARE_TAG}"));
             append.push(format!("vmtest.mnt={GUEST_MOUNT}"));
+            if let Some(opts) = &self.mount_options {
+                append.push(format!("vmtest.opts={opts}"));
+            }
         }
         append.extend(self.kernel_args.iter().cloned());
 
@@ -332,13 +447,16 @@ impl VmBuilder {
                 "-chardev".into(),
                 format!("socket,id=vfs0,path={}", d.socket().display()),
                 "-device".into(),
-                format!("vhost-user-fs-pci,chardev=vfs0,tag={SHARE_TAG}"),
+                self.device.qemu_arg(),
             ]);
         }
         let command_line = format!("{} {}", qemu.display(), args.join(" "));
         eprintln!(
-            "vm-tests: [{}] booting with accel={accel}, backend={}, cache={}",
+            "vm-tests: [{}] booting QEMU {} with kernel {}, accel={accel}, device {}, backend={}, cache={}",
             self.name,
+            self.qemu.as_str(),
+            image.kernel_version,
+            self.device.qemu_arg(),
             self.share.as_ref().map_or("-", ShareBackend::kind),
             if daemon.is_some() {
                 self.daemon.cache.as_str()

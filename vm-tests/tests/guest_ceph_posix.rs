@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::ceph::CephVolume;
 use common::posix_suite;
-use vm_tests::VmBuilder;
+use vm_tests::{CacheMode, VmBuilder};
 
 /// CephFS round trips under TCG make the suite slower than on a host directory.
 const CEPH_GUEST_TIMEOUT: Duration = Duration::from_secs(900);
@@ -42,5 +42,34 @@ fn mmap_cephfs_cache_always() {
             .ceph_share(volume.share())
             .timeout(CEPH_GUEST_TIMEOUT),
         &view,
+    );
+}
+
+/// CephFS stores seconds in 32 unsigned bits: later times are clamped to the last one.
+const CEPH_TIME_MAX: i64 = u32::MAX as i64;
+
+#[test]
+fn posix_edges_cephfs_cache_auto() {
+    let volume = CephVolume::create("edges-auto");
+    posix_suite::posix_edges(
+        VmBuilder::new()
+            .name("ceph-edges-auto")
+            .ceph_share(volume.share())
+            .timeout(CEPH_GUEST_TIMEOUT),
+        CacheMode::Auto,
+        CEPH_TIME_MAX,
+    );
+}
+
+#[test]
+fn posix_edges_cephfs_cache_never() {
+    let volume = CephVolume::create("edges-never");
+    posix_suite::posix_edges(
+        VmBuilder::new()
+            .name("ceph-edges-never")
+            .ceph_share(volume.share())
+            .timeout(CEPH_GUEST_TIMEOUT),
+        CacheMode::Never,
+        CEPH_TIME_MAX,
     );
 }

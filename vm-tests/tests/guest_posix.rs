@@ -7,7 +7,7 @@ mod common;
 use common::host_view::LocalDirView;
 use common::posix_suite;
 use vm_tests::workload::temp_share;
-use vm_tests::VmBuilder;
+use vm_tests::{CacheMode, VmBuilder};
 
 #[test]
 fn posix_operations_cache_auto() {
@@ -26,5 +26,28 @@ fn mmap_with_cache_always() {
     posix_suite::mmap_with_cache_always(
         VmBuilder::new().name("mmap-always").share(share.path()),
         &view,
+    );
+}
+
+/// The host directory's filesystem stores 64-bit seconds: 2^32 s comes back exact.
+const HOST_TIME_2_32: i64 = 1 << 32;
+
+#[test]
+fn posix_edges_cache_auto() {
+    let share = temp_share();
+    posix_suite::posix_edges(
+        VmBuilder::new().name("edges-auto").share(share.path()),
+        CacheMode::Auto,
+        HOST_TIME_2_32,
+    );
+}
+
+#[test]
+fn posix_edges_cache_never() {
+    let share = temp_share();
+    posix_suite::posix_edges(
+        VmBuilder::new().name("edges-never").share(share.path()),
+        CacheMode::Never,
+        HOST_TIME_2_32,
     );
 }

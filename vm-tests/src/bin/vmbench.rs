@@ -31,7 +31,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use thiserror::Error;
-use vm_tests::results::{parse_line, Line};
+use vm_tests::cpu::{CpuSampler, CpuTrace};
+use vm_tests::results::{parse_line, GuestResults, Line};
+use vm_tests::stats::{median, ratio_interval, RatioInterval, DEFAULT_SEED};
 use vm_tests::{AccelChoice, CacheMode, DaemonConfig, HarnessError, VmBuilder};
 
 /// Errors of the benchmark driver.
@@ -78,6 +80,14 @@ impl Metric {
         match self {
             Metric::ReadMiBs | Metric::WriteMiBs => "MiB/s",
             Metric::ReadIops | Metric::WriteIops => "IOPS",
+        }
+    }
+
+    /// What the job's CPU time is divided by: MiB moved, or I/Os done.
+    fn work_unit(self) -> &'static str {
+        match self {
+            Metric::ReadMiBs | Metric::WriteMiBs => "MiB",
+            Metric::ReadIops | Metric::WriteIops => "op",
         }
     }
 }
@@ -150,6 +160,9 @@ fn fio_jobs() -> Vec<FioJob> {
     ]
 }
 
+/// The metadata job's phases in the order it runs them.
+const META_PHASES: [&str; 4] = ["create", "stat", "readdir", "unlink"];
+
 /// The metadata job's phases: (key, unit). Phases are files/s, `meta-total` seconds.
 const META_ROWS: [(&str, &str); 5] = [
     ("meta-create", "files/s"),
@@ -176,9 +189,17 @@ fn job_text(job: &FioJob, dir: &str, cfg: &Config) -> String {
     t
 }
 
+/// What one fio run did: its figure (MiB/s or IOPS) and the work it is per (MiB moved or
+/// I/Os done), which the job's CPU time is divided by.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct FioFigure {
+    value: f64,
+    work: f64,
+}
+
 /// Extracts the job's figure from fio's JSON output (text before the first `{` is skipped:
 /// fio may print notes there).
-fn parse_fio(job: &str, text: &str, metric: Metric) -> Result<f64> {
+fn parse_fio(job: &str, text: &str, metric: Metric) -> Result<FioFigure> {
     let bad = |why: String| BenchError::FioOutput {
         job: job.to_string(),
         why,
@@ -213,14 +234,18 @@ fn parse_fio(job: &str, text: &str, metric: Metric) -> Result<f64> {
             .and_then(Value::as_f64)
             .ok_or_else(|| bad(format!("no number jobs[0].{dir}.{key}")))
     };
-    let value = match metric {
-        Metric::ReadMiBs | Metric::WriteMiBs => num("bw_bytes")? / (1024.0 * 1024.0),
-        Metric::ReadIops | Metric::WriteIops => num("iops")?,
-    };
-    if num("io_bytes")? <= 0.0 {
+    let io_bytes = num("io_bytes")?;
+    if io_bytes <= 0.0 {
         return Err(bad("no I/O was done".into()));
     }
-    Ok(value)
+    let (value, work) = match metric {
+        Metric::ReadMiBs | Metric::WriteMiBs => (
+            num("bw_bytes")? / (1024.0 * 1024.0),
+            io_bytes / (1024.0 * 1024.0),
+        ),
+        Metric::ReadIops | Metric::WriteIops => (num("iops")?, num("total_ios")?),
+    };
+    Ok(FioFigure { value, work })
 }
 
 /// A failed fio run, from `rc=N STDERR {JSON}`: the text before the JSON (shortened) and the
@@ -261,27 +286,45 @@ fn drop_caches() {
     let _ = std::fs::write("/proc/sys/vm/drop_caches", "3\n");
 }
 
-/// `vmbench meta DIR COUNT [--drop-caches]`: creates, stats, lists and unlinks COUNT empty
-/// files in DIR (created fresh), printing `@@VMTEST meta-PHASE=SECONDS` lines.
+/// `vmbench meta DIR COUNT [--drop-caches] [--tag N]`: creates, stats, lists and unlinks
+/// COUNT empty files in DIR (created fresh). Around each phase it prints
+/// `@@VMTEST begin.meta-PHASE:N=1` and `@@VMTEST end.meta-PHASE:N=1` (the host reads the
+/// daemon's CPU time between them) and then `@@VMTEST meta-PHASE:N=SECONDS`; N (default 0)
+/// numbers the repetitions of one boot.
 fn meta_command(args: &[String]) -> Result<()> {
+    const META_USAGE: &str = "vmbench meta DIR COUNT [--drop-caches] [--tag N]";
     let dir = PathBuf::from(
         args.first()
-            .ok_or_else(|| BenchError::Usage("vmbench meta DIR COUNT [--drop-caches]".into()))?,
+            .ok_or_else(|| BenchError::Usage(META_USAGE.into()))?,
     );
     let count: u64 = args
         .get(1)
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| BenchError::Usage("vmbench meta DIR COUNT [--drop-caches]".into()))?;
+        .ok_or_else(|| BenchError::Usage(META_USAGE.into()))?;
     let drop = args.iter().any(|a| a == "--drop-caches");
+    let tag: u32 = match args.iter().position(|a| a == "--tag") {
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| BenchError::Usage(META_USAGE.into()))?,
+        None => 0,
+    };
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(io_err(format!("removing {}", dir.display())))?;
     }
     std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
     let names: Vec<PathBuf> = (0..count).map(|i| dir.join(format!("f{i:05}"))).collect();
-    let report =
-        |phase: &str, t: Duration| println!("@@VMTEST meta-{phase}={:.6}", t.as_secs_f64());
+    let begin = |phase: &str| -> Instant {
+        println!("@@VMTEST begin.meta-{phase}:{tag}=1");
+        Instant::now()
+    };
+    let report = |phase: &str, t: Instant| {
+        let secs = t.elapsed().as_secs_f64();
+        println!("@@VMTEST end.meta-{phase}:{tag}=1");
+        println!("@@VMTEST meta-{phase}:{tag}={secs:.6}");
+    };
 
-    let t = Instant::now();
+    let t = begin("create");
     for n in &names {
         std::fs::OpenOptions::new()
             .write(true)
@@ -289,55 +332,60 @@ fn meta_command(args: &[String]) -> Result<()> {
             .open(n)
             .map_err(io_err(format!("creating {}", n.display())))?;
     }
-    report("create", t.elapsed());
+    report("create", t);
     if drop {
         drop_caches();
     }
 
-    let t = Instant::now();
+    let t = begin("stat");
     for n in &names {
         std::fs::symlink_metadata(n).map_err(io_err(format!("stat {}", n.display())))?;
     }
-    report("stat", t.elapsed());
+    report("stat", t);
     if drop {
         drop_caches();
     }
 
-    let t = Instant::now();
+    let t = begin("readdir");
     let mut seen = 0u64;
     for e in std::fs::read_dir(&dir).map_err(io_err(format!("listing {}", dir.display())))? {
         e.map_err(io_err(format!("listing {}", dir.display())))?;
         seen += 1;
     }
-    report("readdir", t.elapsed());
+    report("readdir", t);
     if seen != count {
         return Err(BenchError::Meta(format!(
             "listed {seen} entries, created {count}"
         )));
     }
 
-    let t = Instant::now();
+    let t = begin("unlink");
     for n in &names {
         std::fs::remove_file(n).map_err(io_err(format!("unlinking {}", n.display())))?;
     }
-    report("unlink", t.elapsed());
+    report("unlink", t);
     std::fs::remove_dir(&dir).map_err(io_err(format!("removing {}", dir.display())))?;
     Ok(())
 }
 
-/// Turns `meta-PHASE=SECONDS` results into the table rows (files/s per phase, total s).
-fn meta_rows(get: impl Fn(&str) -> Option<String>) -> Result<BTreeMap<String, f64>> {
+/// Turns the `meta-PHASE:TAG=SECONDS` results of repetition `tag` into the table rows
+/// (files/s per phase, total s).
+fn meta_rows(
+    files: u64,
+    get: impl Fn(&str) -> Option<String>,
+    tag: usize,
+) -> Result<BTreeMap<String, f64>> {
     let mut rows = BTreeMap::new();
     let mut total = 0.0;
-    for phase in ["create", "stat", "readdir", "unlink"] {
-        let key = format!("meta-{phase}");
+    for phase in META_PHASES {
+        let key = format!("meta-{phase}:{tag}");
         let raw = get(&key).ok_or_else(|| BenchError::Meta(format!("no {key} result")))?;
         let secs: f64 = raw
             .trim()
             .parse()
             .map_err(|_| BenchError::Meta(format!("{key}={raw:?} is not a number")))?;
         total += secs;
-        rows.insert(key, META_FILES as f64 / secs.max(1e-6));
+        rows.insert(format!("meta-{phase}"), files as f64 / secs.max(1e-6));
     }
     rows.insert("meta-total".into(), total);
     Ok(rows)
@@ -352,6 +400,14 @@ struct Config {
     quick: bool,
     json: bool,
     reps: usize,
+    /// Runs of every job inside one boot (`--repeat`).
+    repeat: usize,
+    /// Further processes whose CPU time counts as a daemon's (`--count-cpu WHICH:PID`):
+    /// `ceph-fuse` beside a reference serving its mount point, say.
+    count_cpu: Vec<(Which, u32)>,
+    /// Extra flags for one side's daemon (`--ours-arg`, `--reference-arg`).
+    ours_args: Vec<String>,
+    reference_args: Vec<String>,
     caches: Vec<CacheMode>,
     runtime_secs: u64,
     file_mib: u64,
@@ -373,12 +429,20 @@ struct Config {
     /// A private copy of this program, copied into guests and run on the host for the
     /// metadata job (the build may replace `target/release/vmbench` while a run is going on).
     self_exe: PathBuf,
+    /// `--ours-ceph`: our daemon serves this CephFS directory natively (`--backend cephfs`)
+    /// instead of the share folder, which must then be a mount of the same directory (see
+    /// [`backend_of`]).
+    ours_ceph: Option<vm_tests::CephShare>,
+    /// `--meta-files N`: files the metadata job creates, stats, lists and unlinks.
+    meta_files: u64,
 }
 
-const USAGE: &str = "vmbench [--quick] [--json] [--reps N] [--cache auto,never,...] \
+const USAGE: &str = "vmbench [--quick] [--json] [--reps N] [--repeat N] [--cache auto,never,...] \
+    [--count-cpu ours|reference:PID]... [--ours-arg ARG]... [--reference-arg ARG]... \
     [--runtime SECS] [--file-mib N] [--memory MIB] [--smp N] [--accel auto|kvm|tcg] \
     [--ours BIN] [--reference BIN] [--work DIR] [--jobs a,b,...] [--no-meta] [--no-host] \
-    [--strace DIR [--strace-full]] [--markdown-out FILE] [--json-out FILE]\n       vmbench meta DIR COUNT \
+    [--strace DIR [--strace-full]] [--markdown-out FILE] [--json-out FILE] \
+    [--ours-ceph CONF,ID,KEYRING,ROOT] [--meta-files N]\n       vmbench meta DIR COUNT \
     [--drop-caches]";
 
 fn parse_cache(s: &str) -> Result<CacheMode> {
@@ -398,6 +462,10 @@ fn parse_args(args: &[String]) -> Result<Config> {
         quick,
         json: false,
         reps: 3,
+        repeat: if quick { 3 } else { 1 },
+        count_cpu: Vec::new(),
+        ours_args: Vec::new(),
+        reference_args: Vec::new(),
         caches: if quick {
             vec![CacheMode::Auto]
         } else {
@@ -424,6 +492,8 @@ fn parse_args(args: &[String]) -> Result<Config> {
             .collect::<Vec<_>>()
             .join(" "),
         self_exe: PathBuf::new(),
+        ours_ceph: None,
+        meta_files: META_FILES,
     };
     let mut i = 0;
     let val = |i: usize| -> Result<&String> {
@@ -456,6 +526,28 @@ fn parse_args(args: &[String]) -> Result<Config> {
                 skip = 1
             }
             "--reps" => c.reps = num(i)?.max(1) as usize,
+            "--repeat" => c.repeat = num(i)?.clamp(1, 100) as usize,
+            "--count-cpu" => {
+                let v = val(i)?;
+                let bad = || {
+                    BenchError::Usage(format!("--count-cpu {v}: want ours:PID or reference:PID"))
+                };
+                let (who, pid) = v.split_once(':').ok_or_else(bad)?;
+                let which = match who {
+                    "ours" => Which::Ours,
+                    "reference" => Which::Reference,
+                    _ => return Err(bad()),
+                };
+                let pid: u32 = pid.parse().map_err(|_| bad())?;
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    return Err(BenchError::Usage(format!(
+                        "--count-cpu {v}: no process {pid}"
+                    )));
+                }
+                c.count_cpu.push((which, pid));
+            }
+            "--ours-arg" => c.ours_args.push(val(i)?.clone()),
+            "--reference-arg" => c.reference_args.push(val(i)?.clone()),
             "--runtime" => c.runtime_secs = num(i)?.max(1),
             "--file-mib" => c.file_mib = num(i)?.max(16),
             "--memory" => c.memory_mib = num(i)? as u32,
@@ -475,6 +567,8 @@ fn parse_args(args: &[String]) -> Result<Config> {
             "--strace" => c.strace_dir = Some(PathBuf::from(val(i)?)),
             "--markdown-out" => c.markdown_out = Some(PathBuf::from(val(i)?)),
             "--json-out" => c.json_out = Some(PathBuf::from(val(i)?)),
+            "--ours-ceph" => c.ours_ceph = Some(parse_ours_ceph(val(i)?)?),
+            "--meta-files" => c.meta_files = num(i)?.max(1),
             "-h" | "--help" => return Err(BenchError::Usage(USAGE.into())),
             o => return Err(BenchError::Usage(format!("unknown option {o}\n{USAGE}"))),
         }
@@ -538,10 +632,16 @@ fn daemon_config(cfg: &Config, which: Which, cache: CacheMode) -> DaemonConfig {
         // O_DIRECT honoured by both (the reference drops it otherwise); inodes referenced by
         // O_PATH descriptors in both (ours' default; the reference defaults to `prefer` file
         // handles when it runs as root).
-        extra_args: vec![
-            "--allow-direct-io".into(),
-            "--inode-file-handles=never".into(),
-        ],
+        extra_args: [
+            "--allow-direct-io".to_string(),
+            "--inode-file-handles=never".to_string(),
+        ]
+        .into_iter()
+        .chain(match which {
+            Which::Ours => cfg.ours_args.iter().cloned(),
+            Which::Reference => cfg.reference_args.iter().cloned(),
+        })
+        .collect(),
         start_timeout: Duration::from_secs(30),
     }
 }
@@ -554,6 +654,49 @@ fn pair_order(n: usize) -> [Which; 2] {
         [Which::Ours, Which::Reference]
     } else {
         [Which::Reference, Which::Ours]
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// CephFS: our daemon's native backend against daemons serving a mount of the same volume
+// ---------------------------------------------------------------------------------------
+
+/// `--ours-ceph CONF,ID,KEYRING,ROOT`: ceph.conf, cephx id (without `client.`), its keyring,
+/// and the directory inside CephFS whose contents are the share (the same files the share
+/// folder shows through a host mount of it, for the other daemon).
+fn parse_ours_ceph(v: &str) -> Result<vm_tests::CephShare> {
+    let parts: Vec<&str> = v.split(',').collect();
+    let [conf, id, keyring, root] = parts[..] else {
+        return Err(BenchError::Usage(format!(
+            "--ours-ceph {v}: want CONF,ID,KEYRING,ROOT"
+        )));
+    };
+    if !root.starts_with('/') {
+        return Err(BenchError::Usage(format!(
+            "--ours-ceph: ROOT {root} must be an absolute path inside CephFS"
+        )));
+    }
+    for f in [conf, keyring] {
+        if !Path::new(f).is_file() {
+            return Err(BenchError::Usage(format!(
+                "--ours-ceph: {f} does not exist"
+            )));
+        }
+    }
+    Ok(vm_tests::CephShare {
+        conf: conf.into(),
+        id: id.into(),
+        keyring: keyring.into(),
+        root: root.into(),
+    })
+}
+
+/// What `which` serves: the share folder, or for our daemon with `--ours-ceph` the CephFS
+/// directory itself through libcephfs.
+fn backend_of(cfg: &Config, which: Which, share: &Path) -> vm_tests::ShareBackend {
+    match (which, &cfg.ours_ceph) {
+        (Which::Ours, Some(c)) => vm_tests::ShareBackend::CephFs(c.clone()),
+        _ => vm_tests::ShareBackend::Passthrough(share.to_path_buf()),
     }
 }
 
@@ -573,28 +716,14 @@ struct DaemonUsage {
     hwm: Option<u64>,
     /// The largest `RssAnon` sampled: the daemon's private memory (heap, stacks).
     anon: Option<u64>,
-    /// User + system CPU time of all its threads, in seconds, at the last sample before it
-    /// exited (`/proc/PID/stat`, clock-tick resolution). The guests run the same jobs with
-    /// either daemon, so this is the daemon's cost for the same work, and much less disturbed
-    /// by other load on the machine than throughput.
+    /// User + system CPU time of the daemon, its children and the `--count-cpu` processes
+    /// over the boot, in seconds (`vm_tests::cpu`: `/proc/PID/stat`, clock-tick resolution).
+    /// The fio jobs are time based, so a daemon that serves more also spends more: per
+    /// operation, [`RunValues::cpu`] is the figure to compare.
     cpu_s: Option<f64>,
 }
 
-/// User + system CPU seconds of process `pid` (all threads, exited ones included).
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which may hold spaces: state is the first, utime and
-    // stime the 12th and 13th.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf has no memory effects; a negative result (unknown) is checked.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    (per_second > 0).then(|| ticks as f64 / per_second as f64)
-}
-
-/// Samples `/proc/PID/status` and `/proc/PID/stat` every 50 ms until `stop` is set or the
-/// process is gone.
+/// Samples `/proc/PID/status` every 50 ms until `stop` is set or the process is gone.
 fn sample_usage(pid: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<DaemonUsage> {
     std::thread::spawn(move || {
         let mut peak = DaemonUsage::default();
@@ -608,12 +737,15 @@ fn sample_usage(pid: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Daem
             };
             peak.hwm = max(peak.hwm, status_kib(&status, "VmHWM"));
             peak.anon = max(peak.anon, status_kib(&status, "RssAnon"));
-            peak.cpu_s = cpu_seconds(pid).or(peak.cpu_s);
             std::thread::sleep(Duration::from_millis(50));
         }
         peak
     })
 }
+
+/// How often a daemon's CPU time is sampled during a boot: well under a job's length, and
+/// twice the clock tick of `/proc/PID/stat`.
+const CPU_SAMPLE_EVERY: Duration = Duration::from_millis(20);
 
 /// One start of a daemon without a guest: time to a listening socket and its memory while it
 /// waits for a frontend.
@@ -645,7 +777,7 @@ fn start_sample(cfg: &Config, which: Which, share: &Path) -> Result<StartSample>
     // The clock starts before the spawn: the daemon may have its socket before spawn returns.
     let t = Instant::now();
     let mut child = Command::new(&binary)
-        .args(dc.args(&sock, share))
+        .args(dc.args_for(&sock, &backend_of(cfg, which, share)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -710,15 +842,29 @@ fn version_of(binary: &Path) -> String {
 // One guest run, one host run
 // ---------------------------------------------------------------------------------------
 
-/// Job name -> value, and errors seen.
+/// What one boot (or one host run) measured: per job, one value per repetition inside it.
 #[derive(Debug, Default, Clone)]
 struct RunValues {
-    values: BTreeMap<String, f64>,
+    /// Job (or metadata row) -> its figure, one per repetition.
+    values: BTreeMap<String, Vec<f64>>,
+    /// Job (or metadata row) -> daemon CPU seconds per unit of work (per MiB, I/O or file),
+    /// one per repetition whose window was found.
+    cpu: BTreeMap<String, Vec<f64>>,
     errors: Vec<String>,
     usage: DaemonUsage,
     elapsed_s: f64,
     /// The host's 1-minute load average when the run ended (others may share the machine).
     load_avg: Option<f64>,
+}
+
+impl RunValues {
+    fn push(&mut self, job: &str, value: f64) {
+        self.values.entry(job.to_string()).or_default().push(value);
+    }
+
+    fn push_cpu(&mut self, job: &str, per_unit: f64) {
+        self.cpu.entry(job.to_string()).or_default().push(per_unit);
+    }
 }
 
 fn load_avg() -> Option<f64> {
@@ -730,39 +876,56 @@ fn load_avg() -> Option<f64> {
         .ok()
 }
 
+/// The guest's workload: `repeat` rounds of every fio job and the metadata job. Each fio run
+/// is framed by `begin.JOB:N` and `end.JOB:N` lines (N: the round), whose arrival times on
+/// the host bound the window in which the daemon's CPU time is charged to that run.
 fn guest_script(cfg: &Config, jobs: &[FioJob]) -> String {
     let mut s = String::from(
         "mkdir -p /data/bench\n\
          run_job() {\n\
+         \x20   echo \"@@VMTEST begin.$1:$2=1\"\n\
          \x20   fio --output-format=json --output=/tmp/$1.json /bench/$1.fio >/tmp/$1.err 2>&1\n\
          \x20   rc=$?\n\
+         \x20   echo \"@@VMTEST end.$1:$2=1\"\n\
          \x20   if [ $rc = 0 ]; then\n\
-         \x20       echo \"@@VMTEST fio.$1=$(tr -d '\\n' < /tmp/$1.json)\"\n\
+         \x20       echo \"@@VMTEST fio.$1:$2=$(tr -d '\\n' < /tmp/$1.json)\"\n\
          \x20   else\n\
-         \x20       echo \"@@VMTEST fio.$1=FAILED rc=$rc $(tr '\\n' ' ' < /tmp/$1.err | cut -c1-300) \\\n\
+         \x20       echo \"@@VMTEST fio.$1:$2=FAILED rc=$rc $(tr '\\n' ' ' < /tmp/$1.err | cut -c1-300) \\\n\
          \x20           $(tr -d '\\n' < /tmp/$1.json 2>/dev/null)\"\n\
          \x20   fi\n\
          }\n",
     );
-    for j in jobs {
-        let _ = writeln!(s, "run_job {}", j.name);
-    }
-    if cfg.meta {
-        let _ = writeln!(
-            s,
-            "/bin/vmbench meta /data/bench/meta {META_FILES} --drop-caches || \
-             echo \"@@VMTEST-ERROR metadata job failed\""
-        );
+    for round in 0..cfg.repeat {
+        for j in jobs {
+            let _ = writeln!(s, "run_job {} {round}", j.name);
+        }
+        if cfg.meta {
+            let _ = writeln!(
+                s,
+                "/bin/vmbench meta /data/bench/meta {} --drop-caches --tag {round} || \
+                 echo \"@@VMTEST-ERROR metadata job failed\"",
+                cfg.meta_files
+            );
+        }
     }
     s.push_str("exit 0\n");
     s
 }
 
-fn collect_fio(jobs: &[FioJob], get: impl Fn(&str) -> Option<String>, out: &mut RunValues) {
+/// The fio results of round `round`: values into `out`, and what each did (for CPU per unit).
+fn collect_fio(
+    jobs: &[FioJob],
+    round: usize,
+    get: impl Fn(&str) -> Option<String>,
+    out: &mut RunValues,
+) -> BTreeMap<&'static str, FioFigure> {
+    let mut done = BTreeMap::new();
     for j in jobs {
-        let key = format!("fio.{}", j.name);
+        let key = format!("fio.{}:{round}", j.name);
         match get(&key) {
-            None => out.errors.push(format!("{}: no result", j.name)),
+            None => out
+                .errors
+                .push(format!("{} (round {round}): no result", j.name)),
             Some(v) if v.starts_with("FAILED") => out.errors.push(
                 BenchError::FioFailed {
                     job: j.name.into(),
@@ -772,12 +935,34 @@ fn collect_fio(jobs: &[FioJob], get: impl Fn(&str) -> Option<String>, out: &mut 
             ),
             Some(v) => match parse_fio(j.name, &v, j.metric) {
                 Ok(x) => {
-                    out.values.insert(j.name.to_string(), x);
+                    out.push(j.name, x.value);
+                    done.insert(j.name, x);
                 }
                 Err(e) => out.errors.push(e.to_string()),
             },
         }
     }
+    done
+}
+
+/// CPU seconds the daemon spent between the guest's `begin.NAME:ROUND` and
+/// `end.NAME:ROUND` lines.
+fn window_cpu(results: &GuestResults, trace: &CpuTrace, name: &str, round: usize) -> Option<f64> {
+    let from = results.entry(&format!("begin.{name}:{round}"))?.at;
+    let to = results.entry(&format!("end.{name}:{round}"))?.at;
+    (to > from).then(|| trace.between(from, to)).flatten()
+}
+
+/// The processes whose CPU time counts as `which`'s: the daemon and `--count-cpu` ones.
+fn cpu_roots(cfg: &Config, which: Which, daemon: u32) -> Vec<u32> {
+    std::iter::once(daemon)
+        .chain(
+            cfg.count_cpu
+                .iter()
+                .filter(|(w, _)| *w == which)
+                .map(|(_, p)| *p),
+        )
+        .collect()
 }
 
 fn run_guest(
@@ -792,7 +977,7 @@ fn run_guest(
     let exe = &cfg.self_exe;
     let mut b = VmBuilder::new()
         .name(&name)
-        .share(share)
+        .backend(backend_of(cfg, which, share))
         .daemon_config(daemon_config(cfg, which, cache))
         .fio(true)
         .memory_mib(cfg.memory_mib)
@@ -813,6 +998,7 @@ fn run_guest(
     let pid = vm.daemon_pid();
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = pid.map(|p| sample_usage(p, Arc::clone(&stop)));
+    let cpu = pid.map(|p| CpuSampler::start(&cpu_roots(cfg, which, p), CPU_SAMPLE_EVERY));
     let strace = match (&cfg.strace_dir, pid) {
         (Some(dir), Some(p)) => {
             std::fs::create_dir_all(dir).map_err(io_err("creating the strace dir"))?;
@@ -838,7 +1024,12 @@ fn run_guest(
     };
     let outcome = vm.wait()?;
     stop.store(true, Ordering::Relaxed);
-    let peak = sampler.and_then(|h| h.join().ok()).unwrap_or_default();
+    let trace = cpu.map(CpuSampler::finish).unwrap_or_default();
+    let mut peak = sampler.and_then(|h| h.join().ok()).unwrap_or_default();
+    peak.cpu_s = match (trace.points.first(), trace.last()) {
+        (Some(first), Some(last)) => Some(last - first.1),
+        _ => None,
+    };
     if let Some(mut s) = strace {
         let _ = s.wait();
     }
@@ -848,12 +1039,41 @@ fn run_guest(
         load_avg: load_avg(),
         ..RunValues::default()
     };
-    let get = |k: &str| outcome.results.get(k).map(str::to_string);
-    collect_fio(jobs, get, &mut out);
-    if cfg.meta {
-        match meta_rows(|k| outcome.results.get(k).map(str::to_string)) {
-            Ok(rows) => out.values.extend(rows),
-            Err(e) => out.errors.push(e.to_string()),
+    let results = &outcome.results;
+    let get = |k: &str| results.get(k).map(str::to_string);
+    for round in 0..cfg.repeat {
+        for (job, fig) in collect_fio(jobs, round, get, &mut out) {
+            match window_cpu(results, &trace, job, round) {
+                Some(c) if fig.work > 0.0 => out.push_cpu(job, c / fig.work),
+                _ => out
+                    .errors
+                    .push(format!("{name}: no CPU window for {job} round {round}")),
+            }
+        }
+        if cfg.meta {
+            match meta_rows(cfg.meta_files, get, round) {
+                Ok(rows) => {
+                    for (k, v) in rows {
+                        out.push(&k, v);
+                    }
+                    let mut total = Some(0.0);
+                    for phase in META_PHASES {
+                        let key = format!("meta-{phase}");
+                        let c = window_cpu(results, &trace, &key, round);
+                        if let Some(c) = c {
+                            out.push_cpu(&key, c / cfg.meta_files as f64);
+                        }
+                        total = total.zip(c).map(|(t, c)| t + c);
+                    }
+                    match total {
+                        Some(t) => out.push_cpu("meta-total", t / cfg.meta_files as f64),
+                        None => out.errors.push(format!(
+                            "{name}: no CPU window for a metadata phase of round {round}"
+                        )),
+                    }
+                }
+                Err(e) => out.errors.push(e.to_string()),
+            }
         }
     }
     // Our daemon logs what its request-queue polling and its request workers did
@@ -903,22 +1123,22 @@ fn run_host(cfg: &Config, dir: &Path, jobs: &[FioJob]) -> Result<RunValues> {
             .map_err(io_err("running fio on the host"))?;
         let text = String::from_utf8_lossy(&o.stdout).replace('\n', "");
         if o.status.success() {
-            results.insert(format!("fio.{}", j.name), text);
+            results.insert(format!("fio.{}:0", j.name), text);
         } else {
             results.insert(
-                format!("fio.{}", j.name),
+                format!("fio.{}:0", j.name),
                 format!("FAILED {}", String::from_utf8_lossy(&o.stderr)),
             );
         }
     }
-    collect_fio(jobs, |k| results.get(k).cloned(), &mut out);
+    collect_fio(jobs, 0, |k| results.get(k).cloned(), &mut out);
     if cfg.meta {
         let exe = &cfg.self_exe;
         // The host's caches are shared with everyone on the machine: not dropped here.
         let o = Command::new(exe)
             .arg("meta")
             .arg(dir.join("meta"))
-            .arg(META_FILES.to_string())
+            .arg(cfg.meta_files.to_string())
             .stdin(Stdio::null())
             .output()
             .map_err(io_err("running the metadata job on the host"))?;
@@ -928,8 +1148,12 @@ fn run_host(cfg: &Config, dir: &Path, jobs: &[FioJob]) -> Result<RunValues> {
                 kv.insert(key, value);
             }
         }
-        match meta_rows(|k| kv.get(k).cloned()) {
-            Ok(rows) => out.values.extend(rows),
+        match meta_rows(cfg.meta_files, |k| kv.get(k).cloned(), 0) {
+            Ok(rows) => {
+                for (k, v) in rows {
+                    out.push(&k, v);
+                }
+            }
             Err(e) => out.errors.push(format!(
                 "host: {e}: {}",
                 String::from_utf8_lossy(&o.stderr).trim()
@@ -975,20 +1199,6 @@ fn prepare_dir(dir: &Path, mib: u64) -> Result<()> {
 // Statistics and output
 // ---------------------------------------------------------------------------------------
 
-fn median(v: &[f64]) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    let n = s.len();
-    Some(if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    })
-}
-
 fn ratio(ours: Option<f64>, other: Option<f64>, lower_better: bool) -> Option<f64> {
     let (o, r) = (ours?, other?);
     if o <= 0.0 || r <= 0.0 {
@@ -1018,8 +1228,49 @@ fn mib_pair(max: Option<f64>, med: Option<f64>) -> String {
     }
 }
 
-fn fmt_ratio(v: Option<f64>) -> String {
-    v.map_or("n/a".into(), |x| format!("{x:.2}"))
+/// `1.23 [1.10-1.38] won`: a ratio, its 95 % interval and what it says.
+fn fmt_interval(r: Option<&RatioInterval>, above_one_is_better: bool) -> String {
+    match r {
+        None => "n/a".into(),
+        Some(r) => format!(
+            "{:.2} [{:.2}-{:.2}] {}",
+            r.ratio,
+            r.low,
+            r.high,
+            r.verdict(above_one_is_better).as_str()
+        ),
+    }
+}
+
+fn interval_json(r: Option<&RatioInterval>, above_one_is_better: bool) -> Value {
+    match r {
+        None => Value::Null,
+        Some(r) => json!({
+            "estimate": round(r.ratio, 3),
+            "ci95_low": round(r.low, 3),
+            "ci95_high": round(r.high, 3),
+            "verdict": r.verdict(above_one_is_better).as_str(),
+            "samples": [r.n_a, r.n_b],
+            "boots": [r.boots_a, r.boots_b],
+        }),
+    }
+}
+
+/// A CPU cost per unit of work, in µs (per op, MiB or file), for the table.
+fn fmt_cpu_us(v: Option<f64>) -> String {
+    fmt_num(v.map(|s| s * 1e6))
+}
+
+/// Units of work per CPU second.
+fn per_cpu_second(v: Option<f64>) -> Option<f64> {
+    v.filter(|s| *s > 0.0).map(|s| 1.0 / s)
+}
+
+/// One job's samples from a set of runs, grouped by boot (a boot's repetitions together).
+fn grouped(runs: &[RunValues], pick: impl Fn(&RunValues) -> Option<&Vec<f64>>) -> Vec<Vec<f64>> {
+    runs.iter()
+        .filter_map(|r| pick(r).filter(|v| !v.is_empty()).cloned())
+        .collect()
 }
 
 fn machine_description(cfg: &Config) -> Value {
@@ -1097,26 +1348,23 @@ fn build_report(
     accel: &str,
     elapsed: Duration,
 ) -> Report {
-    let mut rows: Vec<(String, &'static str)> = jobs
+    // (row, unit of the figure, unit of work its CPU time is divided by)
+    let mut rows: Vec<(String, &'static str, &'static str)> = jobs
         .iter()
-        .map(|j| (j.name.to_string(), j.metric.unit()))
+        .map(|j| (j.name.to_string(), j.metric.unit(), j.metric.work_unit()))
         .collect();
     if cfg.meta {
-        rows.extend(META_ROWS.iter().map(|(k, u)| (k.to_string(), *u)));
+        rows.extend(META_ROWS.iter().map(|(k, u)| (k.to_string(), *u, "file")));
     }
-    let med = |runs: &[RunValues], job: &str| -> Option<f64> {
-        let v: Vec<f64> = runs
-            .iter()
-            .filter_map(|r| r.values.get(job).copied())
-            .collect();
-        median(&v)
-    };
+    let flat = |g: &[Vec<f64>]| median(&g.concat());
     let mut json_jobs = Vec::new();
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "| cache | job | unit | ours | reference | host | ours/reference | ours/host |\n\
-         |---|---|---|---:|---:|---:|---:|---:|"
+        "| cache | job | unit | ours | reference | host | ours/reference [95 %] | n | CPU per | \
+         CPU µs ours | CPU µs reference | CPU ours/reference [95 %] | per CPU-s ours | \
+         per CPU-s reference |\n\
+         |---|---|---|---:|---:|---:|---|---:|---|---:|---:|---|---:|---:|"
     );
     for cache in &cfg.caches {
         let empty = Vec::new();
@@ -1126,21 +1374,31 @@ fn build_report(
         let ref_runs = guest
             .get(&(cache.to_string(), Which::Reference))
             .unwrap_or(&empty);
-        for (job, unit) in &rows {
+        for (job, unit, work) in &rows {
             let lb = lower_is_better(unit);
-            let o = med(ours_runs, job);
-            let r = med(ref_runs, job);
-            let h = if cfg.host { med(host, job) } else { None };
-            let vr = ratio(o, r, lb);
+            let value = |runs: &[RunValues]| grouped(runs, |r| r.values.get(job.as_str()));
+            let cpu = |runs: &[RunValues]| grouped(runs, |r| r.cpu.get(job.as_str()));
+            let (ov, rv, hv) = (value(ours_runs), value(ref_runs), value(host));
+            let (oc, rc) = (cpu(ours_runs), cpu(ref_runs));
+            let o = flat(&ov);
+            let r = flat(&rv);
+            let h = if cfg.host { flat(&hv) } else { None };
+            // Oriented so that above 1 is better for us: ours/reference for rates,
+            // reference/ours for seconds.
+            let vr = if lb {
+                ratio_interval(&rv, &ov, DEFAULT_SEED)
+            } else {
+                ratio_interval(&ov, &rv, DEFAULT_SEED)
+            };
             let vh = ratio(o, h, lb);
-            let samples = |runs: &[RunValues]| -> Vec<Value> {
-                runs.iter()
-                    .map(|x| {
-                        x.values
-                            .get(job.as_str())
-                            .map_or(Value::Null, |v| json!(round(*v, 3)))
-                    })
-                    .collect()
+            // CPU per unit of work, ours/reference: below 1 is better for us.
+            let cr = ratio_interval(&oc, &rc, DEFAULT_SEED);
+            let (oc_med, rc_med) = (flat(&oc), flat(&rc));
+            let rounded = |g: &[Vec<f64>], digits: i32| -> Value {
+                json!(g
+                    .iter()
+                    .map(|b| b.iter().map(|x| round(*x, digits)).collect::<Vec<_>>())
+                    .collect::<Vec<_>>())
             };
             json_jobs.push(json!({
                 "job": job,
@@ -1150,25 +1408,55 @@ fn build_report(
                 "ours": o.map(|x| round(x, 3)),
                 "reference": r.map(|x| round(x, 3)),
                 "host": h.map(|x| round(x, 3)),
-                "ours_vs_reference": vr.map(|x| round(x, 3)),
+                "ours_vs_reference": interval_json(vr.as_ref(), true),
                 "ours_vs_host": vh.map(|x| round(x, 3)),
-                "samples": {
-                    "ours": samples(ours_runs),
-                    "reference": samples(ref_runs),
-                    "host": samples(host),
+                "samples_per_boot": {
+                    "ours": rounded(&ov, 3),
+                    "reference": rounded(&rv, 3),
+                    "host": rounded(&hv, 3),
+                },
+                "cpu": {
+                    "per": work,
+                    "ours_s_per_unit": oc_med.map(|x| round(x, 9)),
+                    "reference_s_per_unit": rc_med.map(|x| round(x, 9)),
+                    "ours_units_per_cpu_s": per_cpu_second(oc_med).map(|x| round(x, 1)),
+                    "reference_units_per_cpu_s": per_cpu_second(rc_med).map(|x| round(x, 1)),
+                    "ours_vs_reference": interval_json(cr.as_ref(), false),
+                    "samples_per_boot": {
+                        "ours": rounded(&oc, 9),
+                        "reference": rounded(&rc, 9),
+                    },
                 },
             }));
             let _ = writeln!(
                 md,
-                "| {cache} | {job} | {unit} | {} | {} | {} | {} | {} |",
+                "| {cache} | {job} | {unit} | {} | {} | {} | {} | {} | {work} | {} | {} | {} | {} | {} |",
                 fmt_num(o),
                 fmt_num(r),
                 fmt_num(h),
-                fmt_ratio(vr),
-                fmt_ratio(vh)
+                fmt_interval(vr.as_ref(), true),
+                vr.map_or("0".into(), |x| format!(
+                    "{}/{} ({}/{})",
+                    x.n_a, x.n_b, x.boots_a, x.boots_b
+                )),
+                fmt_cpu_us(oc_med),
+                fmt_cpu_us(rc_med),
+                fmt_interval(cr.as_ref(), false),
+                fmt_num(per_cpu_second(oc_med)),
+                fmt_num(per_cpu_second(rc_med)),
             );
         }
     }
+    let _ = writeln!(
+        md,
+        "\nRatios: Hodges-Lehmann estimate with a 95 % hierarchical-bootstrap interval \
+         (boots, then repetitions; {} resamples, fixed seed); `won`/`lost` only when the \
+         interval excludes 1.0. Throughput ratios: above 1 is better for us. CPU: the \
+         daemon's utime+stime (with its children and `--count-cpu` processes) inside each \
+         job's window, per unit of work; CPU ratio ours/reference, below 1 is better for us. \
+         `n`: samples ours/reference (boots); no verdict from fewer than 2 boots a side.",
+        vm_tests::stats::RESAMPLES
+    );
     let mut daemons = serde_json::Map::new();
     let _ = writeln!(
         md,
@@ -1291,15 +1579,78 @@ fn build_report(
             "cache_modes": cfg.caches.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
             "runtime_s": cfg.runtime_secs,
             "file_mib": cfg.file_mib,
-            "metadata_files": if cfg.meta { Some(META_FILES) } else { None },
+            "metadata_files": if cfg.meta { Some(cfg.meta_files) } else { None },
+            "ours_backend": cfg.ours_ceph.as_ref().map_or("passthrough", |_| "cephfs"),
             "accel": accel,
-            "statistic": "median over repetitions",
+            "repeat_in_boot": cfg.repeat,
+            "count_cpu": cfg.count_cpu.iter().map(|(w, p)| format!("{}:{p}", w.key())).collect::<Vec<_>>(),
+            "ours_extra_args": cfg.ours_args,
+            "reference_extra_args": cfg.reference_args,
+            "statistic": "figures: medians of all samples; ratios: Hodges-Lehmann estimate \
+                (median of all pairwise ratios) with a 95 % hierarchical bootstrap interval \
+                (boots resampled, then repetitions inside each), fixed seed; won/lost only when \
+                the interval excludes 1.0",
         },
         "machine": machine_description(cfg),
         "errors": errors,
         "elapsed_s": round(elapsed.as_secs_f64(), 1),
     });
     Report { json, markdown: md }
+}
+
+/// Samples as `1,2,3` (one per boot) or `1,2;3,4` (boots separated by `;`).
+fn parse_samples(text: &str) -> Result<Vec<Vec<f64>>> {
+    text.split(';')
+        .map(|boot| {
+            boot.split([',', ' '])
+                .filter(|x| !x.is_empty())
+                .map(|x| {
+                    x.parse::<f64>()
+                        .map_err(|_| BenchError::Usage(format!("{x:?} is not a number")))
+                })
+                .collect::<Result<Vec<f64>>>()
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(|v| v.into_iter().filter(|b| !b.is_empty()).collect())
+}
+
+/// `vmbench ratio [--lower-is-better] OURS REFERENCE`: the statistics of the report for
+/// samples given by hand (earlier runs' published samples, say). With one value per boot
+/// each value is its own boot.
+fn ratio_command(args: &[String]) -> Result<String> {
+    const RATIO_USAGE: &str = "vmbench ratio [--lower-is-better] OURS REFERENCE \
+        (samples as 1,2,3 one per boot, or 1,2;3,4 with boots separated by ;)";
+    let lower = args.iter().any(|a| a == "--lower-is-better");
+    let rest: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
+    let [ours, reference] = rest[..] else {
+        return Err(BenchError::Usage(RATIO_USAGE.into()));
+    };
+    let group = |t: &str| -> Result<Vec<Vec<f64>>> {
+        let g = parse_samples(t)?;
+        // A plain list is one sample per boot.
+        Ok(if g.len() == 1 {
+            vm_tests::stats::ungrouped(&g[0])
+        } else {
+            g
+        })
+    };
+    let (o, r) = (group(ours)?, group(reference)?);
+    let ri = if lower {
+        ratio_interval(&r, &o, DEFAULT_SEED)
+    } else {
+        ratio_interval(&o, &r, DEFAULT_SEED)
+    };
+    match ri {
+        Some(x) => Ok(format!(
+            "{} (n {}/{}, boots {}/{})",
+            fmt_interval(Some(&x), true),
+            x.n_a,
+            x.n_b,
+            x.boots_a,
+            x.boots_b
+        )),
+        None => Err(BenchError::Usage("no positive samples".into())),
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1370,7 +1721,9 @@ fn bench(cfg: &Config) -> Result<Report> {
                 guest.entry((cache.to_string(), which)).or_default().push(r);
             }
         }
-        if cfg.host {
+        // The host's figures are the physical reference, not a comparison: one run in quick
+        // mode.
+        if cfg.host && (rep == 0 || !cfg.quick) {
             let h = run_host(cfg, &host_dir, &jobs).unwrap_or_else(|e| {
                 eprintln!("vmbench: host rep={rep}: {e}");
                 RunValues {
@@ -1406,6 +1759,30 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("vmbench micro: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if args.first().map(String::as_str) == Some("ratio") {
+        return match ratio_command(&args[1..]) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("vmbench ratio: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    if args.first().map(String::as_str) == Some("density") {
+        return match density::command(&args[1..]) {
+            Ok(table) => {
+                print!("{table}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("vmbench density: {e}");
                 ExitCode::FAILURE
             }
         };
@@ -1617,7 +1994,7 @@ mod micro {
             .map_err(io_err("creating a daemon log"))?;
         let binary = dc.binary.clone().unwrap_or_default();
         let mut child = Command::new(&binary)
-            .args(dc.args(&sock, share))
+            .args(dc.args_for(&sock, &super::backend_of(&cfg.base, which, share)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -2068,13 +2445,453 @@ mod micro {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// `vmbench density`: many daemons on one host
+// ---------------------------------------------------------------------------------------
+
+/// `vmbench density`: what N pods' daemons cost a host together. N daemons of one kind are
+/// started, each on a share of its own, and each connected to a test frontend
+/// (`vm_tests::frontend`: the vhost-user handshake, memory table and rings of a VMM, FUSE
+/// INIT as a 6.1 guest sends it). Then, per kind:
+/// - **idle**: nothing is sent for `--idle-secs`; the run time of all N daemons' threads and
+///   each daemon's PSS (`/proc/PID/smaps_rollup`) are read;
+/// - **light load**: each daemon gets one GETATTR every `--interval-us` from a driver thread
+///   of its own, for `--load-secs`; the daemons' run time per second and per request, the
+///   requests served and their median round trip.
+///
+/// Kinds alternate between rounds (ours first, then the reference first). CPU is the run
+/// time of every thread of every daemon and its children (`/proc/PID/task/*/schedstat`,
+/// nanoseconds: 32 clock ticks would hide 1 % of a core), not the driver's.
+mod density {
+    use std::fmt::Write as _;
+    use std::process::{Child, Command, Stdio};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use serde_json::{json, Value};
+    use vm_tests::cpu::{tree_pss_kib, tree_run_ns};
+    use vm_tests::frontend::{FrontendConfig, TestFrontend};
+    use vm_tests::fuse::{FuseSession, ROOT};
+    use vm_tests::stats::median;
+    use vm_tests::CacheMode;
+
+    use super::{daemon_config, io_err, pair_order, round, BenchError, Config, Result, Which};
+
+    const USAGE: &str = "vmbench density [--n N] [--rounds N] [--idle-secs S] [--load-secs S] \
+        [--interval-us US] [--ours BIN] [--reference BIN] [--ours-arg ARG]... \
+        [--reference-arg ARG]... [--work DIR] [--markdown-out FILE] [--json-out FILE]";
+
+    struct DensityConfig {
+        base: Config,
+        n: usize,
+        rounds: usize,
+        idle: Duration,
+        load: Duration,
+        interval: Duration,
+    }
+
+    /// What one round measured for one kind of daemon.
+    #[derive(Debug, Clone, Default)]
+    struct Sample {
+        /// CPU seconds per second of all N daemons together, idle.
+        idle_cpu_per_s: f64,
+        /// Median and total PSS after the idle phase, KiB.
+        idle_pss_median_kib: f64,
+        idle_pss_total_kib: f64,
+        /// CPU seconds per second of all N daemons under the light load.
+        load_cpu_per_s: f64,
+        /// Requests served per second (all daemons).
+        load_requests_per_s: f64,
+        /// Daemon CPU per request, seconds.
+        load_cpu_per_request: f64,
+        /// Median round trip of a request, µs.
+        load_rtt_median_us: f64,
+        load_pss_median_kib: f64,
+    }
+
+    fn parse(args: &[String]) -> Result<DensityConfig> {
+        let mut n = 32;
+        let mut rounds = 2;
+        let mut idle = 15;
+        let mut load = 10;
+        let mut interval_us = 5000;
+        let mut rest = Vec::new();
+        let mut i = 0;
+        while i < args.len() {
+            let num = |i: usize| -> Result<u64> {
+                args.get(i + 1).and_then(|v| v.parse().ok()).ok_or_else(|| {
+                    BenchError::Usage(format!("{} needs a number\n{USAGE}", args[i]))
+                })
+            };
+            match args[i].as_str() {
+                "--n" => n = num(i)?.clamp(1, 512) as usize,
+                "--rounds" => rounds = num(i)?.clamp(1, 100) as usize,
+                "--idle-secs" => idle = num(i)?.clamp(1, 3600),
+                "--load-secs" => load = num(i)?.clamp(1, 3600),
+                "--interval-us" => interval_us = num(i)?.clamp(10, 10_000_000),
+                "-h" | "--help" => return Err(BenchError::Usage(USAGE.into())),
+                "--ours" | "--reference" | "--work" | "--markdown-out" | "--json-out"
+                | "--ours-arg" | "--reference-arg" => {
+                    rest.extend(args[i..(i + 2).min(args.len())].iter().cloned())
+                }
+                o => return Err(BenchError::Usage(format!("unknown option {o}\n{USAGE}"))),
+            }
+            i += 2;
+        }
+        Ok(DensityConfig {
+            base: super::parse_args(&rest)?,
+            n,
+            rounds,
+            idle: Duration::from_secs(idle),
+            load: Duration::from_secs(load),
+            interval: Duration::from_micros(interval_us),
+        })
+    }
+
+    struct Pod {
+        child: Child,
+        session: Option<FuseSession>,
+    }
+
+    fn start_pod(cfg: &DensityConfig, which: Which, i: usize) -> Result<Pod> {
+        let dir = cfg.base.work.join("density").join(which.key());
+        let share = dir.join(format!("share-{i}"));
+        std::fs::create_dir_all(&share).map_err(io_err("creating a density share"))?;
+        std::fs::write(share.join("file"), b"density\n").map_err(io_err("writing a share"))?;
+        let sock = dir.join(format!("{i}.sock"));
+        let _ = std::fs::remove_file(&sock);
+        let dc = daemon_config(&cfg.base, which, CacheMode::Auto);
+        let binary = dc.binary.clone().unwrap_or_default();
+        let log = std::fs::File::create(dir.join(format!("{i}.log")))
+            .map_err(io_err("creating a daemon log"))?;
+        let mut child = Command::new(&binary)
+            .args(dc.args(&sock, &share))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(io_err(format!("starting {}", binary.display())))?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !sock.exists() {
+            if Instant::now() > deadline || matches!(child.try_wait(), Ok(Some(_))) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(BenchError::StartTimeout {
+                    binary: binary.display().to_string(),
+                    secs: 20,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // A small guest: 4 MiB of memory (2 MiB of rings, 2 MiB of buffers), short queues.
+        let fc = FrontendConfig {
+            mem_size: 4 << 20,
+            queue_size: 64,
+            ..FrontendConfig::default()
+        };
+        let frontend = TestFrontend::connect_with(&sock, fc)
+            .map_err(|e| BenchError::Meta(format!("density: connecting: {e}")))?;
+        let mut session = FuseSession::new(frontend);
+        session
+            .init()
+            .map_err(|e| BenchError::Meta(format!("density: INIT: {e}")))?;
+        // What a guest does right after mounting: look at the root.
+        session
+            .getattr(ROOT)
+            .map_err(|e| BenchError::Meta(format!("density: GETATTR: {e}")))?;
+        Ok(Pod {
+            child,
+            session: Some(session),
+        })
+    }
+
+    fn stop_pods(pods: Vec<Pod>) {
+        let mut children = Vec::new();
+        for mut p in pods {
+            drop(p.session.take());
+            children.push(p.child);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for mut c in children {
+            loop {
+                match c.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
+                    _ => {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn pss_kib(pids: &[u32]) -> Vec<f64> {
+        pids.iter()
+            .filter_map(|p| tree_pss_kib(&[*p]).map(|k| k as f64))
+            .collect()
+    }
+
+    /// One round of one kind: start, idle, light load, stop.
+    fn run_kind(cfg: &DensityConfig, which: Which) -> Result<Sample> {
+        let mut pods = Vec::with_capacity(cfg.n);
+        for i in 0..cfg.n {
+            match start_pod(cfg, which, i) {
+                Ok(p) => pods.push(p),
+                Err(e) => {
+                    stop_pods(pods);
+                    return Err(e);
+                }
+            }
+        }
+        let pids: Vec<u32> = pods.iter().map(|p| p.child.id()).collect();
+        // Let start-up work (first requests, lazily started threads) settle.
+        std::thread::sleep(Duration::from_secs(1));
+        let mut s = Sample::default();
+
+        let (t0, c0) = (Instant::now(), tree_run_ns(&pids));
+        std::thread::sleep(cfg.idle);
+        let (t1, c1) = (Instant::now(), tree_run_ns(&pids));
+        s.idle_cpu_per_s = c1.saturating_sub(c0) as f64 / 1e9 / (t1 - t0).as_secs_f64();
+        let pss = pss_kib(&pids);
+        s.idle_pss_median_kib = median(&pss).unwrap_or(0.0);
+        s.idle_pss_total_kib = pss.iter().sum();
+
+        // Light load: one GETATTR per daemon every interval, from a thread per daemon.
+        let stop = Arc::new(AtomicBool::new(false));
+        let start = Instant::now() + Duration::from_millis(50);
+        let mut handles = Vec::new();
+        for (i, pod) in pods.iter_mut().enumerate() {
+            let mut session = pod.session.take().expect("a session per pod");
+            let stop = Arc::clone(&stop);
+            let interval = cfg.interval;
+            // Spread the daemons' ticks over the interval, as independent guests would be.
+            let phase = interval.mul_f64(i as f64 / cfg.n as f64);
+            handles.push(std::thread::spawn(move || {
+                let mut rtts = Vec::new();
+                let mut next = start + phase;
+                let mut error = None;
+                while !stop.load(Ordering::Relaxed) {
+                    let now = Instant::now();
+                    if next > now {
+                        std::thread::sleep(next - now);
+                    }
+                    let t = Instant::now();
+                    if let Err(e) = session.getattr(ROOT) {
+                        error = Some(e.to_string());
+                        break;
+                    }
+                    rtts.push(t.elapsed().as_secs_f64() * 1e6);
+                    // A late driver does not send bursts to catch up.
+                    next = (next + interval).max(Instant::now());
+                }
+                (session, rtts, error)
+            }));
+        }
+        std::thread::sleep(Duration::from_millis(50) + cfg.load / 10);
+        // Measured after the first tenth, so every driver thread is in its rhythm.
+        let (t2, c2) = (Instant::now(), tree_run_ns(&pids));
+        std::thread::sleep(cfg.load);
+        let (t3, c3) = (Instant::now(), tree_run_ns(&pids));
+        stop.store(true, Ordering::Relaxed);
+        let mut all_rtts = Vec::new();
+        let mut errors = Vec::new();
+        for (pod, h) in pods.iter_mut().zip(handles) {
+            match h.join() {
+                Ok((session, rtts, error)) => {
+                    pod.session = Some(session);
+                    all_rtts.extend(rtts);
+                    errors.extend(error);
+                }
+                Err(_) => errors.push("a driver thread panicked".into()),
+            }
+        }
+        let secs = (t3 - t2).as_secs_f64();
+        s.load_cpu_per_s = c3.saturating_sub(c2) as f64 / 1e9 / secs;
+        // The driver threads count from the start of the load phase: the achieved rate
+        // over all of it.
+        let load_total = (t3 - start).as_secs_f64().max(1e-9);
+        s.load_requests_per_s = all_rtts.len() as f64 / load_total;
+        s.load_cpu_per_request = s.load_cpu_per_s / s.load_requests_per_s.max(1e-9);
+        s.load_rtt_median_us = median(&all_rtts).unwrap_or(0.0);
+        s.load_pss_median_kib = median(&pss_kib(&pids)).unwrap_or(0.0);
+        stop_pods(pods);
+        if let Some(e) = errors.first() {
+            return Err(BenchError::Meta(format!(
+                "density: {} of {} drivers failed: {e}",
+                errors.len(),
+                cfg.n
+            )));
+        }
+        Ok(s)
+    }
+
+    /// `vmbench density ...`: runs the rounds and returns the Markdown table.
+    pub fn command(args: &[String]) -> Result<String> {
+        let cfg = parse(args)?;
+        let started = Instant::now();
+        let load_before = super::load_avg();
+        let mut samples: Vec<(Which, Sample)> = Vec::new();
+        for r in 0..cfg.rounds {
+            for which in pair_order(r) {
+                let s = run_kind(&cfg, which)?;
+                eprintln!(
+                    "vmbench density: round {r} {} x{}: {s:?}",
+                    which.key(),
+                    cfg.n
+                );
+                samples.push((which, s));
+            }
+        }
+        let load_after = super::load_avg();
+        let of = |w: Which, f: fn(&Sample) -> f64| -> Vec<f64> {
+            samples
+                .iter()
+                .filter(|(x, _)| *x == w)
+                .map(|(_, s)| f(s))
+                .collect()
+        };
+        let med = |w: Which, f: fn(&Sample) -> f64| median(&of(w, f)).unwrap_or(f64::NAN);
+        let range = |w: Which, f: fn(&Sample) -> f64, scale: f64| -> String {
+            let v = of(w, f);
+            let lo = v.iter().copied().fold(f64::INFINITY, f64::min) * scale;
+            let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max) * scale;
+            format!("{lo:.3}-{hi:.3}")
+        };
+        let mut md = String::new();
+        let _ = writeln!(
+            md,
+            "`{}`: {} daemons of each kind, {} rounds (kinds alternating), idle {} s, light \
+             load {} s of one GETATTR per daemon every {} µs; 1-minute load {:?} before, \
+             {:?} after; {:.0} s.\n",
+            cfg.base.command.replacen("vmbench", "vmbench density", 1),
+            cfg.n,
+            cfg.rounds,
+            cfg.idle.as_secs(),
+            cfg.load.as_secs(),
+            cfg.interval.as_micros(),
+            load_before,
+            load_after,
+            started.elapsed().as_secs_f64()
+        );
+        let _ = writeln!(
+            md,
+            "| daemon | idle: CPU of all {n}, % of one core (range) | idle: PSS per daemon, MiB \
+             | idle: PSS of all {n}, MiB | loaded: CPU of all {n}, % of one core (range) | \
+             loaded: requests/s | loaded: CPU µs per request | loaded: round trip µs \
+             (median) | loaded: PSS per daemon, MiB |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            n = cfg.n
+        );
+        let mut json_kinds = serde_json::Map::new();
+        for w in [Which::Ours, Which::Reference] {
+            let _ = writeln!(
+                md,
+                "| {} | {:.3} ({}) | {:.2} | {:.1} | {:.2} ({}) | {:.0} | {:.1} | {:.0} | {:.2} |",
+                w.key(),
+                med(w, |s| s.idle_cpu_per_s) * 100.0,
+                range(w, |s| s.idle_cpu_per_s, 100.0),
+                med(w, |s| s.idle_pss_median_kib) / 1024.0,
+                med(w, |s| s.idle_pss_total_kib) / 1024.0,
+                med(w, |s| s.load_cpu_per_s) * 100.0,
+                range(w, |s| s.load_cpu_per_s, 100.0),
+                med(w, |s| s.load_requests_per_s),
+                med(w, |s| s.load_cpu_per_request) * 1e6,
+                med(w, |s| s.load_rtt_median_us),
+                med(w, |s| s.load_pss_median_kib) / 1024.0,
+            );
+            let list = |f: fn(&Sample) -> f64, digits: i32| -> Value {
+                json!(of(w, f)
+                    .into_iter()
+                    .map(|x| round(x, digits))
+                    .collect::<Vec<_>>())
+            };
+            json_kinds.insert(
+                w.key().into(),
+                json!({
+                    "idle_cpu_cores": list(|s| s.idle_cpu_per_s, 6),
+                    "idle_pss_per_daemon_kib_median": list(|s| s.idle_pss_median_kib, 0),
+                    "idle_pss_all_kib": list(|s| s.idle_pss_total_kib, 0),
+                    "load_cpu_cores": list(|s| s.load_cpu_per_s, 6),
+                    "load_requests_per_s": list(|s| s.load_requests_per_s, 1),
+                    "load_cpu_s_per_request": list(|s| s.load_cpu_per_request, 9),
+                    "load_rtt_us_median": list(|s| s.load_rtt_median_us, 1),
+                    "load_pss_per_daemon_kib_median": list(|s| s.load_pss_median_kib, 0),
+                }),
+            );
+        }
+        let json = json!({
+            "command": cfg.base.command.replacen("vmbench", "vmbench density", 1),
+            "daemons_per_kind": cfg.n,
+            "rounds": cfg.rounds,
+            "idle_s": cfg.idle.as_secs(),
+            "load_s": cfg.load.as_secs(),
+            "interval_us": cfg.interval.as_micros() as u64,
+            "load_average_before_after": [load_before, load_after],
+            "cpu_source": "run time of all threads of each daemon and its children, \
+                /proc/PID/task/*/schedstat",
+            "pss_source": "Pss of /proc/PID/smaps_rollup of each daemon and its children",
+            "kinds": json_kinds,
+            "ours_extra_args": cfg.base.ours_args,
+            "reference_extra_args": cfg.base.reference_args,
+        });
+        if let Some(path) = &cfg.base.markdown_out {
+            std::fs::write(path, &md).map_err(io_err(format!("writing {}", path.display())))?;
+        }
+        if let Some(path) = &cfg.base.json_out {
+            let text = serde_json::to_string_pretty(&json).unwrap_or_default();
+            std::fs::write(path, text + "\n")
+                .map_err(io_err(format!("writing {}", path.display())))?;
+        }
+        Ok(md)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn options_are_parsed_and_bounded() {
+            let cfg = parse(
+                &[
+                    "--n",
+                    "4",
+                    "--rounds",
+                    "1",
+                    "--idle-secs",
+                    "2",
+                    "--interval-us",
+                    "1",
+                    "--ours",
+                    "/bin/sh",
+                    "--reference",
+                    "/bin/sh",
+                    "--ours-arg",
+                    "-x",
+                ]
+                .map(String::from),
+            )
+            .unwrap();
+            assert_eq!((cfg.n, cfg.rounds), (4, 1));
+            assert_eq!(cfg.idle, Duration::from_secs(2));
+            assert_eq!(cfg.interval, Duration::from_micros(10), "clamped");
+            assert_eq!(cfg.base.ours_args, ["-x"]);
+            assert!(parse(&["--n".to_string()]).is_err());
+            assert!(parse(&["--bogus".to_string(), "1".to_string()]).is_err());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const FIO_SAMPLE: &str = r#"note: both iodepth >= 1 and synchronous I/O engine are selected
 { "fio version" : "fio-3.33", "jobs" : [ { "jobname" : "x", "error" : 0,
-  "read" : { "io_bytes" : 1048576, "bw_bytes" : 2097152, "iops" : 512.5 },
+  "read" : { "io_bytes" : 1048576, "bw_bytes" : 2097152, "iops" : 512.5, "total_ios" : 256 },
   "write" : { "io_bytes" : 0, "bw_bytes" : 0, "iops" : 0.0 } } ] }"#;
 
     #[test]
@@ -2093,9 +2910,13 @@ mod tests {
     #[test]
     fn fio_json_is_parsed() {
         let mib = parse_fio("x", FIO_SAMPLE, Metric::ReadMiBs).unwrap();
-        assert!((mib - 2.0).abs() < 1e-9);
+        assert!((mib.value - 2.0).abs() < 1e-9);
+        // Per MiB moved, for CPU per MiB.
+        assert!((mib.work - 1.0).abs() < 1e-9);
         let iops = parse_fio("x", FIO_SAMPLE, Metric::ReadIops).unwrap();
-        assert!((iops - 512.5).abs() < 1e-9);
+        assert!((iops.value - 512.5).abs() < 1e-9);
+        // Per I/O done, for CPU per operation.
+        assert_eq!(iops.work, 256.0);
         // No I/O on the write side is an error, not a zero.
         assert!(parse_fio("x", FIO_SAMPLE, Metric::WriteIops).is_err());
         assert!(parse_fio("x", "garbage", Metric::ReadIops).is_err());
@@ -2126,33 +2947,150 @@ mod tests {
 
     #[test]
     fn meta_rows_need_every_phase() {
-        let r = meta_rows(|k| (k != "meta-unlink").then(|| "2.0".to_string()));
+        let r = meta_rows(
+            META_FILES,
+            |k| (k != "meta-unlink:0").then(|| "2.0".to_string()),
+            0,
+        );
         assert!(r.is_err());
-        let r = meta_rows(|_| Some("2.0".to_string())).unwrap();
+        // Each round reads its own keys.
+        let r = meta_rows(
+            META_FILES,
+            |k| k.ends_with(":0").then(|| "1.0".to_string()),
+            1,
+        );
+        assert!(r.is_err());
+        let r = meta_rows(
+            META_FILES,
+            |k| k.ends_with(":1").then(|| "2.0".to_string()),
+            1,
+        )
+        .unwrap();
         assert_eq!(r["meta-create"], META_FILES as f64 / 2.0);
         assert_eq!(r["meta-total"], 8.0);
     }
 
     #[test]
-    fn cpu_seconds_of_this_process_grow_while_it_computes() {
-        let pid = std::process::id();
-        let before = cpu_seconds(pid).expect("own /proc/PID/stat parses");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut x = 1u64;
-        while cpu_seconds(pid).unwrap_or(0.0) < before + 0.05 {
-            assert!(Instant::now() < deadline, "CPU time did not grow");
-            for i in 0..100_000u64 {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
+    fn guest_script_frames_every_run_of_every_job() {
+        let mut cfg = parse_args(&[
+            "--ours".into(),
+            "/bin/sh".into(),
+            "--reference".into(),
+            "/bin/sh".into(),
+            "--repeat".into(),
+            "2".into(),
+        ])
+        .unwrap();
+        cfg.meta = true;
+        let jobs = fio_jobs();
+        let script = guest_script(&cfg, &jobs[..2]);
+        for round in 0..2 {
+            for j in &jobs[..2] {
+                assert!(
+                    script.contains(&format!("run_job {} {round}\n", j.name)),
+                    "{script}"
+                );
             }
+            assert!(
+                script.contains(&format!("--drop-caches --tag {round} ")),
+                "{script}"
+            );
         }
-        assert_ne!(x, 0);
-        assert_eq!(cpu_seconds(u32::MAX), None, "no such process");
+        assert!(!script.contains(&format!("run_job {} 2", jobs[0].name)));
+        // The begin line comes before fio, the end line before the result.
+        let (b, f, e) = (
+            script.find("begin.$1:$2").unwrap(),
+            script.find("fio --output-format").unwrap(),
+            script.find("end.$1:$2").unwrap(),
+        );
+        assert!(b < f && f < e);
+    }
+
+    #[test]
+    fn a_run_is_charged_the_cpu_inside_its_window() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let trace = CpuTrace {
+            points: (0..=10).map(|i| (at(i * 100), i as f64 * 0.01)).collect(),
+        };
+        let line = |text: &str, ms: u64| vm_tests::SerialLine {
+            at: at(ms),
+            text: text.to_string(),
+        };
+        let results = GuestResults::from_lines(&[
+            line("@@VMTEST begin.job:0=1", 200),
+            line("@@VMTEST end.job:0=1", 700),
+            line("@@VMTEST begin.job:1=1", 900),
+        ]);
+        let c = window_cpu(&results, &trace, "job", 0).unwrap();
+        assert!((c - 0.05).abs() < 1e-9, "{c}");
+        // No end line, or a window past the trace: nothing is invented.
+        assert_eq!(window_cpu(&results, &trace, "job", 1), None);
+        assert_eq!(window_cpu(&results, &trace, "other", 0), None);
+    }
+
+    #[test]
+    fn count_cpu_and_extra_daemon_args_are_parsed() {
+        let me = std::process::id();
+        let base = ["--ours", "/bin/sh", "--reference", "/bin/sh"].map(String::from);
+        let with = |extra: &[&str]| {
+            let mut a = base.to_vec();
+            a.extend(extra.iter().map(|s| s.to_string()));
+            parse_args(&a)
+        };
+        let cfg = with(&[
+            "--count-cpu",
+            &format!("reference:{me}"),
+            "--ours-arg",
+            "--poll-max-us=0",
+        ])
+        .unwrap();
+        assert_eq!(cfg.count_cpu, [(Which::Reference, me)]);
+        assert_eq!(cpu_roots(&cfg, Which::Reference, 1), [1, me]);
+        assert_eq!(cpu_roots(&cfg, Which::Ours, 1), [1]);
+        let dc = daemon_config(&cfg, Which::Ours, CacheMode::Auto);
+        assert!(dc.extra_args.contains(&"--poll-max-us=0".to_string()));
+        let dc = daemon_config(&cfg, Which::Reference, CacheMode::Auto);
+        assert!(!dc.extra_args.contains(&"--poll-max-us=0".to_string()));
+        assert!(with(&["--count-cpu", "nobody:1"]).is_err());
+        assert!(with(&["--count-cpu", "ours:x"]).is_err());
+        assert!(with(&["--count-cpu", &format!("ours:{}", u32::MAX)]).is_err());
+        assert_eq!(with(&["--quick"]).unwrap().repeat, 3);
+    }
+
+    #[test]
+    fn ratio_command_reads_boots_and_orientation() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let won = ratio_command(&s(&["20,21,19,20.5", "10,10.5,9.5,10.2"])).unwrap();
+        assert!(won.starts_with("1.9") || won.starts_with("2.0"), "{won}");
+        assert!(won.contains(" won (n 4/4, boots 4/4)"), "{won}");
+        // Seconds: the same numbers are a loss for us.
+        let lost = ratio_command(&s(&[
+            "--lower-is-better",
+            "20,21,19,20.5",
+            "10,10.5,9.5,10.2",
+        ]))
+        .unwrap();
+        assert!(lost.contains(" lost "), "{lost}");
+        let grouped = ratio_command(&s(&["1,1.1;1.2,1.3", "1,1.1;1.2,1.3"])).unwrap();
+        assert!(grouped.contains("level (n 4/4, boots 2/2)"), "{grouped}");
+        assert!(ratio_command(&s(&["1,x", "1"])).is_err());
+        assert!(ratio_command(&s(&["1"])).is_err());
     }
 
     #[test]
     fn meta_job_runs_on_the_host() {
         let d = tempfile::tempdir().unwrap();
-        meta_command(&[d.path().join("m").display().to_string(), "50".into()]).unwrap();
+        meta_command(&[
+            d.path().join("m").display().to_string(),
+            "50".into(),
+            "--tag".into(),
+            "4".into(),
+        ])
+        .unwrap();
+        assert!(
+            meta_command(&[d.path().display().to_string(), "5".into(), "--tag".into()]).is_err()
+        );
         assert!(!d.path().join("m").exists());
     }
 }

@@ -33,6 +33,11 @@ const USAGE: &str = "usage: vmtest-helper CMD ARGS
   unlink PATH | rmdir PATH | mkdir PATH | rename FROM TO | link FROM TO | symlink TARGET PATH
   truncate PATH LEN | chmod PATH OCTAL | setxattr PATH NAME VALUE | open-write PATH |
   create PATH                  one system call (open-write: O_WRONLY; create: O_CREAT|O_WRONLY)
+  utimens PATH ATIME MTIME     utimensat; each time is seconds (64-bit), now or omit
+  times PATH                   print atime mtime ctime (seconds, 64-bit)
+  create0-ftruncate FILE LEN UID
+                               as UID:UID, create FILE with mode 0 (O_RDWR|O_EXCL), ftruncate
+                               the descriptor to LEN; print the size fstat sees
   write-until-error FILE MAXMIB
                                write 1 MiB blocks until an error or MAXMIB, then fsync; print
                                written=BYTES write=ok|ERRNO fsync=ok|ERRNO
@@ -461,9 +466,66 @@ fn io_loop(dir: &str) -> Res<String> {
     Ok(format!("rounds={round}"))
 }
 
+/// A `timespec` for utimensat: seconds, `now` or `omit`.
+fn utime_arg(args: &[String], i: usize, what: &str) -> Res<libc::timespec> {
+    let a = arg(args, i, what)?;
+    let (tv_sec, tv_nsec) = match a {
+        "now" => (0, libc::UTIME_NOW),
+        "omit" => (0, libc::UTIME_OMIT),
+        _ => (
+            a.parse::<i64>()
+                .map_err(|_| Failure::Usage(format!("{what}: not seconds, now or omit")))?,
+            0,
+        ),
+    };
+    Ok(libc::timespec { tv_sec, tv_nsec })
+}
+
+/// ftruncate through the descriptor of a file created with mode 0 by `uid` (POSIX: the
+/// permission comes from the open descriptor, not from the file's mode).
+fn create0_ftruncate(path: &str, len: u64, uid: u32) -> Res<String> {
+    let p = cpath(path)?;
+    // SAFETY: plain credential changes of this single-threaded process.
+    cvt(unsafe { libc::setgid(uid) })?;
+    // SAFETY: as above.
+    cvt(unsafe { libc::setuid(uid) })?;
+    // SAFETY: valid NUL-terminated path.
+    let fd =
+        cvt(unsafe { libc::open(p.as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_RDWR, 0) })?;
+    // SAFETY: `fd` is ours; closed below.
+    let r = cvt(unsafe { libc::ftruncate(fd, len as libc::off_t) });
+    // SAFETY: stat is plain old data; `fd` is valid.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let s = r.and_then(|_| cvt(unsafe { libc::fstat(fd, &mut st) }));
+    // SAFETY: `fd` is ours.
+    unsafe { libc::close(fd) };
+    s?;
+    Ok(st.st_size.to_string())
+}
+
 fn run(args: &[String]) -> Res<String> {
     let cmd = arg(args, 0, "command")?;
     match cmd {
+        "utimens" => {
+            let p = cpath(arg(args, 1, "path")?)?;
+            let times = [utime_arg(args, 2, "atime")?, utime_arg(args, 3, "mtime")?];
+            // SAFETY: valid path and two timespecs.
+            cvt(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), 0) })?;
+            Ok("ok".into())
+        }
+        "times" => {
+            let p = cpath(arg(args, 1, "path")?)?;
+            // SAFETY: stat is plain old data; valid path and out-pointer.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            cvt(unsafe { libc::stat(p.as_ptr(), &mut st) })?;
+            Ok(format!("{} {} {}", st.st_atime, st.st_mtime, st.st_ctime))
+        }
+        "create0-ftruncate" => create0_ftruncate(
+            arg(args, 1, "file")?,
+            num(args, 2, "length")?,
+            u32::try_from(num(args, 3, "uid")?)
+                .map_err(|_| Failure::Usage("uid: too large".into()))?,
+        ),
         "pwrite" => {
             let f = OpenOptions::new()
                 .write(true)

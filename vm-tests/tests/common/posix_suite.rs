@@ -283,3 +283,103 @@ pub fn mmap_with_cache_always(guest: VmBuilder, view: &dyn HostView) -> VmOutcom
     assert_eq!(ok(view.stat("mm/fio-mmap.bin")).size, 4 << 20);
     out
 }
+
+/// Edge cases a POSIX conformance run found on the CephFS backend only (issue 14), run on
+/// both backends with cache=auto and cache=never. `$TMAX` is the latest second the backend
+/// stores (set by [`posix_edges`]).
+pub const EDGES_BODY: &str = r#"
+H=/bin/vmtest-helper
+D=/data/edges
+mkdir $D && chmod 777 $D; check edges_dir 0 "$?"
+
+# times past 2038 and past 2106 (utimensat); never wrapped to 1970
+touch $D/t
+check utimens_2_31 ok "$($H utimens $D/t 2147483648 2147483648)"
+check time_2_31 "2147483648 2147483648" "$($H times $D/t | cut -d' ' -f1,2)"
+check utimens_2_32 ok "$($H utimens $D/t 4294967296 4294967296)"
+check time_2_32 "$TMAX $TMAX" "$($H times $D/t | cut -d' ' -f1,2)"
+sync; echo 3 > /proc/sys/vm/drop_caches
+check time_2_32_reread "$TMAX $TMAX" "$($H times $D/t | cut -d' ' -f1,2)"
+
+# UTIME_NOW sets atime and mtime to now, UTIME_OMIT leaves a time alone
+now_ok() { [ "$1" -ge "$2" ] && [ "$1" -le "$(( $(date +%s) + 2 ))" ] && echo yes || echo "no($1 vs $2)"; }
+$H utimens $D/t 1000000000 1000000000 >/dev/null
+before=$(( $(date +%s) - 2 ))
+check utimens_now ok "$($H utimens $D/t now now)"
+set -- $($H times $D/t)
+check utime_now_atime yes "$(now_ok $1 $before)"
+check utime_now_mtime yes "$(now_ok $2 $before)"
+$H utimens $D/t 1000000000 1000000000 >/dev/null
+check utimens_now_omit ok "$($H utimens $D/t now omit)"
+set -- $($H times $D/t)
+check utime_now_atime_only yes "$(now_ok $1 $before)"
+check utime_omit_mtime 1000000000 "$2"
+$H utimens $D/t 1000000000 1000000000 >/dev/null
+check utimens_omit_now ok "$($H utimens $D/t omit now)"
+set -- $($H times $D/t)
+check utime_omit_atime 1000000000 "$1"
+check utime_now_mtime_only yes "$(now_ok $2 $before)"
+# a fresh file: UTIME_NOW a moment after its creation moves both times forward
+touch $D/fresh; set -- $($H times $D/fresh); created_a=$1; created_m=$2
+sleep 2
+$H utimens $D/fresh now now >/dev/null
+set -- $($H times $D/fresh)
+check utime_now_fresh_atime yes "$([ "$1" -gt "$created_a" ] && echo yes || echo "no($1 vs $created_a)")"
+check utime_now_fresh_mtime yes "$([ "$2" -gt "$created_m" ] && echo yes || echo "no($2 vs $created_m)")"
+cat $D/fresh; sleep 2
+$H utimens $D/fresh now omit >/dev/null
+set -- $($H times $D/fresh); prev=$1
+check utime_now_after_read yes "$([ "$1" -gt "$created_a" ] && echo yes || echo "no($1 vs $created_a)")"
+# the same through a file a process holds open for writing
+exec 7>>$D/t
+$H utimens $D/t 1000000000 1000000000 >/dev/null
+$H utimens $D/t now now >/dev/null
+set -- $($H times $D/t)
+check utime_now_open_atime yes "$(now_ok $1 $before)"
+exec 7>&-
+
+# UTIME_NOW is the filesystem's now (the clock that stamps ctime and new files), not the
+# guest's: a guest clock behind the host's must not move a fresh file's times back
+$H create $D/skew >/dev/null; set -- $($H times $D/skew); skew_a=$1; skew_m=$2
+date -s "@$(( $(date +%s) - 86400 ))" >/dev/null; check clock_back 0 "$?"
+sleep 1
+check utimens_now_skew ok "$($H utimens $D/skew now now)"
+set -- $($H times $D/skew)
+date -s "@$(( $(date +%s) + 86400 ))" >/dev/null
+check utime_now_skew_atime yes "$([ "$1" -gt "$skew_a" ] && echo yes || echo "no($1 vs $skew_a)")"
+check utime_now_skew_mtime yes "$([ "$2" -gt "$skew_m" ] && echo yes || echo "no($2 vs $skew_m)")"
+
+# ftruncate through the descriptor of a file just created with mode 0, as a plain user
+check ftruncate_mode0 1234 "$($H create0-ftruncate $D/zero 1234 65534)"
+check ftruncate_mode0_size "1234 0 65534" "$(stat -c '%s %a %u' $D/zero)"
+
+# a directory moved into another: both parents' link counts follow
+mkdir $D/a $D/b $D/a/sub
+check nlink_before "3 2" "$(stat -c %h $D/a) $(stat -c %h $D/b)"
+mv $D/a/sub $D/b/sub
+check nlink_old_parent 2 "$(stat -c %h $D/a)"
+check nlink_new_parent 3 "$(stat -c %h $D/b)"
+mv $D/b/sub $D/sub
+check nlink_old_parent_again 2 "$(stat -c %h $D/b)"
+check nlink_edges 5 "$(stat -c %h $D)"
+rmdir $D/sub
+check nlink_after_rmdir 4 "$(stat -c %h $D)"
+check edges_done ok ok
+"#;
+
+/// Boots `guest` (named, with its share, by the caller) with `cache`, runs [`EDGES_BODY`]
+/// with `time_max` as the latest second the backend stores.
+pub fn posix_edges(guest: VmBuilder, cache: CacheMode, time_max: i64) -> VmOutcome {
+    let body = format!("TMAX={time_max}\n{EDGES_BODY}");
+    let out = guest
+        .cache(cache)
+        .program(helper(), HELPER)
+        .unwrap()
+        .workload(&script(&body))
+        .run()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_no_failed_checks(&out);
+    out.assert_ok();
+    out.expect("edges_done", "ok");
+    out
+}

@@ -1,0 +1,144 @@
+//! The plugin's HTTP endpoint: hyper's http1 server on a Unix socket, one current-thread
+//! tokio runtime.
+//!
+//! Owns the socket (a stale one is replaced; mode 0600, root's dockerd is the only client),
+//! reading a bounded body, and handing (path, body) to the plugin core on a blocking thread
+//! (a Mount can take seconds). Any method, no Content-Type and an empty or odd Host header
+//! are accepted: dockerd 20.10 sends `POST` with no Content-Type and `Host: ` empty. It must
+//! not interpret requests itself (that is `protocol`).
+
+use std::convert::Infallible;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tracing::{debug, info, warn};
+
+use super::protocol::{self, CONTENT_TYPE, MAX_BODY};
+
+/// What answers a request: (path, body) to (status, JSON bytes).
+pub type Handler = Arc<dyn Fn(&str, &[u8]) -> protocol::Response + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("--socket {path:?}: {source}")]
+    Bind {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--socket {0:?} exists and is not a socket: refusing to replace it")]
+    NotASocket(PathBuf),
+    #[error("tokio runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Binds the socket: parent directories made, a stale socket replaced, mode 0600.
+pub fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener, ServerError> {
+    let err = |source| ServerError::Bind {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(ServerError::NotASocket(path.to_path_buf()));
+        }
+        std::fs::remove_file(path).map_err(err)?;
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    listener.set_nonblocking(true).map_err(err)?;
+    Ok(listener)
+}
+
+/// Serves until the process ends.
+pub fn serve(
+    listener: std::os::unix::net::UnixListener,
+    handler: Handler,
+) -> Result<(), ServerError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(ServerError::Runtime)?;
+    runtime.block_on(async move {
+        let listener = match tokio::net::UnixListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => return Err(ServerError::Runtime(e)),
+        };
+        info!("docker plugin listening");
+        loop {
+            let stream = match listener.accept().await {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    debug!("accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| answer(req, handler.clone()));
+                if let Err(e) = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
+                    debug!("plugin connection: {e}");
+                }
+            });
+        }
+    })
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    handler: Handler,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_string();
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            let r = protocol::Response {
+                status: 413,
+                body: serde_json::json!({ "Err": format!("request body: {e}") }),
+            };
+            return Ok(reply(&r));
+        }
+    };
+    let call = path.clone();
+    let response = match tokio::task::spawn_blocking(move || handler(&call, &body)).await {
+        Ok(r) => r,
+        Err(e) => {
+            warn!("plugin call {path} failed: {e}");
+            protocol::Response {
+                status: 500,
+                body: serde_json::json!({ "Err": "internal error" }),
+            }
+        }
+    };
+    match response.error() {
+        Some(e) => info!(call = %path, "answered with an error: {e}"),
+        None => debug!(call = %path, "answered"),
+    }
+    Ok(reply(&response))
+}
+
+fn reply(r: &protocol::Response) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(r.to_bytes())));
+    *resp.status_mut() =
+        StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(CONTENT_TYPE),
+    );
+    resp
+}

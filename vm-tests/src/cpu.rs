@@ -1,0 +1,378 @@
+//! What a set of processes costs the host: CPU time and proportional memory, read from
+//! `/proc`, for the benchmarks.
+//!
+//! A daemon is counted with every process below it (the namespace sandbox forks the server
+//! as a child; a CephFS reference is `virtiofsd` plus `ceph-fuse`, passed as a second root).
+//! CPU time is `utime + stime` of `/proc/PID/stat` of each process plus `cutime + cstime`
+//! (children it has reaped), so a child that exits between two samples moves from one term
+//! to the other without a jump. [`CpuSampler`] records that sum over time so a caller can
+//! read what was spent in any window afterwards (a benchmark job's begin and end as the
+//! guest reported them).
+//!
+//! This module only reads `/proc`; it starts and stops nothing.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Clock ticks per second of `/proc/PID/stat` times.
+pub fn clock_ticks() -> Option<f64> {
+    // SAFETY: sysconf has no memory effects; a non-positive result (unknown) is checked.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (t > 0).then_some(t as f64)
+}
+
+/// Fields of `/proc/PID/stat` after the command name (which may hold spaces and `)`).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// `utime + stime` of process `pid` (all its threads, exited ones included), in seconds.
+pub fn own_cpu_seconds(pid: u32) -> Option<f64> {
+    let f = stat_fields(pid)?;
+    // After the name: state is field 0, utime 11, stime 12, cutime 13, cstime 14.
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / clock_ticks()?)
+}
+
+/// `utime + stime + cutime + cstime` of `pid`, in seconds.
+fn cpu_with_reaped_children(pid: u32) -> Option<f64> {
+    let f = stat_fields(pid)?;
+    let mut ticks = 0u64;
+    for i in 11..=14 {
+        // cutime and cstime are signed in the kernel's format; never negative in practice.
+        ticks += f.get(i)?.parse::<i64>().ok()?.max(0) as u64;
+    }
+    Some(ticks as f64 / clock_ticks()?)
+}
+
+/// Parent pid of `pid`.
+fn parent_of(pid: u32) -> Option<u32> {
+    stat_fields(pid)?.get(1)?.parse().ok()
+}
+
+/// Direct children of `pid`: from `/proc/PID/task/*/children` when the kernel has it, else
+/// by scanning every process's parent.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut have_children_files = false;
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+                have_children_files = true;
+                out.extend(s.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+            }
+        }
+    }
+    if !have_children_files {
+        if let Ok(procs) = std::fs::read_dir("/proc") {
+            out.extend(
+                procs
+                    .flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                    .filter(|p| parent_of(*p) == Some(pid)),
+            );
+        }
+    }
+    out
+}
+
+/// `roots` and every process below them, each once.
+pub fn process_tree(roots: &[u32]) -> Vec<u32> {
+    let mut seen = BTreeSet::new();
+    let mut todo: Vec<u32> = roots.to_vec();
+    while let Some(p) = todo.pop() {
+        if seen.insert(p) {
+            todo.extend(children_of(p));
+        }
+    }
+    seen.into_iter().collect()
+}
+
+/// CPU seconds of `roots` and their descendants (see the module doc); `None` when none of
+/// the roots exists any more.
+pub fn tree_cpu_seconds(roots: &[u32]) -> Option<f64> {
+    let mut any = false;
+    let mut total = 0.0;
+    for p in process_tree(roots) {
+        if let Some(s) = cpu_with_reaped_children(p) {
+            any = true;
+            total += s;
+        }
+    }
+    any.then_some(total)
+}
+
+/// Run time of every live thread of `roots` and their descendants, in nanoseconds
+/// (`/proc/PID/task/*/schedstat`). Unlike `utime + stime` (clock ticks, 10 ms) it resolves
+/// the microseconds an idle daemon spends, but a thread that has exited no longer counts:
+/// for windows in which no thread exits (idle or steadily loaded daemons).
+pub fn tree_run_ns(roots: &[u32]) -> u64 {
+    let mut total = 0;
+    for p in process_tree(roots) {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        total += tasks
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    total
+}
+
+/// A `kB` field of `/proc/PID/smaps_rollup` (`Pss`, `Rss`, `Pss_Anon`, ...).
+pub fn smaps_rollup_kib(pid: u32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Proportional set size of `roots` and their descendants, in KiB.
+pub fn tree_pss_kib(roots: &[u32]) -> Option<u64> {
+    let v: Vec<u64> = process_tree(roots)
+        .into_iter()
+        .filter_map(|p| smaps_rollup_kib(p, "Pss"))
+        .collect();
+    (!v.is_empty()).then(|| v.iter().sum())
+}
+
+/// CPU seconds of a process set over time.
+#[derive(Debug, Clone, Default)]
+pub struct CpuTrace {
+    /// (when, cumulative CPU seconds), in time order.
+    pub points: Vec<(Instant, f64)>,
+}
+
+impl CpuTrace {
+    /// Cumulative CPU seconds at `t`, linear between the samples around it; `None` outside
+    /// the trace.
+    pub fn at(&self, t: Instant) -> Option<f64> {
+        let i = self.points.partition_point(|(at, _)| *at <= t);
+        if i == 0 {
+            return None;
+        }
+        let (t0, c0) = self.points[i - 1];
+        if t0 == t {
+            return Some(c0);
+        }
+        let (t1, c1) = *self.points.get(i)?;
+        let span = (t1 - t0).as_secs_f64();
+        if span <= 0.0 {
+            return Some(c1);
+        }
+        Some(c0 + (c1 - c0) * (t - t0).as_secs_f64() / span)
+    }
+
+    /// CPU seconds spent between `from` and `to`.
+    pub fn between(&self, from: Instant, to: Instant) -> Option<f64> {
+        Some((self.at(to)? - self.at(from)?).max(0.0))
+    }
+
+    /// The last cumulative value (what the whole run cost).
+    pub fn last(&self) -> Option<f64> {
+        self.points.last().map(|p| p.1)
+    }
+}
+
+/// Samples the CPU time of a process set every `interval` in a thread until stopped or until
+/// every root is gone. Roots can be added while it runs ([`CpuSampler::add_root`]).
+pub struct CpuSampler {
+    roots: Arc<Mutex<Vec<u32>>>,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<CpuTrace>>,
+}
+
+impl CpuSampler {
+    pub fn start(roots: &[u32], interval: Duration) -> CpuSampler {
+        let roots = Arc::new(Mutex::new(roots.to_vec()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, s) = (Arc::clone(&roots), Arc::clone(&stop));
+        let handle = std::thread::spawn(move || {
+            let mut trace = CpuTrace::default();
+            loop {
+                let now_roots = r.lock().map(|g| g.clone()).unwrap_or_default();
+                let at = Instant::now();
+                match tree_cpu_seconds(&now_roots) {
+                    Some(c) => trace.points.push((at, c)),
+                    None => break,
+                }
+                if s.load(Ordering::Relaxed) {
+                    break;
+                }
+                std::thread::sleep(interval);
+            }
+            trace
+        });
+        CpuSampler {
+            roots,
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// Counts `pid` (and what runs below it) too from the next sample on.
+    pub fn add_root(&self, pid: u32) {
+        if let Ok(mut g) = self.roots.lock() {
+            if !g.contains(&pid) {
+                g.push(pid);
+            }
+        }
+    }
+
+    /// Takes one last sample and returns the trace.
+    pub fn finish(mut self) -> CpuTrace {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for CpuSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Command, Stdio};
+
+    fn burn(seconds: f64) {
+        let pid = std::process::id();
+        let start = own_cpu_seconds(pid).unwrap();
+        let mut x = 1u64;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while own_cpu_seconds(pid).unwrap() < start + seconds {
+            assert!(Instant::now() < deadline, "CPU time did not grow");
+            for i in 0..100_000u64 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
+            }
+        }
+        assert_ne!(x, 0);
+    }
+
+    #[test]
+    fn own_cpu_grows_while_computing_and_missing_processes_have_none() {
+        let pid = std::process::id();
+        let before = own_cpu_seconds(pid).unwrap();
+        burn(0.05);
+        assert!(own_cpu_seconds(pid).unwrap() >= before + 0.05);
+        assert_eq!(own_cpu_seconds(u32::MAX), None);
+        assert_eq!(tree_cpu_seconds(&[u32::MAX]), None);
+    }
+
+    #[test]
+    fn a_child_and_its_cpu_are_counted_with_the_parent() {
+        // A shell child that spins: its CPU shows in the tree's sum, not in our own.
+        let mut child = Command::new("sh")
+            .args([
+                "-c",
+                "i=0; while [ $i -lt 400000 ]; do i=$((i+1)); done; sleep 5",
+            ])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let me = std::process::id();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut tree = Vec::new();
+        while Instant::now() < deadline {
+            tree = process_tree(&[me]);
+            let child_cpu = own_cpu_seconds(child.id()).unwrap_or(0.0);
+            if tree.contains(&child.id()) && child_cpu >= 0.1 {
+                let total = tree_cpu_seconds(&[me]).unwrap();
+                let mine = own_cpu_seconds(me).unwrap();
+                assert!(
+                    total >= mine + child_cpu - 0.02,
+                    "{total} {mine} {child_cpu}"
+                );
+                let _ = child.kill();
+                let _ = child.wait();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the child never showed in the tree with CPU time: {tree:?}");
+    }
+
+    #[test]
+    fn trace_interpolates_inside_and_knows_nothing_outside() {
+        let t0 = Instant::now();
+        let trace = CpuTrace {
+            points: vec![
+                (t0, 1.0),
+                (t0 + Duration::from_secs(1), 2.0),
+                (t0 + Duration::from_secs(3), 2.5),
+            ],
+        };
+        assert_eq!(trace.at(t0), Some(1.0));
+        assert_eq!(trace.at(t0 + Duration::from_millis(500)), Some(1.5));
+        assert_eq!(trace.at(t0 + Duration::from_secs(2)), Some(2.25));
+        assert_eq!(trace.at(t0 + Duration::from_secs(3)), Some(2.5));
+        assert_eq!(trace.at(t0 + Duration::from_secs(4)), None);
+        assert_eq!(
+            trace.between(t0 + Duration::from_millis(500), t0 + Duration::from_secs(2)),
+            Some(0.75)
+        );
+        assert_eq!(trace.last(), Some(2.5));
+        assert_eq!(CpuTrace::default().at(t0), None);
+    }
+
+    #[test]
+    fn sampler_sees_this_process_work_in_the_window_it_worked() {
+        let sampler = CpuSampler::start(&[std::process::id()], Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(100));
+        let from = Instant::now();
+        burn(0.2);
+        let to = Instant::now();
+        std::thread::sleep(Duration::from_millis(50));
+        let trace = sampler.finish();
+        let spent = trace.between(from, to).unwrap();
+        // Clock-tick resolution (10 ms) at both ends, and the sampler thread's own time.
+        assert!((0.15..0.4).contains(&spent), "{spent}");
+    }
+
+    #[test]
+    fn run_time_agrees_with_utime_plus_stime() {
+        // A single-threaded busy child (this test process has threads that come and go,
+        // and an exited thread's run time leaves the schedstat sum).
+        let mut child = Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        std::thread::sleep(Duration::from_millis(50));
+        let (ns0, s0) = (tree_run_ns(&[pid]), own_cpu_seconds(pid).unwrap());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while own_cpu_seconds(pid).unwrap() < s0 + 0.3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (ns1, s1) = (tree_run_ns(&[pid]), own_cpu_seconds(pid).unwrap());
+        let _ = child.kill();
+        let _ = child.wait();
+        let by_ns = (ns1 - ns0) as f64 / 1e9;
+        // Clock ticks are 10 ms; the two reads are not at the same instant.
+        assert!(s1 - s0 >= 0.3, "the child did not run");
+        assert!((by_ns - (s1 - s0)).abs() < 0.05, "{by_ns} {}", s1 - s0);
+        assert_eq!(tree_run_ns(&[u32::MAX]), 0);
+    }
+
+    #[test]
+    fn pss_of_this_process_is_read() {
+        let pss = tree_pss_kib(&[std::process::id()]).expect("smaps_rollup readable");
+        assert!(pss > 100, "{pss} KiB");
+        assert_eq!(tree_pss_kib(&[u32::MAX]), None);
+    }
+}
