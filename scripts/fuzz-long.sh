@@ -25,7 +25,7 @@ if [ "${1:-}" = --summary ]; then
     exit 0
 fi
 
-TARGETS=(fuse_request fuse_session virtqueue journal_replay metrics_http)
+TARGETS=(fuse_request fuse_session virtqueue journal_replay metrics_http docker_plugin)
 [ "$#" -gt 0 ] && TARGETS=("$@")
 TOTAL="${FUZZ_TOTAL_SECONDS:-3600}"
 SLICE="${FUZZ_SLICE_SECONDS:-300}"
@@ -39,7 +39,7 @@ export FUZZ_SHARE_DIR="$OUT/shares"
 dict_of() {
     case "$1" in
         fuse_request|fuse_session) echo "$REPO/fuzz/dict/fuse.dict" ;;
-        *) [ -f "$REPO/fuzz/dict/$1.dict" ] && echo "$REPO/fuzz/dict/$1.dict" ;;
+        *) if [ -f "$REPO/fuzz/dict/$1.dict" ]; then echo "$REPO/fuzz/dict/$1.dict"; fi ;;
     esac
 }
 

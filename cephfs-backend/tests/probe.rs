@@ -23,8 +23,9 @@ fn probe(timeout: Option<Duration>) {
     }
     fs.fsync(&c, f.inode, false, h).expect("fsync");
     let cpu = || {
-        // SAFETY: getrusage fills the zeroed struct it is given.
+        // SAFETY: `libc::rusage` is plain old data; all zeroes is a valid value.
         let mut r: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: getrusage fills the struct it is given (a valid out pointer).
         unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut r) };
         let d = |tv: libc::timeval| tv.tv_sec as f64 * 1e6 + tv.tv_usec as f64;
         d(r.ru_utime) + d(r.ru_stime)

@@ -92,6 +92,7 @@ fuzz_target!(|data: &[u8]| {
             RequestThreads::Inline,
             None,
             QueueThreads::Shared,
+            1,
             Duration::ZERO,
         )
         .expect("device");

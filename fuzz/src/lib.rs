@@ -357,6 +357,9 @@ fn snapshot(dir: &Path, skip: &Path) -> BTreeMap<PathBuf, (u32, u64, u32)> {
         };
         for e in entries.flatten() {
             let p = e.path();
+            if p == skip {
+                continue; // the share itself: its link count follows what the guest creates
+            }
             if let Ok(m) = std::fs::symlink_metadata(&p) {
                 out.insert(p.clone(), (m.mode(), m.size(), m.nlink() as u32));
                 if m.is_dir() {

@@ -167,8 +167,10 @@ impl VhostUserFrontendReqHandler for DaxWindowMapper {
         if overlaps {
             return Err(io::Error::other("VIRTIO Shared Memory mapping overlap"));
         }
-        // SAFETY: fstat on the descriptor the daemon sent, valid for this call.
+        // SAFETY: `libc::stat` is plain old data; all zeroes is a valid value.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat on the descriptor the daemon sent, valid for this call; `st` is a
+        // valid out pointer.
         if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
             return Err(io::Error::last_os_error());
         }

@@ -496,6 +496,7 @@ fn create0_ftruncate(path: &str, len: u64, uid: u32) -> Res<String> {
     let r = cvt(unsafe { libc::ftruncate(fd, len as libc::off_t) });
     // SAFETY: stat is plain old data; `fd` is valid.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is valid and `st` a valid out pointer.
     let s = r.and_then(|_| cvt(unsafe { libc::fstat(fd, &mut st) }));
     // SAFETY: `fd` is ours.
     unsafe { libc::close(fd) };
@@ -517,6 +518,7 @@ fn run(args: &[String]) -> Res<String> {
             let p = cpath(arg(args, 1, "path")?)?;
             // SAFETY: stat is plain old data; valid path and out-pointer.
             let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: valid NUL-terminated path and out pointer.
             cvt(unsafe { libc::stat(p.as_ptr(), &mut st) })?;
             Ok(format!("{} {} {}", st.st_atime, st.st_mtime, st.st_ctime))
         }
