@@ -12,8 +12,9 @@
 //!   `P(gap <= window) * WAKE_SAVING - E[min(gap, window)]`: the guest time expected to be
 //!   saved per dry spell less the CPU time expected to be spent spinning. When no window
 //!   gains, the window is 0 and the queue sleeps at once, as without polling. Guests whose
-//!   requests come more than a few tens of microseconds apart (every guest under TCG, or one
-//!   that waits on a disk) are therefore not polled at all.
+//!   requests come more than a few tens of microseconds apart (one that waits on a disk, say)
+//!   are therefore not polled at all. Polling is off unless `--poll-max-us` is given: in TCG
+//!   guests on a shared machine it cost more CPU than it saved (docs/benchmarks.md).
 //! - **A budget per daemon, not per queue.** At most one queue thread of a daemon spins at a
 //!   time, and all of them together spin at most [`BUDGET_SHARE`] of one CPU over time (a
 //!   token bucket holding at most [`BUDGET_BURST`]). With several request queues the worst

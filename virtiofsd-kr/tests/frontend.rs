@@ -1482,16 +1482,21 @@ fn batched_requests_with_a_thread_pool_repeatedly() {
     }
 }
 
-/// One thread serves both queues, and it polls the request queue when that runs dry
-/// (`--poll-max-us`): a guest that keeps the request queue busy must not hold up a FORGET.
+/// One thread serves both queues, and with `--poll-max-us` (off by default) it polls the
+/// request queue when that runs dry: a guest that keeps the request queue busy must not hold
+/// up a FORGET.
 /// Back-to-back GETATTRs come within the polling window, so the thread never goes back to
 /// `epoll_wait`, where the FORGET's kick waits; the poller has to serve it (without that,
 /// the FORGET waited for 53 to 169 GETATTRs in six runs; with it, six runs passed).
 #[test]
 fn forget_is_served_while_requests_keep_the_polled_queue_busy() {
-    let mut daemon = Daemon::start_with(&["--sandbox", "none", "--seccomp", "none"], &[], |d| {
-        std::fs::write(d.join("f"), b"x").unwrap();
-    });
+    let mut daemon = Daemon::start_with(
+        &["--sandbox", "none", "--seccomp", "none"],
+        &["--poll-max-us", "200"],
+        |d| {
+            std::fs::write(d.join("f"), b"x").unwrap();
+        },
+    );
     let mut s = daemon.session();
     let f = s.lookup(ROOT, "f").expect("LOOKUP");
     // Teach the poller this frontend's gaps.
