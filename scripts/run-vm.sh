@@ -231,7 +231,7 @@ DARGS=("${SERVE_PREFIX[@]}" --socket-path "$SOCK" "${BACKEND_ARGS[@]}" --cache "
 DARGS+=("${DAEMON_ARGS[@]}")
 if [ -n "$DAX_WINDOW" ]; then
     # The generic device takes its configuration space (tag, queue count) from the daemon.
-    DARGS+=(--dax-window "$DAX_WINDOW" --tag share)
+    DARGS+=(--dax-window "$DAX_WINDOW" --tag share --request-queues "$QUEUES")
     FS_DEVICE="vhost-user-test-device-pci,chardev=vfs0,virtio-id=26,num_vqs=$((QUEUES + 1)),vq_size=128,config_size=40"
 else
     FS_DEVICE="vhost-user-fs-pci,chardev=vfs0,tag=share,num-request-queues=$QUEUES"

@@ -337,6 +337,15 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N")]
     pub overlap_threads: Option<usize>,
 
+    /// Request queues offered to the VMM (GET_QUEUE_NUM answers one more, for the hiprio
+    /// queue), 1 to 16, each served by a vring thread of its own. QEMU's vhost-user-fs-pci uses
+    /// as many as its `num-request-queues` asks for (Linux >= 6.10 spreads requests over
+    /// them); a device that takes its configuration space from the daemon (QEMU's generic
+    /// vhost-user-test-device-pci, used for DAX, with `--tag`) tells the guest this number,
+    /// so there it must be the device's `num_vqs` - 1.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_REQUEST_QUEUES)]
+    pub request_queues: usize,
+
     /// When the request queue runs dry, keep watching it for up to this many microseconds
     /// before sleeping, so a guest's next request costs no kick and no wake-up. Only where
     /// that pays: the window is the one that saves the guest more time than it costs in CPU
@@ -1014,6 +1023,8 @@ pub enum CliError {
     OverlapWithPool,
     #[error("--poll-max-us {0}: at most {max} (a longer spin only burns CPU)", max = MAX_POLL_US)]
     PollTooLong(u64),
+    #[error("--request-queues {0}: 1 to {MAX_REQUEST_QUEUES} are supported")]
+    RequestQueues(usize),
     #[error("--accounting-dir needs --tenant, --volume and --pod (they name the journal)")]
     AccountingDirWithoutLabels,
     #[error("a burst needs its limit: {0}")]
@@ -1062,6 +1073,11 @@ pub const DEFAULT_OVERLAP_THREADS: usize = 8;
 /// in TCG guests on a shared machine polling cost 1.4x the CPU per metadata file and bought
 /// no throughput; it is for hosts whose guests' gaps are a few microseconds (try 200).
 pub const DEFAULT_POLL_MAX_US: u64 = 0;
+/// Most request queues (`--request-queues`): the device's limit.
+pub const MAX_REQUEST_QUEUES: usize = crate::device::MAX_REQUEST_QUEUES;
+/// Default `--request-queues`: the most QEMU's vhost-user-fs-pci may be configured with, so
+/// any `num-request-queues` works without a flag; unused queues cost one idle thread each.
+pub const DEFAULT_REQUEST_QUEUES: usize = MAX_REQUEST_QUEUES;
 /// Upper bound for --poll-max-us.
 pub const MAX_POLL_US: u64 = 10_000;
 
@@ -1295,6 +1311,9 @@ impl ServeArgs {
         }
         if self.poll_max_us > MAX_POLL_US {
             return Err(CliError::PollTooLong(self.poll_max_us));
+        }
+        if !(1..=MAX_REQUEST_QUEUES).contains(&self.request_queues) {
+            return Err(CliError::RequestQueues(self.request_queues));
         }
         if self.dax_file_size.is_some() && self.dax_window.is_none() {
             return Err(CliError::DaxFileSizeWithoutWindow);

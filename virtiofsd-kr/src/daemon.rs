@@ -277,6 +277,7 @@ where
         request_threads,
         args.tag.as_deref(),
         threads,
+        args.request_queues,
         Duration::from_micros(args.poll_max_us),
     )?);
     let mut daemon = VhostUserDaemon::new(
@@ -302,6 +303,16 @@ where
     for (i, totals) in device.poll_totals().enumerate() {
         info!("queue {} polling: {totals}", i + 1);
     }
+    let per_queue = device.requests_per_queue();
+    info!(
+        "requests per queue (0: hiprio): {}",
+        per_queue
+            .iter()
+            .enumerate()
+            .map(|(q, n)| format!("{q}={n}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     if let Some(totals) = device.pool_totals() {
         info!("request workers: {totals}");
     }

@@ -6,7 +6,7 @@
 //! files, and never trusts a length, index or opcode the guest wrote.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -41,10 +41,12 @@ use crate::request_pool::{PoolError, PoolTotals, RequestPool};
 
 /// Queue 0 carries FORGET and INTERRUPT; the request queues follow it.
 pub const HIPRIO_QUEUE_INDEX: usize = 0;
-/// Request queues offered. Linux's virtio-fs driver (6.1) uses one; so does QEMU by default.
-pub const REQUEST_QUEUES: usize = 1;
-/// Total queues: the high-priority queue plus the request queues.
-pub const NUM_QUEUES: usize = HIPRIO_QUEUE_INDEX + 1 + REQUEST_QUEUES;
+/// Most request queues a daemon offers (`--request-queues`). Linux 6.1 uses one; Linux >= 6.10
+/// spreads requests over as many as the VMM configures (QEMU's `num-request-queues`), one per
+/// group of CPUs.
+pub const MAX_REQUEST_QUEUES: usize = 16;
+/// Most queues in all: the high-priority queue plus the request queues.
+pub const MAX_QUEUES: usize = HIPRIO_QUEUE_INDEX + 1 + MAX_REQUEST_QUEUES;
 /// How the queues are spread over vring threads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueueThreads {
@@ -60,24 +62,36 @@ pub enum QueueThreads {
 }
 
 impl QueueThreads {
-    /// The queues each vring thread serves (bit i: queue i).
-    fn masks(self) -> &'static [u64] {
+    /// The queues each vring thread serves (bit i: queue i) for `request_queues` request
+    /// queues: a thread per request queue, the hiprio queue with the first (`Shared`) or on a
+    /// thread of its own (`PerQueue`).
+    fn masks(self, request_queues: usize) -> Vec<u64> {
         const HIPRIO: u64 = 1 << HIPRIO_QUEUE_INDEX;
-        const REQUEST: u64 = 1 << (HIPRIO_QUEUE_INDEX + 1);
+        let request = |i: usize| 1u64 << (HIPRIO_QUEUE_INDEX + 1 + i);
         match self {
-            QueueThreads::Shared => &[HIPRIO | REQUEST],
-            QueueThreads::PerQueue => &[HIPRIO, REQUEST],
+            QueueThreads::Shared => (0..request_queues)
+                .map(|i| {
+                    if i == 0 {
+                        HIPRIO | request(0)
+                    } else {
+                        request(i)
+                    }
+                })
+                .collect(),
+            QueueThreads::PerQueue => std::iter::once(HIPRIO)
+                .chain((0..request_queues).map(request))
+                .collect(),
         }
     }
+}
 
-    /// The device queue index of `device_event` on vring thread `thread_id` (the n-th queue
-    /// of that thread's mask).
-    fn queue_of(self, thread_id: usize, device_event: u16) -> Option<usize> {
-        let mask = *self.masks().get(thread_id)?;
-        (0..NUM_QUEUES)
-            .filter(|q| mask & (1 << q) != 0)
-            .nth(device_event as usize)
-    }
+/// The device queue index of `device_event` on vring thread `thread_id` (the n-th queue of
+/// that thread's mask).
+fn queue_of(masks: &[u64], thread_id: usize, device_event: u16) -> Option<usize> {
+    let mask = *masks.get(thread_id)?;
+    (0..MAX_QUEUES)
+        .filter(|q| mask & (1 << q) != 0)
+        .nth(device_event as usize)
 }
 /// Largest queue the frontend may configure (QEMU 7.2 allows up to 1024).
 pub const MAX_QUEUE_SIZE: usize = 1024;
@@ -106,6 +120,8 @@ pub enum DeviceError {
     TagTooLong(String),
     #[error("creating the exit event: {0}")]
     ExitEvent(io::Error),
+    #[error("{0} request queues: 1 to {MAX_REQUEST_QUEUES} are supported")]
+    RequestQueues(usize),
     #[error(transparent)]
     Pool(#[from] PoolError),
 }
@@ -417,9 +433,14 @@ pub struct VirtioFsDevice<F: FileSystem + Send + Sync + 'static> {
     ring_error_seen: Arc<AtomicBool>,
     tag: Option<[u8; TAG_LEN]>,
     exit: (EventConsumer, EventNotifier),
-    threads: QueueThreads,
+    /// Request queues offered (`GET_QUEUE_NUM` answers one more, for the hiprio queue).
+    request_queues: usize,
+    /// The queues of each vring thread (see [`QueueThreads`]).
+    masks: Vec<u64>,
     /// One per request queue.
     polls: Vec<QueuePoll>,
+    /// Requests taken from each queue (index: device queue), logged at exit.
+    taken: Vec<AtomicU64>,
 }
 
 impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
@@ -428,8 +449,12 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
         request_threads: RequestThreads,
         tag: Option<&str>,
         threads: QueueThreads,
+        request_queues: usize,
         poll_max: Duration,
     ) -> Result<Self, DeviceError> {
+        if !(1..=MAX_REQUEST_QUEUES).contains(&request_queues) {
+            return Err(DeviceError::RequestQueues(request_queues));
+        }
         let tag = match tag {
             None => None,
             Some(t) if t.len() > TAG_LEN => return Err(DeviceError::TagTooLong(t.to_string())),
@@ -472,11 +497,21 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
             ring_error_seen,
             tag,
             exit,
-            threads,
-            polls: (0..REQUEST_QUEUES)
+            request_queues,
+            masks: threads.masks(request_queues),
+            polls: (0..request_queues)
                 .map(|_| QueuePoll::new(poll_max))
                 .collect(),
+            taken: (0..=request_queues).map(|_| AtomicU64::new(0)).collect(),
         })
+    }
+
+    /// Requests taken from each queue so far (index 0: the hiprio queue).
+    pub fn requests_per_queue(&self) -> Vec<u64> {
+        self.taken
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// Logs a guest-caused ring error: the first at warn level, later ones at debug, so a
@@ -591,6 +626,9 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
                     );
                 }
                 let taken = chains.len();
+                if let Some(n) = self.taken.get(queue) {
+                    n.fetch_add(taken as u64, Ordering::Relaxed);
+                }
                 match &self.pool {
                     Some(pool) if !self.overlap => {
                         for chain in chains.drain(..) {
@@ -655,7 +693,7 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for VirtioFsDevice<
     type Vring = Vring;
 
     fn num_queues(&self) -> usize {
-        NUM_QUEUES
+        HIPRIO_QUEUE_INDEX + 1 + self.request_queues
     }
 
     fn max_queue_size(&self) -> usize {
@@ -664,7 +702,7 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for VirtioFsDevice<
 
     /// See [`QueueThreads`].
     fn queues_per_thread(&self) -> Vec<u64> {
-        self.threads.masks().to_vec()
+        self.masks.clone()
     }
 
     fn features(&self) -> u64 {
@@ -711,7 +749,7 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for VirtioFsDevice<
             return Vec::new();
         };
         let mut config = tag.to_vec();
-        config.extend_from_slice(&(REQUEST_QUEUES as u32).to_le_bytes());
+        config.extend_from_slice(&(self.request_queues as u32).to_le_bytes());
         let start = (offset as usize).min(config.len());
         let end = start.saturating_add(size as usize).min(config.len());
         config[start..end].to_vec()
@@ -745,18 +783,16 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for VirtioFsDevice<
             return Err(DeviceError::UnexpectedEvents(evset).into());
         }
         // Each thread gets its own queues, numbered from 0 in `device_event`.
-        let queue = self
-            .threads
-            .queue_of(thread_id, device_event)
+        let queue = queue_of(&self.masks, thread_id, device_event)
             .ok_or(DeviceError::UnknownEvent(device_event))?;
         let vring = vrings
             .get(device_event as usize)
             .ok_or(DeviceError::UnknownEvent(device_event))?;
-        // This thread's other queues (at most NUM_QUEUES - 1: no allocation per event).
-        let mut others = [(queue, vring); NUM_QUEUES];
+        // This thread's other queues (at most MAX_QUEUES - 1: no allocation per event).
+        let mut others = [(queue, vring); MAX_QUEUES];
         let mut n = 0;
-        for (i, v) in vrings.iter().enumerate().take(NUM_QUEUES) {
-            match self.threads.queue_of(thread_id, i as u16) {
+        for (i, v) in vrings.iter().enumerate().take(MAX_QUEUES) {
+            match queue_of(&self.masks, thread_id, i as u16) {
                 Some(q) if q != queue => {
                     others[n] = (q, v);
                     n += 1;
@@ -788,28 +824,43 @@ mod queue_thread_tests {
     #[test]
     fn every_queue_has_exactly_one_thread() {
         for layout in [QueueThreads::Shared, QueueThreads::PerQueue] {
-            let masks = layout.masks();
-            for q in 0..NUM_QUEUES {
-                let owners = masks.iter().filter(|m| *m & (1 << q) != 0).count();
-                assert_eq!(owners, 1, "{layout:?}: queue {q}");
+            for rq in 1..=MAX_REQUEST_QUEUES {
+                let masks = layout.masks(rq);
+                let queues = HIPRIO_QUEUE_INDEX + 1 + rq;
+                for q in 0..queues {
+                    let owners = masks.iter().filter(|m| *m & (1 << q) != 0).count();
+                    assert_eq!(owners, 1, "{layout:?} {rq}: queue {q}");
+                }
+                assert_eq!(masks.iter().fold(0, |a, m| a | m), (1 << queues) - 1);
+                // A thread per request queue; the hiprio queue shares the first or has its own.
+                let threads = match layout {
+                    QueueThreads::Shared => rq,
+                    QueueThreads::PerQueue => rq + 1,
+                };
+                assert_eq!(masks.len(), threads, "{layout:?} {rq}");
             }
-            assert_eq!(masks.iter().fold(0, |a, m| a | m), (1 << NUM_QUEUES) - 1);
         }
-        assert_eq!(QueueThreads::Shared.masks().len(), 1);
-        assert_eq!(QueueThreads::PerQueue.masks().len(), NUM_QUEUES);
     }
 
     #[test]
     fn thread_local_events_map_to_device_queues() {
-        let per_queue = QueueThreads::PerQueue;
-        assert_eq!(per_queue.queue_of(0, 0), Some(HIPRIO_QUEUE_INDEX));
-        assert_eq!(per_queue.queue_of(1, 0), Some(HIPRIO_QUEUE_INDEX + 1));
-        assert_eq!(per_queue.queue_of(0, 1), None);
-        assert_eq!(per_queue.queue_of(2, 0), None);
-        let shared = QueueThreads::Shared;
-        assert_eq!(shared.queue_of(0, 0), Some(HIPRIO_QUEUE_INDEX));
-        assert_eq!(shared.queue_of(0, 1), Some(HIPRIO_QUEUE_INDEX + 1));
-        assert_eq!(shared.queue_of(0, 2), None);
-        assert_eq!(shared.queue_of(1, 0), None);
+        let per_queue = QueueThreads::PerQueue.masks(1);
+        assert_eq!(queue_of(&per_queue, 0, 0), Some(HIPRIO_QUEUE_INDEX));
+        assert_eq!(queue_of(&per_queue, 1, 0), Some(HIPRIO_QUEUE_INDEX + 1));
+        assert_eq!(queue_of(&per_queue, 0, 1), None);
+        assert_eq!(queue_of(&per_queue, 2, 0), None);
+        let shared = QueueThreads::Shared.masks(1);
+        assert_eq!(queue_of(&shared, 0, 0), Some(HIPRIO_QUEUE_INDEX));
+        assert_eq!(queue_of(&shared, 0, 1), Some(HIPRIO_QUEUE_INDEX + 1));
+        assert_eq!(queue_of(&shared, 0, 2), None);
+        assert_eq!(queue_of(&shared, 1, 0), None);
+        // Four request queues: thread i serves request queue i (+ hiprio on thread 0).
+        let shared = QueueThreads::Shared.masks(4);
+        assert_eq!(queue_of(&shared, 0, 1), Some(1));
+        assert_eq!(queue_of(&shared, 3, 0), Some(4));
+        assert_eq!(queue_of(&shared, 3, 1), None);
+        let per_queue = QueueThreads::PerQueue.masks(4);
+        assert_eq!(queue_of(&per_queue, 4, 0), Some(4));
+        assert_eq!(queue_of(&per_queue, 5, 0), None);
     }
 }

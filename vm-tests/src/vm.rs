@@ -354,7 +354,7 @@ impl VmBuilder {
     }
 
     /// Starts the daemon (when sharing) and QEMU; returns at once.
-    pub fn spawn(self) -> Result<RunningVm> {
+    pub fn spawn(mut self) -> Result<RunningVm> {
         let image = GuestImage::locate_with(self.kernel)?;
         let qemu = paths::qemu_command(self.qemu)?;
         let choice = match self.accel {
@@ -387,6 +387,12 @@ impl VmBuilder {
         paths::no_comma(&initrd)?;
         paths::no_comma(&image.kernel)?;
 
+        if let FsDevice::Generic { request_queues } = self.device {
+            // This device tells the guest the daemon's queue count (its configuration space).
+            self.daemon
+                .extra_args
+                .push(format!("--request-queues={request_queues}"));
+        }
         let daemon = match &self.share {
             Some(backend) => Some(Daemon::start_backend(&self.daemon, backend)?),
             None => None,
