@@ -850,7 +850,7 @@ impl MountArgs {
                 if self.shared_dir.is_some() {
                     return Err(CliError::SharedDirWithCephfs);
                 }
-                if self.fs.inode_file_handles != InodeFileHandles::Never {
+                if self.fs.inode_file_handles == InodeFileHandles::Mandatory {
                     return Err(CliError::FileHandlesWithCephfs);
                 }
                 MountBackend::CephFs(ceph_options(
@@ -1700,6 +1700,43 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn mount_of_a_cephfs_volume_converts_with_the_defaults() {
+        let base = [
+            "mount",
+            "--backend=cephfs",
+            "--ceph-conf=/c",
+            "--ceph-id=vol-a",
+            "--ceph-keyring=/k",
+            "--ceph-root=/volumes/a",
+            "--tenant=docker",
+            "--volume=a",
+            "--pod=p1",
+            "--rate-limit-bytes=1M",
+            "/mnt/a",
+        ];
+        let opts = |extra: &[&str]| match parse(&[&base[..], extra].concat()).unwrap().command {
+            Some(Command::Mount(m)) => m.mount_options("host".to_string()),
+            other => panic!("expected mount, got {other:?}"),
+        };
+        let o = opts(&[]).unwrap();
+        assert!(
+            matches!(o.backend, crate::fusedev::MountBackend::CephFs(ref c) if c.root == "/volumes/a" && c.id == "vol-a")
+        );
+        let acct = o.accounting.expect("accounting asked for");
+        assert_eq!(acct.labels.pod, "p1");
+        assert_eq!(acct.limits.bytes_per_sec, 1 << 20);
+        assert!(o.seccomp.is_some());
+        assert_eq!(
+            opts(&["--inode-file-handles=mandatory"]).unwrap_err(),
+            CliError::FileHandlesWithCephfs
+        );
+        assert_eq!(
+            opts(&["--shared-dir=/x"]).unwrap_err(),
+            CliError::SharedDirWithCephfs
+        );
     }
 
     fn normalized(args: &[&str]) -> Result<ServeArgs, CliError> {
