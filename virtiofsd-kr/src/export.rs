@@ -122,6 +122,12 @@ fn opens_for_writing(flags: u32) -> bool {
     (flags as i32) & libc::O_ACCMODE != libc::O_RDONLY
 }
 
+/// The most an extended attribute's value or name list can hold on Linux (`XATTR_SIZE_MAX`,
+/// `XATTR_LIST_MAX`): a larger GETXATTR/LISTXATTR size asks for nothing more, so it is
+/// clamped before a backend sizes its buffer by it (the passthrough backend allocated the
+/// guest's size up front: 4 GiB for `u32::MAX`; found by the `fuse_request` fuzz target).
+pub const XATTR_SIZE_MAX: u32 = 64 << 10;
+
 /// The open flags a guest kernel sends in OPEN, OPENDIR and CREATE. Anything else is dropped
 /// before a backend sees it (`O_ASYNC` would have the host signal the daemon).
 const GUEST_OPEN_FLAGS: i32 = libc::O_ACCMODE
@@ -580,7 +586,8 @@ where
         name: &CStr,
         size: u32,
     ) -> io::Result<GetxattrReply> {
-        self.inner.getxattr(ctx, inode, name, size)
+        self.inner
+            .getxattr(ctx, inode, name, size.min(XATTR_SIZE_MAX))
     }
 
     fn listxattr(
@@ -589,7 +596,7 @@ where
         inode: Self::Inode,
         size: u32,
     ) -> io::Result<ListxattrReply> {
-        self.inner.listxattr(ctx, inode, size)
+        self.inner.listxattr(ctx, inode, size.min(XATTR_SIZE_MAX))
     }
 
     fn removexattr(&self, ctx: &Context, inode: Self::Inode, name: &CStr) -> io::Result<()> {
@@ -797,6 +804,40 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A backend that records the sizes GETXATTR and LISTXATTR reach it with.
+    #[derive(Default)]
+    struct XattrSizes(Mutex<Vec<u32>>);
+
+    impl FileSystem for XattrSizes {
+        type Inode = u64;
+        type Handle = u64;
+        fn getxattr(&self, _: &Context, _: u64, _: &CStr, size: u32) -> io::Result<GetxattrReply> {
+            self.0.lock().unwrap().push(size);
+            Ok(GetxattrReply::Count(0))
+        }
+        fn listxattr(&self, _: &Context, _: u64, size: u32) -> io::Result<ListxattrReply> {
+            self.0.lock().unwrap().push(size);
+            Ok(ListxattrReply::Count(0))
+        }
+    }
+
+    /// Regression test for a `fuse_request` fuzz finding: GETXATTR with size `u32::MAX` made
+    /// the passthrough backend allocate 4 GiB.
+    #[test]
+    fn xattr_sizes_are_clamped_to_what_linux_can_return() {
+        let fs = ExportFs::new(XattrSizes::default(), ExportPolicy::default());
+        let ctx = Context::default();
+        let name = c"user.k";
+        fs.getxattr(&ctx, 1, name, u32::MAX).unwrap();
+        fs.listxattr(&ctx, 1, u32::MAX).unwrap();
+        fs.getxattr(&ctx, 1, name, 100).unwrap();
+        fs.listxattr(&ctx, 1, 0).unwrap();
+        assert_eq!(
+            *fs.inner.0.lock().unwrap(),
+            [XATTR_SIZE_MAX, XATTR_SIZE_MAX, 100, 0]
+        );
+    }
     use crate::cli::FsOptions as CliFsOptions;
     use clap::Parser;
     use fuse_backend_rs::api::filesystem::ROOT_ID;
