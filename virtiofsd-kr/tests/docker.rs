@@ -239,6 +239,18 @@ impl DockerEnv {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `docker run --rm --network none -v VOL:/data gfs-test:1 CMD...`: its output.
+    fn docker_in(&self, vol: &str, cmd: &[&str]) -> Output {
+        let data = format!("{vol}:/data");
+        self.docker(&run_with_volume(&data, cmd))
+    }
+
+    /// [`Self::docker_in`] that must succeed: its stdout.
+    fn ok_in(&self, vol: &str, cmd: &[&str]) -> String {
+        let data = format!("{vol}:/data");
+        self.ok(&run_with_volume(&data, cmd))
+    }
+
     /// `docker ARGS` that must fail: its stderr.
     fn refused(&self, args: &[&str]) -> String {
         let out = self.docker(args);
@@ -409,6 +421,13 @@ fn process_alive(pid: u64) -> bool {
             .contains(") Z ")
 }
 
+/// The arguments of a throw-away container with `data` (`VOL:/data`) mounted, running `cmd`.
+fn run_with_volume<'a>(data: &'a str, cmd: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["run", "--rm", "--network", "none", "-v", data, "gfs-test:1"];
+    args.extend_from_slice(cmd);
+    args
+}
+
 #[test]
 fn docker_volume_plugin_end_to_end() {
     let t0 = Instant::now();
@@ -500,33 +519,12 @@ fn docker_volume_plugin_end_to_end() {
             .status
             .success()
     });
-    let read = env.ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "-v",
-        &format!("{vol}:/data"),
-        "gfs-test:1",
-        "cat",
-        "/data/a.txt",
-    ]);
+    let read = env.ok_in(&vol, &["cat", "/data/a.txt"]);
     assert_eq!(read.trim(), "data-from-a");
 
     // ---- df shows the quota; writing past it gives EDQUOT
     phase("df shows the quota; writing past it gives EDQUOT");
-    let df = env.ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "-v",
-        &format!("{vol}:/data"),
-        "gfs-test:1",
-        "df",
-        "-k",
-        "/data",
-    ]);
+    let df = env.ok_in(&vol, &["df", "-k", "/data"]);
     let size_kib: u64 = df
         .lines()
         .last()
@@ -534,37 +532,23 @@ fn docker_volume_plugin_end_to_end() {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("df output: {df}"));
     assert_eq!(size_kib, 64 * 1024, "{df}");
-    let out = env.docker(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "-v",
-        &format!("{vol}:/data"),
-        "gfs-test:1",
-        "dd",
-        "if=/dev/zero",
-        "of=/data/too-big",
-        "bs=1M",
-        "count=100",
-    ]);
+    let out = env.docker_in(
+        &vol,
+        &[
+            "dd",
+            "if=/dev/zero",
+            "of=/data/too-big",
+            "bs=1M",
+            "count=100",
+        ],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success(),
         "writing 100 MiB into 64 MiB succeeded"
     );
     assert!(err.contains("Disk quota exceeded"), "{err}");
-    env.ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "-v",
-        &format!("{vol}:/data"),
-        "gfs-test:1",
-        "rm",
-        "/data/too-big",
-    ]);
+    env.ok_in(&vol, &["rm", "/data/too-big"]);
 
     // ---- the container's bytes in the metrics, under its volume (pod: its mount ID)
     phase("the container's bytes in the metrics, under its volume (pod: its mount ID)");
@@ -619,17 +603,7 @@ fn docker_volume_plugin_end_to_end() {
     let still = env.ok(&["exec", &a, "cat", "/data/a.txt"]);
     assert_eq!(still.trim(), "data-from-a");
     env.ok(&["exec", &a, "sh", "-c", "echo after-restart > /data/b.txt"]);
-    let read = env.ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "-v",
-        &format!("{vol}:/data"),
-        "gfs-test:1",
-        "cat",
-        "/data/b.txt",
-    ]);
+    let read = env.ok_in(&vol, &["cat", "/data/b.txt"]);
     assert_eq!(read.trim(), "after-restart");
 
     // ---- container a ends: its mount is unmounted and its server exits
@@ -644,17 +618,7 @@ fn docker_volume_plugin_end_to_end() {
     env.start_dockerd();
     let ls = env.ok(&["volume", "ls", "--format", "{{.Driver}} {{.Name}}"]);
     assert!(ls.lines().any(|l| l == format!("gfs {vol}")), "{ls}");
-    let read = env.ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "-v",
-        &format!("{vol}:/data"),
-        "gfs-test:1",
-        "cat",
-        "/data/a.txt",
-    ]);
+    let read = env.ok_in(&vol, &["cat", "/data/a.txt"]);
     assert_eq!(read.trim(), "data-from-a");
 
     // ---- now unused: docker volume rm succeeds, the cluster forgets it
@@ -720,18 +684,14 @@ fn docker_volume_on_another_data_pool() {
         pool.as_str(),
         "{inspect}"
     );
-    env.ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "-v",
-        &format!("{vol}:/data"),
-        "gfs-test:1",
-        "sh",
-        "-c",
-        "dd if=/dev/urandom of=/data/blob bs=64k count=4 && sync",
-    ]);
+    env.ok_in(
+        &vol,
+        &[
+            "sh",
+            "-c",
+            "dd if=/dev/urandom of=/data/blob bs=64k count=4 && sync",
+        ],
+    );
     // The file's data objects are in that pool.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
