@@ -629,19 +629,16 @@ fn daemon_config(cfg: &Config, which: Which, cache: CacheMode) -> DaemonConfig {
         xattr: false,
         readonly: false,
         log_level: None,
-        // O_DIRECT honoured by both (the reference drops it otherwise); inodes referenced by
-        // O_PATH descriptors in both (ours' default; the reference defaults to `prefer` file
-        // handles when it runs as root).
-        extra_args: [
-            "--allow-direct-io".to_string(),
-            "--inode-file-handles=never".to_string(),
-        ]
-        .into_iter()
-        .chain(match which {
-            Which::Ours => cfg.ours_args.iter().cloned(),
-            Which::Reference => cfg.reference_args.iter().cloned(),
-        })
-        .collect(),
+        // O_DIRECT honoured by both (the reference drops it otherwise). Inodes are
+        // referenced as each daemon ships: file handles where they work (`prefer`, the
+        // default of both when run as root).
+        extra_args: ["--allow-direct-io".to_string()]
+            .into_iter()
+            .chain(match which {
+                Which::Ours => cfg.ours_args.iter().cloned(),
+                Which::Reference => cfg.reference_args.iter().cloned(),
+            })
+            .collect(),
         start_timeout: Duration::from_secs(30),
     }
 }
