@@ -134,6 +134,13 @@ pub struct DaemonConfig {
     pub extra_args: Vec<String>,
     /// How long to wait for the socket to appear.
     pub start_timeout: Duration,
+    /// An integrator's exact argument list instead of the one built from the fields above:
+    /// `{socket}`, `{shared_dir}` and `{fd}` in it are replaced by the socket path, the share
+    /// and [`Self::inherited_fd`].
+    pub command_line: Option<Vec<String>>,
+    /// Bind the vhost-user socket here and hand the listening socket to the daemon as this
+    /// descriptor (`--fd`), as Kata's runtimes and libvirt do, instead of `--socket-path`.
+    pub inherited_fd: Option<i32>,
 }
 
 impl Default for DaemonConfig {
@@ -152,6 +159,8 @@ impl Default for DaemonConfig {
             log_level: std::env::var("VMTEST_DAEMON_LOG_LEVEL").ok(),
             extra_args: Vec::new(),
             start_timeout: Duration::from_secs(15),
+            command_line: None,
+            inherited_fd: None,
         }
     }
 }
@@ -164,7 +173,28 @@ impl DaemonConfig {
 
     /// The arguments after the binary name, for a socket and any backend.
     pub fn args_for(&self, socket: &Path, backend: &ShareBackend) -> Vec<String> {
-        let mut a = vec!["--socket-path".to_string(), socket.display().to_string()];
+        if let Some(line) = &self.command_line {
+            let shared = match backend {
+                ShareBackend::Passthrough(dir) => dir.display().to_string(),
+                ShareBackend::CephFs(_) => String::new(),
+            };
+            let fd = self
+                .inherited_fd
+                .map(|fd| fd.to_string())
+                .unwrap_or_default();
+            return line
+                .iter()
+                .map(|a| {
+                    a.replace("{socket}", &socket.display().to_string())
+                        .replace("{shared_dir}", &shared)
+                        .replace("{fd}", &fd)
+                })
+                .collect();
+        }
+        let mut a = match self.inherited_fd {
+            Some(fd) => vec![format!("--fd={fd}")],
+            None => vec!["--socket-path".to_string(), socket.display().to_string()],
+        };
         a.extend(backend.args());
         a.extend(["--cache".to_string(), self.cache.as_str().to_string()]);
         if let Some(s) = &self.sandbox {
@@ -254,13 +284,43 @@ impl Daemon {
             .map_err(|e| HarnessError::io("daemon log", e))?;
         let args = config.args_for(&socket, backend);
         let command = format!("{} {}", binary.display(), args.join(" "));
-        let child = Command::new(&binary)
-            .args(&args)
+        let mut cmd = Command::new(&binary);
+        cmd.args(&args)
             .stdin(Stdio::null())
             .stdout(log)
-            .stderr(log2)
+            .stderr(log2);
+        // The listening socket, when the daemon inherits it: bound here, so it exists before
+        // the daemon runs (the VMM's connection waits in its backlog).
+        let listener = match config.inherited_fd {
+            Some(target) => {
+                let listener = std::os::unix::net::UnixListener::bind(&socket)
+                    .map_err(|e| HarnessError::io("binding the vhost-user socket", e))?;
+                let source = std::os::fd::AsRawFd::as_raw_fd(&listener);
+                // SAFETY: the closure runs in the forked child before exec and only calls
+                // dup2 or fcntl, which are async-signal-safe; `source` stays open in the parent (and so
+                // in the child) until after the spawn. dup2 clears FD_CLOEXEC on `target`.
+                unsafe {
+                    std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                        let ok = if source == target {
+                            // Same number: only the close-on-exec flag has to go.
+                            libc::fcntl(target, libc::F_SETFD, 0) >= 0
+                        } else {
+                            libc::dup2(source, target) >= 0
+                        };
+                        if !ok {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+                Some(listener)
+            }
+            None => None,
+        };
+        let child = cmd
             .spawn()
             .map_err(|e| HarnessError::io(format!("starting {}", binary.display()), e))?;
+        drop(listener);
         let mut d = Daemon {
             child: Some(child),
             socket,

@@ -640,6 +640,8 @@ fn daemon_config(cfg: &Config, which: Which, cache: CacheMode) -> DaemonConfig {
             })
             .collect(),
         start_timeout: Duration::from_secs(30),
+        command_line: None,
+        inherited_fd: None,
     }
 }
 
