@@ -43,27 +43,20 @@ pub const MAX_NAME: usize = 64;
 /// Names of volumes and snapshots: 1 to 64 of `A-Z a-z 0-9 . _ -`, not starting with a dot
 /// (so never `.`, `..`, `.snap`, never a `/`). Checked before anything reaches CephFS.
 pub fn check_name(text: &str) -> Result<&str, String> {
-    let ok = !text.is_empty()
-        && text.len() <= MAX_NAME
-        && !text.starts_with('.')
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
-        Ok(text)
-    } else {
-        let shown: String = text.chars().take(80).collect();
-        Err(format!(
-            "{shown:?}: a volume name is 1 to {MAX_NAME} of A-Z a-z 0-9 . _ - (not starting with `.`)"
-        ))
-    }
+    check_token(text, MAX_NAME, "a volume name")
 }
 
 /// RADOS pool names (`--data-pool`, `-o pool=`): 1 to 128 of `A-Z a-z 0-9 . _ -`, not
 /// starting with a dot.
 pub fn check_pool_name(text: &str) -> Result<&str, String> {
+    check_token(text, 128, "a pool name")
+}
+
+/// `text` if it is 1 to `max` of `A-Z a-z 0-9 . _ -` and does not start with a dot; else an
+/// error naming `what` it should have been.
+fn check_token<'a>(text: &'a str, max: usize, what: &str) -> Result<&'a str, String> {
     let ok = !text.is_empty()
-        && text.len() <= 128
+        && text.len() <= max
         && !text.starts_with('.')
         && text
             .bytes()
@@ -73,7 +66,7 @@ pub fn check_pool_name(text: &str) -> Result<&str, String> {
     } else {
         let shown: String = text.chars().take(80).collect();
         Err(format!(
-            "{shown:?}: a pool name is 1 to 128 of A-Z a-z 0-9 . _ - (not starting with `.`)"
+            "{shown:?}: {what} is 1 to {max} of A-Z a-z 0-9 . _ - (not starting with `.`)"
         ))
     }
 }
