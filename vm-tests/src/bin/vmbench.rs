@@ -645,6 +645,36 @@ fn daemon_config(cfg: &Config, which: Which, cache: CacheMode) -> DaemonConfig {
     }
 }
 
+/// Starts a daemon (stdout discarded, stderr to `log`) and waits up to `secs` for its socket.
+fn spawn_until_listening(
+    binary: &std::path::Path,
+    args: Vec<String>,
+    log: std::fs::File,
+    sock: &std::path::Path,
+    secs: u64,
+) -> Result<std::process::Child> {
+    let mut child = Command::new(binary)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(io_err(format!("starting {}", binary.display())))?;
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !sock.exists() {
+        if Instant::now() > deadline || matches!(child.try_wait(), Ok(Some(_))) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(BenchError::StartTimeout {
+                binary: binary.display().to_string(),
+                secs,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(child)
+}
+
 /// The order of the two daemons in the `n`th pair of runs: A B, B A, A B, ... Whichever
 /// runs first in a pair meets a colder machine (the first boot of a run also meets cold TCG
 /// and page caches), so the first place alternates and that bias cancels like slow drift.
@@ -1992,25 +2022,13 @@ mod micro {
         let log = std::fs::File::create(dir.join(format!("{}-{round}.log", which.key())))
             .map_err(io_err("creating a daemon log"))?;
         let binary = dc.binary.clone().unwrap_or_default();
-        let mut child = Command::new(&binary)
-            .args(dc.args_for(&sock, &super::backend_of(&cfg.base, which, share)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(io_err(format!("starting {}", binary.display())))?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !sock.exists() {
-            if Instant::now() > deadline || matches!(child.try_wait(), Ok(Some(_))) {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(BenchError::StartTimeout {
-                    binary: binary.display().to_string(),
-                    secs: 10,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        let child = super::spawn_until_listening(
+            &binary,
+            dc.args_for(&sock, &super::backend_of(&cfg.base, which, share)),
+            log,
+            &sock,
+            10,
+        )?;
         let frontend = TestFrontend::connect(&sock)
             .map_err(|e| BenchError::Meta(format!("micro: connecting: {e}")))?;
         let mut session = FuseSession::new(frontend);
@@ -2463,7 +2481,7 @@ mod micro {
 /// nanoseconds: 32 clock ticks would hide 1 % of a core), not the driver's.
 mod density {
     use std::fmt::Write as _;
-    use std::process::{Child, Command, Stdio};
+    use std::process::Child;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     use std::time::{Duration, Instant};
@@ -2564,25 +2582,7 @@ mod density {
         let binary = dc.binary.clone().unwrap_or_default();
         let log = std::fs::File::create(dir.join(format!("{i}.log")))
             .map_err(io_err("creating a daemon log"))?;
-        let mut child = Command::new(&binary)
-            .args(dc.args(&sock, &share))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(io_err(format!("starting {}", binary.display())))?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !sock.exists() {
-            if Instant::now() > deadline || matches!(child.try_wait(), Ok(Some(_))) {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(BenchError::StartTimeout {
-                    binary: binary.display().to_string(),
-                    secs: 20,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        let child = super::spawn_until_listening(&binary, dc.args(&sock, &share), log, &sock, 20)?;
         // A small guest: 4 MiB of memory (2 MiB of rings, 2 MiB of buffers), short queues.
         let fc = FrontendConfig {
             mem_size: 4 << 20,
