@@ -16,10 +16,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use fuzz_harness::Cursor;
 use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Value};
-use virtiofsd_kr::docker_plugin::protocol::{
+use virtiofsd_kr::control::docker_plugin::protocol::{
     check_mount_id, handle, ActiveMount, Mounter, PluginState, VolumeStatus, VolumeStore,
 };
-use virtiofsd_kr::volume::{check_name, CreateSpec, ServeIdentity};
+use virtiofsd_kr::control::volume::{check_name, CreateSpec, ServeIdentity};
 
 #[derive(Default)]
 struct Store {

@@ -22,7 +22,7 @@ use std::time::Duration;
 use fuzz_harness::*;
 use libfuzzer_sys::fuzz_target;
 use vhost_user_backend::{VhostUserBackend, VringMutex, VringT};
-use virtiofsd_kr::device::{QueueThreads, RequestThreads, VirtioFsDevice};
+use virtiofsd_kr::vhost::device::{QueueThreads, RequestThreads, VirtioFsDevice};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic};
 use vmm_sys_util::epoll::EventSet;
 

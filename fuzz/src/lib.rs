@@ -14,11 +14,11 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use virtiofsd_kr::accounting::limiter::Limits;
 use virtiofsd_kr::accounting::meter::Totals;
 use virtiofsd_kr::accounting::{Accounting, Labels};
-use virtiofsd_kr::cli::{CacheMode, FsOptions, InodeFileHandles};
-use virtiofsd_kr::device::RequestCore;
-use virtiofsd_kr::export::{ExportFs, ExportPolicy};
-use virtiofsd_kr::guard::RequestGuard;
-use virtiofsd_kr::passthrough::{self, HostFs};
+use virtiofsd_kr::vhost::device::RequestCore;
+use virtiofsd_kr::fuse::export::{ExportFs, ExportPolicy};
+use virtiofsd_kr::fuse::guard::RequestGuard;
+use virtiofsd_kr::backend::passthrough::{self, HostFs, InodeFileHandles, PassthroughOptions};
+use virtiofsd_kr::backend::CacheMode;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 pub type Mem = GuestMemoryMmap<()>;
@@ -456,14 +456,11 @@ impl ShareDir {
     /// directory (file handles preferred, xattrs on, accounting on), without the sandbox: so
     /// an escape here is an escape of the backend's own checks.
     pub fn request_core(&self) -> RequestCore<ExportFs<HostFs>> {
-        let opts = FsOptions {
+        let opts = PassthroughOptions {
             cache: CacheMode::Auto,
             xattr: true,
-            readonly: false,
             writeback: false,
             allow_direct_io: false,
-            no_readdirplus: false,
-            announce_submounts: true,
             inode_file_handles: InodeFileHandles::Prefer,
         };
         let fs = passthrough::open(&opts, &self.path(), None).expect("passthrough backend");

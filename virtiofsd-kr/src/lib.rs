@@ -1,25 +1,23 @@
 //! virtiofsd-kr: a vhost-user virtio-fs daemon for microVMs.
 //!
-//! The request path, from the guest's virtqueue to the backend, is one picture in
-//! `docs/architecture.md`; each module below owns one step of it.
+//! The folders follow a request from the guest's virtqueue to the backend (the picture is in
+//! `docs/architecture.md`); dependencies point down this list, never up:
+//!
+//! * [`control`]: the command line and the processes it starts (the vhost-user daemon, the
+//!   host mount, volume commands, the Docker plugin, logging); it assembles the layers below;
+//! * [`vhost`]: the vhost-user virtio-fs device: virtqueues, request threads, the DAX window;
+//! * [`fuse`]: what a FUSE request may do before and after fuse-backend-rs decodes it (the
+//!   request guard, the export policy over a backend);
+//! * [`backend`]: where files live: a host directory or a CephFS volume;
+//! * [`confine`]: the sandbox and the seccomp allow-list the serving process runs under;
+//! * [`accounting`]: per-tenant meters, rate limits, metrics and journals, fed by the layers
+//!   above through small calls and knowing none of their types;
+//! * [`size`]: byte sizes as written on command lines and in admin requests.
 
 pub mod accounting;
-pub mod cephfs;
-pub mod cli;
-pub mod daemon;
-pub mod dax;
-pub mod device;
-pub mod docker_plugin;
-pub mod export;
-pub mod fusedev;
-pub mod guard;
-pub mod local_fs;
-pub mod logging;
-pub mod passthrough;
-pub mod queue_poll;
-pub mod request_pool;
-pub mod sandbox;
-pub mod seccomp;
+pub mod backend;
+pub mod confine;
+pub mod control;
+pub mod fuse;
 pub mod size;
-pub mod volume;
-pub mod volume_serve;
+pub mod vhost;

@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use virtiofsd_kr::accounting::{metrics, report, server};
-use virtiofsd_kr::cli::{AccountingCommand, Cli, Command};
-use virtiofsd_kr::{daemon, logging};
+use virtiofsd_kr::control::cli::{AccountingCommand, Cli, Command};
+use virtiofsd_kr::control::{daemon, logging};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -14,7 +14,9 @@ fn main() -> ExitCode {
             logging::init(args.log_level);
             args.mount_options(daemon::host_name())
                 .map_err(|e| e.to_string())
-                .and_then(|opts| virtiofsd_kr::fusedev::mount(opts).map_err(|e| e.to_string()))
+                .and_then(|opts| {
+                    virtiofsd_kr::control::fusedev::mount(opts).map_err(|e| e.to_string())
+                })
         }
         Some(Command::Stats(args)) => {
             server::http_request(&args.metrics_addr, "GET", "/metrics", "")
@@ -43,22 +45,24 @@ fn main() -> ExitCode {
                 })
         }
         Some(Command::Accounting(AccountingCommand::Report(args))) => {
-            logging::init(virtiofsd_kr::cli::LogLevel::Warn);
-            report::run(&args)
-                .map(|r| print!("{}", r.render(&args.tenant)))
+            logging::init(logging::LogLevel::Warn);
+            args.options()
                 .map_err(|e| e.to_string())
+                .and_then(|opts| report::run(&opts).map_err(|e| e.to_string()))
+                .map(|r| print!("{}", r.render(&args.tenant)))
         }
         Some(Command::Volume(v)) => {
-            logging::init(virtiofsd_kr::cli::LogLevel::Warn);
+            logging::init(logging::LogLevel::Warn);
             match v.command.action() {
-                Some(action) => virtiofsd_kr::volume::run(&v.args.admin_options(), action)
+                Some(action) => virtiofsd_kr::control::volume::run(&v.args.admin_options(), action)
                     .map_err(|e| e.to_string()),
-                None => virtiofsd_kr::volume_serve::run(v).map_err(|e| e.to_string()),
+                None => virtiofsd_kr::control::volume_serve::run(v).map_err(|e| e.to_string()),
             }
         }
         Some(Command::DockerPlugin(args)) => {
             logging::init(args.log_level);
-            virtiofsd_kr::docker_plugin::run(args.plugin_options()).map_err(|e| e.to_string())
+            virtiofsd_kr::control::docker_plugin::run(args.plugin_options())
+                .map_err(|e| e.to_string())
         }
         None if cli.serve.print_capabilities => {
             println!("{}", daemon::capabilities_json());

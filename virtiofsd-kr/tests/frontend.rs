@@ -1632,7 +1632,7 @@ fn a_batch_of_reads_overlaps_on_helper_threads_and_metadata_stays_on_the_queue_t
     }
     let workers = worker_threads(&daemon);
     assert!(
-        !workers.is_empty() && workers.len() <= virtiofsd_kr::cli::DEFAULT_OVERLAP_THREADS,
+        !workers.is_empty() && workers.len() <= virtiofsd_kr::control::cli::DEFAULT_OVERLAP_THREADS,
         "workers after three batches of READs: {workers:?}; stderr:\n{}",
         daemon.stderr()
     );

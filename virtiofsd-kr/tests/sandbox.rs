@@ -31,7 +31,7 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The capabilities the serving process keeps, as the bit mask `/proc/<pid>/status` shows.
 fn kept_mask() -> u64 {
-    virtiofsd_kr::sandbox::KEPT_CAPABILITIES
+    virtiofsd_kr::confine::sandbox::KEPT_CAPABILITIES
         .iter()
         .fold(0, |m, c| m | c.bitmask())
 }
@@ -930,7 +930,7 @@ fn socket_call() -> i32 {
 #[test]
 #[ignore = "helper: run in a child process by the seccomp tests"]
 fn seccomp_child_case() {
-    use virtiofsd_kr::cli::SeccompAction;
+    use virtiofsd_kr::confine::seccomp::SeccompAction;
     let Ok(case) = std::env::var(CASE_ENV) else {
         eprintln!("helper: only meaningful when run through run_case()");
         return;
@@ -964,7 +964,11 @@ fn seccomp_child_case() {
     };
     // Made before the filter: socketpair(2) is not on the list.
     let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
-    virtiofsd_kr::seccomp::install(action, virtiofsd_kr::seccomp::Profile::HostDir).unwrap();
+    virtiofsd_kr::confine::seccomp::install(
+        action,
+        virtiofsd_kr::confine::seccomp::Profile::HostDir,
+    )
+    .unwrap();
     println!("@installed");
     match case.as_str() {
         "threads" => {
@@ -1008,8 +1012,8 @@ fn seccomp_child_case() {
 /// In the child: enters the sandbox `mode` (`namespace`, `namespace-ro`, `chroot`) on the
 /// directory in `SHARED_ENV`, confines, and reports what a write to `/probe` did.
 fn confine_case(mode: &str) {
-    use virtiofsd_kr::cli::SandboxMode;
-    use virtiofsd_kr::sandbox::Sandbox;
+    use virtiofsd_kr::confine::sandbox::Sandbox;
+    use virtiofsd_kr::confine::sandbox::SandboxMode;
     let dir = PathBuf::from(std::env::var(SHARED_ENV).unwrap());
     let (sandbox_mode, readonly, xattr) = match mode {
         "namespace" => (SandboxMode::Namespace, false, false),
@@ -1309,8 +1313,8 @@ fn strace_attempt(
     let wrapper = ["strace", "-f", "-q", "-o", log_arg.as_str()];
     let xattr = sandbox == "none" || cephfs.is_some();
     let profile = match cephfs {
-        Some(_) => virtiofsd_kr::seccomp::Profile::CephFs,
-        None => virtiofsd_kr::seccomp::Profile::HostDir,
+        Some(_) => virtiofsd_kr::confine::seccomp::Profile::CephFs,
+        None => virtiofsd_kr::confine::seccomp::Profile::HostDir,
     };
     let mut args = vec![
         "--sandbox",
@@ -1373,7 +1377,7 @@ fn strace_attempt(
         "the daemon failed: {daemon_failed:?}; stderr:\n{stderr}"
     );
     let allowed: std::collections::BTreeSet<String> =
-        virtiofsd_kr::seccomp::allowed_syscalls(profile)
+        virtiofsd_kr::confine::seccomp::allowed_syscalls(profile)
             .iter()
             .map(|(n, _)| n.trim_start_matches("SYS_").to_string())
             .chain(["clone", "ioctl", "prctl"].map(String::from))

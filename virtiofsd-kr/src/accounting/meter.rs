@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::dax::DaxWindow;
+use crate::vhost::dax::DaxWindow;
 
 /// Opcodes are metered in slots `0..OPCODE_SLOTS`; an opcode outside (never a known one) is
 /// counted in slot 0 (`unknown`).

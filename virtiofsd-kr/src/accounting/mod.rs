@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::dax::DaxWindow;
+use crate::vhost::dax::DaxWindow;
 use journal::{Journal, JournalError};
 use limiter::{Limits, RateLimiter};
 use meter::{Meter, Totals};

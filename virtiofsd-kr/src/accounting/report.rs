@@ -17,14 +17,9 @@ use tracing::warn;
 use super::journal::{replay_file, Record};
 use super::meter::{opcode_name, Totals};
 use super::rados_sink::{self, SinkConfig, SinkError};
-use crate::cli::{CliError, ReportArgs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
-    #[error("--ceph-conf, --ceph-id and --ceph-keyring are for --rados-pool")]
-    CephFlagsWithoutPool,
-    #[error(transparent)]
-    Cli(#[from] CliError),
     #[error("--rados-pool: {0}")]
     Sink(#[from] SinkError),
 }
@@ -62,25 +57,25 @@ fn journals_under(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// What a report reads (built by the control plane from `accounting report`'s flags).
+#[derive(Debug, Clone)]
+pub struct ReportOptions {
+    /// The tenant to report.
+    pub tenant: String,
+    /// Accounting directories whose journals are read.
+    pub accounting_dirs: Vec<PathBuf>,
+    /// The RADOS pool (and the client that reads it) holding the tenant's records.
+    pub rados: Option<SinkConfig>,
+}
+
 /// `virtiofsd-kr accounting report`: the tenant's records from every source `args` names
 /// (journal directories, a RADOS pool), each stream once, summed. A RADOS source that
 /// cannot be read is an error (a partial total would look like a real one).
-pub fn run(args: &ReportArgs) -> Result<Report, ReportError> {
-    let c = &args.ceph;
-    let ceph_flags = c.ceph_conf.is_some() || c.ceph_id.is_some() || c.ceph_keyring.is_some();
-    if ceph_flags && args.rados_pool.is_none() {
-        return Err(ReportError::CephFlagsWithoutPool);
-    }
+pub fn run(args: &ReportOptions) -> Result<Report, ReportError> {
     let mut report = Report::default();
-    report.add_journals(&args.accounting_dir, &args.tenant);
-    if let Some(pool) = &args.rados_pool {
-        let (conf, id, keyring) = args.ceph.required("--rados-pool")?;
-        let sink = SinkConfig {
-            pool: pool.clone(),
-            conf,
-            id,
-            keyring,
-        };
+    report.add_journals(&args.accounting_dirs, &args.tenant);
+    if let Some(sink) = &args.rados {
+        let pool = &sink.pool;
         let io = sink.open(&args.tenant)?;
         rados_sink::add_to_report(&mut report, &io, &args.tenant).map_err(|source| {
             SinkError::Rados {

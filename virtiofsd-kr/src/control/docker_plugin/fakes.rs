@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde_json::json;
 
 use super::protocol::{ActiveMount, Mounter, VolumeStatus, VolumeStore};
-use crate::volume::{CreateSpec, ServeIdentity};
+use crate::control::volume::{CreateSpec, ServeIdentity};
 
 /// Volumes in a map; counts the calls that reached it.
 #[derive(Default)]

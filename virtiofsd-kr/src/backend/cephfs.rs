@@ -21,7 +21,8 @@ use nix::sys::wait::WaitStatus;
 use nix::unistd::ForkResult;
 use tracing::info;
 
-use crate::sandbox::SandboxFile;
+use super::CacheMode;
+use crate::confine::sandbox::SandboxFile;
 
 /// Name of the ceph.conf inside the sandbox's private root.
 pub const CONF_FILE: &str = "ceph.conf";
@@ -232,6 +233,16 @@ fn wait_with_deadline(child: nix::unistd::Pid, deadline: Instant) -> Option<Wait
             return None;
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The CephFS backend's guest cache policy for `mode`.
+pub fn cache_policy(mode: CacheMode) -> CachePolicy {
+    match mode {
+        CacheMode::Never => CachePolicy::never(),
+        CacheMode::Auto => CachePolicy::auto(),
+        CacheMode::Metadata => CachePolicy::metadata(),
+        CacheMode::Always => CachePolicy::always(),
     }
 }
 

@@ -31,13 +31,13 @@ use vmm_sys_util::event::{
 
 use crate::accounting::meter::Outcome;
 use crate::accounting::Accounting;
-use crate::dax::{DaxRequest, DaxWindow, SHMEM_PROTOCOL_FEATURE};
-use crate::export::take_written;
-use crate::guard::{
+use crate::fuse::export::take_written;
+use crate::fuse::guard::{
     error_reply, inspect_prefix, is_no_reply, read_prefix, RequestGuard, Verdict, PEEK_LEN,
 };
-use crate::queue_poll::QueuePoll;
-use crate::request_pool::{PoolError, PoolTotals, RequestPool};
+use crate::vhost::dax::{DaxRequest, DaxWindow, SHMEM_PROTOCOL_FEATURE};
+use crate::vhost::queue_poll::QueuePoll;
+use crate::vhost::request_pool::{PoolError, PoolTotals, RequestPool};
 
 /// Queue 0 carries FORGET and INTERRUPT; the request queues follow it.
 pub const HIPRIO_QUEUE_INDEX: usize = 0;
@@ -521,7 +521,7 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
     }
 
     /// The request queues' polling counters, for the log at exit.
-    pub fn poll_totals(&self) -> impl Iterator<Item = &crate::queue_poll::PollTotals> {
+    pub fn poll_totals(&self) -> impl Iterator<Item = &crate::vhost::queue_poll::PollTotals> {
         self.polls.iter().map(QueuePoll::totals)
     }
 

@@ -14,8 +14,8 @@ use std::os::unix::ffi::OsStringExt;
 
 use clap::Parser;
 
-use crate::cli::{Cli, VolumeArgs, VolumeCli, VolumeCommand};
-use crate::volume::{ServeIdentity, VolumeAdmin, VolumeError};
+use crate::control::cli::{Cli, VolumeArgs, VolumeCli, VolumeCommand};
+use crate::control::volume::{ServeIdentity, VolumeAdmin, VolumeError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeServeError {
@@ -198,14 +198,14 @@ fn exec_self(argv: &[String]) -> Result<(), VolumeServeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::volume::VolumeLimits;
+    use crate::control::volume::VolumeLimits;
 
     fn admin() -> VolumeArgs {
         match Cli::try_parse_from(["virtiofsd-kr", "volume", "ls"])
             .unwrap()
             .command
         {
-            Some(crate::cli::Command::Volume(v)) => v.args,
+            Some(crate::control::cli::Command::Volume(v)) => v.args,
             _ => unreachable!(),
         }
     }

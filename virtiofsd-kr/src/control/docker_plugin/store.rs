@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 
 use super::protocol::{VolumeStatus, VolumeStore};
-use crate::volume::{AdminOptions, CreateSpec, ServeIdentity, VolumeAdmin, VolumeError};
+use crate::control::volume::{AdminOptions, CreateSpec, ServeIdentity, VolumeAdmin, VolumeError};
 
 pub struct CephVolumes {
     options: AdminOptions,

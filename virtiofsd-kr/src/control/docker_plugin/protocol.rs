@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::volume::{check_name, CreateSpec, ServeIdentity, VolumeLimits};
+use crate::control::volume::{check_name, CreateSpec, ServeIdentity, VolumeLimits};
 
 /// Largest request body accepted (dockerd's are a few hundred bytes).
 pub const MAX_BODY: usize = 64 << 10;
@@ -188,7 +188,8 @@ pub fn parse_options(opts: &BTreeMap<String, String>) -> Result<CreateSpec, Stri
         match key.as_str() {
             "size" => spec.quota = Some(size(value)?).filter(|q| *q > 0),
             "pool" => {
-                crate::volume::check_pool_name(value).map_err(|e| format!("-o pool: {e}"))?;
+                crate::control::volume::check_pool_name(value)
+                    .map_err(|e| format!("-o pool: {e}"))?;
                 spec.data_pool = Some(value.clone());
             }
             "rate-limit-bytes" => limits.bytes_per_sec = size(value)?,

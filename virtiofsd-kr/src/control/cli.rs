@@ -9,7 +9,15 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::accounting::rados_sink::SinkConfig;
+use crate::accounting::report::ReportOptions;
 use crate::accounting::server::MetricsAddr;
+use crate::backend::passthrough::{InodeFileHandles, PassthroughOptions};
+use crate::backend::CacheMode;
+use crate::confine::sandbox::SandboxMode;
+use crate::confine::seccomp::SeccompAction;
+use crate::control::logging::LogLevel;
+use crate::fuse::export::ExportPolicy;
 
 /// vhost-user virtio-fs daemon for microVMs.
 ///
@@ -53,11 +61,11 @@ pub enum Command {
 pub struct DockerPluginArgs {
     /// Unix socket dockerd finds the plugin at (`/run/docker/plugins/NAME.sock`: the file
     /// name is the driver's name).
-    #[arg(long, value_name = "PATH", default_value = crate::docker_plugin::DEFAULT_SOCKET)]
+    #[arg(long, value_name = "PATH", default_value = crate::control::docker_plugin::DEFAULT_SOCKET)]
     pub socket: PathBuf,
 
     /// Where the plugin keeps its mount table, the mountpoints, logs and accounting journals.
-    #[arg(long, value_name = "DIR", default_value = crate::docker_plugin::DEFAULT_STATE_DIR)]
+    #[arg(long, value_name = "DIR", default_value = crate::control::docker_plugin::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
 
     /// Tenant label of every mount's accounting.
@@ -79,8 +87,8 @@ pub struct DockerPluginArgs {
 
 impl DockerPluginArgs {
     /// The plugin's options.
-    pub fn plugin_options(&self) -> crate::docker_plugin::PluginOptions {
-        crate::docker_plugin::PluginOptions {
+    pub fn plugin_options(&self) -> crate::control::docker_plugin::PluginOptions {
+        crate::control::docker_plugin::PluginOptions {
             socket: self.socket.clone(),
             state_dir: self.state_dir.clone(),
             admin: self.admin.admin_options(),
@@ -255,6 +263,30 @@ pub struct ReportArgs {
 
     #[command(flatten)]
     pub ceph: CephClientArgs,
+}
+
+impl ReportArgs {
+    /// The `accounting::report` module's options, checked.
+    pub fn options(&self) -> Result<ReportOptions, CliError> {
+        let rados = match &self.rados_pool {
+            Some(pool) => {
+                let (conf, id, keyring) = self.ceph.required("--rados-pool")?;
+                Some(SinkConfig {
+                    pool: pool.clone(),
+                    conf,
+                    id,
+                    keyring,
+                })
+            }
+            None if self.ceph.any() => return Err(CliError::CephFlagsWithoutPool),
+            None => None,
+        };
+        Ok(ReportOptions {
+            tenant: self.tenant.clone(),
+            accounting_dirs: self.accounting_dir.clone(),
+            rados,
+        })
+    }
 }
 
 /// The arguments of the vhost-user daemon (the default mode).
@@ -496,8 +528,8 @@ impl CephClientArgs {
 
 impl VolumeArgs {
     /// The `volume` module's options.
-    pub fn admin_options(&self) -> crate::volume::AdminOptions {
-        crate::volume::AdminOptions {
+    pub fn admin_options(&self) -> crate::control::volume::AdminOptions {
+        crate::control::volume::AdminOptions {
             ceph_conf: self.ceph_conf.clone(),
             ceph_id: self.ceph_id.clone(),
             ceph_keyring: self.ceph_keyring.clone(),
@@ -510,8 +542,8 @@ impl VolumeArgs {
 
 impl VolumeCommand {
     /// The `volume` module's action (`None` for `serve`, which `volume_serve` runs).
-    pub fn action(&self) -> Option<crate::volume::VolumeAction> {
-        use crate::volume::{CreateSpec, VolumeAction, VolumeLimits};
+    pub fn action(&self) -> Option<crate::control::volume::VolumeAction> {
+        use crate::control::volume::{CreateSpec, VolumeAction, VolumeLimits};
         Some(match self.clone() {
             VolumeCommand::Create {
                 name,
@@ -544,7 +576,7 @@ impl VolumeCommand {
 
 /// RADOS pool names for `--data-pool`: 1 to 128 of `A-Z a-z 0-9 . _ -`.
 pub fn pool_arg(text: &str) -> Result<String, String> {
-    crate::volume::check_pool_name(text).map(str::to_string)
+    crate::control::volume::check_pool_name(text).map(str::to_string)
 }
 
 /// A name made of 1 to `max` of `A-Z a-z 0-9 . _ -` that does not start with `banned`.
@@ -566,7 +598,7 @@ fn plain_name(text: &str, max: usize, banned: &str) -> Result<String, String> {
 
 /// Names of volumes and snapshots: 1 to 64 of `A-Z a-z 0-9 . _ -`, not starting with a dot.
 pub fn volume_name_arg(text: &str) -> Result<String, String> {
-    crate::volume::check_name(text).map(str::to_string)
+    crate::control::volume::check_name(text).map(str::to_string)
 }
 
 /// cephx user names: 1 to 64 of `A-Z a-z 0-9 . _ -`, without the `client.` prefix.
@@ -612,6 +644,29 @@ pub struct FsOptions {
     /// otherwise), `never`, or `mandatory` (refuse to start without).
     #[arg(long, value_enum, default_value_t = InodeFileHandles::Prefer)]
     pub inode_file_handles: InodeFileHandles,
+}
+
+impl FsOptions {
+    /// The host-directory backend's options.
+    pub fn passthrough(&self) -> PassthroughOptions {
+        PassthroughOptions {
+            cache: self.cache,
+            xattr: self.xattr,
+            writeback: self.writeback,
+            allow_direct_io: self.allow_direct_io,
+            inode_file_handles: self.inode_file_handles,
+        }
+    }
+
+    /// The export policy these flags ask for (no DAX window: the daemon adds it).
+    pub fn export_policy(&self) -> ExportPolicy {
+        ExportPolicy {
+            no_readdirplus: self.no_readdirplus,
+            announce_submounts: self.announce_submounts,
+            dax: false,
+            readonly: self.readonly,
+        }
+    }
 }
 
 /// Per-tenant accounting, rate limits and metrics (see docs/accounting.md).
@@ -827,8 +882,11 @@ pub struct MountArgs {
 
 impl MountArgs {
     /// The `fusedev` module's options, checked.
-    pub fn mount_options(&self, host: String) -> Result<crate::fusedev::MountOptions, CliError> {
-        use crate::fusedev::{MountBackend, MountOptions};
+    pub fn mount_options(
+        &self,
+        host: String,
+    ) -> Result<crate::control::fusedev::MountOptions, CliError> {
+        use crate::control::fusedev::{MountBackend, MountOptions};
         self.accounting.validate()?;
         let backend = match self.backend {
             Backend::Passthrough => {
@@ -843,7 +901,7 @@ impl MountArgs {
                 }
                 MountBackend::HostDir {
                     dir: self.shared_dir.clone().ok_or(CliError::NoSharedDir)?,
-                    fs: self.fs.clone(),
+                    fs: self.fs.passthrough(),
                 }
             }
             Backend::Cephfs => {
@@ -865,23 +923,12 @@ impl MountArgs {
         Ok(MountOptions {
             mountpoint: self.mountpoint.clone(),
             backend,
-            policy: crate::export::ExportPolicy::from(&self.fs),
+            policy: self.fs.export_policy(),
             readonly: self.fs.readonly,
             threads: self.threads,
-            seccomp: crate::seccomp::mismatch_action(self.seccomp),
+            seccomp: crate::confine::seccomp::mismatch_action(self.seccomp),
             accounting: self.accounting.config(&self.ceph, host)?,
         })
-    }
-}
-
-/// The guest cache policy of the CephFS backend for `--cache`.
-pub fn ceph_cache_policy(mode: CacheMode) -> cephfs_backend::CachePolicy {
-    use cephfs_backend::CachePolicy;
-    match mode {
-        CacheMode::Never => CachePolicy::never(),
-        CacheMode::Auto => CachePolicy::auto(),
-        CacheMode::Metadata => CachePolicy::metadata(),
-        CacheMode::Always => CachePolicy::always(),
     }
 }
 
@@ -912,15 +959,15 @@ fn ceph_options(
     fs_name: Option<String>,
     op_timeout: u64,
     cache: CacheMode,
-) -> Result<crate::cephfs::CephOptions, CliError> {
+) -> Result<crate::backend::cephfs::CephOptions, CliError> {
     let (conf, id, keyring) = ceph.required("--backend cephfs")?;
-    Ok(crate::cephfs::CephOptions {
+    Ok(crate::backend::cephfs::CephOptions {
         conf,
         id,
         keyring,
         root: checked_ceph_root(root)?.to_string(),
         fs_name,
-        cache: ceph_cache_policy(cache),
+        cache: crate::backend::cephfs::cache_policy(cache),
         op_timeout: Some(std::time::Duration::from_secs(op_timeout)).filter(|t| !t.is_zero()),
     })
 }
@@ -933,59 +980,6 @@ fn size_arg(text: &str) -> Result<u64, String> {
 pub enum Backend {
     Passthrough,
     Cephfs,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum CacheMode {
-    Auto,
-    Always,
-    Metadata,
-    Never,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum SandboxMode {
-    Namespace,
-    Chroot,
-    None,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum SeccompAction {
-    None,
-    Kill,
-    Log,
-    Trap,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum InodeFileHandles {
-    Never,
-    Prefer,
-    Mandatory,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogLevel {
-    Off,
-    Error,
-    Warn,
-    Info,
-    Debug,
-    Trace,
-}
-
-impl LogLevel {
-    pub fn as_filter(self) -> &'static str {
-        match self {
-            LogLevel::Off => "off",
-            LogLevel::Error => "error",
-            LogLevel::Warn => "warn",
-            LogLevel::Info => "info",
-            LogLevel::Debug => "debug",
-            LogLevel::Trace => "trace",
-        }
-    }
 }
 
 /// Where the daemon gets its listening socket from.
@@ -1056,6 +1050,8 @@ pub enum CliError {
     CephClientUnused,
     #[error("{flag}: {reason}")]
     Unsupported { flag: String, reason: &'static str },
+    #[error("--ceph-conf, --ceph-id and --ceph-keyring are for --rados-pool")]
+    CephFlagsWithoutPool,
     #[error("-o {0}: unknown legacy option (give the flag instead; see --help)")]
     UnknownCompatOption(String),
     #[error("-o {option}: {reason}")]
@@ -1074,7 +1070,7 @@ pub const DEFAULT_OVERLAP_THREADS: usize = 8;
 /// no throughput; it is for hosts whose guests' gaps are a few microseconds (try 200).
 pub const DEFAULT_POLL_MAX_US: u64 = 0;
 /// Most request queues (`--request-queues`): the device's limit.
-pub const MAX_REQUEST_QUEUES: usize = crate::device::MAX_REQUEST_QUEUES;
+pub const MAX_REQUEST_QUEUES: usize = crate::vhost::device::MAX_REQUEST_QUEUES;
 /// Default `--request-queues`: the most QEMU's vhost-user-fs-pci may be configured with, so
 /// any `num-request-queues` works without a flag; unused queues cost one idle thread each.
 pub const DEFAULT_REQUEST_QUEUES: usize = MAX_REQUEST_QUEUES;
@@ -1252,7 +1248,7 @@ impl ServeArgs {
     }
 
     /// The `cephfs` module's options (`--backend cephfs`).
-    pub fn ceph_options(&self) -> Result<crate::cephfs::CephOptions, CliError> {
+    pub fn ceph_options(&self) -> Result<crate::backend::cephfs::CephOptions, CliError> {
         ceph_options(
             &self.ceph,
             self.ceph_root.as_deref(),
@@ -1330,6 +1326,48 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("virtiofsd-kr").chain(args.iter().copied()))
+    }
+
+    /// The flags reach each layer's own option types unchanged.
+    #[test]
+    fn fs_flags_convert_into_the_backend_and_export_options() {
+        let serve = |args: &[&str]| {
+            let mut all = vec!["--socket-path=/s", "--shared-dir=/d"];
+            all.extend_from_slice(args);
+            parse(&all).unwrap().serve
+        };
+        let s = serve(&[]);
+        assert_eq!(s.fs.passthrough(), PassthroughOptions::default());
+        assert_eq!(s.fs.export_policy(), ExportPolicy::default());
+        let s = serve(&[
+            "--cache=always",
+            "--xattr",
+            "--writeback",
+            "--allow-direct-io",
+            "--inode-file-handles=never",
+            "--readonly",
+            "--no-readdirplus",
+            "--announce-submounts",
+        ]);
+        assert_eq!(
+            s.fs.passthrough(),
+            PassthroughOptions {
+                cache: CacheMode::Always,
+                xattr: true,
+                writeback: true,
+                allow_direct_io: true,
+                inode_file_handles: InodeFileHandles::Never,
+            }
+        );
+        assert_eq!(
+            s.fs.export_policy(),
+            ExportPolicy {
+                no_readdirplus: true,
+                announce_submounts: true,
+                dax: false,
+                readonly: true,
+            }
+        );
     }
 
     #[test]
@@ -1572,6 +1610,13 @@ mod tests {
                     (conf, id.as_str(), keyring),
                     ("/etc/ceph/ceph.conf".into(), "acct-acme", "/k".into())
                 );
+                let opts = r.options().unwrap();
+                let sink = opts.rados.expect("a RADOS source");
+                assert_eq!(
+                    (sink.pool.as_str(), sink.id.as_str()),
+                    ("acct", "acct-acme")
+                );
+                assert!(opts.accounting_dirs.is_empty());
             }
             other => panic!("expected a report, got {other:?}"),
         }
@@ -1586,6 +1631,35 @@ mod tests {
         .is_ok());
         let err = parse(&["accounting", "report", "--tenant=acme", "--ceph-id=x"]).unwrap_err();
         assert!(err.to_string().contains("--rados-pool"), "{err}");
+        // A journal source with ceph flags that nothing uses, or a pool without its flags.
+        let report = |args: &[&str]| match parse(args).unwrap().command {
+            Some(Command::Accounting(AccountingCommand::Report(r))) => r.options(),
+            other => panic!("expected a report, got {other:?}"),
+        };
+        assert_eq!(
+            report(&[
+                "accounting",
+                "report",
+                "--tenant=a",
+                "--accounting-dir=/a",
+                "--ceph-id=x"
+            ])
+            .unwrap_err(),
+            CliError::CephFlagsWithoutPool
+        );
+        assert!(matches!(
+            report(&[
+                "accounting",
+                "report",
+                "--tenant=a",
+                "--rados-pool=p",
+                "--ceph-id=x"
+            ]),
+            Err(CliError::MissingCephFlag {
+                flag: "--ceph-conf",
+                ..
+            })
+        ));
         assert!(parse(&[
             "accounting",
             "report",
@@ -1723,7 +1797,7 @@ mod tests {
         };
         let o = opts(&[]).unwrap();
         assert!(
-            matches!(o.backend, crate::fusedev::MountBackend::CephFs(ref c) if c.root == "/volumes/a" && c.id == "vol-a")
+            matches!(o.backend, crate::control::fusedev::MountBackend::CephFs(ref c) if c.root == "/volumes/a" && c.id == "vol-a")
         );
         let acct = o.accounting.expect("accounting asked for");
         assert_eq!(acct.labels.pod, "p1");

@@ -1,7 +1,7 @@
 //! The host-directory backend: fuse-backend-rs `PassthroughFs` configured from the command
 //! line.
 //!
-//! Owns the mapping from `FsOptions` to `passthrough::Config` and the start-up checks that
+//! Owns [`PassthroughOptions`] and their mapping to `passthrough::Config` and the start-up checks that
 //! make a flag's promise true (file handles that must work). It must not enter the sandbox:
 //! the daemon builds the backend after `Sandbox::enter` and before `Sandbox::confine`, so the
 //! root and `/proc/self/fd` descriptors it opens stay valid inside.
@@ -18,7 +18,30 @@ use std::time::Duration;
 
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 
-use crate::cli::{CacheMode, FsOptions, InodeFileHandles};
+use super::CacheMode;
+
+/// How inodes are referenced (`--inode-file-handles`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum InodeFileHandles {
+    /// Always by `O_PATH` descriptor.
+    Never,
+    /// By file handle where this process can open them again, by descriptor otherwise.
+    #[default]
+    Prefer,
+    /// By file handle, or refuse to start.
+    Mandatory,
+}
+
+/// What the host-directory backend is asked to do (built by the control plane from its
+/// flags; the defaults are the flags' defaults).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PassthroughOptions {
+    pub cache: CacheMode,
+    pub xattr: bool,
+    pub writeback: bool,
+    pub allow_direct_io: bool,
+    pub inode_file_handles: InodeFileHandles,
+}
 
 /// The passthrough filesystem type served to guests.
 pub type HostFs = PassthroughFs<()>;
@@ -53,7 +76,7 @@ pub fn cache_timeouts(mode: CacheMode) -> (CachePolicy, Duration) {
 ///
 /// `dax_file_size`: with a DAX window, files at least this large get `FUSE_ATTR_DAX`.
 pub fn config(
-    opts: &FsOptions,
+    opts: &PassthroughOptions,
     root: &Path,
     dax_file_size: Option<u64>,
 ) -> Result<Config, PassthroughError> {
@@ -80,7 +103,7 @@ pub fn config(
 
 /// Builds and imports the backend, so the root is open before the sandbox closes.
 pub fn open(
-    opts: &FsOptions,
+    opts: &PassthroughOptions,
     root: &Path,
     dax_file_size: Option<u64>,
 ) -> Result<HostFs, PassthroughError> {
@@ -178,18 +201,7 @@ fn file_handles_usable(root: &Path, mode: InodeFileHandles) -> std::io::Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
     use fuse_backend_rs::api::filesystem::{Context, DirEntry, Entry, FileSystem, ROOT_ID};
-
-    #[derive(Parser)]
-    struct T {
-        #[command(flatten)]
-        fs: FsOptions,
-    }
-
-    fn opts(args: &[&str]) -> FsOptions {
-        T::parse_from(std::iter::once("t").chain(args.iter().copied())).fs
-    }
 
     /// Regression test for a fuzz finding (`fuse_request`'s descriptor check): with file
     /// handles, each `MountFd` the backend created leaked the mount point's `O_PATH`
@@ -197,7 +209,10 @@ mod tests {
     #[test]
     fn backends_opened_and_dropped_leave_no_descriptor() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = opts(&["--inode-file-handles=prefer"]);
+        let opts = PassthroughOptions {
+            inode_file_handles: InodeFileHandles::Prefer,
+            ..PassthroughOptions::default()
+        };
         if file_handles_usable(dir.path(), InodeFileHandles::Prefer).is_err() {
             // Without CAP_DAC_READ_SEARCH the backend uses descriptors, not MountFds: say so.
             eprintln!("file handles unusable here: the MountFd path is not exercised");
@@ -237,11 +252,24 @@ mod tests {
     #[test]
     fn cache_modes_map_to_policies_and_timeouts() {
         let dir = tempfile::tempdir().unwrap();
-        let c = config(&opts(&["--cache=never"]), dir.path(), None).unwrap();
+        let c = config(
+            &PassthroughOptions {
+                cache: CacheMode::Never,
+                ..PassthroughOptions::default()
+            },
+            dir.path(),
+            None,
+        )
+        .unwrap();
         assert!(matches!(c.cache_policy, CachePolicy::Never));
         assert_eq!(c.attr_timeout, Duration::ZERO);
         let c = config(
-            &opts(&["--cache=always", "--xattr", "--writeback"]),
+            &PassthroughOptions {
+                cache: CacheMode::Always,
+                xattr: true,
+                writeback: true,
+                ..PassthroughOptions::default()
+            },
             dir.path(),
             None,
         )
@@ -249,7 +277,7 @@ mod tests {
         assert!(matches!(c.cache_policy, CachePolicy::Always));
         assert_eq!(c.entry_timeout, Duration::from_secs(86400));
         assert!(c.xattr && c.writeback);
-        let c = config(&opts(&[]), dir.path(), None).unwrap();
+        let c = config(&PassthroughOptions::default(), dir.path(), None).unwrap();
         assert!(matches!(c.cache_policy, CachePolicy::Auto));
         assert_eq!(c.attr_timeout, Duration::from_secs(1));
         // The default is `prefer`: handles when this process can open them again (root,
@@ -258,7 +286,15 @@ mod tests {
             c.inode_file_handles,
             file_handles_usable(dir.path(), InodeFileHandles::Prefer).is_ok()
         );
-        let c = config(&opts(&["--inode-file-handles=never"]), dir.path(), Some(0)).unwrap();
+        let c = config(
+            &PassthroughOptions {
+                inode_file_handles: InodeFileHandles::Never,
+                ..PassthroughOptions::default()
+            },
+            dir.path(),
+            Some(0),
+        )
+        .unwrap();
         assert!(!c.inode_file_handles);
     }
 
@@ -363,7 +399,7 @@ mod tests {
         std::fs::write(root.join("file"), b"x").unwrap();
         std::fs::create_dir(root.join("subdir")).unwrap();
         std::os::unix::fs::symlink("file", root.join("link")).unwrap();
-        let fs = open(&opts(&[]), root, None).unwrap();
+        let fs = open(&PassthroughOptions::default(), root, None).unwrap();
 
         let listed = list_all(&fs, ROOT_ID, 4096, false);
         assert_eq!(sorted_names(&listed), [".", "..", "file", "link", "subdir"]);
@@ -413,7 +449,7 @@ mod tests {
         expected.push(".".into());
         expected.push("..".into());
         expected.sort();
-        let fs = open(&opts(&[]), dir.path(), None).unwrap();
+        let fs = open(&PassthroughOptions::default(), dir.path(), None).unwrap();
         // 64 bytes hold "." and ".." and nothing else (each takes 32 bytes of reply), 40 one
         // entry per call, 100 two or three, 4096 everything.
         for size in [40, 64, 100, 4096] {
@@ -452,7 +488,7 @@ mod tests {
         for name in &originals {
             std::fs::write(dir.path().join(name), b"").unwrap();
         }
-        let fs = open(&opts(&[]), dir.path(), None).unwrap();
+        let fs = open(&PassthroughOptions::default(), dir.path(), None).unwrap();
         let ctx = Context::default();
         let (handle, _) = fs.opendir(&ctx, ROOT_ID, libc::O_RDONLY as u32).unwrap();
         let handle = handle.unwrap();
@@ -509,7 +545,7 @@ mod tests {
         for name in &names {
             std::fs::write(dir.path().join(name), b"data").unwrap();
         }
-        let fs = open(&opts(&[]), dir.path(), None).unwrap();
+        let fs = open(&PassthroughOptions::default(), dir.path(), None).unwrap();
         // 400 bytes: two or three entries with their attributes per call.
         let listed = list_all(&fs, ROOT_ID, 400, true);
         let mut expected = names.clone();
@@ -538,8 +574,8 @@ mod tests {
     #[test]
     fn open_serves_an_existing_directory_and_refuses_a_missing_one() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(open(&opts(&[]), dir.path(), None).is_ok());
+        assert!(open(&PassthroughOptions::default(), dir.path(), None).is_ok());
         let missing = dir.path().join("missing");
-        assert!(open(&opts(&[]), &missing, None).is_err());
+        assert!(open(&PassthroughOptions::default(), &missing, None).is_err());
     }
 }

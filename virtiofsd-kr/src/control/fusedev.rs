@@ -26,11 +26,11 @@ use vm_memory::ByteValued;
 
 use crate::accounting::meter::Outcome;
 use crate::accounting::{self, Accounting, AccountingError};
-use crate::cephfs::{self, CephOptions, CephStart, CephStartError};
-use crate::export::{take_written, ExportFs, ExportPolicy};
-use crate::guard::{error_reply, inspect, is_no_reply, RequestGuard, Verdict};
-use crate::passthrough::{self, PassthroughError};
-use crate::seccomp::{self, SeccompError};
+use crate::backend::cephfs::{self, CephOptions, CephStart, CephStartError};
+use crate::backend::passthrough::{self, PassthroughError};
+use crate::confine::seccomp::{self, SeccompError};
+use crate::fuse::export::{take_written, ExportFs, ExportPolicy};
+use crate::fuse::guard::{error_reply, inspect, is_no_reply, RequestGuard, Verdict};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
@@ -66,7 +66,7 @@ pub enum MountBackend {
     /// files for whoever calls).
     HostDir {
         dir: PathBuf,
-        fs: crate::cli::FsOptions,
+        fs: crate::backend::passthrough::PassthroughOptions,
     },
     /// A CephFS volume as its own identity.
     CephFs(CephOptions),

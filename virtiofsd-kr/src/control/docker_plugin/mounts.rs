@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::protocol::{ActiveMount, Mounter, PluginState};
-use crate::volume::ServeIdentity;
+use crate::control::volume::ServeIdentity;
 
 /// How long a new mount may take (pre-flight connection included).
 const MOUNT_TIMEOUT: Duration = Duration::from_secs(40);

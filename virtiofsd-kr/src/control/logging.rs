@@ -11,7 +11,29 @@
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::prelude::*;
 
-use crate::cli::LogLevel;
+/// The log level (`--log-level`), refined by `RUST_LOG`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogLevel {
+    Off,
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn as_filter(self) -> &'static str {
+        match self {
+            LogLevel::Off => "off",
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
 
 /// The filter for `--log-level` refined by `RUST_LOG`; an unparsable `RUST_LOG` is reported
 /// in the returned message and ignored.
@@ -159,8 +181,8 @@ mod tests {
     fn the_flag_sets_the_level_without_rust_log() {
         let (t, complaint) = filter(LogLevel::Warn, None);
         assert!(complaint.is_none());
-        assert!(t.would_enable("virtiofsd_kr::daemon", &Level::WARN));
-        assert!(!t.would_enable("virtiofsd_kr::daemon", &Level::INFO));
+        assert!(t.would_enable("virtiofsd_kr::control::daemon", &Level::WARN));
+        assert!(!t.would_enable("virtiofsd_kr::control::daemon", &Level::INFO));
     }
 
     #[test]
@@ -168,7 +190,7 @@ mod tests {
         let (t, complaint) = filter(LogLevel::Info, Some("warn,fuse_backend_rs=debug"));
         assert!(complaint.is_none());
         assert!(t.would_enable("fuse_backend_rs::api::server", &Level::DEBUG));
-        assert!(!t.would_enable("virtiofsd_kr::daemon", &Level::INFO));
+        assert!(!t.would_enable("virtiofsd_kr::control::daemon", &Level::INFO));
     }
 
     #[test]
@@ -176,8 +198,8 @@ mod tests {
         let (t, complaint) = filter(LogLevel::Info, Some("virtiofsd_kr=loud"));
         let complaint = complaint.expect("complaint");
         assert!(complaint.contains("RUST_LOG"), "{complaint}");
-        assert!(t.would_enable("virtiofsd_kr::daemon", &Level::INFO));
-        assert!(!t.would_enable("virtiofsd_kr::daemon", &Level::DEBUG));
+        assert!(t.would_enable("virtiofsd_kr::control::daemon", &Level::INFO));
+        assert!(!t.would_enable("virtiofsd_kr::control::daemon", &Level::DEBUG));
     }
 
     #[test]
@@ -212,6 +234,6 @@ mod tests {
     #[test]
     fn off_silences_everything() {
         let (t, _) = filter(LogLevel::Off, None);
-        assert!(!t.would_enable("virtiofsd_kr::daemon", &Level::ERROR));
+        assert!(!t.would_enable("virtiofsd_kr::control::daemon", &Level::ERROR));
     }
 }

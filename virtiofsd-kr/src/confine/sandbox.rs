@@ -74,7 +74,19 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus};
 use nix::unistd::{ForkResult, Pid};
 use tracing::{debug, info, warn};
 
-use crate::cli::SandboxMode;
+/// How the serving process is confined (`--sandbox`).
+///
+/// The variants are the flag's values (`clap::ValueEnum`), so the command line names them
+/// without this module knowing the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SandboxMode {
+    // New mount, PID and network namespaces; the shared directory becomes `/`.
+    Namespace,
+    // `chroot` into the shared directory (no namespaces: for callers that cannot unshare).
+    Chroot,
+    // No confinement besides seccomp.
+    None,
+}
 
 /// Capabilities a passthrough server needs while serving; all others are dropped.
 ///

@@ -29,7 +29,7 @@ use fuse_backend_rs::api::filesystem::{
 };
 use fuse_backend_rs::transport::FsCacheReqHandler;
 
-use crate::local_fs::LocalDevices;
+use crate::backend::local_fs::LocalDevices;
 
 thread_local! {
     /// Bytes the backend reported written by WRITE calls on this thread since the last
@@ -66,17 +66,6 @@ pub struct ExportPolicy {
     /// arguments the backend receives (the guard's earlier check reads guest memory, which
     /// the guest can change between that check and the server's own parse).
     pub readonly: bool,
-}
-
-impl From<&crate::cli::FsOptions> for ExportPolicy {
-    fn from(opts: &crate::cli::FsOptions) -> Self {
-        ExportPolicy {
-            no_readdirplus: opts.no_readdirplus,
-            announce_submounts: opts.announce_submounts,
-            dax: false,
-            readonly: opts.readonly,
-        }
-    }
 }
 
 /// A backend served under an `ExportPolicy`.
@@ -838,20 +827,12 @@ mod tests {
             [XATTR_SIZE_MAX, XATTR_SIZE_MAX, 100, 0]
         );
     }
-    use crate::cli::FsOptions as CliFsOptions;
-    use clap::Parser;
     use fuse_backend_rs::api::filesystem::ROOT_ID;
     use std::ffi::CString;
 
-    #[derive(Parser)]
-    struct T {
-        #[command(flatten)]
-        fs: CliFsOptions,
-    }
-
-    fn backend(dir: &std::path::Path) -> crate::passthrough::HostFs {
-        let opts = T::parse_from(["t"]).fs;
-        crate::passthrough::open(&opts, dir, None).unwrap()
+    fn backend(dir: &std::path::Path) -> crate::backend::passthrough::HostFs {
+        let opts = crate::backend::passthrough::PassthroughOptions::default();
+        crate::backend::passthrough::open(&opts, dir, None).unwrap()
     }
 
     #[test]

@@ -80,7 +80,20 @@ use seccompiler::{
 };
 use tracing::info;
 
-use crate::cli::SeccompAction;
+/// What happens to a system call outside the list (`--seccomp`); `None` installs no filter.
+///
+/// The variants are the flag's values (`clap::ValueEnum`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SeccompAction {
+    // No filter.
+    None,
+    // Kill the whole process.
+    Kill,
+    // Allow the call and log it (for finding a missing entry).
+    Log,
+    // Deliver SIGSYS.
+    Trap,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {

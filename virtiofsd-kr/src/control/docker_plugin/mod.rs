@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use nix::sys::signal::{SigSet, Signal};
 use tracing::{info, warn};
 
-use crate::volume::AdminOptions;
+use crate::control::volume::AdminOptions;
 use mounts::{MountConfig, ProcessMounter};
 use protocol::PluginState;
 use store::CephVolumes;

@@ -24,16 +24,18 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use crate::accounting::server::MetricsAddr;
 use crate::accounting::{self, AccountingError};
-use crate::cephfs::{self, CephStart, CephStartError};
-use crate::cli::{Backend, CliError, ServeArgs, SocketSource, DEFAULT_OVERLAP_THREADS};
-use crate::dax::{DaxError, DaxWindow};
-use crate::device::{DeviceError, QueueThreads, RequestCore, RequestThreads, VirtioFsDevice};
-use crate::export::{ExportFs, ExportPolicy};
-use crate::guard::RequestGuard;
-use crate::local_fs::LocalDevices;
-use crate::passthrough::{self, PassthroughError};
-use crate::sandbox::{Sandbox, SandboxError};
-use crate::seccomp::{self, SeccompError};
+use crate::backend::cephfs::{self, CephStart, CephStartError};
+use crate::backend::local_fs::LocalDevices;
+use crate::backend::passthrough::{self, PassthroughError};
+use crate::confine::sandbox::{Sandbox, SandboxError};
+use crate::confine::seccomp::{self, SeccompError};
+use crate::control::cli::{Backend, CliError, ServeArgs, SocketSource, DEFAULT_OVERLAP_THREADS};
+use crate::fuse::export::{ExportFs, ExportPolicy};
+use crate::fuse::guard::RequestGuard;
+use crate::vhost::dax::{DaxError, DaxWindow};
+use crate::vhost::device::{
+    DeviceError, QueueThreads, RequestCore, RequestThreads, VirtioFsDevice,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -113,7 +115,11 @@ fn serve_host_dir(args: ServeArgs) -> Result<(), DaemonError> {
         .as_ref()
         .filter(|_| !args.fs.readonly)
         .map(|_| args.dax_file_size.unwrap_or(0));
-    let fs = passthrough::open(&args.fs, &sandbox.backend_root(), dax_file_size)?;
+    let fs = passthrough::open(
+        &args.fs.passthrough(),
+        &sandbox.backend_root(),
+        dax_file_size,
+    )?;
     sandbox.confine()?;
     sandbox.drop_capabilities()?;
     seccomp::install(args.seccomp, seccomp::Profile::HostDir)?;
@@ -260,7 +266,7 @@ where
 
     let policy = ExportPolicy {
         dax: dax.is_some(),
-        ..ExportPolicy::from(&args.fs)
+        ..args.fs.export_policy()
     };
     let mut fs = ExportFs::new(fs, policy);
     if let Some(devices) = local_devices {
@@ -612,7 +618,8 @@ mod tests {
 
     fn threads_for(flags: &[&str]) -> RequestThreads {
         let args = ["virtiofsd-kr", "--fd=3", "--shared-dir=/x"];
-        let cli = crate::cli::Cli::try_parse_from(args.iter().chain(flags)).expect("parses");
+        let cli =
+            crate::control::cli::Cli::try_parse_from(args.iter().chain(flags)).expect("parses");
         request_threads(&cli.serve)
     }
 
