@@ -220,7 +220,7 @@ check write_erofs yes "$(printf x | dd of=/data/large bs=1 conv=notrunc 2>&1 | g
 }
 
 #[test]
-fn two_guests_mapping_one_file_see_each_others_stores() {
+fn a_pair_of_guests_mapping_one_file_see_each_others_stores() {
     let share = temp_share();
     let d = share.path();
     std::fs::write(d.join("shared"), vec![b'.'; 4 * MIB]).unwrap();
