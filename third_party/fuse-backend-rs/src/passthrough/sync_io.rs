@@ -461,10 +461,12 @@ impl<S: BitmapSlice + Send + Sync> FileSystem for PassthroughFs<S> {
 
         let data = self.inode_map.get(parent)?;
 
+        // virtiofsd-kr patch: the parent is opened before taking the caller's credentials
+        // (opening a file handle needs CAP_DAC_READ_SEARCH, which a non-root euid drops).
+        let file = data.get_file()?;
         let res = {
             let (_uid, _gid) = set_creds(ctx.uid, ctx.gid)?;
 
-            let file = data.get_file()?;
             // Safe because this doesn't modify any memory and we check the return value.
             unsafe { libc::mkdirat(file.as_raw_fd(), name.as_ptr(), mode & !umask) }
         };
@@ -1040,10 +1042,11 @@ impl<S: BitmapSlice + Send + Sync> FileSystem for PassthroughFs<S> {
 
         let data = self.inode_map.get(parent)?;
 
+        // virtiofsd-kr patch: opened before taking the caller's credentials, as in mkdir.
+        let file = data.get_file()?;
         let res = {
             let (_uid, _gid) = set_creds(ctx.uid, ctx.gid)?;
 
-            let file = data.get_file()?;
             // Safe because this doesn't modify any memory and we check the return value.
             unsafe { libc::symlinkat(linkname.as_ptr(), file.as_raw_fd(), name.as_ptr()) }
         };
