@@ -460,9 +460,10 @@ impl<S: BitmapSlice + Send + Sync> FileSystem for PassthroughFs<S> {
         self.validate_path_component(name)?;
 
         let data = self.inode_map.get(parent)?;
-
-        // virtiofsd-kr patch: the parent is opened before taking the caller's credentials
-        // (opening a file handle needs CAP_DAC_READ_SEARCH, which a non-root euid drops).
+        // virtiofsd-kr patch: the parent is opened before the guest's credentials are taken
+        // (as MKNOD and CREATE do): opening a file-handle inode (open_by_handle_at) needs
+        // CAP_DAC_READ_SEARCH, which a non-zero effective uid clears, so upstream's MKDIR by
+        // a non-root guest user failed EPERM on a parent referenced by handle.
         let file = data.get_file()?;
         let res = {
             let (_uid, _gid) = set_creds(ctx.uid, ctx.gid)?;
@@ -1041,8 +1042,7 @@ impl<S: BitmapSlice + Send + Sync> FileSystem for PassthroughFs<S> {
         self.validate_path_component(name)?;
 
         let data = self.inode_map.get(parent)?;
-
-        // virtiofsd-kr patch: opened before taking the caller's credentials, as in mkdir.
+        // virtiofsd-kr patch: opened before the guest's credentials are taken, as in MKDIR.
         let file = data.get_file()?;
         let res = {
             let (_uid, _gid) = set_creds(ctx.uid, ctx.gid)?;
