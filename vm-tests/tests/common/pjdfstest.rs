@@ -64,8 +64,8 @@ fn patterns() -> String {
 }
 
 /// The suite's configuration in the guest: the optional features both backends have (rename
-/// updates ctime on both), and a
-/// nap longer than the guest's timestamp granularity (nanoseconds on both backends).
+/// updates ctime on both), and a nap longer than the guest's timestamp granularity
+/// (nanoseconds on both backends).
 const CONFIG: &str = r#"[features]
 posix_fallocate = {}
 rename_ctime = {}
