@@ -266,6 +266,8 @@ where
 
     let policy = ExportPolicy {
         dax: dax.is_some(),
+        posix_acl: args.acl_mode()?,
+        ids: args.id_maps()?,
         ..args.fs.export_policy()
     };
     let mut fs = ExportFs::new(fs, policy);
