@@ -25,6 +25,12 @@ cargo test --workspace --release "$@" -- --skip two_guests_ --skip cephfs_cohere
 # clients) print how long a write takes to become visible in the other guest for each cache
 # mode; show that output even when they pass.
 cargo test --workspace --release --test guest_coherence --test guest_ceph_coherence "$@" -- --show-output
+# The frontend hostile suite (tests/frontend.rs, tests/hostile_handles.rs) again, against the
+# daemon built with AddressSanitizer on nightly: a memory error, a leak (where LeakSanitizer
+# runs) or a panic in the daemon fails it (docs/security.md, "Sanitizer run"). About 1 min
+# plus the ASan build of the daemon (about 3.5 min of CPU when cold).
+echo "== sanitizer run"
+scripts/sanitize.sh
 # Coverage-guided fuzzing of everything a guest (and an admin client) sends: each target of
 # fuzz/ for 30 s on its seeds under AddressSanitizer; fails on a crash, hang or leak
 # (docs/security.md). About 2.5 min plus the nightly ASan build (a few minutes when cold).
