@@ -20,11 +20,22 @@ cargo clippy --workspace --all-targets --release -- -D warnings
 echo "== cargo test"
 export VIRTIOFSD_KR_BIN="$PWD/target/release/virtiofsd-kr"
 cargo build --release -p virtiofsd-kr
+# Includes guest_pjdfstest.rs: pjdfstest on both backends, cache=auto and never (~5 min).
 cargo test --workspace --release "$@" -- --skip two_guests_ --skip cephfs_coherence_
 # The two-guest coherence tests (a host directory, and a CephFS volume with two libcephfs
 # clients) print how long a write takes to become visible in the other guest for each cache
 # mode; show that output even when they pass.
 cargo test --workspace --release --test guest_coherence --test guest_ceph_coherence "$@" -- --show-output
+# The CephFS guest suites again against a Ceph Reef (18.2) cluster: its daemons come from
+# Debian trixie's packages in .cache/reef-root (scripts/ceph-dev-cluster.sh --release reef),
+# while the daemon under test keeps the host's Pacific libcephfs, a client of another release.
+# cluster_runs_the_release_asked_for checks the cluster is Reef; pjdfstest on CephFS with
+# cache=auto too. About 3 min.
+echo "== CephFS guest suites against Ceph Reef"
+scripts/ceph-dev-cluster.sh stop >/dev/null 2>&1
+CEPH_DEV_RELEASE=reef cargo test --release -p vm-tests --test guest_ceph --test guest_ceph_posix "$@"
+CEPH_DEV_RELEASE=reef cargo test --release -p vm-tests --test guest_pjdfstest "$@" -- pjdfstest_cephfs_cache_auto
+scripts/ceph-dev-cluster.sh stop >/dev/null 2>&1
 # The frontend hostile suite (tests/frontend.rs, tests/hostile_handles.rs) again, against the
 # daemon built with AddressSanitizer on nightly: a memory error, a leak (where LeakSanitizer
 # runs) or a panic in the daemon fails it (docs/security.md, "Sanitizer run"). About 1 min

@@ -59,11 +59,16 @@ struct Opts {
     markdown_out: Option<PathBuf>,
     json_out: Option<PathBuf>,
     command: String,
+    /// `--ours-arg`: extra flags for our daemon, in every setup.
+    ours_args: Vec<String>,
+    /// `--jobs a,b`: only these jobs (and their tmpfs twins).
+    only_jobs: Option<Vec<String>>,
 }
 
 const USAGE: &str = "vmbench dax|multiqueue [--ours BIN] [--reference BIN] [--work DIR] \
     [--reps N] [--repeat N] [--runtime SECS] [--file-mib N] [--window SIZE] [--memory MIB] \
-    [--accel auto|kvm|tcg] [--markdown-out FILE] [--json-out FILE]";
+    [--accel auto|kvm|tcg] [--ours-arg ARG]... [--jobs a,b] [--markdown-out FILE] \
+    [--json-out FILE]";
 
 fn parse(mode: Mode, args: &[String]) -> Result<Opts> {
     let root = vm_tests::paths::repo_root()?;
@@ -85,6 +90,8 @@ fn parse(mode: Mode, args: &[String]) -> Result<Opts> {
         accel: AccelChoice::from_env()?,
         markdown_out: None,
         json_out: None,
+        ours_args: Vec::new(),
+        only_jobs: None,
         command: std::iter::once(format!("vmbench {name}"))
             .chain(args.iter().cloned())
             .collect::<Vec<_>>()
@@ -112,6 +119,8 @@ fn parse(mode: Mode, args: &[String]) -> Result<Opts> {
             "--window" => o.window = val()?.clone(),
             "--memory" => o.memory_mib = num()?.clamp(256, 65536) as u32,
             "--accel" => o.accel = AccelChoice::parse(val()?)?,
+            "--ours-arg" => o.ours_args.push(val()?.clone()),
+            "--jobs" => o.only_jobs = Some(val()?.split(',').map(str::to_string).collect()),
             "--markdown-out" => o.markdown_out = Some(PathBuf::from(val()?)),
             "--json-out" => o.json_out = Some(PathBuf::from(val()?)),
             "-h" | "--help" => return Err(BenchError::Usage(USAGE.into())),
@@ -276,6 +285,19 @@ fn jobs(mode: Mode, tmpfs: bool) -> Vec<FioJob> {
     }
 }
 
+/// The jobs of `o`'s mode that `--jobs` selects (a tmpfs job follows its twin).
+fn selected(o: &Opts, tmpfs: bool) -> Vec<FioJob> {
+    jobs(o.mode, tmpfs)
+        .into_iter()
+        .filter(|j| match &o.only_jobs {
+            Some(list) => list
+                .iter()
+                .any(|n| n == j.name.trim_start_matches("tmpfs-")),
+            None => true,
+        })
+        .collect()
+}
+
 fn job_text(o: &Opts, job: &FioJob, dir: &str) -> String {
     let mut t = format!(
         "[global]\ndirectory={dir}\nsize={}m\ninvalidate=1\ngroup_reporting=1\n\
@@ -319,7 +341,7 @@ fn guest_script(o: &Opts, v: &Variant) -> String {
         );
     }
     for round in 0..o.repeat {
-        for j in jobs(o.mode, false) {
+        for j in selected(o, false) {
             let _ = writeln!(s, "run_job {} {round}", j.name);
         }
     }
@@ -331,7 +353,7 @@ fn guest_script(o: &Opts, v: &Variant) -> String {
             o.file_mib + 16
         );
         for round in 0..o.repeat {
-            for j in jobs(o.mode, true) {
+            for j in selected(o, true) {
                 let _ = writeln!(s, "run_job {} {round}", j.name);
             }
         }
@@ -354,7 +376,13 @@ fn run_boot(o: &Opts, v: &Variant, rep: usize, share: &Path) -> Result<RunValues
         xattr: false,
         readonly: false,
         log_level: None,
-        extra_args: vec!["--allow-direct-io".to_string()],
+        extra_args: std::iter::once("--allow-direct-io".to_string())
+            .chain(if v.reference {
+                Vec::new()
+            } else {
+                o.ours_args.clone()
+            })
+            .collect(),
         start_timeout: Duration::from_secs(30),
         command_line: None,
         inherited_fd: None,
@@ -375,9 +403,9 @@ fn run_boot(o: &Opts, v: &Variant, rep: usize, share: &Path) -> Result<RunValues
     if v.dax {
         b = b.dax_window(&o.window).mount_options("dax=always");
     }
-    let mut all_jobs = jobs(o.mode, false);
+    let mut all_jobs = selected(o, false);
     if v.tmpfs {
-        all_jobs.extend(jobs(o.mode, true));
+        all_jobs.extend(selected(o, true));
     }
     for j in &all_jobs {
         let dir = if j.name.starts_with("tmpfs-") {
@@ -780,6 +808,8 @@ mod tests {
             markdown_out: None,
             json_out: None,
             command: String::new(),
+            ours_args: Vec::new(),
+            only_jobs: None,
         }
     }
 
@@ -812,6 +842,18 @@ mod tests {
         let o = opts(Mode::Multiqueue);
         let t = job_text(&o, &jobs(Mode::Multiqueue, false)[0], "/data/bench");
         assert!(t.contains("runtime=3\n") && t.contains("size=64m"));
+    }
+
+    #[test]
+    fn jobs_selects_a_job_and_its_tmpfs_twin() {
+        let mut o = opts(Mode::Dax);
+        o.only_jobs = Some(vec!["randread-4k-mmap".into()]);
+        let names = |tmpfs| -> Vec<&str> { selected(&o, tmpfs).iter().map(|j| j.name).collect() };
+        assert_eq!(names(false), ["randread-4k-mmap"]);
+        assert_eq!(names(true), ["tmpfs-randread-4k-mmap"]);
+        let nodax = variants(Mode::Dax).into_iter().find(|v| v.tmpfs).unwrap();
+        let s = guest_script(&o, &nodax);
+        assert!(!s.contains("seqread") && s.contains("run_job tmpfs-randread-4k-mmap 0"));
     }
 
     #[test]
