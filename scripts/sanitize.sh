@@ -32,7 +32,9 @@ RUSTFLAGS="-Zsanitizer=address -Cdebug-assertions=on -Cforce-frame-pointers=yes"
     --target "$TARGET" --target-dir "$DIR"
 
 # Never pass with an uninstrumented daemon: the ASan runtime must answer for itself.
-if ! ASAN_OPTIONS=help=1 "$BIN" --version 2>&1 | grep -q "Available flags for AddressSanitizer"; then
+# (Captured first: grep -q stopping early would give the binary SIGPIPE and fail the pipe.)
+runtime_help="$(ASAN_OPTIONS=help=1 "$BIN" --version 2>&1 || true)"
+if ! grep -q "Available flags for AddressSanitizer" <<<"$runtime_help"; then
     echo "sanitize: $BIN has no AddressSanitizer runtime" >&2
     exit 1
 fi
