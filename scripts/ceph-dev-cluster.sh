@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# A throw-away single-node Ceph cluster (Pacific, Debian bookworm packages) on 127.0.0.1 for the
-# CephFS backend's tests: one mon, one memstore OSD, one MDS, one mgr, cephx on, a CephFS named
-# "cephfs". Everything lives under one directory; no systemd, no other address than loopback.
+# A throw-away single-node Ceph cluster on 127.0.0.1 for the CephFS backend's tests: one mon,
+# one memstore OSD, one MDS, one mgr, cephx on, a CephFS named "cephfs". Everything lives under
+# one directory; no systemd, no other address than loopback.
 #
-# Usage: scripts/ceph-dev-cluster.sh start|stop|status|mds-stop|mds-start
+# Releases: pacific (default; Debian bookworm's packages on the host) or reef (18.2, Debian
+# trixie's packages in a debootstrapped root, .cache/reef-root, built by
+# scripts/build-reef-root.sh; its daemons run chrooted there with the cluster directory bound
+# in). Either way the clients (the daemon's libcephfs, the ceph CLI of the tests, ceph-fuse)
+# are the host's Pacific ones.
+#
+# Usage: scripts/ceph-dev-cluster.sh [--release pacific|reef] start|stop|status|mds-stop|mds-start
 #   start   install missing packages (apt-get update only if needed), create and start the
 #           cluster, wait for an active MDS, print the start time and the conf path. A running
 #           cluster is left alone (no-op, prints the conf path).
@@ -14,14 +20,18 @@
 #   mds-stop   kill the MDS (SIGKILL: an outage, not a clean shutdown) and wait until it is
 #              gone; the rest of the cluster keeps running. For outage tests.
 #   mds-start  start the MDS again and wait until it is up:active (prints the seconds taken).
+#   A running cluster of another release than the one asked for is stopped and started anew.
 #
 # Environment:
 #   CEPH_DEV_DIR      cluster directory (default: <repo>/.cache/ceph)
 #   CEPH_DEV_MEM_MB   memstore size in MiB (default 2048)
 #   CEPH_DEV_PORT     monitor port on 127.0.0.1 (default 3300; one cluster per port)
+#   CEPH_DEV_RELEASE  pacific or reef, like --release (the option wins)
+#   CEPH_DEV_REEF_ROOT  the Reef root (default <repo>/.cache/reef-root)
 #
 # Files in CEPH_DEV_DIR: ceph.conf, keyring (mon., client.admin and daemon keys), ceph.env,
-# mon/ osd/ mds/ mgr/ data, log/, run/ (pid files, admin sockets).
+# release (the running cluster's release), mon/ osd/ mds/ mgr/ data, log/, run/ (pid files,
+# admin sockets).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,6 +41,22 @@ PORT="${CEPH_DEV_PORT:-3300}"
 CONF="$DIR/ceph.conf"
 KEYRING="$DIR/keyring"
 DAEMONS=(mon.a osd.0 mds.a mgr.x)
+RELEASE="${CEPH_DEV_RELEASE:-pacific}"
+REEF_ROOT="${CEPH_DEV_REEF_ROOT:-$REPO/.cache/reef-root}"
+ACTION=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --release) [ $# -ge 2 ] || { echo "ceph-dev-cluster: --release needs a value" >&2; exit 2; }
+                   RELEASE="$2"; shift 2 ;;
+        --release=*) RELEASE="${1#--release=}"; shift ;;
+        *) [ -z "$ACTION" ] || { echo "ceph-dev-cluster: one action, got '$ACTION' and '$1'" >&2; exit 2; }
+           ACTION="$1"; shift ;;
+    esac
+done
+case "$RELEASE" in
+    pacific|reef) ;;
+    *) echo "ceph-dev-cluster: unknown release '$RELEASE' (pacific or reef)" >&2; exit 2 ;;
+esac
 
 log() { echo "ceph-dev-cluster: $*" >&2; }
 die() { echo "ceph-dev-cluster: error: $*" >&2; exit 1; }
@@ -46,6 +72,24 @@ fi
 # ceph-fuse: the host mount scripts/bench.sh --backend cephfs compares against.
 PACKAGES=(ceph-mon ceph-osd ceph-mds ceph-mgr ceph-common ceph-fuse libcephfs-dev librados-dev)
 
+# Runs a cluster-side program (ceph-mon, ceph-osd, ceph-mds, ceph-mgr, monmaptool) of the
+# chosen release: the host's for pacific; for reef, chrooted in the Reef root, in a private
+# mount namespace with /proc, /dev and the cluster directory (at the same path) bound in. The
+# daemons fork into the background and keep that namespace; their pid files land in $DIR/run.
+server() {
+    if [ "$RELEASE" = pacific ]; then
+        "$@"
+        return
+    fi
+    unshare -m --propagation private sh -c '
+        r="$1"; d="$2"; shift 2
+        mount -t proc proc "$r/proc"
+        mount --bind /dev "$r/dev"
+        mkdir -p "$r$d"
+        mount --bind "$d" "$r$d"
+        exec chroot "$r" "$@"' server "$REEF_ROOT" "$DIR" "$@"
+}
+
 installed() {
     dpkg-query -W -f='${Status}\n' "$1" 2>/dev/null | grep -q '^install ok installed$'
 }
@@ -55,6 +99,9 @@ ensure_packages() {
     for p in "${PACKAGES[@]}"; do
         installed "$p" || missing+=("$p")
     done
+    if [ "$RELEASE" = reef ]; then
+        "$REPO/scripts/build-reef-root.sh"
+    fi
     [ "${#missing[@]}" = 0 ] && return 0
     log "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -160,8 +207,15 @@ mgr_disabled_modules = balancer crash devicehealth iostat nfs orchestrator pg_au
 EOF
 }
 
+# The release of the running (or last started) cluster.
+running_release() { cat "$DIR/release" 2>/dev/null || echo pacific; }
+
 start() {
     ensure_packages
+    if any_running && [ "$(running_release)" != "$RELEASE" ]; then
+        log "a $(running_release) cluster is running: stopping it to start $RELEASE"
+        stop
+    fi
     if running && mds_active; then
         log "already running"
         echo "$CONF"
@@ -201,9 +255,10 @@ start() {
         --cap mon 'allow profile mgr' --cap osd 'allow *' --cap mds 'allow *' >/dev/null
     chmod 600 "$KEYRING"
 
-    monmaptool --create --fsid "$fsid" --addv a "[v2:127.0.0.1:$PORT]" "$DIR/monmap" >/dev/null
-    ceph-mon -c "$CONF" --mkfs -i a --monmap "$DIR/monmap" --keyring "$KEYRING" 2>>"$DIR/log/setup.log"
-    ceph-mon -c "$CONF" -i a 9>&- 2>>"$DIR/log/setup.log"
+    echo "$RELEASE" > "$DIR/release"
+    server monmaptool --create --fsid "$fsid" --addv a "[v2:127.0.0.1:$PORT]" "$DIR/monmap" >/dev/null
+    server ceph-mon -c "$CONF" --mkfs -i a --monmap "$DIR/monmap" --keyring "$KEYRING" 2>>"$DIR/log/setup.log"
+    server ceph-mon -c "$CONF" -i a 9>&- 2>>"$DIR/log/setup.log"
 
     # The OSD key goes in the shared keyring; register the OSD id, then the pools and the fs.
     ceph_cmd osd new "$osd_uuid" 0 >/dev/null
@@ -212,10 +267,10 @@ start() {
     ceph_cmd fs new cephfs cephfs_metadata cephfs_data >/dev/null 2>&1
     ceph_cmd auth import -i "$KEYRING" >/dev/null 2>&1
 
-    ceph-osd -c "$CONF" -i 0 --mkfs --osd-uuid "$osd_uuid" 2>>"$DIR/log/setup.log" >/dev/null
-    ceph-osd -c "$CONF" -i 0 9>&- 2>>"$DIR/log/setup.log"
-    ceph-mds -c "$CONF" -i a 9>&- 2>>"$DIR/log/setup.log" >/dev/null
-    ceph-mgr -c "$CONF" -i x 9>&- 2>>"$DIR/log/setup.log"
+    server ceph-osd -c "$CONF" -i 0 --mkfs --osd-uuid "$osd_uuid" 2>>"$DIR/log/setup.log" >/dev/null
+    server ceph-osd -c "$CONF" -i 0 9>&- 2>>"$DIR/log/setup.log"
+    server ceph-mds -c "$CONF" -i a 9>&- 2>>"$DIR/log/setup.log" >/dev/null
+    server ceph-mgr -c "$CONF" -i x 9>&- 2>>"$DIR/log/setup.log"
 
     for i in $(seq 1 600); do
         if mds_active; then
@@ -242,7 +297,7 @@ start() {
 CEPH_CONF=$CONF
 CEPH_KEYRING=$KEYRING
 EOF
-    log "started in $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s"
+    log "started $RELEASE ($(ceph_cmd versions 2>/dev/null | grep -o 'ceph version [0-9.]*' | sort -u | tr '\n' ' ' | sed 's/ $//' || true)) in $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s"
     echo "$CONF"
 }
 
@@ -262,7 +317,7 @@ stop() {
         fi
     done
     if [ -d "$DIR" ]; then
-        rm -rf "$DIR"/{mon,osd,mds,mgr,run} "$DIR/ceph.env"
+        rm -rf "$DIR"/{mon,osd,mds,mgr,run} "$DIR/ceph.env" "$DIR/release"
     fi
     log "stopped"
 }
@@ -277,6 +332,7 @@ status() {
             up=0
         fi
     done
+    echo "release: $(running_release)"
     if [ "$up" = 1 ]; then
         ceph_cmd mds stat 2>/dev/null || true
         ceph_cmd fs ls 2>/dev/null || true
@@ -308,7 +364,8 @@ mds_start() {
     pid_of mds.a >/dev/null && { log "mds.a already running"; return 0; }
     running_but_mds || die "the cluster is not running: start it first"
     t0=$(date +%s.%N)
-    ceph-mds -c "$CONF" -i a 9>&- 2>>"$DIR/log/setup.log" >/dev/null
+    RELEASE="$(running_release)"
+    server ceph-mds -c "$CONF" -i a 9>&- 2>>"$DIR/log/setup.log" >/dev/null
     for _ in $(seq 1 1200); do
         mds_active && break
         sleep 0.1
@@ -323,7 +380,7 @@ mkdir -p "$(dirname "$DIR")"
 exec 9>"$DIR.lock"
 command -v flock >/dev/null 2>&1 && flock 9
 
-case "${1:-}" in
+case "$ACTION" in
     start) start ;;
     stop) stop ;;
     status) status ;;

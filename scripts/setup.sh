@@ -6,7 +6,13 @@
 #      root (.cache/trixie-root, run by scripts/qemu11.sh; host packages untouched) and
 #      Debian trixie's 6.12 guest kernel (.cache/guest-6.12), scripts/build-modern-rig.sh
 #      (about 70 s and 0.6 GB the first time),
-#   4. cargo build --release -p virtiofsd-kr.
+#   4. the Ceph Reef (18.2) server root for `scripts/ceph-dev-cluster.sh --release reef`: a
+#      debootstrapped trixie with trixie's ceph daemons (.cache/reef-root,
+#      scripts/build-reef-root.sh; about 2 minutes and 0.9 GB the first time),
+#   5. pjdfstest 0.2.2 (the POSIX conformance suite of vm-tests/tests/guest_pjdfstest.rs),
+#      `cargo install`ed statically linked (it runs in the busybox guest) into
+#      .cache/pjdfstest/bin (a few minutes the first time),
+#   6. cargo build --release -p virtiofsd-kr.
 # Runs as root (uses sudo for apt when not root). Needs no stdin. Takes seconds when
 # everything is already in place.
 #
@@ -43,7 +49,7 @@ PACKAGES=(
     qemu-system-x86 busybox-static fio cpio libseccomp-dev libcap-ng-dev fuse3 attr kmod
     xz-utils zstd gzip coreutils util-linux findutils grep
     gcc g++ libc6-dev pkg-config ca-certificates strace debootstrap
-    docker.io tar
+    docker.io tar libacl1-dev
 )
 
 # Serialise concurrent runs (tests and scripts may call setup.sh at the same time).
@@ -94,6 +100,31 @@ if [ "$GUEST" = 1 ]; then
         "$REPO/scripts/build-modern-rig.sh"
     else
         "${SUDO[@]}" "$REPO/scripts/build-modern-rig.sh"
+    fi
+fi
+
+if [ "$GUEST" = 1 ]; then
+    if [ "$(id -u)" = 0 ]; then
+        "$REPO/scripts/build-reef-root.sh"
+    else
+        "${SUDO[@]}" "$REPO/scripts/build-reef-root.sh"
+    fi
+    # pjdfstest links libacl (libacl1-dev has the static archive); +crt-static makes one
+    # binary that needs no library in the guest. Its own build directory keeps the
+    # workspace's target/ out of it.
+    pjd_version=0.2.2
+    pjd="$REPO/.cache/pjdfstest/bin/pjdfstest"
+    if [ ! -x "$pjd" ] || [ "$(cat "$REPO/.cache/pjdfstest/version" 2>/dev/null)" != "$pjd_version" ]; then
+        command -v cargo >/dev/null 2>&1 || die "cargo not found (pjdfstest is built with cargo install)"
+        log "building pjdfstest $pjd_version (static) into .cache/pjdfstest"
+        RUSTFLAGS="-C target-feature=+crt-static" cargo install pjdfstest --version "$pjd_version" \
+            --locked --force --root "$REPO/.cache/pjdfstest" --target x86_64-unknown-linux-gnu \
+            --target-dir "$REPO/.cache/pjdfstest-build" </dev/null >&2
+        rm -rf "$REPO/.cache/pjdfstest-build"
+        if ldd "$pjd" 2>&1 | grep -q '=>'; then
+            die "$pjd is not statically linked"
+        fi
+        echo "$pjd_version" > "$REPO/.cache/pjdfstest/version"
     fi
 fi
 

@@ -20,11 +20,22 @@ cargo clippy --workspace --all-targets --release -- -D warnings
 echo "== cargo test"
 export VIRTIOFSD_KR_BIN="$PWD/target/release/virtiofsd-kr"
 cargo build --release -p virtiofsd-kr
+# Includes guest_pjdfstest.rs: pjdfstest on both backends, cache=auto and never (~5 min).
 cargo test --workspace --release "$@" -- --skip two_guests_ --skip cephfs_coherence_
 # The two-guest coherence tests (a host directory, and a CephFS volume with two libcephfs
 # clients) print how long a write takes to become visible in the other guest for each cache
 # mode; show that output even when they pass.
 cargo test --workspace --release --test guest_coherence --test guest_ceph_coherence "$@" -- --show-output
+# The CephFS guest suites again against a Ceph Reef (18.2) cluster: its daemons come from
+# Debian trixie's packages in .cache/reef-root (scripts/ceph-dev-cluster.sh --release reef),
+# while the daemon under test keeps the host's Pacific libcephfs, a client of another release.
+# cluster_runs_the_release_asked_for checks the cluster is Reef; pjdfstest on CephFS with
+# cache=auto too. About 3 min.
+echo "== CephFS guest suites against Ceph Reef"
+scripts/ceph-dev-cluster.sh stop >/dev/null 2>&1
+CEPH_DEV_RELEASE=reef cargo test --release -p vm-tests --test guest_ceph --test guest_ceph_posix "$@"
+CEPH_DEV_RELEASE=reef cargo test --release -p vm-tests --test guest_pjdfstest "$@" -- pjdfstest_cephfs_cache_auto
+scripts/ceph-dev-cluster.sh stop >/dev/null 2>&1
 # Coverage-guided fuzzing of everything a guest (and an admin client) sends: each target of
 # fuzz/ for 30 s on its seeds under AddressSanitizer; fails on a crash, hang or leak
 # (docs/security.md). About 2.5 min plus the nightly ASan build (a few minutes when cold).

@@ -69,6 +69,41 @@ fn refusal_problems(case: &str, attempt: &StartAttempt, mentions: &[&str]) -> Ve
         .collect()
 }
 
+/// The cluster's daemons run the release asked for (`CEPH_DEV_RELEASE`, pacific by default;
+/// `scripts/test.sh` runs this file again against Reef) while the daemon under test keeps the
+/// host's libcephfs: the rest of this file then checks a client of another release.
+#[test]
+fn cluster_runs_the_release_asked_for() {
+    let release = std::env::var("CEPH_DEV_RELEASE").unwrap_or_else(|_| "pacific".into());
+    let major = match release.as_str() {
+        "pacific" => "16.",
+        "reef" => "18.",
+        other => panic!("CEPH_DEV_RELEASE={other}: this test knows pacific and reef"),
+    };
+    let versions = String::from_utf8_lossy(&ceph::ceph_command(&["versions"])).into_owned();
+    for daemon in ["\"mon\"", "\"osd\"", "\"mds\"", "\"mgr\""] {
+        let section = versions
+            .split_once(daemon)
+            .map(|(_, rest)| rest.split('}').next().unwrap_or(""))
+            .unwrap_or_else(|| panic!("`ceph versions` names no {daemon}: {versions}"));
+        assert!(
+            section.contains(&format!("ceph version {major}")) && section.contains(&release),
+            "{daemon} is not {release} ({major}x): {versions}"
+        );
+    }
+    eprintln!(
+        "cluster: {release}; the daemon's libcephfs: {}",
+        String::from_utf8_lossy(
+            &std::process::Command::new("ceph")
+                .arg("--version")
+                .output()
+                .map(|o| o.stdout)
+                .unwrap_or_default()
+        )
+        .trim()
+    );
+}
+
 #[test]
 fn daemon_refuses_another_tenants_key_and_bad_roots() {
     let mine = CephVolume::create("refa");

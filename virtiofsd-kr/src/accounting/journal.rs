@@ -210,6 +210,11 @@ pub struct Journal {
     size: u64,
     compact_at: u64,
     last: Record,
+    /// Whether `last` is a real record (replayed or appended) that compaction must keep,
+    /// rather than the empty start of a new stream. Not `last.seq != 0`: a replayed record
+    /// may carry sequence 0 (hand-edited or hostile), and its totals are still what the
+    /// daemon continues from.
+    recorded: bool,
     written: Option<Totals>,
 }
 
@@ -296,6 +301,7 @@ impl Journal {
             size: 0,
             compact_at: COMPACT_AT,
             last,
+            recorded: replay.last.is_some(),
             written: None,
         };
         journal.compact()?;
@@ -323,10 +329,10 @@ impl Journal {
 
     /// Rewrites the journal as its last record alone: temporary file, sync, rename over.
     fn compact(&mut self) -> Result<(), JournalError> {
-        let bytes = if self.last.seq == 0 {
-            Vec::new()
-        } else {
+        let bytes = if self.recorded {
             encode(&self.last)?
+        } else {
+            Vec::new()
         };
         let fd = nix::fcntl::openat(
             Some(self.dir.as_raw_fd()),
@@ -385,6 +391,7 @@ impl Journal {
         nix::unistd::fdatasync(self.file.as_raw_fd()).map_err(self.sys("fdatasync"))?;
         self.size += bytes.len() as u64;
         self.last = record;
+        self.recorded = true;
         self.written = Some(totals.clone());
         if self.size > self.compact_at {
             self.compact()?;
@@ -563,5 +570,81 @@ mod tests {
             .collect();
         assert_eq!(kept.len(), 1);
         assert_eq!(replay_file(&path).unwrap().corrupt.len(), 0);
+    }
+
+    fn record(seq: u64, read: u64) -> Record {
+        Record {
+            version: VERSION,
+            stream: "s".into(),
+            seq,
+            unix_ms: 0,
+            tenant: "acme".into(),
+            volume: "vol1".into(),
+            pod: "pod-a".into(),
+            traffic_class: "internal".into(),
+            host: "h".into(),
+            totals: totals(read),
+        }
+    }
+
+    /// Regression test: a journal whose only valid record has sequence 0 was compacted to an
+    /// empty file at open, so a crash before the next flush lost the totals it had replayed.
+    #[test]
+    fn a_replayed_record_with_sequence_zero_survives_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(relative_path(&labels()));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, encode(&record(0, 100)).unwrap()).unwrap();
+        let (j, base) = Journal::open(dir.path(), &labels()).unwrap();
+        assert_eq!(base.read_bytes, 100);
+        drop(j); // a crash before the first flush
+        let (mut j, base) = Journal::open(dir.path(), &labels()).unwrap();
+        assert_eq!(base.read_bytes, 100, "compaction lost the replayed totals");
+        assert!(j.append(&totals(150)).unwrap());
+        assert_eq!(j.last().seq, 1);
+        drop(j);
+        let (_, base) = Journal::open(dir.path(), &labels()).unwrap();
+        assert_eq!(base.read_bytes, 150);
+    }
+
+    proptest::proptest! {
+        /// The class of the defect above: whatever a journal file holds (valid records of any
+        /// sequence, torn records, garbage), opening it and opening it again with nothing
+        /// appended in between continue from the same totals, and an append after that is
+        /// what the next open continues from. Compaction never loses or re-counts anything.
+        #[test]
+        fn opening_twice_continues_from_the_same_totals(
+            parts in proptest::collection::vec(
+                (0u64..5, 0u64..1_000_000, proptest::prop_oneof![
+                    proptest::strategy::Just(0u8), proptest::strategy::Just(1), proptest::strategy::Just(2)
+                ]),
+                0..6,
+            ),
+            extra in 0u64..1_000,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(relative_path(&labels()));
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            let mut bytes = Vec::new();
+            for (seq, read, shape) in &parts {
+                let enc = encode(&record(*seq, *read)).unwrap();
+                match shape {
+                    0 => bytes.extend_from_slice(&enc),
+                    1 => bytes.extend_from_slice(&enc[..enc.len() / 2]),
+                    _ => bytes.extend_from_slice(b"noise VKA"),
+                }
+            }
+            std::fs::write(&path, &bytes).unwrap();
+            let expected = decode_all(&bytes).last.map_or(0, |r| r.totals.read_bytes);
+            let (j, first) = Journal::open(dir.path(), &labels()).unwrap();
+            proptest::prop_assert_eq!(first.read_bytes, expected);
+            drop(j);
+            let (mut j, second) = Journal::open(dir.path(), &labels()).unwrap();
+            proptest::prop_assert_eq!(second.read_bytes, expected);
+            j.append(&totals(expected + extra)).unwrap();
+            drop(j);
+            let (_, third) = Journal::open(dir.path(), &labels()).unwrap();
+            proptest::prop_assert_eq!(third.read_bytes, expected + extra);
+        }
     }
 }

@@ -1816,6 +1816,18 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(which @ ("dax" | "multiqueue")) = args.first().map(String::as_str) {
+        return match modern::command(which == "dax", &args[1..]) {
+            Ok(table) => {
+                print!("{table}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("vmbench {which}: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if args.first().map(String::as_str) == Some("meta") {
         return match meta_command(&args[1..]) {
             Ok(()) => ExitCode::SUCCESS,
@@ -1867,6 +1879,10 @@ fn main() -> ExitCode {
         }
     }
 }
+
+// `vmbench dax` and `vmbench multiqueue`: setups of ours in the QEMU 11.1 / Linux 6.12 guest
+#[path = "vmbench/modern.rs"]
+mod modern;
 
 // ---------------------------------------------------------------------------------------
 // `vmbench micro`: the daemons without a guest

@@ -5,7 +5,9 @@
 //!   the one place to switch to `virtiofsd-kr volume create/snapshot` once it exists;
 //! - [`host_view`]: checks made outside the guest, on a host directory or through an admin
 //!   libcephfs mount of a volume, behind one trait;
-//! - [`posix_suite`]: the guest POSIX suite and its host-side checks, run on both backends.
+//! - [`posix_suite`]: the guest POSIX suite and its host-side checks, run on both backends;
+//! - [`pjdfstest`]: the pjdfstest conformance suite in a guest, judged against the committed
+//!   list of expected failures.
 //!
 //! Not every binary uses every part.
 
@@ -14,4 +16,5 @@
 pub mod ceph;
 pub mod coherence;
 pub mod host_view;
+pub mod pjdfstest;
 pub mod posix_suite;
