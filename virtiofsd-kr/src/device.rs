@@ -384,12 +384,15 @@ fn report_ring_error(seen: &AtomicBool, e: &DeviceError) {
 }
 
 /// Whether the guest has made a chain available that we have not taken yet.
+/// A queue the frontend has not set up (a guest using fewer request queues than offered,
+/// whose queues share a thread with used ones) has nothing: its ring addresses mean nothing.
 fn has_available(vring: &Vring, mem: &GuestMemory) -> bool {
     let state = vring.get_ref();
     let queue = state.get_queue();
-    queue
-        .avail_idx(mem, Ordering::Acquire)
-        .is_ok_and(|idx| idx.0 != queue.next_avail())
+    queue.ready()
+        && queue
+            .avail_idx(mem, Ordering::Acquire)
+            .is_ok_and(|idx| idx.0 != queue.next_avail())
 }
 
 /// Returns a chain's used buffer and tells the guest if it asked to be told.
@@ -816,15 +819,15 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for VirtioFsDevice<
             .get(device_event as usize)
             .ok_or(DeviceError::UnknownEvent(device_event))?;
         // This thread's other queues (at most MAX_QUEUES - 1: no allocation per event).
+        // One pass over the thread's mask: its n-th queue is `vrings[n]`.
         let mut others = [(queue, vring); MAX_QUEUES];
         let mut n = 0;
-        for (i, v) in vrings.iter().enumerate().take(MAX_QUEUES) {
-            match queue_of(&self.masks, thread_id, i as u16) {
-                Some(q) if q != queue => {
-                    others[n] = (q, v);
-                    n += 1;
-                }
-                _ => {}
+        let mask = self.masks.get(thread_id).copied().unwrap_or(0);
+        let mine = (0..MAX_QUEUES).filter(|q| mask & (1 << q) != 0);
+        for (q, v) in mine.zip(vrings) {
+            if q != queue {
+                others[n] = (q, v);
+                n += 1;
             }
         }
         // A broken ring (bad avail index or head) is the guest's fault: report it and keep
