@@ -464,9 +464,6 @@ pub struct VirtioFsDevice<F: FileSystem + Send + Sync + 'static> {
     polls: Vec<QueuePoll>,
     /// Requests taken from each queue (index: device queue), logged at exit.
     taken: Vec<AtomicU64>,
-    /// Queues that have been kicked at least once (bit i: queue i): only those are looked at
-    /// as a thread's other queues, so the unused ones sharing a thread cost nothing.
-    kicked: AtomicU64,
 }
 
 impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
@@ -532,7 +529,6 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
                 .map(|_| QueuePoll::new(poll_max))
                 .collect(),
             taken: (0..=request_queues).map(|_| AtomicU64::new(0)).collect(),
-            kicked: AtomicU64::new(0),
         })
     }
 
@@ -827,13 +823,9 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for VirtioFsDevice<
         let mut others = [(queue, vring); MAX_QUEUES];
         let mut n = 0;
         let mask = self.masks.get(thread_id).copied().unwrap_or(0);
-        let mut kicked = self.kicked.load(Ordering::Relaxed);
-        if kicked & (1 << queue) == 0 {
-            kicked = self.kicked.fetch_or(1 << queue, Ordering::Relaxed) | (1 << queue);
-        }
         let mine = (0..MAX_QUEUES).filter(|q| mask & (1 << q) != 0);
         for (q, v) in mine.zip(vrings) {
-            if q != queue && kicked & (1 << q) != 0 {
+            if q != queue {
                 others[n] = (q, v);
                 n += 1;
             }
