@@ -36,6 +36,12 @@ scripts/ceph-dev-cluster.sh stop >/dev/null 2>&1
 CEPH_DEV_RELEASE=reef cargo test --release -p vm-tests --test guest_ceph --test guest_ceph_posix "$@"
 CEPH_DEV_RELEASE=reef cargo test --release -p vm-tests --test guest_pjdfstest "$@" -- pjdfstest_cephfs_cache_auto
 scripts/ceph-dev-cluster.sh stop >/dev/null 2>&1
+# The frontend hostile suite (tests/frontend.rs, tests/hostile_handles.rs) again, against the
+# daemon built with AddressSanitizer on nightly: a memory error, a leak (where LeakSanitizer
+# runs) or a panic in the daemon fails it (docs/security.md, "Sanitizer run"). About 1 min
+# plus the ASan build of the daemon (about 3.5 min of CPU when cold).
+echo "== sanitizer run"
+scripts/sanitize.sh
 # Coverage-guided fuzzing of everything a guest (and an admin client) sends: each target of
 # fuzz/ for 30 s on its seeds under AddressSanitizer; fails on a crash, hang or leak
 # (docs/security.md). About 2.5 min plus the nightly ASan build (a few minutes when cold).

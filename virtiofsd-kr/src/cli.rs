@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::accounting::server::MetricsAddr;
+use crate::export::AclMode;
+use crate::id_map::{IdMaps, IdTranslation};
 
 /// vhost-user virtio-fs daemon for microVMs.
 ///
@@ -391,28 +393,37 @@ pub struct ServeArgs {
 /// where it is not. See [`ServeArgs::normalized`].
 #[derive(Debug, Clone, Default, Args)]
 pub struct CompatArgs {
-    /// POSIX ACLs: `never` (the default, what this daemon does); `auto`/`always` are refused.
-    #[arg(long, value_name = "never|auto|always", num_args = 0..=1, default_missing_value = "always")]
+    /// POSIX ACLs (implies --xattr; host-directory backend): `never` (the default), `auto`
+    /// (when the guest supports them), `always` (FUSE_INIT fails if the guest does not).
+    #[arg(long, value_name = "never|auto|always", num_args = 0..=1, default_missing_value = "always", conflicts_with = "no_posix_acl")]
     pub posix_acl: Option<String>,
+
+    /// No POSIX ACLs (the default; same as --posix-acl=never).
+    #[arg(long)]
+    pub no_posix_acl: bool,
 
     /// Extended attribute name mapping rules: refused (attributes pass through unchanged with
     /// --xattr).
     #[arg(long, value_name = "RULES")]
     pub xattrmap: Option<String>,
 
-    /// Guest/host UID translation: refused (not implemented).
+    /// Guest/host UID translation, repeatable: `map:GUEST:HOST:N`, `guest:GUEST:HOST:N`,
+    /// `host:HOST:GUEST:N`, `squash-guest:GUEST:HOST:N`, `squash-host:HOST:GUEST:N`,
+    /// `forbid-guest:GUEST:N`. Unmapped IDs stay as they are. Not with --posix-acl.
     #[arg(long, value_name = "TYPE:SOURCE:TARGET:COUNT")]
     pub translate_uid: Vec<String>,
 
-    /// Guest/host GID translation: refused (not implemented).
+    /// Guest/host GID translation, as --translate-uid.
     #[arg(long, value_name = "TYPE:SOURCE:TARGET:COUNT")]
     pub translate_gid: Vec<String>,
 
-    /// User-namespace UID map: refused (the sandbox keeps the host user namespace).
+    /// The reference's user-namespace UID map `:GUEST:HOST:N:`, repeatable: applied by the
+    /// daemon (no user namespace); host UIDs outside it show as 65534, guest UIDs outside it
+    /// cannot own files (EINVAL).
     #[arg(long, value_name = ":NS:HOST:COUNT:")]
     pub uid_map: Vec<String>,
 
-    /// User-namespace GID map: refused (the sandbox keeps the host user namespace).
+    /// The GID counterpart of --uid-map.
     #[arg(long, value_name = ":NS:HOST:COUNT:")]
     pub gid_map: Vec<String>,
 
@@ -1056,6 +1067,14 @@ pub enum CliError {
     CephClientUnused,
     #[error("{flag}: {reason}")]
     Unsupported { flag: String, reason: &'static str },
+    #[error("{flag}={value}: expected {expected}")]
+    BadFlagValue {
+        flag: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("{0}: {1}")]
+    IdMap(&'static str, crate::id_map::IdMapError),
     #[error("-o {0}: unknown legacy option (give the flag instead; see --help)")]
     UnknownCompatOption(String),
     #[error("-o {option}: {reason}")]
@@ -1105,37 +1124,30 @@ impl ServeArgs {
         if self.compat.no_announce_submounts {
             self.fs.announce_submounts = false;
         }
-        let c = &self.compat;
-        if let Some(mode) = c.posix_acl.as_deref().filter(|m| *m != "never") {
-            return Err(unsupported(
-                format!("--posix-acl={mode}"),
-                "POSIX ACLs are not served (the guest kernel would enforce ACLs the daemon does not keep); use --posix-acl=never and plain mode bits",
-            ));
+        let acl = self.acl_mode()?;
+        let ids = self.id_maps()?;
+        if acl != AclMode::Never {
+            if !ids.is_identity() {
+                return Err(unsupported(
+                    "--posix-acl",
+                    "ACL entries name host IDs, so they cannot be combined with ID translation (--translate-uid/--translate-gid/--uid-map/--gid-map), as in the reference virtiofsd; choose one",
+                ));
+            }
+            if self.backend == Backend::Cephfs {
+                return Err(unsupported(
+                    "--posix-acl",
+                    "POSIX ACLs are served for --backend passthrough only; the CephFS backend keeps plain mode bits (use --posix-acl=never)",
+                ));
+            }
+            // ACLs are extended attributes.
+            self.fs.xattr = true;
         }
+        let c = &self.compat;
         if c.xattrmap.is_some() {
             return Err(unsupported(
                 "--xattrmap",
                 "extended attribute names are not mapped; --xattr passes them through unchanged",
             ));
-        }
-        for (flag, set) in [
-            ("--translate-uid", &c.translate_uid),
-            ("--translate-gid", &c.translate_gid),
-        ] {
-            if !set.is_empty() {
-                return Err(unsupported(
-                    flag,
-                    "guest/host ID translation is not implemented; give the guest's files host IDs (or serve a CephFS volume, whose identity bounds what a guest reaches)",
-                ));
-            }
-        }
-        for (flag, set) in [("--uid-map", &c.uid_map), ("--gid-map", &c.gid_map)] {
-            if !set.is_empty() {
-                return Err(unsupported(
-                    flag,
-                    "the sandbox keeps the host user namespace (it needs root); run the daemon as root without ID maps",
-                ));
-            }
         }
         if c.killpriv_v2 {
             return Err(unsupported(
@@ -1162,6 +1174,33 @@ impl ServeArgs {
             ));
         }
         Ok(self)
+    }
+
+    /// `--posix-acl`'s mode (`--no-posix-acl`: never).
+    pub fn acl_mode(&self) -> Result<AclMode, CliError> {
+        if self.compat.no_posix_acl {
+            return Ok(AclMode::Never);
+        }
+        match self.compat.posix_acl.as_deref() {
+            None | Some("never") => Ok(AclMode::Never),
+            Some("auto") => Ok(AclMode::Auto),
+            Some("always") => Ok(AclMode::Always),
+            Some(other) => Err(CliError::BadFlagValue {
+                flag: "--posix-acl",
+                value: other.to_string(),
+                expected: "never, auto or always",
+            }),
+        }
+    }
+
+    /// The UID and GID translation the `--translate-*` and `--*-map` flags describe.
+    pub fn id_maps(&self) -> Result<IdMaps, CliError> {
+        let c = &self.compat;
+        let uid = IdTranslation::from_flags(&c.translate_uid, &c.uid_map)
+            .map_err(|e| CliError::IdMap("--translate-uid/--uid-map", e))?;
+        let gid = IdTranslation::from_flags(&c.translate_gid, &c.gid_map)
+            .map_err(|e| CliError::IdMap("--translate-gid/--gid-map", e))?;
+        Ok(IdMaps { uid, gid })
     }
 
     fn apply_compat_option(&mut self, option: &str) -> Result<(), CliError> {
@@ -1192,7 +1231,10 @@ impl ServeArgs {
             "flock" | "posix_lock" | "no_killpriv_v2" => {}
             "no_flock" | "no_posix_lock" => return Err(bad("locks are always served".to_string())),
             "killpriv_v2" => self.compat.killpriv_v2 = true,
-            "posix_acl" => self.compat.posix_acl = Some("always".to_string()),
+            "posix_acl" => {
+                self.compat.posix_acl = Some("always".to_string());
+                self.compat.no_posix_acl = false;
+            }
             "no_posix_acl" => self.compat.posix_acl = Some("never".to_string()),
             "cache" => {
                 self.fs.cache = match parse(value)?.as_str() {
@@ -1824,13 +1866,7 @@ mod tests {
     #[test]
     fn unsupported_reference_flags_are_refused_with_the_alternative() {
         for (flag, alternative) in [
-            ("--posix-acl", "--posix-acl=never"),
-            ("--posix-acl=auto", "--posix-acl=never"),
             ("--xattrmap=:map::user.virtiofs.:", "--xattr"),
-            ("--translate-uid=map:0:1000:1", "host IDs"),
-            ("--translate-gid=squash-guest:0:1000:65536", "host IDs"),
-            ("--uid-map=:0:100000:65536:", "without ID maps"),
-            ("--gid-map=:0:100000:65536:", "without ID maps"),
             ("--killpriv-v2", "--no-killpriv-v2"),
             ("--security-label", "--xattr"),
             ("--modcaps=+sys_admin", "--sandbox=none"),
@@ -1909,5 +1945,68 @@ mod tests {
         ] {
             assert!(help.contains(flag), "--help does not mention {flag}");
         }
+    }
+
+    #[test]
+    fn posix_acl_and_id_translation_flags_are_served_with_the_reference_rules() {
+        let base = ["--socket-path=/s", "--shared-dir=/d"];
+        let with = |extra: &[&str]| {
+            let mut v = base.to_vec();
+            v.extend_from_slice(extra);
+            normalized(&v)
+        };
+        for (flags, mode) in [
+            (&["--posix-acl"][..], AclMode::Always),
+            (&["--posix-acl=auto"][..], AclMode::Auto),
+            (&["--posix-acl=never"][..], AclMode::Never),
+            (&["--no-posix-acl"][..], AclMode::Never),
+            (&["-o", "posix_acl"][..], AclMode::Always),
+            (&["-o", "posix_acl,no_posix_acl"][..], AclMode::Never),
+            (&[][..], AclMode::Never),
+        ] {
+            let s = with(flags).unwrap();
+            assert_eq!(s.acl_mode().unwrap(), mode, "{flags:?}");
+            // ACLs are extended attributes: --posix-acl turns them on.
+            assert_eq!(s.fs.xattr, mode != AclMode::Never, "{flags:?}");
+        }
+        assert!(matches!(
+            with(&["--posix-acl=sometimes"]).unwrap_err(),
+            CliError::BadFlagValue { .. }
+        ));
+        let e = with(&["--posix-acl", "--translate-uid=map:0:1000:1"]).unwrap_err();
+        assert!(e.to_string().contains("choose one"), "{e}");
+        let s = with(&[
+            "--translate-uid=map:0:1000:10",
+            "--translate-uid=squash-guest:10:65534:100",
+            "--gid-map=:0:2000:10:",
+        ])
+        .unwrap();
+        let ids = s.id_maps().unwrap();
+        assert_eq!(ids.uid.to_host(3), Ok(1003));
+        assert_eq!(ids.uid.to_host(50), Ok(65534));
+        assert_eq!(ids.gid.to_guest(2004), 4);
+        assert_eq!(ids.gid.to_guest(7), crate::id_map::OVERFLOW_ID);
+        for bad in [
+            "--translate-uid=map:0:1000",
+            "--translate-gid=map:0:1000:10:5",
+            "--uid-map=0:1:2",
+            "--translate-uid=map:0:1:10 --translate-uid=guest:5:9:1",
+        ] {
+            let args: Vec<&str> = bad.split(' ').collect();
+            let e = with(&args).unwrap_err();
+            assert!(matches!(e, CliError::IdMap(..)), "{bad}: {e}");
+        }
+        let ceph = normalized(&[
+            "--socket-path=/s",
+            "--backend=cephfs",
+            "--ceph-root=/volumes/a",
+            "--ceph-id=a",
+            "--posix-acl",
+        ])
+        .unwrap_err();
+        assert!(
+            ceph.to_string().contains("--backend passthrough only"),
+            "{ceph}"
+        );
     }
 }

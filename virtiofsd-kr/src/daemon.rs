@@ -260,6 +260,8 @@ where
 
     let policy = ExportPolicy {
         dax: dax.is_some(),
+        posix_acl: args.acl_mode()?,
+        ids: args.id_maps()?,
         ..ExportPolicy::from(&args.fs)
     };
     let mut fs = ExportFs::new(fs, policy);

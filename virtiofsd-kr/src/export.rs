@@ -11,17 +11,36 @@
 //! whose device is one of the local filesystems found at start-up (`local_fs`): there the
 //! backend's FLUSH (`close(dup(fd))`) is a no-op, while on network filesystems it writes back
 //! and reports errors. It filters the guest's open flags for every backend
-//! ([`guest_open_flags`]: `O_PATH`, `O_TMPFILE` refused, bits no guest sends dropped). Every
-//! other call is forwarded unchanged. It must not keep any other per-inode state: the backend
-//! owns lookup counts.
+//! ([`guest_open_flags`]: `O_PATH`, `O_TMPFILE` refused, bits no guest sends dropped).
+//!
+//! POSIX ACLs (`--posix-acl`): FUSE_POSIX_ACL, DONT_MASK and SETXATTR_EXT are negotiated
+//! together, as the reference virtiofsd does; the guest kernel then enforces ACLs and stores
+//! them as `system.posix_acl_*` attributes, and the guest's umask reaches the export
+//! unapplied. It is applied here on create unless the parent directory has a default ACL
+//! (which replaces the umask, as on any Linux filesystem); `SETXATTR_ACL_KILL_SGID` clears the
+//! setgid bit after an access ACL is set. Without ACLs those two attributes are refused
+//! (ENOTSUP), whatever a guest sends. A mode change keeps the ACL's mask in step on the host
+//! (the host kernel's chmod does it).
+//!
+//! ID translation (`--translate-uid/-gid`, `--uid-map/--gid-map`, rules in `id_map`): every
+//! call reaches the backend with host credentials; files are created with them (a guest ID the
+//! rules refuse gets EPERM/EINVAL there), SETATTR's new owner is translated to the host, and
+//! every attribute in a reply (LOOKUP, GETATTR, SETATTR, CREATE, MKNOD, MKDIR, SYMLINK, LINK,
+//! READDIRPLUS) is translated back to the guest.
+//!
+//! Every other call is forwarded unchanged. It must not keep any other per-inode state: the
+//! backend owns lookup counts.
 
 use std::collections::HashMap;
 use std::ffi::CStr;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn, ATTR_SUBMOUNT};
+use fuse_backend_rs::abi::fuse_abi::{
+    stat64, statvfs64, CreateIn, ATTR_SUBMOUNT, SETXATTR_ACL_KILL_SGID,
+};
 use fuse_backend_rs::abi::virtio_fs::{RemovemappingOne, SetupmappingFlags};
 use fuse_backend_rs::api::filesystem::{
     Context, DirEntry, Entry, FileLock, FileSystem, FsOptions, GetxattrReply, IoctlData,
@@ -29,7 +48,33 @@ use fuse_backend_rs::api::filesystem::{
 };
 use fuse_backend_rs::transport::FsCacheReqHandler;
 
+use crate::id_map::{IdMaps, OVERFLOW_ID};
 use crate::local_fs::LocalDevices;
+
+/// The access ACL's extended attribute.
+const ACL_ACCESS: &[u8] = b"system.posix_acl_access";
+/// The default ACL's extended attribute (directories).
+const ACL_DEFAULT: &[u8] = b"system.posix_acl_default";
+
+/// What FUSE_INIT needs from the guest for POSIX ACLs: the guest enforces ACLs
+/// (`POSIX_ACL`), leaves the umask to the export (`DONT_MASK`, since a default ACL replaces
+/// it), and says when setting an ACL must clear setgid (`SETXATTR_EXT`).
+pub const ACL_OPTIONS: FsOptions = FsOptions::POSIX_ACL
+    .union(FsOptions::DONT_MASK)
+    .union(FsOptions::SETXATTR_EXT);
+
+/// `--posix-acl`: whether POSIX ACLs are offered, and what happens when the guest cannot take
+/// them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AclMode {
+    /// Not offered; the ACL attributes are refused (the default).
+    #[default]
+    Never,
+    /// Offered when the guest supports them, else served without.
+    Auto,
+    /// Offered; a guest that cannot take them fails FUSE_INIT (EPROTO).
+    Always,
+}
 
 thread_local! {
     /// Bytes the backend reported written by WRITE calls on this thread since the last
@@ -56,7 +101,7 @@ pub const TRANSPORT_OPTIONS: FsOptions = FsOptions::ASYNC_READ
     .union(FsOptions::AUTO_INVAL_DATA);
 
 /// The export flags `ExportFs` applies.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct ExportPolicy {
     pub no_readdirplus: bool,
     pub announce_submounts: bool,
@@ -66,6 +111,10 @@ pub struct ExportPolicy {
     /// arguments the backend receives (the guard's earlier check reads guest memory, which
     /// the guest can change between that check and the server's own parse).
     pub readonly: bool,
+    /// `--posix-acl`.
+    pub posix_acl: AclMode,
+    /// Guest/host UID and GID translation (identity when no rule is given).
+    pub ids: IdMaps,
 }
 
 impl From<&crate::cli::FsOptions> for ExportPolicy {
@@ -75,6 +124,8 @@ impl From<&crate::cli::FsOptions> for ExportPolicy {
             announce_submounts: opts.announce_submounts,
             dax: false,
             readonly: opts.readonly,
+            posix_acl: AclMode::Never,
+            ids: IdMaps::default(),
         }
     }
 }
@@ -88,6 +139,10 @@ pub struct ExportFs<F> {
     /// Devices of local filesystems, on which the guest is told to skip FLUSH (only for a
     /// host directory; never empty when set).
     local_devices: Option<LocalDevices>,
+    /// POSIX ACLs were negotiated at the last FUSE_INIT.
+    acl: AtomicBool,
+    /// The ID translation, when there is one.
+    ids: Option<IdMaps>,
 }
 
 /// Which handles are open for writing, counted per inode. Keyed by handle so a RELEASE is
@@ -162,11 +217,81 @@ pub fn guest_open_flags(flags: u32) -> io::Result<u32> {
 
 impl<F: FileSystem> ExportFs<F> {
     pub fn new(inner: F, policy: ExportPolicy) -> Self {
+        let ids = Some(policy.ids.clone()).filter(|ids| !ids.is_identity());
         ExportFs {
             inner,
             policy,
             write_opens: Mutex::new(WriteOpens::default()),
             local_devices: None,
+            acl: AtomicBool::new(false),
+            ids,
+        }
+    }
+
+    /// The request's credentials as the backend is to see them: the host IDs of the guest's.
+    /// A guest ID the rules refuse becomes the overflow ID, which owns nothing; calls that
+    /// create a file use [`Self::creator`] instead, which refuses it.
+    fn host_ctx(&self, ctx: &Context) -> Context {
+        match &self.ids {
+            None => *ctx,
+            Some(ids) => Context {
+                uid: ids.uid.to_host(ctx.uid).unwrap_or(OVERFLOW_ID),
+                gid: ids.gid.to_host(ctx.gid).unwrap_or(OVERFLOW_ID),
+                ..*ctx
+            },
+        }
+    }
+
+    /// The host credentials a new file is created with, or the errno refusing the guest's.
+    fn creator(&self, ctx: &Context) -> io::Result<Context> {
+        match &self.ids {
+            None => Ok(*ctx),
+            Some(ids) => Ok(Context {
+                uid: ids.uid.to_host(ctx.uid).map_err(refused)?,
+                gid: ids.gid.to_host(ctx.gid).map_err(refused)?,
+                ..*ctx
+            }),
+        }
+    }
+
+    /// Host attributes as the guest is shown them.
+    fn guest_attr(&self, mut attr: stat64) -> stat64 {
+        if let Some(ids) = &self.ids {
+            attr.st_uid = ids.uid.to_guest(attr.st_uid);
+            attr.st_gid = ids.gid.to_guest(attr.st_gid);
+        }
+        attr
+    }
+
+    fn guest_entry(&self, mut entry: Entry) -> Entry {
+        entry.attr = self.guest_attr(entry.attr);
+        entry
+    }
+
+    fn acl_on(&self) -> bool {
+        self.acl.load(Ordering::Relaxed)
+    }
+
+    /// ENOTSUP for the ACL attributes while ACLs are not negotiated.
+    fn xattr_allowed(&self, name: &CStr) -> io::Result<()> {
+        if is_acl_name(name) && !self.acl_on() {
+            return Err(io::Error::from_raw_os_error(libc::ENOTSUP));
+        }
+        Ok(())
+    }
+
+    /// The umask the backend is to apply to a new node in `parent`: with ACLs, the guest's
+    /// unless the directory has a default ACL (then the ACL decides, the umask is ignored, as
+    /// POSIX.1e and every Linux filesystem do); without ACLs, the guest kernel has applied it
+    /// already and applying it again changes nothing.
+    fn create_umask(&self, ctx: &Context, parent: F::Inode, umask: u32) -> u32 {
+        if !self.acl_on() {
+            return umask;
+        }
+        match self.inner.getxattr(ctx, parent, cstr(ACL_DEFAULT), 0) {
+            Ok(GetxattrReply::Count(n)) if n > 0 => 0,
+            Ok(GetxattrReply::Value(v)) if !v.is_empty() => 0,
+            _ => umask,
         }
     }
 
@@ -192,7 +317,7 @@ impl<F: FileSystem> ExportFs<F> {
         if self.local_devices.is_none() {
             return OpenOptions::empty();
         }
-        match self.inner.getattr(ctx, inode, None) {
+        match self.inner.getattr(&self.host_ctx(ctx), inode, None) {
             Ok((attr, _)) if self.flush_is_noop(&attr) => OpenOptions::NOFLUSH,
             _ => OpenOptions::empty(),
         }
@@ -232,9 +357,26 @@ impl<F: FileSystem> ExportFs<F> {
     }
 
     /// The INIT options after the policy: what the transport always supports added, READDIRPLUS
-    /// removed when asked, SUBMOUNTS added when asked and the guest supports it.
-    fn negotiate(&self, capable: FsOptions, wanted: FsOptions) -> FsOptions {
-        let mut opts = wanted | (capable & TRANSPORT_OPTIONS);
+    /// removed when asked, SUBMOUNTS added when asked and the guest supports it, the ACL
+    /// options when asked (EPROTO under `--posix-acl=always` if the guest lacks one).
+    fn negotiate(&self, capable: FsOptions, wanted: FsOptions) -> io::Result<FsOptions> {
+        let mut opts = (wanted - ACL_OPTIONS) | (capable & TRANSPORT_OPTIONS);
+        let acl = match self.policy.posix_acl {
+            AclMode::Never => false,
+            _ if capable.contains(ACL_OPTIONS) => true,
+            AclMode::Auto => {
+                tracing::warn!("--posix-acl=auto: the guest does not support POSIX ACLs (FUSE_POSIX_ACL, DONT_MASK, SETXATTR_EXT); serving without");
+                false
+            }
+            AclMode::Always => {
+                tracing::error!("--posix-acl: the guest does not support POSIX ACLs (FUSE_POSIX_ACL, DONT_MASK, SETXATTR_EXT); refusing FUSE_INIT");
+                return Err(io::Error::from_raw_os_error(libc::EPROTO));
+            }
+        };
+        if acl {
+            opts |= ACL_OPTIONS;
+        }
+        self.acl.store(acl, Ordering::Relaxed);
         if self.policy.no_readdirplus {
             opts.remove(FsOptions::DO_READDIRPLUS | FsOptions::READDIRPLUS_AUTO);
         }
@@ -247,7 +389,7 @@ impl<F: FileSystem> ExportFs<F> {
         if capable.contains(FsOptions::INIT_EXT) && (capable & opts).bits() >> 32 != 0 {
             opts.insert(FsOptions::INIT_EXT);
         }
-        opts
+        Ok(opts)
     }
 
     /// Flags `entry` as a submount root when its device differs from its parent's.
@@ -255,12 +397,27 @@ impl<F: FileSystem> ExportFs<F> {
         if !self.policy.announce_submounts || entry.inode == 0 {
             return entry;
         }
-        if let Ok((parent_attr, _)) = self.inner.getattr(ctx, parent, None) {
+        if let Ok((parent_attr, _)) = self.inner.getattr(&self.host_ctx(ctx), parent, None) {
             if parent_attr.st_dev != entry.attr.st_dev {
                 entry.attr_flags |= ATTR_SUBMOUNT;
             }
         }
         entry
+    }
+}
+
+fn refused(r: crate::id_map::Refused) -> io::Error {
+    io::Error::from_raw_os_error(r.0)
+}
+
+fn is_acl_name(name: &CStr) -> bool {
+    matches!(name.to_bytes(), ACL_ACCESS | ACL_DEFAULT)
+}
+
+fn cstr(bytes_without_nul: &'static [u8]) -> &'static CStr {
+    match bytes_without_nul {
+        ACL_ACCESS => c"system.posix_acl_access",
+        _ => c"system.posix_acl_default",
     }
 }
 
@@ -275,12 +432,12 @@ where
 
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
         let wanted = self.inner.init(capable)?;
-        Ok(self.negotiate(capable, wanted))
+        self.negotiate(capable, wanted)
     }
 
     fn lookup(&self, ctx: &Context, parent: Self::Inode, name: &CStr) -> io::Result<Entry> {
-        let entry = self.inner.lookup(ctx, parent, name)?;
-        Ok(self.mark_submount(ctx, parent, entry))
+        let entry = self.inner.lookup(&self.host_ctx(ctx), parent, name)?;
+        Ok(self.guest_entry(self.mark_submount(ctx, parent, entry)))
     }
 
     fn readdirplus(
@@ -295,24 +452,26 @@ where
         if self.policy.no_readdirplus {
             return Err(io::Error::from_raw_os_error(libc::ENOSYS));
         }
-        if !self.policy.announce_submounts {
+        let host_ctx = self.host_ctx(ctx);
+        if !self.policy.announce_submounts && self.ids.is_none() {
             return self
                 .inner
-                .readdirplus(ctx, inode, handle, size, offset, add_entry);
+                .readdirplus(&host_ctx, inode, handle, size, offset, add_entry);
         }
         // The directory's device, asked once per call rather than once per entry.
         let mut parent_dev: Option<Option<libc::dev_t>> = None;
         self.inner.readdirplus(
-            ctx,
+            &host_ctx,
             inode,
             handle,
             size,
             offset,
             &mut |dirent, mut entry| {
-                if entry.inode != 0 {
+                entry = self.guest_entry(entry);
+                if self.policy.announce_submounts && entry.inode != 0 {
                     let dev = *parent_dev.get_or_insert_with(|| {
                         self.inner
-                            .getattr(ctx, inode, None)
+                            .getattr(&host_ctx, inode, None)
                             .ok()
                             .map(|(a, _)| a.st_dev)
                     });
@@ -330,11 +489,11 @@ where
     }
 
     fn forget(&self, ctx: &Context, inode: Self::Inode, count: u64) {
-        self.inner.forget(ctx, inode, count)
+        self.inner.forget(&self.host_ctx(ctx), inode, count)
     }
 
     fn batch_forget(&self, ctx: &Context, requests: Vec<(Self::Inode, u64)>) {
-        self.inner.batch_forget(ctx, requests)
+        self.inner.batch_forget(&self.host_ctx(ctx), requests)
     }
 
     fn getattr(
@@ -343,7 +502,8 @@ where
         inode: Self::Inode,
         handle: Option<Self::Handle>,
     ) -> io::Result<(stat64, Duration)> {
-        self.inner.getattr(ctx, inode, handle)
+        let (attr, timeout) = self.inner.getattr(&self.host_ctx(ctx), inode, handle)?;
+        Ok((self.guest_attr(attr), timeout))
     }
 
     fn setattr(
@@ -355,11 +515,23 @@ where
         valid: SetattrValid,
     ) -> io::Result<(stat64, Duration)> {
         self.writable()?;
-        self.inner.setattr(ctx, inode, attr, handle, valid)
+        let mut attr = attr;
+        if let Some(ids) = &self.ids {
+            if valid.contains(SetattrValid::UID) {
+                attr.st_uid = ids.uid.to_host(attr.st_uid).map_err(refused)?;
+            }
+            if valid.contains(SetattrValid::GID) {
+                attr.st_gid = ids.gid.to_host(attr.st_gid).map_err(refused)?;
+            }
+        }
+        let (attr, timeout) =
+            self.inner
+                .setattr(&self.host_ctx(ctx), inode, attr, handle, valid)?;
+        Ok((self.guest_attr(attr), timeout))
     }
 
     fn readlink(&self, ctx: &Context, inode: Self::Inode) -> io::Result<Vec<u8>> {
-        self.inner.readlink(ctx, inode)
+        self.inner.readlink(&self.host_ctx(ctx), inode)
     }
 
     fn symlink(
@@ -370,7 +542,10 @@ where
         name: &CStr,
     ) -> io::Result<Entry> {
         self.writable()?;
-        self.inner.symlink(ctx, linkname, parent, name)
+        let entry = self
+            .inner
+            .symlink(&self.creator(ctx)?, linkname, parent, name)?;
+        Ok(self.guest_entry(entry))
     }
 
     fn mknod(
@@ -383,7 +558,10 @@ where
         umask: u32,
     ) -> io::Result<Entry> {
         self.writable()?;
-        self.inner.mknod(ctx, inode, name, mode, rdev, umask)
+        let ctx = self.creator(ctx)?;
+        let umask = self.create_umask(&ctx, inode, umask);
+        let entry = self.inner.mknod(&ctx, inode, name, mode, rdev, umask)?;
+        Ok(self.guest_entry(entry))
     }
 
     fn mkdir(
@@ -395,17 +573,20 @@ where
         umask: u32,
     ) -> io::Result<Entry> {
         self.writable()?;
-        self.inner.mkdir(ctx, parent, name, mode, umask)
+        let ctx = self.creator(ctx)?;
+        let umask = self.create_umask(&ctx, parent, umask);
+        let entry = self.inner.mkdir(&ctx, parent, name, mode, umask)?;
+        Ok(self.guest_entry(entry))
     }
 
     fn unlink(&self, ctx: &Context, parent: Self::Inode, name: &CStr) -> io::Result<()> {
         self.writable()?;
-        self.inner.unlink(ctx, parent, name)
+        self.inner.unlink(&self.host_ctx(ctx), parent, name)
     }
 
     fn rmdir(&self, ctx: &Context, parent: Self::Inode, name: &CStr) -> io::Result<()> {
         self.writable()?;
-        self.inner.rmdir(ctx, parent, name)
+        self.inner.rmdir(&self.host_ctx(ctx), parent, name)
     }
 
     fn rename(
@@ -419,7 +600,7 @@ where
     ) -> io::Result<()> {
         self.writable()?;
         self.inner
-            .rename(ctx, olddir, oldname, newdir, newname, flags)
+            .rename(&self.host_ctx(ctx), olddir, oldname, newdir, newname, flags)
     }
 
     fn link(
@@ -430,7 +611,10 @@ where
         newname: &CStr,
     ) -> io::Result<Entry> {
         self.writable()?;
-        self.inner.link(ctx, inode, newparent, newname)
+        let entry = self
+            .inner
+            .link(&self.host_ctx(ctx), inode, newparent, newname)?;
+        Ok(self.guest_entry(entry))
     }
 
     fn open(
@@ -444,7 +628,9 @@ where
         if opens_for_writing(flags) || (flags as i32) & libc::O_TRUNC != 0 {
             self.writable()?;
         }
-        let (handle, options, passthrough) = self.inner.open(ctx, inode, flags, fuse_flags)?;
+        let (handle, options, passthrough) =
+            self.inner
+                .open(&self.host_ctx(ctx), inode, flags, fuse_flags)?;
         self.note_open(handle.map(Into::into), inode.into(), flags);
         let options = options | self.open_options_for(ctx, inode);
         Ok((handle, options, passthrough))
@@ -459,9 +645,16 @@ where
     ) -> io::Result<(Entry, Option<Self::Handle>, OpenOptions, Option<u32>)> {
         self.writable()?;
         let flags = guest_open_flags(args.flags)?;
-        let args = CreateIn { flags, ..args };
+        let ctx = &self.creator(ctx)?;
+        let umask = self.create_umask(ctx, parent, args.umask);
+        let args = CreateIn {
+            flags,
+            umask,
+            ..args
+        };
         let (entry, handle, mut options, passthrough) =
             self.inner.create(ctx, parent, name, args)?;
+        let entry = self.guest_entry(entry);
         self.note_open(handle.map(Into::into), entry.inode, flags);
         if self.flush_is_noop(&entry.attr) {
             options |= OpenOptions::NOFLUSH;
@@ -480,8 +673,16 @@ where
         lock_owner: Option<u64>,
         flags: u32,
     ) -> io::Result<usize> {
-        self.inner
-            .read(ctx, inode, handle, w, size, offset, lock_owner, flags)
+        self.inner.read(
+            &self.host_ctx(ctx),
+            inode,
+            handle,
+            w,
+            size,
+            offset,
+            lock_owner,
+            flags,
+        )
     }
 
     fn write(
@@ -499,7 +700,7 @@ where
     ) -> io::Result<usize> {
         self.writable()?;
         let written = self.inner.write(
-            ctx,
+            &self.host_ctx(ctx),
             inode,
             handle,
             r,
@@ -521,7 +722,8 @@ where
         handle: Self::Handle,
         lock_owner: u64,
     ) -> io::Result<()> {
-        self.inner.flush(ctx, inode, handle, lock_owner)
+        self.inner
+            .flush(&self.host_ctx(ctx), inode, handle, lock_owner)
     }
 
     fn fsync(
@@ -531,7 +733,8 @@ where
         datasync: bool,
         handle: Self::Handle,
     ) -> io::Result<()> {
-        self.inner.fsync(ctx, inode, datasync, handle)
+        self.inner
+            .fsync(&self.host_ctx(ctx), inode, datasync, handle)
     }
 
     fn fallocate(
@@ -545,7 +748,7 @@ where
     ) -> io::Result<()> {
         self.writable()?;
         self.inner
-            .fallocate(ctx, inode, handle, mode, offset, length)
+            .fallocate(&self.host_ctx(ctx), inode, handle, mode, offset, length)
     }
 
     fn release(
@@ -559,12 +762,19 @@ where
         lock_owner: Option<u64>,
     ) -> io::Result<()> {
         self.note_release(handle.into());
-        self.inner
-            .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
+        self.inner.release(
+            &self.host_ctx(ctx),
+            inode,
+            flags,
+            handle,
+            flush,
+            flock_release,
+            lock_owner,
+        )
     }
 
     fn statfs(&self, ctx: &Context, inode: Self::Inode) -> io::Result<statvfs64> {
-        self.inner.statfs(ctx, inode)
+        self.inner.statfs(&self.host_ctx(ctx), inode)
     }
 
     fn setxattr(
@@ -575,8 +785,37 @@ where
         value: &[u8],
         flags: u32,
     ) -> io::Result<()> {
+        self.setxattr_ext(ctx, inode, name, value, flags, 0)
+    }
+
+    fn setxattr_ext(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        name: &CStr,
+        value: &[u8],
+        flags: u32,
+        setxattr_flags: u32,
+    ) -> io::Result<()> {
         self.writable()?;
-        self.inner.setxattr(ctx, inode, name, value, flags)
+        self.xattr_allowed(name)?;
+        let ctx = &self.host_ctx(ctx);
+        self.inner.setxattr(ctx, inode, name, value, flags)?;
+        // The guest kernel found that the caller may not keep setgid (not in the file's
+        // group, no CAP_FSETID); the host kernel cannot tell, since the daemon sets the ACL
+        // with its own rights.
+        if self.acl_on()
+            && setxattr_flags & SETXATTR_ACL_KILL_SGID != 0
+            && name.to_bytes() == ACL_ACCESS
+        {
+            let (mut attr, _) = self.inner.getattr(ctx, inode, None)?;
+            if attr.st_mode & libc::S_ISGID != 0 {
+                attr.st_mode &= !libc::S_ISGID & 0o7777;
+                self.inner
+                    .setattr(ctx, inode, attr, None, SetattrValid::MODE)?;
+            }
+        }
+        Ok(())
     }
 
     fn getxattr(
@@ -586,8 +825,9 @@ where
         name: &CStr,
         size: u32,
     ) -> io::Result<GetxattrReply> {
+        self.xattr_allowed(name)?;
         self.inner
-            .getxattr(ctx, inode, name, size.min(XATTR_SIZE_MAX))
+            .getxattr(&self.host_ctx(ctx), inode, name, size.min(XATTR_SIZE_MAX))
     }
 
     fn listxattr(
@@ -596,12 +836,14 @@ where
         inode: Self::Inode,
         size: u32,
     ) -> io::Result<ListxattrReply> {
-        self.inner.listxattr(ctx, inode, size.min(XATTR_SIZE_MAX))
+        self.inner
+            .listxattr(&self.host_ctx(ctx), inode, size.min(XATTR_SIZE_MAX))
     }
 
     fn removexattr(&self, ctx: &Context, inode: Self::Inode, name: &CStr) -> io::Result<()> {
         self.writable()?;
-        self.inner.removexattr(ctx, inode, name)
+        self.xattr_allowed(name)?;
+        self.inner.removexattr(&self.host_ctx(ctx), inode, name)
     }
 
     fn opendir(
@@ -610,7 +852,8 @@ where
         inode: Self::Inode,
         flags: u32,
     ) -> io::Result<(Option<Self::Handle>, OpenOptions)> {
-        self.inner.opendir(ctx, inode, guest_open_flags(flags)?)
+        self.inner
+            .opendir(&self.host_ctx(ctx), inode, guest_open_flags(flags)?)
     }
 
     fn readdir(
@@ -623,7 +866,7 @@ where
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
         self.inner
-            .readdir(ctx, inode, handle, size, offset, add_entry)
+            .readdir(&self.host_ctx(ctx), inode, handle, size, offset, add_entry)
     }
 
     fn fsyncdir(
@@ -633,7 +876,8 @@ where
         datasync: bool,
         handle: Self::Handle,
     ) -> io::Result<()> {
-        self.inner.fsyncdir(ctx, inode, datasync, handle)
+        self.inner
+            .fsyncdir(&self.host_ctx(ctx), inode, datasync, handle)
     }
 
     fn releasedir(
@@ -643,7 +887,8 @@ where
         flags: u32,
         handle: Self::Handle,
     ) -> io::Result<()> {
-        self.inner.releasedir(ctx, inode, flags, handle)
+        self.inner
+            .releasedir(&self.host_ctx(ctx), inode, flags, handle)
     }
 
     fn setupmapping(
@@ -674,7 +919,7 @@ where
             // will not open for writing, and every file of a --readonly export, get a
             // read-only descriptor (and no FUSE_ATTR_DAX), never a writable one.
             match self.inner.setupmapping(
-                ctx,
+                &self.host_ctx(ctx),
                 inode,
                 handle,
                 foffset,
@@ -691,8 +936,16 @@ where
                 done => return done,
             }
         }
-        self.inner
-            .setupmapping(ctx, inode, handle, foffset, len, flags, moffset, vu_req)
+        self.inner.setupmapping(
+            &self.host_ctx(ctx),
+            inode,
+            handle,
+            foffset,
+            len,
+            flags,
+            moffset,
+            vu_req,
+        )
     }
 
     fn removemapping(
@@ -702,11 +955,12 @@ where
         requests: Vec<RemovemappingOne>,
         vu_req: &mut dyn FsCacheReqHandler,
     ) -> io::Result<()> {
-        self.inner.removemapping(ctx, inode, requests, vu_req)
+        self.inner
+            .removemapping(&self.host_ctx(ctx), inode, requests, vu_req)
     }
 
     fn access(&self, ctx: &Context, inode: Self::Inode, mask: u32) -> io::Result<()> {
-        self.inner.access(ctx, inode, mask)
+        self.inner.access(&self.host_ctx(ctx), inode, mask)
     }
 
     fn lseek(
@@ -717,7 +971,8 @@ where
         offset: u64,
         whence: u32,
     ) -> io::Result<u64> {
-        self.inner.lseek(ctx, inode, handle, offset, whence)
+        self.inner
+            .lseek(&self.host_ctx(ctx), inode, handle, offset, whence)
     }
 
     fn getlk(
@@ -729,7 +984,8 @@ where
         lock: FileLock,
         flags: u32,
     ) -> io::Result<FileLock> {
-        self.inner.getlk(ctx, inode, handle, owner, lock, flags)
+        self.inner
+            .getlk(&self.host_ctx(ctx), inode, handle, owner, lock, flags)
     }
 
     fn setlk(
@@ -741,7 +997,8 @@ where
         lock: FileLock,
         flags: u32,
     ) -> io::Result<()> {
-        self.inner.setlk(ctx, inode, handle, owner, lock, flags)
+        self.inner
+            .setlk(&self.host_ctx(ctx), inode, handle, owner, lock, flags)
     }
 
     fn setlkw(
@@ -753,7 +1010,8 @@ where
         lock: FileLock,
         flags: u32,
     ) -> io::Result<()> {
-        self.inner.setlkw(ctx, inode, handle, owner, lock, flags)
+        self.inner
+            .setlkw(&self.host_ctx(ctx), inode, handle, owner, lock, flags)
     }
 
     fn ioctl(
@@ -766,8 +1024,15 @@ where
         data: IoctlData,
         out_size: u32,
     ) -> io::Result<IoctlData<'_>> {
-        self.inner
-            .ioctl(ctx, inode, handle, flags, cmd, data, out_size)
+        self.inner.ioctl(
+            &self.host_ctx(ctx),
+            inode,
+            handle,
+            flags,
+            cmd,
+            data,
+            out_size,
+        )
     }
 
     fn bmap(
@@ -777,7 +1042,8 @@ where
         block: u64,
         blocksize: u32,
     ) -> io::Result<u64> {
-        self.inner.bmap(ctx, inode, block, blocksize)
+        self.inner
+            .bmap(&self.host_ctx(ctx), inode, block, blocksize)
     }
 
     fn poll(
@@ -789,7 +1055,8 @@ where
         flags: u32,
         events: u32,
     ) -> io::Result<u32> {
-        self.inner.poll(ctx, inode, handle, khandle, flags, events)
+        self.inner
+            .poll(&self.host_ctx(ctx), inode, handle, khandle, flags, events)
     }
 
     fn notify_reply(&self) -> io::Result<()> {
@@ -935,7 +1202,7 @@ mod tests {
             announce_submounts: true,
             ..Default::default()
         };
-        let fs = ExportFs::new(backend(dir.path()), policy);
+        let fs = ExportFs::new(backend(dir.path()), policy.clone());
         let opts = fs.init(FsOptions::SUBMOUNTS).unwrap();
         assert!(opts.contains(FsOptions::SUBMOUNTS));
         let ctx = Context::default();
@@ -1124,5 +1391,254 @@ mod tests {
         assert!(dir.path().join("d").is_dir());
         assert!(!dir.path().join("new").exists());
         assert!(!dir.path().join("g").exists());
+    }
+
+    fn xattr_backend(dir: &std::path::Path) -> crate::passthrough::HostFs {
+        let opts = T::parse_from(["t", "--xattr"]).fs;
+        crate::passthrough::open(&opts, dir, None).unwrap()
+    }
+
+    /// An ACL in the kernel's xattr form: version 2, then (tag, perm, id) entries.
+    fn acl_xattr(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+        let mut v = 2u32.to_le_bytes().to_vec();
+        for &(tag, perm, id) in entries {
+            v.extend_from_slice(&tag.to_le_bytes());
+            v.extend_from_slice(&perm.to_le_bytes());
+            v.extend_from_slice(&id.to_le_bytes());
+        }
+        v
+    }
+
+    const USER_OBJ: u16 = 1;
+    const USER: u16 = 2;
+    const GROUP_OBJ: u16 = 4;
+    const MASK: u16 = 0x10;
+    const OTHER: u16 = 0x20;
+    const NO_ID: u32 = u32::MAX;
+
+    fn acl_policy(mode: AclMode) -> ExportPolicy {
+        ExportPolicy {
+            posix_acl: mode,
+            ..Default::default()
+        }
+    }
+
+    fn host_mode(path: &std::path::Path) -> u32 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).unwrap().mode() & 0o7777
+    }
+
+    #[test]
+    fn acl_options_are_negotiated_together_or_refused_as_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let capable = ACL_OPTIONS | FsOptions::BIG_WRITES;
+        let lacking = FsOptions::POSIX_ACL | FsOptions::DONT_MASK;
+        let always = ExportFs::new(xattr_backend(dir.path()), acl_policy(AclMode::Always));
+        assert!(always.init(capable).unwrap().contains(ACL_OPTIONS));
+        assert!(always.acl_on());
+        let err = always.init(lacking).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EPROTO));
+        let auto = ExportFs::new(xattr_backend(dir.path()), acl_policy(AclMode::Auto));
+        let opts = auto.init(lacking).unwrap();
+        assert!(!opts.intersects(ACL_OPTIONS), "{opts:?}");
+        assert!(!auto.acl_on());
+        assert!(auto.init(capable).unwrap().contains(ACL_OPTIONS));
+        let never = ExportFs::new(xattr_backend(dir.path()), acl_policy(AclMode::Never));
+        assert!(!never.init(capable).unwrap().intersects(ACL_OPTIONS));
+    }
+
+    #[test]
+    fn without_acls_the_acl_attributes_are_refused_and_others_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"x").unwrap();
+        let fs = ExportFs::new(xattr_backend(dir.path()), acl_policy(AclMode::Never));
+        fs.init(ACL_OPTIONS).unwrap();
+        let ctx = Context::default();
+        let f = fs.lookup(&ctx, ROOT_ID, c"f").unwrap().inode;
+        let acl = acl_xattr(&[
+            (USER_OBJ, 6, NO_ID),
+            (GROUP_OBJ, 4, NO_ID),
+            (OTHER, 4, NO_ID),
+        ]);
+        for name in [c"system.posix_acl_access", c"system.posix_acl_default"] {
+            let e = fs.setxattr(&ctx, f, name, &acl, 0).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::ENOTSUP), "{name:?}");
+            let e = fs.getxattr(&ctx, f, name, 100).err().unwrap();
+            assert_eq!(e.raw_os_error(), Some(libc::ENOTSUP), "{name:?}");
+            let e = fs.removexattr(&ctx, f, name).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::ENOTSUP), "{name:?}");
+        }
+        fs.setxattr(&ctx, f, c"user.k", b"v", 0).unwrap();
+    }
+
+    #[test]
+    fn with_acls_a_default_acl_replaces_the_umask_and_kill_sgid_clears_setgid() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("inherit")).unwrap();
+        std::fs::create_dir(dir.path().join("plain")).unwrap();
+        let fs = ExportFs::new(xattr_backend(dir.path()), acl_policy(AclMode::Always));
+        fs.init(ACL_OPTIONS).unwrap();
+        let ctx = Context::default();
+        let inherit = fs.lookup(&ctx, ROOT_ID, c"inherit").unwrap().inode;
+        let plain = fs.lookup(&ctx, ROOT_ID, c"plain").unwrap().inode;
+        let default_acl = acl_xattr(&[
+            (USER_OBJ, 7, NO_ID),
+            (USER, 6, 1234),
+            (GROUP_OBJ, 5, NO_ID),
+            (MASK, 7, NO_ID),
+            (OTHER, 5, NO_ID),
+        ]);
+        fs.setxattr(&ctx, inherit, c"system.posix_acl_default", &default_acl, 0)
+            .unwrap();
+
+        // DONT_MASK: the guest sends mode 0666 and its umask 022 apart.
+        let args = CreateIn {
+            flags: libc::O_RDWR as u32,
+            mode: libc::S_IFREG | 0o666,
+            umask: 0o022,
+            fuse_flags: 0,
+        };
+        fs.create(&ctx, plain, c"f", args).unwrap();
+        assert_eq!(host_mode(&dir.path().join("plain/f")), 0o644);
+        fs.create(&ctx, inherit, c"f", args).unwrap();
+        // The ACL's mask (rw- after the mode) is the group bits; the umask is not applied.
+        assert_eq!(host_mode(&dir.path().join("inherit/f")), 0o664);
+        let got = fs
+            .getxattr(&ctx, inherit, c"system.posix_acl_default", 4096)
+            .unwrap();
+        assert!(matches!(got, GetxattrReply::Value(v) if v == default_acl));
+        fs.mkdir(&ctx, plain, c"d", 0o777, 0o027).unwrap();
+        assert_eq!(host_mode(&dir.path().join("plain/d")), 0o750);
+        fs.mkdir(&ctx, inherit, c"d", 0o777, 0o027).unwrap();
+        assert_eq!(host_mode(&dir.path().join("inherit/d")), 0o775);
+
+        // Setting an access ACL with SETXATTR_ACL_KILL_SGID clears setgid; without, it stays.
+        let access = acl_xattr(&[
+            (USER_OBJ, 6, NO_ID),
+            (USER, 6, 1234),
+            (GROUP_OBJ, 4, NO_ID),
+            (MASK, 6, NO_ID),
+            (OTHER, 4, NO_ID),
+        ]);
+        for (name, flags, kept) in [("keep", 0, true), ("kill", SETXATTR_ACL_KILL_SGID, false)] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, b"x").unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o2674)).unwrap();
+            let cname = CString::new(name).unwrap();
+            let f = fs.lookup(&ctx, ROOT_ID, &cname).unwrap().inode;
+            fs.setxattr_ext(&ctx, f, c"system.posix_acl_access", &access, 0, flags)
+                .unwrap();
+            let mode = host_mode(&path);
+            assert_eq!(mode & libc::S_ISGID != 0, kept, "{name}: {mode:o}");
+            // The group bits are the ACL's mask either way.
+            assert_eq!(mode & 0o070, 0o060, "{name}: {mode:o}");
+        }
+    }
+
+    fn id_policy(uid: &[&str], gid: &[&str]) -> ExportPolicy {
+        let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        ExportPolicy {
+            ids: IdMaps {
+                uid: crate::id_map::IdTranslation::from_flags(&owned(uid), &[]).unwrap(),
+                gid: crate::id_map::IdTranslation::from_flags(&owned(gid), &[]).unwrap(),
+            },
+            ..Default::default()
+        }
+    }
+
+    fn host_owner(path: &std::path::Path) -> (u32, u32) {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(path).unwrap();
+        (m.uid(), m.gid())
+    }
+
+    #[test]
+    fn ids_are_translated_in_credentials_chown_and_every_reply() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::write(dir.path().join("hostfile"), b"x").unwrap();
+        std::os::unix::fs::chown(dir.path().join("hostfile"), Some(1005), Some(2007)).unwrap();
+        let policy = id_policy(&["map:0:1000:10", "forbid-guest:50:1"], &["map:0:2000:10"]);
+        let fs = ExportFs::new(backend(dir.path()), policy);
+        fs.init(FsOptions::DO_READDIRPLUS).unwrap();
+        let root = Context {
+            uid: 0,
+            gid: 0,
+            pid: 1,
+        };
+
+        let hostfile = fs.lookup(&root, ROOT_ID, c"hostfile").unwrap();
+        assert_eq!((hostfile.attr.st_uid, hostfile.attr.st_gid), (5, 7));
+        let (attr, _) = fs.getattr(&root, hostfile.inode, None).unwrap();
+        assert_eq!((attr.st_uid, attr.st_gid), (5, 7));
+
+        let (entry, ..) = fs
+            .create(&root, ROOT_ID, c"new", create_args(libc::O_RDWR))
+            .unwrap();
+        assert_eq!(host_owner(&dir.path().join("new")), (1000, 2000));
+        assert_eq!((entry.attr.st_uid, entry.attr.st_gid), (0, 0));
+        let d = fs.mkdir(&root, ROOT_ID, c"d", 0o755, 0).unwrap();
+        assert_eq!(host_owner(&dir.path().join("d")), (1000, 2000));
+        assert_eq!((d.attr.st_uid, d.attr.st_gid), (0, 0));
+        let s = fs.symlink(&root, c"new", ROOT_ID, c"s").unwrap();
+        assert_eq!(host_owner(&dir.path().join("s")), (1000, 2000));
+        assert_eq!(s.attr.st_uid, 0);
+        let n = fs
+            .mknod(&root, ROOT_ID, c"fifo", libc::S_IFIFO | 0o600, 0, 0)
+            .unwrap();
+        assert_eq!(host_owner(&dir.path().join("fifo")), (1000, 2000));
+        assert_eq!(n.attr.st_gid, 0);
+        let l = fs.link(&root, hostfile.inode, ROOT_ID, c"hard").unwrap();
+        assert_eq!((l.attr.st_uid, l.attr.st_gid), (5, 7));
+
+        // chown to guest 3:4 is host 1003:2004, shown back as 3:4.
+        // SAFETY: stat64 is plain old data; all-zero is a valid value.
+        let mut attr: stat64 = unsafe { std::mem::zeroed() };
+        attr.st_uid = 3;
+        attr.st_gid = 4;
+        let (got, _) = fs
+            .setattr(
+                &root,
+                entry.inode,
+                attr,
+                None,
+                SetattrValid::UID | SetattrValid::GID,
+            )
+            .unwrap();
+        assert_eq!(host_owner(&dir.path().join("new")), (1003, 2004));
+        assert_eq!((got.st_uid, got.st_gid), (3, 4));
+        // A forbidden guest ID can neither be given a file nor create one.
+        attr.st_uid = 50;
+        let e = fs
+            .setattr(&root, entry.inode, attr, None, SetattrValid::UID)
+            .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+        assert_eq!(host_owner(&dir.path().join("new")), (1003, 2004));
+        let forbidden = Context { uid: 50, ..root };
+        let e = fs.mkdir(&forbidden, ROOT_ID, c"no", 0o755, 0).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+        assert!(!dir.path().join("no").exists());
+
+        // READDIRPLUS entries carry guest IDs too.
+        let (h, _) = fs.opendir(&root, ROOT_ID, 0).unwrap();
+        let mut seen = HashMap::new();
+        fs.readdirplus(
+            &root,
+            ROOT_ID,
+            h.unwrap(),
+            65536,
+            0,
+            &mut |dirent, entry| {
+                let name = String::from_utf8_lossy(dirent.name).into_owned();
+                seen.insert(name, (entry.attr.st_uid, entry.attr.st_gid));
+                Ok(1)
+            },
+        )
+        .unwrap();
+        assert_eq!(seen.get("hostfile"), Some(&(5, 7)), "{seen:?}");
+        assert_eq!(seen.get("new"), Some(&(3, 4)), "{seen:?}");
+        assert_eq!(seen.get("d"), Some(&(0, 0)), "{seen:?}");
     }
 }

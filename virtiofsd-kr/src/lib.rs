@@ -13,6 +13,7 @@ pub mod docker_plugin;
 pub mod export;
 pub mod fusedev;
 pub mod guard;
+pub mod id_map;
 pub mod local_fs;
 pub mod logging;
 pub mod passthrough;

@@ -1722,6 +1722,43 @@ fn disconnect_before_any_request_exits_zero() {
 }
 
 #[test]
+fn sanitizer_harness_recognises_reports_and_checks_leaks_only_where_they_can_run() {
+    use common::{asan_options, sanitizer_report, LeakCheck};
+    let report = "INFO frontend connected\n\
+                  ==1108==ERROR: AddressSanitizer: heap-use-after-free on address 0x7ba0\n\
+                  SUMMARY: AddressSanitizer: heap-use-after-free\n";
+    assert_eq!(
+        sanitizer_report(report),
+        Some("==1108==ERROR: AddressSanitizer: heap-use-after-free on address 0x7ba0")
+    );
+    assert!(sanitizer_report("==7==ERROR: LeakSanitizer: detected memory leaks").is_some());
+    assert!(sanitizer_report("thread 'vfs-q1' panicked at src/device.rs:1:1").is_some());
+    assert_eq!(
+        sanitizer_report("INFO frontend disconnected, exiting\n"),
+        None
+    );
+
+    let unconfined = asan_options(
+        &["--sandbox", "none", "--seccomp", "none"],
+        LeakCheck::WhereItRuns,
+    );
+    assert!(unconfined.ends_with("exitcode=86:halt_on_error=1:abort_on_error=0:allocator_may_return_null=0:detect_leaks=1:symbolize=1"), "{unconfined}");
+    for confined in [
+        &["--sandbox", "namespace", "--seccomp", "none"][..],
+        &["--sandbox", "none", "--seccomp", "kill"],
+        &["--sandbox=none"],
+    ] {
+        let opts = asan_options(confined, LeakCheck::WhereItRuns);
+        assert!(
+            opts.ends_with("detect_leaks=0:symbolize=0"),
+            "{confined:?}: {opts}"
+        );
+    }
+    let stuck = asan_options(&["--sandbox", "none", "--seccomp=log"], LeakCheck::Off);
+    assert!(stuck.ends_with("detect_leaks=0:symbolize=1"), "{stuck}");
+}
+
+#[test]
 fn raw_header_helpers_agree_with_the_abi() {
     // Guards the helpers the tests above rely on.
     assert_eq!(IN_HEADER_LEN, std::mem::size_of::<InHeader>());

@@ -479,7 +479,7 @@ impl Drop for StoppableMount {
 #[test]
 fn the_daemon_exits_when_the_vmm_leaves_while_a_request_is_stuck_in_the_host() {
     let mount = StoppableMount::new();
-    let mut daemon = Daemon::start_sharing_dir(
+    let mut daemon = Daemon::start_sharing_dir_stuck(
         mount.mountpoint.path(),
         &["--sandbox", "none", "--seccomp", "none"],
         &["--cache", "never", "--inode-file-handles", "never"],

@@ -33,6 +33,14 @@ const USAGE: &str = "usage: vmtest-helper CMD ARGS
   unlink PATH | rmdir PATH | mkdir PATH | rename FROM TO | link FROM TO | symlink TARGET PATH
   truncate PATH LEN | chmod PATH OCTAL | setxattr PATH NAME VALUE | open-write PATH |
   create PATH                  one system call (open-write: O_WRONLY; create: O_CREAT|O_WRONLY)
+  mkfile PATH OCTAL            open O_CREAT|O_EXCL with that mode (the umask applies)
+  read PATH                    print the file's contents
+  as UID GID UMASK CMD ARGS    run CMD with those credentials (no supplementary groups) and
+                               that umask
+  setacl PATH access|default SPEC
+                               set a POSIX ACL through its xattr; SPEC is comma-separated
+                               u::rwx, u:ID:rw-, g::r-x, g:ID:..., m::..., o::...
+  getacl PATH access|default   print the ACL in the same form (ERR:ENODATA when none)
   utimens PATH ATIME MTIME     utimensat; each time is seconds (64-bit), now or omit
   times PATH                   print atime mtime ctime (seconds, 64-bit)
   create0-ftruncate FILE LEN UID
@@ -504,9 +512,154 @@ fn create0_ftruncate(path: &str, len: u64, uid: u32) -> Res<String> {
     Ok(st.st_size.to_string())
 }
 
+const ACL_TAGS: [(&str, u16); 6] = [
+    ("u", 0x01),
+    ("U", 0x02),
+    ("g", 0x04),
+    ("G", 0x08),
+    ("m", 0x10),
+    ("o", 0x20),
+];
+
+fn acl_xattr_name(which: &str) -> Res<CString> {
+    match which {
+        "access" => Ok(CString::from(c"system.posix_acl_access")),
+        "default" => Ok(CString::from(c"system.posix_acl_default")),
+        _ => Err(Failure::Usage("ACL kind: access or default".into())),
+    }
+}
+
+/// `u::rw-,u:1234:rw-,...` to the kernel's xattr form: version 2, then (tag, perm, id).
+fn acl_encode(spec: &str) -> Res<Vec<u8>> {
+    let bad = |m: &str| Failure::Usage(format!("ACL entry: {m}"));
+    let mut out = 2u32.to_le_bytes().to_vec();
+    for entry in spec.split(',') {
+        let parts: Vec<&str> = entry.split(':').collect();
+        let [kind, id, perm] = parts[..] else {
+            return Err(bad(entry));
+        };
+        let named = !id.is_empty();
+        let tag: u16 = match (kind, named) {
+            ("u", false) => 0x01,
+            ("u", true) => 0x02,
+            ("g", false) => 0x04,
+            ("g", true) => 0x08,
+            ("m", false) => 0x10,
+            ("o", false) => 0x20,
+            _ => return Err(bad(entry)),
+        };
+        let id: u32 = if named {
+            id.parse().map_err(|_| bad(entry))?
+        } else {
+            u32::MAX
+        };
+        let mut p = 0u16;
+        for (c, bit) in perm.chars().zip([4u16, 2, 1]) {
+            if c != '-' {
+                p |= bit;
+            }
+        }
+        out.extend_from_slice(&tag.to_le_bytes());
+        out.extend_from_slice(&p.to_le_bytes());
+        out.extend_from_slice(&id.to_le_bytes());
+    }
+    Ok(out)
+}
+
+fn acl_decode(value: &[u8]) -> String {
+    let mut entries = Vec::new();
+    for e in value.get(4..).unwrap_or_default().chunks_exact(8) {
+        let tag = u16::from_le_bytes([e[0], e[1]]);
+        let perm = u16::from_le_bytes([e[2], e[3]]);
+        let id = u32::from_le_bytes([e[4], e[5], e[6], e[7]]);
+        let kind = ACL_TAGS
+            .iter()
+            .find(|(_, t)| *t == tag)
+            .map(|(k, _)| k.to_ascii_lowercase())
+            .unwrap_or_else(|| "?".into());
+        let id = if matches!(tag, 0x02 | 0x08) {
+            id.to_string()
+        } else {
+            String::new()
+        };
+        let rwx: String = [(4, 'r'), (2, 'w'), (1, 'x')]
+            .iter()
+            .map(|&(b, c)| if perm & b != 0 { c } else { '-' })
+            .collect();
+        entries.push(format!("{kind}:{id}:{rwx}"));
+    }
+    entries.join(",")
+}
+
 fn run(args: &[String]) -> Res<String> {
     let cmd = arg(args, 0, "command")?;
     match cmd {
+        "as" => {
+            let uid = num(args, 1, "uid")? as libc::uid_t;
+            let gid = num(args, 2, "gid")? as libc::gid_t;
+            let umask = u32::from_str_radix(arg(args, 3, "umask")?, 8)
+                .map_err(|_| Failure::Usage("umask: not octal".into()))?;
+            // SAFETY: plain credential changes of this single-threaded process.
+            cvt(unsafe { libc::setgroups(0, std::ptr::null()) })?;
+            // SAFETY: as above.
+            cvt(unsafe { libc::setgid(gid) })?;
+            // SAFETY: as above.
+            cvt(unsafe { libc::setuid(uid) })?;
+            // SAFETY: sets this process's umask; no memory involved.
+            unsafe { libc::umask(umask as libc::mode_t) };
+            run(&args[4.min(args.len())..])
+        }
+        "mkfile" => {
+            let p = cpath(arg(args, 1, "path")?)?;
+            let mode = u32::from_str_radix(arg(args, 2, "mode")?, 8)
+                .map_err(|_| Failure::Usage("mode: not octal".into()))?;
+            // SAFETY: a valid NUL-terminated path.
+            let fd = cvt(unsafe {
+                libc::open(
+                    p.as_ptr(),
+                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
+                    mode,
+                )
+            })?;
+            // SAFETY: `fd` was just opened here.
+            unsafe { libc::close(fd) };
+            Ok("ok".into())
+        }
+        "read" => Ok(String::from_utf8_lossy(&std::fs::read(arg(args, 1, "path")?)?).into_owned()),
+        "setacl" => {
+            let p = cpath(arg(args, 1, "path")?)?;
+            let name = acl_xattr_name(arg(args, 2, "kind")?)?;
+            let value = acl_encode(arg(args, 3, "spec")?)?;
+            // SAFETY: NUL-terminated path and name; `value` is readable for its length.
+            cvt(unsafe {
+                libc::setxattr(
+                    p.as_ptr(),
+                    name.as_ptr(),
+                    value.as_ptr().cast(),
+                    value.len(),
+                    0,
+                )
+            })?;
+            Ok("ok".into())
+        }
+        "getacl" => {
+            let p = cpath(arg(args, 1, "path")?)?;
+            let name = acl_xattr_name(arg(args, 2, "kind")?)?;
+            let mut buf = vec![0u8; 4096];
+            // SAFETY: NUL-terminated path and name; `buf` is writable for its length.
+            let n = unsafe {
+                libc::getxattr(
+                    p.as_ptr(),
+                    name.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            };
+            if n < 0 {
+                return Err(Error::last_os_error().into());
+            }
+            Ok(acl_decode(&buf[..n as usize]))
+        }
         "utimens" => {
             let p = cpath(arg(args, 1, "path")?)?;
             let times = [utime_arg(args, 2, "atime")?, utime_arg(args, 3, "mtime")?];

@@ -63,10 +63,12 @@ fn patterns() -> String {
     std::env::var("PJDFSTEST_PATTERNS").unwrap_or_else(|_| GROUPS.join(" "))
 }
 
-/// The suite's configuration in the guest: the optional features both backends have, and a
-/// nap longer than the guest's timestamp granularity (nanoseconds on both backends).
+/// The suite's configuration in the guest: the optional features both backends have (rename
+/// updates ctime on both), and a nap longer than the guest's timestamp granularity
+/// (nanoseconds on both backends).
 const CONFIG: &str = r#"[features]
 posix_fallocate = {}
+rename_ctime = {}
 utime_now = {}
 utimensat = {}
 

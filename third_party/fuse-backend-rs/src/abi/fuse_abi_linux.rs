@@ -200,6 +200,9 @@ const SUBMOUNTS: u64 = 0x800_0000;
 // Filesystem responsible for clearing security.capability xattr and setuid/setgid bits.
 const HANDLE_KILLPRIV_V2: u64 = 0x1000_0000;
 
+// virtiofsd-kr patch: SETXATTR carries fuse_setxattr_in's extended form (FUSE 7.33).
+const SETXATTR_EXT: u64 = 0x2000_0000;
+
 // This flag indicates whether the fuse_init_in is extended
 const INIT_EXT: u64 = 0x4000_0000;
 
@@ -464,6 +467,10 @@ bitflags! {
 
         /// The fuse_init_in is extended.
         const INIT_EXT = INIT_EXT;
+
+        /// virtiofsd-kr patch: SETXATTR requests carry `setxattr_flags`
+        /// ([`SetxattrInExt`]), among them `SETXATTR_ACL_KILL_SGID`.
+        const SETXATTR_EXT = SETXATTR_EXT;
 
         /// Indicates whether the guest kernel enable per-file dax
         ///
@@ -1019,6 +1026,21 @@ pub struct SetxattrIn {
     pub flags: u32,
 }
 unsafe impl ByteValued for SetxattrIn {}
+
+/// virtiofsd-kr patch: the second half of `fuse_setxattr_in` when `SETXATTR_EXT` was
+/// negotiated.
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct SetxattrInExt {
+    pub setxattr_flags: u32,
+    pub padding: u32,
+}
+unsafe impl ByteValued for SetxattrInExt {}
+
+/// virtiofsd-kr patch: in `SetxattrInExt::setxattr_flags`, clear the file's setgid bit when
+/// setting `system.posix_acl_access` (the caller is not in the file's group and lacks
+/// CAP_FSETID, as the guest kernel judged).
+pub const SETXATTR_ACL_KILL_SGID: u32 = 1;
 
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]

@@ -465,7 +465,6 @@ impl<S: BitmapSlice + Send + Sync> FileSystem for PassthroughFs<S> {
         // CAP_DAC_READ_SEARCH, which a non-zero effective uid clears, so upstream's MKDIR by
         // a non-root guest user failed EPERM on a parent referenced by handle.
         let file = data.get_file()?;
-
         let res = {
             let (_uid, _gid) = set_creds(ctx.uid, ctx.gid)?;
 
@@ -1045,7 +1044,6 @@ impl<S: BitmapSlice + Send + Sync> FileSystem for PassthroughFs<S> {
         let data = self.inode_map.get(parent)?;
         // virtiofsd-kr patch: opened before the guest's credentials are taken, as in MKDIR.
         let file = data.get_file()?;
-
         let res = {
             let (_uid, _gid) = set_creds(ctx.uid, ctx.gid)?;
 

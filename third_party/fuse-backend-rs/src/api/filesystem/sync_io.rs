@@ -551,6 +551,22 @@ pub trait FileSystem {
         Err(io::Error::from_raw_os_error(libc::ENOSYS))
     }
 
+    /// virtiofsd-kr patch: SETXATTR with the `setxattr_flags` of `SETXATTR_EXT`
+    /// (`SETXATTR_ACL_KILL_SGID`); 0 when that was not negotiated. By default the flags are
+    /// ignored and `setxattr` is called.
+    fn setxattr_ext(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        name: &CStr,
+        value: &[u8],
+        flags: u32,
+        setxattr_flags: u32,
+    ) -> io::Result<()> {
+        let _ = setxattr_flags;
+        self.setxattr(ctx, inode, name, value, flags)
+    }
+
     /// Get an extended attribute.
     ///
     /// If `size` is 0, then the file system should respond with `GetxattrReply::Count` and the
@@ -1140,6 +1156,19 @@ impl<FS: FileSystem> FileSystem for Arc<FS> {
         flags: u32,
     ) -> io::Result<()> {
         self.deref().setxattr(ctx, inode, name, value, flags)
+    }
+
+    fn setxattr_ext(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        name: &CStr,
+        value: &[u8],
+        flags: u32,
+        setxattr_flags: u32,
+    ) -> io::Result<()> {
+        self.deref()
+            .setxattr_ext(ctx, inode, name, value, flags, setxattr_flags)
     }
 
     fn getxattr(

@@ -61,6 +61,7 @@ impl<F: FileSystem + Sync> Server<F> {
             vers: ArcSwap::new(Arc::new(ServerVersion {
                 major: KERNEL_VERSION,
                 minor: KERNEL_MINOR_VERSION,
+                setxattr_ext: false,
             })),
         }
     }
@@ -116,6 +117,8 @@ impl<S: BitmapSlice> io::Write for ZcWriter<'_, S> {
 struct ServerVersion {
     major: u32,
     minor: u32,
+    /// virtiofsd-kr patch: SETXATTR_EXT was negotiated at INIT.
+    setxattr_ext: bool,
 }
 
 struct ServerUtil();

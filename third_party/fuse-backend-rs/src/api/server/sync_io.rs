@@ -608,8 +608,18 @@ impl<F: FileSystem + Sync> Server<F> {
 
     pub(super) fn setxattr<S: BitmapSlice>(&self, mut ctx: SrvContext<'_, F, S>) -> Result<usize> {
         let SetxattrIn { size, flags } = ctx.r.read_obj().map_err(Error::DecodeMessage)?;
-        let buf =
-            ServerUtil::get_message_body(&mut ctx.r, &ctx.in_header, size_of::<SetxattrIn>())?;
+        // virtiofsd-kr patch: with SETXATTR_EXT the header has a second half.
+        let (setxattr_flags, header_size) = if self.vers.load().setxattr_ext {
+            let SetxattrInExt { setxattr_flags, .. } =
+                ctx.r.read_obj().map_err(Error::DecodeMessage)?;
+            (
+                setxattr_flags,
+                size_of::<SetxattrIn>() + size_of::<SetxattrInExt>(),
+            )
+        } else {
+            (0, size_of::<SetxattrIn>())
+        };
+        let buf = ServerUtil::get_message_body(&mut ctx.r, &ctx.in_header, header_size)?;
 
         // The name and value and encoded one after another and separated by a '\0' character.
         let split_pos = buf
@@ -630,7 +640,14 @@ impl<F: FileSystem + Sync> Server<F> {
 
         match self
             .fs
-            .setxattr(ctx.context(), ctx.nodeid(), name, value, flags)
+            .setxattr_ext(
+                ctx.context(),
+                ctx.nodeid(),
+                name,
+                value,
+                flags,
+                setxattr_flags,
+            )
         {
             Ok(()) => ctx.reply_ok(None::<u8>, None),
             Err(e) => ctx.reply_error(e),
@@ -778,7 +795,11 @@ impl<F: FileSystem + Sync> Server<F> {
                     out.max_pages = MAX_REQ_PAGES;
                     out.max_write = MAX_REQ_PAGES as u32 * pagesize() as u32; // 1MB
                 }
-                let vers = ServerVersion { major, minor };
+                let vers = ServerVersion {
+                    major,
+                    minor,
+                    setxattr_ext: enabled.contains(FsOptions::SETXATTR_EXT),
+                };
                 self.vers.store(Arc::new(vers));
                 if minor < KERNEL_MINOR_VERSION_INIT_OUT_SIZE {
                     ctx.reply_ok(

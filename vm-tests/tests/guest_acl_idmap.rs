@@ -1,0 +1,183 @@
+//! POSIX ACLs (`--posix-acl`) and guest/host ID translation (`--translate-uid/-gid`) seen
+//! from a real guest: ACLs set and read back with the guest kernel enforcing them for other
+//! UIDs, a default ACL inherited (and replacing the umask), chmod keeping the ACL mask in step,
+//! setgid cleared when a non-member sets an ACL; and, in a second guest without
+//! `--posix-acl`, ACLs refused as before, files created by guest root owned on the host by the
+//! mapped IDs, host owners shown as guest IDs, and chown translated.
+
+mod common;
+
+use std::ffi::CString;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use common::posix_suite::assert_no_failed_checks;
+use vm_tests::workload::{script, temp_share, HELPER};
+use vm_tests::{CacheMode, VmBuilder};
+
+fn helper() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_vmtest-helper"))
+}
+
+/// The host's `system.posix_acl_access` of `path` as (tag, perm, id) entries.
+fn host_acl(path: &Path) -> Vec<(u16, u16, u32)> {
+    let p = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: NUL-terminated path and name; `buf` is writable for its length.
+    let n = unsafe {
+        libc::getxattr(
+            p.as_ptr(),
+            c"system.posix_acl_access".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    assert!(
+        n > 4,
+        "{}: no access ACL on the host ({})",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+    buf[4..n as usize]
+        .chunks_exact(8)
+        .map(|e| {
+            (
+                u16::from_le_bytes([e[0], e[1]]),
+                u16::from_le_bytes([e[2], e[3]]),
+                u32::from_le_bytes([e[4], e[5], e[6], e[7]]),
+            )
+        })
+        .collect()
+}
+
+const ACL_BODY: &str = r#"
+H=/bin/vmtest-helper
+D=/data
+# A file only its owner may write; setacl grants uid 1234, and only 1234.
+check mkfile_g ok "$($H as 0 0 077 mkfile $D/g 666)"
+check before_acl ERR:EACCES "$($H as 1234 1234 022 open-write $D/g)"
+check setacl_g ok "$($H setacl $D/g access u::rw-,u:1234:rw-,g::---,m::rw-,o::---)"
+check getacl_g "u::rw-,u:1234:rw-,g::---,m::rw-,o::---" "$($H getacl $D/g access)"
+check acl_granted ok "$($H as 1234 1234 022 open-write $D/g)"
+check acl_other_denied ERR:EACCES "$($H as 1235 1235 022 open-write $D/g)"
+check acl_group_bits_are_mask 660 "$(stat -c %a $D/g)"
+# chmod changes the mask, and the named user loses write
+chmod 640 $D/g
+check chmod_mask "u::rw-,u:1234:rw-,g::---,m::r--,o::---" "$($H getacl $D/g access)"
+check chmod_masked ERR:EACCES "$($H as 1234 1234 022 open-write $D/g)"
+check chmod_read_ok "" "$($H as 1234 1234 022 read $D/g)"
+# A default ACL is inherited by new files and directories and replaces the umask.
+mkdir $D/inh $D/plain
+check setdefault ok "$($H setacl $D/inh default u::rwx,u:1234:rw-,g::r-x,m::rwx,o::r-x)"
+check getdefault "u::rwx,u:1234:rw-,g::r-x,m::rwx,o::r-x" "$($H getacl $D/inh default)"
+check mkfile_inh ok "$($H as 0 0 022 mkfile $D/inh/f 666)"
+check mkfile_plain ok "$($H as 0 0 022 mkfile $D/plain/f 666)"
+check inh_mode 664 "$(stat -c %a $D/inh/f)"
+check plain_mode 644 "$(stat -c %a $D/plain/f)"
+check inh_acl "u::rw-,u:1234:rw-,g::r-x,m::rw-,o::r--" "$($H getacl $D/inh/f access)"
+check plain_no_acl ERR:ENODATA "$($H getacl $D/plain/f access)"
+check inh_user_write ok "$($H as 1234 1234 022 open-write $D/inh/f)"
+check plain_user_write ERR:EACCES "$($H as 1234 1234 022 open-write $D/plain/f)"
+mkdir $D/inh/sub
+check inh_dir_default "u::rwx,u:1234:rw-,g::r-x,m::rwx,o::r-x" "$($H getacl $D/inh/sub default)"
+# The owner, not in the file's group, sets an ACL: setgid is cleared (SETXATTR_ACL_KILL_SGID).
+$H mkfile $D/s 600 >/dev/null; chown 1234:5000 $D/s; chmod 2770 $D/s
+check sgid_before 2770 "$(stat -c %a $D/s)"
+check sgid_setacl ok "$($H as 1234 1234 022 setacl $D/s access u::rwx,u:99:r--,g::rwx,m::rwx,o::---)"
+check sgid_cleared 770 "$(stat -c %a $D/s)"
+# A member of the group keeps it.
+$H mkfile $D/k 600 >/dev/null; chown 1234:1234 $D/k; chmod 2770 $D/k
+check sgid_member_setacl ok "$($H as 1234 1234 022 setacl $D/k access u::rwx,u:99:r--,g::rwx,m::rwx,o::---)"
+check sgid_member_kept 2770 "$(stat -c %a $D/k)"
+r acl_done ok
+"#;
+
+#[test]
+fn posix_acls_are_kept_enforced_and_inherited() {
+    let share = temp_share();
+    let out = VmBuilder::new()
+        .name("posix-acl")
+        .share(share.path())
+        .cache(CacheMode::Auto)
+        .daemon_arg("--posix-acl")
+        .program(helper(), HELPER)
+        .unwrap()
+        .workload(&script(ACL_BODY))
+        .run()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_no_failed_checks(&out);
+    out.assert_ok();
+    out.expect("acl_done", "ok");
+
+    // The ACLs live on the host as ACLs, with the guest's IDs.
+    let g = host_acl(&share.path().join("g"));
+    assert!(g.contains(&(0x02, 6, 1234)), "{g:?}");
+    assert!(g.contains(&(0x10, 4, u32::MAX)), "mask after chmod: {g:?}");
+    let f = host_acl(&share.path().join("inh/f"));
+    assert!(f.contains(&(0x02, 6, 1234)), "{f:?}");
+    let mode = |p: &str| std::fs::metadata(share.path().join(p)).unwrap().mode() & 0o7777;
+    assert_eq!(mode("inh/f"), 0o664);
+    assert_eq!(mode("plain/f"), 0o644);
+    assert_eq!(mode("s"), 0o770);
+}
+
+const IDMAP_BODY: &str = r#"
+H=/bin/vmtest-helper
+D=/data
+check share_owner "0:0" "$(stat -c %u:%g $D)"
+check host_owner "5:7" "$(stat -c %u:%g $D/hostfile)"
+check host_root_squashed "65534:0" "$(stat -c %u:%g $D/rootfile)"
+check listed_owner "5 7" "$(ls -ln $D | awk '$NF == "hostfile" {print $3, $4}')"
+echo mine > $D/mine; check create 0 "$?"
+check mine_owner "0:0" "$(stat -c %u:%g $D/mine)"
+mkdir $D/d; check mkdir 0 "$?"
+ln -s mine $D/sl; check symlink 0 "$?"
+chown 3:4 $D/d; check chown 0 "$?"
+check chown_owner "3:4" "$(stat -c %u:%g $D/d)"
+check user_mkfile ok "$($H as 3 4 022 mkfile $D/d/byuser 644)"
+check user_owner "3:4" "$(stat -c %u:%g $D/d/byuser)"
+# Without --posix-acl, ACLs are refused as before; other attributes pass.
+check no_acl ERR:EOPNOTSUPP "$($H setacl $D/mine access u::rw-,u:1234:rw-,g::r--,m::rw-,o::r--)"
+check user_xattr ok "$($H setxattr $D/mine user.k v)"
+r idmap_done ok
+"#;
+
+#[test]
+fn translated_ids_own_guest_files_on_the_host_and_show_host_owners_as_guest_ids() {
+    use std::os::unix::fs::{chown, PermissionsExt};
+    let share = temp_share();
+    let dir = share.path();
+    chown(dir, Some(1000), Some(2000)).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(dir.join("hostfile"), b"h").unwrap();
+    chown(dir.join("hostfile"), Some(1005), Some(2007)).unwrap();
+    std::fs::write(dir.join("rootfile"), b"r").unwrap();
+    chown(dir.join("rootfile"), Some(0), Some(0)).unwrap();
+
+    let out = VmBuilder::new()
+        .name("idmap")
+        .share(dir)
+        .cache(CacheMode::Auto)
+        .xattr(true)
+        .daemon_arg("--translate-uid=map:0:1000:100")
+        .daemon_arg("--translate-uid=squash-host:0:65534:1")
+        .daemon_arg("--translate-gid=map:0:2000:100")
+        .program(helper(), HELPER)
+        .unwrap()
+        .workload(&script(IDMAP_BODY))
+        .run()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_no_failed_checks(&out);
+    out.assert_ok();
+    out.expect("idmap_done", "ok");
+
+    let owner = |p: &str| {
+        let m = std::fs::symlink_metadata(dir.join(p)).unwrap();
+        (m.uid(), m.gid())
+    };
+    assert_eq!(owner("mine"), (1000, 2000));
+    assert_eq!(owner("sl"), (1000, 2000));
+    assert_eq!(owner("d"), (1003, 2004));
+    assert_eq!(owner("d/byuser"), (1003, 2004));
+    assert_eq!(owner("hostfile"), (1005, 2007));
+}
