@@ -410,6 +410,18 @@ fn refused(r: crate::id_map::Refused) -> io::Error {
     io::Error::from_raw_os_error(r.0)
 }
 
+/// A NUL-separated attribute name list without the ACL names.
+fn without_acl_names(list: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(list.len());
+    for name in list.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        if !matches!(name, ACL_ACCESS | ACL_DEFAULT) {
+            out.extend_from_slice(name);
+            out.push(0);
+        }
+    }
+    out
+}
+
 fn is_acl_name(name: &CStr) -> bool {
     matches!(name.to_bytes(), ACL_ACCESS | ACL_DEFAULT)
 }
@@ -836,8 +848,34 @@ where
         inode: Self::Inode,
         size: u32,
     ) -> io::Result<ListxattrReply> {
-        self.inner
-            .listxattr(&self.host_ctx(ctx), inode, size.min(XATTR_SIZE_MAX))
+        let ctx = &self.host_ctx(ctx);
+        let size = size.min(XATTR_SIZE_MAX);
+        let reply = self.inner.listxattr(ctx, inode, size);
+        if self.acl_on() {
+            return reply;
+        }
+        // Without ACLs their attributes are not listed either (as the reference virtiofsd):
+        // a guest would list a name it then cannot read.
+        let all_names = |n: u32| match self.inner.listxattr(ctx, inode, n)? {
+            ListxattrReply::Names(v) => Ok(without_acl_names(&v)),
+            ListxattrReply::Count(_) => Err(io::Error::from_raw_os_error(libc::EIO)),
+        };
+        match reply {
+            Ok(ListxattrReply::Names(v)) => Ok(ListxattrReply::Names(without_acl_names(&v))),
+            Ok(ListxattrReply::Count(0)) => Ok(ListxattrReply::Count(0)),
+            Ok(ListxattrReply::Count(n)) => Ok(ListxattrReply::Count(
+                all_names(n.min(XATTR_SIZE_MAX))?.len() as u32,
+            )),
+            // The list may fit once the ACL names are left out.
+            Err(e) if size > 0 && e.raw_os_error() == Some(libc::ERANGE) => {
+                let names = all_names(XATTR_SIZE_MAX)?;
+                if names.len() > size as usize {
+                    return Err(e);
+                }
+                Ok(ListxattrReply::Names(names))
+            }
+            other => other,
+        }
     }
 
     fn removexattr(&self, ctx: &Context, inode: Self::Inode, name: &CStr) -> io::Result<()> {
@@ -1469,6 +1507,49 @@ mod tests {
             assert_eq!(e.raw_os_error(), Some(libc::ENOTSUP), "{name:?}");
         }
         fs.setxattr(&ctx, f, c"user.k", b"v", 0).unwrap();
+
+        // An ACL the host has is not listed either; the count and the list agree. (One with a
+        // named entry: an ACL the mode bits express is not stored at all.)
+        let acl = acl_xattr(&[
+            (USER_OBJ, 6, NO_ID),
+            (USER, 6, 1234),
+            (GROUP_OBJ, 4, NO_ID),
+            (MASK, 6, NO_ID),
+            (OTHER, 4, NO_ID),
+        ]);
+        let host =
+            CString::new(dir.path().join("f").into_os_string().into_encoded_bytes()).unwrap();
+        // SAFETY: NUL-terminated path and name; `acl` is readable for its length.
+        let rc = unsafe {
+            libc::setxattr(
+                host.as_ptr(),
+                c"system.posix_acl_access".as_ptr(),
+                acl.as_ptr().cast(),
+                acl.len(),
+                0,
+            )
+        };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        let want = b"user.k\0".to_vec();
+        assert!(
+            matches!(fs.listxattr(&ctx, f, 0), Ok(ListxattrReply::Count(n)) if n as usize == want.len())
+        );
+        assert!(matches!(fs.listxattr(&ctx, f, 4096), Ok(ListxattrReply::Names(v)) if v == want));
+        // A buffer that holds the list only without the ACL name is enough.
+        assert!(
+            matches!(fs.listxattr(&ctx, f, want.len() as u32), Ok(ListxattrReply::Names(v)) if v == want)
+        );
+        let e = fs.listxattr(&ctx, f, 3).err().unwrap();
+        assert_eq!(e.raw_os_error(), Some(libc::ERANGE));
+        // With ACLs on, it is listed.
+        let acl_fs = ExportFs::new(xattr_backend(dir.path()), acl_policy(AclMode::Always));
+        acl_fs.init(ACL_OPTIONS).unwrap();
+        let f = acl_fs.lookup(&ctx, ROOT_ID, c"f").unwrap().inode;
+        let listed = match acl_fs.listxattr(&ctx, f, 4096) {
+            Ok(ListxattrReply::Names(v)) => v,
+            _ => panic!("listxattr"),
+        };
+        assert!(listed.windows(23).any(|w| w == b"system.posix_acl_access"));
     }
 
     #[test]
