@@ -69,6 +69,12 @@ impl RequestGuard {
         RequestGuard { readonly }
     }
 
+    /// Whether [`check`](Self::check) looks at the body of a request with this opcode (it
+    /// needs only the header for every other one).
+    pub fn needs_body(&self, opcode: u32) -> bool {
+        self.readonly && (opcode == Opcode::Open as u32 || opcode == Opcode::SetupMapping as u32)
+    }
+
     /// `body` is whatever follows the in-header in the request (possibly short or empty).
     pub fn check(&self, header: &InHeader, body: &[u8]) -> Verdict {
         let op = header.opcode;

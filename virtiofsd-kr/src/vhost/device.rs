@@ -54,7 +54,9 @@ pub enum QueueThreads {
     /// A guest `unlink()` ends in a FORGET on the hiprio queue: served by the thread that is
     /// already awake, it costs no second thread's wake-up (in a TCG guest, unlink was 6 %
     /// slower with a thread per queue; `docs/benchmarks.md`). For backends whose requests
-    /// never wait long.
+    /// never wait long. With several request queues, no more threads than the daemon has
+    /// CPUs: request queue i goes to thread i mod that number (threads beyond the CPUs could
+    /// not serve at the same time, and each idle one costs about 14 KiB of memory).
     Shared,
     /// A thread per queue: a request that waits (a rate limit, a cluster that does not
     /// answer) does not hold up FORGET and INTERRUPT on the hiprio queue.
@@ -63,21 +65,24 @@ pub enum QueueThreads {
 
 impl QueueThreads {
     /// The queues each vring thread serves (bit i: queue i) for `request_queues` request
-    /// queues: a thread per request queue, the hiprio queue with the first (`Shared`) or on a
-    /// thread of its own (`PerQueue`).
-    fn masks(self, request_queues: usize) -> Vec<u64> {
+    /// queues on `cpus` CPUs: `Shared`, a thread per request queue up to `cpus` threads (queue
+    /// i on thread i mod threads), the hiprio queue with the first; `PerQueue`, a thread per
+    /// request queue and one for the hiprio queue.
+    fn masks(self, request_queues: usize, cpus: usize) -> Vec<u64> {
         const HIPRIO: u64 = 1 << HIPRIO_QUEUE_INDEX;
         let request = |i: usize| 1u64 << (HIPRIO_QUEUE_INDEX + 1 + i);
         match self {
-            QueueThreads::Shared => (0..request_queues)
-                .map(|i| {
-                    if i == 0 {
-                        HIPRIO | request(0)
-                    } else {
-                        request(i)
-                    }
-                })
-                .collect(),
+            QueueThreads::Shared => {
+                let threads = request_queues.min(cpus.max(1));
+                (0..threads)
+                    .map(|t| {
+                        let hiprio = if t == 0 { HIPRIO } else { 0 };
+                        (t..request_queues)
+                            .step_by(threads)
+                            .fold(hiprio, |mask, i| mask | request(i))
+                    })
+                    .collect()
+            }
             QueueThreads::PerQueue => std::iter::once(HIPRIO)
                 .chain((0..request_queues).map(request))
                 .collect(),
@@ -187,8 +192,16 @@ impl<F: FileSystem + Send + Sync + 'static> RequestCore<F> {
                 return 0;
             }
         };
+        // The in-header first (for a Linux guest one descriptor read); the fixed body after
+        // it only for the requests the guard looks into (OPEN, SETUPMAPPING on a read-only
+        // export): walking the chain costs about 350 instructions a descriptor.
         let mut prefix = [0u8; PEEK_LEN];
-        let peeked = read_chain_prefix(chain, Direction::Readable, &mut prefix);
+        let mut peeked = read_chain_prefix(chain, Direction::Readable, &mut prefix[..IN_HEADER]);
+        if peeked == IN_HEADER
+            && read_prefix::<InHeader>(&prefix).is_some_and(|h| self.guard.needs_body(h.opcode))
+        {
+            peeked = read_chain_prefix(chain, Direction::Readable, &mut prefix);
+        }
         let Some((header, verdict)) = inspect_prefix(&self.guard, &prefix[..peeked]) else {
             warn!("dropping request shorter than a FUSE header");
             return 0;
@@ -282,6 +295,9 @@ fn metered_outcome(chain: &Chain, len: u32, seen: &Seen, written: u64) -> Option
     Some(outcome)
 }
 
+/// `fuse_in_header`: what the guard needs of every request.
+const IN_HEADER: usize = std::mem::size_of::<InHeader>();
+
 /// Which descriptors of a chain to read.
 #[derive(Clone, Copy)]
 enum Direction {
@@ -313,6 +329,10 @@ fn read_chain_prefix(chain: &Chain, part: Direction, buf: &mut [u8]) -> usize {
             break;
         }
         filled += want;
+        if filled == buf.len() {
+            // Not one descriptor more than needed (each is a read of guest memory).
+            break;
+        }
     }
     filled
 }
@@ -364,12 +384,15 @@ fn report_ring_error(seen: &AtomicBool, e: &DeviceError) {
 }
 
 /// Whether the guest has made a chain available that we have not taken yet.
+/// A queue the frontend has not set up (a guest using fewer request queues than offered,
+/// whose queues share a thread with used ones) has nothing: its ring addresses mean nothing.
 fn has_available(vring: &Vring, mem: &GuestMemory) -> bool {
     let state = vring.get_ref();
     let queue = state.get_queue();
-    queue
-        .avail_idx(mem, Ordering::Acquire)
-        .is_ok_and(|idx| idx.0 != queue.next_avail())
+    queue.ready()
+        && queue
+            .avail_idx(mem, Ordering::Acquire)
+            .is_ok_and(|idx| idx.0 != queue.next_avail())
 }
 
 /// Returns a chain's used buffer and tells the guest if it asked to be told.
@@ -498,7 +521,10 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
             tag,
             exit,
             request_queues,
-            masks: threads.masks(request_queues),
+            masks: threads.masks(
+                request_queues,
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            ),
             polls: (0..request_queues)
                 .map(|_| QueuePoll::new(poll_max))
                 .collect(),
@@ -576,9 +602,10 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
     /// here unless it is a data request taken together with an earlier one.
     ///
     /// A request queue that runs dry is polled for a while ([`QueuePoll`]) before its
-    /// notifications go back on. Each time it runs dry, and while it polls, the thread's
-    /// `others` queues (the hiprio queue when one thread serves both) are served if they have
-    /// requests, so a busy request queue never holds up FORGET and INTERRUPT.
+    /// notifications go back on. While it polls, and each time it goes round again instead of
+    /// returning to `epoll_wait`, the thread's `others` queues (the hiprio queue when one
+    /// thread serves both) are served if they have requests, so a busy request queue never
+    /// holds up FORGET and INTERRUPT.
     fn process_queue(
         &self,
         vring: &Vring,
@@ -664,10 +691,6 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
                     self.serve_here(&ring, &chain);
                 }
             }
-            // The thread's other queues: a guest that keeps this one busy
-            // (each request posted before we look again) never lets the thread back to
-            // epoll_wait, where their kicks wait.
-            self.serve_waiting(others, &mem);
             if let Some(poll) = poll {
                 let caught = poll.spin(|| {
                     self.serve_waiting(others, &mem);
@@ -682,8 +705,15 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
                     .enable_notification()
                     .map_err(DeviceError::QueueIter)?
             {
+                // Back to epoll_wait, which sees the other queues' kicks.
                 return Ok(());
             }
+            // Going round again without epoll_wait (the spin above serves them as it turns):
+            // the thread's other queues first, so a guest that keeps this one busy (each
+            // request posted before we look again) never holds up FORGET and INTERRUPT.
+            // Not on the way out: checking them there cost every request about 300
+            // instructions (a ring lock and an avail index read per queue).
+            self.serve_waiting(others, &mem);
         }
     }
 }
@@ -789,15 +819,15 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for VirtioFsDevice<
             .get(device_event as usize)
             .ok_or(DeviceError::UnknownEvent(device_event))?;
         // This thread's other queues (at most MAX_QUEUES - 1: no allocation per event).
+        // One pass over the thread's mask: its n-th queue is `vrings[n]`.
         let mut others = [(queue, vring); MAX_QUEUES];
         let mut n = 0;
-        for (i, v) in vrings.iter().enumerate().take(MAX_QUEUES) {
-            match queue_of(&self.masks, thread_id, i as u16) {
-                Some(q) if q != queue => {
-                    others[n] = (q, v);
-                    n += 1;
-                }
-                _ => {}
+        let mask = self.masks.get(thread_id).copied().unwrap_or(0);
+        let mine = (0..MAX_QUEUES).filter(|q| mask & (1 << q) != 0);
+        for (q, v) in mine.zip(vrings) {
+            if q != queue {
+                others[n] = (q, v);
+                n += 1;
             }
         }
         // A broken ring (bad avail index or head) is the guest's fault: report it and keep
@@ -824,43 +854,55 @@ mod queue_thread_tests {
     #[test]
     fn every_queue_has_exactly_one_thread() {
         for layout in [QueueThreads::Shared, QueueThreads::PerQueue] {
-            for rq in 1..=MAX_REQUEST_QUEUES {
-                let masks = layout.masks(rq);
+            for (rq, cpus) in (1..=MAX_REQUEST_QUEUES).flat_map(|rq| [(rq, 1), (rq, 3), (rq, 64)]) {
+                let masks = layout.masks(rq, cpus);
                 let queues = HIPRIO_QUEUE_INDEX + 1 + rq;
                 for q in 0..queues {
                     let owners = masks.iter().filter(|m| *m & (1 << q) != 0).count();
                     assert_eq!(owners, 1, "{layout:?} {rq}: queue {q}");
                 }
                 assert_eq!(masks.iter().fold(0, |a, m| a | m), (1 << queues) - 1);
-                // A thread per request queue; the hiprio queue shares the first or has its own.
+                // A thread per request queue (shared: at most one per CPU); the hiprio queue
+                // shares the first or has its own.
                 let threads = match layout {
-                    QueueThreads::Shared => rq,
+                    QueueThreads::Shared => rq.min(cpus),
                     QueueThreads::PerQueue => rq + 1,
                 };
-                assert_eq!(masks.len(), threads, "{layout:?} {rq}");
+                assert_eq!(masks.len(), threads, "{layout:?} {rq} {cpus}");
             }
         }
     }
 
     #[test]
     fn thread_local_events_map_to_device_queues() {
-        let per_queue = QueueThreads::PerQueue.masks(1);
+        let per_queue = QueueThreads::PerQueue.masks(1, 8);
         assert_eq!(queue_of(&per_queue, 0, 0), Some(HIPRIO_QUEUE_INDEX));
         assert_eq!(queue_of(&per_queue, 1, 0), Some(HIPRIO_QUEUE_INDEX + 1));
         assert_eq!(queue_of(&per_queue, 0, 1), None);
         assert_eq!(queue_of(&per_queue, 2, 0), None);
-        let shared = QueueThreads::Shared.masks(1);
+        let shared = QueueThreads::Shared.masks(1, 8);
         assert_eq!(queue_of(&shared, 0, 0), Some(HIPRIO_QUEUE_INDEX));
         assert_eq!(queue_of(&shared, 0, 1), Some(HIPRIO_QUEUE_INDEX + 1));
         assert_eq!(queue_of(&shared, 0, 2), None);
         assert_eq!(queue_of(&shared, 1, 0), None);
         // Four request queues: thread i serves request queue i (+ hiprio on thread 0).
-        let shared = QueueThreads::Shared.masks(4);
+        let shared = QueueThreads::Shared.masks(4, 8);
         assert_eq!(queue_of(&shared, 0, 1), Some(1));
         assert_eq!(queue_of(&shared, 3, 0), Some(4));
         assert_eq!(queue_of(&shared, 3, 1), None);
-        let per_queue = QueueThreads::PerQueue.masks(4);
+        let per_queue = QueueThreads::PerQueue.masks(4, 8);
         assert_eq!(queue_of(&per_queue, 4, 0), Some(4));
         assert_eq!(queue_of(&per_queue, 5, 0), None);
+        // Sixteen request queues on two CPUs: two threads, queues alternating between them,
+        // thread 0 also serving hiprio; the rate-limited layout keeps a thread per queue.
+        let shared = QueueThreads::Shared.masks(16, 2);
+        assert_eq!(shared.len(), 2);
+        assert_eq!(queue_of(&shared, 0, 0), Some(HIPRIO_QUEUE_INDEX));
+        assert_eq!(queue_of(&shared, 0, 1), Some(1));
+        assert_eq!(queue_of(&shared, 0, 2), Some(3));
+        assert_eq!(queue_of(&shared, 1, 0), Some(2));
+        assert_eq!(queue_of(&shared, 1, 7), Some(16));
+        assert_eq!(queue_of(&shared, 1, 8), None);
+        assert_eq!(QueueThreads::PerQueue.masks(16, 2).len(), 17);
     }
 }

@@ -1910,7 +1910,11 @@ mod micro {
     use super::{daemon_config, io_err, median, BenchError, Config, Result, Which};
 
     const USAGE: &str = "vmbench micro [--ours BIN] [--reference BIN] [--rounds N] \
-        [--count N] [--group all|meta|io] [--strace DIR] [--work DIR] [--markdown-out FILE]";
+        [--count N] [--group all|meta|io] [--op getattr|lookup|read-4k|write-4k|read-1m] \
+        [--ours-arg ARG]... [--reference-arg ARG]... [--strace DIR] [--work DIR] \
+        [--markdown-out FILE]";
+    /// Files the `--op lookup` phase looks up (created on the host before the daemon starts).
+    const LOOKUP_DIR: &str = "micro-lookup";
     /// Size of the file the 4 KiB jobs read and write.
     const DATA_MIB: u64 = 64;
     const DATA_FILE: &str = "micro-data.bin";
@@ -1972,7 +1976,34 @@ mod micro {
         meta: bool,
         /// Run the 4 KiB read and write phases.
         io: bool,
+        /// `--op`: only `count` requests of this one kind (phase "op"), nothing else after
+        /// INIT and the setup every run shares: for counting instructions (callgrind) and
+        /// system calls (strace) per request as the difference of two counts.
+        op: Option<&'static str>,
     }
+
+    /// The kinds `--op` sends: what one unit is.
+    const OPS: [(&str, &str); 6] = [
+        ("getattr", "GETATTR of a file (looked up once before)"),
+        (
+            "lookup",
+            "LOOKUP of a file not looked up before, then its FORGET",
+        ),
+        (
+            "lookup-held",
+            "LOOKUP of a file not looked up before, held (as after a guest's stat of every \
+             file; the FORGETs follow after the timed part)",
+        ),
+        (
+            "read-4k",
+            "READ 4 KiB at a random offset (host page cache warm)",
+        ),
+        ("write-4k", "WRITE 4 KiB at a random offset"),
+        (
+            "read-1m",
+            "READ 1 MiB at a random MiB-aligned offset (host page cache warm)",
+        ),
+    ];
 
     fn fuse_err(what: &str) -> impl FnOnce(FuseError) -> BenchError + '_ {
         move |e| BenchError::Meta(format!("micro {what}: {e}"))
@@ -2043,7 +2074,8 @@ mod micro {
             dc.args_for(&sock, &super::backend_of(&cfg.base, which, share)),
             log,
             &sock,
-            10,
+            // A daemon run under valgrind (a wrapper given as --ours/--reference) starts slowly.
+            60,
         )?;
         let frontend = TestFrontend::connect(&sock)
             .map_err(|e| BenchError::Meta(format!("micro: connecting: {e}")))?;
@@ -2098,7 +2130,8 @@ mod micro {
             strace,
         } = run;
         drop(session);
-        let deadline = Instant::now() + Duration::from_secs(5);
+        // Long enough for a daemon under valgrind to write its profile on the way out.
+        let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             match child.try_wait() {
                 Ok(Some(_)) => break,
@@ -2145,6 +2178,10 @@ mod micro {
         let s = &mut run.session;
         let n = cfg.count;
         let mut out = BTreeMap::new();
+        if let Some(op) = cfg.op {
+            out.insert("op", one_op(pid, s, op, n)?);
+            return Ok(out);
+        }
         if cfg.io {
             io_phases(pid, s, n, &mut out)?;
         }
@@ -2264,6 +2301,60 @@ mod micro {
         Ok(out)
     }
 
+    /// `n` requests of one kind (`--op`), after the setup they need.
+    fn one_op(pid: u32, s: &mut FuseSession, op: &str, n: u64) -> Result<Sample> {
+        let data = s
+            .lookup(ROOT, DATA_FILE)
+            .map_err(fuse_err("LOOKUP"))?
+            .nodeid;
+        let flags = if op == "write-4k" {
+            libc::O_WRONLY
+        } else {
+            libc::O_RDONLY
+        };
+        let fh = s.open(data, flags).map_err(fuse_err("OPEN"))?.fh;
+        let dir = s
+            .lookup(ROOT, LOOKUP_DIR)
+            .map_err(fuse_err("LOOKUP"))?
+            .nodeid;
+        let block = vec![0x5au8; 4096];
+        let mut offsets = Offsets(0x9E37_79B9_7F4A_7C15 ^ n);
+        let mut held = Vec::new();
+        let sample = timed(pid, || {
+            for i in 0..n {
+                let off = offsets.next().unwrap_or(0);
+                match op {
+                    "getattr" => drop(s.getattr(data).map_err(fuse_err("GETATTR"))?),
+                    "lookup" => {
+                        let name = format!("f{i:05}");
+                        let node = s.lookup(dir, &name).map_err(fuse_err("LOOKUP"))?.nodeid;
+                        s.forget(node, 1).map_err(fuse_err("FORGET"))?;
+                    }
+                    "lookup-held" => {
+                        let name = format!("f{i:05}");
+                        held.push(s.lookup(dir, &name).map_err(fuse_err("LOOKUP"))?.nodeid);
+                    }
+                    "read-4k" => drop(s.read(data, fh, off, 4096).map_err(fuse_err("READ"))?),
+                    "write-4k" => drop(s.write(data, fh, off, &block).map_err(fuse_err("WRITE"))?),
+                    "read-1m" => {
+                        let off = off & !((1 << 20) - 1);
+                        let got = s.read(data, fh, off, 1 << 20).map_err(fuse_err("READ"))?;
+                        if got.len() != 1 << 20 {
+                            return Err(BenchError::Meta(format!(
+                                "micro: 1 MiB READ returned {} bytes",
+                                got.len()
+                            )));
+                        }
+                    }
+                    other => return Err(BenchError::Usage(format!("--op {other}\n{USAGE}"))),
+                }
+            }
+            Ok((n, n))
+        })?;
+        forget_all(s, &held)?;
+        Ok(sample)
+    }
+
     /// The 4 KiB read and write phases on the data file.
     fn io_phases(
         pid: u32,
@@ -2302,6 +2393,7 @@ mod micro {
         let mut rounds = 3;
         let mut count = 2000;
         let (mut meta, mut io) = (true, true);
+        let mut op = None;
         let mut rest = Vec::new();
         let mut i = 0;
         while i < args.len() {
@@ -2323,8 +2415,20 @@ mod micro {
                         )))
                     }
                 },
+                "--op" => {
+                    let v = args.get(i + 1).map(String::as_str).unwrap_or("");
+                    op = Some(
+                        OPS.iter()
+                            .find(|(k, _)| *k == v)
+                            .map(|(k, _)| *k)
+                            .ok_or_else(|| {
+                                BenchError::Usage(format!("--op {v:?}: unknown\n{USAGE}"))
+                            })?,
+                    );
+                }
                 "-h" | "--help" => return Err(BenchError::Usage(USAGE.into())),
-                "--ours" | "--reference" | "--work" | "--markdown-out" | "--strace" => {
+                "--ours" | "--reference" | "--work" | "--markdown-out" | "--strace"
+                | "--ours-arg" | "--reference-arg" => {
                     rest.extend(args[i..(i + 2).min(args.len())].iter().cloned())
                 }
                 o => return Err(BenchError::Usage(format!("unknown option {o}\n{USAGE}"))),
@@ -2337,12 +2441,24 @@ mod micro {
             count,
             meta,
             io,
+            op,
         })
     }
 
     fn prepare_share(share: &Path) -> Result<()> {
         std::fs::create_dir_all(share).map_err(io_err("creating the micro share"))?;
         let _ = std::fs::remove_dir_all(share.join(DIR));
+        let lookup = share.join(LOOKUP_DIR);
+        let want = 2000;
+        let have = std::fs::read_dir(&lookup).map(|d| d.count()).unwrap_or(0);
+        if have != want {
+            let _ = std::fs::remove_dir_all(&lookup);
+            std::fs::create_dir_all(&lookup).map_err(io_err("creating the lookup dir"))?;
+            for i in 0..want {
+                std::fs::File::create(lookup.join(format!("f{i:05}")))
+                    .map_err(io_err("creating a lookup file"))?;
+            }
+        }
         let data = share.join(DATA_FILE);
         if std::fs::metadata(&data).map(|m| m.len()).unwrap_or(0) != DATA_MIB << 20 {
             let block = vec![0xa5u8; 1 << 20];
@@ -2403,7 +2519,11 @@ mod micro {
             "| phase | requests per unit | wall ours | wall reference | CPU ours | CPU reference \
              | wall ref/ours | CPU ref/ours |\n|---|---:|---:|---:|---:|---:|---:|---:|"
         );
-        for phase in PHASES.iter().map(|p| p.name) {
+        let names: Vec<&str> = match cfg.op {
+            Some(_) => vec!["op"],
+            None => PHASES.iter().map(|p| p.name).collect(),
+        };
+        for phase in names {
             let wall = |w| med(w, phase, |s| per(s.wall_ns, s.units));
             let cpu = |w| med(w, phase, |s| per(s.cpu_ns, s.units));
             let reqs = med(Which::Ours, phase, |s| {
@@ -2427,8 +2547,16 @@ mod micro {
             );
         }
         let _ = writeln!(md, "\nPhases:\n");
-        for p in &PHASES {
-            let _ = writeln!(md, "- {}: {}", p.name, p.what);
+        match cfg.op {
+            Some(op) => {
+                let what = OPS.iter().find(|(k, _)| *k == op).map_or("", |(_, w)| w);
+                let _ = writeln!(md, "- op: {op}: {what}");
+            }
+            None => {
+                for p in &PHASES {
+                    let _ = writeln!(md, "- {}: {}", p.name, p.what);
+                }
+            }
         }
         if let Some(path) = &cfg.base.markdown_out {
             std::fs::write(path, &md).map_err(io_err(format!("writing {}", path.display())))?;

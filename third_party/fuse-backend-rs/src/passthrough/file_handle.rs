@@ -115,6 +115,18 @@ impl Ord for CFileHandle {
     }
 }
 
+// virtiofsd-kr patch: hashable, so the inode store can key a hash map by handle; hashes
+// exactly what `cmp` compares.
+impl std::hash::Hash for CFileHandle {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let fh = self.wrapper.as_fam_struct_ref();
+        fh.handle_bytes.hash(state);
+        fh.handle_type.hash(state);
+        // Safe because `handle_bytes` is the length of `f_handle` (as in `cmp`).
+        unsafe { fh.f_handle.as_slice(fh.handle_bytes as usize) }.hash(state);
+    }
+}
+
 impl PartialOrd for CFileHandle {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
@@ -141,7 +153,8 @@ impl Debug for CFileHandle {
 }
 
 /// Struct to maintain information for a file handle.
-#[derive(Clone, PartialOrd, Ord, PartialEq, Eq, Debug)]
+// virtiofsd-kr patch: `Hash` added (see `CFileHandle`).
+#[derive(Clone, PartialOrd, Ord, PartialEq, Eq, Hash, Debug)]
 pub struct FileHandle {
     pub(crate) mnt_id: u64,
     handle: CFileHandle,
@@ -186,57 +199,49 @@ impl FileHandle {
     /// Return an `io::Error` for all other errors.
     pub fn from_name_at(dir_fd: &impl AsRawFd, path: &CStr) -> io::Result<Option<Self>> {
         let mut mount_id: libc::c_int = 0;
-        let mut c_fh = CFileHandle::new(0);
-
-        // Per name_to_handle_at(2), the caller can discover the required size
-        // for the file_handle structure by making a call in which
-        // handle->handle_bytes is zero.  In this case, the call fails with the
-        // error EOVERFLOW and handle->handle_bytes is set to indicate the
-        // required size; the caller can then use this information to allocate a
-        // structure of the correct size.
+        // virtiofsd-kr patch: one call with a buffer of MAX_HANDLE_SZ, as the reference
+        // virtiofsd makes, instead of a first call with handle_bytes = 0 to learn the size
+        // (EOVERFLOW) and a second one: one system call less per LOOKUP. The handle is then
+        // copied into a buffer of its own size, so the inode map holds no more than before.
+        //
+        // name_to_handle_at() does not trigger a mount when the final component of the pathname is
+        // an automount point. When a filesystem supports both file handles and automount points,
+        // a name_to_handle_at() call on an automount point will return with error EOVERFLOW
+        // (even with a buffer of MAX_HANDLE_SZ). This can happen since Linux 4.13 with NFS
+        // when accessing a directory which is on a separate filesystem on the server: the
+        // error is returned, as upstream's second call returned it.
+        let mut probe = CFileHandle::new(MAX_HANDLE_SIZE);
         let ret = unsafe {
             name_to_handle_at(
                 dir_fd.as_raw_fd(),
                 path.as_ptr(),
-                c_fh.wrapper.as_mut_fam_struct_ptr(),
+                probe.wrapper.as_mut_fam_struct_ptr(),
                 &mut mount_id,
                 libc::AT_EMPTY_PATH,
             )
         };
         if ret == -1 {
             let err = io::Error::last_os_error();
-            match err.raw_os_error() {
-                // Got the needed buffer size.
-                Some(libc::EOVERFLOW) => {}
+            return match err.raw_os_error() {
                 // Filesystem does not support file handles
-                Some(libc::EOPNOTSUPP) => return Ok(None),
-                // Other error
-                _ => return Err(err),
-            }
-        } else {
+                Some(libc::EOPNOTSUPP) => Ok(None),
+                _ => Err(err),
+            };
+        }
+        let got = probe.wrapper.as_fam_struct_ref();
+        let len = got.handle_bytes as usize;
+        if len > MAX_HANDLE_SIZE {
             return Err(io::Error::from(io::ErrorKind::InvalidData));
         }
-
-        let needed = c_fh.wrapper.as_fam_struct_ref().handle_bytes as usize;
-        let mut c_fh = CFileHandle::new(needed);
-
-        // name_to_handle_at() does not trigger a mount when the final component of the pathname is
-        // an automount point. When a filesystem supports both file handles and automount points,
-        // a name_to_handle_at() call on an automount point will return with error EOVERFLOW
-        // without having increased handle_bytes.  This can happen since Linux 4.13 with NFS
-        // when accessing a directory which is on a separate filesystem on the server. In this case,
-        // the automount can be triggered by adding a "/" to the end of the pathname.
-        let ret = unsafe {
-            name_to_handle_at(
-                dir_fd.as_raw_fd(),
-                path.as_ptr(),
-                c_fh.wrapper.as_mut_fam_struct_ptr(),
-                &mut mount_id,
-                libc::AT_EMPTY_PATH,
-            )
-        };
-        if ret == -1 {
-            return Err(io::Error::last_os_error());
+        let mut c_fh = CFileHandle::new(len);
+        // Safe because both buffers hold at least `len` bytes of handle (`probe` was allocated
+        // with MAX_HANDLE_SIZE >= len, `c_fh` with len) and the kernel wrote `len` of them.
+        unsafe {
+            let dst = c_fh.wrapper.as_mut_fam_struct();
+            dst.handle_type = got.handle_type;
+            dst.f_handle
+                .as_mut_slice(len)
+                .copy_from_slice(got.f_handle.as_slice(len));
         }
 
         Ok(Some(FileHandle {

@@ -1,7 +1,7 @@
 // Use of this source code is governed by a BSD-style license that can be
 // found in the LICENSE-BSD-3-Clause file.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::file_handle::FileHandle;
@@ -31,7 +31,10 @@ impl InodeId {
 pub struct InodeStore {
     data: BTreeMap<Inode, Arc<InodeData>>,
     by_id: BTreeMap<InodeId, Inode>,
-    by_handle: BTreeMap<Arc<FileHandle>, Inode>,
+    // virtiofsd-kr patch: a hash map, not a BTreeMap. Each search of a BTreeMap compared the
+    // variable-length handles (memcmp) some 20 times: about 3,900 instructions per LOOKUP +
+    // FORGET with 2,000 inodes, more with more.
+    by_handle: HashMap<Arc<FileHandle>, Inode>,
 }
 
 impl InodeStore {
