@@ -468,6 +468,7 @@ impl ShareDir {
             fs,
             ExportPolicy {
                 announce_submounts: true,
+                xattr: true,
                 ..ExportPolicy::default()
             },
         );

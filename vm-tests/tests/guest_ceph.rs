@@ -437,6 +437,7 @@ sync
     let mut vm = VmBuilder::new()
         .name("ceph-snapshots")
         .ceph_share(volume.share())
+        .xattr(true)
         .timeout(GUEST_TIMEOUT)
         .program(helper(), HELPER)
         .unwrap()

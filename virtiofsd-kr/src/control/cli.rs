@@ -675,6 +675,7 @@ impl FsOptions {
             announce_submounts: self.announce_submounts,
             dax: false,
             readonly: self.readonly,
+            xattr: self.xattr,
             posix_acl: AclMode::Never,
             ids: IdMaps::default(),
         }

@@ -111,6 +111,12 @@ pub struct ExportPolicy {
     /// arguments the backend receives (the guard's earlier check reads guest memory, which
     /// the guest can change between that check and the server's own parse).
     pub readonly: bool,
+    /// `--xattr`: extended attribute requests reach the backend. Without it every one of
+    /// them gets ENOSYS here, whatever the backend, so the guest kernel stops sending them
+    /// (as with the reference virtiofsd). The CephFS backend used to answer them anyway, so a
+    /// cache=auto guest paid a round trip to the cluster before every WRITE (its
+    /// `security.capability` check) that a daemon without `--xattr` never pays.
+    pub xattr: bool,
     /// `--posix-acl`.
     pub posix_acl: AclMode,
     /// Guest/host UID and GID translation (identity when no rule is given).
@@ -260,7 +266,16 @@ impl<F: FileSystem> ExportFs<F> {
     }
 
     /// ENOTSUP for the ACL attributes while ACLs are not negotiated.
+    fn xattr_on(&self) -> io::Result<()> {
+        if self.policy.xattr {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(libc::ENOSYS))
+        }
+    }
+
     fn xattr_allowed(&self, name: &CStr) -> io::Result<()> {
+        self.xattr_on()?;
         if is_acl_name(name) && !self.acl_on() {
             return Err(io::Error::from_raw_os_error(libc::ENOTSUP));
         }
@@ -796,6 +811,7 @@ where
         flags: u32,
         setxattr_flags: u32,
     ) -> io::Result<()> {
+        self.xattr_on()?;
         self.writable()?;
         self.xattr_allowed(name)?;
         let ctx = &self.host_ctx(ctx);
@@ -835,6 +851,7 @@ where
         inode: Self::Inode,
         size: u32,
     ) -> io::Result<ListxattrReply> {
+        self.xattr_on()?;
         let ctx = &self.host_ctx(ctx);
         let size = size.min(XATTR_SIZE_MAX);
         let reply = self.inner.listxattr(ctx, inode, size);
@@ -866,6 +883,7 @@ where
     }
 
     fn removexattr(&self, ctx: &Context, inode: Self::Inode, name: &CStr) -> io::Result<()> {
+        self.xattr_on()?;
         self.writable()?;
         self.xattr_allowed(name)?;
         self.inner.removexattr(&self.host_ctx(ctx), inode, name)
@@ -1114,11 +1132,86 @@ mod tests {
         }
     }
 
+    /// A backend that answers every extended attribute request and counts them.
+    #[derive(Default)]
+    struct XattrCalls(Mutex<u32>);
+
+    impl FileSystem for XattrCalls {
+        type Inode = u64;
+        type Handle = u64;
+        fn getxattr(&self, _: &Context, _: u64, _: &CStr, _: u32) -> io::Result<GetxattrReply> {
+            *self.0.lock().unwrap() += 1;
+            Ok(GetxattrReply::Count(0))
+        }
+        fn listxattr(&self, _: &Context, _: u64, _: u32) -> io::Result<ListxattrReply> {
+            *self.0.lock().unwrap() += 1;
+            Ok(ListxattrReply::Count(0))
+        }
+        fn setxattr(&self, _: &Context, _: u64, _: &CStr, _: &[u8], _: u32) -> io::Result<()> {
+            *self.0.lock().unwrap() += 1;
+            Ok(())
+        }
+        fn removexattr(&self, _: &Context, _: u64, _: &CStr) -> io::Result<()> {
+            *self.0.lock().unwrap() += 1;
+            Ok(())
+        }
+    }
+
+    /// `--xattr` means the same for every backend: without it no extended attribute request
+    /// reaches the backend (the CephFS backend answered them all, through the cluster, and a
+    /// cache=auto guest sends a GETXATTR before every WRITE until it gets ENOSYS), readonly
+    /// or not; with it every one does.
+    #[test]
+    fn without_xattr_no_backend_sees_an_xattr_request() {
+        let ctx = Context::default();
+        let name = c"security.capability";
+        for readonly in [false, true] {
+            let fs = ExportFs::new(
+                XattrCalls::default(),
+                ExportPolicy {
+                    readonly,
+                    ..ExportPolicy::default()
+                },
+            );
+            let enosys = |r: io::Result<()>, what: &str| {
+                assert_eq!(
+                    r.err().and_then(|e| e.raw_os_error()),
+                    Some(libc::ENOSYS),
+                    "{what}"
+                );
+            };
+            enosys(fs.getxattr(&ctx, 1, name, 64).map(|_| ()), "getxattr");
+            enosys(fs.listxattr(&ctx, 1, 64).map(|_| ()), "listxattr");
+            enosys(fs.setxattr(&ctx, 1, name, b"v", 0), "setxattr");
+            enosys(fs.setxattr_ext(&ctx, 1, name, b"v", 0, 0), "setxattr_ext");
+            enosys(fs.removexattr(&ctx, 1, name), "removexattr");
+            assert_eq!(*fs.inner.0.lock().unwrap(), 0, "readonly={readonly}");
+        }
+        let fs = ExportFs::new(
+            XattrCalls::default(),
+            ExportPolicy {
+                xattr: true,
+                ..ExportPolicy::default()
+            },
+        );
+        fs.getxattr(&ctx, 1, name, 64).unwrap();
+        fs.listxattr(&ctx, 1, 64).unwrap();
+        fs.setxattr(&ctx, 1, c"user.x", b"v", 0).unwrap();
+        fs.removexattr(&ctx, 1, c"user.x").unwrap();
+        assert_eq!(*fs.inner.0.lock().unwrap(), 4);
+    }
+
     /// Regression test for a `fuse_request` fuzz finding: GETXATTR with size `u32::MAX` made
     /// the passthrough backend allocate 4 GiB.
     #[test]
     fn xattr_sizes_are_clamped_to_what_linux_can_return() {
-        let fs = ExportFs::new(XattrSizes::default(), ExportPolicy::default());
+        let fs = ExportFs::new(
+            XattrSizes::default(),
+            ExportPolicy {
+                xattr: true,
+                ..ExportPolicy::default()
+            },
+        );
         let ctx = Context::default();
         let name = c"user.k";
         fs.getxattr(&ctx, 1, name, u32::MAX).unwrap();
@@ -1344,6 +1437,7 @@ mod tests {
         std::fs::create_dir(dir.path().join("d")).unwrap();
         let policy = ExportPolicy {
             readonly: true,
+            xattr: true,
             ..Default::default()
         };
         let fs = ExportFs::new(backend(dir.path()), policy);
@@ -1439,6 +1533,7 @@ mod tests {
     fn acl_policy(mode: AclMode) -> ExportPolicy {
         ExportPolicy {
             posix_acl: mode,
+            xattr: true,
             ..Default::default()
         }
     }

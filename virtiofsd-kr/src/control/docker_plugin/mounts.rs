@@ -92,7 +92,10 @@ impl ProcessMounter {
             .arg(&identity.conf)
             .args(["--ceph-id", &identity.ceph_id, "--ceph-keyring"])
             .arg(&identity.keyring)
-            .args(["--ceph-root", &identity.root]);
+            .args(["--ceph-root", &identity.root])
+            // Extended attributes, as on a local volume (the daemon's default is off, as the
+            // reference virtiofsd's).
+            .arg("--xattr");
         if let Some(fs) = &identity.fs_name {
             cmd.args(["--ceph-fs", fs]);
         }
