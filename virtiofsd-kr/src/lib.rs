@@ -12,6 +12,7 @@
 //! * [`confine`]: the sandbox and the seccomp allow-list the serving process runs under;
 //! * [`accounting`]: per-tenant meters, rate limits, metrics and journals, fed by the layers
 //!   above through small calls and knowing none of their types;
+//! * [`http`]: the one hyper serve loop the metrics endpoint and the Docker plugin share;
 //! * [`size`]: byte sizes as written on command lines and in admin requests.
 
 pub mod accounting;
@@ -19,5 +20,6 @@ pub mod backend;
 pub mod confine;
 pub mod control;
 pub mod fuse;
+pub mod http;
 pub mod size;
 pub mod vhost;

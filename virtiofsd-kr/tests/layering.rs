@@ -13,13 +13,21 @@ use std::path::{Path, PathBuf};
 /// The crate-root modules each layer may use (besides itself).
 fn allowed(layer: &str) -> Option<&'static [&'static str]> {
     Some(match layer {
-        "control" => &["vhost", "fuse", "backend", "confine", "accounting", "size"],
+        "control" => &[
+            "vhost",
+            "fuse",
+            "backend",
+            "confine",
+            "accounting",
+            "http",
+            "size",
+        ],
         "vhost" => &["fuse", "backend", "confine", "accounting", "size"],
         "fuse" => &["backend", "confine", "accounting", "size"],
         "backend" => &["confine", "size"],
         "confine" => &["size"],
-        "accounting" => &["size"],
-        "size" => &[],
+        "accounting" => &["http", "size"],
+        "size" | "http" => &[],
         _ => return None,
     })
 }

@@ -1,27 +1,42 @@
 //! The metrics and admin HTTP endpoint: `GET /metrics` (Prometheus text), `GET /limits`,
 //! `PUT /limits` (change the rate limits at run time), on loopback TCP or a Unix socket.
 //!
-//! Owns the listening socket (bound before the sandbox, like the vhost-user one), a
-//! deliberately small HTTP/1.1 server on a current-thread tokio runtime in its own thread
-//! (one request per connection, bounded sizes, a timeout, a cap on concurrent connections),
-//! and the blocking client used by `virtiofsd-kr stats` and the tests. After seccomp the
-//! thread needs only `accept4`, `recvfrom`/`sendto`/`read`/`write`, `epoll_*`, `eventfd2`
-//! and `shutdown` (see `seccomp.rs`).
+//! Owns the listening socket (bound before the sandbox, like the vhost-user one), the routes
+//! and their answers, served by hyper's http1 server through the serve loop it shares with
+//! the Docker plugin ([`crate::http`]) on a current-thread tokio runtime in its own thread:
+//! one request per connection, a 16 KiB head (431 beyond), a 4 KiB body (413 beyond), 5 s
+//! per connection, 32 connections at once. Malformed requests get hyper's 400, an unknown
+//! path 404, a wrong method 405 with `Allow`, a refused limits change 400 with the reason.
+//! It also owns the blocking client (hyper's http1 client) used by `virtiofsd-kr stats` and
+//! `limits` and by the tests. After seccomp the thread needs only `accept4`,
+//! `recvfrom`/`sendto`/`read`/`write`, `epoll_*`, `eventfd2` and `shutdown` (see
+//! `confine/seccomp.rs`).
+//!
+//! The Prometheus text itself comes from [`metrics::render`], not from prometheus-client:
+//! every value is a snapshot of cumulative totals that survive restarts (replayed from the
+//! journal), including precomputed latency histograms, and prometheus-client's text encoder
+//! writes OpenMetrics 1.0 (`# EOF`, counter families named without `_total`, its own
+//! content type), which would change what existing scrapers and `virtiofsd-kr stats` parse.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tracing::{debug, info, warn};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::HeaderValue;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::{info, warn};
 
 use super::metrics;
 use super::Accounting;
+use crate::http::{self, Body, Listener, ServeLimits};
 
 /// Longest request head (request line and headers).
 const MAX_HEAD: usize = 16 << 10;
@@ -48,8 +63,6 @@ pub enum ServerError {
         addr: String,
         source: std::io::Error,
     },
-    #[error("{addr}: malformed HTTP response")]
-    BadResponse { addr: String },
 }
 
 /// Where the endpoint listens.
@@ -149,142 +162,60 @@ pub fn spawn(listener: MetricsListener, acct: Arc<Accounting>) -> std::io::Resul
                     return;
                 }
             };
-            let local = tokio::task::LocalSet::new();
-            local.block_on(&runtime, serve(listener, acct));
+            runtime.block_on(serve(listener, acct));
         })
         .map(|_| ())
 }
 
+/// What a client of the endpoint may take: one request per connection.
+const LIMITS: ServeLimits = ServeLimits {
+    max_connections: MAX_CONNECTIONS,
+    connection_timeout: Some(REQUEST_TIMEOUT),
+    max_head: MAX_HEAD,
+    keep_alive: false,
+};
+
 async fn serve(listener: MetricsListener, acct: Arc<Accounting>) {
-    let active = Arc::new(AtomicUsize::new(0));
-    match listener {
-        MetricsListener::Tcp(l) => {
-            let l = match tokio::net::TcpListener::from_std(l) {
-                Ok(l) => l,
-                Err(e) => return warn!("metrics server: {e}"),
-            };
-            info!("metrics endpoint listening on TCP");
-            loop {
-                match l.accept().await {
-                    Ok((s, _)) => admit(s, &acct, &active),
-                    Err(e) => accept_failed(e).await,
-                }
-            }
-        }
-        MetricsListener::Unix(l) => {
-            let l = match tokio::net::UnixListener::from_std(l) {
-                Ok(l) => l,
-                Err(e) => return warn!("metrics server: {e}"),
-            };
-            info!("metrics endpoint listening on a unix socket");
-            loop {
-                match l.accept().await {
-                    Ok((s, _)) => admit(s, &acct, &active),
-                    Err(e) => accept_failed(e).await,
-                }
-            }
-        }
-    }
+    let listener = match listener {
+        MetricsListener::Tcp(l) => tokio::net::TcpListener::from_std(l).map(Listener::Tcp),
+        MetricsListener::Unix(l) => tokio::net::UnixListener::from_std(l).map(Listener::Unix),
+    };
+    let listener = match listener {
+        Ok(l) => l,
+        Err(e) => return warn!("metrics server: {e}"),
+    };
+    info!("metrics endpoint listening");
+    http::serve(listener, LIMITS, move |req| answer(req, acct.clone())).await
 }
 
-async fn accept_failed(e: std::io::Error) {
-    debug!("metrics accept: {e}");
-    // EMFILE and friends: back off instead of spinning.
-    tokio::time::sleep(Duration::from_millis(50)).await;
-}
-
-fn admit<S>(stream: S, acct: &Arc<Accounting>, active: &Arc<AtomicUsize>)
+/// Serves one connection the listener accepted (one request, then closed), within the
+/// endpoint's limits. Public so the `metrics_http` fuzz target can drive the endpoint
+/// in-process over any byte stream; needs a runtime with time enabled (the deadline).
+pub async fn serve_connection<S>(stream: S, acct: &Arc<Accounting>)
 where
-    S: AsyncRead + AsyncWrite + Unpin + 'static,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
-    if active.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTIONS {
-        active.fetch_sub(1, Ordering::Relaxed);
-        return;
-    }
-    let acct = acct.clone();
-    let active = active.clone();
-    tokio::task::spawn_local(async move {
-        if let Err(e) = tokio::time::timeout(REQUEST_TIMEOUT, serve_connection(stream, &acct)).await
-        {
-            debug!("metrics client timed out: {e}");
-        }
-        active.fetch_sub(1, Ordering::Relaxed);
-    });
+    http::serve_connection(stream, &LIMITS, |req| answer(req, acct.clone())).await
 }
 
-/// A parsed request.
-struct Request {
-    method: String,
-    path: String,
-    body: Vec<u8>,
-}
+const TEXT: &str = "text/plain; charset=utf-8";
 
-async fn read_request<S: AsyncRead + Unpin>(stream: &mut S) -> Option<Request> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 2048];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        if buf.len() > MAX_HEAD {
-            return None;
-        }
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
+async fn answer(req: Request<Incoming>, acct: Arc<Accounting>) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let text = |status, body: String| http::response(status, TEXT, body);
+    let not_allowed = |allow: &'static str| {
+        let mut r = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("method not allowed (allowed: {allow})\n"),
+        );
+        r.headers_mut()
+            .insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
+        r
     };
-    let head = std::str::from_utf8(&buf[..head_end]).ok()?;
-    let mut lines = head.split("\r\n");
-    let mut first = lines.next()?.split(' ');
-    let method = first.next()?.to_string();
-    let path = first.next()?.to_string();
-    let mut length = 0usize;
-    for line in lines {
-        if let Some((k, v)) = line.split_once(':') {
-            if k.trim().eq_ignore_ascii_case("content-length") {
-                length = v.trim().parse().ok()?;
-            }
-        }
-    }
-    if length > MAX_BODY {
-        return None;
-    }
-    let mut body = buf[head_end..].to_vec();
-    while body.len() < length {
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        body.extend_from_slice(&chunk[..n]);
-    }
-    body.truncate(length);
-    Some(Request { method, path, body })
-}
-
-/// Answers one HTTP request read from `stream` (a connection the listener accepted) and
-/// closes it. Public so the `metrics_http` fuzz target can drive the endpoint in-process
-/// over any byte stream; the server itself calls it through [`spawn`] with a timeout.
-pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, acct: &Accounting) {
-    let (status, content_type, body) = match read_request(&mut stream).await {
-        None => ("400 Bad Request", "text/plain", "bad request\n".to_string()),
-        Some(req) => route(&req, acct),
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = stream.write_all(response.as_bytes()).await;
-    let _ = stream.shutdown().await;
-}
-
-fn route(req: &Request, acct: &Accounting) -> (&'static str, &'static str, String) {
-    let path = req.path.split('?').next().unwrap_or("");
-    match (req.method.as_str(), path) {
-        ("GET", "/metrics") => (
-            "200 OK",
-            "text/plain; version=0.0.4",
+    match (&parts.method, parts.uri.path()) {
+        (&Method::GET, "/metrics") => http::response(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
             metrics::render(
                 &acct.labels,
                 &acct.meter.snapshot(),
@@ -292,32 +223,43 @@ fn route(req: &Request, acct: &Accounting) -> (&'static str, &'static str, Strin
                 acct.journal_seq(),
             ),
         ),
-        ("GET", "/limits") => (
-            "200 OK",
-            "text/plain",
-            format!("{}\n", acct.limiter.limits()),
-        ),
-        ("PUT" | "POST", "/limits") => {
-            let text = String::from_utf8_lossy(&req.body);
-            match acct.limiter.limits().updated(&text) {
+        (&Method::GET, "/limits") => text(StatusCode::OK, format!("{}\n", acct.limiter.limits())),
+        (&Method::PUT | &Method::POST, "/limits") => {
+            let body = match http::read_body(body, MAX_BODY).await {
+                Ok(b) => b,
+                Err(e) => {
+                    return text(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("request body: {e} (at most {MAX_BODY} bytes)\n"),
+                    )
+                }
+            };
+            let Ok(change) = std::str::from_utf8(&body) else {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "the body is not UTF-8 text\n".to_string(),
+                );
+            };
+            match acct.limiter.limits().updated(change) {
                 Ok(limits) => {
                     acct.limiter.set_limits(limits);
                     info!(%limits, "rate limits changed through the admin endpoint");
-                    ("200 OK", "text/plain", format!("{limits}\n"))
+                    text(StatusCode::OK, format!("{limits}\n"))
                 }
-                Err(e) => ("400 Bad Request", "text/plain", format!("{e}\n")),
+                Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
             }
         }
-        (_, "/metrics" | "/limits") => (
-            "405 Method Not Allowed",
-            "text/plain",
-            "method not allowed\n".to_string(),
+        (_, "/metrics") => not_allowed("GET"),
+        (_, "/limits") => not_allowed("GET, PUT, POST"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: the endpoint serves /metrics and /limits\n".to_string(),
         ),
-        _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
     }
 }
 
-/// A blocking HTTP request to the endpoint: returns the status code and body.
+/// A blocking HTTP request to the endpoint (hyper's http1 client on a current-thread
+/// runtime): returns the status code and body.
 pub fn http_request(
     addr: &MetricsAddr,
     method: &str,
@@ -328,43 +270,223 @@ pub fn http_request(
         addr: addr.to_string(),
         source,
     };
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let mut response = Vec::new();
-    match addr {
-        MetricsAddr::Tcp(a) => {
-            let mut s = TcpStream::connect_timeout(a, REQUEST_TIMEOUT).map_err(client_err)?;
-            s.set_read_timeout(Some(REQUEST_TIMEOUT))
-                .map_err(client_err)?;
-            s.write_all(request.as_bytes()).map_err(client_err)?;
-            s.read_to_end(&mut response).map_err(client_err)?;
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, "localhost")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .map_err(|e| client_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(client_err)?;
+    let exchange = async {
+        match addr {
+            MetricsAddr::Tcp(a) => {
+                exchange(tokio::net::TcpStream::connect(a).await?, request).await
+            }
+            MetricsAddr::Unix(p) => {
+                exchange(tokio::net::UnixStream::connect(p).await?, request).await
+            }
         }
-        MetricsAddr::Unix(p) => {
-            let mut s = UnixStream::connect(p).map_err(client_err)?;
-            s.set_read_timeout(Some(REQUEST_TIMEOUT))
-                .map_err(client_err)?;
-            s.write_all(request.as_bytes()).map_err(client_err)?;
-            s.read_to_end(&mut response).map_err(client_err)?;
-        }
-    }
-    let text = String::from_utf8_lossy(&response);
-    let bad = || ServerError::BadResponse {
-        addr: addr.to_string(),
     };
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(bad)?;
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(bad)?;
-    Ok((status, body.to_string()))
+    let (status, body) = runtime
+        .block_on(async { tokio::time::timeout(REQUEST_TIMEOUT, exchange).await })
+        .map_err(|_| client_err(std::io::ErrorKind::TimedOut.into()))?
+        .map_err(client_err)?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// One request and its whole response on `stream`.
+async fn exchange<S>(stream: S, request: Request<Body>) -> std::io::Result<(u16, Bytes)>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(std::io::Error::other)?;
+    // The connection is driven beside the call; it ends when the response is read.
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let call = async move {
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(std::io::Error::other)?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(std::io::Error::other)?
+            .to_bytes();
+        Ok::<_, std::io::Error>((status, body))
+    };
+    call.await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::accounting::limiter::Limits;
+    use crate::accounting::meter::Totals;
+    use crate::accounting::Labels;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn accounting() -> Arc<Accounting> {
+        let labels = Labels {
+            tenant: "t".into(),
+            volume: "v".into(),
+            pod: "p".into(),
+            traffic_class: "internal".into(),
+            host: "h".into(),
+        };
+        Arc::new(Accounting::new(
+            labels,
+            Limits::default(),
+            Totals::default(),
+            None,
+        ))
+    }
+
+    /// One connection carrying `request`; the raw response.
+    fn exchange(acct: &Arc<Accounting>, request: &[u8]) -> String {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (mut client, server) = tokio::io::duplex(1 << 16);
+            let send = async {
+                let _ = client.write_all(request).await;
+                let _ = client.shutdown().await;
+                let mut out = Vec::new();
+                let _ = client.read_to_end(&mut out).await;
+                out
+            };
+            let acct = acct.clone();
+            tokio::spawn(async move { serve_connection(server, &acct).await });
+            String::from_utf8(send.await).unwrap()
+        })
+    }
+
+    fn status(response: &str) -> u16 {
+        response
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|r| r.get(..3))
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("no status line: {response:?}"))
+    }
+
+    #[test]
+    fn routes_answer_as_documented() {
+        let acct = accounting();
+        let r = exchange(&acct, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(status(&r), 200, "{r}");
+        assert!(r.contains("text/plain; version=0.0.4"), "{r}");
+        assert!(r.contains("virtiofs_read_bytes_total{tenant=\"t\""), "{r}");
+        let put = b"PUT /limits HTTP/1.1\r\nContent-Length: 9\r\n\r\nops=100\r\n";
+        let r = exchange(&acct, put);
+        assert_eq!(status(&r), 200, "{r}");
+        assert_eq!(acct.limiter.limits().ops_per_sec, 100);
+        let r = exchange(&acct, b"GET /limits?x=1 HTTP/1.1\r\n\r\n");
+        assert!(r.ends_with(&format!("{}\n", acct.limiter.limits())), "{r}");
+        let r = exchange(
+            &acct,
+            b"PUT /limits HTTP/1.1\r\nContent-Length: 4\r\n\r\nops=",
+        );
+        assert_eq!(status(&r), 400, "{r}");
+        assert_eq!(
+            acct.limiter.limits().ops_per_sec,
+            100,
+            "a refused change kept"
+        );
+        let r = exchange(&acct, b"DELETE /limits HTTP/1.1\r\n\r\n");
+        assert_eq!(status(&r), 405, "{r}");
+        assert!(
+            r.to_ascii_lowercase().contains("allow: get, put, post"),
+            "{r}"
+        );
+        let r = exchange(&acct, b"HEAD /metrics HTTP/1.1\r\n\r\n");
+        assert_eq!(status(&r), 405, "{r}");
+        let r = exchange(&acct, b"GET /other HTTP/1.1\r\n\r\n");
+        assert_eq!(status(&r), 404, "{r}");
+    }
+
+    #[test]
+    fn hostile_requests_get_a_4xx_and_change_nothing() {
+        let acct = accounting();
+        let before = acct.limiter.limits();
+        // Not HTTP at all.
+        assert_eq!(status(&exchange(&acct, b"\x00\x01garbage\r\n\r\n")), 400);
+        // A body over the limit, announced or not.
+        let big = format!(
+            "PUT /limits HTTP/1.1\r\nContent-Length: {}\r\n\r\n{}",
+            MAX_BODY + 1,
+            "o".repeat(MAX_BODY + 1)
+        );
+        let r = exchange(&acct, big.as_bytes());
+        assert_eq!(status(&r), 413, "{r}");
+        let r = exchange(
+            &acct,
+            b"PUT /limits HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\nops=1",
+        );
+        assert_eq!(status(&r), 413, "{r}");
+        let chunked = b"PUT /limits HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2000\r\n";
+        let mut chunked = chunked.to_vec();
+        chunked.extend(std::iter::repeat_n(b'o', 0x2000));
+        chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+        assert_eq!(status(&exchange(&acct, &chunked)), 413);
+        // A head over the limit.
+        let head = format!(
+            "GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n",
+            "a".repeat(MAX_HEAD * 2)
+        );
+        assert_eq!(status(&exchange(&acct, head.as_bytes())), 431);
+        // Not UTF-8.
+        let r = exchange(
+            &acct,
+            b"PUT /limits HTTP/1.1\r\nContent-Length: 2\r\n\r\n\xff\xfe",
+        );
+        assert_eq!(status(&r), 400, "{r}");
+        assert_eq!(acct.limiter.limits(), before);
+    }
+
+    /// Clients that connect and send nothing (or a request's first bytes only) hold a slot
+    /// for at most the connection deadline: the endpoint answers again afterwards.
+    #[test]
+    fn slow_clients_are_dropped_and_the_endpoint_recovers() {
+        let listener = MetricsListener::bind(&"127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = MetricsAddr::Tcp(listener.local_addr().unwrap());
+        let MetricsAddr::Tcp(tcp) = addr.clone() else {
+            unreachable!()
+        };
+        spawn(listener, accounting()).unwrap();
+        let mut idle = Vec::new();
+        for i in 0..MAX_CONNECTIONS + 8 {
+            let mut s = std::net::TcpStream::connect(tcp).unwrap();
+            if i % 2 == 0 {
+                std::io::Write::write_all(&mut s, b"GET /met").unwrap();
+            }
+            idle.push(s);
+        }
+        let start = std::time::Instant::now();
+        for mut s in idle {
+            s.set_read_timeout(Some(REQUEST_TIMEOUT * 3)).unwrap();
+            let mut rest = Vec::new();
+            // Closed by the server (a slot freed), possibly after a 408-like nothing.
+            let _ = std::io::Read::read_to_end(&mut s, &mut rest);
+        }
+        assert!(
+            start.elapsed() < REQUEST_TIMEOUT * 2,
+            "slow clients held for {:?}",
+            start.elapsed()
+        );
+        let (code, body) = http_request(&addr, "GET", "/limits", "").unwrap();
+        assert_eq!(code, 200, "{body}");
+    }
 
     #[test]
     fn addresses_parse_and_non_loopback_is_refused() {

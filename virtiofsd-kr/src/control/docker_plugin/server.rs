@@ -1,5 +1,5 @@
-//! The plugin's HTTP endpoint: hyper's http1 server on a Unix socket, one current-thread
-//! tokio runtime.
+//! The plugin's HTTP endpoint: hyper's http1 server on a Unix socket through the serve loop
+//! shared with the metrics endpoint ([`crate::http`]), one current-thread tokio runtime.
 //!
 //! Owns the socket (a stale one is replaced; mode 0600, root's dockerd is the only client),
 //! reading a bounded body, and handing (path, body) to the plugin core on a blocking thread
@@ -7,21 +7,16 @@
 //! are accepted: dockerd 20.10 sends `POST` with no Content-Type and `Host: ` empty. It must
 //! not interpret requests itself (that is `protocol`).
 
-use std::convert::Infallible;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tracing::{debug, info, warn};
 
 use super::protocol::{self, CONTENT_TYPE, MAX_BODY};
+use crate::http::{self, Body, Listener, ServeLimits};
 
 /// What answers a request: (path, body) to (status, JSON bytes).
 pub type Handler = Arc<dyn Fn(&str, &[u8]) -> protocol::Response + Send + Sync>;
@@ -60,6 +55,16 @@ pub fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener, ServerError
     Ok(listener)
 }
 
+/// What dockerd may take: it is root's and the only client (mode 0600), and a Mount can
+/// take as long as the cluster does, so no deadline; connections are kept alive as dockerd
+/// expects.
+const LIMITS: ServeLimits = ServeLimits {
+    max_connections: 64,
+    connection_timeout: None,
+    max_head: 64 << 10,
+    keep_alive: true,
+};
+
 /// Serves until the process ends.
 pub fn serve(
     listener: std::os::unix::net::UnixListener,
@@ -71,47 +76,27 @@ pub fn serve(
         .build()
         .map_err(ServerError::Runtime)?;
     runtime.block_on(async move {
-        let listener = match tokio::net::UnixListener::from_std(listener) {
-            Ok(l) => l,
-            Err(e) => return Err(ServerError::Runtime(e)),
-        };
+        let listener =
+            tokio::net::UnixListener::from_std(listener).map_err(ServerError::Runtime)?;
         info!("docker plugin listening");
-        loop {
-            let stream = match listener.accept().await {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    debug!("accept: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let handler = handler.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req| answer(req, handler.clone()));
-                if let Err(e) = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
-                    debug!("plugin connection: {e}");
-                }
-            });
-        }
+        http::serve(Listener::Unix(listener), LIMITS, move |req| {
+            answer(req, handler.clone())
+        })
+        .await;
+        Ok(())
     })
 }
 
-async fn answer(
-    req: Request<Incoming>,
-    handler: Handler,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(req: Request<Incoming>, handler: Handler) -> Response<Body> {
     let path = req.uri().path().to_string();
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(collected) => collected.to_bytes(),
+    let body = match http::read_body(req.into_body(), MAX_BODY).await {
+        Ok(body) => body,
         Err(e) => {
             let r = protocol::Response {
                 status: 413,
                 body: serde_json::json!({ "Err": format!("request body: {e}") }),
             };
-            return Ok(reply(&r));
+            return reply(&r);
         }
     };
     let call = path.clone();
@@ -129,16 +114,13 @@ async fn answer(
         Some(e) => info!(call = %path, "answered with an error: {e}"),
         None => debug!(call = %path, "answered"),
     }
-    Ok(reply(&response))
+    reply(&response)
 }
 
-fn reply(r: &protocol::Response) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(r.to_bytes())));
-    *resp.status_mut() =
-        StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    resp.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static(CONTENT_TYPE),
-    );
-    resp
+fn reply(r: &protocol::Response) -> Response<Body> {
+    http::response(
+        StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        CONTENT_TYPE,
+        r.to_bytes(),
+    )
 }
