@@ -32,7 +32,14 @@ SLICE="${FUZZ_SLICE_SECONDS:-300}"
 RSS_MB="${FUZZ_RSS_MB:-2048}"
 BIN="$REPO/fuzz/target/x86_64-unknown-linux-gnu/release"
 mkdir -p "$OUT/logs" "$OUT/shares"
-export FUZZ_SHARE_DIR="$OUT/shares"
+# Shares and journals on a tmpfs where there is one (see fuzz-smoke.sh: an fsync on a busy disk
+# can outlast libFuzzer's timeout and look like a hang).
+if [ -z "${FUZZ_SHARE_DIR:-}" ]; then
+    FUZZ_SHARE_DIR="$OUT/shares"
+    [ -d /dev/shm ] && [ -w /dev/shm ] && FUZZ_SHARE_DIR=/dev/shm/vkr-fuzz-long-shares
+fi
+export FUZZ_SHARE_DIR
+mkdir -p "$FUZZ_SHARE_DIR"
 
 [ -n "${FUZZ_NO_BUILD:-}" ] || nice -n 19 cargo +nightly fuzz build -a
 
