@@ -34,12 +34,7 @@ fn allowed(layer: &str) -> Option<&'static [&'static str]> {
 
 /// Imports that break the rules today, each with the reason it is still there. Remove an
 /// entry when its import goes (the test fails on a stale entry too).
-const KNOWN_EXCEPTIONS: &[(&str, &str, &str)] = &[(
-    "accounting",
-    "vhost",
-    "the DAX window's meters are read through `vhost::dax::DaxWindow`; accounting should take \
-     a small trait instead",
-)];
+const KNOWN_EXCEPTIONS: &[(&str, &str, &str)] = &[];
 
 /// The files of the control plane that may name `cli`: the assembly points.
 const CLI_READERS: &[&str] = &[

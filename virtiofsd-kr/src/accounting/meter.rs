@@ -14,8 +14,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::vhost::dax::DaxWindow;
-
 /// Opcodes are metered in slots `0..OPCODE_SLOTS`; an opcode outside (never a known one) is
 /// counted in slot 0 (`unknown`).
 pub const OPCODE_SLOTS: usize = 64;
@@ -120,10 +118,27 @@ fn zeroed<const N: usize>() -> [AtomicU64; N] {
     std::array::from_fn(|_| AtomicU64::new(0))
 }
 
+/// Traffic that bypasses the FUSE path because the guest reaches host memory mapped for it
+/// (a DAX window): the meter reports these counters beside its own. Accounting knows this
+/// trait only, not the device that implements it.
+pub trait MappedTraffic: Send + Sync {
+    /// Mappings made and bytes mapped, unmappings and bytes unmapped, so far.
+    fn mapped_traffic(&self) -> MappedCounts;
+}
+
+/// What a [`MappedTraffic`] source reports.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MappedCounts {
+    pub map_ops: u64,
+    pub mapped_bytes: u64,
+    pub unmap_ops: u64,
+    pub unmapped_bytes: u64,
+}
+
 /// The live counters of one daemon.
 pub struct Meter {
     base: Totals,
-    dax: Option<Arc<DaxWindow>>,
+    mapped: Option<Arc<dyn MappedTraffic>>,
     read_bytes: AtomicU64,
     written_bytes: AtomicU64,
     requests: [AtomicU64; OPCODE_SLOTS],
@@ -135,11 +150,11 @@ pub struct Meter {
 
 impl Meter {
     /// A meter that starts from `base` (the last journal record, or zeros) and also reports
-    /// the DAX window's counters when there is one.
-    pub fn new(base: Totals, dax: Option<Arc<DaxWindow>>) -> Self {
+    /// the counters of mapped traffic (the DAX window) when there is some.
+    pub fn new(base: Totals, mapped: Option<Arc<dyn MappedTraffic>>) -> Self {
         Meter {
             base,
-            dax,
+            mapped,
             read_bytes: AtomicU64::new(0),
             written_bytes: AtomicU64::new(0),
             requests: zeroed(),
@@ -206,8 +221,8 @@ impl Meter {
                 live.errors.insert(errno as i32, n);
             }
         }
-        if let Some(window) = &self.dax {
-            let d = window.meter().snapshot();
+        if let Some(source) = &self.mapped {
+            let d = source.mapped_traffic();
             live.dax_map_ops = d.map_ops;
             live.dax_mapped_bytes = d.mapped_bytes;
             live.dax_unmap_ops = d.unmap_ops;

@@ -37,10 +37,9 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::vhost::dax::DaxWindow;
 use journal::{Journal, JournalError};
 use limiter::{Limits, RateLimiter};
-use meter::{Meter, Totals};
+use meter::{MappedTraffic, Meter, Totals};
 use server::{MetricsAddr, MetricsListener, ServerError};
 
 /// How often the flush thread writes the journal (at most one record per interval).
@@ -96,10 +95,15 @@ pub struct Accounting {
 
 impl Accounting {
     /// Accounting without journal or server (tests, and the in-process parts of the daemon).
-    pub fn new(labels: Labels, limits: Limits, base: Totals, dax: Option<Arc<DaxWindow>>) -> Self {
+    pub fn new(
+        labels: Labels,
+        limits: Limits,
+        base: Totals,
+        mapped: Option<Arc<dyn MappedTraffic>>,
+    ) -> Self {
         Accounting {
             labels,
-            meter: Meter::new(base, dax),
+            meter: Meter::new(base, mapped),
             limiter: RateLimiter::new(limits),
             journal: Mutex::new(None),
             journal_seq: AtomicU64::new(0),
@@ -163,7 +167,10 @@ impl Prepared {
     /// socket. Must run before the sandbox (it creates files and sockets, which the
     /// sandboxed process cannot) and while the process has one thread (the shipper is
     /// forked).
-    pub fn prepare(config: Config, dax: Option<Arc<DaxWindow>>) -> Result<Self, AccountingError> {
+    pub fn prepare(
+        config: Config,
+        mapped: Option<Arc<dyn MappedTraffic>>,
+    ) -> Result<Self, AccountingError> {
         let (journal, base) = match &config.accounting_dir {
             Some(dir) => {
                 let (journal, base) = Journal::open(dir, &config.labels)?;
@@ -200,7 +207,7 @@ impl Prepared {
                 None => info!(%addr, "metrics endpoint bound"),
             }
         }
-        let acct = Accounting::new(config.labels, config.limits, base, dax);
+        let acct = Accounting::new(config.labels, config.limits, base, mapped);
         if let Some(j) = &journal {
             acct.journal_seq.store(j.last().seq, Ordering::Relaxed);
         }

@@ -410,7 +410,8 @@ fn prepare_accounting(
     let Some(config) = a.config(&args.ceph, host_name())? else {
         return Ok(None);
     };
-    Ok(Some(accounting::Prepared::prepare(config, dax)?))
+    let mapped = dax.map(|w| w as Arc<dyn accounting::meter::MappedTraffic>);
+    Ok(Some(accounting::Prepared::prepare(config, mapped)?))
 }
 
 /// This host's name, for journal records.

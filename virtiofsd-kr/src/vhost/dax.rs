@@ -101,6 +101,18 @@ pub struct DaxMeter {
     pub refused_ops: AtomicU64,
 }
 
+impl crate::accounting::meter::MappedTraffic for DaxWindow {
+    fn mapped_traffic(&self) -> crate::accounting::meter::MappedCounts {
+        let d = self.meter().snapshot();
+        crate::accounting::meter::MappedCounts {
+            map_ops: d.map_ops,
+            mapped_bytes: d.mapped_bytes,
+            unmap_ops: d.unmap_ops,
+            unmapped_bytes: d.unmapped_bytes,
+        }
+    }
+}
+
 /// A snapshot of [`DaxMeter`].
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct DaxCounts {
