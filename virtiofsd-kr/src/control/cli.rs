@@ -1093,8 +1093,7 @@ pub const DEFAULT_POLL_MAX_US: u64 = 0;
 /// Most request queues (`--request-queues`): the device's limit.
 pub const MAX_REQUEST_QUEUES: usize = crate::vhost::device::MAX_REQUEST_QUEUES;
 /// Default `--request-queues`: the most QEMU's vhost-user-fs-pci may be configured with, so
-/// any `num-request-queues` works without a flag. They are served by at most one thread per
-/// CPU of the daemon (`device::QueueThreads::Shared`), so unused queues cost no thread.
+/// any `num-request-queues` works without a flag; unused queues cost one idle thread each.
 pub const DEFAULT_REQUEST_QUEUES: usize = MAX_REQUEST_QUEUES;
 /// Upper bound for --poll-max-us.
 pub const MAX_POLL_US: u64 = 10_000;

@@ -54,9 +54,7 @@ pub enum QueueThreads {
     /// A guest `unlink()` ends in a FORGET on the hiprio queue: served by the thread that is
     /// already awake, it costs no second thread's wake-up (in a TCG guest, unlink was 6 %
     /// slower with a thread per queue; `docs/benchmarks.md`). For backends whose requests
-    /// never wait long. With several request queues, no more threads than the daemon has
-    /// CPUs: request queue i goes to thread i mod that number (threads beyond the CPUs could
-    /// not serve at the same time, and each idle one costs about 14 KiB of memory).
+    /// never wait long.
     Shared,
     /// A thread per queue: a request that waits (a rate limit, a cluster that does not
     /// answer) does not hold up FORGET and INTERRUPT on the hiprio queue.
@@ -65,24 +63,21 @@ pub enum QueueThreads {
 
 impl QueueThreads {
     /// The queues each vring thread serves (bit i: queue i) for `request_queues` request
-    /// queues on `cpus` CPUs: `Shared`, a thread per request queue up to `cpus` threads (queue
-    /// i on thread i mod threads), the hiprio queue with the first; `PerQueue`, a thread per
-    /// request queue and one for the hiprio queue.
-    fn masks(self, request_queues: usize, cpus: usize) -> Vec<u64> {
+    /// queues: a thread per request queue, the hiprio queue with the first (`Shared`) or on a
+    /// thread of its own (`PerQueue`).
+    fn masks(self, request_queues: usize) -> Vec<u64> {
         const HIPRIO: u64 = 1 << HIPRIO_QUEUE_INDEX;
         let request = |i: usize| 1u64 << (HIPRIO_QUEUE_INDEX + 1 + i);
         match self {
-            QueueThreads::Shared => {
-                let threads = request_queues.min(cpus.max(1));
-                (0..threads)
-                    .map(|t| {
-                        let hiprio = if t == 0 { HIPRIO } else { 0 };
-                        (t..request_queues)
-                            .step_by(threads)
-                            .fold(hiprio, |mask, i| mask | request(i))
-                    })
-                    .collect()
-            }
+            QueueThreads::Shared => (0..request_queues)
+                .map(|i| {
+                    if i == 0 {
+                        HIPRIO | request(0)
+                    } else {
+                        request(i)
+                    }
+                })
+                .collect(),
             QueueThreads::PerQueue => std::iter::once(HIPRIO)
                 .chain((0..request_queues).map(request))
                 .collect(),
@@ -521,10 +516,7 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
             tag,
             exit,
             request_queues,
-            masks: threads.masks(
-                request_queues,
-                std::thread::available_parallelism().map_or(1, |n| n.get()),
-            ),
+            masks: threads.masks(request_queues),
             polls: (0..request_queues)
                 .map(|_| QueuePoll::new(poll_max))
                 .collect(),
@@ -854,55 +846,43 @@ mod queue_thread_tests {
     #[test]
     fn every_queue_has_exactly_one_thread() {
         for layout in [QueueThreads::Shared, QueueThreads::PerQueue] {
-            for (rq, cpus) in (1..=MAX_REQUEST_QUEUES).flat_map(|rq| [(rq, 1), (rq, 3), (rq, 64)]) {
-                let masks = layout.masks(rq, cpus);
+            for rq in 1..=MAX_REQUEST_QUEUES {
+                let masks = layout.masks(rq);
                 let queues = HIPRIO_QUEUE_INDEX + 1 + rq;
                 for q in 0..queues {
                     let owners = masks.iter().filter(|m| *m & (1 << q) != 0).count();
                     assert_eq!(owners, 1, "{layout:?} {rq}: queue {q}");
                 }
                 assert_eq!(masks.iter().fold(0, |a, m| a | m), (1 << queues) - 1);
-                // A thread per request queue (shared: at most one per CPU); the hiprio queue
-                // shares the first or has its own.
+                // A thread per request queue; the hiprio queue shares the first or has its own.
                 let threads = match layout {
-                    QueueThreads::Shared => rq.min(cpus),
+                    QueueThreads::Shared => rq,
                     QueueThreads::PerQueue => rq + 1,
                 };
-                assert_eq!(masks.len(), threads, "{layout:?} {rq} {cpus}");
+                assert_eq!(masks.len(), threads, "{layout:?} {rq}");
             }
         }
     }
 
     #[test]
     fn thread_local_events_map_to_device_queues() {
-        let per_queue = QueueThreads::PerQueue.masks(1, 8);
+        let per_queue = QueueThreads::PerQueue.masks(1);
         assert_eq!(queue_of(&per_queue, 0, 0), Some(HIPRIO_QUEUE_INDEX));
         assert_eq!(queue_of(&per_queue, 1, 0), Some(HIPRIO_QUEUE_INDEX + 1));
         assert_eq!(queue_of(&per_queue, 0, 1), None);
         assert_eq!(queue_of(&per_queue, 2, 0), None);
-        let shared = QueueThreads::Shared.masks(1, 8);
+        let shared = QueueThreads::Shared.masks(1);
         assert_eq!(queue_of(&shared, 0, 0), Some(HIPRIO_QUEUE_INDEX));
         assert_eq!(queue_of(&shared, 0, 1), Some(HIPRIO_QUEUE_INDEX + 1));
         assert_eq!(queue_of(&shared, 0, 2), None);
         assert_eq!(queue_of(&shared, 1, 0), None);
         // Four request queues: thread i serves request queue i (+ hiprio on thread 0).
-        let shared = QueueThreads::Shared.masks(4, 8);
+        let shared = QueueThreads::Shared.masks(4);
         assert_eq!(queue_of(&shared, 0, 1), Some(1));
         assert_eq!(queue_of(&shared, 3, 0), Some(4));
         assert_eq!(queue_of(&shared, 3, 1), None);
-        let per_queue = QueueThreads::PerQueue.masks(4, 8);
+        let per_queue = QueueThreads::PerQueue.masks(4);
         assert_eq!(queue_of(&per_queue, 4, 0), Some(4));
         assert_eq!(queue_of(&per_queue, 5, 0), None);
-        // Sixteen request queues on two CPUs: two threads, queues alternating between them,
-        // thread 0 also serving hiprio; the rate-limited layout keeps a thread per queue.
-        let shared = QueueThreads::Shared.masks(16, 2);
-        assert_eq!(shared.len(), 2);
-        assert_eq!(queue_of(&shared, 0, 0), Some(HIPRIO_QUEUE_INDEX));
-        assert_eq!(queue_of(&shared, 0, 1), Some(1));
-        assert_eq!(queue_of(&shared, 0, 2), Some(3));
-        assert_eq!(queue_of(&shared, 1, 0), Some(2));
-        assert_eq!(queue_of(&shared, 1, 7), Some(16));
-        assert_eq!(queue_of(&shared, 1, 8), None);
-        assert_eq!(QueueThreads::PerQueue.masks(16, 2).len(), 17);
     }
 }
