@@ -123,6 +123,7 @@ crate::dynload::dynamic_library! {
         value: *const c_char,
     ) -> c_int;
     pub fn ceph_init(cmount: *mut CephMountInfo) -> c_int;
+    pub fn ceph_umask(cmount: *mut CephMountInfo, mode: mode_t) -> mode_t;
     pub fn ceph_select_filesystem(cmount: *mut CephMountInfo, fs_name: *const c_char) -> c_int;
     pub fn ceph_mount(cmount: *mut CephMountInfo, root: *const c_char) -> c_int;
     pub fn ceph_unmount(cmount: *mut CephMountInfo) -> c_int;

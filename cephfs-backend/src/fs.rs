@@ -206,6 +206,7 @@ impl CephFs {
             root: &cfg.root,
             fs_name: cfg.fs_name.as_deref(),
             mount_timeout: cfg.mount_timeout,
+            posix_acl: cfg.posix_acl,
         })?;
         // From here on, dropping the mount (on an error below, or at the end) must not hang
         // on a cluster that went away either.
@@ -690,10 +691,14 @@ impl FileSystem for CephFs {
         name: &CStr,
         mode: u32,
         rdev: u32,
-        _umask: u32,
+        umask: u32,
     ) -> io::Result<Entry> {
         check_new_name(name)?;
         let perm = Self::perm(ctx)?;
+        // The guest applied its umask already unless it negotiated FUSE_DONT_MASK (POSIX
+        // ACLs); applying it again changes nothing. The export layer passes 0 where a default
+        // ACL of the parent decides instead.
+        let mode = mode & !(umask & 0o7777);
         self.new_node("mknod", parent, name, move |mount, dir, name| {
             mount.mknod(dir, name, mode, u64::from(rdev), &perm)
         })
@@ -705,10 +710,11 @@ impl FileSystem for CephFs {
         parent: u64,
         name: &CStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
     ) -> io::Result<Entry> {
         check_new_name(name)?;
         let perm = Self::perm(ctx)?;
+        let mode = mode & !(umask & 0o7777);
         self.new_node("mkdir", parent, name, move |mount, dir, name| {
             mount.mkdir(dir, name, mode, &perm)
         })
@@ -815,7 +821,7 @@ impl FileSystem for CephFs {
         let flags =
             Self::open_flags(args.flags) | libc::O_CREAT | (args.flags as i32 & libc::O_EXCL);
         let name: CString = name.to_owned();
-        let mode = args.mode;
+        let mode = args.mode & !(args.umask & 0o7777);
         let (inode, file, stat) = self.call("create", move || {
             dir.mount().create(&dir, &name, mode, flags, &perm)
         })?;

@@ -151,6 +151,10 @@ pub struct CephConfig {
     /// backend waits for its unmount. `None`: calls run on the request's thread and wait as
     /// long as libcephfs does (forever for a missing MDS).
     pub op_timeout: Option<Duration>,
+    /// POSIX ACLs (`--posix-acl`): libcephfs keeps and enforces `system.posix_acl_*`
+    /// (`client_acl_type=posix_acl`), new nodes inherit a directory's default ACL, and the
+    /// caller's umask comes with each create instead of the mount's.
+    pub posix_acl: bool,
 }
 
 impl CephConfig {
@@ -170,6 +174,7 @@ impl CephConfig {
             cache: CachePolicy::default(),
             mount_timeout: Duration::from_secs(10),
             op_timeout: Some(DEFAULT_OP_TIMEOUT),
+            posix_acl: false,
         }
     }
 }

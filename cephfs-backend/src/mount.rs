@@ -51,6 +51,9 @@ pub struct MountOptions<'a> {
     pub fs_name: Option<&'a str>,
     /// How long to wait for the monitors and the MDS before failing.
     pub mount_timeout: Duration,
+    /// POSIX ACLs kept and enforced by the client (`client_acl_type=posix_acl`), and a mount
+    /// umask of 0: each create applies its caller's umask itself.
+    pub posix_acl: bool,
 }
 
 /// A mounted CephFS subtree (`ceph_mount_info`).
@@ -153,6 +156,13 @@ impl CephMount {
         ];
         for (option, value) in settings {
             set_option(cm, option, value)?;
+        }
+        if opts.posix_acl {
+            set_option(cm, "client_acl_type", "posix_acl")?;
+            // The client applies its mount's umask to a node created without a default ACL
+            // in its parent; the guest's own umask comes with each request instead.
+            // SAFETY: live, unmounted handle.
+            unsafe { ffi::ceph_umask(cm, 0) };
         }
         if let Some(name) = opts.fs_name {
             let cname = cstring("ceph filesystem name", name)?;

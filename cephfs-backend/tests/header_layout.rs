@@ -75,6 +75,7 @@ int (*p_ceph_create)(M **, const char *) = ceph_create;
 int (*p_ceph_conf_read_file)(M *, const char *) = ceph_conf_read_file;
 int (*p_ceph_conf_set)(M *, const char *, const char *) = ceph_conf_set;
 int (*p_ceph_init)(M *) = ceph_init;
+mode_t (*p_ceph_umask)(M *, mode_t) = ceph_umask;
 int (*p_ceph_select_filesystem)(M *, const char *) = ceph_select_filesystem;
 int (*p_ceph_mount)(M *, const char *) = ceph_mount;
 int (*p_ceph_unmount)(M *) = ceph_unmount;

@@ -1,7 +1,8 @@
-//! Guest/host ID translation (`--translate-uid/-gid`) on a CephFS volume served with
-//! `--backend cephfs`: the export layer translates for every backend, so files the guest's
-//! root creates are owned in CephFS by the mapped IDs (checked through an admin libcephfs
-//! mount), and CephFS owners are shown to the guest as guest IDs.
+//! Guest/host ID translation (`--translate-uid/-gid`) and POSIX ACLs (`--posix-acl`) on a
+//! CephFS volume served with `--backend cephfs`: the export layer translates for every
+//! backend, so files the guest's root creates are owned in CephFS by the mapped IDs (checked
+//! through an admin libcephfs mount), and CephFS owners are shown to the guest as guest IDs;
+//! the ACL suite that runs on a host directory passes unchanged, with the ACLs kept in CephFS.
 //!
 //! Needs root, QEMU and the single-node dev cluster (`scripts/ceph-dev-cluster.sh start`,
 //! started here when it is not running; the test fails, never skips, when it cannot start).
@@ -10,10 +11,11 @@ mod common;
 
 use std::time::Duration;
 
+use common::acl_suite::ACL_BODY;
 use common::ceph::CephVolume;
 use common::host_view::HostView;
 use common::posix_suite::assert_no_failed_checks;
-use vm_tests::workload::script;
+use vm_tests::workload::{script, HELPER};
 use vm_tests::{CacheMode, VmBuilder};
 
 const BODY: &str = r#"
@@ -55,4 +57,55 @@ fn translated_ids_own_guest_files_in_cephfs() {
         let st = view.stat(path).unwrap();
         assert_eq!((st.uid, st.gid), (1000, 2000), "{path}");
     }
+}
+
+#[test]
+fn posix_acls_are_kept_enforced_and_inherited_on_cephfs() {
+    let volume = CephVolume::create("acl");
+    let view = volume.view();
+    let out = VmBuilder::new()
+        .name("ceph-posix-acl")
+        .ceph_share(volume.share())
+        .cache(CacheMode::Auto)
+        .daemon_arg("--posix-acl")
+        .program(
+            std::path::Path::new(env!("CARGO_BIN_EXE_vmtest-helper")),
+            HELPER,
+        )
+        .unwrap()
+        .timeout(Duration::from_secs(600))
+        .workload(&script(ACL_BODY))
+        .run()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_no_failed_checks(&out);
+    out.assert_ok();
+    out.expect("acl_done", "ok");
+
+    // The ACLs live in CephFS as ACLs (version 2, then 8-byte entries), with the guest's IDs.
+    let acl = |p: &str| {
+        let v = view
+            .getxattr(p, "system.posix_acl_access")
+            .unwrap()
+            .unwrap_or_else(|| panic!("{p}: no access ACL in CephFS"));
+        v[4..]
+            .chunks_exact(8)
+            .map(|e| {
+                (
+                    u16::from_le_bytes([e[0], e[1]]),
+                    u16::from_le_bytes([e[2], e[3]]),
+                    u32::from_le_bytes([e[4], e[5], e[6], e[7]]),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert!(acl("g").contains(&(0x02, 6, 1234)), "{:?}", acl("g"));
+    assert!(
+        acl("inh/f").contains(&(0x02, 6, 1234)),
+        "{:?}",
+        acl("inh/f")
+    );
+    let mode = |p: &str| view.stat(p).unwrap().perm;
+    assert_eq!(mode("inh/f"), 0o664);
+    assert_eq!(mode("plain/f"), 0o644);
+    assert_eq!(mode("s"), 0o770);
 }

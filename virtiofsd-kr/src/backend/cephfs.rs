@@ -74,6 +74,8 @@ pub struct CephOptions {
     pub cache: CachePolicy,
     /// `None`: wait for the cluster as long as it takes.
     pub op_timeout: Option<Duration>,
+    /// POSIX ACLs kept and enforced by libcephfs (`--posix-acl`).
+    pub posix_acl: bool,
 }
 
 impl CephStart {
@@ -91,6 +93,7 @@ impl CephStart {
         config.cache = options.cache;
         config.mount_timeout = MOUNT_TIMEOUT;
         config.op_timeout = options.op_timeout;
+        config.posix_acl = options.posix_acl;
         Ok(CephStart { config, files })
     }
 

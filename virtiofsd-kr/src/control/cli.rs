@@ -930,6 +930,7 @@ impl MountArgs {
                     self.ceph_fs.clone(),
                     self.ceph_op_timeout,
                     self.fs.cache,
+                    false,
                 )?)
             }
         };
@@ -972,6 +973,7 @@ fn ceph_options(
     fs_name: Option<String>,
     op_timeout: u64,
     cache: CacheMode,
+    posix_acl: bool,
 ) -> Result<crate::backend::cephfs::CephOptions, CliError> {
     let (conf, id, keyring) = ceph.required("--backend cephfs")?;
     Ok(crate::backend::cephfs::CephOptions {
@@ -982,6 +984,7 @@ fn ceph_options(
         fs_name,
         cache: crate::backend::cephfs::cache_policy(cache),
         op_timeout: Some(std::time::Duration::from_secs(op_timeout)).filter(|t| !t.is_zero()),
+        posix_acl,
     })
 }
 
@@ -1128,12 +1131,6 @@ impl ServeArgs {
                 return Err(unsupported(
                     "--posix-acl",
                     "ACL entries name host IDs, so they cannot be combined with ID translation (--translate-uid/--translate-gid/--uid-map/--gid-map), as in the reference virtiofsd; choose one",
-                ));
-            }
-            if self.backend == Backend::Cephfs {
-                return Err(unsupported(
-                    "--posix-acl",
-                    "POSIX ACLs are served for --backend passthrough only; the CephFS backend keeps plain mode bits (use --posix-acl=never)",
                 ));
             }
             // ACLs are extended attributes.
@@ -1299,6 +1296,7 @@ impl ServeArgs {
             self.ceph_fs.clone(),
             self.ceph_op_timeout,
             self.fs.cache,
+            self.acl_mode()? != AclMode::Never,
         )
     }
 
@@ -2065,17 +2063,28 @@ mod tests {
             let e = with(&args).unwrap_err();
             assert!(matches!(e, CliError::IdMap(..)), "{bad}: {e}");
         }
-        let ceph = normalized(&[
-            "--socket-path=/s",
-            "--backend=cephfs",
-            "--ceph-root=/volumes/a",
-            "--ceph-id=a",
-            "--posix-acl",
-        ])
-        .unwrap_err();
+        // On CephFS, libcephfs keeps and enforces the ACLs: the flag reaches its options.
+        let ceph = |acl: &[&str]| {
+            let mut a = vec![
+                "--socket-path=/s",
+                "--backend=cephfs",
+                "--ceph-root=/volumes/a",
+                "--ceph-id=a",
+                "--ceph-conf=/c",
+                "--ceph-keyring=/k",
+            ];
+            a.extend_from_slice(acl);
+            normalized(&a).unwrap()
+        };
+        let with_acl = ceph(&["--posix-acl"]);
+        assert!(with_acl.fs.xattr);
+        assert!(with_acl.ceph_options().unwrap().posix_acl);
+        assert!(!ceph(&[]).ceph_options().unwrap().posix_acl);
         assert!(
-            ceph.to_string().contains("--backend passthrough only"),
-            "{ceph}"
+            !ceph(&["--posix-acl=never"])
+                .ceph_options()
+                .unwrap()
+                .posix_acl
         );
     }
 }

@@ -198,6 +198,7 @@ impl VolumeAdmin {
             return Err(VolumeError::BadRoot(args.volumes_root.clone()));
         }
         let mount = CephMount::connect(&MountOptions {
+            posix_acl: false,
             conf: &args.ceph_conf,
             id: &args.ceph_id,
             keyring: &args.ceph_keyring,

@@ -315,7 +315,10 @@ pub struct CephVolumeView {
 impl CephVolumeView {
     /// Mounts `root` as `client.<id>` (the admin, normally).
     pub fn connect(conf: &Path, id: &str, keyring: &Path, root: &str) -> CephVolumeView {
-        let fs = CephFs::connect(CephConfig::new(conf, id, keyring, root)).unwrap_or_else(|e| {
+        let mut config = CephConfig::new(conf, id, keyring, root);
+        // See POSIX ACLs as ACLs (a client without it answers EOPNOTSUPP for them).
+        config.posix_acl = true;
+        let fs = CephFs::connect(config).unwrap_or_else(|e| {
             panic!("host view: mounting CephFS {root} as client.{id} failed: {e}")
         });
         CephVolumeView {

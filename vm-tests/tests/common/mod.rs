@@ -1,5 +1,6 @@
 //! Support shared by the guest test binaries (each includes it with `mod common;`):
 //!
+//! - [`acl_suite`]: the POSIX ACL checks run in a guest on both backends;
 //! - [`ceph`]: the CephFS dev cluster, volumes, tenants, quotas, snapshots and the MDS outage
 //!   guard, made the way an operator would today (admin libcephfs mount, `ceph fs authorize`);
 //!   the one place to switch to `virtiofsd-kr volume create/snapshot` once it exists;
@@ -13,6 +14,7 @@
 
 #![allow(dead_code)]
 
+pub mod acl_suite;
 pub mod ceph;
 pub mod coherence;
 pub mod host_view;
