@@ -1465,7 +1465,8 @@ fn cephfs_serving_is_confined() {
     let mut d = Daemon::start_cephfs(
         None,
         volume.daemon_args(),
-        &["--sandbox", "namespace", "--seccomp", "kill"],
+        // --xattr: the extended attribute calls below must reach libcephfs under seccomp.
+        &["--sandbox", "namespace", "--seccomp", "kill", "--xattr"],
     );
     let server = d.filtered_server();
     assert_ne!(server, d.pid(), "the supervisor is not the server");
