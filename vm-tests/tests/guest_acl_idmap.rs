@@ -7,48 +7,17 @@
 
 mod common;
 
-use std::ffi::CString;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use common::acl_suite::ACL_BODY;
+use common::acl_suite::{access_acl, ACL_BODY};
+use common::host_view::LocalDirView;
 use common::posix_suite::assert_no_failed_checks;
 use vm_tests::workload::{script, temp_share, HELPER};
 use vm_tests::{CacheMode, VmBuilder};
 
 fn helper() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_vmtest-helper"))
-}
-
-/// The host's `system.posix_acl_access` of `path` as (tag, perm, id) entries.
-fn host_acl(path: &Path) -> Vec<(u16, u16, u32)> {
-    let p = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: NUL-terminated path and name; `buf` is writable for its length.
-    let n = unsafe {
-        libc::getxattr(
-            p.as_ptr(),
-            c"system.posix_acl_access".as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    assert!(
-        n > 4,
-        "{}: no access ACL on the host ({})",
-        path.display(),
-        std::io::Error::last_os_error()
-    );
-    buf[4..n as usize]
-        .chunks_exact(8)
-        .map(|e| {
-            (
-                u16::from_le_bytes([e[0], e[1]]),
-                u16::from_le_bytes([e[2], e[3]]),
-                u32::from_le_bytes([e[4], e[5], e[6], e[7]]),
-            )
-        })
-        .collect()
 }
 
 #[test]
@@ -69,10 +38,11 @@ fn posix_acls_are_kept_enforced_and_inherited() {
     out.expect("acl_done", "ok");
 
     // The ACLs live on the host as ACLs, with the guest's IDs.
-    let g = host_acl(&share.path().join("g"));
+    let host = LocalDirView::new(share.path());
+    let g = access_acl(&host, "g");
     assert!(g.contains(&(0x02, 6, 1234)), "{g:?}");
     assert!(g.contains(&(0x10, 4, u32::MAX)), "mask after chmod: {g:?}");
-    let f = host_acl(&share.path().join("inh/f"));
+    let f = access_acl(&host, "inh/f");
     assert!(f.contains(&(0x02, 6, 1234)), "{f:?}");
     let mode = |p: &str| std::fs::metadata(share.path().join(p)).unwrap().mode() & 0o7777;
     assert_eq!(mode("inh/f"), 0o664);

@@ -11,7 +11,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::acl_suite::ACL_BODY;
+use common::acl_suite::{access_acl, ACL_BODY};
 use common::ceph::CephVolume;
 use common::host_view::HostView;
 use common::posix_suite::assert_no_failed_checks;
@@ -81,23 +81,8 @@ fn posix_acls_are_kept_enforced_and_inherited_on_cephfs() {
     out.assert_ok();
     out.expect("acl_done", "ok");
 
-    // The ACLs live in CephFS as ACLs (version 2, then 8-byte entries), with the guest's IDs.
-    let acl = |p: &str| {
-        let v = view
-            .getxattr(p, "system.posix_acl_access")
-            .unwrap()
-            .unwrap_or_else(|| panic!("{p}: no access ACL in CephFS"));
-        v[4..]
-            .chunks_exact(8)
-            .map(|e| {
-                (
-                    u16::from_le_bytes([e[0], e[1]]),
-                    u16::from_le_bytes([e[2], e[3]]),
-                    u32::from_le_bytes([e[4], e[5], e[6], e[7]]),
-                )
-            })
-            .collect::<Vec<_>>()
-    };
+    // The ACLs live in CephFS as ACLs, with the guest's IDs.
+    let acl = |p: &str| access_acl(&view, p);
     assert!(acl("g").contains(&(0x02, 6, 1234)), "{:?}", acl("g"));
     assert!(
         acl("inh/f").contains(&(0x02, 6, 1234)),

@@ -4,6 +4,27 @@
 //! the mask in step, setgid cleared when a non-member sets an ACL. Needs `vmtest-helper` as
 //! `/bin/vmtest-helper` in the guest.
 
+use super::host_view::HostView;
+
+/// The `system.posix_acl_access` of `path` outside the guest, as (tag, perm, id) entries
+/// (the kernel's xattr form: a 4-byte version, then 8-byte entries).
+pub fn access_acl(view: &dyn HostView, path: &str) -> Vec<(u16, u16, u32)> {
+    let v = view
+        .getxattr(path, "system.posix_acl_access")
+        .unwrap()
+        .unwrap_or_else(|| panic!("{path}: no access ACL outside the guest"));
+    v[4..]
+        .chunks_exact(8)
+        .map(|e| {
+            (
+                u16::from_le_bytes([e[0], e[1]]),
+                u16::from_le_bytes([e[2], e[3]]),
+                u32::from_le_bytes([e[4], e[5], e[6], e[7]]),
+            )
+        })
+        .collect()
+}
+
 /// The guest script (see `vm_tests::workload::script`).
 pub const ACL_BODY: &str = r#"
 H=/bin/vmtest-helper
