@@ -905,13 +905,9 @@ fn load_avg() -> Option<f64> {
         .ok()
 }
 
-/// The guest's workload: `repeat` rounds of every fio job and the metadata job. Each fio run
-/// is framed by `begin.JOB:N` and `end.JOB:N` lines (N: the round), whose arrival times on
-/// the host bound the window in which the daemon's CPU time is charged to that run.
-fn guest_script(cfg: &Config, jobs: &[FioJob]) -> String {
-    let mut s = String::from(
-        "mkdir -p /data/bench\n\
-         run_job() {\n\
+/// The guest shell function that runs one fio job between the markers whose times bound
+/// the window charged to it (`run_job JOB ROUND`); the DAX and multiqueue modes use it too.
+pub(crate) const RUN_JOB: &str = "run_job() {\n\
          \x20   echo \"@@VMTEST begin.$1:$2=1\"\n\
          \x20   fio --output-format=json --output=/tmp/$1.json /bench/$1.fio >/tmp/$1.err 2>&1\n\
          \x20   rc=$?\n\
@@ -922,8 +918,14 @@ fn guest_script(cfg: &Config, jobs: &[FioJob]) -> String {
          \x20       echo \"@@VMTEST fio.$1:$2=FAILED rc=$rc $(tr '\\n' ' ' < /tmp/$1.err | cut -c1-300) \\\n\
          \x20           $(tr -d '\\n' < /tmp/$1.json 2>/dev/null)\"\n\
          \x20   fi\n\
-         }\n",
-    );
+         }\n";
+
+/// The guest's workload: `repeat` rounds of every fio job and the metadata job. Each fio run
+/// is framed by `begin.JOB:N` and `end.JOB:N` lines (N: the round), whose arrival times on
+/// the host bound the window in which the daemon's CPU time is charged to that run.
+fn guest_script(cfg: &Config, jobs: &[FioJob]) -> String {
+    let mut s = String::from("mkdir -p /data/bench\n");
+    s.push_str(RUN_JOB);
     for round in 0..cfg.repeat {
         for j in jobs {
             let _ = writeln!(s, "run_job {} {round}", j.name);

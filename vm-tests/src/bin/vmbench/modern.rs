@@ -312,20 +312,9 @@ fn job_text(o: &Opts, job: &FioJob, dir: &str) -> String {
 
 /// The guest's script for one boot of `v`.
 fn guest_script(o: &Opts, v: &Variant) -> String {
-    let mut s = String::from(
-        "run_job() {\n\
-         \x20   echo \"@@VMTEST begin.$1:$2=1\"\n\
-         \x20   fio --output-format=json --output=/tmp/$1.json /bench/$1.fio >/tmp/$1.err 2>&1\n\
-         \x20   rc=$?\n\
-         \x20   echo \"@@VMTEST end.$1:$2=1\"\n\
-         \x20   if [ $rc = 0 ]; then\n\
-         \x20       echo \"@@VMTEST fio.$1:$2=$(tr -d '\\n' < /tmp/$1.json)\"\n\
-         \x20   else\n\
-         \x20       echo \"@@VMTEST fio.$1:$2=FAILED rc=$rc $(tr '\\n' ' ' < /tmp/$1.err | cut -c1-300) \\\n\
-         \x20           $(tr -d '\\n' < /tmp/$1.json 2>/dev/null)\"\n\
-         \x20   fi\n\
-         }\n\
-         kib() { awk -v f=\"$1:\" '$1 == f { print $2 }' /proc/meminfo; }\n\
+    let mut s = String::from(super::RUN_JOB);
+    s.push_str(
+        "kib() { awk -v f=\"$1:\" '$1 == f { print $2 }' /proc/meminfo; }\n\
          echo \"@@VMTEST mount=$(grep ' /data ' /proc/mounts | cut -d' ' -f4 | tr ',' ' ')\"\n",
     );
     if o.mode == Mode::Dax {
