@@ -13,25 +13,8 @@ use std::sync::Arc;
 use fuzz_harness::Cursor;
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use virtiofsd_kr::accounting::limiter::Limits;
-use virtiofsd_kr::accounting::meter::Totals;
 use virtiofsd_kr::accounting::server::serve_connection;
-use virtiofsd_kr::accounting::{Accounting, Labels};
-
-fn accounting() -> Arc<Accounting> {
-    Arc::new(Accounting::new(
-        Labels {
-            tenant: "t".into(),
-            volume: "v".into(),
-            pod: "p".into(),
-            traffic_class: "internal".into(),
-            host: "h".into(),
-        },
-        Limits::default(),
-        Totals::default(),
-        None,
-    ))
-}
+use virtiofsd_kr::accounting::Accounting;
 
 /// Sends `chunks` on one connection and returns the raw response.
 fn exchange(rt: &tokio::runtime::Runtime, acct: &Arc<Accounting>, chunks: &[&[u8]]) -> Vec<u8> {
@@ -85,7 +68,11 @@ fn parse(response: &[u8]) -> Option<(u16, String)> {
         .expect("Content-Length")
         .parse()
         .unwrap();
-    assert_eq!(length, body.len(), "Content-Length differs from what follows (one response)");
+    assert_eq!(
+        length,
+        body.len(),
+        "Content-Length differs from what follows (one response)"
+    );
     Some((code, body.to_string()))
 }
 
@@ -94,7 +81,7 @@ fuzz_target!(|data: &[u8]| {
         .enable_time()
         .build()
         .unwrap();
-    let acct = accounting();
+    let acct = fuzz_harness::test_accounting();
     let mut c = Cursor::new(data);
     let pieces = 1 + c.u8() % 4;
     let mut chunks = Vec::new();

@@ -14,11 +14,11 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use virtiofsd_kr::accounting::limiter::Limits;
 use virtiofsd_kr::accounting::meter::Totals;
 use virtiofsd_kr::accounting::{Accounting, Labels};
-use virtiofsd_kr::vhost::device::RequestCore;
-use virtiofsd_kr::fuse::export::{ExportFs, ExportPolicy};
-use virtiofsd_kr::fuse::guard::RequestGuard;
 use virtiofsd_kr::backend::passthrough::{self, HostFs, InodeFileHandles, PassthroughOptions};
 use virtiofsd_kr::backend::CacheMode;
+use virtiofsd_kr::fuse::export::{ExportFs, ExportPolicy};
+use virtiofsd_kr::fuse::guard::RequestGuard;
+use virtiofsd_kr::vhost::device::RequestCore;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 pub type Mem = GuestMemoryMmap<()>;
@@ -472,18 +472,7 @@ impl ShareDir {
                 ..ExportPolicy::default()
             },
         );
-        let acct = Arc::new(Accounting::new(
-            Labels {
-                tenant: "t".into(),
-                volume: "v".into(),
-                pod: "p".into(),
-                traffic_class: "internal".into(),
-                host: "h".into(),
-            },
-            Limits::default(),
-            Totals::default(),
-            None,
-        ));
+        let acct = test_accounting();
         RequestCore::new(export, RequestGuard::new(false), None).with_accounting(acct)
     }
 
@@ -575,6 +564,22 @@ fn mkfifo(path: &Path) {
 }
 
 /// The error field of a reply (0 for none or too short).
+/// The meter every target that needs one uses: fixed labels, no limits, zero totals.
+pub fn test_accounting() -> Arc<Accounting> {
+    Arc::new(Accounting::new(
+        Labels {
+            tenant: "t".into(),
+            volume: "v".into(),
+            pod: "p".into(),
+            traffic_class: "internal".into(),
+            host: "h".into(),
+        },
+        Limits::default(),
+        Totals::default(),
+        None,
+    ))
+}
+
 pub fn error_of(reply: &[u8]) -> i32 {
     reply
         .get(4..8)
