@@ -10,7 +10,7 @@ use std::os::fd::AsFd;
 #[cfg(feature = "postcopy")]
 use std::os::fd::FromRawFd;
 use std::os::unix::io::AsRawFd;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 
 use crate::bitmap::{BitmapReplace, MemRegionBitmap, MmapLogReg};
@@ -103,7 +103,22 @@ pub struct VhostUserHandler<T: VhostUserBackend> {
     vrings: Vec<T::Vring>,
     #[cfg(feature = "postcopy")]
     uffd: Option<Uffd>,
-    worker_threads: Vec<thread::JoinHandle<VringEpollResult<()>>>,
+    // virtiofsd-kr patch: one entry per handler, its thread spawned when one of its queues is
+    // first registered (see `VringWorker`), not here at construction.
+    worker_threads: Mutex<Vec<VringWorker>>,
+}
+
+// virtiofsd-kr patch: lazily spawned vring worker threads.
+type WorkerThread = thread::JoinHandle<VringEpollResult<()>>;
+
+/// The thread of one `VringEpollHandler`: a handler's epoll fd (and exit event) exists from
+/// construction, so queues can be registered at any time, but its thread is spawned only when
+/// the first of its queues is registered (started and enabled by the frontend). A device that
+/// offers many queues to a guest that uses few then has no idle thread per unused queue.
+enum VringWorker {
+    /// Not spawned yet: calling this spawns it.
+    NotStarted(Box<dyn Fn() -> io::Result<WorkerThread> + Send>),
+    Started(WorkerThread),
 }
 
 // Ensure VhostUserHandler: Clone + Send + Sync + 'static.
@@ -139,14 +154,18 @@ where
                 VringEpollHandler::new(backend.clone(), thread_vrings, thread_id)
                     .map_err(VhostUserHandlerError::CreateEpollHandler)?,
             );
+            // virtiofsd-kr patch: the thread is spawned at the first registration of one of
+            // this handler's queues (`update_vring_registration`), not here.
             let handler2 = handler.clone();
-            let worker_thread = thread::Builder::new()
-                .name("vring_worker".to_string())
-                .spawn(move || handler2.run())
-                .map_err(VhostUserHandlerError::SpawnVringWorker)?;
+            let spawn = move || {
+                let handler3 = handler2.clone();
+                thread::Builder::new()
+                    .name("vring_worker".to_string())
+                    .spawn(move || handler3.run())
+            };
 
             handlers.push(handler);
-            worker_threads.push(worker_thread);
+            worker_threads.push(VringWorker::NotStarted(Box::new(spawn)));
         }
 
         Ok(VhostUserHandler {
@@ -164,7 +183,7 @@ where
             vrings,
             #[cfg(feature = "postcopy")]
             uffd: None,
-            worker_threads,
+            worker_threads: Mutex::new(worker_threads),
         })
     }
 }
@@ -230,6 +249,10 @@ where
                                 return Err(VhostUserError::ReqHandlerError(e));
                             }
                         }
+                        // virtiofsd-kr patch: the queue is registered, so its thread must run.
+                        // A kick that came before the thread starts waits in the epoll fd.
+                        self.start_worker(thread_index)
+                            .map_err(VhostUserError::ReqHandlerError)?;
                     } else {
                         let _ = self.handlers[thread_index].unregister_event(
                             fd.as_raw_fd(),
@@ -240,6 +263,22 @@ where
                     break;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// virtiofsd-kr patch: spawns the thread of handler `thread_index` unless it runs already.
+    /// On failure the handler stays not started, and the next registration tries again.
+    fn start_worker(&self, thread_index: usize) -> io::Result<()> {
+        let mut workers = self
+            .worker_threads
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(worker) = workers.get_mut(thread_index) else {
+            return Ok(());
+        };
+        if let VringWorker::NotStarted(spawn) = worker {
+            *worker = VringWorker::Started(spawn()?);
         }
         Ok(())
     }
@@ -798,9 +837,17 @@ impl<T: VhostUserBackend> Drop for VhostUserHandler<T> {
         // Signal all working threads to exit.
         self.send_exit_event();
 
-        for thread in self.worker_threads.drain(..) {
-            if let Err(e) = thread.join() {
-                error!("Error in vring worker: {:?}", e);
+        // virtiofsd-kr patch: only the threads that were spawned are joined (the exit event of
+        // a handler without a thread is written and never read, which is harmless).
+        let workers = self
+            .worker_threads
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for worker in workers.drain(..) {
+            if let VringWorker::Started(thread) = worker {
+                if let Err(e) = thread.join() {
+                    error!("Error in vring worker: {:?}", e);
+                }
             }
         }
     }
