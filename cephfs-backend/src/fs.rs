@@ -528,10 +528,14 @@ impl FileSystem for CephFs {
     type Handle = u64;
 
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
-        let wanted = FsOptions::DO_READDIRPLUS
-            | FsOptions::READDIRPLUS_AUTO
-            | FsOptions::ATOMIC_O_TRUNC
-            | FsOptions::EXPORT_SUPPORT;
+        // Not FUSE_ATOMIC_O_TRUNC: with it the guest kernel passes O_TRUNC to OPEN *before*
+        // its own checks of the truncation (`handle_truncate`: ETXTBSY for a file being
+        // executed, leases), so an `open(O_RDONLY|O_TRUNC)` that the guest then refuses
+        // with ETXTBSY has already emptied the file, and the running program dies of SIGBUS
+        // on its next page (pjdfstest `open::etxtbsy`). Without it the guest truncates with
+        // a SETATTR after those checks, as with the host-directory backend.
+        let wanted =
+            FsOptions::DO_READDIRPLUS | FsOptions::READDIRPLUS_AUTO | FsOptions::EXPORT_SUPPORT;
         Ok(capable & wanted)
     }
 

@@ -8,10 +8,23 @@ use std::time::{Duration, Instant};
 use cephfs_backend::{CephConfig, CephError, CephFs};
 use fuse_backend_rs::abi::fuse_abi::stat64;
 use fuse_backend_rs::api::filesystem::{
-    DirEntry, Entry, FileSystem, GetxattrReply, ListxattrReply, SetattrValid,
+    DirEntry, Entry, FileSystem, FsOptions, GetxattrReply, ListxattrReply, SetattrValid,
 };
 
 use common::*;
+
+/// O_TRUNC of an open stays with the guest kernel, which truncates with a SETATTR after its own
+/// checks (ETXTBSY for a file being executed): FUSE_ATOMIC_O_TRUNC is never negotiated, even
+/// when the kernel offers every option (`guest_etxtbsy.rs` shows what it broke).
+#[test]
+fn init_leaves_o_trunc_to_the_guest() {
+    let vol = Volume::new("init");
+    let fs = vol.mount();
+    let got = fs.init(FsOptions::all()).expect("init");
+    assert!(!got.contains(FsOptions::ATOMIC_O_TRUNC), "{got:?}");
+    assert!(got.contains(FsOptions::DO_READDIRPLUS), "{got:?}");
+    assert!(got.contains(FsOptions::EXPORT_SUPPORT), "{got:?}");
+}
 
 #[test]
 fn file_operations() {

@@ -49,6 +49,12 @@ const USAGE: &str = "usage: vmtest-helper CMD ARGS
   write-until-error FILE MAXMIB
                                write 1 MiB blocks until an error or MAXMIB, then fsync; print
                                written=BYTES write=ok|ERRNO fsync=ok|ERRNO
+  exec-busy SRC DIR ROUNDS     per round: copy SRC (a `sleep`) to a new file in DIR, chmod 755,
+                               run it, open it for writing three ways (O_WRONLY, O_RDWR,
+                               O_RDONLY|O_TRUNC; each must fail with ETXTBSY), then check the
+                               child still runs and the file still holds SRC; print a
+                               `busy-fail ...` line per round that went wrong, then
+                               `refused=N/M intact=N/R alive=N/R`
   io-loop DIR                  until a line arrives on stdin: stat, read, overwrite, create and
                                unlink files in DIR; print one `@@VMTEST round=...` line per
                                round (each call's result and milliseconds), and a
@@ -591,6 +597,77 @@ fn acl_decode(value: &[u8]) -> String {
     entries.join(",")
 }
 
+/// `exec-busy`: the sequence of pjdfstest's `open::etxtbsy` (`io::copy` into a new file,
+/// chmod, `Command::spawn`, then the three opens for writing), repeated. After the opens the
+/// child must still run and the file must still hold SRC's bytes (a refused open must not
+/// have truncated it). An open that did not fail with ETXTBSY is reported with what the child
+/// was doing then; every round that went wrong with how the child ended.
+fn exec_busy(src: &str, dir: &str, rounds: u64) -> Res<String> {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::ExitStatusExt;
+    let original = std::fs::read(src)?;
+    let (mut refused, mut tried, mut intact, mut alive) = (0, 0, 0, 0);
+    let mut report = Vec::new();
+    for round in 0..rounds {
+        let path = format!("{dir}/busy{round}");
+        std::io::copy(&mut File::open(src)?, &mut File::create(&path)?)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+        let mut child = std::process::Command::new(&path).arg("60").spawn()?;
+        let cpath = cpath(&path)?;
+        let mut failed = Vec::new();
+        for (how, flags) in [
+            ("O_WRONLY", libc::O_WRONLY),
+            ("O_RDWR", libc::O_RDWR),
+            ("O_RDONLY|O_TRUNC", libc::O_RDONLY | libc::O_TRUNC),
+        ] {
+            tried += 1;
+            // SAFETY: a valid NUL-terminated path.
+            let fd = unsafe { libc::open(cpath.as_ptr(), flags | libc::O_CLOEXEC) };
+            if fd >= 0 {
+                // SAFETY: `fd` was just opened here.
+                unsafe { libc::close(fd) };
+                let state = std::fs::read_to_string(format!("/proc/{}/stat", child.id()))
+                    .ok()
+                    .and_then(|s| s.rsplit(')').next().and_then(|r| r.trim().chars().next()))
+                    .unwrap_or('?');
+                failed.push(format!("{how}=opened(child state {state})"));
+            } else {
+                let e = Error::last_os_error();
+                if e.raw_os_error() == Some(libc::ETXTBSY) {
+                    refused += 1;
+                } else {
+                    failed.push(format!("{how}=ERR:{}", errno_name(&e)));
+                }
+            }
+        }
+        let running = child.try_wait()?.is_none();
+        alive += u64::from(running);
+        let now = std::fs::read(&path)?;
+        if now == original {
+            intact += 1;
+        } else {
+            failed.push(format!("size={}/{}", now.len(), original.len()));
+        }
+        let _ = child.kill();
+        let status = child.wait()?;
+        if !failed.is_empty() || !running {
+            report.push(format!(
+                "busy-fail round={round} {} child-end={}",
+                failed.join(" "),
+                match (status.signal(), status.code()) {
+                    (Some(sig), _) => format!("signal{sig}"),
+                    (None, Some(c)) => format!("exit{c}"),
+                    _ => "?".into(),
+                }
+            ));
+        }
+    }
+    report.push(format!(
+        "refused={refused}/{tried} intact={intact}/{rounds} alive={alive}/{rounds}"
+    ));
+    Ok(report.join("\n"))
+}
+
 fn run(args: &[String]) -> Res<String> {
     let cmd = arg(args, 0, "command")?;
     match cmd {
@@ -625,6 +702,11 @@ fn run(args: &[String]) -> Res<String> {
             unsafe { libc::close(fd) };
             Ok("ok".into())
         }
+        "exec-busy" => exec_busy(
+            arg(args, 1, "source")?,
+            arg(args, 2, "dir")?,
+            num(args, 3, "rounds")?,
+        ),
         "read" => Ok(String::from_utf8_lossy(&std::fs::read(arg(args, 1, "path")?)?).into_owned()),
         "setacl" => {
             let p = cpath(arg(args, 1, "path")?)?;
