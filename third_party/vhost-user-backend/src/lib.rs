@@ -174,6 +174,28 @@ where
         self.start_daemon(backend_handler)
     }
 
+    /// virtiofsd-kr patch: accepts one connection on `listener`, calls `connected`, and serves
+    /// the connection on the calling thread until the frontend goes away: what [`Self::start`]
+    /// and [`Self::wait`] do, without a thread of its own (one idle thread less per daemon).
+    /// As with `wait`, a broken socket ends it with `Ok`.
+    pub fn serve_on_this_thread(
+        &mut self,
+        listener: &mut Listener,
+        connected: impl FnOnce(),
+    ) -> Result<()> {
+        let mut backend_listener = BackendListener::new(listener, self.handler.clone())
+            .map_err(Error::CreateBackendListener)?;
+        let mut handler = self.accept(&mut backend_listener)?;
+        connected();
+        loop {
+            match handler.handle_request() {
+                Ok(()) => {}
+                Err(VhostUserError::SocketBroken(_)) => return Ok(()),
+                Err(e) => return Err(Error::HandleRequest(e)),
+            }
+        }
+    }
+
     fn accept(
         &self,
         backend_listener: &mut BackendListener<Mutex<VhostUserHandler<T>>>,

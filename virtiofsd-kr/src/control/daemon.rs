@@ -302,11 +302,8 @@ where
     // The reference daemon's words: Kata's runtime-rs waits for this line on stderr.
     info!("Waiting for vhost-user socket connection...");
     release_setup_memory();
-    daemon
-        .start(&mut listener)
-        .map_err(DaemonError::VhostUser)?;
-    info!("frontend connected");
-    let result = daemon.wait();
+    // The connection is served on this thread (no thread of its own: one idle thread less).
+    let result = daemon.serve_on_this_thread(&mut listener, || info!("frontend connected"));
     device.notify_exit();
     accounting::flush_on_exit();
     for (i, totals) in device.poll_totals().enumerate() {
