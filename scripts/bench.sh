@@ -43,6 +43,7 @@
 # (--count-cpu), so "CPU" is the whole host cost of a guest's I/O either way. Tables in
 # DIR/ceph.md (also on stdout), DIR/ceph-native.{md,json}, DIR/ceph-passthrough.{md,json},
 # DIR/ceph.json (both). The volume is removed afterwards; --fs does not apply.
+# --ceph-native-only skips run 2 (the native comparison alone takes half the time).
 #
 # --density runs `vmbench density`: N daemons of each kind (default 32) connected to test
 # frontends, idle and then each sent one GETATTR every few ms: the CPU of all of them per
@@ -94,6 +95,7 @@ BACKEND=passthrough
 DENSITY=0
 MODERN=""
 FS=image
+CEPH_RUNS=both
 PASS=()
 
 log() { echo "bench: $*" >&2; }
@@ -112,6 +114,7 @@ while [ $# -gt 0 ]; do
             esac
             shift 2 ;;
         --density) DENSITY=1; shift ;;
+        --ceph-native-only) CEPH_RUNS=native; shift ;;
         --dax) MODERN=dax; shift ;;
         --multiqueue) MODERN=multiqueue; shift ;;
         --fs)
@@ -290,11 +293,17 @@ ceph_bench() {
         "${PASS[@]}" </dev/null 2>&1 >/dev/null | tee "$OUT/last.log" >&2
     rc1=${PIPESTATUS[0]}
     [ "$count_cpu_ok" = 1 ] && fuse_cpu=(--count-cpu "reference:$CEPH_FUSE_PID" --count-cpu "ours:$CEPH_FUSE_PID")
-    log "run 2 of 2: ours passthrough against the reference, both over ceph-fuse"
-    "$vmbench" --ours "$OURS" --reference "$REF" --work "$CEPH_MNT" --no-host "${fuse_cpu[@]}" \
-        --markdown-out "$OUT/ceph-passthrough.md" --json-out "$OUT/ceph-passthrough.json" \
-        "${PASS[@]}" </dev/null 2>&1 >/dev/null | tee -a "$OUT/last.log" >&2
-    rc2=${PIPESTATUS[0]}
+    if [ "$CEPH_RUNS" = native ]; then
+        log "run 2 of 2 skipped (--ceph-native-only)"
+        rm -f "$OUT/ceph-passthrough.md" "$OUT/ceph-passthrough.json"
+        rc2=0
+    else
+        log "run 2 of 2: ours passthrough against the reference, both over ceph-fuse"
+        "$vmbench" --ours "$OURS" --reference "$REF" --work "$CEPH_MNT" --no-host "${fuse_cpu[@]}" \
+            --markdown-out "$OUT/ceph-passthrough.md" --json-out "$OUT/ceph-passthrough.json" \
+            "${PASS[@]}" </dev/null 2>&1 >/dev/null | tee -a "$OUT/last.log" >&2
+        rc2=${PIPESTATUS[0]}
+    fi
     set -e
     fuse_cpu1=$(awk '{ print $14 + $15 }' "/proc/$CEPH_FUSE_PID/stat")
     {
@@ -310,7 +319,7 @@ ceph_bench() {
         echo
         echo "## 2. ours passthrough over ceph-fuse (\"ours\") vs reference virtiofsd over ceph-fuse"
         echo
-        cat "$OUT/ceph-passthrough.md" 2>/dev/null || echo "(run 2 failed: exit $rc2)"
+        cat "$OUT/ceph-passthrough.md" 2>/dev/null || echo "(run 2 not run or failed: exit $rc2)"
     } >"$OUT/ceph.md"
     {
         printf '{"volume":"/volumes/%s","ceph_fuse_cpu_ticks":%s,"native_vs_reference":' \
