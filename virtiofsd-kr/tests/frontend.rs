@@ -1714,6 +1714,108 @@ fn daemon_exits_zero_on_disconnect_after_its_queue_thread_failed() {
     daemon.assert_exits_zero();
 }
 
+/// The serving process's threads, by name (`/proc/PID/task/*/comm`), sorted. With
+/// `--sandbox namespace` the serving process is the started one's only child.
+fn thread_names(daemon: &Daemon) -> Vec<String> {
+    let pid = daemon.pid();
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .expect("/proc/PID/task/PID/children");
+    let server = children.split_whitespace().next().unwrap_or_default();
+    let server = if server.is_empty() {
+        pid.to_string()
+    } else {
+        server.to_string()
+    };
+    let tasks = std::fs::read_dir(format!("/proc/{server}/task")).expect("/proc/PID/task");
+    let mut names: Vec<String> = tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A daemon offering 16 request queues to a frontend that starts two queues (the hiprio queue
+/// and request queue 0, as a Linux 6.1 guest does) runs one vring thread, not 16: a request
+/// queue's thread is spawned when the frontend starts that queue (`third_party/README.md`,
+/// vhost-user-backend). A queue started later gets its own thread and is served on it, and
+/// the daemon exits cleanly with the threads it never spawned. Under the production
+/// confinement: the thread is spawned long after the seccomp filter is in place.
+#[test]
+fn request_queue_threads_start_with_their_queues_and_serve_them() {
+    const LATE: usize = 4; // request queue 3
+    let mut daemon = Daemon::start_with(
+        &["--sandbox", "namespace", "--seccomp", "kill"],
+        &["--request-queues", "16"],
+        |_| {},
+    );
+    let mut s = daemon.session();
+    let root = s.getattr(ROOT).expect("GETATTR on request queue 0");
+    // A thread names itself once it runs, so a name can lag behind the thread (the count of
+    // threads cannot: a queue's thread is created before its SET_VRING_ENABLE is answered).
+    let vring_threads = |daemon: &Daemon, want: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let names = thread_names(daemon);
+            let vring = names.iter().filter(|n| *n == "vring_worker").count();
+            if vring >= want || std::time::Instant::now() > deadline {
+                return (vring, names);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+
+    let names = thread_names(&daemon);
+    // main, the vhost-user connection, the signal thread and one vring thread.
+    assert_eq!(names.len(), 4, "threads of an idle daemon: {names:?}");
+    let (vring, names) = vring_threads(&daemon, 1);
+    assert_eq!(
+        vring, 1,
+        "vring threads with the hiprio queue and request queue 0 started: {names:?}"
+    );
+
+    s.frontend().start_queue(LATE).expect("starting queue 4");
+    let names = thread_names(&daemon);
+    assert_eq!(
+        names.len(),
+        5,
+        "threads after starting queue {LATE}: {names:?}"
+    );
+    let (vring, names) = vring_threads(&daemon, 2);
+    assert_eq!(
+        vring, 2,
+        "vring threads after starting queue {LATE}: {names:?}"
+    );
+    let unique = s.unique();
+    let reply = s
+        .frontend()
+        .send_chain(LATE, &[&getattr_request(unique, ROOT)], &[REPLY_SPACE])
+        .unwrap_or_else(|e| panic!("GETATTR on queue {LATE}: {e}; stderr:\n{}", daemon.stderr()));
+    let attr: fuse_backend_rs::abi::fuse_abi::AttrOut = FuseReply::from_reply(&reply, unique)
+        .and_then(FuseReply::ok)
+        .and_then(|r| r.body_as())
+        .expect("GETATTR reply on the late queue");
+    assert_eq!(attr.attr.ino, root.attr.ino);
+    // Starting a queue twice is the frontend's error, caught before anything is sent.
+    assert!(s.frontend().start_queue(LATE).is_err());
+    s.getattr(ROOT).expect("GETATTR on request queue 0 again");
+    assert_eq!(thread_names(&daemon).len(), 5);
+
+    drop(s);
+    daemon.assert_exits_zero();
+    assert!(!daemon.socket.exists(), "socket left behind");
+    // Each request counted on the queue it came on: 2 GETATTRs (and INIT) on queue 1, 1 on 4.
+    let stderr = daemon.stderr();
+    let counts = stderr
+        .lines()
+        .find(|l| l.contains("requests per queue"))
+        .unwrap_or_else(|| panic!("no per-queue counts at exit; stderr:\n{stderr}"));
+    assert!(
+        counts.contains(" 1=3 ") && counts.contains(&format!(" {LATE}=1 ")),
+        "{counts}"
+    );
+}
+
 #[test]
 fn disconnect_before_any_request_exits_zero() {
     let mut daemon = Daemon::start(&[]);

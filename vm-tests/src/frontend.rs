@@ -47,7 +47,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 pub const HIPRIO_QUEUE: usize = 0;
 /// Queue 1 of a virtio-fs device: every other request.
 pub const REQUEST_QUEUE: usize = 1;
-/// Queues this frontend sets up (the hiprio queue and one request queue).
+/// Queues this frontend sets up by default (the hiprio queue and one request queue, as a
+/// Linux 6.1 guest uses); [`FrontendConfig::queues`] sets another number.
 pub const NUM_QUEUES: usize = 2;
 
 /// Descriptor flag: the chain continues at `next`.
@@ -64,6 +65,8 @@ const AVAIL_OFFSET: u64 = 0x4000;
 const USED_OFFSET: u64 = 0x5000;
 /// Largest queue the ring areas have room for.
 pub const MAX_QUEUE_SIZE: u16 = 1024;
+/// Most queues the ring areas below [`DATA_BASE`] have room for.
+pub const MAX_QUEUES: usize = (DATA_BASE / RING_STRIDE) as usize;
 /// First guest address of the data buffer area.
 pub const DATA_BASE: u64 = 0x20_0000;
 
@@ -77,8 +80,8 @@ pub enum FrontendError {
     },
     #[error("the backend does not offer {0}")]
     MissingFeature(&'static str),
-    #[error("the backend offers {offered} queues, {NUM_QUEUES} are needed")]
-    TooFewQueues { offered: u64 },
+    #[error("the backend offers {offered} queues, {needed} are needed")]
+    TooFewQueues { offered: u64, needed: usize },
     #[error("creating guest memory: {0}")]
     Memfd(std::io::Error),
     #[error("mapping guest memory: {0}")]
@@ -98,6 +101,8 @@ pub enum FrontendError {
     Config(&'static str),
     #[error("no queue {0}")]
     NoQueue(usize),
+    #[error("queue {0} is already started")]
+    QueueStarted(usize),
     #[error("{need} bytes do not fit in the {have}-byte data area")]
     NoSpace { need: u64, have: u64 },
     #[error("a chain of {len} descriptors does not fit in a queue of {size}")]
@@ -165,6 +170,10 @@ pub struct FrontendConfig {
     pub shmem: bool,
     /// How long [`TestFrontend::send`] waits for the used buffer.
     pub reply_timeout: Duration,
+    /// Queues started at connect: the hiprio queue and `queues - 1` request queues, as a
+    /// guest driver sets them up (QEMU starts only the queues the driver set up). More can be
+    /// started later with [`TestFrontend::start_queue`], up to what the backend offers.
+    pub queues: usize,
 }
 
 impl Default for FrontendConfig {
@@ -179,6 +188,7 @@ impl Default for FrontendConfig {
             memory_message: MemoryMessage::SetMemTable,
             shmem: false,
             reply_timeout: Duration::from_secs(5),
+            queues: NUM_QUEUES,
         }
     }
 }
@@ -406,7 +416,8 @@ pub struct TestFrontend {
     vu: Frontend,
     backend_channel: Option<BackendChannel>,
     mem: GuestMemoryMmap<()>,
-    queues: Vec<Virtqueue>,
+    /// By queue index; `None`: not started.
+    queues: Vec<Option<Virtqueue>>,
     config: FrontendConfig,
     acked_features: u64,
     acked_protocol: VhostUserProtocolFeatures,
@@ -441,8 +452,11 @@ impl TestFrontend {
         if (config.mem_size as u64) <= DATA_BASE + 0x1000 {
             return Err(FrontendError::Config("mem_size leaves no room for data"));
         }
+        if !(1..=MAX_QUEUES).contains(&config.queues) {
+            return Err(FrontendError::Config("queues must be 1 to MAX_QUEUES"));
+        }
         let mem = create_memory(config.mem_size)?;
-        let vu = Frontend::connect(socket, NUM_QUEUES as u64).map_err(vhost_err("connect"))?;
+        let vu = Frontend::connect(socket, config.queues as u64).map_err(vhost_err("connect"))?;
         let mut frontend = TestFrontend {
             vu,
             backend_channel: None,
@@ -514,8 +528,11 @@ impl TestFrontend {
                 .vu
                 .get_queue_num()
                 .map_err(vhost_err("GET_QUEUE_NUM"))?;
-            if n < NUM_QUEUES as u64 {
-                return Err(FrontendError::TooFewQueues { offered: n });
+            if n < self.config.queues as u64 {
+                return Err(FrontendError::TooFewQueues {
+                    offered: n,
+                    needed: self.config.queues,
+                });
             }
         }
 
@@ -585,13 +602,16 @@ impl TestFrontend {
             })
     }
 
-    /// What QEMU does when the guest resets: stops every queue (`SET_VRING_ENABLE 0`,
+    /// What QEMU does when the guest resets: stops every started queue (`SET_VRING_ENABLE 0`,
     /// `GET_VRING_BASE`), then starts the device again with the same features and memory
     /// table and fresh, empty rings. Returns the avail index the backend reported for each
-    /// queue when it stopped.
+    /// started queue when it stopped.
     pub fn restart_queues(&mut self) -> Result<Vec<u16>> {
-        let mut bases = Vec::with_capacity(NUM_QUEUES);
-        for index in 0..NUM_QUEUES {
+        let started: Vec<usize> = (0..self.queues.len())
+            .filter(|&q| self.queues[q].is_some())
+            .collect();
+        let mut bases = Vec::with_capacity(started.len());
+        for &index in &started {
             self.vu
                 .set_vring_enable(index, false)
                 .map_err(vhost_err("SET_VRING_ENABLE"))?;
@@ -609,56 +629,75 @@ impl TestFrontend {
         self.vu
             .set_mem_table(&[region])
             .map_err(vhost_err("SET_MEM_TABLE"))?;
-        self.setup_queues()?;
+        for index in started {
+            self.start_queue(index)?;
+        }
         Ok(bases)
     }
 
     fn setup_queues(&mut self) -> Result<()> {
-        let size = self.config.queue_size;
-        for index in 0..NUM_QUEUES {
-            let base = GuestAddress(index as u64 * RING_STRIDE);
-            let queue = Virtqueue {
-                size,
-                desc_table: base,
-                avail: GuestAddress(base.0 + AVAIL_OFFSET),
-                used: GuestAddress(base.0 + USED_OFFSET),
-                kick: EventFd::new(EFD_NONBLOCK).map_err(FrontendError::EventFd)?,
-                call: EventFd::new(EFD_NONBLOCK).map_err(FrontendError::EventFd)?,
-                avail_idx: 0,
-                used_seen: 0,
-                next_slot: 0,
-            };
-            // Rings start zeroed: flags 0 (interrupts wanted), idx 0.
-            self.fill(queue.desc_table, RING_STRIDE as usize, 0)?;
-            let addrs = VringConfigData {
-                queue_max_size: size,
-                queue_size: size,
-                flags: 0,
-                desc_table_addr: self.host_address(queue.desc_table)?,
-                used_ring_addr: self.host_address(queue.used)?,
-                avail_ring_addr: self.host_address(queue.avail)?,
-                log_addr: None,
-            };
-            self.vu
-                .set_vring_num(index, size)
-                .map_err(vhost_err("SET_VRING_NUM"))?;
-            self.vu
-                .set_vring_addr(index, &addrs)
-                .map_err(vhost_err("SET_VRING_ADDR"))?;
-            self.vu
-                .set_vring_base(index, 0)
-                .map_err(vhost_err("SET_VRING_BASE"))?;
-            self.vu
-                .set_vring_call(index, &queue.call)
-                .map_err(vhost_err("SET_VRING_CALL"))?;
-            self.vu
-                .set_vring_kick(index, &queue.kick)
-                .map_err(vhost_err("SET_VRING_KICK"))?;
-            self.vu
-                .set_vring_enable(index, true)
-                .map_err(vhost_err("SET_VRING_ENABLE"))?;
-            self.queues.push(queue);
+        for index in 0..self.config.queues {
+            self.start_queue(index)?;
         }
+        Ok(())
+    }
+
+    /// Sets up queue `index` and starts it as QEMU does when the guest driver has set it up
+    /// (`SET_VRING_NUM`, `_ADDR`, `_BASE`, `_CALL`, `_KICK`, `_ENABLE`): at connect for the
+    /// first [`FrontendConfig::queues`], later for a queue a driver starts after the others.
+    pub fn start_queue(&mut self, index: usize) -> Result<()> {
+        if index >= MAX_QUEUES {
+            return Err(FrontendError::NoQueue(index));
+        }
+        if self.queues.get(index).is_some_and(Option::is_some) {
+            return Err(FrontendError::QueueStarted(index));
+        }
+        let size = self.config.queue_size;
+        let base = GuestAddress(index as u64 * RING_STRIDE);
+        let queue = Virtqueue {
+            size,
+            desc_table: base,
+            avail: GuestAddress(base.0 + AVAIL_OFFSET),
+            used: GuestAddress(base.0 + USED_OFFSET),
+            kick: EventFd::new(EFD_NONBLOCK).map_err(FrontendError::EventFd)?,
+            call: EventFd::new(EFD_NONBLOCK).map_err(FrontendError::EventFd)?,
+            avail_idx: 0,
+            used_seen: 0,
+            next_slot: 0,
+        };
+        // Rings start zeroed: flags 0 (interrupts wanted), idx 0.
+        self.fill(queue.desc_table, RING_STRIDE as usize, 0)?;
+        let addrs = VringConfigData {
+            queue_max_size: size,
+            queue_size: size,
+            flags: 0,
+            desc_table_addr: self.host_address(queue.desc_table)?,
+            used_ring_addr: self.host_address(queue.used)?,
+            avail_ring_addr: self.host_address(queue.avail)?,
+            log_addr: None,
+        };
+        self.vu
+            .set_vring_num(index, size)
+            .map_err(vhost_err("SET_VRING_NUM"))?;
+        self.vu
+            .set_vring_addr(index, &addrs)
+            .map_err(vhost_err("SET_VRING_ADDR"))?;
+        self.vu
+            .set_vring_base(index, 0)
+            .map_err(vhost_err("SET_VRING_BASE"))?;
+        self.vu
+            .set_vring_call(index, &queue.call)
+            .map_err(vhost_err("SET_VRING_CALL"))?;
+        self.vu
+            .set_vring_kick(index, &queue.kick)
+            .map_err(vhost_err("SET_VRING_KICK"))?;
+        self.vu
+            .set_vring_enable(index, true)
+            .map_err(vhost_err("SET_VRING_ENABLE"))?;
+        if self.queues.len() <= index {
+            self.queues.resize_with(index + 1, || None);
+        }
+        self.queues[index] = Some(queue);
         Ok(())
     }
 
@@ -713,12 +752,16 @@ impl TestFrontend {
     }
 
     fn queue(&self, queue: usize) -> Result<&Virtqueue> {
-        self.queues.get(queue).ok_or(FrontendError::NoQueue(queue))
+        self.queues
+            .get(queue)
+            .and_then(Option::as_ref)
+            .ok_or(FrontendError::NoQueue(queue))
     }
 
     fn queue_mut(&mut self, queue: usize) -> Result<&mut Virtqueue> {
         self.queues
             .get_mut(queue)
+            .and_then(Option::as_mut)
             .ok_or(FrontendError::NoQueue(queue))
     }
 

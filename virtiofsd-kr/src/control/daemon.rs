@@ -301,6 +301,7 @@ where
     info!(export = what, queue_threads = ?threads, request_threads = ?request_threads, poll_max_us = args.poll_max_us, "waiting for the vhost-user frontend");
     // The reference daemon's words: Kata's runtime-rs waits for this line on stderr.
     info!("Waiting for vhost-user socket connection...");
+    release_setup_memory();
     daemon
         .start(&mut listener)
         .map_err(DaemonError::VhostUser)?;
@@ -341,6 +342,19 @@ where
         Err(e) => Err(DaemonError::VhostUser(e)),
     }
     .inspect(|_| info!("frontend disconnected, exiting"))
+}
+
+/// Gives the pages of what start-up allocated and freed (the command line, the mount table,
+/// the seccomp program, ...) back to the kernel before the daemon settles to wait: glibc keeps
+/// freed memory below the top of the heap resident. An idle daemon's heap: 180 -> 112 KiB
+/// (`docs/benchmarks.md`, "Density"). Uses `madvise` and `brk`, both allowed by seccomp.
+fn release_setup_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap memory to the kernel; it takes the allocator's
+    // locks like any malloc call and touches no memory that is in use.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// How long the queue threads get to finish their requests once the frontend is gone.
