@@ -382,6 +382,11 @@ impl<F: FileSystem> ExportFs<F> {
         if self.policy.no_readdirplus {
             opts.remove(FsOptions::DO_READDIRPLUS | FsOptions::READDIRPLUS_AUTO);
         }
+        // Never FUSE_ATOMIC_O_TRUNC, whatever the backend asks: with it the guest kernel hands
+        // O_TRUNC to OPEN before its own checks of the truncation (ETXTBSY for a running
+        // program, in `handle_truncate`), so a refused `open(O_RDONLY|O_TRUNC)` would already
+        // have emptied the file (the CephFS backend asked for it; `guest_etxtbsy.rs`).
+        opts.remove(FsOptions::ATOMIC_O_TRUNC);
         if self.policy.announce_submounts && capable.contains(FsOptions::SUBMOUNTS) {
             opts.insert(FsOptions::SUBMOUNTS);
         }
@@ -1267,6 +1272,29 @@ mod tests {
             .init(FsOptions::INIT_EXT | FsOptions::BIG_WRITES)
             .unwrap();
         assert!(!opts.contains(FsOptions::INIT_EXT));
+    }
+
+    /// A backend that asks for every option the guest offers.
+    struct WantsAll;
+
+    impl FileSystem for WantsAll {
+        type Inode = u64;
+        type Handle = u64;
+        fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
+            Ok(capable)
+        }
+    }
+
+    /// O_TRUNC stays with the guest kernel, which truncates after its ETXTBSY check, even for
+    /// a backend that asks for FUSE_ATOMIC_O_TRUNC.
+    #[test]
+    fn atomic_o_trunc_is_never_negotiated() {
+        let fs = ExportFs::new(WantsAll, ExportPolicy::default());
+        let opts = fs
+            .init(FsOptions::ATOMIC_O_TRUNC | FsOptions::DO_READDIRPLUS)
+            .unwrap();
+        assert!(!opts.contains(FsOptions::ATOMIC_O_TRUNC), "{opts:?}");
+        assert!(opts.contains(FsOptions::DO_READDIRPLUS), "{opts:?}");
     }
 
     #[test]
