@@ -35,7 +35,7 @@
 # --backend cephfs compares the daemons on a CephFS volume of the dev cluster
 # (scripts/ceph-dev-cluster.sh start, CEPH_DEV_PORT as usual; left running): a fresh volume
 # /volumes/bench-N with its own cephx identity (`ceph fs authorize ... rw`), mounted on the
-# host with Debian's ceph-fuse as that identity (target/vmbench-ceph). Two vmbench runs on it,
+# host with Debian's ceph-fuse as that identity (target/vmbench-mnt/ceph). Two vmbench runs on it,
 # each with its A B / B A alternation: (1) ours with --backend cephfs on the volume against
 # the reference virtiofsd serving the ceph-fuse mount (host jobs: the same fio jobs on the
 # ceph-fuse mount); (2) ours passthrough against the reference, both serving that mount. In
@@ -206,8 +206,11 @@ fi
 
 # ---- CephFS mode (--backend cephfs) -------------------------------------------------------
 CEPH_DIR="${CEPH_DEV_DIR:-$REPO/.cache/ceph}"
-CEPH_MNT="$REPO/target/vmbench-ceph"
-CEPH_ADMIN_MNT="$REPO/target/vmbench-ceph-admin"
+# The mountpoints live apart from any --out (which takes ceph-fuse.log and the tables): an
+# --out of target/vmbench-ceph, the old mountpoint, made the mountpoint non-empty and
+# ceph-fuse refused to mount.
+CEPH_MNT="$REPO/target/vmbench-mnt/ceph"
+CEPH_ADMIN_MNT="$REPO/target/vmbench-mnt/ceph-admin"
 CEPH_FUSE_PID=""
 CEPH_VOLUME=""
 
@@ -253,6 +256,11 @@ ceph_cleanup() {
 
 ceph_bench() {
     [ "$(id -u)" = 0 ] || die "--backend cephfs mounts ceph-fuse and needs root"
+    local out_abs
+    out_abs="$(cd "$OUT" && pwd)"
+    case "$out_abs/" in
+        "$REPO/target/vmbench-mnt/"*) die "--out $OUT is under the bench's mountpoints ($REPO/target/vmbench-mnt): choose another directory" ;;
+    esac
     command -v ceph-fuse >/dev/null || die "ceph-fuse is missing: scripts/ceph-dev-cluster.sh start installs it"
     "$REPO/scripts/ceph-dev-cluster.sh" start >&2
     command -v ceph-fuse >/dev/null || die "ceph-fuse is missing after the cluster's set-up"
