@@ -13,7 +13,8 @@
 //! * [`accounting`]: per-tenant meters, rate limits, metrics and journals, fed by the layers
 //!   above through small calls and knowing none of their types;
 //! * [`http`]: the one hyper serve loop the metrics endpoint and the Docker plugin share;
-//! * [`size`]: byte sizes as written on command lines and in admin requests.
+//! * [`size`]: byte sizes as written on command lines and in admin requests;
+//! * [`process`]: how the process ends once it has threads (one exit for every path).
 
 pub mod accounting;
 pub mod backend;
@@ -21,5 +22,6 @@ pub mod confine;
 pub mod control;
 pub mod fuse;
 pub mod http;
+pub mod process;
 pub mod size;
 pub mod vhost;

@@ -1,6 +1,5 @@
 //! `virtiofsd-kr`: parses the command line and hands over to the library.
 
-use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -88,14 +87,6 @@ fn main() -> ExitCode {
             1
         }
     };
-    // Leave without running the C and C++ exit handlers: libcephfs' threads (messenger,
-    // timers, an unmount still finishing in the background after its time limit) may still
-    // run, and libceph-common's static destructors under them crashed a CephFS daemon with
-    // SIGSEGV after the guest had powered off (exit status 139, once in a clean-clone test
-    // run). Everything the daemon must do at exit (journal flush, socket removal) is done by
-    // now; Rust runs no destructors for statics, and only stdout is buffered.
-    let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().flush();
-    // SAFETY: `_exit` ends the process at once; no state needs to survive it.
-    unsafe { libc::_exit(code) }
+    // Not a return from main: see `exit_now` (libcephfs' threads may still run).
+    virtiofsd_kr::process::exit_now(code)
 }

@@ -505,7 +505,7 @@ fn enter_namespace(
                 .map_err(sys("prctl(PR_SET_PDEATHSIG)"))?;
             if parent_gone(&alive_r) {
                 // Nobody is left to report to.
-                std::process::exit(1);
+                crate::process::exit_now(1);
             }
             drop(alive_r);
             if private_net {
@@ -844,7 +844,7 @@ fn supervise(child: Pid, _alive_w: OwnedFd) -> ! {
         match signals.wait() {
             Ok(Signal::SIGCHLD) => {
                 if let Some(code) = reap(child) {
-                    std::process::exit(code);
+                    crate::process::exit_now(code);
                 }
             }
             Ok(sig) => {
@@ -857,7 +857,7 @@ fn supervise(child: Pid, _alive_w: OwnedFd) -> ! {
                 // sigwait only fails on an invalid set; do not spin.
                 warn!("supervisor: sigwait: {e}");
                 if let Some(code) = reap_blocking(child) {
-                    std::process::exit(code);
+                    crate::process::exit_now(code);
                 }
             }
         }

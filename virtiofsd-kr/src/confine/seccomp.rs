@@ -216,7 +216,7 @@ const COMMON: &[(&str, i64)] = syscalls![
 
 /// x86_64 calls glibc makes where other architectures only have the `*at`/`p*` twin above
 /// (`unlink`: the vhost listener removing its socket; `epoll_wait`: vhost-user-backend;
-/// `pause`: Rust's `process::exit` parks a second thread that calls it at the same time, as
+/// `pause`: Rust's `process::exit` (no longer called: `process::exit_now`) parked a second thread that calls it at the same time, as
 /// the signal thread and the main thread can when SIGTERM meets a frontend hang-up; glibc
 /// makes it `ppoll` elsewhere).
 #[cfg(target_arch = "x86_64")]

@@ -481,7 +481,7 @@ fn spawn_signal_thread(signals: SigSet, cleanup: Arc<SocketCleanup>) {
                 info!("received {sig}, exiting");
                 crate::accounting::flush_on_exit();
                 cleanup.run();
-                std::process::exit(0);
+                crate::process::exit_now(0);
             }
         });
     if let Err(e) = spawned {

@@ -171,7 +171,7 @@ pub fn run(opts: PluginOptions) -> Result<(), PluginError> {
                 // Waits for a call in progress, then ends the cluster session cleanly.
                 let mut core = signal_core.lock().unwrap_or_else(|p| p.into_inner());
                 core.store.disconnect();
-                std::process::exit(0);
+                crate::process::exit_now(0);
             }
         })
         .map_err(PluginError::Exe)?;
