@@ -9,7 +9,7 @@
 mod common;
 
 use std::os::unix::fs::MetadataExt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{Daemon, EXIT_TIMEOUT};
 use fuse_backend_rs::abi::fuse_abi::{
@@ -1549,6 +1549,26 @@ fn worker_threads(daemon: &Daemon) -> Vec<String> {
     names
 }
 
+/// The daemon's threads, named or not yet: a thread names itself only once it first runs,
+/// so on a busy machine a worker just spawned still carries its parent's name for a while.
+fn thread_count(daemon: &Daemon) -> usize {
+    std::fs::read_dir(format!("/proc/{}/task", daemon.pid()))
+        .expect("/proc/PID/task")
+        .count()
+}
+
+/// [`worker_threads`] once at least one has named itself (up to 10 s), or the empty list.
+fn named_workers(daemon: &Daemon) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let names = worker_threads(daemon);
+        if !names.is_empty() || Instant::now() > deadline {
+            return names;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// One READ of a batch: its unique, the request, and the bytes it must return.
 struct BatchRead {
     unique: u64,
@@ -1605,6 +1625,7 @@ fn a_batch_of_reads_overlaps_on_helper_threads_and_metadata_stays_on_the_queue_t
         Vec::<String>::new(),
         "a worker before any batch"
     );
+    let threads_before = thread_count(&daemon);
 
     // Metadata in a batch: served on the queue thread, no worker started.
     let getattrs: Vec<(u64, Vec<u8>)> = (0..16)
@@ -1624,13 +1645,19 @@ fn a_batch_of_reads_overlaps_on_helper_threads_and_metadata_stays_on_the_queue_t
         Vec::<String>::new(),
         "a worker for GETATTRs"
     );
+    // Also no thread yet to name itself.
+    assert_eq!(
+        thread_count(&daemon),
+        threads_before,
+        "a thread for GETATTRs"
+    );
 
     // READs in a batch: every reply right, and helpers were started for them.
     for round in 0..3 {
         let batch = read_batch(&mut s, e.nodeid, open.fh, &content);
         check_read_batch(&mut s, &daemon, &batch, &format!("round {round}"));
     }
-    let workers = worker_threads(&daemon);
+    let workers = named_workers(&daemon);
     assert!(
         !workers.is_empty() && workers.len() <= virtiofsd_kr::control::cli::DEFAULT_OVERLAP_THREADS,
         "workers after three batches of READs: {workers:?}; stderr:\n{}",
@@ -1653,8 +1680,14 @@ fn overlap_threads_zero_serves_a_batch_of_reads_on_the_queue_thread() {
     let e = s.lookup(ROOT, "data").expect("LOOKUP");
     let open = s.open(e.nodeid, libc::O_RDONLY).expect("OPEN");
     let batch = read_batch(&mut s, e.nodeid, open.fh, &content);
+    let threads_before = thread_count(&daemon);
     check_read_batch(&mut s, &daemon, &batch, "one batch");
     assert_eq!(worker_threads(&daemon), Vec::<String>::new());
+    assert_eq!(
+        thread_count(&daemon),
+        threads_before,
+        "a thread for the batch"
+    );
 }
 
 // ---- lifecycle ------------------------------------------------------------------------------
