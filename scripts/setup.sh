@@ -49,7 +49,7 @@ PACKAGES=(
     qemu-system-x86 busybox-static fio cpio libseccomp-dev libcap-ng-dev fuse3 attr kmod
     xz-utils zstd gzip coreutils util-linux findutils grep
     gcc g++ libc6-dev pkg-config ca-certificates strace debootstrap
-    docker.io tar libacl1-dev
+    docker.io tar libacl1-dev acl
 )
 
 # Serialise concurrent runs (tests and scripts may call setup.sh at the same time).

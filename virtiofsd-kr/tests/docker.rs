@@ -522,6 +522,68 @@ fn docker_volume_plugin_end_to_end() {
     let read = env.ok_in(&vol, &["cat", "/data/a.txt"]);
     assert_eq!(read.trim(), "data-from-a");
 
+    // ---- POSIX ACLs, as on a local volume: set on the host mount, kept, enforced in containers
+    phase("POSIX ACLs: set on the host mount, kept in the volume, enforced for a container user");
+    env.ok_in(&vol, &["chmod", "600", "/data/a.txt"]);
+    let as_user = |cmd: &[&str]| {
+        let data = format!("{vol}:/data");
+        let mut args = vec![
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--user",
+            "4321:4321",
+            "-v",
+        ];
+        args.push(&data);
+        args.push("gfs-test:1");
+        args.extend_from_slice(cmd);
+        env.docker(&args)
+    };
+    let denied = as_user(&["cat", "/data/a.txt"]);
+    assert!(
+        !denied.status.success(),
+        "uid 4321 read a root-owned 0600 file without an ACL entry"
+    );
+    // The plugin's own answer: a mount that is live (container a's). dockerd's `volume
+    // inspect` shows the path of its last Mount call, whose container has gone.
+    let path = env.plugin_call(
+        "VolumeDriver.Path",
+        &serde_json::json!({ "Name": vol }).to_string(),
+    );
+    let mountpoint = PathBuf::from(path["Mountpoint"].as_str().expect("Mountpoint"));
+    let host_file = mountpoint.join("a.txt");
+    // In the test's mount namespace, where dockerd and the plugin mount.
+    let setfacl = env
+        .in_ns("setfacl")
+        .args(["-m", "u:4321:r"])
+        .arg(&host_file)
+        .output()
+        .expect("setfacl (package acl)");
+    assert!(
+        setfacl.status.success(),
+        "setfacl on the plugin's mount: {}\nplugin log:\n{}",
+        String::from_utf8_lossy(&setfacl.stderr),
+        env.plugin_log()
+    );
+    let allowed = as_user(&["cat", "/data/a.txt"]);
+    assert!(
+        allowed.status.success()
+            && String::from_utf8_lossy(&allowed.stdout).trim() == "data-from-a",
+        "uid 4321 with an ACL entry r: {}",
+        String::from_utf8_lossy(&allowed.stderr)
+    );
+    let getfacl = env
+        .in_ns("getfacl")
+        .args(["--omit-header", "--numeric"])
+        .arg(&host_file)
+        .output()
+        .expect("getfacl");
+    let acl = String::from_utf8_lossy(&getfacl.stdout);
+    assert!(acl.contains("user:4321:r--"), "{acl}");
+    assert!(acl.contains("mask::r--"), "{acl}");
+
     // ---- df shows the quota; writing past it gives EDQUOT
     phase("df shows the quota; writing past it gives EDQUOT");
     let df = env.ok_in(&vol, &["df", "-k", "/data"]);

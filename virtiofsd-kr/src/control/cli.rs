@@ -888,6 +888,11 @@ pub struct MountArgs {
     #[arg(long, value_name = "N", default_value_t = 2)]
     pub threads: usize,
 
+    /// POSIX ACLs on the mount (implies --xattr; the host kernel checks them): `never` (the
+    /// default), `auto` (when the kernel supports them), `always` (the mount fails without).
+    #[arg(long, value_name = "never|auto|always", num_args = 0..=1, default_missing_value = "always")]
+    pub posix_acl: Option<String>,
+
     /// Log level: error, warn, info, debug, trace or off.
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
@@ -901,6 +906,12 @@ impl MountArgs {
     ) -> Result<crate::control::fusedev::MountOptions, CliError> {
         use crate::control::fusedev::{MountBackend, MountOptions};
         self.accounting.validate()?;
+        let acl = parse_acl_mode(self.posix_acl.as_deref())?;
+        let mut fs = self.fs.clone();
+        if acl != AclMode::Never {
+            // ACLs are extended attributes.
+            fs.xattr = true;
+        }
         let backend = match self.backend {
             Backend::Passthrough => {
                 if self.ceph_root.is_some() {
@@ -914,7 +925,7 @@ impl MountArgs {
                 }
                 MountBackend::HostDir {
                     dir: self.shared_dir.clone().ok_or(CliError::NoSharedDir)?,
-                    fs: self.fs.passthrough(),
+                    fs: fs.passthrough(),
                 }
             }
             Backend::Cephfs => {
@@ -929,20 +940,37 @@ impl MountArgs {
                     self.ceph_root.as_deref(),
                     self.ceph_fs.clone(),
                     self.ceph_op_timeout,
-                    self.fs.cache,
-                    false,
+                    fs.cache,
+                    acl != AclMode::Never,
                 )?)
             }
         };
         Ok(MountOptions {
             mountpoint: self.mountpoint.clone(),
             backend,
-            policy: self.fs.export_policy(),
+            policy: ExportPolicy {
+                posix_acl: acl,
+                ..fs.export_policy()
+            },
             readonly: self.fs.readonly,
             threads: self.threads,
             seccomp: crate::confine::seccomp::mismatch_action(self.seccomp),
             accounting: self.accounting.config(&self.ceph, host)?,
         })
+    }
+}
+
+/// `--posix-acl[=never|auto|always]` (absent: never), for the daemon and the host mount.
+fn parse_acl_mode(value: Option<&str>) -> Result<AclMode, CliError> {
+    match value {
+        None | Some("never") => Ok(AclMode::Never),
+        Some("auto") => Ok(AclMode::Auto),
+        Some("always") => Ok(AclMode::Always),
+        Some(other) => Err(CliError::BadFlagValue {
+            flag: "--posix-acl",
+            value: other.to_string(),
+            expected: "never, auto or always",
+        }),
     }
 }
 
@@ -1175,16 +1203,7 @@ impl ServeArgs {
         if self.compat.no_posix_acl {
             return Ok(AclMode::Never);
         }
-        match self.compat.posix_acl.as_deref() {
-            None | Some("never") => Ok(AclMode::Never),
-            Some("auto") => Ok(AclMode::Auto),
-            Some("always") => Ok(AclMode::Always),
-            Some(other) => Err(CliError::BadFlagValue {
-                flag: "--posix-acl",
-                value: other.to_string(),
-                expected: "never, auto or always",
-            }),
-        }
+        parse_acl_mode(self.compat.posix_acl.as_deref())
     }
 
     /// The UID and GID translation the `--translate-*` and `--*-map` flags describe.
@@ -1847,6 +1866,32 @@ mod tests {
             opts(&["--shared-dir=/x"]).unwrap_err(),
             CliError::SharedDirWithCephfs
         );
+        // No ACLs unless asked; asked, they reach the export and the Ceph client, with xattrs.
+        let ceph_acl = |o: &crate::control::fusedev::MountOptions| match &o.backend {
+            crate::control::fusedev::MountBackend::CephFs(c) => c.posix_acl,
+            other => panic!("expected cephfs, got {other:?}"),
+        };
+        let o = opts(&[]).unwrap();
+        assert_eq!(o.policy.posix_acl, AclMode::Never);
+        assert!(!ceph_acl(&o) && !o.policy.xattr);
+        for (flag, mode) in [
+            ("--posix-acl", AclMode::Always),
+            ("--posix-acl=auto", AclMode::Auto),
+            ("--posix-acl=always", AclMode::Always),
+        ] {
+            let o = opts(&[flag]).unwrap();
+            assert_eq!(o.policy.posix_acl, mode, "{flag}");
+            assert!(ceph_acl(&o) && o.policy.xattr, "{flag}");
+        }
+        let o = opts(&["--posix-acl=never"]).unwrap();
+        assert!(!ceph_acl(&o) && o.policy.posix_acl == AclMode::Never);
+        assert!(matches!(
+            opts(&["--posix-acl=sometimes"]).unwrap_err(),
+            CliError::BadFlagValue {
+                flag: "--posix-acl",
+                ..
+            }
+        ));
     }
 
     fn normalized(args: &[&str]) -> Result<ServeArgs, CliError> {

@@ -93,9 +93,10 @@ impl ProcessMounter {
             .args(["--ceph-id", &identity.ceph_id, "--ceph-keyring"])
             .arg(&identity.keyring)
             .args(["--ceph-root", &identity.root])
-            // Extended attributes, as on a local volume (the daemon's default is off, as the
-            // reference virtiofsd's).
-            .arg("--xattr");
+            // Extended attributes and POSIX ACLs, as on a local volume (the daemon's default
+            // is off for both, as the reference virtiofsd's); `auto`: a host kernel without
+            // FUSE ACL support still mounts, without ACLs.
+            .args(["--xattr", "--posix-acl=auto"]);
         if let Some(fs) = &identity.fs_name {
             cmd.args(["--ceph-fs", fs]);
         }
