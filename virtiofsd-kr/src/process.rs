@@ -3,7 +3,7 @@
 //! the Docker plugin, the sandbox's supervisor and its child).
 //!
 //! Owns nothing else; it must not do the work of exiting (journal flush, socket removal):
-//! that is each caller's, before it calls here. `tests/exit_paths.rs` checks that no other
+//! that is each caller's, before it calls here. `tests/layering.rs` checks that no other
 //! way of exiting (`std::process::exit`, libc `exit`) appears in the source.
 
 /// Ends the process with `code` now: stdout and stderr flushed, then `_exit`, so neither the

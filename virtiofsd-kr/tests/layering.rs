@@ -6,6 +6,13 @@
 //! that names a crate-root module (`crate::X`, `crate::{X, ..}`, or `super::` climbing to the
 //! root) is compared with the layer's allowed list. A new upward import fails here with the
 //! file, the line and the rule it breaks.
+//!
+//! The same reading checks one more rule of the process's shape: every way out of the
+//! process after start-up goes through `process::exit_now` (flush, then `_exit`).
+//! `std::process::exit` and libc's `exit` run the C exit handlers and libceph-common's static
+//! destructors while libcephfs' threads may still run: a CephFS daemon died with SIGSEGV
+//! after its guest powered off because `main` returned normally, and the signal threads of
+//! the daemon and of the Docker plugin still called `std::process::exit` after that was fixed.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -441,5 +448,53 @@ fn the_checker_finds_each_form_of_import() {
     assert_eq!(
         names("fn f<'a>(x: &'a u8) { crate::control::y() }", &["fuse"]),
         ["control"]
+    );
+}
+
+/// Calls that end the process other than through `process::exit_now`.
+const FORBIDDEN_EXITS: &[&str] = &["process::exit(", "libc::exit(", "process::abort("];
+
+/// `file:line: code` for each forbidden exit call in the Rust files under `dir`.
+fn exit_calls(dir: &Path) -> Vec<String> {
+    let mut files = Vec::new();
+    rust_files(dir, &mut files);
+    let mut found = Vec::new();
+    for file in files {
+        let code = code_only(&std::fs::read_to_string(&file).unwrap());
+        for (n, line) in code.lines().enumerate() {
+            if FORBIDDEN_EXITS.iter().any(|f| line.contains(f)) {
+                found.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn the_process_ends_only_through_exit_now() {
+    let mut found = exit_calls(&src_dir());
+    found.extend(exit_calls(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../cephfs-backend/src"),
+    ));
+    assert!(
+        found.is_empty(),
+        "exit through virtiofsd_kr::process::exit_now instead:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn the_exit_check_sees_a_call_and_not_a_comment_or_a_string() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.rs"),
+        "fn f() {\n    // std::process::exit(0) in a comment\n    let _ = \"process::exit(1)\";\n    std::process::exit(3);\n}\n",
+    )
+    .unwrap();
+    let found = exit_calls(dir.path());
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].ends_with("a.rs:4: std::process::exit(3);"),
+        "{found:?}"
     );
 }
