@@ -353,28 +353,34 @@ impl VmBuilder {
     pub fn run(self) -> Result<VmOutcome> {
         static BOOT_LOCK: Mutex<()> = Mutex::new(());
         let _guard = BOOT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        self.spawn()?.wait()
+    }
+
+    /// Starts the daemon (when sharing) and QEMU, and returns once the guest's init has
+    /// reported something (or the guest has ended). A guest whose kernel died in its own
+    /// initcalls, before /init and so before the share was mounted, is booted once more,
+    /// loudly: nothing of the test ran (multi-threaded TCG has been seen to do this now and
+    /// then, an int3 "Oops" in patched kernel text with 4 vCPUs), so this hides no fault of
+    /// the daemon.
+    pub fn spawn(self) -> Result<RunningVm> {
         let again = self.clone();
-        let out = self.spawn()?.wait()?;
-        match out.kernel_died_before_userspace() {
-            None => Ok(out),
-            Some(why) => {
-                // Nothing of the test ran: the guest kernel died in its own initcalls, before
-                // /init and so before the share was mounted (multi-threaded TCG has been seen
-                // to do this now and then: an int3 "Oops" in patched kernel text with 4
-                // vCPUs). Booting it again is not hiding a daemon fault; saying so loudly.
+        let vm = self.spawn_once()?;
+        match vm.kernel_died_in_boot() {
+            None => Ok(vm),
+            Some((why, log)) => {
                 eprintln!(
                     "vm-tests: [{}] the guest kernel died before running /init ({why}); \
-                     booting it once more\n{}",
-                    out.name,
-                    out.serial_text()
+                     booting it once more\n{log}",
+                    vm.name
                 );
-                again.spawn()?.wait()
+                drop(vm);
+                again.spawn_once()
             }
         }
     }
 
     /// Starts the daemon (when sharing) and QEMU; returns at once.
-    pub fn spawn(mut self) -> Result<RunningVm> {
+    fn spawn_once(mut self) -> Result<RunningVm> {
         let image = GuestImage::locate_with(self.kernel)?;
         let qemu = paths::qemu_command(self.qemu)?;
         let choice = match self.accel {
@@ -753,6 +759,36 @@ impl RunningVm {
         }
     }
 
+    /// Waits (up to the boot's deadline) until the guest reports its first line or ends;
+    /// then [`kernel_death_in_boot`] of what it printed, with the serial log.
+    fn kernel_died_in_boot(&self) -> Option<(String, String)> {
+        let mut st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let r = &st.results;
+            let reported = !r.entries.is_empty()
+                || !r.errors.is_empty()
+                || r.exit_code.is_some()
+                || r.ready_at.is_some();
+            if reported {
+                return None;
+            }
+            if st.ended {
+                return kernel_death_in_boot(&st.results, &st.lines)
+                    .map(|why| (why, render_log(&st.lines)));
+            }
+            let now = Instant::now();
+            if now >= self.deadline {
+                return None;
+            }
+            st = self
+                .shared
+                .cond
+                .wait_timeout(st, self.deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
     /// Sends a line to the guest's console (the workload reads it with `read`).
     pub fn send_line(&mut self, line: &str) -> Result<()> {
         let stdin = self
@@ -848,6 +884,26 @@ impl Drop for RunningVm {
     }
 }
 
+/// The guest kernel's panic line when it panicked inside its boot-time initcalls
+/// (`kernel_init_freeable` in the call trace) and the guest reported nothing: no test code,
+/// no mount, no FUSE request can have run. `None` otherwise.
+fn kernel_death_in_boot(r: &GuestResults, serial: &[SerialLine]) -> Option<String> {
+    if !r.entries.is_empty()
+        || !r.errors.is_empty()
+        || r.exit_code.is_some()
+        || r.ready_at.is_some()
+    {
+        return None;
+    }
+    let panic = serial
+        .iter()
+        .find(|l| l.text.contains("Kernel panic - not syncing"))?;
+    serial
+        .iter()
+        .any(|l| l.text.contains("kernel_init_freeable"))
+        .then(|| panic.text.trim().to_string())
+}
+
 /// Everything one boot produced.
 #[derive(Debug)]
 pub struct VmOutcome {
@@ -871,22 +927,9 @@ pub struct VmOutcome {
 }
 
 impl VmOutcome {
-    /// The guest kernel's panic line when it panicked inside its boot-time initcalls
-    /// (`kernel_init_freeable` in the call trace) and the guest reported nothing: no test
-    /// code, no mount, no FUSE request can have run. `None` otherwise.
+    /// See [`kernel_death_in_boot`].
     pub fn kernel_died_before_userspace(&self) -> Option<String> {
-        let r = &self.results;
-        if !r.entries.is_empty() || r.exit_code.is_some() || r.ready_at.is_some() {
-            return None;
-        }
-        let panic = self
-            .serial
-            .iter()
-            .find(|l| l.text.contains("Kernel panic - not syncing"))?;
-        self.serial
-            .iter()
-            .any(|l| l.text.contains("kernel_init_freeable"))
-            .then(|| panic.text.trim().to_string())
+        kernel_death_in_boot(&self.results, &self.serial)
     }
 
     /// The whole serial log.
