@@ -498,3 +498,35 @@ fn the_exit_check_sees_a_call_and_not_a_comment_or_a_string() {
         "{found:?}"
     );
 }
+
+/// The crate names of the `[patch.crates-io]` table of the Cargo.toml at `path`.
+fn patched_crates(path: &Path) -> BTreeSet<String> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut in_patch = false;
+    let mut names = BTreeSet::new();
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_patch = line == "[patch.crates-io]";
+        } else if in_patch && !line.starts_with('#') {
+            if let Some((name, _)) = line.split_once('=') {
+                names.insert(name.trim().to_string());
+            }
+        }
+    }
+    names
+}
+
+/// The fuzz workspace builds virtiofsd-kr too, so it must patch the same crates: it once
+/// patched only fuse-backend-rs and failed to build when the daemon started using the
+/// patched vhost-user-backend's API (and fuzzed the unpatched vhost's SHMEM bit meanwhile).
+#[test]
+fn the_fuzz_workspace_patches_the_crates_the_main_workspace_patches() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let main = patched_crates(&root.join("Cargo.toml"));
+    let fuzz = patched_crates(&root.join("fuzz/Cargo.toml"));
+    assert!(main.contains("vhost-user-backend"), "{main:?}");
+    assert_eq!(
+        fuzz, main,
+        "fuzz/Cargo.toml [patch.crates-io] against Cargo.toml's"
+    );
+}
