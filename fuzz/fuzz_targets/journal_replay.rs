@@ -13,24 +13,14 @@
 
 use std::time::Duration;
 
-use fuzz_harness::Cursor;
+use fuzz_harness::{test_labels, Cursor};
 use libfuzzer_sys::fuzz_target;
 use virtiofsd_kr::accounting::journal::{self, Journal, Record};
 use virtiofsd_kr::accounting::limiter::Limits;
 use virtiofsd_kr::accounting::meter::{Outcome, Totals};
-use virtiofsd_kr::accounting::{metrics, Accounting, Labels};
+use virtiofsd_kr::accounting::{metrics, Accounting};
 
 const NAMES: [&str; 4] = ["t", "v", "p", "other"];
-
-fn labels() -> Labels {
-    Labels {
-        tenant: "t".into(),
-        volume: "v".into(),
-        pod: "p".into(),
-        traffic_class: "internal".into(),
-        host: "h".into(),
-    }
-}
 
 fn record(c: &mut Cursor) -> Record {
     let mut totals = Totals {
@@ -108,17 +98,17 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join(journal::relative_path(&labels()));
+    let path = dir.path().join(journal::relative_path(&test_labels()));
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, &file).unwrap();
 
-    let (mut j, base) = Journal::open(dir.path(), &labels()).expect("replay of any content");
+    let (mut j, base) = Journal::open(dir.path(), &test_labels()).expect("replay of any content");
     let want = expected.map(|r| r.totals.clone()).unwrap_or_default();
     assert_eq!(base, want, "continued from the wrong totals");
     assert_eq!(j.last().seq, expected.map_or(0, |r| r.seq));
 
     // The daemon meters on top of what it replayed and renders it.
-    let acct = Accounting::new(labels(), Limits::default(), base.clone(), None);
+    let acct = Accounting::new(test_labels(), Limits::default(), base.clone(), None);
     for opcode in [15u32, 16, 1, 9999] {
         acct.meter.record(
             &Outcome {
@@ -140,7 +130,7 @@ fuzz_target!(|data: &[u8]| {
     let stream = j.last().stream.clone();
     let appended = j.append(&totals).expect("append");
     drop(j);
-    let (j2, base2) = Journal::open(dir.path(), &labels()).expect("second replay");
+    let (j2, base2) = Journal::open(dir.path(), &test_labels()).expect("second replay");
     if appended {
         assert_eq!(base2, totals, "appended totals lost on replay");
         assert!(j2.last().seq > seq, "sequence did not advance");

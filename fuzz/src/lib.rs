@@ -563,17 +563,21 @@ fn mkfifo(path: &Path) {
     assert_eq!(rc, 0, "mkfifo");
 }
 
-/// The error field of a reply (0 for none or too short).
-/// The meter every target that needs one uses: fixed labels, no limits, zero totals.
+/// The labels every target's meter and journal use.
+pub fn test_labels() -> Labels {
+    Labels {
+        tenant: "t".into(),
+        volume: "v".into(),
+        pod: "p".into(),
+        traffic_class: "internal".into(),
+        host: "h".into(),
+    }
+}
+
+/// The meter every target that needs one uses: [`test_labels`], no limits, zero totals.
 pub fn test_accounting() -> Arc<Accounting> {
     Arc::new(Accounting::new(
-        Labels {
-            tenant: "t".into(),
-            volume: "v".into(),
-            pod: "p".into(),
-            traffic_class: "internal".into(),
-            host: "h".into(),
-        },
+        test_labels(),
         Limits::default(),
         Totals::default(),
         None,
