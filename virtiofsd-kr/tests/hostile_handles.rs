@@ -9,7 +9,8 @@
 //! - `O_PATH` and `O_TMPFILE` are refused in OPEN, OPENDIR and CREATE, and nothing a guest
 //!   opens can block a queue thread (FIFOs, sockets, device nodes, symlinks);
 //! - DESTROY then INIT serves the same tree in every sandbox mode, with file handles;
-//! - a guest may hold more inodes than the daemon's descriptor limit;
+//! - a guest may hold more inodes than the daemon's descriptor limit, and the descriptors
+//!   kept for file-handle inodes stay within their budget and close at FORGET;
 //! - the daemon exits when the VMM leaves even while a request is stuck in the host.
 
 mod common;
@@ -101,7 +102,8 @@ fn open_with_flags(s: &mut FuseSession, node: u64, flags: i32) -> Result<FuseRep
     s.call_ok(Opcode::Open as u32, node, &[arg.as_slice()], REPLY_SPACE)
 }
 
-/// The daemon's descriptors that name `path`, with the flags `/proc/PID/fdinfo` shows.
+/// The daemon's open-file descriptors (not `O_PATH`, such as an inode keeps) that name
+/// `path`, with the flags `/proc/PID/fdinfo` shows.
 fn host_descriptors(pid: u32, path: &Path) -> Vec<(u32, i32)> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).expect("daemon's fd dir") {
@@ -119,7 +121,9 @@ fn host_descriptors(pid: u32, path: &Path) -> Vec<(u32, i32)> {
             .find_map(|l| l.strip_prefix("flags:"))
             .map(|f| i32::from_str_radix(f.trim(), 8).unwrap())
             .expect("flags in fdinfo");
-        found.push((fd, flags));
+        if flags & libc::O_PATH == 0 {
+            found.push((fd, flags));
+        }
     }
     found
 }
@@ -399,6 +403,154 @@ fn a_guest_can_hold_more_inodes_than_the_descriptor_limit() {
         matches!(failed, Some(FuseError::Errno(libc::EMFILE))),
         "with descriptors only, LOOKUP should run out of descriptors: {failed:?}"
     );
+}
+
+/// The daemon's `O_PATH` descriptors that name `dir` or something under it.
+fn path_descriptors_under(pid: u32, dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).expect("daemon's fd dir") {
+        let entry = entry.unwrap();
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        if !target.starts_with(dir) {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            entry.file_name().to_str().unwrap()
+        ))
+        .unwrap_or_default();
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .map_or(0, |f| i32::from_str_radix(f.trim(), 8).unwrap());
+        if flags & libc::O_PATH != 0 {
+            found.push(target);
+        }
+    }
+    found
+}
+
+/// Inodes referenced by file handle keep the `O_PATH` descriptor of their LOOKUP, within a
+/// budget (a quarter of RLIMIT_NOFILE; files at most half of it, directories the rest), and
+/// close it when the guest forgets them: requests on them then need no `open_by_handle_at`,
+/// a guest still holds any number of inodes, and nothing is kept for a forgotten one.
+#[test]
+fn file_handle_inodes_keep_descriptors_within_a_budget_and_close_them_at_forget() {
+    const FILES: usize = 40;
+    const DIRS: usize = 30;
+    // RLIMIT_NOFILE 128: a budget of 32 descriptors, files at most 16.
+    let daemon = Daemon::start_with(
+        &["--sandbox", "none", "--seccomp", "none"],
+        &[
+            "--rlimit-nofile",
+            "128",
+            "--cache",
+            "always",
+            "--inode-file-handles",
+            "mandatory",
+        ],
+        |dir| {
+            for i in 0..FILES {
+                std::fs::write(dir.join(format!("f{i:02}")), i.to_string()).unwrap();
+            }
+            for i in 0..DIRS {
+                std::fs::create_dir(dir.join(format!("d{i:02}"))).unwrap();
+            }
+        },
+    );
+    let share = daemon.host("");
+    let share = share.canonicalize().unwrap();
+    let mut s = daemon.session();
+
+    // One file: its descriptor is kept, and GETATTR is served through it: the file still
+    // answers after the host unlinked it (a handle of an unlinked file no longer opens).
+    let one = s.lookup(ROOT, "f00").expect("LOOKUP f00").nodeid;
+    // The root keeps its descriptor from the start.
+    let mut kept = path_descriptors_under(daemon.pid(), &share);
+    kept.sort();
+    assert_eq!(
+        kept,
+        vec![share.clone(), share.join("f00")],
+        "after one LOOKUP"
+    );
+    std::fs::remove_file(share.join("f00")).unwrap();
+    let attr = s
+        .getattr(one)
+        .expect("GETATTR of a file unlinked on the host")
+        .attr;
+    assert_eq!((attr.size, attr.nlink), (1, 0));
+    s.forget(one, 1).expect("FORGET f00");
+    s.assert_alive().expect("alive after FORGET");
+    assert_eq!(
+        path_descriptors_under(daemon.pid(), &share),
+        vec![share.clone()],
+        "FORGET closes the kept descriptor"
+    );
+
+    // Many files, then many directories: files keep at most half the budget, directories
+    // fill the rest, and every one of them is served, kept or not.
+    let mut nodes = Vec::new();
+    for i in 1..FILES {
+        nodes.push((
+            format!("f{i:02}"),
+            s.lookup(ROOT, &format!("f{i:02}")).unwrap().nodeid,
+        ));
+    }
+    let files_kept = path_descriptors_under(daemon.pid(), &share).len();
+    assert_eq!(
+        files_kept, 16,
+        "the root and files keep half the budget of 32"
+    );
+    for i in 0..DIRS {
+        nodes.push((
+            format!("d{i:02}"),
+            s.lookup(ROOT, &format!("d{i:02}")).unwrap().nodeid,
+        ));
+    }
+    let kept = path_descriptors_under(daemon.pid(), &share);
+    assert_eq!(kept.len(), 32, "directories fill the budget: {kept:?}");
+    assert_eq!(
+        kept.iter().filter(|p| p.is_dir()).count(),
+        17,
+        "the directories looked up first are kept: {kept:?}"
+    );
+    for (name, node) in &nodes {
+        let attr = s
+            .getattr(*node)
+            .unwrap_or_else(|e| panic!("GETATTR {name}: {e}"));
+        assert_eq!(
+            attr.attr.ino,
+            std::fs::metadata(share.join(name)).unwrap().ino()
+        );
+    }
+    // A name operation under a directory whose descriptor is not kept works too.
+    let last_dir = nodes.last().unwrap().1;
+    let e = s
+        .mkdir(last_dir, "below", 0o755)
+        .expect("MKDIR under an unkept directory");
+    assert!(share.join("d29/below").is_dir());
+    assert!(
+        !kept.contains(&share.join("d29")),
+        "d29 was past the budget: {kept:?}"
+    );
+
+    // Forgetting everything closes everything, and the budget is free again.
+    s.forget(e.nodeid, 1).unwrap();
+    for (_, node) in &nodes {
+        s.forget(*node, 1).unwrap();
+    }
+    s.assert_alive().expect("alive after the FORGETs");
+    assert_eq!(
+        path_descriptors_under(daemon.pid(), &share),
+        vec![share.clone()],
+        "every FORGET closed its inode's descriptor"
+    );
+    for i in 0..10 {
+        s.lookup(ROOT, &format!("d{i:02}")).unwrap();
+    }
+    assert_eq!(path_descriptors_under(daemon.pid(), &share).len(), 11);
 }
 
 /// A FUSE mount of the host, served by `virtiofsd-kr mount`, whose server can be stopped:

@@ -43,6 +43,21 @@ pub struct PassthroughOptions {
     pub inode_file_handles: InodeFileHandles,
 }
 
+/// Most `O_PATH` descriptors that inodes referenced by file handle keep
+/// (`Config::kept_path_fds`, third_party/README.md hunk 14): directories first, then files.
+/// Each pins a host dentry and inode as long as the guest holds the inode, so the number is
+/// bounded per daemon, not per guest.
+pub const MAX_KEPT_PATH_FDS: u64 = 1024;
+
+/// How many descriptors file-handle inodes may keep in this process: a quarter of the soft
+/// RLIMIT_NOFILE (the rest is for open files, directories and the daemon's own), at most
+/// [`MAX_KEPT_PATH_FDS`].
+pub fn kept_path_fds() -> usize {
+    use nix::sys::resource::{getrlimit, Resource};
+    let soft = getrlimit(Resource::RLIMIT_NOFILE).map_or(0, |(soft, _)| soft);
+    (soft / 4).min(MAX_KEPT_PATH_FDS) as usize
+}
+
 /// The passthrough filesystem type served to guests.
 pub type HostFs = PassthroughFs<()>;
 
@@ -97,6 +112,7 @@ pub fn config(
             && file_handles_usable(root, opts.inode_file_handles).is_ok(),
         do_import: true,
         dax_file_size,
+        kept_path_fds: kept_path_fds(),
         ..Default::default()
     })
 }

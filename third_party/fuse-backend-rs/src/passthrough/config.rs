@@ -164,6 +164,14 @@ pub struct Config {
     ///   to N Bytes.
     pub dax_file_size: Option<u64>,
 
+    /// virtiofsd-kr patch: how many inodes referenced by file handle (`inode_file_handles`)
+    /// also keep the `O_PATH` descriptor their LOOKUP opened, at most, at any time. Each such
+    /// inode's GETATTR, SETATTR, XATTR and the parent side of LOOKUP, CREATE, UNLINK ... then
+    /// use that descriptor instead of an `open_by_handle_at` and a `close` per request. Counts
+    /// against RLIMIT_NOFILE; inodes beyond it are opened by handle per request as upstream.
+    /// The default, 0, keeps none (upstream's behaviour).
+    pub kept_path_fds: usize,
+
     /// Reduce memory consumption by directly use host inode when possible.
     ///
     /// When set to false, a virtual inode number will be allocated for each file managed by
@@ -201,6 +209,7 @@ impl Default for Config {
             seal_size: false,
             enable_mntid: false,
             dax_file_size: None,
+            kept_path_fds: 0,
             dir_entry_timeout: None,
             dir_attr_timeout: None,
             use_host_ino: false,

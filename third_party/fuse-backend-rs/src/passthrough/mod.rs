@@ -23,7 +23,7 @@ use std::os::unix::ffi::OsStringExt;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockWriteGuard};
 use std::time::Duration;
 
 use vm_memory::{bitmap::BitmapSlice, ByteValued};
@@ -34,7 +34,7 @@ use self::inode_store::{InodeId, InodeStore};
 use self::mount_fd::MountFds;
 use self::statx::{statx, StatExt};
 use self::util::{
-    ebadf, einval, enosys, eperm, is_dir, is_safe_inode, openat, reopen_fd_through_proc, stat_fd,
+    ebadf, einval, enosys, eperm, is_dir, is_safe_inode, openat, reopen_fd_through_proc,
     UniqueInodeGenerator,
 };
 use crate::abi::fuse_abi as fuse;
@@ -126,15 +126,34 @@ impl InodeHandle {
             InodeHandle::Handle(h) => h.open(flags),
         }
     }
+}
 
-    fn stat(&self) -> io::Result<libc::stat64> {
-        match self {
-            InodeHandle::File(f) => stat_fd(f, None),
-            InodeHandle::Handle(_h) => {
-                let file = self.get_file()?;
-                stat_fd(&file, None)
-            }
-        }
+// virtiofsd-kr patch (hunk 14): `O_PATH` descriptors kept by file-handle inodes, within a
+// budget (`Config::kept_path_fds`). Upstream opened a file-handle inode by handle for every
+// request on it and closed it after (`open_by_handle_at` + `close` around each GETATTR, and
+// around the parent of each LOOKUP, CREATE, UNLINK ...), two system calls the reference
+// virtiofsd makes too; with a descriptor kept, a GETATTR is one `fstatat`. Descriptors are kept
+// for the first inodes looked up while the budget has room (a LOOKUP of an inode that has none
+// offers it the descriptor it just opened) and closed when the inode is forgotten, so a guest
+// still holds as many inodes as it likes: the rest are opened by handle as upstream.
+
+/// How many `O_PATH` descriptors file-handle inodes may keep, and how many they do.
+#[derive(Debug)]
+struct PathFdBudget {
+    kept: AtomicU64,
+    limit: u64,
+}
+
+/// A kept descriptor; returns its place in the budget when the inode goes.
+#[derive(Debug)]
+struct KeptPathFd {
+    file: File,
+    budget: Arc<PathFdBudget>,
+}
+
+impl Drop for KeptPathFd {
+    fn drop(&mut self) {
+        self.budget.kept.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -148,6 +167,9 @@ pub struct InodeData {
     refcount: AtomicU64,
     // File type and mode
     mode: u32,
+    /// virtiofsd-kr patch (hunk 14): for an `InodeHandle::Handle` inode, its `O_PATH`
+    /// descriptor, once kept.
+    kept_fd: OnceLock<KeptPathFd>,
 }
 
 impl InodeData {
@@ -158,11 +180,45 @@ impl InodeData {
             id,
             refcount: AtomicU64::new(refcount),
             mode,
+            kept_fd: OnceLock::new(),
         }
     }
 
     fn get_file(&self) -> io::Result<InodeFile<'_>> {
+        if let Some(kept) = self.kept_fd.get() {
+            return Ok(InodeFile::Ref(&kept.file));
+        }
         self.handle.get_file()
+    }
+
+    /// virtiofsd-kr patch (hunk 14): keeps `path_fd` (an `O_PATH` descriptor of this inode)
+    /// for later requests if this is a file-handle inode without one and `budget` has room;
+    /// otherwise `path_fd` is closed here.
+    /// Directories, the parents of every name operation, may fill the budget; other inodes
+    /// only its first half, so that a guest that looked up many files first still gets its
+    /// later directories kept.
+    fn offer_path_fd(&self, path_fd: File, budget: &Arc<PathFdBudget>) {
+        if !matches!(self.handle, InodeHandle::Handle(_)) || self.kept_fd.get().is_some() {
+            return;
+        }
+        let limit = if is_dir(self.mode) {
+            budget.limit
+        } else {
+            budget.limit / 2
+        };
+        let reserved = budget
+            .kept
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |kept| {
+                (kept < limit).then_some(kept + 1)
+            })
+            .is_ok();
+        if reserved {
+            // Lost a race with another LOOKUP of this inode: the loser's drop gives its place back.
+            let _ = self.kept_fd.set(KeptPathFd {
+                file: path_fd,
+                budget: Arc::clone(budget),
+            });
+        }
     }
 
     fn open_file(&self, flags: libc::c_int, proc_self_fd: &File) -> io::Result<File> {
@@ -400,6 +456,9 @@ pub struct PassthroughFs<S: BitmapSlice + Send + Sync = ()> {
 
     cfg: Config,
 
+    // virtiofsd-kr patch (hunk 14): the budget of `Config::kept_path_fds`.
+    path_fd_budget: Arc<PathFdBudget>,
+
     phantom: PhantomData<S>,
 }
 
@@ -456,6 +515,10 @@ impl<S: BitmapSlice + Send + Sync> PassthroughFs<S> {
             perfile_dax: AtomicBool::new(false),
             dir_entry_timeout,
             dir_attr_timeout,
+            path_fd_budget: Arc::new(PathFdBudget {
+                kept: AtomicU64::new(0),
+                limit: cfg.kept_path_fds as u64,
+            }),
             cfg,
 
             phantom: PhantomData,
@@ -472,10 +535,11 @@ impl<S: BitmapSlice + Send + Sync> PassthroughFs<S> {
                 e
             })?;
         let id = InodeId::from_stat(&st);
-        let handle = if let Some(h) = handle_opt {
-            InodeHandle::Handle(self.to_openable_handle(h)?)
+        // virtiofsd-kr patch (hunk 14): a file-handle root may keep `path_fd` (`spare`).
+        let (handle, spare) = if let Some(h) = handle_opt {
+            (InodeHandle::Handle(self.to_openable_handle(h)?), Some(path_fd))
         } else {
-            InodeHandle::File(path_fd)
+            (InodeHandle::File(path_fd), None)
         };
 
         // Safe because this doesn't modify any memory and there is no need to check the return
@@ -484,13 +548,11 @@ impl<S: BitmapSlice + Send + Sync> PassthroughFs<S> {
         unsafe { libc::umask(0o000) };
 
         // Not sure why the root inode gets a refcount of 2 but that's what libfuse does.
-        self.inode_map.insert(Arc::new(InodeData::new(
-            fuse::ROOT_ID,
-            handle,
-            2,
-            id,
-            st.st.st_mode,
-        )));
+        let root = Arc::new(InodeData::new(fuse::ROOT_ID, handle, 2, id, st.st.st_mode));
+        if let Some(path_fd) = spare {
+            root.offer_path_fd(path_fd, &self.path_fd_budget);
+        }
+        self.inode_map.insert(root);
 
         Ok(())
     }
@@ -689,20 +751,23 @@ impl<S: BitmapSlice + Send + Sync> PassthroughFs<S> {
                         .compare_exchange(curr, new, Ordering::AcqRel, Ordering::Acquire)
                         .is_ok()
                     {
-                        found = Some(data.inode);
+                        found = Some(data);
                         break;
                     }
                 }
             }
         }
 
-        let inode = if let Some(v) = found {
-            v
+        let inode = if let Some(data) = found {
+            // virtiofsd-kr patch (hunk 14): an inode known by handle may keep this descriptor.
+            data.offer_path_fd(path_fd, &self.path_fd_budget);
+            data.inode
         } else {
-            let handle = if let Some(openable) = openable {
-                InodeHandle::Handle(openable)
+            // virtiofsd-kr patch (hunk 14): a file-handle inode may keep `path_fd` (`spare`).
+            let (handle, spare) = if let Some(openable) = openable {
+                (InodeHandle::Handle(openable), Some(path_fd))
             } else {
-                InodeHandle::File(path_fd)
+                (InodeHandle::File(path_fd), None)
             };
 
             // Write guard get_alt_locked() and insert_lock() to avoid race conditions.
@@ -717,6 +782,9 @@ impl<S: BitmapSlice + Send + Sync> PassthroughFs<S> {
                     // An inode was added concurrently while we did not hold a lock on
                     // `self.inodes_map`, so we use that instead. `handle` will be dropped.
                     data.refcount.fetch_add(1, Ordering::Relaxed);
+                    if let Some(path_fd) = spare {
+                        data.offer_path_fd(path_fd, &self.path_fd_budget);
+                    }
                     data.inode
                 }
                 None => {
@@ -729,10 +797,11 @@ impl<S: BitmapSlice + Send + Sync> PassthroughFs<S> {
                         )));
                     }
 
-                    InodeMap::insert_locked(
-                        inodes.deref_mut(),
-                        Arc::new(InodeData::new(inode, handle, 1, id, st.st.st_mode)),
-                    );
+                    let data = Arc::new(InodeData::new(inode, handle, 1, id, st.st.st_mode));
+                    if let Some(path_fd) = spare {
+                        data.offer_path_fd(path_fd, &self.path_fd_budget);
+                    }
+                    InodeMap::insert_locked(inodes.deref_mut(), data);
                     inode
                 }
             }

@@ -257,7 +257,8 @@ impl<S: BitmapSlice + Send + Sync> PassthroughFs<S> {
                 let hd = self.handle_map.get(h, inode)?;
                 stat_fd(hd.get_file(), None)
             }
-            _ => data.handle.stat(),
+            // virtiofsd-kr patch (hunk 14): through the inode's kept descriptor, if it has one.
+            _ => data.get_file().and_then(|file| stat_fd(&file, None)),
         };
 
         let st = st.map_err(|e| {
