@@ -11,7 +11,8 @@
 //! - DESTROY then INIT serves the same tree in every sandbox mode, with file handles;
 //! - a guest may hold more inodes than the daemon's descriptor limit, and the descriptors
 //!   kept for file-handle inodes stay within their budget and close at FORGET;
-//! - the daemon exits when the VMM leaves even while a request is stuck in the host.
+//! - the daemon exits when the VMM leaves even while a request is stuck in the host, and
+//!   ends the connection with the reason when it cannot take a message's descriptors.
 
 mod common;
 
@@ -551,6 +552,42 @@ fn file_handle_inodes_keep_descriptors_within_a_budget_and_close_them_at_forget(
         s.lookup(ROOT, &format!("d{i:02}")).unwrap();
     }
     assert_eq!(path_descriptors_under(daemon.pid(), &share).len(), 11);
+}
+
+/// A vhost-user message whose descriptors the daemon cannot take (here: it is at its
+/// RLIMIT_NOFILE while the frontend hands over a descriptor per queue) ends the connection
+/// with the reason in the log and a non-zero exit. It used to be dropped without a word (vhost
+/// treated the truncated message as "try again"), and the frontend then waited for its reply
+/// forever.
+#[test]
+fn a_message_whose_descriptors_cannot_be_received_ends_the_connection_with_the_reason() {
+    let mut daemon = Daemon::start(&["--rlimit-nofile", "64"]);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let path = daemon.socket.clone();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(vm_tests::frontend::TestFrontend::connect(&path).map(|_| ()));
+    });
+    let outcome = done_rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| {
+            panic!(
+                "the frontend still waits after 30 s; stderr:\n{}",
+                daemon.stderr()
+            )
+        });
+    assert!(
+        outcome.is_err(),
+        "a frontend could connect at 64 descriptors"
+    );
+    let status = daemon
+        .wait_exit(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("the daemon did not exit; stderr:\n{}", daemon.stderr()));
+    assert!(!status.success(), "exit status {status}");
+    let stderr = daemon.stderr();
+    assert!(
+        stderr.contains("could not be received") && stderr.contains("RLIMIT_NOFILE"),
+        "no reason in the log:\n{stderr}"
+    );
 }
 
 /// A FUSE mount of the host, served by `virtiofsd-kr mount`, whose server can be stopped:

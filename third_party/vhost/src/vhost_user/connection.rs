@@ -322,7 +322,23 @@ impl<H: MsgHeader> Endpoint<H> {
         iovs: &mut [iovec],
     ) -> Result<(usize, Option<Vec<File>>)> {
         let mut fd_array = vec![0; MAX_ATTACHED_FD_ENTRIES];
-        let (bytes, fds) = self.sock.recv_with_fds(iovs, &mut fd_array)?;
+        // virtiofsd-kr patch: descriptors that came with the message and could not be received
+        // (MSG_CTRUNC: this process is at RLIMIT_NOFILE, or the peer attached more than
+        // MAX_ATTACHED_FD_ENTRIES) are reported by vmm-sys-util as ENOBUFS, after the message's
+        // bytes were consumed. Upstream mapped ENOBUFS to `SocketRetry`, so the message was
+        // dropped without a word and the next read started in the middle of the stream: the
+        // frontend then waited forever for a reply. It is a hard error now, naming the cause.
+        let (bytes, fds) = self
+            .sock
+            .recv_with_fds(iovs, &mut fd_array)
+            .map_err(|e| match e.errno() {
+                libc::ENOBUFS => Error::SocketError(std::io::Error::other(
+                    "a vhost-user message's file descriptors could not be received \
+                     (MSG_CTRUNC): this process is out of descriptors (RLIMIT_NOFILE) or the \
+                     frontend attached more than the protocol allows",
+                )),
+                _ => Error::from(e),
+            })?;
 
         let files = match fds {
             0 => None,
