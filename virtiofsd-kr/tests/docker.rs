@@ -554,13 +554,16 @@ fn docker_volume_plugin_end_to_end() {
     );
     let mountpoint = PathBuf::from(path["Mountpoint"].as_str().expect("Mountpoint"));
     let host_file = mountpoint.join("a.txt");
-    // In the test's mount namespace, where dockerd and the plugin mount.
-    let setfacl = env
-        .in_ns("setfacl")
-        .args(["-m", "u:4321:r"])
-        .arg(&host_file)
-        .output()
-        .expect("setfacl (package acl)");
+    // An ACL tool run on the file in the test's mount namespace, where dockerd and the
+    // plugin mount.
+    let acl_tool = |tool: &str, args: &[&str]| {
+        env.in_ns(tool)
+            .args(args)
+            .arg(&host_file)
+            .output()
+            .unwrap_or_else(|e| panic!("{tool} (package acl): {e}"))
+    };
+    let setfacl = acl_tool("setfacl", &["-m", "u:4321:r"]);
     assert!(
         setfacl.status.success(),
         "setfacl on the plugin's mount: {}\nplugin log:\n{}",
@@ -574,12 +577,7 @@ fn docker_volume_plugin_end_to_end() {
         "uid 4321 with an ACL entry r: {}",
         String::from_utf8_lossy(&allowed.stderr)
     );
-    let getfacl = env
-        .in_ns("getfacl")
-        .args(["--omit-header", "--numeric"])
-        .arg(&host_file)
-        .output()
-        .expect("getfacl");
+    let getfacl = acl_tool("getfacl", &["--omit-header", "--numeric"]);
     let acl = String::from_utf8_lossy(&getfacl.stdout);
     assert!(acl.contains("user:4321:r--"), "{acl}");
     assert!(acl.contains("mask::r--"), "{acl}");
