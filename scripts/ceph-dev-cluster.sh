@@ -61,6 +61,26 @@ esac
 log() { echo "ceph-dev-cluster: $*" >&2; }
 die() { echo "ceph-dev-cluster: error: $*" >&2; exit 1; }
 
+# Whatever fails under `set -e` says what and with which status before the script exits: a
+# daemon that refuses to start (ceph-mon exits 28, ENOSPC, when its disk is below `mon data
+# avail crit`) used to end the script with that status and no word (its message goes to a
+# stderr that is not the script's, or nowhere once it forks). Reports go to fd 7, the
+# script's own stderr (a failing command's stderr may be a log file); the daemons do not
+# inherit it (`server`), so a caller reading our stderr is not held open by them.
+exec 7>&2
+REPORTED=""
+report_failure() {
+    local rc=$1 what=$2 hint=""
+    if [ "$rc" = 28 ]; then
+        hint=" (ENOSPC: no space left, or less free space than the monitor's 'mon data avail \
+crit'; free on $DIR: $(df -h --output=avail "$DIR" 2>/dev/null | tail -n 1 | tr -d ' '))"
+    fi
+    echo "ceph-dev-cluster: error: '$what' failed with status $rc$hint; logs in $DIR/log/" >&7
+    REPORTED=1
+}
+set -E
+trap '[ -n "$REPORTED" ] || report_failure $? "line $LINENO: $BASH_COMMAND"' ERR
+
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 
 SUDO=()
@@ -77,17 +97,20 @@ PACKAGES=(ceph-mon ceph-osd ceph-mds ceph-mgr ceph-common ceph-fuse libcephfs-de
 # mount namespace with /proc, /dev and the cluster directory (at the same path) bound in. The
 # daemons fork into the background and keep that namespace; their pid files land in $DIR/run.
 server() {
+    local rc=0
     if [ "$RELEASE" = pacific ]; then
-        "$@"
-        return
+        "$@" 7>&- || rc=$?
+    else
+        unshare -m --propagation private sh -c '
+            r="$1"; d="$2"; shift 2
+            mount -t proc proc "$r/proc"
+            mount --bind /dev "$r/dev"
+            mkdir -p "$r$d"
+            mount --bind "$d" "$r$d"
+            exec chroot "$r" "$@"' server "$REEF_ROOT" "$DIR" "$@" 7>&- || rc=$?
     fi
-    unshare -m --propagation private sh -c '
-        r="$1"; d="$2"; shift 2
-        mount -t proc proc "$r/proc"
-        mount --bind /dev "$r/dev"
-        mkdir -p "$r$d"
-        mount --bind "$d" "$r$d"
-        exec chroot "$r" "$@"' server "$REEF_ROOT" "$DIR" "$@"
+    [ "$rc" = 0 ] || report_failure "$rc" "$*"
+    return "$rc"
 }
 
 installed() {
@@ -188,6 +211,10 @@ osd_mon_report_interval = 1
 [mon]
 mon_data = $DIR/mon/\$cluster-\$id
 mon_initial_members = a
+# A dev cluster's monitor holds a few MiB: refusing to start below 5 % free (the default)
+# stopped it on a 252 GB disk with 15 GB free. Still refuses below 1 %.
+mon_data_avail_crit = 1
+mon_data_avail_warn = 2
 
 [osd]
 osd_data = $DIR/osd/\$cluster-\$id
