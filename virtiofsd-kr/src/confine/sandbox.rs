@@ -61,7 +61,7 @@
 //! classic chroot-in-chroot escape; the seccomp allow-list has neither `chroot` nor `mount`.
 
 use std::collections::HashSet;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -483,7 +483,9 @@ fn enter_namespace(
     let old_mask = supervisor_signals()
         .thread_swap_mask(SigmaskHow::SIG_BLOCK)
         .map_err(sys("blocking SIGCHLD"))?;
-    // The parent holds the write end and never writes: the child sees POLLHUP once the
+    // The parent writes one byte once it holds no privilege, then keeps the write end open
+    // for its life: the child goes on only after that byte (so no moment exists where the
+    // child serves while the supervisor is still privileged), and reads end-of-file if the
     // parent is gone, which closes the window before PR_SET_PDEATHSIG is in place.
     let (alive_r, alive_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe2"))?;
@@ -503,7 +505,7 @@ fn enter_namespace(
                 .map_err(sys("restoring the signal mask"))?;
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
                 .map_err(sys("prctl(PR_SET_PDEATHSIG)"))?;
-            if parent_gone(&alive_r) {
+            if !supervisor_ready(&alive_r) {
                 // Nobody is left to report to.
                 crate::process::exit_now(1);
             }
@@ -517,15 +519,16 @@ fn enter_namespace(
     }
 }
 
-/// Whether the write end of the liveness pipe was closed, i.e. the parent has exited.
-fn parent_gone(alive_r: &OwnedFd) -> bool {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let mut fds = [PollFd::new(alive_r.as_fd(), PollFlags::POLLIN)];
-    match poll(&mut fds, PollTimeout::ZERO) {
-        Ok(n) if n > 0 => fds[0]
-            .revents()
-            .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)),
-        _ => false,
+/// Waits for the supervisor's byte on the liveness pipe: `true` once it has dropped its
+/// privileges, `false` if it is gone (end-of-file) or the pipe fails.
+fn supervisor_ready(alive_r: &OwnedFd) -> bool {
+    let mut byte = [0u8; 1];
+    loop {
+        match nix::unistd::read(alive_r.as_raw_fd(), &mut byte) {
+            Ok(1) => return true,
+            Err(Errno::EINTR) => continue,
+            Ok(_) | Err(_) => return false,
+        }
     }
 }
 
@@ -831,14 +834,19 @@ fn remount_flags(st_flags: u64) -> MsFlags {
 }
 
 /// The supervising parent of `--sandbox=namespace`: never returns.
-fn supervise(child: Pid, _alive_w: OwnedFd) -> ! {
-    info!(pid = child.as_raw(), "sandboxed daemon started");
-    // The parent only forwards signals and waits; it needs no privilege at all.
+fn supervise(child: Pid, alive_w: OwnedFd) -> ! {
+    // The parent only forwards signals and waits; it needs no privilege at all, and drops it
+    // before the child may go on (see `supervisor_ready`).
     for set in [CapSet::Effective, CapSet::Permitted, CapSet::Inheritable] {
         if let Err(e) = caps::clear(None, set) {
             warn!("supervisor: clearing capabilities: {e}");
         }
     }
+    if let Err(e) = nix::unistd::write(&alive_w, &[1]) {
+        // The child reads end-of-file once this process ends, and exits.
+        warn!("supervisor: releasing the child: {e}");
+    }
+    info!(pid = child.as_raw(), "sandboxed daemon started");
     let signals = supervisor_signals();
     loop {
         match signals.wait() {
