@@ -208,6 +208,7 @@ fn start(args: &ServeArgs, shared_dir: Option<&Path>) -> Result<Started, DaemonE
     let source = args.socket_source()?;
     set_rlimit_nofile(args.rlimit_nofile)?;
     let (listener, mut cleanup) = open_listener(&source)?;
+    crate::stall::at(crate::stall::SOCKET_CREATED);
     // Block termination signals before any thread exists, so every thread inherits the mask
     // and one thread can take them with sigwait (this also works as PID 1 of a namespace).
     let signals = termination_signals();
