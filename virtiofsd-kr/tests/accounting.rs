@@ -116,8 +116,9 @@ impl Pod {
         pod
     }
 
-    /// Waits up to 10 s for `line` in the daemon's stderr (the socket can exist before the
-    /// journal is replayed and logged), then returns whether it appeared.
+    /// Waits up to 10 s for `line` in the daemon's stderr, then returns whether it appeared
+    /// (the journal's replay is logged before the socket exists; lines logged while serving
+    /// come later).
     fn logged(&self, line: &str) -> bool {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.stderr().contains(line) {
