@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use common::Daemon;
 use fuse_backend_rs::abi::fuse_abi::{CreateIn, Opcode, OpenIn, ReadIn, WriteIn};
 use vm_memory::ByteValued;
-use vm_tests::frontend::REQUEST_QUEUE;
+use vm_tests::frontend::{FrontendConfig, REQUEST_QUEUE};
 use vm_tests::fuse::{cname, request, FuseError, FuseReply, FuseSession, REPLY_SPACE, ROOT};
 
 /// Confinement of a production daemon.
@@ -441,12 +441,15 @@ fn path_descriptors_under(pid: u32, dir: &Path) -> Vec<std::path::PathBuf> {
 fn file_handle_inodes_keep_descriptors_within_a_budget_and_close_them_at_forget() {
     const FILES: usize = 40;
     const DIRS: usize = 30;
-    // RLIMIT_NOFILE 128: a budget of 32 descriptors, files at most 16.
+    // RLIMIT_NOFILE 160 (one request queue: the least the daemon starts with): a budget of
+    // 40 descriptors, files at most 20.
     let daemon = Daemon::start_with(
         &["--sandbox", "none", "--seccomp", "none"],
         &[
             "--rlimit-nofile",
-            "128",
+            "160",
+            "--request-queues",
+            "1",
             "--cache",
             "always",
             "--inode-file-handles",
@@ -501,8 +504,8 @@ fn file_handle_inodes_keep_descriptors_within_a_budget_and_close_them_at_forget(
     }
     let files_kept = path_descriptors_under(daemon.pid(), &share).len();
     assert_eq!(
-        files_kept, 16,
-        "the root and files keep half the budget of 32"
+        files_kept, 20,
+        "the root and files keep half the budget of 40"
     );
     for i in 0..DIRS {
         nodes.push((
@@ -511,10 +514,10 @@ fn file_handle_inodes_keep_descriptors_within_a_budget_and_close_them_at_forget(
         ));
     }
     let kept = path_descriptors_under(daemon.pid(), &share);
-    assert_eq!(kept.len(), 32, "directories fill the budget: {kept:?}");
+    assert_eq!(kept.len(), 40, "directories fill the budget: {kept:?}");
     assert_eq!(
         kept.iter().filter(|p| p.is_dir()).count(),
-        17,
+        21,
         "the directories looked up first are kept: {kept:?}"
     );
     for (name, node) in &nodes {
@@ -554,40 +557,139 @@ fn file_handle_inodes_keep_descriptors_within_a_budget_and_close_them_at_forget(
     assert_eq!(path_descriptors_under(daemon.pid(), &share).len(), 11);
 }
 
-/// A vhost-user message whose descriptors the daemon cannot take (here: it is at its
-/// RLIMIT_NOFILE while the frontend hands over a descriptor per queue) ends the connection
-/// with the reason in the log and a non-zero exit. It used to be dropped without a word (vhost
-/// treated the truncated message as "try again"), and the frontend then waited for its reply
-/// forever.
+/// A vhost-user message whose descriptors the daemon cannot take (here: the frontend attaches
+/// more than the protocol's 32; a daemon at its RLIMIT_NOFILE sees the same `MSG_CTRUNC`)
+/// ends the connection with the reason in the log and a non-zero exit. It used to be dropped
+/// without a word (vhost treated the truncated message as "try again"), and the frontend then
+/// waited for its reply forever.
 #[test]
 fn a_message_whose_descriptors_cannot_be_received_ends_the_connection_with_the_reason() {
-    let mut daemon = Daemon::start(&["--rlimit-nofile", "64"]);
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    let path = daemon.socket.clone();
-    std::thread::spawn(move || {
-        let _ = done_tx.send(vm_tests::frontend::TestFrontend::connect(&path).map(|_| ()));
-    });
-    let outcome = done_rx
-        .recv_timeout(Duration::from_secs(30))
-        .unwrap_or_else(|_| {
-            panic!(
-                "the frontend still waits after 30 s; stderr:\n{}",
-                daemon.stderr()
-            )
-        });
-    assert!(
-        outcome.is_err(),
-        "a frontend could connect at 64 descriptors"
-    );
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let mut daemon = Daemon::start(&[]);
+    let mut conn = std::os::unix::net::UnixStream::connect(&daemon.socket).unwrap();
+    // GET_FEATURES (1), version 1, no payload: a header a frontend sends first.
+    let header: Vec<u8> = [1u32, 1, 0].iter().flat_map(|w| w.to_le_bytes()).collect();
+    let files: Vec<std::fs::File> = (0..40)
+        .map(|_| std::fs::File::open("/dev/null").unwrap())
+        .collect();
+    let fds: Vec<i32> = files.iter().map(|f| f.as_raw_fd()).collect();
+    let iov = [std::io::IoSlice::new(&header)];
+    sendmsg::<()>(
+        conn.as_raw_fd(),
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .expect("sending 40 descriptors");
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut reply = Vec::new();
+    match conn.read_to_end(&mut reply) {
+        Ok(_) => assert!(reply.is_empty(), "the daemon answered: {reply:?}"),
+        Err(e) => panic!(
+            "the frontend still waits after 30 s ({e}); stderr:\n{}",
+            daemon.stderr()
+        ),
+    }
     let status = daemon
         .wait_exit(Duration::from_secs(10))
         .unwrap_or_else(|| panic!("the daemon did not exit; stderr:\n{}", daemon.stderr()));
     assert!(!status.success(), "exit status {status}");
     let stderr = daemon.stderr();
     assert!(
-        stderr.contains("could not be received") && stderr.contains("RLIMIT_NOFILE"),
+        stderr.contains("could not be received") && stderr.contains("more than the protocol"),
         "no reason in the log:\n{stderr}"
     );
+}
+
+/// The number after `before` in `text` (as the daemon's refusal spells its figures).
+fn number_after(text: &str, before: &str) -> u64 {
+    let rest = &text[text
+        .find(before)
+        .unwrap_or_else(|| panic!("no {before:?} in {text}"))
+        + before.len()..];
+    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("no number after {before:?} in {text}"))
+}
+
+/// The daemon's refusal to start under `limit` descriptors with `queues` request queues.
+fn refusal_under(limit: u64, queues: usize) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("vhost.sock");
+    let out = Command::new(common::daemon_bin())
+        .arg("--socket-path")
+        .arg(&socket)
+        .arg("--shared-dir")
+        .arg(dir.path())
+        .args(["--sandbox", "none", "--seccomp", "none"])
+        .arg(format!("--rlimit-nofile={limit}"))
+        .arg(format!("--request-queues={queues}"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("running the daemon");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
+    assert!(!socket.exists(), "a refused daemon created its socket");
+    stderr
+}
+
+/// A descriptor limit that cannot carry the offered queues is refused at start, with the
+/// figures and the two ways out, before a socket exists (a frontend used to fail part-way
+/// through connecting). At exactly the figure it names, a frontend that starts every queue
+/// connects and the guest holds the open files the refusal promised room for.
+#[test]
+fn a_descriptor_limit_too_low_for_the_queues_is_refused_at_start_and_the_minimum_serves() {
+    let refused = refusal_under(64, 16);
+    assert!(
+        refused.contains("RLIMIT_NOFILE is 64")
+            && refused.contains("--rlimit-nofile")
+            && refused.contains("--request-queues"),
+        "{refused}"
+    );
+    let needed = number_after(&refused, "below the ");
+    let files = number_after(&refused, "process, ");
+    let needed_one = number_after(&refusal_under(64, 1), "below the ");
+    assert!(
+        needed_one < needed,
+        "1 queue needs {needed_one}, 16 {needed}"
+    );
+    assert!(refusal_under(needed - 1, 16).contains(&format!("below the {needed} ")));
+
+    let limit = needed.to_string();
+    let daemon = Daemon::start_with(
+        &["--sandbox", "none", "--seccomp", "none"],
+        &["--rlimit-nofile", &limit, "--request-queues", "16"],
+        |dir| {
+            for i in 0..files {
+                std::fs::write(dir.join(format!("f{i:03}")), b"x").unwrap();
+            }
+        },
+    );
+    let config = FrontendConfig {
+        queues: 17,
+        ..Default::default()
+    };
+    let mut s = FuseSession::new(daemon.connect_with(config));
+    s.init().expect("FUSE_INIT");
+    let mut open = Vec::new();
+    for i in 0..files {
+        let name = format!("f{i:03}");
+        let e = s
+            .lookup(ROOT, &name)
+            .unwrap_or_else(|e| panic!("LOOKUP {name}: {e}; stderr:\n{}", daemon.stderr()));
+        let o = s
+            .open(e.nodeid, libc::O_RDONLY)
+            .unwrap_or_else(|e| panic!("OPEN {name}: {e}; stderr:\n{}", daemon.stderr()));
+        open.push((e.nodeid, o.fh));
+    }
+    for (node, fh) in &open {
+        assert_eq!(s.read(*node, *fh, 0, 16).unwrap(), b"x");
+    }
 }
 
 /// A FUSE mount of the host, served by `virtiofsd-kr mount`, whose server can be stopped:

@@ -59,6 +59,19 @@ pub enum DaemonError {
     InheritedFd { fd: i32, reason: String },
     #[error("setting RLIMIT_NOFILE: {0}")]
     Rlimit(nix::Error),
+    #[error(
+        "RLIMIT_NOFILE is {limit}, below the {needed} descriptors this daemon needs with \
+         {request_queues} request queues offered ({device} for the queues' eventfds and \
+         threads, guest memory and one vhost-user message, {PROCESS_DESCRIPTORS} for the \
+         process, {FILE_DESCRIPTORS} for the guest's files): raise --rlimit-nofile (or the \
+         hard limit) or offer fewer queues with --request-queues"
+    )]
+    TooFewDescriptors {
+        limit: u64,
+        needed: u64,
+        device: u64,
+        request_queues: usize,
+    },
     #[error("blocking termination signals: {0}")]
     Signals(nix::Error),
     #[error("sandbox: {0}")]
@@ -212,6 +225,7 @@ struct Started {
 fn start(args: &ServeArgs, shared_dir: Option<&Path>) -> Result<Started, DaemonError> {
     let source = args.socket_source()?;
     set_rlimit_nofile(args.rlimit_nofile)?;
+    check_descriptor_limit(args.request_queues)?;
     // Block termination signals before any thread exists, so every thread inherits the mask
     // and one thread can take them with sigwait (this also works as PID 1 of a namespace).
     let signals = termination_signals();
@@ -508,6 +522,32 @@ fn checked_shared_dir(path: &Path) -> Result<PathBuf, DaemonError> {
         return Err(DaemonError::SharedDirNotDir(path.to_path_buf()));
     }
     Ok(canonical)
+}
+
+/// Descriptors of the process itself, whatever the queues: the standard streams, the
+/// listening socket and its directory, the backend's root and `/proc/self/fd`, accounting's
+/// journal, socket and runtime, the log.
+const PROCESS_DESCRIPTORS: u64 = 32;
+/// The least room left for the guest's open files and directories.
+const FILE_DESCRIPTORS: u64 = 64;
+
+/// Refuses to start under a descriptor limit that cannot carry the offered queues: the
+/// frontend would otherwise fail part-way through connecting (a message's descriptors cut off
+/// by the kernel), long after whoever set the limit has gone.
+fn check_descriptor_limit(request_queues: usize) -> Result<(), DaemonError> {
+    use nix::sys::resource::{getrlimit, Resource};
+    let (limit, _) = getrlimit(Resource::RLIMIT_NOFILE).map_err(DaemonError::Rlimit)?;
+    let device = crate::vhost::device::descriptors_to_serve(request_queues);
+    let needed = device + PROCESS_DESCRIPTORS + FILE_DESCRIPTORS;
+    if limit < needed {
+        return Err(DaemonError::TooFewDescriptors {
+            limit,
+            needed,
+            device,
+            request_queues,
+        });
+    }
+    Ok(())
 }
 
 fn set_rlimit_nofile(requested: Option<u64>) -> Result<(), DaemonError> {

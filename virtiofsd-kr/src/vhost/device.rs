@@ -47,6 +47,27 @@ pub const HIPRIO_QUEUE_INDEX: usize = 0;
 pub const MAX_REQUEST_QUEUES: usize = 16;
 /// Most queues in all: the high-priority queue plus the request queues.
 pub const MAX_QUEUES: usize = HIPRIO_QUEUE_INDEX + 1 + MAX_REQUEST_QUEUES;
+/// Guest memory regions a frontend is expected to share (QEMU: one per RAM block; a guest
+/// with hot-plugged DIMMs has more). A frontend may send up to 509 (`GET_MAX_MEM_SLOTS`); this
+/// is only what [`descriptors_to_serve`] counts on.
+pub const EXPECTED_MEMORY_REGIONS: u64 = 8;
+/// Descriptors one vhost-user message may carry (`MAX_ATTACHED_FD_ENTRIES`): the kernel needs
+/// a free slot for each before the daemon can even look at the message.
+const MESSAGE_DESCRIPTORS: u64 = vhost::vhost_user::message::MAX_ATTACHED_FD_ENTRIES as u64;
+
+/// Descriptors the device holds once a frontend has started all `request_queues` request
+/// queues and the hiprio queue: per vring thread (at most one per queue) its epoll and its
+/// copy of the exit event's two ends; per queue the kick, call and error eventfds the
+/// frontend sends; the connection and the backend request channel; the guest memory files
+/// ([`EXPECTED_MEMORY_REGIONS`]); and room for one message's descriptors in flight.
+pub fn descriptors_to_serve(request_queues: usize) -> u64 {
+    const PER_THREAD: u64 = 3;
+    const PER_QUEUE: u64 = 3;
+    const CHANNELS: u64 = 2;
+    let queues = (HIPRIO_QUEUE_INDEX + 1 + request_queues) as u64;
+    queues * (PER_THREAD + PER_QUEUE) + CHANNELS + EXPECTED_MEMORY_REGIONS + MESSAGE_DESCRIPTORS
+}
+
 /// How the queues are spread over vring threads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueueThreads {
