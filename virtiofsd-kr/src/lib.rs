@@ -14,7 +14,8 @@
 //!   above through small calls and knowing none of their types;
 //! * [`http`]: the one hyper serve loop the metrics endpoint and the Docker plugin share;
 //! * [`size`]: byte sizes as written on command lines and in admin requests;
-//! * [`process`]: how the process ends once it has threads (one exit for every path).
+//! * [`process`]: how the process ends once it has threads (one exit for every path);
+//! * [`stall`]: test-only pauses at named start-up points (`VIRTIOFSD_KR_TEST_STALL`).
 
 pub mod accounting;
 pub mod backend;
@@ -24,4 +25,5 @@ pub mod fuse;
 pub mod http;
 pub mod process;
 pub mod size;
+pub mod stall;
 pub mod vhost;

@@ -11,7 +11,7 @@ mod common;
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, EXIT_TIMEOUT};
+use common::{Daemon, EXIT_TIMEOUT, START_TIMEOUT};
 use fuse_backend_rs::abi::fuse_abi::{
     FsOptions, GetattrIn, InHeader, InitOut, Opcode, OpenIn, OutHeader, ReadIn, WriteIn,
 };
@@ -1204,7 +1204,18 @@ fn bad_avail_index(extra: &[&str]) {
         .publish_avail_idx(REQUEST_QUEUE, idx.wrapping_add(size + 10))
         .unwrap();
     s.frontend().kick(REQUEST_QUEUE).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // Waits for the daemon to have looked at the impossible index (it logs the ring error),
+    // not for a fixed time that a loaded machine may not give it.
+    let deadline = Instant::now() + START_TIMEOUT;
+    while !daemon.stderr().contains("virtqueue error") {
+        daemon.assert_running("an impossible avail index");
+        assert!(
+            Instant::now() < deadline,
+            "the daemon never reported the impossible avail index; stderr:\n{}",
+            daemon.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     daemon.assert_running("an impossible avail index");
     // The driver comes to its senses: restore the index and send a good request.
     s.frontend().publish_avail_idx(REQUEST_QUEUE, idx).unwrap();

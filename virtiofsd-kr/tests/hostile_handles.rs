@@ -792,7 +792,19 @@ fn the_daemon_exits_when_the_vmm_leaves_while_a_request_is_stuck_in_the_host() {
     s.frontend()
         .post_request(REQUEST_QUEUE, &[&req], &[REPLY_SPACE], true)
         .expect("post READ");
-    std::thread::sleep(Duration::from_millis(500));
+    // The request must be stuck in the host before the VMM leaves, or the exit below tests
+    // nothing: wait until one of the daemon's threads waits for the stopped FUSE server's
+    // answer (its wait channel), not for a fixed time a loaded machine may not give it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !waits_for_a_fuse_answer(daemon.pid()) {
+        assert!(daemon.is_running(), "daemon: {}", daemon.stderr());
+        assert!(
+            Instant::now() < deadline,
+            "no thread of the daemon waits in the host FUSE mount; stderr:\n{}",
+            daemon.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(daemon.is_running(), "daemon: {}", daemon.stderr());
 
     // The VMM goes away: the daemon must exit even though its queue thread never returns.
@@ -810,4 +822,14 @@ fn the_daemon_exits_when_the_vmm_leaves_while_a_request_is_stuck_in_the_host() {
         "stderr:\n{}",
         daemon.stderr()
     );
+}
+
+/// Whether a thread of `pid` sleeps waiting for a FUSE server's answer (the kernel's
+/// `request_wait_answer`, as `/proc/PID/task/TID/wchan` names it to root).
+fn waits_for_a_fuse_answer(pid: u32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("wchan")).ok())
+        .any(|w| w == "request_wait_answer")
 }

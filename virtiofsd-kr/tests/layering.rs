@@ -29,6 +29,7 @@ fn allowed(layer: &str) -> Option<&'static [&'static str]> {
             "http",
             "size",
             "process",
+            "stall",
         ],
         "vhost" => &[
             "fuse",
@@ -40,9 +41,9 @@ fn allowed(layer: &str) -> Option<&'static [&'static str]> {
         ],
         "fuse" => &["backend", "confine", "accounting", "size", "process"],
         "backend" => &["confine", "size", "process"],
-        "confine" => &["size", "process"],
+        "confine" => &["size", "process", "stall"],
         "accounting" => &["http", "size", "process"],
-        "size" | "http" | "process" => &[],
+        "size" | "http" | "process" | "stall" => &[],
         _ => return None,
     })
 }

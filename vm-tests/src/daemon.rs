@@ -158,7 +158,7 @@ impl Default for DaemonConfig {
             readonly: false,
             log_level: std::env::var("VMTEST_DAEMON_LOG_LEVEL").ok(),
             extra_args: Vec::new(),
-            start_timeout: Duration::from_secs(15),
+            start_timeout: Duration::from_secs(30),
             command_line: None,
             inherited_fd: None,
         }

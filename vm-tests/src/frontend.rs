@@ -168,7 +168,9 @@ pub struct FrontendConfig {
     /// Negotiate the `SHMEM` protocol feature (DAX window) when offered, and read the
     /// backend's shared memory regions with `GET_SHMEM_CONFIG`.
     pub shmem: bool,
-    /// How long [`TestFrontend::send`] waits for the used buffer.
+    /// How long [`TestFrontend::send`] waits for the used buffer: a deadline for a daemon that
+    /// never answers, generous enough for a loaded CI machine (2 cores, guests under TCG and a
+    /// sanitizer build beside it); a test expecting no reply waits its own shorter time.
     pub reply_timeout: Duration,
     /// Queues started at connect: the hiprio queue and `queues - 1` request queues, as a
     /// guest driver sets them up (QEMU starts only the queues the driver set up). More can be
@@ -187,7 +189,7 @@ impl Default for FrontendConfig {
             backend_req: true,
             memory_message: MemoryMessage::SetMemTable,
             shmem: false,
-            reply_timeout: Duration::from_secs(5),
+            reply_timeout: Duration::from_secs(20),
             queues: NUM_QUEUES,
         }
     }

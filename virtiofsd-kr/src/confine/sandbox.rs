@@ -835,6 +835,7 @@ fn remount_flags(st_flags: u64) -> MsFlags {
 
 /// The supervising parent of `--sandbox=namespace`: never returns.
 fn supervise(child: Pid, alive_w: OwnedFd) -> ! {
+    crate::stall::at(crate::stall::SUPERVISOR_FORKED);
     // The parent only forwards signals and waits; it needs no privilege at all, and drops it
     // before the child may go on (see `supervisor_ready`).
     for set in [CapSet::Effective, CapSet::Permitted, CapSet::Inheritable] {

@@ -214,14 +214,18 @@ struct Started {
     accounting: Option<accounting::Prepared>,
 }
 
-/// The listener, the signal mask, the DAX window and accounting: everything the sandbox
+/// The signal mask, the DAX window, accounting and the listener: everything the sandbox
 /// would stop the daemon from creating. `shared_dir`: the host directory a passthrough
 /// export serves (the accounting directory must not be inside it).
+///
+/// The vhost-user socket is created last: a launcher acts as soon as it appears (connects,
+/// scrapes the metrics endpoint, stops the daemon with SIGTERM), so by then termination
+/// signals are already taken, the metrics endpoint is bound and the journal replayed.
+/// `tests/ordering.rs` checks this with the daemon paused right after the socket appears.
 fn start(args: &ServeArgs, shared_dir: Option<&Path>) -> Result<Started, DaemonError> {
     let source = args.socket_source()?;
     set_rlimit_nofile(args.rlimit_nofile)?;
     check_descriptor_limit(args.request_queues)?;
-    let (listener, mut cleanup) = open_listener(&source)?;
     // Block termination signals before any thread exists, so every thread inherits the mask
     // and one thread can take them with sigwait (this also works as PID 1 of a namespace).
     let signals = termination_signals();
@@ -233,9 +237,13 @@ fn start(args: &ServeArgs, shared_dir: Option<&Path>) -> Result<Started, DaemonE
         .transpose()?;
     // Accounting creates its socket and journal now: the sandbox cannot.
     let accounting = prepare_accounting(args, shared_dir, dax.clone())?;
+    let mut cleanup = SocketCleanup::none();
     if let (Some(_), Some(MetricsAddr::Unix(path))) = (&accounting, &args.accounting.metrics_addr) {
         cleanup.add(SocketCleanup::for_path(path));
     }
+    let (listener, listener_cleanup) = open_listener(&source).inspect_err(|_| cleanup.run())?;
+    cleanup.add(listener_cleanup);
+    crate::stall::at(crate::stall::SOCKET_CREATED);
     Ok(Started {
         listener,
         cleanup,

@@ -1,0 +1,223 @@
+//! What an observer may rely on the moment it sees the daemon get somewhere, checked with the
+//! other side of the ordering slowed down on purpose (`VIRTIOFSD_KR_TEST_STALL`, see
+//! `src/stall.rs`).
+//!
+//! A hypervisor (or a test) acts as soon as the vhost-user socket appears, and reads the
+//! supervisor's state as soon as the sandboxed child serves. If the code does not order the
+//! promised state before that event, the promise holds only when scheduling is kind: on a
+//! loaded CI machine it fails now and then (CI caught the supervisor still privileged while
+//! its child served). Each test here stalls the daemon right after the event and checks the
+//! promise at once, so code that is merely fast fails every run.
+//!
+//! Owns starting the daemon with a stall and checking from outside; the same promises under
+//! real load are exercised by `scripts/stress-test.sh`.
+
+mod inventory;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use inventory::{descendants, status_field};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+use virtiofsd_kr::accounting::server::{http_request, MetricsAddr};
+use virtiofsd_kr::stall;
+
+const BIN: &str = env!("CARGO_BIN_EXE_virtiofsd-kr");
+/// How long anything the daemon does on its own may take on a loaded machine.
+const TIMEOUT: Duration = Duration::from_secs(20);
+/// The pause after the observed event: far longer than any scheduling hiccup the tests
+/// could otherwise have been lucky with.
+const STALL_MS: u64 = 1500;
+
+struct Daemon {
+    child: Child,
+    _shared: TempDir,
+    _runtime: TempDir,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts the daemon on a fresh directory with `args`, pausing at `point`.
+    fn start(point: &str, args: &[&str]) -> Daemon {
+        let shared = tempfile::tempdir().unwrap();
+        let runtime = tempfile::tempdir().unwrap();
+        let socket = runtime.path().join("vfs.sock");
+        let log = runtime.path().join("stderr");
+        let child = Command::new(BIN)
+            .arg("--socket-path")
+            .arg(&socket)
+            .arg("--shared-dir")
+            .arg(shared.path())
+            .args(args)
+            .env(stall::ENV, format!("{point}:{STALL_MS}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Daemon {
+            child,
+            _shared: shared,
+            _runtime: runtime,
+            socket,
+            log,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// Polls until `ready` is true; panics with the daemon's stderr if it exits first or
+    /// `TIMEOUT` passes.
+    fn wait_until(&mut self, what: &str, mut ready: impl FnMut(&Daemon) -> bool) {
+        let deadline = Instant::now() + TIMEOUT;
+        while !ready(self) {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "daemon exited ({status}) before {what}; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what} after {TIMEOUT:?}; stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no exit after {TIMEOUT:?}; stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            // Our own child, by its pid; a sandboxed child follows (PR_SET_PDEATHSIG).
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- daemon stderr ---\n{}", self.stderr());
+        }
+    }
+}
+
+fn socket_exists(d: &Daemon) -> bool {
+    d.socket.exists()
+}
+
+/// A launcher stops the daemon as soon as its socket exists: the daemon must already take
+/// SIGTERM as a clean exit (status 0, socket removed), not die of it and leave its socket.
+#[test]
+fn sigterm_as_soon_as_the_socket_exists_is_a_clean_exit() {
+    for sig in [Signal::SIGTERM, Signal::SIGINT] {
+        let mut d = Daemon::start(
+            stall::SOCKET_CREATED,
+            &["--sandbox", "none", "--seccomp", "none"],
+        );
+        d.wait_until("socket", socket_exists);
+        kill(d.pid(), sig).unwrap();
+        let status = d.wait_exit();
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{sig} right after the socket appeared: {status}; stderr:\n{}",
+            d.stderr()
+        );
+        assert!(!d.socket.exists(), "{sig}: socket left behind");
+    }
+}
+
+/// The metrics endpoint answers as soon as the vhost-user socket exists, and the journal
+/// has been replayed by then: a hypervisor that waits for the socket may scrape at once.
+#[test]
+fn metrics_answer_as_soon_as_the_socket_exists() {
+    let accounting = tempfile::tempdir().unwrap();
+    let runtime = tempfile::tempdir().unwrap();
+    let metrics = MetricsAddr::Unix(runtime.path().join("metrics.sock"));
+    let metrics_flag = format!("--metrics-addr={metrics}");
+    let accounting_dir = accounting.path().display().to_string();
+    let mut d = Daemon::start(
+        stall::SOCKET_CREATED,
+        &[
+            "--sandbox",
+            "none",
+            "--seccomp",
+            "none",
+            "--tenant",
+            "acme",
+            "--volume",
+            "vol",
+            "--pod",
+            "p",
+            &metrics_flag,
+            "--accounting-dir",
+            &accounting_dir,
+        ],
+    );
+    d.wait_until("socket", socket_exists);
+    let (status, body) = http_request(&metrics, "GET", "/metrics", "")
+        .unwrap_or_else(|e| panic!("scraping right after the socket appeared: {e}"));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("virtiofs_written_bytes_total"), "{body}");
+    let stderr = d.stderr();
+    assert!(
+        stderr.contains("accounting journal replayed"),
+        "the socket exists before the journal was replayed:\n{stderr}"
+    );
+}
+
+/// The supervisor of `--sandbox namespace` holds no capability once its child serves (the
+/// defect CI found: the child was serving while its parent was still privileged).
+#[test]
+fn the_supervisor_holds_no_privilege_once_its_child_serves() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the namespace sandbox needs root: run this test as root (scripts/test.sh does)"
+    );
+    let mut d = Daemon::start(
+        stall::SUPERVISOR_FORKED,
+        &["--sandbox", "namespace", "--seccomp", "kill"],
+    );
+    let supervisor = d.pid();
+    // The child is serving once it is under its filter (seccomp is its last step before it
+    // starts threads and takes the connection).
+    d.wait_until("filtered child", |d| {
+        descendants(d.pid())
+            .into_iter()
+            .any(|p| status_field(p, "Seccomp").as_deref() == Some("2"))
+    });
+    for field in ["CapEff", "CapPrm"] {
+        let value = status_field(supervisor, field).unwrap_or_else(|| panic!("{field}"));
+        assert_eq!(
+            u64::from_str_radix(&value, 16).unwrap(),
+            0,
+            "the supervisor's {field} while its child serves"
+        );
+    }
+    kill(supervisor, Signal::SIGTERM).unwrap();
+    assert_eq!(d.wait_exit().code(), Some(0), "stderr:\n{}", d.stderr());
+}
