@@ -68,6 +68,10 @@ fn probe(timeout: Option<Duration>) {
         }),
     );
     release(&fs, f.inode, h);
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    for line in status.lines().filter(|l| l.starts_with("RssAnon") || l.starts_with("VmHWM")) {
+        eprintln!("{timeout:?} {line}");
+    }
 }
 
 #[test]
