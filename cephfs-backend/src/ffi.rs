@@ -122,6 +122,12 @@ crate::dynload::dynamic_library! {
         option: *const c_char,
         value: *const c_char,
     ) -> c_int;
+    pub fn ceph_conf_get(
+        cmount: *mut CephMountInfo,
+        option: *const c_char,
+        buf: *mut c_char,
+        len: size_t,
+    ) -> c_int;
     pub fn ceph_init(cmount: *mut CephMountInfo) -> c_int;
     pub fn ceph_umask(cmount: *mut CephMountInfo, mode: mode_t) -> mode_t;
     pub fn ceph_select_filesystem(cmount: *mut CephMountInfo, fs_name: *const c_char) -> c_int;

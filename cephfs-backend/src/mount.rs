@@ -89,6 +89,12 @@ impl Drop for Pending {
 }
 
 impl CephMount {
+    /// The value of a configuration option as this client uses it (the conf, then the
+    /// daemon's own settings).
+    pub fn conf_value(&self, option: &str) -> io::Result<String> {
+        conf_get(self.cmount.as_ptr(), option)
+    }
+
     /// Creates a client as `client.<id>`, reads `conf`, uses `keyring`, and mounts `root`.
     pub fn connect(opts: &MountOptions<'_>) -> Result<Arc<CephMount>, CephError> {
         crate::load_libcephfs()?;
@@ -156,6 +162,9 @@ impl CephMount {
         ];
         for (option, value) in settings {
             set_option(cm, option, value)?;
+        }
+        if !conf_routes_logs_out(cm) {
+            quiet_client_log(cm)?;
         }
         if opts.posix_acl {
             set_option(cm, "client_acl_type", "posix_acl")?;
@@ -820,6 +829,154 @@ impl Drop for CephMount {
                  it to finish in the background"
             );
         }
+    }
+}
+
+/// Options that send libcephfs' log out of the process when the conf sets them (the daemon
+/// already turned off the file and stderr). The journald ones are Reef's; unknown to Pacific.
+const LOG_ROUTES: [&str; 6] = [
+    "log_to_syslog",
+    "err_to_syslog",
+    "log_to_graylog",
+    "err_to_graylog",
+    "log_to_journald",
+    "err_to_journald",
+];
+
+/// Every Ceph log subsystem a client links in (Pacific's list, and Reef's additions, which
+/// Pacific does not know and skips).
+const LOG_SUBSYSTEMS: &[&str] = &[
+    "none",
+    "lockdep",
+    "context",
+    "crush",
+    "mds",
+    "mds_balancer",
+    "mds_locker",
+    "mds_log",
+    "mds_log_expire",
+    "mds_migrator",
+    "buffer",
+    "timer",
+    "filer",
+    "striper",
+    "objecter",
+    "rados",
+    "rbd",
+    "rbd_mirror",
+    "rbd_replay",
+    "rbd_pwl",
+    "journaler",
+    "objectcacher",
+    "immutable_obj_cache",
+    "client",
+    "osd",
+    "optracker",
+    "objclass",
+    "filestore",
+    "journal",
+    "ms",
+    "mon",
+    "monc",
+    "paxos",
+    "tp",
+    "auth",
+    "crypto",
+    "finisher",
+    "reserver",
+    "heartbeatmap",
+    "perfcounter",
+    "rgw",
+    "rgw_sync",
+    "javaclient",
+    "asok",
+    "throttle",
+    "refs",
+    "compressor",
+    "bluestore",
+    "bluefs",
+    "bdev",
+    "kstore",
+    "rocksdb",
+    "leveldb",
+    "memdb",
+    "fuse",
+    "mgr",
+    "mgrc",
+    "dpdk",
+    "eventtrace",
+    "prioritycache",
+    "test",
+    "cephfs_mirror",
+    "cephsqlite",
+    "seastore",
+    "seastore_onode",
+    "seastore_odata",
+    "seastore_omap",
+    "seastore_tm",
+    "seastore_t",
+    "seastore_cleaner",
+    "seastore_epm",
+    "seastore_lba",
+    "seastore_fixedkv_tree",
+    "seastore_cache",
+    "seastore_journal",
+    "seastore_device",
+    "seastore_backref",
+    "alienstore",
+    "mclock",
+    "cyanstore",
+    "ceph_exporter",
+    "memstore",
+    "trace",
+    "rgw_datacache",
+    "rgw_access",
+    "rgw_dbstore",
+    "rgw_flight",
+    "rgw_lifecycle",
+    "rgw_notification",
+    "rgw_restore",
+    "jaeger",
+];
+
+/// Whether the conf sends libcephfs' log anywhere (syslog, graylog, journald).
+fn conf_routes_logs_out(cm: *mut ffi::CephMountInfo) -> bool {
+    LOG_ROUTES
+        .iter()
+        .any(|option| conf_get(cm, option).is_ok_and(|v| v == "true"))
+}
+
+/// Sets every log subsystem to `0/0`: no entry is made below an error. With no file, no
+/// stderr and no other route, libcephfs' log reaches nobody, yet by default it formats
+/// entries up to level 5 (`debug_client = 0/5`: kept in memory for a crash dump that has
+/// nowhere to go) and wakes its log thread for each: a fifth of the CPU of a cold 4 KiB read
+/// here (tests/probe.rs `cold_read_cost`). A conf that routes the log out keeps its levels.
+fn quiet_client_log(cm: *mut ffi::CephMountInfo) -> Result<(), CephError> {
+    for subsys in LOG_SUBSYSTEMS {
+        match set_option(cm, &format!("debug_{subsys}"), "0/0") {
+            Err(CephError::SetOption { source, .. })
+                if source.raw_os_error() == Some(libc::ENOENT) => {}
+            other => other?,
+        }
+    }
+    Ok(())
+}
+
+/// The value of `option` in the handle's configuration.
+fn conf_get(cm: *mut ffi::CephMountInfo, option: &str) -> io::Result<String> {
+    let o = CString::new(option).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut buf = vec![0u8; 256];
+    loop {
+        // SAFETY: `cm` is a live handle, `o` NUL-terminated, and `buf` has `buf.len()` bytes
+        // that libcephfs fills with a NUL-terminated value (or reports ENAMETOOLONG).
+        let ret = unsafe { ffi::ceph_conf_get(cm, o.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        if ret == -libc::ENAMETOOLONG && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        check(ret)?;
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        return Ok(String::from_utf8_lossy(&buf[..end]).into_owned());
     }
 }
 

@@ -675,3 +675,58 @@ fn posix_edge_cases() {
         "new parent"
     );
 }
+
+/// libcephfs' log reaches nobody in the daemon (no file, no stderr), so unless the conf routes
+/// it out (syslog, graylog, journald) every subsystem is quiet (`0/0`), whatever the conf
+/// asks; a conf that routes it out keeps its levels. Each entry libcephfs made cost a log
+/// thread wake-up: a fifth of a cold read's CPU (tests/probe.rs `cold_read_cost`).
+#[test]
+fn the_client_log_is_quiet_unless_the_conf_sends_it_somewhere() {
+    use cephfs_backend::mount::MountOptions;
+    use cephfs_backend::CephMount;
+    let vol = Volume::new("log");
+    let base = std::fs::read_to_string(&cluster().conf).expect("the dev cluster's conf");
+    let dir = std::env::temp_dir();
+    let connect = |name: &str, extra: &str| {
+        let conf = dir.join(format!("{}-{name}.conf", vol.id));
+        std::fs::write(&conf, format!("{base}\n[client]\n{extra}\n")).unwrap();
+        let mount = CephMount::connect(&MountOptions {
+            conf: &conf,
+            id: &vol.id,
+            keyring: &vol.keyring,
+            root: &vol.path,
+            fs_name: None,
+            mount_timeout: Duration::from_secs(30),
+            posix_acl: false,
+        })
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let _ = std::fs::remove_file(&conf);
+        let value = |option: &str| {
+            mount
+                .conf_value(option)
+                .unwrap_or_else(|e| panic!("{name}: {option}: {e}"))
+        };
+        (
+            value("debug_client"),
+            value("debug_objecter"),
+            value("debug_finisher"),
+        )
+    };
+    let zero = ("0/0".to_string(), "0/0".to_string(), "0/0".to_string());
+    assert_eq!(
+        connect("default", ""),
+        zero,
+        "Ceph's defaults (0/5, 0/1, 1/1)"
+    );
+    assert_eq!(
+        connect("levels-only", "debug_client = 3/7"),
+        zero,
+        "levels with nowhere to go"
+    );
+    let (client, objecter, _) = connect("syslog", "debug_client = 3/7\nerr_to_syslog = true");
+    assert_eq!(
+        (client.as_str(), objecter.as_str()),
+        ("3/7", "0/1"),
+        "a conf that sends the log to syslog keeps its levels and Ceph's defaults"
+    );
+}

@@ -74,6 +74,7 @@ typedef struct ceph_dir_result D;
 int (*p_ceph_create)(M **, const char *) = ceph_create;
 int (*p_ceph_conf_read_file)(M *, const char *) = ceph_conf_read_file;
 int (*p_ceph_conf_set)(M *, const char *, const char *) = ceph_conf_set;
+int (*p_ceph_conf_get)(M *, const char *, char *, size_t) = ceph_conf_get;
 int (*p_ceph_init)(M *) = ceph_init;
 mode_t (*p_ceph_umask)(M *, mode_t) = ceph_umask;
 int (*p_ceph_select_filesystem)(M *, const char *) = ceph_select_filesystem;

@@ -78,3 +78,99 @@ fn per_request_cost() {
         probe(None);
     }
 }
+
+/// Bytes this process has read with system calls so far (`rchar`: sockets included).
+fn rchar() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("rchar: "))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// CPU microseconds used so far by this process's threads named `name`.
+fn thread_cpu(name: &str) -> f64 {
+    let mut total = 0.0;
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    for t in tasks.flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        let after = stat.rsplit_once(')').map_or("", |(_, a)| a);
+        let f: Vec<&str> = after.split_whitespace().collect();
+        // Fields 14 and 15 of stat (utime, stime) are 12 and 13 after the comm.
+        let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+            + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        total += ticks * 1e6 / 100.0;
+    }
+    total
+}
+
+/// Cold 4 KiB random reads (a fresh client per round, every block read once), as the bench's
+/// random-read job sees them, alternating the volume's conf as given and with
+/// `PROBE_EXTRA_CONF` appended (`;` for a new line), e.g. `[client];err_to_syslog = true`
+/// (Ceph's default log levels again: the log has somewhere to go).
+#[test]
+#[ignore]
+fn cold_read_cost() {
+    let vol = Volume::new("probe-cold");
+    let conf = std::fs::read_to_string(&cluster().conf).unwrap();
+    let extra = std::env::var("PROBE_EXTRA_CONF").unwrap_or_default();
+    let variant = std::env::temp_dir().join(format!("{}-probe.conf", vol.id));
+    std::fs::write(&variant, format!("{conf}\n{}\n", extra.replace(';', "\n"))).unwrap();
+    {
+        let fs = vol.mount();
+        let c = ctx();
+        let (f, h) = create(&fs, &c, ROOT, "data", 0o644);
+        let block = vec![0x5au8; 1 << 20];
+        for i in 0..64u64 {
+            write(&fs, f.inode, h, i << 20, &block);
+        }
+        fs.fsync(&c, f.inode, false, h).expect("fsync");
+        release(&fs, f.inode, h);
+    }
+    let cpu = || {
+        // SAFETY: `libc::rusage` is plain old data; all zeroes is a valid value.
+        let mut r: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: getrusage fills the struct it is given (a valid out pointer).
+        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut r) };
+        let d = |tv: libc::timeval| tv.tv_sec as f64 * 1e6 + tv.tv_usec as f64;
+        d(r.ru_utime) + d(r.ru_stime)
+    };
+    for round in 0..8 {
+        let quiet = round % 2 == 1;
+        let mut cfg = vol.config();
+        cfg.op_timeout = Some(Duration::from_secs(30));
+        if quiet {
+            cfg.conf = variant.clone();
+        }
+        let fs = cephfs_backend::CephFs::connect(cfg).expect("mount");
+        let c = ctx();
+        let e = fs.lookup(&c, ROOT, &cstr("data")).unwrap();
+        let (h, _, _) = fs.open(&c, e.inode, libc::O_RDONLY as u32, 0).unwrap();
+        let h = h.unwrap();
+        const N: u64 = 1500;
+        let (t0, c0, r0, l0) = (Instant::now(), cpu(), rchar(), thread_cpu("log"));
+        for i in 0..N {
+            read(&fs, e.inode, h, (i * 7919 % 16384) * 4096, 4096).unwrap();
+        }
+        let wall = t0.elapsed().as_secs_f64() * 1e6 / N as f64;
+        let used = (cpu() - c0) / N as f64;
+        let bytes = (rchar() - r0) / N;
+        let log = (thread_cpu("log") - l0) / N as f64;
+        eprintln!(
+            "{}: cold read-4k: {wall:.1} us wall, {used:.1} us CPU ({log:.1} on log threads), \
+             {bytes} bytes read per request",
+            if quiet { "with extra" } else { "as given" }
+        );
+        release(&fs, e.inode, h);
+    }
+    let _ = std::fs::remove_file(&variant);
+}
