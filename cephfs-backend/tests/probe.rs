@@ -10,6 +10,16 @@ use std::time::{Duration, Instant};
 use common::*;
 use fuse_backend_rs::api::filesystem::FileSystem;
 
+/// CPU microseconds this process (all its threads) has used so far.
+fn process_cpu_us() -> f64 {
+    // SAFETY: `libc::rusage` is plain old data; all zeroes is a valid value.
+    let mut r: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct it is given (a valid out pointer).
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut r) };
+    let d = |tv: libc::timeval| tv.tv_sec as f64 * 1e6 + tv.tv_usec as f64;
+    d(r.ru_utime) + d(r.ru_stime)
+}
+
 fn probe(timeout: Option<Duration>) {
     let vol = Volume::new("probe");
     let mut cfg = vol.config();
@@ -22,21 +32,13 @@ fn probe(timeout: Option<Duration>) {
         write(&fs, f.inode, h, i << 20, &block);
     }
     fs.fsync(&c, f.inode, false, h).expect("fsync");
-    let cpu = || {
-        // SAFETY: `libc::rusage` is plain old data; all zeroes is a valid value.
-        let mut r: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: getrusage fills the struct it is given (a valid out pointer).
-        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut r) };
-        let d = |tv: libc::timeval| tv.tv_sec as f64 * 1e6 + tv.tv_usec as f64;
-        d(r.ru_utime) + d(r.ru_stime)
-    };
     let run = |what: &str, n: u64, mut op: Box<dyn FnMut(u64) + '_>| {
-        let (t0, c0) = (Instant::now(), cpu());
+        let (t0, c0) = (Instant::now(), process_cpu_us());
         for i in 0..n {
             op(i);
         }
         let wall = t0.elapsed().as_secs_f64() * 1e6 / n as f64;
-        let cpu = (cpu() - c0) / n as f64;
+        let cpu = (process_cpu_us() - c0) / n as f64;
         eprintln!("{timeout:?} {what}: {wall:.1} us wall, {cpu:.1} us CPU per request");
     };
     run(
@@ -68,6 +70,13 @@ fn probe(timeout: Option<Duration>) {
         }),
     );
     release(&fs, f.inode, h);
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    for line in status
+        .lines()
+        .filter(|l| l.starts_with("RssAnon") || l.starts_with("VmHWM"))
+    {
+        eprintln!("{timeout:?} {line}");
+    }
 }
 
 #[test]
@@ -136,14 +145,6 @@ fn cold_read_cost() {
         fs.fsync(&c, f.inode, false, h).expect("fsync");
         release(&fs, f.inode, h);
     }
-    let cpu = || {
-        // SAFETY: `libc::rusage` is plain old data; all zeroes is a valid value.
-        let mut r: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: getrusage fills the struct it is given (a valid out pointer).
-        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut r) };
-        let d = |tv: libc::timeval| tv.tv_sec as f64 * 1e6 + tv.tv_usec as f64;
-        d(r.ru_utime) + d(r.ru_stime)
-    };
     for round in 0..8 {
         let quiet = round % 2 == 1;
         let mut cfg = vol.config();
@@ -157,12 +158,12 @@ fn cold_read_cost() {
         let (h, _, _) = fs.open(&c, e.inode, libc::O_RDONLY as u32, 0).unwrap();
         let h = h.unwrap();
         const N: u64 = 1500;
-        let (t0, c0, r0, l0) = (Instant::now(), cpu(), rchar(), thread_cpu("log"));
+        let (t0, c0, r0, l0) = (Instant::now(), process_cpu_us(), rchar(), thread_cpu("log"));
         for i in 0..N {
             read(&fs, e.inode, h, (i * 7919 % 16384) * 4096, 4096).unwrap();
         }
         let wall = t0.elapsed().as_secs_f64() * 1e6 / N as f64;
-        let used = (cpu() - c0) / N as f64;
+        let used = (process_cpu_us() - c0) / N as f64;
         let bytes = (rchar() - r0) / N;
         let log = (thread_cpu("log") - l0) / N as f64;
         eprintln!(

@@ -62,7 +62,7 @@ pub enum DaemonError {
     Rlimit(nix::Error),
     #[error(
         "RLIMIT_NOFILE is {limit}, below the {needed} descriptors this daemon needs with \
-         {request_queues} request queues offered ({device} for the queues' eventfds and \
+         --request-queues {request_queues} ({device} for the queues' eventfds and \
          threads, guest memory and one vhost-user message, {PROCESS_DESCRIPTORS} for the \
          process, {FILE_DESCRIPTORS} for the guest's files): raise --rlimit-nofile (or the \
          hard limit) or offer fewer queues with --request-queues"
