@@ -151,6 +151,61 @@ fn sigterm_as_soon_as_the_socket_exists_is_a_clean_exit() {
     }
 }
 
+/// A frontend connects the moment the socket appears: it must already be listening (not
+/// refused, as when the path exists between bind and listen) and carry the group
+/// `--socket-group` gives it (not denied to that group). Many starts, each checked at the
+/// first sight of the path; a daemon that creates the socket in place fails this now and
+/// then, more often under load (`scripts/stress-test.sh`).
+#[test]
+fn the_socket_listens_with_its_group_from_the_moment_it_appears() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let group = ["nogroup", "daemon", "users"]
+        .into_iter()
+        .find_map(|g| nix::unistd::Group::from_name(g).ok().flatten())
+        .expect("a group other than root's (nogroup, daemon or users)");
+    for attempt in 0..20 {
+        let mut d = Daemon::start(
+            "none",
+            &[
+                "--sandbox",
+                "none",
+                "--seccomp",
+                "none",
+                "--socket-group",
+                &group.name,
+            ],
+        );
+        let deadline = Instant::now() + TIMEOUT;
+        let meta = loop {
+            if let Ok(meta) = std::fs::symlink_metadata(&d.socket) {
+                break meta;
+            }
+            if let Some(status) = d.child.try_wait().unwrap() {
+                panic!("daemon exited ({status}); stderr:\n{}", d.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no socket; stderr:\n{}",
+                d.stderr()
+            );
+            std::thread::yield_now();
+        };
+        let connected = std::os::unix::net::UnixStream::connect(&d.socket);
+        assert!(
+            connected.is_ok(),
+            "start {attempt}: connecting the moment the socket appeared: {:?}",
+            connected.err()
+        );
+        assert_eq!(meta.gid(), group.gid.as_raw(), "start {attempt}: group");
+        assert_eq!(
+            meta.permissions().mode() & 0o060,
+            0o060,
+            "start {attempt}: mode {:o}",
+            meta.permissions().mode()
+        );
+    }
+}
+
 /// The metrics endpoint answers as soon as the vhost-user socket exists, and the journal
 /// has been replayed by then: a hypervisor that waits for the socket may scrape at once.
 #[test]

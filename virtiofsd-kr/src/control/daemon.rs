@@ -12,6 +12,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -590,14 +591,19 @@ fn set_rlimit_nofile(requested: Option<u64>) -> Result<(), DaemonError> {
 /// Removes the sockets this daemon created (vhost-user, and a `unix:` metrics endpoint) when
 /// it ends, through descriptors of their parent directories taken before the sandbox hides
 /// the paths.
+///
+/// Also when dropped (a start-up step failed after the socket was created). Removes once: a
+/// later removal could take the socket of a daemon started on the same path since.
 pub struct SocketCleanup {
     targets: Vec<(OwnedFd, CString)>,
+    done: AtomicBool,
 }
 
 impl SocketCleanup {
     fn none() -> Self {
         SocketCleanup {
             targets: Vec::new(),
+            done: AtomicBool::new(false),
         }
     }
 
@@ -614,16 +620,20 @@ impl SocketCleanup {
         ) {
             (Ok(dir), Some(name)) => SocketCleanup {
                 targets: vec![(dir.into(), name)],
+                done: AtomicBool::new(false),
             },
             _ => SocketCleanup::none(),
         }
     }
 
-    fn add(&mut self, other: SocketCleanup) {
-        self.targets.extend(other.targets);
+    fn add(&mut self, mut other: SocketCleanup) {
+        self.targets.append(&mut other.targets);
     }
 
     fn run(&self) {
+        if self.done.swap(true, Ordering::SeqCst) {
+            return;
+        }
         for (dir, name) in &self.targets {
             // Failure (already gone) is fine: a stale socket is replaced at the next start.
             let _ = nix::unistd::unlinkat(
@@ -635,21 +645,59 @@ impl SocketCleanup {
     }
 }
 
+impl Drop for SocketCleanup {
+    fn drop(&mut self) {
+        self.run();
+    }
+}
+
 fn open_listener(source: &SocketSource) -> Result<(Listener, SocketCleanup), DaemonError> {
     match source {
         SocketSource::Path { path, group } => {
-            let listen_err = |source| DaemonError::Listen {
-                path: path.clone(),
-                source,
-            };
-            let listener = Listener::new(path, true).map_err(listen_err)?;
-            if let Some(group) = group {
-                set_socket_group(path, group)?;
-            }
-            Ok((listener, SocketCleanup::for_path(path)))
+            let listener = listen_in_place(path, group.as_deref())?;
+            Ok((Listener::from(listener), SocketCleanup::for_path(path)))
         }
         SocketSource::Fd(fd) => Ok((inherited_listener(*fd)?, SocketCleanup::none())),
     }
+}
+
+/// Listens on a socket that appears at `path` already listening and with its final group
+/// and mode: bound and listening under a temporary name in the same directory, given
+/// `group`, then renamed onto `path` (replacing a stale socket). A frontend that connects the
+/// moment the path exists is neither refused (bound, not yet listening) nor denied (the group
+/// not yet set). When the temporary name would not fit a socket address but `path` does, the
+/// socket is bound at `path` directly, with those two short windows.
+fn listen_in_place(
+    path: &Path,
+    group: Option<&str>,
+) -> Result<std::os::unix::net::UnixListener, DaemonError> {
+    use std::os::unix::net::UnixListener;
+    let listen_err = |source: std::io::Error| DaemonError::Listen {
+        path: path.to_path_buf(),
+        source: VhostUserError::SocketError(source),
+    };
+    /// `sun_path` holds 108 bytes with the terminating NUL.
+    const SUN_PATH_MAX: usize = 107;
+    let temp = path.with_file_name(format!(".vkr-{}", std::process::id()));
+    if temp.as_os_str().len() > SUN_PATH_MAX {
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path).map_err(listen_err)?;
+        if let Some(group) = group {
+            set_socket_group(path, group)?;
+        }
+        return Ok(listener);
+    }
+    let _ = std::fs::remove_file(&temp);
+    let listener = UnixListener::bind(&temp).map_err(listen_err)?;
+    let placed = match group {
+        Some(group) => set_socket_group(&temp, group),
+        None => Ok(()),
+    }
+    .and_then(|()| std::fs::rename(&temp, path).map_err(listen_err));
+    if placed.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    placed.map(|()| listener)
 }
 
 fn set_socket_group(path: &Path, group: &str) -> Result<(), DaemonError> {
