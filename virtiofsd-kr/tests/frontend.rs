@@ -1790,7 +1790,8 @@ fn request_queue_threads_start_with_their_queues_and_serve_them() {
     const LATE: usize = 4; // request queue 3
     let mut daemon = Daemon::start_with(
         &["--sandbox", "namespace", "--seccomp", "kill"],
-        &["--request-queues", "16"],
+        // A thread per queue (the default is one per CPU, which may be fewer).
+        &["--request-queues", "16", "--queue-threads", "16"],
         |_| {},
     );
     let mut s = daemon.session();

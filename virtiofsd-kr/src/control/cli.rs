@@ -379,6 +379,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_REQUEST_QUEUES)]
     pub request_queues: usize,
 
+    /// Most vring threads serving the request queues, 1 to 16 (default: the CPUs this process
+    /// may run on). The queues a frontend starts are spread over them round-robin, the hiprio
+    /// queue with the first; a thread whose queues are all busy serves them in one wake-up.
+    /// Where a request may wait long (`--backend cephfs`, accounting and its rate limits)
+    /// every queue keeps a thread of its own.
+    #[arg(long, value_name = "N")]
+    pub queue_threads: Option<usize>,
+
     /// When the request queue runs dry, keep watching it for up to this many microseconds
     /// before sleeping, so a guest's next request costs no kick and no wake-up. Only where
     /// that pays: the window is the one that saves the guest more time than it costs in CPU
@@ -1063,6 +1071,8 @@ pub enum CliError {
     PollTooLong(u64),
     #[error("--request-queues {0}: 1 to {MAX_REQUEST_QUEUES} are supported")]
     RequestQueues(usize),
+    #[error("--queue-threads {0}: 1 to {MAX_REQUEST_QUEUES}")]
+    QueueThreads(usize),
     #[error("--accounting-dir needs --tenant, --volume and --pod (they name the journal)")]
     AccountingDirWithoutLabels,
     #[error("a burst needs its limit: {0}")]
@@ -1371,6 +1381,12 @@ impl ServeArgs {
         }
         if !(1..=MAX_REQUEST_QUEUES).contains(&self.request_queues) {
             return Err(CliError::RequestQueues(self.request_queues));
+        }
+        if let Some(n) = self
+            .queue_threads
+            .filter(|n| !(1..=MAX_REQUEST_QUEUES).contains(n))
+        {
+            return Err(CliError::QueueThreads(n));
         }
         if self.dax_file_size.is_some() && self.dax_window.is_none() {
             return Err(CliError::DaxFileSizeWithoutWindow);

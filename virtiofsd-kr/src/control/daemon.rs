@@ -285,7 +285,11 @@ where
     let threads = if requests_may_wait || acct.is_some() {
         QueueThreads::PerQueue
     } else {
-        QueueThreads::Shared
+        // More serving threads than CPUs to run them only adds wake-ups.
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        QueueThreads::Shared {
+            threads: args.queue_threads.unwrap_or(cpus),
+        }
     };
 
     let policy = ExportPolicy {

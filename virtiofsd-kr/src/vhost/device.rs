@@ -71,34 +71,41 @@ pub fn descriptors_to_serve(request_queues: usize) -> u64 {
 /// How the queues are spread over vring threads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueueThreads {
-    /// One thread serves the hiprio and the request queue, as the reference virtiofsd does.
-    /// A guest `unlink()` ends in a FORGET on the hiprio queue: served by the thread that is
-    /// already awake, it costs no second thread's wake-up (in a TCG guest, unlink was 6 %
-    /// slower with a thread per queue; `docs/benchmarks.md`). For backends whose requests
-    /// never wait long.
-    Shared,
+    /// The request queues spread round-robin over at most `threads` threads (one per queue
+    /// when there are as many), the hiprio queue with the first, as the reference virtiofsd
+    /// does with its one thread. A guest `unlink()` ends in a FORGET on the hiprio queue:
+    /// served by the thread that is already awake, it costs no second thread's wake-up (in a
+    /// TCG guest, unlink was 6 % slower with a thread per queue; `docs/benchmarks.md`). More
+    /// threads than CPUs only add wake-ups: a thread that finds several of its queues busy
+    /// serves them in one wake-up. For backends whose requests never wait long.
+    Shared { threads: usize },
     /// A thread per queue: a request that waits (a rate limit, a cluster that does not
-    /// answer) does not hold up FORGET and INTERRUPT on the hiprio queue.
+    /// answer) does not hold up FORGET and INTERRUPT on the hiprio queue, nor another queue.
     PerQueue,
 }
 
 impl QueueThreads {
     /// The queues each vring thread serves (bit i: queue i) for `request_queues` request
-    /// queues: a thread per request queue, the hiprio queue with the first (`Shared`) or on a
-    /// thread of its own (`PerQueue`).
+    /// queues (see the variants).
     fn masks(self, request_queues: usize) -> Vec<u64> {
         const HIPRIO: u64 = 1 << HIPRIO_QUEUE_INDEX;
         let request = |i: usize| 1u64 << (HIPRIO_QUEUE_INDEX + 1 + i);
         match self {
-            QueueThreads::Shared => (0..request_queues)
-                .map(|i| {
-                    if i == 0 {
-                        HIPRIO | request(0)
-                    } else {
-                        request(i)
-                    }
-                })
-                .collect(),
+            QueueThreads::Shared { threads } => {
+                let threads = threads.clamp(1, request_queues.max(1));
+                (0..threads)
+                    .map(|t| {
+                        let mine = (t..request_queues)
+                            .step_by(threads)
+                            .fold(0, |m, i| m | request(i));
+                        if t == 0 {
+                            mine | HIPRIO
+                        } else {
+                            mine
+                        }
+                    })
+                    .collect()
+            }
             QueueThreads::PerQueue => std::iter::once(HIPRIO)
                 .chain((0..request_queues).map(request))
                 .collect(),
@@ -866,7 +873,10 @@ mod queue_thread_tests {
 
     #[test]
     fn every_queue_has_exactly_one_thread() {
-        for layout in [QueueThreads::Shared, QueueThreads::PerQueue] {
+        let layouts = (1..=MAX_REQUEST_QUEUES + 1)
+            .map(|threads| QueueThreads::Shared { threads })
+            .chain([QueueThreads::PerQueue]);
+        for layout in layouts {
             for rq in 1..=MAX_REQUEST_QUEUES {
                 let masks = layout.masks(rq);
                 let queues = HIPRIO_QUEUE_INDEX + 1 + rq;
@@ -875,14 +885,32 @@ mod queue_thread_tests {
                     assert_eq!(owners, 1, "{layout:?} {rq}: queue {q}");
                 }
                 assert_eq!(masks.iter().fold(0, |a, m| a | m), (1 << queues) - 1);
-                // A thread per request queue; the hiprio queue shares the first or has its own.
+                // At most the threads asked for, never more than a thread per request queue;
+                // the hiprio queue shares the first or has its own.
                 let threads = match layout {
-                    QueueThreads::Shared => rq,
+                    QueueThreads::Shared { threads } => threads.min(rq),
                     QueueThreads::PerQueue => rq + 1,
                 };
                 assert_eq!(masks.len(), threads, "{layout:?} {rq}");
+                assert!(
+                    masks.iter().all(|m| *m != 0),
+                    "{layout:?} {rq}: idle thread"
+                );
             }
         }
+    }
+
+    #[test]
+    fn shared_threads_take_the_request_queues_round_robin() {
+        // Four request queues (device queues 1-4) on two threads: 1 and 3 with the hiprio
+        // queue on the first, 2 and 4 on the second.
+        let masks = QueueThreads::Shared { threads: 2 }.masks(4);
+        assert_eq!(masks, vec![0b01011, 0b10100]);
+        assert_eq!(queue_of(&masks, 0, 0), Some(HIPRIO_QUEUE_INDEX));
+        assert_eq!(queue_of(&masks, 0, 2), Some(3));
+        assert_eq!(queue_of(&masks, 1, 1), Some(4));
+        assert_eq!(QueueThreads::Shared { threads: 1 }.masks(3), vec![0b1111]);
+        assert_eq!(QueueThreads::Shared { threads: 0 }.masks(2), vec![0b111]);
     }
 
     #[test]
@@ -892,13 +920,13 @@ mod queue_thread_tests {
         assert_eq!(queue_of(&per_queue, 1, 0), Some(HIPRIO_QUEUE_INDEX + 1));
         assert_eq!(queue_of(&per_queue, 0, 1), None);
         assert_eq!(queue_of(&per_queue, 2, 0), None);
-        let shared = QueueThreads::Shared.masks(1);
+        let shared = QueueThreads::Shared { threads: 1 }.masks(1);
         assert_eq!(queue_of(&shared, 0, 0), Some(HIPRIO_QUEUE_INDEX));
         assert_eq!(queue_of(&shared, 0, 1), Some(HIPRIO_QUEUE_INDEX + 1));
         assert_eq!(queue_of(&shared, 0, 2), None);
         assert_eq!(queue_of(&shared, 1, 0), None);
         // Four request queues: thread i serves request queue i (+ hiprio on thread 0).
-        let shared = QueueThreads::Shared.masks(4);
+        let shared = QueueThreads::Shared { threads: 4 }.masks(4);
         assert_eq!(queue_of(&shared, 0, 1), Some(1));
         assert_eq!(queue_of(&shared, 3, 0), Some(4));
         assert_eq!(queue_of(&shared, 3, 1), None);
