@@ -1533,6 +1533,17 @@ mod tests {
             .unwrap()
             .serve;
         assert_eq!((s.validate(), s.poll_max_us), (Ok(()), 0));
+        for (n, ok) in [("0", false), ("1", true), ("16", true), ("17", false)] {
+            let s = parse(&["--fd=3", "--shared-dir=/x", &format!("--queue-threads={n}")])
+                .unwrap()
+                .serve;
+            let want = if ok {
+                Ok(())
+            } else {
+                Err(CliError::QueueThreads(n.parse().unwrap()))
+            };
+            assert_eq!(s.validate(), want, "--queue-threads={n}");
+        }
         let s = parse(&["--fd=3", "--shared-dir=/x", "--overlap-threads=5000"])
             .unwrap()
             .serve;
