@@ -175,3 +175,51 @@ fn cold_read_cost() {
     }
     let _ = std::fs::remove_file(&variant);
 }
+
+/// The client's anonymous memory after writing a 256 MiB file and reading it back in 1 MiB
+/// and 4 KiB requests, as the bench's jobs do, with the conf as given or with
+/// `PROBE_EXTRA_CONF` appended (`;` for a new line).
+#[test]
+#[ignore]
+fn memory_after_io() {
+    let vol = Volume::new("probe-mem");
+    let conf = std::fs::read_to_string(&cluster().conf).unwrap();
+    let extra = std::env::var("PROBE_EXTRA_CONF").unwrap_or_default();
+    let variant = std::env::temp_dir().join(format!("{}-probe.conf", vol.id));
+    std::fs::write(&variant, format!("{conf}\n{}\n", extra.replace(';', "\n"))).unwrap();
+    let mut cfg = vol.config();
+    cfg.conf = variant.clone();
+    cfg.op_timeout = Some(Duration::from_secs(30));
+    let fs = cephfs_backend::CephFs::connect(cfg).expect("mount");
+    let _ = std::fs::remove_file(&variant);
+    let rss = |when: &str| {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("RssAnon"))
+            .unwrap_or("?")
+            .to_string();
+        eprintln!("{when}: {line}");
+    };
+    rss("mounted");
+    let c = ctx();
+    let (f, h) = create(&fs, &c, ROOT, "data", 0o644);
+    let block = vec![0x5au8; 1 << 20];
+    for i in 0..256u64 {
+        write(&fs, f.inode, h, i << 20, &block);
+    }
+    rss("256 MiB written");
+    fs.fsync(&c, f.inode, false, h).expect("fsync");
+    rss("fsync");
+    for i in 0..256u64 {
+        read(&fs, f.inode, h, i << 20, 1 << 20).unwrap();
+    }
+    rss("read back in 1 MiB");
+    for i in 0..20000u64 {
+        read(&fs, f.inode, h, (i * 7919 % 65536) * 4096, 4096).unwrap();
+    }
+    rss("20,000 random 4 KiB reads");
+    release(&fs, f.inode, h);
+    // The dev cluster keeps its data in memory: give it back.
+    fs.unlink(&c, ROOT, &cstr("data")).expect("unlink");
+}
