@@ -752,8 +752,14 @@ struct DaemonUsage {
     cpu_s: Option<f64>,
 }
 
-/// Samples `/proc/PID/status` every 50 ms until `stop` is set or the process is gone.
-fn sample_usage(pid: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<DaemonUsage> {
+/// Samples `/proc/PID/status` of the daemon every 50 ms until `stop` is set or it is gone:
+/// its `VmHWM`, and `RssAnon` summed with that of the `others` (the `--count-cpu` processes,
+/// such as the ceph-fuse a reference serves: their memory is part of its cost too).
+fn sample_usage(
+    pid: u32,
+    others: Vec<u32>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<DaemonUsage> {
     std::thread::spawn(move || {
         let mut peak = DaemonUsage::default();
         let max = |a: Option<u64>, b: Option<u64>| match (a, b) {
@@ -764,8 +770,16 @@ fn sample_usage(pid: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Daem
             let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
                 break;
             };
+            let others_anon: u64 = others
+                .iter()
+                .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+                .filter_map(|s| status_kib(&s, "RssAnon"))
+                .sum();
             peak.hwm = max(peak.hwm, status_kib(&status, "VmHWM"));
-            peak.anon = max(peak.anon, status_kib(&status, "RssAnon"));
+            peak.anon = max(
+                peak.anon,
+                status_kib(&status, "RssAnon").map(|a| a + others_anon),
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         peak
@@ -1028,7 +1042,10 @@ fn run_guest(
     let vm = b.spawn()?;
     let pid = vm.daemon_pid();
     let stop = Arc::new(AtomicBool::new(false));
-    let sampler = pid.map(|p| sample_usage(p, Arc::clone(&stop)));
+    let sampler = pid.map(|p| {
+        let others = cpu_roots(cfg, which, p).into_iter().skip(1).collect();
+        sample_usage(p, others, Arc::clone(&stop))
+    });
     let cpu = pid.map(|p| CpuSampler::start(&cpu_roots(cfg, which, p), CPU_SAMPLE_EVERY));
     let strace = match (&cfg.strace_dir, pid) {
         (Some(dir), Some(p)) => {
@@ -1492,7 +1509,8 @@ fn build_report(
     let _ = writeln!(
         md,
         "\n| daemon | version | idle, no guest: VmHWM max (median) | serving: VmHWM max \
-         (median) | serving: RssAnon max (median) | CPU time per boot (median) | start to \
+         (median) | serving: RssAnon max (median), with --count-cpu processes | CPU time per \
+         boot (median) | start to \
          listening socket (median) |\n|---|---|---:|---:|---:|---:|---:|"
     );
     for which in [Which::Ours, Which::Reference] {
@@ -1558,7 +1576,8 @@ fn build_report(
                 "cpu_source": "utime + stime of /proc/PID/stat (all threads), last sample \
                     before the daemon exited; same guest jobs for both daemons",
                 "peak_rss_source": "VmHWM and RssAnon of /proc/PID/status sampled every 50 ms \
-                    while the guest runs; VmHWM counts the guest-memory pages the daemon touched",
+                    while the guest runs; VmHWM counts the guest-memory pages the daemon touched; \
+                    RssAnon adds that of the --count-cpu processes (a reference's ceph-fuse)",
                 "idle_rss_kib": idle_max.map(|x| x as u64),
                 "idle_rss_kib_median": idle_med.map(|x| x as u64),
                 "idle_samples": started.iter().map(|s| json!({
@@ -3212,6 +3231,44 @@ mod tests {
         // No end line, or a window past the trace: nothing is invented.
         assert_eq!(window_cpu(&results, &trace, "job", 1), None);
         assert_eq!(window_cpu(&results, &trace, "other", 0), None);
+    }
+
+    /// The memory a reference's ceph-fuse holds counts with the daemon's: a `--count-cpu`
+    /// process holding 40 MB shows in the sampled RssAnon.
+    #[test]
+    fn sampled_rss_anon_includes_the_count_cpu_processes() {
+        let mut holder = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "x=$(head -c 40000000 /dev/zero | tr '\\0' a); echo ready; sleep 30",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line.trim(), "ready");
+        let own = status_kib(
+            &std::fs::read_to_string("/proc/self/status").unwrap(),
+            "RssAnon",
+        )
+        .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampler = sample_usage(std::process::id(), vec![holder.id()], Arc::clone(&stop));
+        std::thread::sleep(Duration::from_millis(200));
+        stop.store(true, Ordering::Relaxed);
+        let usage = sampler.join().unwrap();
+        let _ = holder.kill();
+        let _ = holder.wait();
+        let anon = usage.anon.expect("sampled");
+        assert!(
+            anon >= own + 39_000,
+            "RssAnon {anon} KiB: own {own} KiB and the 40 MB holder"
+        );
     }
 
     #[test]

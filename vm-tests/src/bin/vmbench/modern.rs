@@ -411,7 +411,7 @@ fn run_boot(o: &Opts, v: &Variant, rep: usize, share: &Path) -> Result<RunValues
     let vm = b.spawn()?;
     let pid = vm.daemon_pid();
     let stop = Arc::new(AtomicBool::new(false));
-    let sampler = pid.map(|p| sample_usage(p, Arc::clone(&stop)));
+    let sampler = pid.map(|p| sample_usage(p, Vec::new(), Arc::clone(&stop)));
     let cpu = pid.map(|p| CpuSampler::start(&[p], CPU_SAMPLE_EVERY));
     let outcome = vm.wait()?;
     stop.store(true, Ordering::Relaxed);
