@@ -243,7 +243,8 @@ fn start(args: &ServeArgs, shared_dir: Option<&Path>) -> Result<Started, DaemonE
     if let (Some(_), Some(MetricsAddr::Unix(path))) = (&accounting, &args.accounting.metrics_addr) {
         cleanup.add(SocketCleanup::for_path(path));
     }
-    let (listener, listener_cleanup) = open_listener(&source).inspect_err(|_| cleanup.run())?;
+    // On an error `cleanup` drops, removing the metrics socket.
+    let (listener, listener_cleanup) = open_listener(&source)?;
     cleanup.add(listener_cleanup);
     crate::stall::at(crate::stall::SOCKET_CREATED);
     Ok(Started {
@@ -682,7 +683,11 @@ fn listen_in_place(
     };
     /// `sun_path` holds 108 bytes with the terminating NUL.
     const SUN_PATH_MAX: usize = 107;
-    let temp = path.with_file_name(format!(".vkr-{}", std::process::id()));
+    // Unique beside other daemons of this directory, in other PID namespaces too.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let temp = path.with_file_name(format!(".vkr-{}-{nanos}", std::process::id()));
     if temp.as_os_str().len() > SUN_PATH_MAX {
         let _ = std::fs::remove_file(path);
         let listener = UnixListener::bind(path).map_err(listen_err)?;
