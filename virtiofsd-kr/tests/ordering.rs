@@ -13,115 +13,46 @@
 //! real load are exercised by `scripts/stress-test.sh`.
 
 mod inventory;
+mod launched;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use inventory::{descendants, status_field};
+use launched::{Launch, Launched};
 use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-use tempfile::TempDir;
 use virtiofsd_kr::accounting::server::{http_request, MetricsAddr};
 use virtiofsd_kr::stall;
 
-const BIN: &str = env!("CARGO_BIN_EXE_virtiofsd-kr");
 /// How long anything the daemon does on its own may take on a loaded machine.
 const TIMEOUT: Duration = Duration::from_secs(20);
 /// The pause after the observed event: far longer than any scheduling hiccup the tests
 /// could otherwise have been lucky with.
 const STALL_MS: u64 = 1500;
 
-struct Daemon {
-    child: Child,
-    _shared: TempDir,
-    _runtime: TempDir,
-    socket: PathBuf,
-    log: PathBuf,
-}
+/// The daemon as a bare process (`launched.rs`), pausing at a start-up point.
+type Daemon = Launched;
 
-impl Daemon {
+impl Launched {
     /// Starts the daemon on a fresh directory with `args`, pausing at `point`.
-    fn start(point: &str, args: &[&str]) -> Daemon {
-        let shared = tempfile::tempdir().unwrap();
-        let runtime = tempfile::tempdir().unwrap();
-        let socket = runtime.path().join("vfs.sock");
-        let log = runtime.path().join("stderr");
-        let child = Command::new(BIN)
-            .arg("--socket-path")
-            .arg(&socket)
-            .arg("--shared-dir")
-            .arg(shared.path())
-            .args(args)
-            .env(stall::ENV, format!("{point}:{STALL_MS}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Daemon {
-            child,
-            _shared: shared,
-            _runtime: runtime,
-            socket,
-            log,
-        }
+    fn start_stalled(point: &str, args: &[&str]) -> Daemon {
+        Launched::start(
+            Launch {
+                env: vec![(stall::ENV, format!("{point}:{STALL_MS}"))],
+                ..Launch::default()
+            },
+            args,
+        )
     }
 
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.id() as i32)
-    }
-
-    /// Polls until `ready` is true; panics with the daemon's stderr if it exits first or
-    /// `TIMEOUT` passes.
+    /// Polls until `ready` is true (see `Launched::wait_for`).
     fn wait_until(&mut self, what: &str, mut ready: impl FnMut(&Daemon) -> bool) {
-        let deadline = Instant::now() + TIMEOUT;
-        while !ready(self) {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
-                    "daemon exited ({status}) before {what}; stderr:\n{}",
-                    self.stderr()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {what} after {TIMEOUT:?}; stderr:\n{}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        self.wait_for(what, TIMEOUT, |d| ready(d).then_some(()));
     }
 
-    fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no exit after {TIMEOUT:?}; stderr:\n{}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            // Our own child, by its pid; a sandboxed child follows (PR_SET_PDEATHSIG).
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("--- daemon stderr ---\n{}", self.stderr());
-        }
+    fn exit_status(&mut self) -> ExitStatus {
+        self.wait_exit(TIMEOUT)
+            .unwrap_or_else(|| panic!("no exit after {TIMEOUT:?}; stderr:\n{}", self.stderr()))
     }
 }
 
@@ -134,13 +65,13 @@ fn socket_exists(d: &Daemon) -> bool {
 #[test]
 fn sigterm_as_soon_as_the_socket_exists_is_a_clean_exit() {
     for sig in [Signal::SIGTERM, Signal::SIGINT] {
-        let mut d = Daemon::start(
+        let mut d = Daemon::start_stalled(
             stall::SOCKET_CREATED,
             &["--sandbox", "none", "--seccomp", "none"],
         );
         d.wait_until("socket", socket_exists);
         kill(d.pid(), sig).unwrap();
-        let status = d.wait_exit();
+        let status = d.exit_status();
         assert_eq!(
             status.code(),
             Some(0),
@@ -164,7 +95,7 @@ fn the_socket_listens_with_its_group_from_the_moment_it_appears() {
         .find_map(|g| nix::unistd::Group::from_name(g).ok().flatten())
         .expect("a group other than root's (nogroup, daemon or users)");
     for attempt in 0..20 {
-        let mut d = Daemon::start(
+        let mut d = Daemon::start_stalled(
             "none",
             &[
                 "--sandbox",
@@ -215,7 +146,7 @@ fn metrics_answer_as_soon_as_the_socket_exists() {
     let metrics = MetricsAddr::Unix(runtime.path().join("metrics.sock"));
     let metrics_flag = format!("--metrics-addr={metrics}");
     let accounting_dir = accounting.path().display().to_string();
-    let mut d = Daemon::start(
+    let mut d = Daemon::start_stalled(
         stall::SOCKET_CREATED,
         &[
             "--sandbox",
@@ -253,7 +184,7 @@ fn the_supervisor_holds_no_privilege_once_its_child_serves() {
         nix::unistd::geteuid().is_root(),
         "the namespace sandbox needs root: run this test as root (scripts/test.sh does)"
     );
-    let mut d = Daemon::start(
+    let mut d = Daemon::start_stalled(
         stall::SUPERVISOR_FORKED,
         &["--sandbox", "namespace", "--seccomp", "kill"],
     );
@@ -274,5 +205,5 @@ fn the_supervisor_holds_no_privilege_once_its_child_serves() {
         );
     }
     kill(supervisor, Signal::SIGTERM).unwrap();
-    assert_eq!(d.wait_exit().code(), Some(0), "stderr:\n{}", d.stderr());
+    assert_eq!(d.exit_status().code(), Some(0), "stderr:\n{}", d.stderr());
 }

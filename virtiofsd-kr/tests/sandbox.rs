@@ -8,11 +8,13 @@
 
 mod ceph_cluster;
 mod inventory;
+mod launched;
 
 use inventory::{children_of, descendants, status_field, syscalls_after_filter};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use launched::{Launch, Launched};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use fuse_backend_rs::abi::fuse_abi::{
@@ -26,7 +28,6 @@ use vm_memory::ByteValued;
 use vm_tests::frontend::TestFrontend;
 use vm_tests::fuse::{cname, read_struct, request, FuseReply, FuseSession, REPLY_SPACE, ROOT};
 
-const BIN: &str = env!("CARGO_BIN_EXE_virtiofsd-kr");
 const TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The capabilities the serving process keeps, as the bit mask `/proc/<pid>/status` shows.
@@ -48,171 +49,62 @@ fn is_root() -> bool {
 }
 
 /// One daemon process (the supervisor in namespace mode) with its directories.
-struct Daemon {
-    child: Child,
-    shared: TempDir,
-    _runtime: TempDir,
-    socket: PathBuf,
-    log: PathBuf,
-}
+/// The daemon as a bare process (`launched.rs`), with what these tests wait for.
+type Daemon = Launched;
 
-impl Daemon {
-    fn start(args: &[&str]) -> Daemon {
+impl Launched {
+    fn start_plain(args: &[&str]) -> Daemon {
         Self::start_as(None, args)
     }
 
     /// Starts the daemon, through `wrapper` (e.g. `setpriv ...`) if given.
     fn start_as(wrapper: Option<&[&str]>, args: &[&str]) -> Daemon {
-        Self::start_backend(wrapper, None, args)
+        Launched::start(
+            Launch {
+                wrapper,
+                ..Launch::default()
+            },
+            args,
+        )
     }
 
     /// Starts the daemon serving a CephFS volume (`backend`: its `--backend cephfs ...`
     /// flags) instead of the temporary directory.
     fn start_cephfs(wrapper: Option<&[&str]>, backend: Vec<String>, args: &[&str]) -> Daemon {
-        Self::start_backend(wrapper, Some(backend), args)
+        Launched::start(
+            Launch {
+                wrapper,
+                backend: Some(backend),
+                ..Launch::default()
+            },
+            args,
+        )
     }
 
-    fn start_backend(
-        wrapper: Option<&[&str]>,
-        backend: Option<Vec<String>>,
-        args: &[&str],
-    ) -> Daemon {
-        let shared = tempfile::tempdir().unwrap();
-        let runtime = tempfile::tempdir().unwrap();
-        for dir in [shared.path(), runtime.path()] {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-        }
-        std::fs::write(shared.path().join("hello"), "hello from the host\n").unwrap();
-        let socket = runtime.path().join("vfs.sock");
-        let log = runtime.path().join("stderr");
-        let mut cmd = match wrapper {
-            Some(w) => {
-                let mut c = Command::new(w[0]);
-                c.args(&w[1..]).arg(BIN);
-                c
-            }
-            None => Command::new(BIN),
-        };
-        let backend = backend.unwrap_or_else(|| {
-            vec![
-                "--shared-dir".to_string(),
-                shared.path().display().to_string(),
-            ]
-        });
-        let child = cmd
-            .arg("--socket-path")
-            .arg(&socket)
-            .args(&backend)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Daemon {
-            child,
-            shared,
-            _runtime: runtime,
-            socket,
-            log,
-        }
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.id() as i32)
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Waits until `pid` has installed its seccomp filter (it is about to serve).
+    /// Waits until `pid` has installed its seccomp filter (it is about to serve) and the
+    /// socket exists.
     fn wait_serving(&mut self, pid: Pid) {
-        let deadline = Instant::now() + TIMEOUT;
-        while status_field(pid, "Seccomp").as_deref() != Some("2") {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("daemon exited ({status}); stderr:\n{}", self.stderr());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "pid {pid} never installed its filter; stderr:\n{}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        while !self.socket.exists() {
-            assert!(Instant::now() < deadline, "no socket");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_for("the serving process's filter", TIMEOUT, |_| {
+            (status_field(pid, "Seccomp").as_deref() == Some("2")).then_some(())
+        });
+        self.wait_for("socket", TIMEOUT, |d| d.socket.exists().then_some(()));
     }
 
     /// The process under the seccomp filter (the CephFS daemon forks a short-lived
     /// pre-flight child before its sandbox, so "the only child" is not enough there).
     fn filtered_server(&mut self) -> Pid {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let found = std::iter::once(self.pid())
-                .chain(descendants(self.pid()))
-                .find(|p| status_field(*p, "Seccomp").as_deref() == Some("2"));
-            if let Some(p) = found {
-                return p;
-            }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("daemon exited ({status}); stderr:\n{}", self.stderr());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no filtered daemon; stderr:\n{}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_for("filtered daemon", TIMEOUT, |d| {
+            std::iter::once(d.pid())
+                .chain(descendants(d.pid()))
+                .find(|p| status_field(*p, "Seccomp").as_deref() == Some("2"))
+        })
     }
 
     /// The serving process: the supervisor's only child, waited for.
     fn server(&mut self) -> Pid {
-        let parent = self.pid();
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            if let Some(pid) = children_of(parent).first() {
-                return *pid;
-            }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("daemon exited ({status}); stderr:\n{}", self.stderr());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no sandboxed child; stderr:\n{}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            // Our own child, by its pid; the sandboxed child follows (PR_SET_PDEATHSIG).
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("--- daemon stderr ---\n{}", self.stderr());
-        }
+        self.wait_for("sandboxed child", TIMEOUT, |d| {
+            children_of(d.pid()).first().copied()
+        })
     }
 }
 
@@ -665,7 +557,7 @@ fn serve_with_traffic(sandbox: &str, extra: &[&str]) {
     if sandbox == "none" {
         args.push("--xattr");
     }
-    let mut d = Daemon::start(&args);
+    let mut d = Daemon::start_plain(&args);
     let server = if sandbox == "namespace" {
         d.server()
     } else {
@@ -740,7 +632,7 @@ fn namespace_sandbox_mounts_a_readonly_export_read_only() {
     if !is_root() {
         return;
     }
-    let mut d = Daemon::start(&["--sandbox", "namespace", "--seccomp", "kill", "--readonly"]);
+    let mut d = Daemon::start_plain(&["--sandbox", "namespace", "--seccomp", "kill", "--readonly"]);
     let server = d.server();
     d.wait_serving(server);
     let mountinfo = std::fs::read_to_string(format!("/proc/{server}/mountinfo")).unwrap();
@@ -770,7 +662,7 @@ fn supervisor_forwards_sigterm_and_sigint_and_exits_zero() {
         return;
     }
     for sig in [Signal::SIGTERM, Signal::SIGINT] {
-        let mut d = Daemon::start(&["--sandbox", "namespace", "--seccomp", "kill"]);
+        let mut d = Daemon::start_plain(&["--sandbox", "namespace", "--seccomp", "kill"]);
         let server = d.server();
         d.wait_serving(server);
         // The supervisor keeps nothing: no capabilities, and it is not the confined one.
@@ -794,7 +686,7 @@ fn supervisor_exits_with_the_childs_fate() {
     if !is_root() {
         return;
     }
-    let mut d = Daemon::start(&["--sandbox", "namespace", "--seccomp", "kill"]);
+    let mut d = Daemon::start_plain(&["--sandbox", "namespace", "--seccomp", "kill"]);
     let server = d.server();
     d.wait_serving(server);
     let socket = d.socket.clone();
@@ -812,7 +704,7 @@ fn killing_the_supervisor_kills_the_serving_process() {
     if !is_root() {
         return;
     }
-    let mut d = Daemon::start(&["--sandbox", "namespace", "--seccomp", "kill"]);
+    let mut d = Daemon::start_plain(&["--sandbox", "namespace", "--seccomp", "kill"]);
     let server = d.server();
     d.wait_serving(server);
     kill(d.pid(), Signal::SIGKILL).unwrap();
