@@ -122,6 +122,16 @@ fn thread_cpu(name: &str) -> f64 {
     total
 }
 
+/// The dev cluster's conf with `PROBE_EXTRA_CONF` appended (`;` for a new line), written
+/// for `vol`'s probe.
+fn conf_with_extra(vol: &Volume) -> std::path::PathBuf {
+    let conf = std::fs::read_to_string(&cluster().conf).unwrap();
+    let extra = std::env::var("PROBE_EXTRA_CONF").unwrap_or_default();
+    let variant = std::env::temp_dir().join(format!("{}-probe.conf", vol.id));
+    std::fs::write(&variant, format!("{conf}\n{}\n", extra.replace(';', "\n"))).unwrap();
+    variant
+}
+
 /// Cold 4 KiB random reads (a fresh client per round, every block read once), as the bench's
 /// random-read job sees them, alternating the volume's conf as given and with
 /// `PROBE_EXTRA_CONF` appended (`;` for a new line), e.g. `[client];err_to_syslog = true`
@@ -130,10 +140,7 @@ fn thread_cpu(name: &str) -> f64 {
 #[ignore]
 fn cold_read_cost() {
     let vol = Volume::new("probe-cold");
-    let conf = std::fs::read_to_string(&cluster().conf).unwrap();
-    let extra = std::env::var("PROBE_EXTRA_CONF").unwrap_or_default();
-    let variant = std::env::temp_dir().join(format!("{}-probe.conf", vol.id));
-    std::fs::write(&variant, format!("{conf}\n{}\n", extra.replace(';', "\n"))).unwrap();
+    let variant = conf_with_extra(&vol);
     {
         let fs = vol.mount();
         let c = ctx();
@@ -183,10 +190,7 @@ fn cold_read_cost() {
 #[ignore]
 fn memory_after_io() {
     let vol = Volume::new("probe-mem");
-    let conf = std::fs::read_to_string(&cluster().conf).unwrap();
-    let extra = std::env::var("PROBE_EXTRA_CONF").unwrap_or_default();
-    let variant = std::env::temp_dir().join(format!("{}-probe.conf", vol.id));
-    std::fs::write(&variant, format!("{conf}\n{}\n", extra.replace(';', "\n"))).unwrap();
+    let variant = conf_with_extra(&vol);
     let mut cfg = vol.config();
     cfg.conf = variant.clone();
     cfg.op_timeout = Some(Duration::from_secs(30));
