@@ -26,12 +26,8 @@ fn probe(timeout: Option<Duration>) {
     cfg.op_timeout = timeout;
     let fs = cephfs_backend::CephFs::connect(cfg).expect("mount");
     let c = ctx();
-    let (f, h) = create(&fs, &c, ROOT, "data", 0o644);
+    let (f, h) = write_data(&fs, 64);
     let block = vec![0x5au8; 1 << 20];
-    for i in 0..64u64 {
-        write(&fs, f.inode, h, i << 20, &block);
-    }
-    fs.fsync(&c, f.inode, false, h).expect("fsync");
     let run = |what: &str, n: u64, mut op: Box<dyn FnMut(u64) + '_>| {
         let (t0, c0) = (Instant::now(), process_cpu_us());
         for i in 0..n {
@@ -122,6 +118,22 @@ fn thread_cpu(name: &str) -> f64 {
     total
 }
 
+/// Creates `data` in the root with `mib` MiB of 0x5a written and synced; its entry and open
+/// handle.
+fn write_data(
+    fs: &cephfs_backend::CephFs,
+    mib: u64,
+) -> (fuse_backend_rs::api::filesystem::Entry, u64) {
+    let c = ctx();
+    let (f, h) = create(fs, &c, ROOT, "data", 0o644);
+    let block = vec![0x5au8; 1 << 20];
+    for i in 0..mib {
+        write(fs, f.inode, h, i << 20, &block);
+    }
+    fs.fsync(&c, f.inode, false, h).expect("fsync");
+    (f, h)
+}
+
 /// The dev cluster's conf with `PROBE_EXTRA_CONF` appended (`;` for a new line), written
 /// for `vol`'s probe.
 fn conf_with_extra(vol: &Volume) -> std::path::PathBuf {
@@ -143,13 +155,7 @@ fn cold_read_cost() {
     let variant = conf_with_extra(&vol);
     {
         let fs = vol.mount();
-        let c = ctx();
-        let (f, h) = create(&fs, &c, ROOT, "data", 0o644);
-        let block = vec![0x5au8; 1 << 20];
-        for i in 0..64u64 {
-            write(&fs, f.inode, h, i << 20, &block);
-        }
-        fs.fsync(&c, f.inode, false, h).expect("fsync");
+        let (f, h) = write_data(&fs, 64);
         release(&fs, f.inode, h);
     }
     for round in 0..8 {
