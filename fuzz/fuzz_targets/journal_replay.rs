@@ -92,7 +92,7 @@ fuzz_target!(|data: &[u8]| {
     let mut expected: Option<&Record> = None;
     // A sequence beyond MAX_SEQ is corrupt (continuing from it would overflow).
     for r in valid.iter().filter(|r| r.seq <= journal::MAX_SEQ) {
-        if expected.map_or(true, |e| r.seq > e.seq) {
+        if expected.is_none_or(|e| r.seq > e.seq) {
             expected = Some(r);
         }
     }

@@ -91,7 +91,7 @@ fuzz_target!(|data: &[u8]| {
             dir.request_core(),
             RequestThreads::Inline,
             None,
-            QueueThreads::Shared,
+            QueueThreads::Shared { threads: 1 },
             1,
             Duration::ZERO,
         )
