@@ -169,9 +169,11 @@ where
     }
 }
 
-/// Reads directory entries from `offset` until they fill about `budget` reply bytes (at
-/// least one entry; none at the end). The stream is left after the last entry read: the
-/// next READDIR seeks to wherever the guest got to.
+/// Reads the directory entries from `offset` that fit in `budget` reply bytes, counted as
+/// fuse-backend-rs counts them (at least one entry; none at the end). The first entry that
+/// does not fit is put back in the stream, so a guest reading on from where the reply ended
+/// never makes the stream seek backwards (which would keep libcephfs from caching the
+/// directory: every listing would go to the MDS).
 fn read_dir_batch(
     dir: &Mutex<CephDir>,
     offset: u64,
@@ -179,16 +181,24 @@ fn read_dir_batch(
     plus: bool,
 ) -> io::Result<Vec<DirEntryPlus>> {
     let mut dir = lock(dir);
-    if dir.tell() != offset {
-        dir.seek(offset);
-    }
+    dir.seek(offset);
     let mut batch = Vec::new();
     let mut used = 0;
-    while batch.is_empty() || used < budget {
+    loop {
+        let at = dir.tell();
         let Some(e) = dir.read_entry()? else {
             break;
         };
-        used += reply_bytes(e.name.len(), plus);
+        let bytes = reply_bytes(e.name.len(), plus);
+        if used + bytes > budget {
+            // No room: the next request, at `at`, starts with it (a reply of none would
+            // end the listing, so the first entry goes in whatever its size).
+            if !batch.is_empty() {
+                dir.unread(at, e);
+                break;
+            }
+        }
+        used += bytes;
         batch.push(e);
     }
     Ok(batch)

@@ -769,6 +769,7 @@ impl CephMount {
             ffi::ceph_ll_opendir(self.raw(), inode.ptr.as_ptr(), &mut dir, perm.raw())
         })?;
         Ok(CephDir {
+            unread: None,
             mount: Arc::clone(self),
             dir: non_null(dir)?,
         })
@@ -1074,9 +1075,16 @@ pub struct DirEntryPlus {
 }
 
 /// An open directory stream, released when dropped.
+///
+/// One entry can be put back (`unread`): a reply that has no room for the entry just read
+/// leaves it for the next one instead of seeking back, because a backward `ceph_seekdir`
+/// stops libcephfs from filling its directory cache, and every later listing of the
+/// directory then goes to the MDS again.
 pub struct CephDir {
     mount: Arc<CephMount>,
     dir: NonNull<ffi::CephDirResult>,
+    /// An entry read but not consumed, with the stream position it was read at.
+    unread: Option<(u64, DirEntryPlus)>,
 }
 
 // SAFETY: the stream is only used through `&mut self` (callers wrap it in a Mutex); the
@@ -1084,13 +1092,32 @@ pub struct CephDir {
 unsafe impl Send for CephDir {}
 
 impl CephDir {
+    /// The position of the next entry `read_entry` returns.
     pub fn tell(&mut self) -> u64 {
+        match &self.unread {
+            Some((at, _)) => *at,
+            None => self.stream_pos(),
+        }
+    }
+
+    fn stream_pos(&mut self) -> u64 {
         // SAFETY: live mount and stream.
         let pos = unsafe { ffi::ceph_telldir(self.mount.raw(), self.dir.as_ptr()) };
         pos.max(0) as u64
     }
 
+    /// Puts back `entry`, read at position `at`: the next `read_entry` returns it, and
+    /// `tell` is `at` until then.
+    pub fn unread(&mut self, at: u64, entry: DirEntryPlus) {
+        self.unread = Some((at, entry));
+    }
+
+    /// Moves the stream to `offset` (a position `tell` or an entry's `next_offset` gave).
     pub fn seek(&mut self, offset: u64) {
+        if self.tell() == offset {
+            return;
+        }
+        self.unread = None;
         let off = i64::try_from(offset).unwrap_or(i64::MAX);
         // SAFETY: live mount and stream; libcephfs accepts any offset (an unknown one ends
         // the stream).
@@ -1099,6 +1126,9 @@ impl CephDir {
 
     /// The next entry with its attributes and a reference to its inode, `None` at the end.
     pub fn read_entry(&mut self) -> io::Result<Option<DirEntryPlus>> {
+        if let Some((_, entry)) = self.unread.take() {
+            return Ok(Some(entry));
+        }
         // SAFETY: dirent is plain old data; all-zero is a valid value.
         let mut de: libc::dirent = unsafe { std::mem::zeroed() };
         let mut stx = ffi::CephStatx::default();
@@ -1123,7 +1153,7 @@ impl CephDir {
         let name = unsafe { CStr::from_ptr(de.d_name.as_ptr()) }
             .to_bytes()
             .to_vec();
-        let next_offset = self.tell();
+        let next_offset = self.stream_pos();
         Ok(Some(DirEntryPlus {
             name,
             d_type: de.d_type,

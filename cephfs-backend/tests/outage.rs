@@ -470,3 +470,41 @@ fn bounded_call_hop_cost() {
         }
     }
 }
+
+/// A directory the client has listed in full is listed again from its cache: paging through
+/// it as the guest does (each READDIR from where the last reply ended) asks the MDS nothing
+/// per page. It used to ask for every page: reading one entry too many and seeking back to
+/// it made libcephfs drop the cached listing.
+#[test]
+fn a_listing_the_client_has_cached_asks_the_mds_nothing_per_page() {
+    let _only = exclusive();
+    let vol = Volume::new("listing");
+    let fs = mount_with_timeout(&vol, Some(OP_TIMEOUT));
+    let c = ctx();
+    let dir = fs.mkdir(&c, ROOT, &cstr("d"), 0o755, 0).expect("mkdir");
+    const FILES: usize = 2000;
+    let names: Vec<String> = (0..FILES).map(|i| format!("file-{i:05}")).collect();
+    for n in &names {
+        let (e, h) = create(&fs, &c, dir.inode, n, 0o644);
+        release(&fs, e.inode, h);
+        fs.forget(&c, e.inode, 1);
+    }
+    let mut asked = Vec::new();
+    for _ in 0..3 {
+        let before = mds_requests();
+        let listing = list_paged(&fs, dir.inode, 4096).expect("listing");
+        asked.push(mds_requests() - before);
+        assert_eq!(listing.len(), FILES + 2, "every entry, . and ..");
+    }
+    eprintln!("MDS requests per listing of {FILES} entries: {asked:?}");
+    // About 20 pages of 4 KiB: one request per page would be 20 or more (the old code asked
+    // 24 every time). The `.` and `..` entries take a getattr each (directory sizes are
+    // recursive byte counts, which only the MDS knows).
+    assert!(
+        asked[1..].iter().all(|&n| n <= 4),
+        "listings after the first asked the MDS {asked:?} times"
+    );
+    for n in &names {
+        fs.unlink(&c, dir.inode, &cstr(n)).expect("unlink");
+    }
+}

@@ -195,6 +195,97 @@ pub fn list(fs: &CephFs, node: u64) -> Vec<(String, u64)> {
     names
 }
 
+/// Lists `node` as the Linux guest does with `READDIRPLUS_AUTO`: one READDIRPLUS of `page`
+/// bytes from offset 0, then READDIRs of `page` bytes, each from the offset of the last
+/// entry the previous reply carried, every reply filled as fuse-backend-rs fills it (an
+/// entry goes in only if it fits whole). Names with their inode numbers, in order; the
+/// lookups READDIRPLUS added are forgotten.
+pub fn list_paged(fs: &CephFs, node: u64, page: u32) -> io::Result<Vec<(String, u64)>> {
+    const DIRENT: usize = 24;
+    const ENTRY_OUT: usize = 128;
+    let (h, _) = fs.opendir(&ctx(), node, 0)?;
+    let h = h.expect("dir handle");
+    let mut names = Vec::new();
+    let mut looked_up = Vec::new();
+    let mut offset = 0;
+    let result = loop {
+        let mut used = 0;
+        let mut last = None;
+        let mut fits = |name: &[u8], plus: bool| {
+            let n = ((DIRENT + name.len() + 7) & !7) + if plus { ENTRY_OUT } else { 0 };
+            if used + n > page as usize {
+                return 0;
+            }
+            used += n;
+            n
+        };
+        let r = if offset == 0 {
+            fs.readdirplus(&ctx(), node, h, page, 0, &mut |d: DirEntry, e: Entry| {
+                let n = fits(d.name, true);
+                if n > 0 {
+                    if e.inode != 0 {
+                        looked_up.push(e.inode);
+                    }
+                    names.push((String::from_utf8_lossy(d.name).into_owned(), d.ino));
+                    last = Some(d.offset);
+                }
+                Ok(n)
+            })
+        } else {
+            fs.readdir(&ctx(), node, h, page, offset, &mut |d: DirEntry| {
+                let n = fits(d.name, false);
+                if n > 0 {
+                    names.push((String::from_utf8_lossy(d.name).into_owned(), d.ino));
+                    last = Some(d.offset);
+                }
+                Ok(n)
+            })
+        };
+        if let Err(e) = r {
+            break Err(e);
+        }
+        match last {
+            Some(o) => offset = o,
+            None => break Ok(names),
+        }
+    };
+    for n in looked_up {
+        fs.forget(&ctx(), n, 1);
+    }
+    fs.releasedir(&ctx(), node, 0, h)?;
+    result
+}
+
+/// The client requests the cluster's MDS has had so far (`perf dump mds`, its `request`
+/// counter, read through its admin socket with the `ceph` tool). Counts every client's:
+/// callers keep other tests off the cluster while they compare two readings.
+pub fn mds_requests() -> u64 {
+    let run = cluster().dir.join("run");
+    let socket = std::fs::read_dir(&run)
+        .expect("the dev cluster's run directory")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            name.starts_with("ceph-mds.") && name.ends_with(".asok")
+        })
+        .expect("the MDS's admin socket");
+    let out = Command::new("ceph")
+        .arg("--admin-daemon")
+        .arg(&socket)
+        .args(["perf", "dump", "mds"])
+        .output()
+        .expect("ceph --admin-daemon");
+    assert!(out.status.success(), "perf dump: {out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let at = text.find("\"request\":").expect("a request counter") + "\"request\":".len();
+    text[at..]
+        .trim_start()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a number")
+}
+
 /// Runs `scripts/ceph-dev-cluster.sh <subcommand>`; its stderr is echoed, its stdout returned.
 pub fn cluster_script(subcommand: &str) -> io::Result<String> {
     let script = vm_tests::ceph_dev::script();
