@@ -233,3 +233,87 @@ fn memory_after_io() {
     // The dev cluster keeps its data in memory: give it back.
     fs.unlink(&c, ROOT, &cstr("data")).expect("unlink");
 }
+
+/// Listing a directory of 1,000 files as the bench's readdir phase does after the guest
+/// dropped its caches: every inode forgotten, then OPENDIR, one READDIRPLUS of a page and
+/// plain READDIRs of a page each until the end (the guest's `READDIRPLUS_AUTO`). Wall and CPU
+/// per entry, and the requests it took; three listings, the first after the creates.
+#[test]
+#[ignore]
+fn readdir_cost() {
+    let vol = Volume::new("probe-dir");
+    let mut cfg = vol.config();
+    cfg.op_timeout = Some(Duration::from_secs(30));
+    let fs = cephfs_backend::CephFs::connect(cfg).expect("mount");
+    let c = ctx();
+    let d = fs.mkdir(&c, ROOT, &cstr("d"), 0o755, 0).expect("mkdir");
+    const N: u64 = 1000;
+    for i in 0..N {
+        let (e, h) = create(&fs, &c, d.inode, &format!("f{i:05}"), 0o644);
+        release(&fs, e.inode, h);
+        fs.forget(&c, e.inode, 1);
+    }
+    let rounds: u32 = std::env::var("PROBE_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
+    for round in 0..rounds {
+        let (t0, c0) = (Instant::now(), process_cpu_us());
+        let (h, _) = fs.opendir(&c, d.inode, 0).expect("opendir");
+        let h = h.unwrap();
+        let (mut offset, mut requests, mut seen) = (0u64, 0u32, 0u64);
+        let mut looked_up = Vec::new();
+        loop {
+            let mut used = 0usize;
+            let mut last = None;
+            requests += 1;
+            if offset == 0 {
+                fs.readdirplus(&c, d.inode, h, 4096, offset, &mut |de, e| {
+                    let n = 24 + de.name.len() + 128;
+                    if used + n > 4096 {
+                        return Ok(0);
+                    }
+                    used += n;
+                    last = Some(de.offset);
+                    if e.inode != 0 {
+                        looked_up.push(e.inode);
+                    }
+                    Ok(n)
+                })
+                .expect("readdirplus");
+            } else {
+                fs.readdir(&c, d.inode, h, 4096, offset, &mut |de| {
+                    let n = (24 + de.name.len() + 7) & !7;
+                    if used + n > 4096 {
+                        return Ok(0);
+                    }
+                    used += n;
+                    last = Some(de.offset);
+                    Ok(n)
+                })
+                .expect("readdir");
+            }
+            match last {
+                Some(o) => {
+                    seen += u64::from(used > 0);
+                    offset = o;
+                }
+                None => break,
+            }
+        }
+        fs.releasedir(&c, d.inode, 0, h).expect("releasedir");
+        let wall = t0.elapsed().as_secs_f64() * 1e3;
+        let cpu = (process_cpu_us() - c0) / N as f64;
+        eprintln!(
+            "listing {round}: {wall:.2} ms wall, {cpu:.2} us CPU per entry, {requests} requests \
+             ({seen} with entries)"
+        );
+        for n in looked_up {
+            fs.forget(&c, n, 1);
+        }
+    }
+    for i in 0..N {
+        fs.unlink(&c, d.inode, &cstr(&format!("f{i:05}")))
+            .expect("unlink");
+    }
+}
