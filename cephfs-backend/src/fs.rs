@@ -342,8 +342,11 @@ impl CephFs {
         self.entry(node, stat)
     }
 
+    /// Options of an OPEN or CREATE reply. Always `FOPEN_NOFLUSH`: FLUSH has nothing to do
+    /// here (see `flush`), and POSIX locks, which FLUSH would release, stay in the guest (no
+    /// `FUSE_POSIX_LOCKS`), so a close needs no round trip.
     fn open_options(&self) -> OpenOptions {
-        let mut o = OpenOptions::empty();
+        let mut o = OpenOptions::NOFLUSH;
         if self.cache.keep_cache {
             o |= OpenOptions::KEEP_CACHE;
         }

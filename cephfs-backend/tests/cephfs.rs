@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use cephfs_backend::{CephConfig, CephError, CephFs};
 use fuse_backend_rs::abi::fuse_abi::stat64;
 use fuse_backend_rs::api::filesystem::{
-    DirEntry, Entry, FileSystem, FsOptions, GetxattrReply, ListxattrReply, SetattrValid,
+    DirEntry, Entry, FileSystem, FsOptions, GetxattrReply, ListxattrReply, OpenOptions,
+    SetattrValid,
 };
 
 use common::*;
@@ -24,6 +25,8 @@ fn init_leaves_o_trunc_to_the_guest() {
     assert!(!got.contains(FsOptions::ATOMIC_O_TRUNC), "{got:?}");
     assert!(got.contains(FsOptions::DO_READDIRPLUS), "{got:?}");
     assert!(got.contains(FsOptions::EXPORT_SUPPORT), "{got:?}");
+    // POSIX locks stay in the guest: the reason OPEN and CREATE may answer FOPEN_NOFLUSH.
+    assert!(!got.contains(FsOptions::POSIX_LOCKS), "{got:?}");
 }
 
 #[test]
@@ -32,8 +35,16 @@ fn file_operations() {
     let fs = vol.mount();
     let c = ctx();
 
-    // create + write + read
-    let (f, h) = create(&fs, &c, ROOT, "a.txt", 0o644);
+    // create + write + read; a close sends no FLUSH (there is nothing for it to do)
+    let args = fuse_backend_rs::abi::fuse_abi::CreateIn {
+        flags: (libc::O_RDWR | libc::O_CREAT | libc::O_EXCL) as u32,
+        mode: libc::S_IFREG | 0o644,
+        umask: 0,
+        fuse_flags: 0,
+    };
+    let (f, h, options, _) = fs.create(&c, ROOT, &cstr("a.txt"), args).expect("create");
+    assert!(options.contains(OpenOptions::NOFLUSH), "{options:?}");
+    let h = h.expect("a handle");
     assert_eq!(f.attr.st_mode & libc::S_IFMT, libc::S_IFREG);
     assert_eq!(write(&fs, f.inode, h, 0, b"hello ceph"), 10);
     assert_eq!(write(&fs, f.inode, h, 6, b"CEPH!"), 5);
@@ -91,7 +102,8 @@ fn file_operations() {
     assert_eq!(fifo.attr.st_mode & libc::S_IFMT, libc::S_IFIFO);
     fs.unlink(&c, ROOT, &cstr("fifo")).expect("unlink fifo");
     // A huge WRITE size from the guest is refused, not allocated.
-    let (h3, _, _) = fs.open(&c, f.inode, libc::O_RDWR as u32, 0).expect("open");
+    let (h3, options, _) = fs.open(&c, f.inode, libc::O_RDWR as u32, 0).expect("open");
+    assert!(options.contains(OpenOptions::NOFLUSH), "{options:?}");
     let h3 = h3.expect("handle");
     let mut r = SliceReader(b"x");
     assert_eq!(
