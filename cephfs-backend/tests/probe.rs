@@ -234,25 +234,39 @@ fn memory_after_io() {
     fs.unlink(&c, ROOT, &cstr("data")).expect("unlink");
 }
 
-/// Listing a directory of 1,000 files as the bench's readdir phase does after the guest
-/// dropped its caches: every inode forgotten, then OPENDIR, one READDIRPLUS of a page and
-/// plain READDIRs of a page each until the end (the guest's `READDIRPLUS_AUTO`). Wall and CPU
-/// per entry, and the requests it took; three listings, the first after the creates.
+/// Creating, listing and unlinking 1,000 files as the bench's metadata job does, wall and
+/// CPU per file. Creates are LOOKUP (ENOENT), CREATE, RELEASE; unlinks LOOKUP, UNLINK. Each
+/// listing is as after the guest dropped its caches: every inode forgotten, then OPENDIR,
+/// one READDIRPLUS of a page and plain READDIRs of a page each until the end (the guest's
+/// `READDIRPLUS_AUTO`); `PROBE_ROUNDS` listings (3). `PROBE_INLINE=1`: no op timeout, every
+/// call on the calling thread (what the deadline pool's hand-off costs).
 #[test]
 #[ignore]
 fn readdir_cost() {
     let vol = Volume::new("probe-dir");
     let mut cfg = vol.config();
-    cfg.op_timeout = Some(Duration::from_secs(30));
+    // `PROBE_INLINE=1`: no op timeout, every call on the calling thread.
+    cfg.op_timeout = match std::env::var_os("PROBE_INLINE") {
+        Some(_) => None,
+        None => Some(Duration::from_secs(30)),
+    };
     let fs = cephfs_backend::CephFs::connect(cfg).expect("mount");
     let c = ctx();
     let d = fs.mkdir(&c, ROOT, &cstr("d"), 0o755, 0).expect("mkdir");
     const N: u64 = 1000;
+    let (t0, c0) = (Instant::now(), process_cpu_us());
     for i in 0..N {
+        let name = cstr(&format!("f{i:05}"));
+        assert!(fs.lookup(&c, d.inode, &name).is_err());
         let (e, h) = create(&fs, &c, d.inode, &format!("f{i:05}"), 0o644);
         release(&fs, e.inode, h);
         fs.forget(&c, e.inode, 1);
     }
+    eprintln!(
+        "create (LOOKUP, CREATE, RELEASE): {:.1} us wall, {:.1} us CPU per file",
+        t0.elapsed().as_secs_f64() * 1e6 / N as f64,
+        (process_cpu_us() - c0) / N as f64
+    );
     let rounds: u32 = std::env::var("PROBE_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
@@ -312,8 +326,16 @@ fn readdir_cost() {
             fs.forget(&c, n, 1);
         }
     }
+    let (t0, c0) = (Instant::now(), process_cpu_us());
     for i in 0..N {
-        fs.unlink(&c, d.inode, &cstr(&format!("f{i:05}")))
-            .expect("unlink");
+        let name = cstr(&format!("f{i:05}"));
+        let e = fs.lookup(&c, d.inode, &name).expect("lookup");
+        fs.unlink(&c, d.inode, &name).expect("unlink");
+        fs.forget(&c, e.inode, 1);
     }
+    eprintln!(
+        "unlink (LOOKUP, UNLINK): {:.1} us wall, {:.1} us CPU per file",
+        t0.elapsed().as_secs_f64() * 1e6 / N as f64,
+        (process_cpu_us() - c0) / N as f64
+    );
 }
