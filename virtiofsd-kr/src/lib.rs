@@ -13,6 +13,7 @@
 //! * [`accounting`]: per-tenant meters, rate limits, metrics and journals, fed by the layers
 //!   above through small calls and knowing none of their types;
 //! * [`http`]: the one hyper serve loop the metrics endpoint and the Docker plugin share;
+//! * [`unix_socket`]: listening Unix sockets that appear at their path ready (mode, group);
 //! * [`size`]: byte sizes as written on command lines and in admin requests;
 //! * [`process`]: how the process ends once it has threads (one exit for every path);
 //! * [`stall`]: test-only pauses at named start-up points (`VIRTIOFSD_KR_TEST_STALL`).
@@ -26,4 +27,5 @@ pub mod http;
 pub mod process;
 pub mod size;
 pub mod stall;
+pub mod unix_socket;
 pub mod vhost;

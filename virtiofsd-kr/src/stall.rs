@@ -9,6 +9,9 @@
 //! loaded machine. The points:
 //!
 //! * [`SOCKET_CREATED`]: right after the vhost-user socket appeared (`control/daemon.rs`);
+//! * [`SOCKET_BOUND`]: right after a listening Unix socket was bound, before it has its mode
+//!   and group and is put at its path (`unix_socket.rs`: the vhost-user, metrics and Docker
+//!   plugin sockets);
 //! * [`SUPERVISOR_FORKED`]: in the namespace sandbox's supervisor, right after the fork,
 //!   before it drops its capabilities (`confine/sandbox.rs`).
 //!
@@ -22,6 +25,8 @@ use std::time::Duration;
 pub const ENV: &str = "VIRTIOFSD_KR_TEST_STALL";
 /// Right after the vhost-user socket was created.
 pub const SOCKET_CREATED: &str = "socket-created";
+/// Right after a Unix socket was bound and listens, before its mode, group and path.
+pub const SOCKET_BOUND: &str = "socket-bound";
 /// In the namespace supervisor, right after the fork.
 pub const SUPERVISOR_FORKED: &str = "supervisor-forked";
 

@@ -17,6 +17,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use ceph_cluster::{cluster, unique, volume_cmd};
+use nix::sys::signal::Signal;
 use virtiofsd_kr::accounting::server::{http_request, MetricsAddr};
 
 const BIN: &str = env!("CARGO_BIN_EXE_virtiofsd-kr");
@@ -315,19 +316,28 @@ impl DockerEnv {
 
     /// A raw plugin call on its socket, as dockerd makes it (no Content-Type, empty Host).
     fn plugin_call(&self, call: &str, body: &str) -> serde_json::Value {
-        use std::io::{Read, Write};
-        let request = format!(
-            "POST /{call} HTTP/1.1\r\nHost: \r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let mut s = std::os::unix::net::UnixStream::connect(self.plugin_socket()).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        s.write_all(request.as_bytes()).unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("{call}: {e}: {text:?}"))
+        let s = std::os::unix::net::UnixStream::connect(self.plugin_socket()).unwrap();
+        plugin_call_on(s, call, body)
     }
+}
+
+/// A raw plugin call on a connection to its socket, as dockerd makes it.
+fn plugin_call_on(
+    mut s: std::os::unix::net::UnixStream,
+    call: &str,
+    body: &str,
+) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let request = format!(
+        "POST /{call} HTTP/1.1\r\nHost: \r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{call}: {e}: {text:?}"))
 }
 
 fn which(program: &str) -> PathBuf {
@@ -770,4 +780,103 @@ fn docker_volume_on_another_data_pool() {
         std::thread::sleep(Duration::from_millis(200));
     }
     env.ok(&["volume", "rm", &vol]);
+}
+
+/// The plugin alone, without dockerd or a cluster (creating its socket needs neither), on
+/// `dir`'s `run/gfs.sock` and `state/`, pausing `stall_ms` right after it binds its socket
+/// (`VIRTIOFSD_KR_TEST_STALL`, `src/stall.rs`).
+fn start_bare_plugin(dir: &Path, stall_ms: u64) -> Child {
+    Command::new(BIN)
+        .arg("docker-plugin")
+        .arg("--socket")
+        .arg(dir.join("run/gfs.sock"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .env(
+            virtiofsd_kr::stall::ENV,
+            format!("{}:{stall_ms}", virtiofsd_kr::stall::SOCKET_BOUND),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("plugin.log")).unwrap())
+        .spawn()
+        .expect("start the plugin")
+}
+
+/// The temporary socket names (`.vkr-*`) in `dir`.
+fn temporaries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(".vkr-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// dockerd connects the moment the plugin's socket appears in its plugins directory: the
+/// socket must already listen and carry its final mode 0600 (root's dockerd is the only
+/// client), never the mode bind gives before a chmod. The plugin pauses right after binding,
+/// before the mode is set: a socket bound in place shows the wrong mode for the whole pause.
+#[test]
+fn the_plugin_socket_listens_with_its_mode_from_the_moment_it_appears() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("run/gfs.sock");
+    let mut plugin = start_bare_plugin(dir.path(), 1500);
+    let log = || std::fs::read_to_string(dir.path().join("plugin.log")).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let meta = loop {
+        if let Ok(meta) = std::fs::symlink_metadata(&socket) {
+            break meta;
+        }
+        if let Some(status) = plugin.try_wait().unwrap() {
+            panic!("the plugin exited ({status}):\n{}", log());
+        }
+        assert!(Instant::now() < deadline, "no plugin socket:\n{}", log());
+        std::thread::yield_now();
+    };
+    let connected = std::os::unix::net::UnixStream::connect(&socket);
+    let mode = meta.permissions().mode() & 0o7777;
+    let stream = connected.unwrap_or_else(|e| {
+        panic!("connecting the moment the plugin socket appeared: {e}\n{}", log())
+    });
+    assert_eq!(mode, 0o600, "mode of the plugin socket when it appeared");
+    let answer = plugin_call_on(stream, "Plugin.Activate", "{}");
+    assert_eq!(answer["Implements"][0], "VolumeDriver", "{answer}");
+    assert!(temporaries(&dir.path().join("run")).is_empty());
+    kill(plugin.id(), Signal::SIGTERM);
+    assert!(plugin.wait().unwrap().success(), "{}", log());
+    assert!(!socket.exists(), "socket left behind by a clean exit");
+}
+
+/// A plugin that dies between binding its socket and putting it in place leaves its
+/// temporary name behind; the next start removes it (its process is gone) and serves.
+#[test]
+fn a_temporary_socket_of_a_plugin_that_died_is_removed_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let socket = run.join("gfs.sock");
+    let mut plugin = start_bare_plugin(dir.path(), 60_000);
+    wait_for("the plugin's temporary socket", || {
+        !temporaries(&run).is_empty()
+    });
+    plugin.kill().unwrap();
+    plugin.wait().unwrap();
+    let left = temporaries(&run);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(!socket.exists(), "the socket appeared before it was put in place");
+
+    let mut plugin = start_bare_plugin(dir.path(), 0);
+    wait_for("the restarted plugin's socket", || {
+        std::os::unix::net::UnixStream::connect(&socket).is_ok()
+    });
+    assert_eq!(temporaries(&run), Vec::<String>::new(), "left behind: {left:?}");
+    kill(plugin.id(), Signal::SIGTERM);
+    plugin.wait().unwrap();
+}
+
+fn kill(pid: u32, signal: Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).unwrap();
 }

@@ -30,6 +30,7 @@ fn allowed(layer: &str) -> Option<&'static [&'static str]> {
             "size",
             "process",
             "stall",
+            "unix_socket",
         ],
         "vhost" => &[
             "fuse",
@@ -42,7 +43,8 @@ fn allowed(layer: &str) -> Option<&'static [&'static str]> {
         "fuse" => &["backend", "confine", "accounting", "size", "process"],
         "backend" => &["confine", "size", "process"],
         "confine" => &["size", "process", "stall"],
-        "accounting" => &["http", "size", "process"],
+        "accounting" => &["http", "size", "process", "unix_socket"],
+        "unix_socket" => &["stall"],
         "size" | "http" | "process" | "stall" => &[],
         _ => return None,
     })

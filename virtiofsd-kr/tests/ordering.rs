@@ -106,21 +106,8 @@ fn the_socket_listens_with_its_group_from_the_moment_it_appears() {
                 &group.name,
             ],
         );
-        let deadline = Instant::now() + TIMEOUT;
-        let meta = loop {
-            if let Ok(meta) = std::fs::symlink_metadata(&d.socket) {
-                break meta;
-            }
-            if let Some(status) = d.child.try_wait().unwrap() {
-                panic!("daemon exited ({status}); stderr:\n{}", d.stderr());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no socket; stderr:\n{}",
-                d.stderr()
-            );
-            std::thread::yield_now();
-        };
+        let socket = d.socket.clone();
+        let meta = first_sight(&mut d, &socket);
         let connected = std::os::unix::net::UnixStream::connect(&d.socket);
         assert!(
             connected.is_ok(),
@@ -174,6 +161,80 @@ fn metrics_answer_as_soon_as_the_socket_exists() {
         stderr.contains("accounting journal replayed"),
         "the socket exists before the journal was replayed:\n{stderr}"
     );
+}
+
+/// A scraper (or a watcher of the runtime directory) acts the moment the `unix:` metrics
+/// socket appears: it must already listen and carry its final mode 0600, never the mode bind
+/// gives before a chmod. The daemon pauses right after binding each socket, before its mode
+/// is set: a socket bound in place and chmodded after shows up with the wrong mode for the
+/// whole pause.
+#[test]
+fn the_metrics_socket_listens_with_its_mode_from_the_moment_it_appears() {
+    use std::os::unix::fs::PermissionsExt;
+    let accounting = tempfile::tempdir().unwrap();
+    let runtime = tempfile::tempdir().unwrap();
+    let path = runtime.path().join("metrics.sock");
+    let metrics = MetricsAddr::Unix(path.clone());
+    let metrics_flag = format!("--metrics-addr={metrics}");
+    let accounting_dir = accounting.path().display().to_string();
+    let mut d = Daemon::start_stalled(
+        stall::SOCKET_BOUND,
+        &[
+            "--sandbox",
+            "none",
+            "--seccomp",
+            "none",
+            "--tenant",
+            "acme",
+            "--volume",
+            "vol",
+            "--pod",
+            "p",
+            &metrics_flag,
+            "--accounting-dir",
+            &accounting_dir,
+        ],
+    );
+    let meta = first_sight(&mut d, &path);
+    let connected = std::os::unix::net::UnixStream::connect(&path);
+    assert!(
+        connected.is_ok(),
+        "connecting the moment the metrics socket appeared: {:?}",
+        connected.err()
+    );
+    assert_eq!(
+        meta.permissions().mode() & 0o7777,
+        0o600,
+        "mode of the metrics socket when it appeared"
+    );
+    let (status, body) = http_request(&metrics, "GET", "/metrics", "")
+        .unwrap_or_else(|e| panic!("scraping right after the metrics socket appeared: {e}"));
+    assert_eq!(status, 200, "{body}");
+    let leftovers: Vec<_> = std::fs::read_dir(runtime.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with(".vkr-"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary names left: {leftovers:?}");
+}
+
+/// The metadata of `path` at the first moment it exists (a tight loop, no sleep).
+fn first_sight(d: &mut Daemon, path: &std::path::Path) -> std::fs::Metadata {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            return meta;
+        }
+        if let Some(status) = d.child.try_wait().unwrap() {
+            panic!("daemon exited ({status}); stderr:\n{}", d.stderr());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {path:?}; stderr:\n{}",
+            d.stderr()
+        );
+        std::thread::yield_now();
+    }
 }
 
 /// The supervisor of `--sandbox namespace` holds no capability once its child serves (the

@@ -19,7 +19,6 @@
 //! content type), which would change what existing scrapers and `virtiofsd-kr stats` parse.
 
 use std::net::{SocketAddr, TcpListener};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -37,6 +36,7 @@ use tracing::{info, warn};
 use super::metrics;
 use super::Accounting;
 use crate::http::{self, Body, Listener, ServeLimits};
+use crate::unix_socket;
 
 /// Longest request head (request line and headers).
 const MAX_HEAD: usize = 16 << 10;
@@ -57,6 +57,11 @@ pub enum ServerError {
     Bind {
         addr: String,
         source: std::io::Error,
+    },
+    #[error("binding {addr}: {source}")]
+    Place {
+        addr: String,
+        source: unix_socket::PlaceError,
     },
     #[error("{addr}: {source}")]
     Client {
@@ -109,7 +114,9 @@ pub enum MetricsListener {
 }
 
 impl MetricsListener {
-    /// Binds `addr`. A stale Unix socket at the path is replaced; the new one is mode 0600.
+    /// Binds `addr`. A stale Unix socket at the path is replaced (anything else there is
+    /// refused); the new one appears at the path already listening, mode 0600
+    /// ([`unix_socket::listen_placed`]).
     pub fn bind(addr: &MetricsAddr) -> Result<Self, ServerError> {
         let bind_err = |source| ServerError::Bind {
             addr: addr.to_string(),
@@ -118,14 +125,17 @@ impl MetricsListener {
         let listener = match addr {
             MetricsAddr::Tcp(a) => MetricsListener::Tcp(TcpListener::bind(a).map_err(bind_err)?),
             MetricsAddr::Unix(path) => {
-                if let Ok(meta) = std::fs::symlink_metadata(path) {
-                    if meta.file_type().is_socket() {
-                        let _ = std::fs::remove_file(path);
+                let placement = unix_socket::Placement {
+                    mode: Some(0o600),
+                    group: None,
+                    existing: unix_socket::Existing::ReplaceSocket,
+                };
+                let l = unix_socket::listen_placed(path, &placement).map_err(|source| {
+                    ServerError::Place {
+                        addr: addr.to_string(),
+                        source,
                     }
-                }
-                let l = UnixListener::bind(path).map_err(bind_err)?;
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-                    .map_err(bind_err)?;
+                })?;
                 MetricsListener::Unix(l)
             }
         };

@@ -10,7 +10,6 @@
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -33,6 +32,7 @@ use crate::confine::seccomp::{self, SeccompError};
 use crate::control::cli::{Backend, CliError, ServeArgs, SocketSource, DEFAULT_OVERLAP_THREADS};
 use crate::fuse::export::{ExportFs, ExportPolicy};
 use crate::fuse::guard::RequestGuard;
+use crate::unix_socket;
 use crate::vhost::dax::{DaxError, DaxWindow};
 use crate::vhost::device::{
     DeviceError, QueueThreads, RequestCore, RequestThreads, VirtioFsDevice,
@@ -667,63 +667,40 @@ fn open_listener(source: &SocketSource) -> Result<(Listener, SocketCleanup), Dae
 }
 
 /// Listens on a socket that appears at `path` already listening and with its final group
-/// and mode: bound and listening under a temporary name in the same directory, given
-/// `group`, then renamed onto `path` (replacing a stale socket). A frontend that connects the
-/// moment the path exists is neither refused (bound, not yet listening) nor denied (the group
-/// not yet set). When the temporary name would not fit a socket address but `path` does, the
-/// socket is bound at `path` directly, with those two short windows.
+/// ([`unix_socket::listen_placed`]: bound under a temporary name, then renamed onto `path`,
+/// replacing whatever stale file is there), so a frontend that connects the moment the path
+/// exists is neither refused nor denied.
 fn listen_in_place(
     path: &Path,
     group: Option<&str>,
 ) -> Result<std::os::unix::net::UnixListener, DaemonError> {
-    use std::os::unix::net::UnixListener;
-    let listen_err = |source: std::io::Error| DaemonError::Listen {
-        path: path.to_path_buf(),
-        source: VhostUserError::SocketError(source),
-    };
-    /// `sun_path` holds 108 bytes with the terminating NUL.
-    const SUN_PATH_MAX: usize = 107;
-    // Unique beside other daemons of this directory, in other PID namespaces too.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let temp = path.with_file_name(format!(".vkr-{}-{nanos}", std::process::id()));
-    if temp.as_os_str().len() > SUN_PATH_MAX {
-        let _ = std::fs::remove_file(path);
-        let listener = UnixListener::bind(path).map_err(listen_err)?;
-        if let Some(group) = group {
-            set_socket_group(path, group)?;
-        }
-        return Ok(listener);
-    }
-    let _ = std::fs::remove_file(&temp);
-    let listener = UnixListener::bind(&temp).map_err(listen_err)?;
-    let placed = match group {
-        Some(group) => set_socket_group(&temp, group),
-        None => Ok(()),
-    }
-    .and_then(|()| std::fs::rename(&temp, path).map_err(listen_err));
-    if placed.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    placed.map(|()| listener)
-}
-
-fn set_socket_group(path: &Path, group: &str) -> Result<(), DaemonError> {
-    let err = |reason: String| DaemonError::SocketGroup {
+    let group_err = |group: &str, reason: String| DaemonError::SocketGroup {
         group: group.to_string(),
         reason,
     };
-    let gid = nix::unistd::Group::from_name(group)
-        .map_err(|e| err(e.to_string()))?
-        .ok_or_else(|| err("no such group".to_string()))?
-        .gid;
-    nix::unistd::chown(path, None, Some(gid)).map_err(|e| err(e.to_string()))?;
-    let mut perms = std::fs::metadata(path)
-        .map_err(|e| err(e.to_string()))?
-        .permissions();
-    perms.set_mode(perms.mode() | 0o060);
-    std::fs::set_permissions(path, perms).map_err(|e| err(e.to_string()))
+    let gid = match group {
+        Some(name) => Some(
+            nix::unistd::Group::from_name(name)
+                .map_err(|e| group_err(name, e.to_string()))?
+                .ok_or_else(|| group_err(name, "no such group".to_string()))?
+                .gid,
+        ),
+        None => None,
+    };
+    let placement = unix_socket::Placement {
+        mode: None,
+        group: gid,
+        existing: unix_socket::Existing::Replace,
+    };
+    unix_socket::listen_placed(path, &placement).map_err(|e| match (e, group) {
+        (unix_socket::PlaceError::Group { source, .. }, Some(name)) => {
+            group_err(name, source.to_string())
+        }
+        (e, _) => DaemonError::Listen {
+            path: path.to_path_buf(),
+            source: VhostUserError::SocketError(std::io::Error::other(e)),
+        },
+    })
 }
 
 /// Adopts an inherited descriptor after checking it is a listening Unix socket.

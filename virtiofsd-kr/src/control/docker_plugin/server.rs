@@ -7,7 +7,6 @@
 //! are accepted: dockerd 20.10 sends `POST` with no Content-Type and `Host: ` empty. It must
 //! not interpret requests itself (that is `protocol`).
 
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -17,6 +16,7 @@ use tracing::{debug, info, warn};
 
 use super::protocol::{self, CONTENT_TYPE, MAX_BODY};
 use crate::http::{self, Body, Listener, ServeLimits};
+use crate::unix_socket;
 
 /// What answers a request: (path, body) to (status, JSON bytes).
 pub type Handler = Arc<dyn Fn(&str, &[u8]) -> protocol::Response + Send + Sync>;
@@ -30,11 +30,18 @@ pub enum ServerError {
     },
     #[error("--socket {0:?} exists and is not a socket: refusing to replace it")]
     NotASocket(PathBuf),
+    #[error("--socket {path:?}: {source}")]
+    Place {
+        path: PathBuf,
+        source: unix_socket::PlaceError,
+    },
     #[error("tokio runtime: {0}")]
     Runtime(std::io::Error),
 }
 
-/// Binds the socket: parent directories made, a stale socket replaced, mode 0600.
+/// Binds the socket: parent directories made, a stale socket replaced, mode 0600. It
+/// appears at `path` already listening with that mode ([`unix_socket::listen_placed`]):
+/// dockerd may connect the moment it sees it.
 pub fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener, ServerError> {
     let err = |source| ServerError::Bind {
         path: path.to_path_buf(),
@@ -43,14 +50,18 @@ pub fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener, ServerError
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            return Err(ServerError::NotASocket(path.to_path_buf()));
-        }
-        std::fs::remove_file(path).map_err(err)?;
-    }
-    let listener = std::os::unix::net::UnixListener::bind(path).map_err(err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    let placement = unix_socket::Placement {
+        mode: Some(0o600),
+        group: None,
+        existing: unix_socket::Existing::ReplaceSocket,
+    };
+    let listener = unix_socket::listen_placed(path, &placement).map_err(|e| match e {
+        unix_socket::PlaceError::NotASocket(path) => ServerError::NotASocket(path),
+        e => ServerError::Place {
+            path: path.to_path_buf(),
+            source: e,
+        },
+    })?;
     listener.set_nonblocking(true).map_err(err)?;
     Ok(listener)
 }
