@@ -236,7 +236,10 @@ mod tests {
         };
         let _listener = listen_placed(&path, &placement).unwrap();
         assert_eq!(socket_mode(&path), 0o660);
-        assert_eq!(std::fs::symlink_metadata(&path).unwrap().gid(), gid.as_raw());
+        assert_eq!(
+            std::fs::symlink_metadata(&path).unwrap().gid(),
+            gid.as_raw()
+        );
     }
 
     #[test]

@@ -840,9 +840,16 @@ fn the_plugin_socket_listens_with_its_mode_from_the_moment_it_appears() {
     let connected = std::os::unix::net::UnixStream::connect(&socket);
     let mode = meta.permissions().mode() & 0o7777;
     let stream = connected.unwrap_or_else(|e| {
-        panic!("connecting the moment the plugin socket appeared: {e}\n{}", log())
+        panic!(
+            "connecting the moment the plugin socket appeared: {e}\n{}",
+            log()
+        )
     });
-    assert_eq!(mode, 0o600, "mode of the plugin socket when it appeared");
+    assert_eq!(
+        format!("{mode:o}"),
+        "600",
+        "mode of the plugin socket when it appeared"
+    );
     let answer = plugin_call_on(stream, "Plugin.Activate", "{}");
     assert_eq!(answer["Implements"][0], "VolumeDriver", "{answer}");
     assert!(temporaries(&dir.path().join("run")).is_empty());
@@ -866,13 +873,20 @@ fn a_temporary_socket_of_a_plugin_that_died_is_removed_at_the_next_start() {
     plugin.wait().unwrap();
     let left = temporaries(&run);
     assert_eq!(left.len(), 1, "{left:?}");
-    assert!(!socket.exists(), "the socket appeared before it was put in place");
+    assert!(
+        !socket.exists(),
+        "the socket appeared before it was put in place"
+    );
 
     let mut plugin = start_bare_plugin(dir.path(), 0);
     wait_for("the restarted plugin's socket", || {
         std::os::unix::net::UnixStream::connect(&socket).is_ok()
     });
-    assert_eq!(temporaries(&run), Vec::<String>::new(), "left behind: {left:?}");
+    assert_eq!(
+        temporaries(&run),
+        Vec::<String>::new(),
+        "left behind: {left:?}"
+    );
     kill(plugin.id(), Signal::SIGTERM);
     plugin.wait().unwrap();
 }

@@ -124,39 +124,61 @@ fn the_socket_listens_with_its_group_from_the_moment_it_appears() {
     }
 }
 
+/// The daemon with accounting and its metrics endpoint on a `unix:` socket in a directory of
+/// its own, pausing at a start-up point.
+struct MeteredDaemon {
+    daemon: Daemon,
+    metrics: MetricsAddr,
+    runtime: tempfile::TempDir,
+    _accounting: tempfile::TempDir,
+}
+
+impl MeteredDaemon {
+    fn start(point: &str) -> MeteredDaemon {
+        let accounting = tempfile::tempdir().unwrap();
+        let runtime = tempfile::tempdir().unwrap();
+        let metrics = MetricsAddr::Unix(runtime.path().join("metrics.sock"));
+        let metrics_flag = format!("--metrics-addr={metrics}");
+        let accounting_dir = accounting.path().display().to_string();
+        let daemon = Daemon::start_stalled(
+            point,
+            &[
+                "--sandbox",
+                "none",
+                "--seccomp",
+                "none",
+                "--tenant",
+                "acme",
+                "--volume",
+                "vol",
+                "--pod",
+                "p",
+                &metrics_flag,
+                "--accounting-dir",
+                &accounting_dir,
+            ],
+        );
+        MeteredDaemon {
+            daemon,
+            metrics,
+            runtime,
+            _accounting: accounting,
+        }
+    }
+}
+
 /// The metrics endpoint answers as soon as the vhost-user socket exists, and the journal
 /// has been replayed by then: a hypervisor that waits for the socket may scrape at once.
 #[test]
 fn metrics_answer_as_soon_as_the_socket_exists() {
-    let accounting = tempfile::tempdir().unwrap();
-    let runtime = tempfile::tempdir().unwrap();
-    let metrics = MetricsAddr::Unix(runtime.path().join("metrics.sock"));
-    let metrics_flag = format!("--metrics-addr={metrics}");
-    let accounting_dir = accounting.path().display().to_string();
-    let mut d = Daemon::start_stalled(
-        stall::SOCKET_CREATED,
-        &[
-            "--sandbox",
-            "none",
-            "--seccomp",
-            "none",
-            "--tenant",
-            "acme",
-            "--volume",
-            "vol",
-            "--pod",
-            "p",
-            &metrics_flag,
-            "--accounting-dir",
-            &accounting_dir,
-        ],
-    );
-    d.wait_until("socket", socket_exists);
+    let mut d = MeteredDaemon::start(stall::SOCKET_CREATED);
+    let metrics = d.metrics.clone();
+    d.daemon.wait_until("socket", socket_exists);
     let (status, body) = http_request(&metrics, "GET", "/metrics", "")
         .unwrap_or_else(|e| panic!("scraping right after the socket appeared: {e}"));
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("virtiofs_written_bytes_total"), "{body}");
-    let stderr = d.stderr();
+    let stderr = d.daemon.stderr();
     assert!(
         stderr.contains("accounting journal replayed"),
         "the socket exists before the journal was replayed:\n{stderr}"
@@ -171,31 +193,10 @@ fn metrics_answer_as_soon_as_the_socket_exists() {
 #[test]
 fn the_metrics_socket_listens_with_its_mode_from_the_moment_it_appears() {
     use std::os::unix::fs::PermissionsExt;
-    let accounting = tempfile::tempdir().unwrap();
-    let runtime = tempfile::tempdir().unwrap();
-    let path = runtime.path().join("metrics.sock");
-    let metrics = MetricsAddr::Unix(path.clone());
-    let metrics_flag = format!("--metrics-addr={metrics}");
-    let accounting_dir = accounting.path().display().to_string();
-    let mut d = Daemon::start_stalled(
-        stall::SOCKET_BOUND,
-        &[
-            "--sandbox",
-            "none",
-            "--seccomp",
-            "none",
-            "--tenant",
-            "acme",
-            "--volume",
-            "vol",
-            "--pod",
-            "p",
-            &metrics_flag,
-            "--accounting-dir",
-            &accounting_dir,
-        ],
-    );
-    let meta = first_sight(&mut d, &path);
+    let mut d = MeteredDaemon::start(stall::SOCKET_BOUND);
+    let metrics = d.metrics.clone();
+    let path = d.runtime.path().join("metrics.sock");
+    let meta = first_sight(&mut d.daemon, &path);
     let connected = std::os::unix::net::UnixStream::connect(&path);
     assert!(
         connected.is_ok(),
@@ -203,14 +204,14 @@ fn the_metrics_socket_listens_with_its_mode_from_the_moment_it_appears() {
         connected.err()
     );
     assert_eq!(
-        meta.permissions().mode() & 0o7777,
-        0o600,
+        format!("{:o}", meta.permissions().mode() & 0o7777),
+        "600",
         "mode of the metrics socket when it appeared"
     );
     let (status, body) = http_request(&metrics, "GET", "/metrics", "")
         .unwrap_or_else(|e| panic!("scraping right after the metrics socket appeared: {e}"));
     assert_eq!(status, 200, "{body}");
-    let leftovers: Vec<_> = std::fs::read_dir(runtime.path())
+    let leftovers: Vec<_> = std::fs::read_dir(d.runtime.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .filter(|n| n.to_string_lossy().starts_with(".vkr-"))
