@@ -11,8 +11,7 @@ use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fuse_backend_rs::api::filesystem::FileSystem;
@@ -598,17 +597,19 @@ fn set_rlimit_nofile(requested: Option<u64>) -> Result<(), DaemonError> {
 /// the paths.
 ///
 /// Also when dropped (a start-up step failed after the socket was created). Removes once: a
-/// later removal could take the socket of a daemon started on the same path since.
+/// later removal could take the socket of a daemon started on the same path since. A second
+/// caller (the signal thread while the main thread ends after the frontend left) waits until
+/// the first has removed them, so neither exits with a socket still in place.
 pub struct SocketCleanup {
     targets: Vec<(OwnedFd, CString)>,
-    done: AtomicBool,
+    done: Mutex<bool>,
 }
 
 impl SocketCleanup {
     fn none() -> Self {
         SocketCleanup {
             targets: Vec::new(),
-            done: AtomicBool::new(false),
+            done: Mutex::new(false),
         }
     }
 
@@ -625,7 +626,7 @@ impl SocketCleanup {
         ) {
             (Ok(dir), Some(name)) => SocketCleanup {
                 targets: vec![(dir.into(), name)],
-                done: AtomicBool::new(false),
+                done: Mutex::new(false),
             },
             _ => SocketCleanup::none(),
         }
@@ -636,7 +637,8 @@ impl SocketCleanup {
     }
 
     fn run(&self) {
-        if self.done.swap(true, Ordering::SeqCst) {
+        let mut done = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        if std::mem::replace(&mut *done, true) {
             return;
         }
         for (dir, name) in &self.targets {
