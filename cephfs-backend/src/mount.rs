@@ -163,9 +163,11 @@ impl CephMount {
         for (option, value) in settings {
             set_option(cm, option, value)?;
         }
-        if !conf_routes_logs_out(cm) {
-            quiet_client_log(cm)?;
-        }
+        crate::client_log::quiet_unless_routed(
+            |option| conf_get(cm, option),
+            |option, value| set_option(cm, option, value),
+            |e| matches!(e, CephError::SetOption { source, .. } if source.raw_os_error() == Some(libc::ENOENT)),
+        )?;
         if opts.posix_acl {
             set_option(cm, "client_acl_type", "posix_acl")?;
             // The client applies its mount's umask to a node created without a default ACL
@@ -831,136 +833,6 @@ impl Drop for CephMount {
             );
         }
     }
-}
-
-/// Options that send libcephfs' log out of the process when the conf sets them (the daemon
-/// already turned off the file and stderr). The journald ones are Reef's; unknown to Pacific.
-const LOG_ROUTES: [&str; 6] = [
-    "log_to_syslog",
-    "err_to_syslog",
-    "log_to_graylog",
-    "err_to_graylog",
-    "log_to_journald",
-    "err_to_journald",
-];
-
-/// Every Ceph log subsystem a client links in (Pacific's list, and Reef's additions, which
-/// Pacific does not know and skips).
-const LOG_SUBSYSTEMS: &[&str] = &[
-    "none",
-    "lockdep",
-    "context",
-    "crush",
-    "mds",
-    "mds_balancer",
-    "mds_locker",
-    "mds_log",
-    "mds_log_expire",
-    "mds_migrator",
-    "buffer",
-    "timer",
-    "filer",
-    "striper",
-    "objecter",
-    "rados",
-    "rbd",
-    "rbd_mirror",
-    "rbd_replay",
-    "rbd_pwl",
-    "journaler",
-    "objectcacher",
-    "immutable_obj_cache",
-    "client",
-    "osd",
-    "optracker",
-    "objclass",
-    "filestore",
-    "journal",
-    "ms",
-    "mon",
-    "monc",
-    "paxos",
-    "tp",
-    "auth",
-    "crypto",
-    "finisher",
-    "reserver",
-    "heartbeatmap",
-    "perfcounter",
-    "rgw",
-    "rgw_sync",
-    "javaclient",
-    "asok",
-    "throttle",
-    "refs",
-    "compressor",
-    "bluestore",
-    "bluefs",
-    "bdev",
-    "kstore",
-    "rocksdb",
-    "leveldb",
-    "memdb",
-    "fuse",
-    "mgr",
-    "mgrc",
-    "dpdk",
-    "eventtrace",
-    "prioritycache",
-    "test",
-    "cephfs_mirror",
-    "cephsqlite",
-    "seastore",
-    "seastore_onode",
-    "seastore_odata",
-    "seastore_omap",
-    "seastore_tm",
-    "seastore_t",
-    "seastore_cleaner",
-    "seastore_epm",
-    "seastore_lba",
-    "seastore_fixedkv_tree",
-    "seastore_cache",
-    "seastore_journal",
-    "seastore_device",
-    "seastore_backref",
-    "alienstore",
-    "mclock",
-    "cyanstore",
-    "ceph_exporter",
-    "memstore",
-    "trace",
-    "rgw_datacache",
-    "rgw_access",
-    "rgw_dbstore",
-    "rgw_flight",
-    "rgw_lifecycle",
-    "rgw_notification",
-    "rgw_restore",
-    "jaeger",
-];
-
-/// Whether the conf sends libcephfs' log anywhere (syslog, graylog, journald).
-fn conf_routes_logs_out(cm: *mut ffi::CephMountInfo) -> bool {
-    LOG_ROUTES
-        .iter()
-        .any(|option| conf_get(cm, option).is_ok_and(|v| v == "true"))
-}
-
-/// Sets every log subsystem to `0/0`: no entry is made below an error. With no file, no
-/// stderr and no other route, libcephfs' log reaches nobody, yet by default it formats
-/// entries up to level 5 (`debug_client = 0/5`: kept in memory for a crash dump that has
-/// nowhere to go) and wakes its log thread for each: a fifth of the CPU of a cold 4 KiB read
-/// here (tests/probe.rs `cold_read_cost`). A conf that routes the log out keeps its levels.
-fn quiet_client_log(cm: *mut ffi::CephMountInfo) -> Result<(), CephError> {
-    for subsys in LOG_SUBSYSTEMS {
-        match set_option(cm, &format!("debug_{subsys}"), "0/0") {
-            Err(CephError::SetOption { source, .. })
-                if source.raw_os_error() == Some(libc::ENOENT) => {}
-            other => other?,
-        }
-    }
-    Ok(())
 }
 
 /// The value of `option` in the handle's configuration.

@@ -156,6 +156,36 @@ fn cstring(what: &'static str, value: &str) -> Result<CString, RadosError> {
     })
 }
 
+fn conf_set(h: *mut c_void, option: &str, value: &str) -> Result<(), RadosError> {
+    let c_opt = cstring("ceph option", option)?;
+    let c_val = cstring("ceph option value", value)?;
+    // SAFETY: `h` is a live handle; both strings NUL-terminated, copied by librados.
+    let ret = unsafe { ffi::rados_conf_set(h, c_opt.as_ptr(), c_val.as_ptr()) };
+    check(ret).map_err(|source| RadosError::SetOption {
+        option: option.to_string(),
+        source,
+    })?;
+    Ok(())
+}
+
+/// The value of `option` in the handle's configuration.
+fn conf_get(h: *mut c_void, option: &str) -> io::Result<String> {
+    let o = CString::new(option).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut buf = vec![0u8; 256];
+    loop {
+        // SAFETY: `h` is a live handle, `o` NUL-terminated, and `buf` has `buf.len()` bytes
+        // that librados fills with a NUL-terminated value (or reports ENAMETOOLONG).
+        let ret = unsafe { ffi::rados_conf_get(h, o.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        if ret == -libc::ENAMETOOLONG && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        check(ret)?;
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        return Ok(String::from_utf8_lossy(&buf[..end]).into_owned());
+    }
+}
+
 /// One `rados_t`, shut down when dropped.
 struct Cluster {
     handle: NonNull<c_void>,
@@ -283,15 +313,16 @@ impl Rados {
             ("log_to_stderr", "false"),
         ];
         for (option, value) in settings {
-            let c_opt = cstring("ceph option", option)?;
-            let c_val = cstring("ceph option value", value)?;
-            // SAFETY: live unconnected handle; both strings NUL-terminated, copied by librados.
-            let ret = unsafe { ffi::rados_conf_set(h, c_opt.as_ptr(), c_val.as_ptr()) };
-            check(ret).map_err(|source| RadosError::SetOption {
-                option: option.to_string(),
-                source,
-            })?;
+            conf_set(h, option, value)?;
         }
+        crate::client_log::quiet_unless_routed(
+            |option| conf_get(h, option),
+            |option, value| conf_set(h, option, value),
+            |e| {
+                matches!(e, RadosError::SetOption { source, .. }
+                    if source.raw_os_error() == Some(libc::ENOENT))
+            },
+        )?;
         // SAFETY: live handle with its configuration set.
         let ret = unsafe { ffi::rados_connect(h) };
         if let Err(source) = check(ret) {
@@ -316,6 +347,11 @@ impl Rados {
         Ok(Rados {
             cluster: Arc::new(cluster),
         })
+    }
+
+    /// The value of a configuration option as this client runs with it.
+    pub fn conf_value(&self, option: &str) -> io::Result<String> {
+        conf_get(self.cluster.handle.as_ptr(), option)
     }
 
     /// Sends one monitor command: `command` is its JSON (e.g. `{"prefix": "osd pool ls",

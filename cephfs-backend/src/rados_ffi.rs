@@ -42,6 +42,8 @@ crate::dynload::dynamic_library! {
     pub fn rados_create(cluster: *mut RadosT, id: *const c_char) -> c_int;
     pub fn rados_conf_read_file(cluster: RadosT, path: *const c_char) -> c_int;
     pub fn rados_conf_set(cluster: RadosT, option: *const c_char, value: *const c_char) -> c_int;
+    pub fn rados_conf_get(cluster: RadosT, option: *const c_char, buf: *mut c_char, len: size_t)
+        -> c_int;
     pub fn rados_connect(cluster: RadosT) -> c_int;
     pub fn rados_shutdown(cluster: RadosT);
 

@@ -63,6 +63,7 @@ fn declarations_match_the_installed_header() {
 int (*p_create)(rados_t *, const char *const) = rados_create;
 int (*p_conf_read_file)(rados_t, const char *) = rados_conf_read_file;
 int (*p_conf_set)(rados_t, const char *, const char *) = rados_conf_set;
+int (*p_conf_get)(rados_t, const char *, char *, size_t) = rados_conf_get;
 int (*p_connect)(rados_t) = rados_connect;
 void (*p_shutdown)(rados_t) = rados_shutdown;
 int (*p_mon_command)(rados_t, const char **, size_t, const char *, size_t, char **, size_t *,
@@ -410,4 +411,47 @@ fn a_tenant_scoped_identity_reaches_only_its_namespace() {
         )
         .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Like the CephFS mounts (`cephfs.rs`, the same name), a librados client keeps no log
+/// nobody reads: every subsystem at `0/0` unless the conf sends the log somewhere, then the
+/// conf's levels stand.
+#[test]
+fn the_client_log_is_quiet_unless_the_conf_sends_it_somewhere() {
+    let c = cluster();
+    let base = std::fs::read_to_string(&c.conf).expect("the dev cluster's conf");
+    let connect = |name: &str, extra: &str| {
+        let conf = std::env::temp_dir().join(format!("{}.conf", unique(&format!("rlog-{name}"))));
+        std::fs::write(&conf, format!("{base}\n[client]\n{extra}\n")).unwrap();
+        let rados = Rados::connect(&conf, "admin", &c.admin_keyring, TIMEOUT)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let _ = std::fs::remove_file(&conf);
+        let value = |option: &str| {
+            rados
+                .conf_value(option)
+                .unwrap_or_else(|e| panic!("{name}: {option}: {e}"))
+        };
+        (
+            value("debug_rados"),
+            value("debug_objecter"),
+            value("debug_monc"),
+        )
+    };
+    let zero = ("0/0".to_string(), "0/0".to_string(), "0/0".to_string());
+    assert_eq!(
+        connect("default", ""),
+        zero,
+        "Ceph's defaults (0/5, 0/1, 0/10)"
+    );
+    assert_eq!(
+        connect("levels-only", "debug_rados = 3/7"),
+        zero,
+        "levels with nowhere to go"
+    );
+    let (rados, objecter, _) = connect("syslog", "debug_rados = 3/7\nerr_to_syslog = true");
+    assert_eq!(
+        (rados.as_str(), objecter.as_str()),
+        ("3/7", "0/1"),
+        "a conf that routes the log out keeps its levels"
+    );
 }

@@ -1932,7 +1932,7 @@ mod micro {
 
     const USAGE: &str = "vmbench micro [--ours BIN] [--reference BIN] [--rounds N] \
         [--count N] [--group all|meta|io] [--op getattr|lookup|read-4k|write-4k|read-1m|read-1m-pages] \
-        [--ours-arg ARG]... [--reference-arg ARG]... [--strace DIR] [--work DIR] \
+        [--jobs N] [--queues N] [--reference-queues N] [--ours-arg ARG]... [--reference-arg ARG]... [--strace DIR] [--work DIR] \
         [--markdown-out FILE]";
     /// Files the `--op lookup` phase looks up (created on the host before the daemon starts).
     const LOOKUP_DIR: &str = "micro-lookup";
@@ -2001,6 +2001,13 @@ mod micro {
         /// INIT and the setup every run shares: for counting instructions (callgrind) and
         /// system calls (strace) per request as the difference of two counts.
         op: Option<&'static str>,
+        /// `--jobs`: requests of `--op getattr|read-4k` in flight at once, one per job, as
+        /// fio jobs on as many vCPUs send them (each job waits for its reply).
+        jobs: u64,
+        /// `--queues` / `--reference-queues`: request queues the frontend starts for ours /
+        /// the reference; job `j` posts on request queue `j % queues`, as a multiqueue guest
+        /// driver maps CPUs to queues.
+        queues: [usize; 2],
     }
 
     /// The kinds `--op` sends: what one unit is.
@@ -2108,6 +2115,7 @@ mod micro {
             &sock,
             vm_tests::frontend::FrontendConfig {
                 queue_size: 1024,
+                queues: 1 + cfg.queues[usize::from(which == Which::Reference)],
                 ..Default::default()
             },
         )
@@ -2212,7 +2220,13 @@ mod micro {
         let n = cfg.count;
         let mut out = BTreeMap::new();
         if let Some(op) = cfg.op {
-            out.insert("op", one_op(pid, s, op, n)?);
+            let queues = s.frontend().config().queues - 1;
+            let sample = if cfg.jobs > 1 || queues > 1 {
+                jobs_op(pid, s, op, n, cfg.jobs, queues)?
+            } else {
+                one_op(pid, s, op, n)?
+            };
+            out.insert("op", sample);
             return Ok(out);
         }
         if cfg.io {
@@ -2332,6 +2346,99 @@ mod micro {
         })?;
         out.insert("unlink", sample);
         Ok(out)
+    }
+
+    /// `n` requests of `op` (GETATTR or 4 KiB READ) sent by `jobs` jobs at once: each round
+    /// every job posts one request (with its kick) on request queue `job % queues`, then the
+    /// replies are collected. With one queue the jobs' requests meet in it, with several each
+    /// queue carries its own: the daemon's side of `--multiqueue` without a guest.
+    fn jobs_op(
+        pid: u32,
+        s: &mut FuseSession,
+        op: &str,
+        n: u64,
+        jobs: u64,
+        queues: usize,
+    ) -> Result<Sample> {
+        use fuse_backend_rs::abi::fuse_abi::GetattrIn;
+        use vm_tests::fuse::FuseReply;
+        let data = s
+            .lookup(ROOT, DATA_FILE)
+            .map_err(fuse_err("LOOKUP"))?
+            .nodeid;
+        let fh = s.open(data, libc::O_RDONLY).map_err(fuse_err("OPEN"))?.fh;
+        let mut offsets = Offsets(0x9E37_79B9_7F4A_7C15 ^ n);
+        let rounds = n.div_ceil(jobs);
+        let timeout = s.frontend().config().reply_timeout;
+        let sample = timed(pid, || {
+            for _ in 0..rounds {
+                let mut pending: Vec<Vec<(u64, vm_tests::frontend::PendingChain)>> =
+                    (0..queues).map(|_| Vec::new()).collect();
+                for job in 0..jobs {
+                    let queue = vm_tests::frontend::REQUEST_QUEUE + (job as usize % queues);
+                    let unique = s.unique();
+                    let (req, space) = match op {
+                        "read-4k" => {
+                            let arg = ReadIn {
+                                fh,
+                                offset: offsets.next().unwrap_or(0),
+                                size: 4096,
+                                ..Default::default()
+                            };
+                            let req = vm_tests::fuse::request(
+                                Opcode::Read as u32,
+                                unique,
+                                data,
+                                &[arg.as_slice()],
+                            );
+                            (req, OUT_HEADER_LEN + 4096)
+                        }
+                        "getattr" => {
+                            let arg = GetattrIn::default();
+                            let req = vm_tests::fuse::request(
+                                Opcode::Getattr as u32,
+                                unique,
+                                data,
+                                &[arg.as_slice()],
+                            );
+                            (req, vm_tests::fuse::REPLY_SPACE)
+                        }
+                        other => {
+                            return Err(BenchError::Usage(format!(
+                                "--jobs/--queues: --op getattr or read-4k, not {other}\n{USAGE}"
+                            )))
+                        }
+                    };
+                    let chain = s
+                        .frontend()
+                        .post_request(queue, &[&req], &[space], true)
+                        .map_err(|e| BenchError::Meta(format!("micro {op}: {e}")))?;
+                    pending[queue - vm_tests::frontend::REQUEST_QUEUE].push((unique, chain));
+                }
+                for on_queue in pending {
+                    let uniques: Vec<u64> = on_queue.iter().map(|(u, _)| *u).collect();
+                    let chains = on_queue.into_iter().map(|(_, c)| c).collect();
+                    let replies = s
+                        .frontend()
+                        .collect(chains, timeout)
+                        .map_err(|e| BenchError::Meta(format!("micro {op}: {e}")))?;
+                    for reply in replies {
+                        let parsed = FuseReply::parse(&reply.bytes)
+                            .and_then(FuseReply::ok)
+                            .map_err(fuse_err(op))?;
+                        if !uniques.contains(&parsed.header.unique) {
+                            return Err(BenchError::Meta(format!(
+                                "micro {op}: a reply to request {} nobody sent",
+                                parsed.header.unique
+                            )));
+                        }
+                    }
+                }
+            }
+            Ok((rounds * jobs, rounds * jobs))
+        })?;
+        s.release(data, fh).map_err(fuse_err("RELEASE"))?;
+        Ok(sample)
     }
 
     /// `n` requests of one kind (`--op`), after the setup they need.
@@ -2455,6 +2562,8 @@ mod micro {
         let mut count = 2000;
         let (mut meta, mut io) = (true, true);
         let mut op = None;
+        let mut jobs = 1;
+        let mut queues = [1usize, 1];
         let mut rest = Vec::new();
         let mut i = 0;
         while i < args.len() {
@@ -2466,6 +2575,9 @@ mod micro {
             match args[i].as_str() {
                 "--rounds" => rounds = num(i)?.max(1) as usize,
                 "--count" => count = num(i)?.clamp(10, 99_999),
+                "--jobs" => jobs = num(i)?.clamp(1, 64),
+                "--queues" => queues[0] = num(i)?.clamp(1, 16) as usize,
+                "--reference-queues" => queues[1] = num(i)?.clamp(1, 16) as usize,
                 "--group" => match args.get(i + 1).map(String::as_str) {
                     Some("all") => (meta, io) = (true, true),
                     Some("meta") => (meta, io) = (true, false),
@@ -2503,6 +2615,8 @@ mod micro {
             meta,
             io,
             op,
+            jobs,
+            queues,
         })
     }
 
@@ -2575,6 +2689,14 @@ mod micro {
             load_before,
             load_after
         );
+        if cfg.jobs > 1 || cfg.queues != [1, 1] {
+            let _ = writeln!(
+                md,
+                "{} jobs with a request each in flight; request queues: ours {}, the reference \
+                 {}.\n",
+                cfg.jobs, cfg.queues[0], cfg.queues[1]
+            );
+        }
         let _ = writeln!(
             md,
             "| phase | requests per unit | wall ours | wall reference | CPU ours | CPU reference \
@@ -2655,6 +2777,16 @@ mod micro {
             assert_eq!(parse_direntplus(&body), [(7, 11), (0, 12), (9, 13)]);
             // A truncated last record is not invented.
             assert_eq!(parse_direntplus(&body[..body.len() - 40]).len(), 2);
+        }
+
+        #[test]
+        fn jobs_and_queues_are_parsed_and_bounded() {
+            let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+            let cfg = parse(&args(&["--op", "read-4k", "--jobs", "4", "--queues", "4"])).unwrap();
+            assert_eq!((cfg.jobs, cfg.queues), (4, [4, 1]));
+            let cfg = parse(&args(&["--reference-queues", "99", "--jobs", "0"])).unwrap();
+            assert_eq!((cfg.jobs, cfg.queues), (1, [1, 16]));
+            assert!(parse(&args(&["--queues", "many"])).is_err());
         }
 
         #[test]
