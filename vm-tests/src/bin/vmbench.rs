@@ -2781,7 +2781,15 @@ mod micro {
 
         #[test]
         fn jobs_and_queues_are_parsed_and_bounded() {
-            let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+            // Daemon binaries that exist on any machine: parsing checks they do, and a
+            // clean clone has no reference virtiofsd until bench.sh builds it.
+            let args = |a: &[&str]| {
+                ["--ours", "/bin/sh", "--reference", "/bin/sh"]
+                    .iter()
+                    .chain(a)
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+            };
             let cfg = parse(&args(&["--op", "read-4k", "--jobs", "4", "--queues", "4"])).unwrap();
             assert_eq!((cfg.jobs, cfg.queues), (4, [4, 1]));
             let cfg = parse(&args(&["--reference-queues", "99", "--jobs", "0"])).unwrap();
