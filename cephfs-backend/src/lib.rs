@@ -9,8 +9,8 @@
 //!   `dynload` by [`load_libcephfs`];
 //! - `mount`: the safe wrapper (`CephMount`, `CephInode`, `CephFile`, `CephDir`, `UserPerm`);
 //!   with `dynload`, `ffi`, `rados` and `rados_ffi` the only modules allowed `unsafe`;
-//! - `client_log`: the log levels every Ceph client of the daemon runs with (quiet unless
-//!   the conf routes the log out), for `mount` and `rados`;
+//! - `client_conf`: reading a Ceph client's conf values, and the log levels every client of
+//!   the daemon runs with (quiet unless the conf routes the log out), for `mount` and `rados`;
 //! - `inode`: `CephInodeTable`, FUSE node ids and lookup counts;
 //! - `deadline`: `DeadlinePool`, the threads that bound every libcephfs call of a request by
 //!   `CephConfig::op_timeout` (ETIMEDOUT to the guest while the MDS is gone);
@@ -30,7 +30,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-mod client_log;
+mod client_conf;
 pub mod deadline;
 #[allow(unsafe_code)]
 mod dynload;

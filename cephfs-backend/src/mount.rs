@@ -163,7 +163,7 @@ impl CephMount {
         for (option, value) in settings {
             set_option(cm, option, value)?;
         }
-        crate::client_log::quiet_unless_routed(
+        crate::client_conf::quiet_unless_routed(
             |option| conf_get(cm, option),
             |option, value| set_option(cm, option, value),
             |e| matches!(e, CephError::SetOption { source, .. } if source.raw_os_error() == Some(libc::ENOENT)),
@@ -837,20 +837,11 @@ impl Drop for CephMount {
 
 /// The value of `option` in the handle's configuration.
 fn conf_get(cm: *mut ffi::CephMountInfo, option: &str) -> io::Result<String> {
-    let o = CString::new(option).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let mut buf = vec![0u8; 256];
-    loop {
+    crate::client_conf::read_value(option, |o, buf| {
         // SAFETY: `cm` is a live handle, `o` NUL-terminated, and `buf` has `buf.len()` bytes
         // that libcephfs fills with a NUL-terminated value (or reports ENAMETOOLONG).
-        let ret = unsafe { ffi::ceph_conf_get(cm, o.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-        if ret == -libc::ENAMETOOLONG && buf.len() < 1 << 20 {
-            buf.resize(buf.len() * 4, 0);
-            continue;
-        }
-        check(ret)?;
-        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-        return Ok(String::from_utf8_lossy(&buf[..end]).into_owned());
-    }
+        unsafe { ffi::ceph_conf_get(cm, o.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) }
+    })
 }
 
 fn set_option(cm: *mut ffi::CephMountInfo, option: &str, value: &str) -> Result<(), CephError> {

@@ -170,20 +170,11 @@ fn conf_set(h: *mut c_void, option: &str, value: &str) -> Result<(), RadosError>
 
 /// The value of `option` in the handle's configuration.
 fn conf_get(h: *mut c_void, option: &str) -> io::Result<String> {
-    let o = CString::new(option).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let mut buf = vec![0u8; 256];
-    loop {
+    crate::client_conf::read_value(option, |o, buf| {
         // SAFETY: `h` is a live handle, `o` NUL-terminated, and `buf` has `buf.len()` bytes
         // that librados fills with a NUL-terminated value (or reports ENAMETOOLONG).
-        let ret = unsafe { ffi::rados_conf_get(h, o.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-        if ret == -libc::ENAMETOOLONG && buf.len() < 1 << 20 {
-            buf.resize(buf.len() * 4, 0);
-            continue;
-        }
-        check(ret)?;
-        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-        return Ok(String::from_utf8_lossy(&buf[..end]).into_owned());
-    }
+        unsafe { ffi::rados_conf_get(h, o.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) }
+    })
 }
 
 /// One `rados_t`, shut down when dropped.
@@ -315,7 +306,7 @@ impl Rados {
         for (option, value) in settings {
             conf_set(h, option, value)?;
         }
-        crate::client_log::quiet_unless_routed(
+        crate::client_conf::quiet_unless_routed(
             |option| conf_get(h, option),
             |option, value| conf_set(h, option, value),
             |e| {

@@ -1,12 +1,38 @@
-//! The log levels of the daemon's Ceph clients: its libcephfs mounts and its librados
-//! handles (accounting sink, volume administration).
+//! The configuration the daemon's Ceph clients run with: its libcephfs mounts and its
+//! librados handles (accounting sink, volume administration).
 //!
-//! Owns which options route a client's log out of the process and which log subsystems a
-//! client has. With no file, no stderr and no other route a client's log reaches nobody, yet
-//! by default Ceph formats entries up to level 5 (`debug_client = 0/5`: kept in memory for a
-//! crash dump that has nowhere to go) and wakes its log thread for each: a fifth of the CPU of
-//! a cold 4 KiB read (tests/probe.rs `cold_read_cost`). Sees a client's conf only through the
-//! get and set functions it is given; opens nothing and talks to no cluster.
+//! Owns reading a value back from a client's conf (`read_value`), which options route a
+//! client's log out of the process, which log subsystems a client has, and the rule for
+//! their levels (`quiet_unless_routed`). With no file, no stderr and no other route a
+//! client's log reaches nobody, yet by default Ceph formats entries up to level 5
+//! (`debug_client = 0/5`: kept in memory for a crash dump that has nowhere to go) and wakes
+//! its log thread for each: a fifth of the CPU of a cold 4 KiB read (tests/probe.rs
+//! `cold_read_cost`). Sees a client only through the functions it is given (the `unsafe`
+//! library calls stay in `mount` and `rados`); opens nothing and talks to no cluster.
+
+use std::ffi::{c_int, CString};
+use std::io;
+
+/// Reads the value of `option` with `get_into(option, buf)`, a libcephfs or librados
+/// `*_conf_get` call: it returns 0 with a NUL-terminated value in `buf`, or a negative errno;
+/// on `-ENAMETOOLONG` a buffer four times larger is tried, up to 1 MiB.
+pub(crate) fn read_value(
+    option: &str,
+    mut get_into: impl FnMut(&std::ffi::CStr, &mut [u8]) -> c_int,
+) -> io::Result<String> {
+    let o = CString::new(option).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut buf = vec![0u8; 256];
+    loop {
+        let ret = get_into(&o, &mut buf);
+        if ret == -libc::ENAMETOOLONG && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        crate::error::check(ret)?;
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        return Ok(String::from_utf8_lossy(&buf[..end]).into_owned());
+    }
+}
 
 /// Options that send a client's log out of the process when the conf sets them (the daemon
 /// already turned off the file and stderr). The journald ones are Reef's; unknown to Pacific.
@@ -143,7 +169,6 @@ pub(crate) fn quiet_unless_routed<E>(
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
-    use std::io;
 
     /// A conf as a map; unknown options are ENOENT on get and set, as in Ceph.
     fn run(conf: &[(&str, &str)], known: &[&str]) -> BTreeMap<String, String> {
@@ -188,6 +213,27 @@ mod tests {
             assert_eq!(conf["debug_client"], "3/7", "{route}");
             assert!(!conf.contains_key("debug_ms"), "{route}");
         }
+    }
+
+    #[test]
+    fn a_value_longer_than_the_first_buffer_is_read_whole() {
+        let value = "x".repeat(2000);
+        let mut calls = 0;
+        let got = read_value("some_option", |o, buf| {
+            calls += 1;
+            assert_eq!(o.to_bytes(), b"some_option");
+            if buf.len() <= value.len() {
+                return -libc::ENAMETOOLONG;
+            }
+            buf[..value.len()].copy_from_slice(value.as_bytes());
+            buf[value.len()] = 0;
+            0
+        })
+        .unwrap();
+        assert_eq!(got, value);
+        assert_eq!(calls, 3, "256, 1024, then 4096 bytes");
+        let missing = read_value("nope", |_, _| -libc::ENOENT).unwrap_err();
+        assert_eq!(missing.raw_os_error(), Some(libc::ENOENT));
     }
 
     #[test]
