@@ -182,21 +182,20 @@ fn read_dir_batch(
 ) -> io::Result<Vec<DirEntryPlus>> {
     let mut dir = lock(dir);
     dir.seek(offset);
-    let mut batch = Vec::new();
+    let mut batch: Vec<DirEntryPlus> = Vec::new();
     let mut used = 0;
     loop {
-        let at = dir.tell();
         let Some(e) = dir.read_entry()? else {
             break;
         };
         let bytes = reply_bytes(e.name.len(), plus);
-        if used + bytes > budget {
-            // No room: the next request, at `at`, starts with it (a reply of none would
-            // end the listing, so the first entry goes in whatever its size).
-            if !batch.is_empty() {
-                dir.unread(at, e);
-                break;
-            }
+        if let Some(last) = batch.last().filter(|_| used + bytes > budget) {
+            // No room: the next request, from where the last entry sent ends, starts with
+            // it (a reply of none would end the listing, so the first entry goes in
+            // whatever its size).
+            let at = last.next_offset;
+            dir.unread(at, e);
+            break;
         }
         used += bytes;
         batch.push(e);
