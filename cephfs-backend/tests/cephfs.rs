@@ -708,11 +708,8 @@ fn the_client_log_is_quiet_unless_the_conf_sends_it_somewhere() {
     use cephfs_backend::mount::MountOptions;
     use cephfs_backend::CephMount;
     let vol = Volume::new("log");
-    let base = std::fs::read_to_string(&cluster().conf).expect("the dev cluster's conf");
-    let dir = std::env::temp_dir();
     let connect = |name: &str, extra: &str| {
-        let conf = dir.join(format!("{}-{name}.conf", vol.id));
-        std::fs::write(&conf, format!("{base}\n[client]\n{extra}\n")).unwrap();
+        let conf = conf_variant(&format!("{}-{name}", vol.id), &format!("[client]\n{extra}"));
         let mount = CephMount::connect(&MountOptions {
             conf: &conf,
             id: &vol.id,

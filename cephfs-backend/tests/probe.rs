@@ -137,11 +137,8 @@ fn write_data(
 /// The dev cluster's conf with `PROBE_EXTRA_CONF` appended (`;` for a new line), written
 /// for `vol`'s probe.
 fn conf_with_extra(vol: &Volume) -> std::path::PathBuf {
-    let conf = std::fs::read_to_string(&cluster().conf).unwrap();
     let extra = std::env::var("PROBE_EXTRA_CONF").unwrap_or_default();
-    let variant = std::env::temp_dir().join(format!("{}-probe.conf", vol.id));
-    std::fs::write(&variant, format!("{conf}\n{}\n", extra.replace(';', "\n"))).unwrap();
-    variant
+    conf_variant(&format!("{}-probe", vol.id), &extra.replace(';', "\n"))
 }
 
 /// Cold 4 KiB random reads (a fresh client per round, every block read once), as the bench's

@@ -419,10 +419,8 @@ fn a_tenant_scoped_identity_reaches_only_its_namespace() {
 #[test]
 fn the_client_log_is_quiet_unless_the_conf_sends_it_somewhere() {
     let c = cluster();
-    let base = std::fs::read_to_string(&c.conf).expect("the dev cluster's conf");
     let connect = |name: &str, extra: &str| {
-        let conf = std::env::temp_dir().join(format!("{}.conf", unique(&format!("rlog-{name}"))));
-        std::fs::write(&conf, format!("{base}\n[client]\n{extra}\n")).unwrap();
+        let conf = common::conf_variant(&format!("rlog-{name}"), &format!("[client]\n{extra}"));
         let rados = Rados::connect(&conf, "admin", &c.admin_keyring, TIMEOUT)
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let _ = std::fs::remove_file(&conf);

@@ -256,6 +256,15 @@ pub fn list_paged(fs: &CephFs, node: u64, page: u32) -> io::Result<Vec<(String, 
     result
 }
 
+/// The dev cluster's conf with `extra` appended (Ceph conf lines, e.g. `[client]` and
+/// options), written to a temporary file whose name starts with `tag`; the caller removes it.
+pub fn conf_variant(tag: &str, extra: &str) -> PathBuf {
+    let base = std::fs::read_to_string(&cluster().conf).expect("the dev cluster's conf");
+    let path = std::env::temp_dir().join(format!("{}.conf", unique(tag)));
+    std::fs::write(&path, format!("{base}\n{extra}\n")).expect("writing a conf variant");
+    path
+}
+
 /// The client requests the cluster's MDS has had so far (`perf dump mds`, its `request`
 /// counter, read through its admin socket with the `ceph` tool). Counts every client's:
 /// callers keep other tests off the cluster while they compare two readings.
