@@ -1933,7 +1933,7 @@ mod micro {
     const USAGE: &str = "vmbench micro [--ours BIN] [--reference BIN] [--rounds N] \
         [--count N] [--group all|meta|io] [--op getattr|lookup|read-4k|write-4k|read-1m|read-1m-pages] \
         [--jobs N] [--queues N] [--reference-queues N] [--ours-arg ARG]... [--reference-arg ARG]... [--strace DIR] [--work DIR] \
-        [--markdown-out FILE]";
+        [--ours-ceph CONF,ID,KEYRING,ROOT] [--count-cpu ours|reference:PID]... [--markdown-out FILE]";
     /// Files the `--op lookup` phase looks up (created on the host before the daemon starts).
     const LOOKUP_DIR: &str = "micro-lookup";
     /// Size of the file the 4 KiB jobs read and write.
@@ -1971,8 +1971,8 @@ mod micro {
         },
         Phase {
             name: "read-4k",
-            what: "READ 4 KiB at a random offset (file not O_DIRECT, host page cache warm: \
-                   the daemon's share of a 4 KiB read without the host disk)",
+            what: "READ 4 KiB at a random offset (file not O_DIRECT, read whole once before: \
+                   the daemon's share of a 4 KiB read from its caches, without the disk or OSD)",
         },
         Phase {
             name: "write-4k",
@@ -2091,6 +2091,8 @@ mod micro {
         session: FuseSession,
         /// `strace -c -f` attached to the daemon (`--strace DIR`).
         strace: Option<Child>,
+        /// The daemon and the processes whose CPU counts as its own (`--count-cpu`).
+        cpu_pids: Vec<u32>,
     }
 
     fn start(cfg: &MicroConfig, which: Which, share: &Path, round: usize) -> Result<Running> {
@@ -2156,10 +2158,12 @@ mod micro {
             }
             None => None,
         };
+        let cpu_pids = super::cpu_roots(&cfg.base, which, child.id());
         Ok(Running {
             child,
             session,
             strace,
+            cpu_pids,
         })
     }
 
@@ -2169,6 +2173,7 @@ mod micro {
             mut child,
             session,
             strace,
+            ..
         } = run;
         drop(session);
         // Long enough for a daemon under valgrind to write its profile on the way out.
@@ -2199,15 +2204,22 @@ mod micro {
         Ok(())
     }
 
-    /// Times `body` (which returns its unit and request counts) on the daemon `pid`.
-    fn timed(pid: u32, body: impl FnOnce() -> Result<(u64, u64)>) -> Result<Sample> {
-        let cpu0 = cpu_ns(pid);
+    /// Run time of every thread of each of `pids` (a daemon and the processes whose CPU
+    /// counts as its own, such as the ceph-fuse under a reference), in nanoseconds.
+    fn cpu_total_ns(pids: &[u32]) -> u64 {
+        pids.iter().map(|&p| cpu_ns(p)).sum()
+    }
+
+    /// Times `body` (which returns its unit and request counts) on the daemon and the
+    /// processes counted with it, `pids`.
+    fn timed(pids: &[u32], body: impl FnOnce() -> Result<(u64, u64)>) -> Result<Sample> {
+        let cpu0 = cpu_total_ns(pids);
         let t = Instant::now();
         let (units, requests) = body()?;
         let wall_ns = t.elapsed().as_nanos() as u64;
         Ok(Sample {
             wall_ns,
-            cpu_ns: cpu_ns(pid).saturating_sub(cpu0),
+            cpu_ns: cpu_total_ns(pids).saturating_sub(cpu0),
             units,
             requests,
         })
@@ -2215,22 +2227,22 @@ mod micro {
 
     /// Runs every phase once against a started daemon.
     fn run_phases(cfg: &MicroConfig, run: &mut Running) -> Result<BTreeMap<&'static str, Sample>> {
-        let pid = run.child.id();
+        let pids = &run.cpu_pids[..];
         let s = &mut run.session;
         let n = cfg.count;
         let mut out = BTreeMap::new();
         if let Some(op) = cfg.op {
             let queues = s.frontend().config().queues - 1;
             let sample = if cfg.jobs > 1 || queues > 1 {
-                jobs_op(pid, s, op, n, cfg.jobs, queues)?
+                jobs_op(pids, s, op, n, cfg.jobs, queues)?
             } else {
-                one_op(pid, s, op, n)?
+                one_op(pids, s, op, n)?
             };
             out.insert("op", sample);
             return Ok(out);
         }
         if cfg.io {
-            io_phases(pid, s, n, &mut out)?;
+            io_phases(pids, s, n, &mut out)?;
         }
         if !cfg.meta {
             return Ok(out);
@@ -2239,7 +2251,7 @@ mod micro {
         let names: Vec<String> = (0..n).map(|i| format!("f{i:05}")).collect();
 
         let mut nodes = Vec::with_capacity(names.len());
-        let sample = timed(pid, || {
+        let sample = timed(pids, || {
             let mut requests = 0;
             for name in &names {
                 s.getattr(dir).map_err(fuse_err("GETATTR"))?;
@@ -2282,7 +2294,7 @@ mod micro {
         forget_all(s, &nodes)?;
 
         nodes.clear();
-        let sample = timed(pid, || {
+        let sample = timed(pids, || {
             for name in &names {
                 nodes.push(s.lookup(dir, name).map_err(fuse_err("LOOKUP"))?.nodeid);
             }
@@ -2292,7 +2304,7 @@ mod micro {
         forget_all(s, &nodes)?;
 
         let mut looked_up = Vec::new();
-        let sample = timed(pid, || {
+        let sample = timed(pids, || {
             let fh = s.opendir(dir).map_err(fuse_err("OPENDIR"))?.fh;
             let arg = ReadIn {
                 fh,
@@ -2336,7 +2348,7 @@ mod micro {
         out.insert("readdir", sample);
         forget_all(s, &looked_up)?;
 
-        let sample = timed(pid, || {
+        let sample = timed(pids, || {
             for name in &names {
                 let node = s.lookup(dir, name).map_err(fuse_err("LOOKUP"))?.nodeid;
                 s.unlink(dir, name).map_err(fuse_err("UNLINK"))?;
@@ -2353,7 +2365,7 @@ mod micro {
     /// replies are collected. With one queue the jobs' requests meet in it, with several each
     /// queue carries its own: the daemon's side of `--multiqueue` without a guest.
     fn jobs_op(
-        pid: u32,
+        pids: &[u32],
         s: &mut FuseSession,
         op: &str,
         n: u64,
@@ -2367,10 +2379,13 @@ mod micro {
             .map_err(fuse_err("LOOKUP"))?
             .nodeid;
         let fh = s.open(data, libc::O_RDONLY).map_err(fuse_err("OPEN"))?.fh;
+        if op == "read-4k" {
+            warm_data(s, data, fh)?;
+        }
         let mut offsets = Offsets(0x9E37_79B9_7F4A_7C15 ^ n);
         let rounds = n.div_ceil(jobs);
         let timeout = s.frontend().config().reply_timeout;
-        let sample = timed(pid, || {
+        let sample = timed(pids, || {
             for _ in 0..rounds {
                 let mut pending: Vec<Vec<(u64, vm_tests::frontend::PendingChain)>> =
                     (0..queues).map(|_| Vec::new()).collect();
@@ -2441,8 +2456,25 @@ mod micro {
         Ok(sample)
     }
 
+    /// Reads the whole data file once in 1 MiB READs, so that the timed reads find it in the
+    /// caches a daemon reads through: the host's page cache for a daemon serving a host
+    /// folder (a mount, too), libcephfs' object cacher for ours with `--ours-ceph`, whose
+    /// client starts cold with every daemon while the reference's ceph-fuse lives on.
+    fn warm_data(s: &mut FuseSession, data: u64, fh: u64) -> Result<()> {
+        for mib in 0..DATA_MIB {
+            let got = s.read(data, fh, mib << 20, 1 << 20).map_err(fuse_err("READ"))?;
+            if got.len() != 1 << 20 {
+                return Err(BenchError::Meta(format!(
+                    "micro: warming the data file, READ at {mib} MiB returned {} bytes",
+                    got.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// `n` requests of one kind (`--op`), after the setup they need.
-    fn one_op(pid: u32, s: &mut FuseSession, op: &str, n: u64) -> Result<Sample> {
+    fn one_op(pids: &[u32], s: &mut FuseSession, op: &str, n: u64) -> Result<Sample> {
         let data = s
             .lookup(ROOT, DATA_FILE)
             .map_err(fuse_err("LOOKUP"))?
@@ -2453,6 +2485,9 @@ mod micro {
             libc::O_RDONLY
         };
         let fh = s.open(data, flags).map_err(fuse_err("OPEN"))?.fh;
+        if op.starts_with("read") {
+            warm_data(s, data, fh)?;
+        }
         let dir = s
             .lookup(ROOT, LOOKUP_DIR)
             .map_err(fuse_err("LOOKUP"))?
@@ -2460,7 +2495,7 @@ mod micro {
         let block = vec![0x5au8; 4096];
         let mut offsets = Offsets(0x9E37_79B9_7F4A_7C15 ^ n);
         let mut held = Vec::new();
-        let sample = timed(pid, || {
+        let sample = timed(pids, || {
             for i in 0..n {
                 let off = offsets.next().unwrap_or(0);
                 match op {
@@ -2525,7 +2560,7 @@ mod micro {
 
     /// The 4 KiB read and write phases on the data file.
     fn io_phases(
-        pid: u32,
+        pids: &[u32],
         s: &mut FuseSession,
         n: u64,
         out: &mut BTreeMap<&'static str, Sample>,
@@ -2538,9 +2573,12 @@ mod micro {
         // reference's O_DIRECT reads into guest memory need; the daemon's path is the same.)
         for (phase, flags) in [("read-4k", libc::O_RDONLY), ("write-4k", libc::O_WRONLY)] {
             let fh = s.open(data, flags).map_err(fuse_err("OPEN"))?.fh;
+            if phase == "read-4k" {
+                warm_data(s, data, fh)?;
+            }
             let block = vec![0x5au8; 4096];
             let mut offsets = Offsets(0x9E37_79B9_7F4A_7C15 ^ n);
-            let sample = timed(pid, || {
+            let sample = timed(pids, || {
                 for _ in 0..n {
                     let off = offsets.next().unwrap_or(0);
                     if phase == "write-4k" {
@@ -2601,7 +2639,7 @@ mod micro {
                 }
                 "-h" | "--help" => return Err(BenchError::Usage(USAGE.into())),
                 "--ours" | "--reference" | "--work" | "--markdown-out" | "--strace"
-                | "--ours-arg" | "--reference-arg" => {
+                | "--ours-arg" | "--reference-arg" | "--ours-ceph" | "--count-cpu" => {
                     rest.extend(args[i..(i + 2).min(args.len())].iter().cloned())
                 }
                 o => return Err(BenchError::Usage(format!("unknown option {o}\n{USAGE}"))),
@@ -2658,7 +2696,12 @@ mod micro {
         let load_before = super::load_avg();
         for round in 0..cfg.rounds {
             for which in super::pair_order(round) {
-                let share: PathBuf = cfg.base.work.join(format!("micro-share-{}", which.key()));
+                // With `--ours-ceph`, both serve one directory of the volume: the reference
+                // through the mount that `--work` is, ours natively (its ROOT is WORK/share).
+                let share: PathBuf = match cfg.base.ours_ceph {
+                    Some(_) => cfg.base.work.join("share"),
+                    None => cfg.base.work.join(format!("micro-share-{}", which.key())),
+                };
                 prepare_share(&share)?;
                 let mut run = start(&cfg, which, &share, round)?;
                 let result = run_phases(&cfg, &mut run);
@@ -2689,6 +2732,23 @@ mod micro {
             load_before,
             load_after
         );
+        if let Some(ceph) = &cfg.base.ours_ceph {
+            let _ = writeln!(
+                md,
+                "Ours serves `{}` natively (`--backend cephfs`, cephx id {}); the reference \
+                 serves the same directory through the mount {}. CPU counts the processes \
+                 given with `--count-cpu` with their daemon: {}.\n",
+                ceph.root,
+                ceph.id,
+                cfg.base.work.join("share").display(),
+                cfg.base
+                    .count_cpu
+                    .iter()
+                    .map(|(w, p)| format!("{} {p}", w.key()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         if cfg.jobs > 1 || cfg.queues != [1, 1] {
             let _ = writeln!(
                 md,
