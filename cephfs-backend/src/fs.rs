@@ -52,7 +52,7 @@ use crate::mount::{
     CephDir, CephFile, CephInode, CephMount, DirEntryPlus, MountOptions, SetAttr, Statx, UserPerm,
     XattrReply,
 };
-use crate::{CachePolicy, CephConfig};
+use crate::{CachePolicy, CephConfig, InlineCalls};
 
 /// Largest READ/WRITE payload served (what fuse-backend-rs negotiates at INIT).
 const MAX_IO: usize = fuse_backend_rs::api::server::MAX_BUFFER_SIZE as usize;
@@ -146,6 +146,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct CephFs {
     /// Runs the libcephfs calls when requests are bounded by an op timeout.
     calls: Option<DeadlinePool>,
+    /// With `calls`: make calls on the request's thread while the serving side keeps the op
+    /// timeout for us (`CephConfig::inline_calls`).
+    inline: Option<InlineCalls>,
     /// Holds the root, and with it the mount (every `CephInode` holds an `Arc<CephMount>`).
     inodes: CephInodeTable,
     files: Mutex<HashMap<u64, Arc<CephFile>>>,
@@ -247,6 +250,7 @@ impl CephFs {
             cfg.op_timeout
         );
         Ok(CephFs {
+            inline: cfg.inline_calls.filter(|_| calls.is_some()),
             calls,
             inodes: CephInodeTable::new(root, &stat),
             root_ino: stat.ino(),
@@ -285,6 +289,20 @@ impl CephFs {
         T: Send + 'static,
         F: FnOnce() -> io::Result<T> + Send + 'static,
     {
+        if let (Some(inline), Some(pool)) = (&self.inline, &self.calls) {
+            // Inline while the cluster answers: nothing answered in our place is still out,
+            // on a request thread or on the call threads.
+            if inline.answered_running.load(Ordering::Acquire) == 0 && pool.late_calls() == 0 {
+                let result = call();
+                if (inline.request_answered)() {
+                    // The guest was told this request failed: release what the call made
+                    // (off this thread: closing a file may wait on the cluster).
+                    pool.drop_later(result);
+                    return Err(err(libc::ETIMEDOUT));
+                }
+                return result;
+            }
+        }
         bounded(self.calls.as_ref(), what, call)
     }
 

@@ -28,6 +28,8 @@
 #![deny(unsafe_code)]
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
 use std::time::Duration;
 
 mod client_conf;
@@ -158,6 +160,33 @@ pub struct CephConfig {
     /// (`client_acl_type=posix_acl`), new nodes inherit a directory's default ACL, and the
     /// caller's umask comes with each create instead of the mount's.
     pub posix_acl: bool,
+    /// With an op timeout: make the calls on the request's own thread, while the daemon
+    /// answers any request held past the timeout in the backend's place (see
+    /// [`InlineCalls`]); `None`: every call goes to the call threads.
+    pub inline_calls: Option<InlineCalls>,
+}
+
+/// What lets `CephFs` make its calls on the request's thread and still keep the op timeout:
+/// the serving side answers a request the backend holds too long with ETIMEDOUT itself (the
+/// daemon's device does, through the request's reply gate) and says so here.
+#[derive(Clone)]
+pub struct InlineCalls {
+    /// Requests answered in the backend's place whose call has not returned yet. While
+    /// non-zero the cluster is not answering: calls go to the call threads (a fixed number,
+    /// each waited for at most the op timeout) instead of tying up more request threads.
+    pub answered_running: Arc<AtomicUsize>,
+    /// Whether the request the calling thread serves was answered in its place: a call that
+    /// returns after that drops its result (an inode reference, an open file) and fails
+    /// with ETIMEDOUT, so nothing is registered for a guest that was told it failed.
+    pub request_answered: fn() -> bool,
+}
+
+impl std::fmt::Debug for InlineCalls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InlineCalls")
+            .field("answered_running", &self.answered_running)
+            .finish_non_exhaustive()
+    }
 }
 
 impl CephConfig {
@@ -178,6 +207,7 @@ impl CephConfig {
             mount_timeout: Duration::from_secs(10),
             op_timeout: Some(DEFAULT_OP_TIMEOUT),
             posix_acl: false,
+            inline_calls: None,
         }
     }
 }

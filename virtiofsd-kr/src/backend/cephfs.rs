@@ -97,6 +97,17 @@ impl CephStart {
         Ok(CephStart { config, files })
     }
 
+    /// Calls on the request's thread, the serving side keeping the op timeout (see
+    /// `cephfs_backend::InlineCalls`); ignored without an op timeout.
+    pub fn inline_calls(&mut self, calls: cephfs_backend::InlineCalls) {
+        self.config.inline_calls = Some(calls);
+    }
+
+    /// The op timeout the backend was configured with.
+    pub fn op_timeout(&self) -> Option<Duration> {
+        self.config.op_timeout
+    }
+
     /// The files the sandbox must keep reachable.
     pub fn files(&self) -> Vec<SandboxFile> {
         self.files.clone()

@@ -11,6 +11,7 @@ use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,6 +37,7 @@ use crate::vhost::dax::{DaxError, DaxWindow};
 use crate::vhost::device::{
     DeviceError, QueueThreads, RequestCore, RequestThreads, VirtioFsDevice,
 };
+use crate::vhost::late_reply::{self, LateReplies};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -94,6 +96,8 @@ pub enum DaemonError {
     AccountingDirInShare(PathBuf),
     #[error("vhost-user: {0}")]
     VhostUser(DaemonLibError),
+    #[error("starting the thread that answers late requests: {0}")]
+    LateReplies(std::io::Error),
 }
 
 /// The libvirt capability query answer (`--print-capabilities`).
@@ -143,6 +147,7 @@ fn serve_host_dir(args: ServeArgs) -> Result<(), DaemonError> {
         &shared_dir.display().to_string(),
         local_devices,
         false,
+        None,
     )
 }
 
@@ -182,8 +187,20 @@ fn probe_local_devices(shared_dir: &Path) -> Option<LocalDevices> {
 /// because libcephfs starts threads that would otherwise escape both.
 fn serve_cephfs(args: ServeArgs) -> Result<(), DaemonError> {
     limit_malloc_arenas();
-    let ceph = CephStart::new(args.ceph_options()?)?;
+    let mut ceph = CephStart::new(args.ceph_options()?)?;
     ceph.preflight()?;
+    // Calls on the request's thread, the device answering late requests for the backend.
+    let late = ceph
+        .op_timeout()
+        .filter(|_| args.ceph_inline_calls)
+        .map(|deadline| {
+            let running = Arc::new(AtomicUsize::new(0));
+            ceph.inline_calls(cephfs_backend::InlineCalls {
+                answered_running: Arc::clone(&running),
+                request_answered: late_reply::current_request_answered,
+            });
+            LateAfter { deadline, running }
+        });
     let started = start(&args, None)?;
 
     let mut sandbox = Sandbox::with_files(args.sandbox, ceph.files());
@@ -203,7 +220,14 @@ fn serve_cephfs(args: ServeArgs) -> Result<(), DaemonError> {
     let fs = ceph.connect(conf, keyring)?;
     // No FOPEN_NOFLUSH: `local_fs` describes host filesystems under a host directory.
     // A CephFS call can wait for the cluster up to --ceph-op-timeout.
-    run(&args, fs, started, &what, None, true)
+    run(&args, fs, started, &what, None, true, late)
+}
+
+/// Requests held by the backend past `deadline` are answered in its place; `running` counts
+/// those whose call has not returned (shared with the backend).
+struct LateAfter {
+    deadline: Duration,
+    running: Arc<AtomicUsize>,
 }
 
 /// What is set up before the sandbox, whatever the backend.
@@ -266,6 +290,7 @@ fn run<F>(
     what: &str,
     local_devices: Option<LocalDevices>,
     requests_may_wait: bool,
+    late: Option<LateAfter>,
 ) -> Result<(), DaemonError>
 where
     F: FileSystem + Send + Sync + 'static,
@@ -306,6 +331,11 @@ where
     let mut core = RequestCore::new(fs, RequestGuard::new(args.fs.readonly), dax);
     if let Some(acct) = acct {
         core = core.with_accounting(acct);
+    }
+    if let Some(LateAfter { deadline, running }) = late {
+        let late = LateReplies::new(deadline, 1 + args.request_queues, running)
+            .map_err(DaemonError::LateReplies)?;
+        core = core.with_late_replies(Arc::new(late));
     }
     let request_threads = request_threads(args);
     let device = Arc::new(VirtioFsDevice::new(

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use fuse_backend_rs::abi::fuse_abi::{InHeader, Opcode};
 use fuse_backend_rs::api::filesystem::FileSystem;
 use fuse_backend_rs::api::server::Server;
-use fuse_backend_rs::transport::{FsCacheReqHandler, Reader, VirtioFsWriter, Writer};
+use fuse_backend_rs::transport::{FsCacheReqHandler, Reader, ReplyGate, VirtioFsWriter, Writer};
 use tracing::{debug, warn};
 use vhost::vhost_user::message::{
     VhostUserProtocolFeatures, VhostUserShMemConfig, VhostUserVirtioFeatures,
@@ -36,6 +36,7 @@ use crate::fuse::guard::{
     error_reply, inspect_prefix, is_no_reply, read_prefix, RequestGuard, Verdict, PEEK_LEN,
 };
 use crate::vhost::dax::{DaxRequest, DaxWindow, SHMEM_PROTOCOL_FEATURE};
+use crate::vhost::late_reply::{LateReplies, ServingThread, Ticket};
 use crate::vhost::queue_poll::QueuePoll;
 use crate::vhost::request_pool::{PoolError, PoolTotals, RequestPool};
 
@@ -126,9 +127,9 @@ pub const MAX_QUEUE_SIZE: usize = 1024;
 /// Length of the tag field in the virtio-fs configuration space.
 pub const TAG_LEN: usize = 36;
 
-type GuestMemory = GuestMemoryMmap<()>;
-type Chain = DescriptorChain<Arc<GuestMemory>>;
-type Vring = VringMutex<GuestMemoryAtomic<GuestMemory>>;
+pub(crate) type GuestMemory = GuestMemoryMmap<()>;
+pub(crate) type Chain = DescriptorChain<Arc<GuestMemory>>;
+pub(crate) type Vring = VringMutex<GuestMemoryAtomic<GuestMemory>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
@@ -166,6 +167,7 @@ pub struct RequestCore<F: FileSystem + Sync> {
     guard: RequestGuard,
     dax: Option<Arc<DaxWindow>>,
     acct: Option<Arc<Accounting>>,
+    late: Option<Arc<LateReplies>>,
 }
 
 impl<F: FileSystem + Send + Sync + 'static> RequestCore<F> {
@@ -175,7 +177,59 @@ impl<F: FileSystem + Send + Sync + 'static> RequestCore<F> {
             guard,
             dax,
             acct: None,
+            late: None,
         }
+    }
+
+    /// Requests the backend holds longer than `late`'s deadline are answered for it (see
+    /// [`LateReplies`]).
+    pub fn with_late_replies(mut self, late: Arc<LateReplies>) -> Self {
+        self.late = Some(late);
+        self
+    }
+
+    /// Registers a chain just taken from device queue `queue` with the late replies, if
+    /// there are any: from now on it is answered in the backend's place once it has waited
+    /// the deadline, also while it waits behind another request (`mem`: to serve the queue
+    /// with, should its thread get stuck).
+    pub fn admit(
+        &self,
+        chain: &Chain,
+        vring: &Vring,
+        queue: usize,
+        mem: &Arc<GuestMemory>,
+    ) -> Option<Ticket> {
+        let late = self.late.as_ref()?;
+        let serving = ServingThread {
+            queue,
+            mem: Arc::clone(mem),
+        };
+        Some(late.admit(chain, vring, Some(serving)))
+    }
+
+    /// Serves one chain on this thread and returns its buffer to `vring`, unless the request
+    /// was answered in its place (then the chain is the guest's again); one answered before
+    /// it started is not served at all.
+    pub fn serve_and_complete(
+        &self,
+        chain: &Chain,
+        vring: &Vring,
+        ticket: Option<Ticket>,
+    ) -> Result<(), DeviceError> {
+        let (Some(late), Some(ticket)) = (&self.late, ticket) else {
+            let len = self.serve_chain(chain);
+            return complete(vring, chain.head_index(), len);
+        };
+        let len = if ticket.gate().is_closed() {
+            0
+        } else {
+            late.enter(&ticket);
+            self.serve_gated(chain, Some(ticket.gate()))
+        };
+        if late.end(ticket) {
+            return Ok(());
+        }
+        complete(vring, chain.head_index(), len)
     }
 
     /// Meters every request into `acct` and lets its rate limiter pace the request queue.
@@ -189,13 +243,18 @@ impl<F: FileSystem + Send + Sync + 'static> RequestCore<F> {
     ///
     /// Every path returns: a chain too broken to answer gets a used length of 0, never a panic.
     pub fn serve_chain(&self, chain: &Chain) -> u32 {
+        self.serve_gated(chain, None)
+    }
+
+    /// [`Self::serve_chain`] with every write into the chain behind `gate`.
+    fn serve_gated(&self, chain: &Chain, gate: Option<&Arc<ReplyGate>>) -> u32 {
         let Some(acct) = &self.acct else {
-            return self.serve(chain, &mut Seen::default());
+            return self.serve(chain, &mut Seen::default(), gate);
         };
         let start = Instant::now();
         let mut seen = Seen::default();
         take_written(); // nothing from an earlier request may count for this one
-        let len = self.serve(chain, &mut seen);
+        let len = self.serve(chain, &mut seen, gate);
         if let Some(outcome) = metered_outcome(chain, len, &seen, take_written()) {
             acct.meter.record(&outcome, start.elapsed());
             if !is_no_reply(outcome.opcode) {
@@ -206,8 +265,15 @@ impl<F: FileSystem + Send + Sync + 'static> RequestCore<F> {
         len
     }
 
-    fn serve(&self, chain: &Chain, seen: &mut Seen) -> u32 {
+    fn serve(&self, chain: &Chain, seen: &mut Seen, gate: Option<&Arc<ReplyGate>>) -> u32 {
         let mem = chain.memory();
+        // A reply written here, not through the writer, passes the gate too.
+        let reply_error = |chain: &Chain, unique: u64, errno: i32| match gate {
+            None => reply_error(chain, unique, errno),
+            Some(g) => g
+                .pass(|| Ok(reply_error(chain, unique, errno)))
+                .unwrap_or(0),
+        };
         let reader = match Reader::from_descriptor_chain(mem, chain.clone()) {
             Ok(r) => r,
             Err(e) => {
@@ -237,7 +303,10 @@ impl<F: FileSystem + Send + Sync + 'static> RequestCore<F> {
             return reply_error(chain, header.unique, errno);
         }
         let writer = match VirtioFsWriter::new(mem, chain.clone()) {
-            Ok(w) => w,
+            Ok(w) => match gate {
+                Some(g) => w.with_gate(Arc::clone(g)),
+                None => w,
+            },
             Err(e) => {
                 warn!(
                     "request {} has unusable writable descriptors: {e}",
@@ -323,7 +392,7 @@ const IN_HEADER: usize = std::mem::size_of::<InHeader>();
 
 /// Which descriptors of a chain to read.
 #[derive(Clone, Copy)]
-enum Direction {
+pub(crate) enum Direction {
     /// The request the guest wrote.
     Readable,
     /// The reply the daemon wrote.
@@ -332,7 +401,7 @@ enum Direction {
 
 /// Copies the first bytes of the chain's readable or writable part into `buf`, across
 /// descriptor boundaries, without allocating; returns how many bytes were filled.
-fn read_chain_prefix(chain: &Chain, part: Direction, buf: &mut [u8]) -> usize {
+pub(crate) fn read_chain_prefix(chain: &Chain, part: Direction, buf: &mut [u8]) -> usize {
     use vm_memory::Bytes;
     let mem = chain.memory();
     let descriptors = match part {
@@ -385,7 +454,7 @@ fn is_mapping_opcode(opcode: u32) -> bool {
 
 /// Writes a bare error reply into the chain's writable part; returns its length, or 0 if the
 /// guest gave no room for one.
-fn reply_error(chain: &Chain, unique: u64, errno: i32) -> u32 {
+pub(crate) fn reply_error(chain: &Chain, unique: u64, errno: i32) -> u32 {
     let out = error_reply(unique, errno);
     let written = VirtioFsWriter::new(chain.memory(), chain.clone())
         .ok()
@@ -419,7 +488,7 @@ fn has_available(vring: &Vring, mem: &GuestMemory) -> bool {
 }
 
 /// Returns a chain's used buffer and tells the guest if it asked to be told.
-fn complete(vring: &Vring, head: u16, len: u32) -> Result<(), DeviceError> {
+pub(crate) fn complete(vring: &Vring, head: u16, len: u32) -> Result<(), DeviceError> {
     // One lock for both steps: VringMutex's add_used and needs_notification lock each.
     let notify = {
         let mut state = vring.get_mut();
@@ -432,8 +501,48 @@ fn complete(vring: &Vring, head: u16, len: u32) -> Result<(), DeviceError> {
     Ok(())
 }
 
-/// A request handed to a worker: the chain and the ring its used buffer goes back to.
-type Job = (Chain, Vring);
+/// What serves a queue while the thread serving it is stuck in the backend (see
+/// [`LateReplies`]): it takes the queue's requests as they come (polling: the stuck thread
+/// turned the queue's notifications off) and serves them in turn, until that thread is back.
+/// No rate limit applies meanwhile (the backend is not answering anyway).
+fn stand_in<F: FileSystem + Send + Sync + 'static>(
+    core: std::sync::Weak<RequestCore<F>>,
+    seen: Arc<AtomicBool>,
+) -> crate::vhost::late_reply::StandIn {
+    Box::new(move |vring, queue, mem, keep_going| {
+        while keep_going() {
+            let Some(core) = core.upgrade() else { return };
+            let chains: Vec<Chain> = {
+                let mut state = vring.get_mut();
+                match state.get_queue_mut().iter(Arc::clone(mem)) {
+                    Ok(available) => available.collect(),
+                    Err(e) => {
+                        report_ring_error(&seen, &DeviceError::QueueIter(e));
+                        Vec::new()
+                    }
+                }
+            };
+            if chains.is_empty() {
+                drop(core);
+                std::thread::sleep(crate::vhost::late_reply::stand_in_poll());
+                continue;
+            }
+            let tickets: Vec<Option<Ticket>> = chains
+                .iter()
+                .map(|chain| core.admit(chain, vring, queue, mem))
+                .collect();
+            for (chain, ticket) in chains.iter().zip(tickets) {
+                if let Err(e) = core.serve_and_complete(chain, vring, ticket) {
+                    report_ring_error(&seen, &e);
+                }
+            }
+        }
+    })
+}
+
+/// A request handed to a worker: the chain, the ring its used buffer goes back to and its
+/// registration with the late replies.
+type Job = (Chain, Vring, Option<Ticket>);
 
 /// How requests reach worker threads (`request_pool.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -514,9 +623,8 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
         let ring_error_seen = Arc::new(AtomicBool::new(false));
         let serve = |core: Arc<RequestCore<F>>| {
             let seen = ring_error_seen.clone();
-            move |(chain, vring): Job| {
-                let len = core.serve_chain(&chain);
-                if let Err(e) = complete(&vring, chain.head_index(), len) {
+            move |(chain, vring, ticket): Job| {
+                if let Err(e) = core.serve_and_complete(&chain, &vring, ticket) {
                     report_ring_error(&seen, &e);
                 }
             }
@@ -532,6 +640,9 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
             }
             RequestThreads::Overlap(n) => (Some(RequestPool::new(n, serve(core.clone()))), true),
         };
+        if let Some(late) = &core.late {
+            late.set_stand_in(stand_in(Arc::downgrade(&core), ring_error_seen.clone()));
+        }
         let exit =
             new_event_consumer_and_notifier(EventFlag::NONBLOCK).map_err(DeviceError::ExitEvent)?;
         Ok(VirtioFsDevice {
@@ -594,9 +705,8 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
     }
 
     /// Serves one request on this thread and returns its buffer to `vring`.
-    fn serve_here(&self, vring: &Vring, chain: &Chain) {
-        let len = self.core.serve_chain(chain);
-        if let Err(e) = complete(vring, chain.head_index(), len) {
+    fn serve_here(&self, vring: &Vring, chain: &Chain, ticket: Option<Ticket>) {
+        if let Err(e) = self.core.serve_and_complete(chain, vring, ticket) {
             self.report_ring_error(&e);
         }
     }
@@ -644,7 +754,7 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
         if let Some(poll) = poll {
             poll.woke();
         }
-        let mut chains: Vec<Chain> = Vec::new();
+        let mut chains: Vec<(Chain, Option<Ticket>)> = Vec::new();
         loop {
             if event_idx {
                 vring
@@ -669,8 +779,14 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
                             .get_queue_mut()
                             .iter(mem.clone())
                             .map_err(DeviceError::QueueIter)?
-                            .take(batch),
+                            .take(batch)
+                            .map(|chain| (chain, None)),
                     );
+                }
+                // Answered in the backend's place if they wait too long, also behind another
+                // request of the batch that is stuck.
+                for (chain, ticket) in chains.iter_mut() {
+                    *ticket = self.core.admit(chain, vring, queue, &mem);
                 }
                 let taken = chains.len();
                 if let Some(n) = self.taken.get(queue) {
@@ -678,27 +794,27 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
                 }
                 match &self.pool {
                     Some(pool) if !self.overlap => {
-                        for chain in chains.drain(..) {
-                            pool.submit((chain, vring.clone()));
+                        for (chain, ticket) in chains.drain(..) {
+                            pool.submit((chain, vring.clone(), ticket));
                         }
                     }
                     Some(pool) if taken > 1 => {
                         // The data requests after the first go to workers before this thread
                         // starts on the first, so their disk waits overlap with its own.
                         let mut first = true;
-                        chains.retain(|chain| {
+                        chains.retain_mut(|(chain, ticket)| {
                             let keep = first || !peek_opcode(chain).is_some_and(is_data_opcode);
                             first = false;
                             if !keep {
-                                pool.submit((chain.clone(), vring.clone()));
+                                pool.submit((chain.clone(), vring.clone(), ticket.take()));
                             }
                             keep
                         });
                     }
                     _ => {}
                 }
-                for chain in chains.drain(..) {
-                    self.serve_here(vring, &chain);
+                for (chain, ticket) in chains.drain(..) {
+                    self.serve_here(vring, &chain, ticket);
                 }
                 if taken < batch {
                     break;
@@ -707,8 +823,8 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
             // Ran dry. Requests handed to workers that none has started yet are this
             // thread's again: it is free, and a worker may still be waking.
             if let Some(pool) = self.pool.as_ref().filter(|_| self.overlap) {
-                while let Some((chain, ring)) = pool.take() {
-                    self.serve_here(&ring, &chain);
+                while let Some((chain, ring, ticket)) = pool.take() {
+                    self.serve_here(&ring, &chain, ticket);
                 }
             }
             if let Some(poll) = poll {

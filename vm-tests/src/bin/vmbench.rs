@@ -2462,7 +2462,9 @@ mod micro {
     /// client starts cold with every daemon while the reference's ceph-fuse lives on.
     fn warm_data(s: &mut FuseSession, data: u64, fh: u64) -> Result<()> {
         for mib in 0..DATA_MIB {
-            let got = s.read(data, fh, mib << 20, 1 << 20).map_err(fuse_err("READ"))?;
+            let got = s
+                .read(data, fh, mib << 20, 1 << 20)
+                .map_err(fuse_err("READ"))?;
             if got.len() != 1 << 20 {
                 return Err(BenchError::Meta(format!(
                     "micro: warming the data file, READ at {mib} MiB returned {} bytes",

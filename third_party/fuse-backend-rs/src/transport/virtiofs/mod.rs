@@ -43,6 +43,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 use std::ops::Deref;
 use std::ptr::copy_nonoverlapping;
+use std::sync::{Arc, Mutex};
 
 use virtio_queue::DescriptorChain;
 use vm_memory::bitmap::{BitmapSlice, MS};
@@ -106,6 +107,52 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// virtiofsd-kr patch (hunk 15): what lets someone answer a request in place of the thread
+/// serving it. A writer holding the gate copies into guest memory only while the gate is open
+/// and under its lock; [`ReplyGate::close_with`] waits for a copy in progress, closes the gate
+/// and runs the stand-in answer under the same lock. After that every write through the
+/// writer fails with ETIMEDOUT and copies nothing: the descriptors may already be the guest's
+/// again.
+#[derive(Debug, Default)]
+pub struct ReplyGate {
+    closed: Mutex<bool>,
+}
+
+impl ReplyGate {
+    /// An open gate.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Closes the gate and runs `answer` with it held, unless it was closed already (then
+    /// `None`).
+    pub fn close_with<R>(&self, answer: impl FnOnce() -> R) -> Option<R> {
+        let mut closed = self.closed.lock().unwrap_or_else(|p| p.into_inner());
+        if *closed {
+            return None;
+        }
+        *closed = true;
+        Some(answer())
+    }
+
+    /// Whether the gate was closed.
+    pub fn is_closed(&self) -> bool {
+        *self.closed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `write` with the gate held open, or fails with ETIMEDOUT if it is closed: for a
+    /// reply written into the chain other than through the writer.
+    pub fn pass<R>(&self, write: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+        let closed = self.closed.lock().unwrap_or_else(|p| p.into_inner());
+        if *closed {
+            return Err(io::Error::from_raw_os_error(libc::ETIMEDOUT));
+        }
+        let result = write();
+        drop(closed);
+        result
+    }
+}
+
 /// Provide high-level interface over the sequence of memory regions
 /// defined by writable descriptors in the Virtio descriptor chain.
 ///
@@ -116,6 +163,8 @@ impl<'a> Reader<'a> {
 #[derive(Clone)]
 pub struct VirtioFsWriter<'a, S = ()> {
     buffers: IoBuffers<'a, S>,
+    // virtiofsd-kr patch (hunk 15): see `ReplyGate`.
+    gate: Option<Arc<ReplyGate>>,
 }
 
 impl<'a> VirtioFsWriter<'a> {
@@ -160,11 +209,33 @@ impl<'a> VirtioFsWriter<'a> {
                 buffers,
                 bytes_consumed: 0,
             },
+            gate: None,
         })
     }
 }
 
 impl<'a, S: BitmapSlice> VirtioFsWriter<'a, S> {
+    /// virtiofsd-kr patch (hunk 15): every copy into guest memory from now on (also through
+    /// writers split from this one) passes `gate` first.
+    pub fn with_gate(mut self, gate: Arc<ReplyGate>) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
+    /// `consume_for_write` behind the gate, if there is one.
+    fn gated_write<F>(&mut self, count: usize, f: F) -> io::Result<usize>
+    where
+        F: FnOnce(&[FileVolatileSlice]) -> io::Result<usize>,
+    {
+        match &self.gate {
+            None => self.buffers.consume_for_write(count, f),
+            Some(gate) => {
+                let buffers = &mut self.buffers;
+                gate.pass(|| buffers.consume_for_write(count, f))
+            }
+        }
+    }
+
     /// Write an object to the descriptor chain buffer.
     pub fn write_obj<T: ByteValued>(&mut self, val: T) -> io::Result<()> {
         self.write_all(val.as_slice())
@@ -179,8 +250,7 @@ impl<'a, S: BitmapSlice> VirtioFsWriter<'a, S> {
         count: usize,
     ) -> io::Result<usize> {
         self.check_available_space(count, 0, 0)?;
-        self.buffers
-            .consume_for_write(count, |bufs| src.read_vectored_volatile(bufs))
+        self.gated_write(count, |bufs| src.read_vectored_volatile(bufs))
     }
 
     /// Write data to the descriptor chain buffer from a File at offset `off`.
@@ -193,8 +263,7 @@ impl<'a, S: BitmapSlice> VirtioFsWriter<'a, S> {
         off: u64,
     ) -> io::Result<usize> {
         self.check_available_space(count, 0, 0)?;
-        self.buffers
-            .consume_for_write(count, |bufs| src.read_vectored_at_volatile(bufs, off))
+        self.gated_write(count, |bufs| src.read_vectored_at_volatile(bufs, off))
     }
 
     /// Write all data to the descriptor chain buffer from a file descriptor.
@@ -239,9 +308,10 @@ impl<'a, S: BitmapSlice> VirtioFsWriter<'a, S> {
     /// `Writer` can write up to `available_bytes() - offset` bytes.  Returns an error if
     /// `offset > self.available_bytes()`.
     pub fn split_at(&mut self, offset: usize) -> Result<Self> {
+        let gate = self.gate.clone();
         self.buffers
             .split_at(offset)
-            .map(|buffers| VirtioFsWriter { buffers })
+            .map(|buffers| VirtioFsWriter { buffers, gate })
     }
 
     /// Commit all internal buffers of self and others
@@ -277,7 +347,7 @@ impl<S: BitmapSlice> io::Write for VirtioFsWriter<'_, S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.check_available_space(buf.len(), 0, 0)?;
 
-        self.buffers.consume_for_write(buf.len(), |bufs| {
+        self.gated_write(buf.len(), |bufs| {
             let mut rem = buf;
             let mut total = 0;
             for buf in bufs {
@@ -540,6 +610,41 @@ mod tests {
 
         assert_eq!(writer.available_bytes(), 0);
         assert_eq!(writer.bytes_written(), 106);
+    }
+
+    // virtiofsd-kr patch (hunk 15).
+    #[test]
+    fn writer_behind_a_closed_gate_copies_nothing() {
+        use DescriptorType::*;
+
+        let memory = GuestMemoryMmap::from_ranges(&vec![(GuestAddress(0x0), 0x10000)]).unwrap();
+        let chain = create_descriptor_chain(
+            &memory,
+            GuestAddress(0x0),
+            GuestAddress(0x100),
+            vec![(Writable, 16), (Writable, 48)],
+            0,
+        )
+        .expect("create_descriptor_chain failed");
+        let gate = Arc::new(ReplyGate::new());
+        let mut writer = VirtioFsWriter::new(&memory, chain)
+            .expect("failed to create Writer")
+            .with_gate(gate.clone());
+        writer.write_all(&[1u8; 8]).expect("open gate");
+        let mut tail = writer.split_at(8).expect("split");
+        // The stand-in answer runs once, under the lock; a second close does nothing.
+        assert_eq!(gate.close_with(|| 7), Some(7));
+        assert_eq!(gate.close_with(|| 8), None);
+        assert!(gate.is_closed());
+        for w in [&mut writer, &mut tail] {
+            let e = w.write(&[2u8; 8]).expect_err("closed gate");
+            assert_eq!(e.raw_os_error(), Some(libc::ETIMEDOUT));
+        }
+        assert_eq!(writer.bytes_written(), 8);
+        let mut seen = [0u8; 24];
+        memory.read_slice(&mut seen, GuestAddress(0x100)).unwrap();
+        assert_eq!(&seen[..8], &[1u8; 8]);
+        assert_eq!(&seen[8..], &[0u8; 16], "nothing written after the gate closed");
     }
 
     #[test]

@@ -1,0 +1,201 @@
+//! A CephFS call stuck on the cluster, answered in the backend's place (`vhost/late_reply.rs`):
+//! the real daemon (`--backend cephfs`, libcephfs calls on the request's thread) driven by the
+//! test VMM while the dev cluster's only MDS is stopped. In its own test binary: no other test
+//! may need the MDS meanwhile.
+//!
+//! Asserted: the request in flight when the MDS went away is answered ETIMEDOUT at the op
+//! timeout (not when the MDS returns), and so is one taken with it that waits behind it on
+//! the same thread; the queue is served meanwhile although the thread serving it is still
+//! stuck in libcephfs; when the stuck call finally returns, nothing is
+//! written into the buffers the guest got back with the answer; and service resumes.
+
+mod ceph_cluster;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ceph_cluster::{MdsOutage, Volume};
+use fuse_backend_rs::abi::fuse_abi::{CreateIn, Opcode};
+use vm_memory::ByteValued;
+use vm_tests::frontend::{TestFrontend, REQUEST_QUEUE};
+use vm_tests::fuse::{cname, request, FuseError, FuseReply, FuseSession, REPLY_SPACE, ROOT};
+
+const BIN: &str = env!("CARGO_BIN_EXE_virtiofsd-kr");
+const OP_TIMEOUT: Duration = Duration::from_secs(2);
+
+struct Daemon {
+    child: Child,
+    stderr: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(volume: &Volume) -> (Daemon, FuseSession) {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("vfs.sock");
+    let stderr = dir.path().join("stderr");
+    let child = Command::new(BIN)
+        .arg("--socket-path")
+        .arg(&socket)
+        .args(volume.daemon_args())
+        .args(["--ceph-op-timeout", &OP_TIMEOUT.as_secs().to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let mut d = Daemon {
+        child,
+        stderr,
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        if let Some(status) = d.child.try_wait().unwrap() {
+            panic!("daemon exited ({status}):\n{}", d.stderr());
+        }
+        assert!(Instant::now() < deadline, "no socket:\n{}", d.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut s = FuseSession::new(TestFrontend::connect(&socket).expect("connect"));
+    s.init().expect("FUSE_INIT");
+    (d, s)
+}
+
+#[test]
+fn a_call_stuck_on_the_cluster_is_answered_at_the_op_timeout_and_never_writes_late() {
+    let volume = Volume::create("late-reply", None);
+    let (daemon, mut s) = start(&volume);
+    let (f, open) = s
+        .create(ROOT, "before", libc::O_RDWR, 0o644)
+        .expect("CREATE before the outage");
+    s.write(f.nodeid, open.fh, 0, b"kept").expect("WRITE");
+    s.release(f.nodeid, open.fh).expect("RELEASE");
+
+    let mds = MdsOutage::start();
+    // Two CREATEs posted together, so the queue's thread takes both at once: the first is
+    // stuck in libcephfs (a CREATE needs the MDS), the second waits behind it on that thread.
+    let mut posted = Vec::new();
+    let sent = Instant::now();
+    for (i, name) in ["during-1", "during-2"].into_iter().enumerate() {
+        let unique = s.unique();
+        let arg = CreateIn {
+            flags: (libc::O_RDWR | libc::O_CREAT) as u32,
+            mode: 0o644,
+            umask: 0,
+            fuse_flags: 0,
+        };
+        let req = request(
+            Opcode::Create as u32,
+            unique,
+            ROOT,
+            &[arg.as_slice(), &cname(name)],
+        );
+        let pending = s
+            .frontend()
+            .post_request(REQUEST_QUEUE, &[&req], &[REPLY_SPACE], i == 1)
+            .expect("posting a CREATE");
+        posted.push((unique, pending));
+    }
+    for _ in 0..posted.len() {
+        let used = s
+            .frontend()
+            .wait_used(REQUEST_QUEUE, OP_TIMEOUT * 5)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "no answer to a CREATE within {:?}: {e}\n{}",
+                    OP_TIMEOUT * 5,
+                    daemon.stderr()
+                )
+            });
+        let took = sent.elapsed();
+        let (unique, pending) = posted
+            .iter()
+            .find(|(_, p)| p.head == used.id as u16)
+            .expect("the used element of a posted CREATE");
+        let reply = s.frontend().complete(pending, used).expect("the reply");
+        let reply = FuseReply::from_reply(&reply, *unique).expect("a FUSE reply");
+        assert_eq!(reply.errno(), libc::ETIMEDOUT, "a CREATE's answer");
+        assert!(
+            took >= OP_TIMEOUT - Duration::from_millis(50) && took < OP_TIMEOUT * 2,
+            "answered after {took:?}, the op timeout being {OP_TIMEOUT:?}"
+        );
+        // The guest reuses the reply buffers at once (here: fills them with a pattern).
+        for (addr, len) in &pending.writable {
+            s.frontend()
+                .write_memory(*addr, &vec![0xa5; *len as usize])
+                .unwrap();
+        }
+    }
+
+    // The queue's thread is still in libcephfs: a stand-in serves the queue. A GETATTR may
+    // be answered from the client's caps or time out, but it is answered in time.
+    let t = Instant::now();
+    let r = s.getattr(f.nodeid);
+    assert!(
+        matches!(r, Ok(_) | Err(FuseError::Errno(libc::ETIMEDOUT))),
+        "GETATTR while the queue's thread is stuck: {r:?}"
+    );
+    assert!(
+        t.elapsed() < OP_TIMEOUT * 2,
+        "GETATTR answered after {:?}\n{}",
+        t.elapsed(),
+        daemon.stderr()
+    );
+
+    drop(mds);
+    // The stuck CREATE comes back once the MDS is active again (the client resends it).
+    let t = Instant::now();
+    while !daemon.stderr().contains("has come back") {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "the stuck call never came back after the MDS returned:\n{}",
+            daemon.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (_, pending) in &posted {
+        for (addr, len) in &pending.writable {
+            let now = s.frontend().read_memory(*addr, *len as usize).unwrap();
+            assert!(
+                now.iter().all(|b| *b == 0xa5),
+                "the late CREATE wrote into buffers the guest had got back"
+            );
+        }
+    }
+    // Service resumes on the queue's own thread.
+    let t = Instant::now();
+    loop {
+        match s.create(ROOT, "after", libc::O_RDWR, 0o644) {
+            Ok((e, o)) => {
+                s.release(e.nodeid, o.fh).expect("RELEASE");
+                break;
+            }
+            Err(e) => assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "no CREATE 60 s after the MDS came back: {e}"
+            ),
+        }
+    }
+    let o = s.open(f.nodeid, libc::O_RDONLY).expect("OPEN");
+    assert_eq!(s.read(f.nodeid, o.fh, 0, 16).expect("READ"), b"kept");
+    s.release(f.nodeid, o.fh).expect("RELEASE");
+    assert!(
+        daemon.stderr().contains("answered with ETIMEDOUT"),
+        "the answer in the backend's place is logged:\n{}",
+        daemon.stderr()
+    );
+}
