@@ -1939,6 +1939,10 @@ mod micro {
     /// Size of the file the 4 KiB jobs read and write.
     const DATA_MIB: u64 = 64;
     const DATA_FILE: &str = "micro-data.bin";
+    /// The file the 4 KiB writes go to: not the one read, so that no daemon's writes decide
+    /// what the next daemon's reads find in its caches (on CephFS a file another client has
+    /// written is not cached by this one until that client has given up its caps).
+    const WRITE_FILE: &str = "micro-write.bin";
     const DIR: &str = "micro";
     /// `FOPEN_NOFLUSH` in an OPEN/CREATE reply: the guest sends no FLUSH on close.
     const FOPEN_NOFLUSH: u32 = 1 << 5;
@@ -2477,10 +2481,12 @@ mod micro {
 
     /// `n` requests of one kind (`--op`), after the setup they need.
     fn one_op(pids: &[u32], s: &mut FuseSession, op: &str, n: u64) -> Result<Sample> {
-        let data = s
-            .lookup(ROOT, DATA_FILE)
-            .map_err(fuse_err("LOOKUP"))?
-            .nodeid;
+        let file = if op == "write-4k" {
+            WRITE_FILE
+        } else {
+            DATA_FILE
+        };
+        let data = s.lookup(ROOT, file).map_err(fuse_err("LOOKUP"))?.nodeid;
         let flags = if op == "write-4k" {
             libc::O_WRONLY
         } else {
@@ -2567,13 +2573,13 @@ mod micro {
         n: u64,
         out: &mut BTreeMap<&'static str, Sample>,
     ) -> Result<()> {
-        let data = s
-            .lookup(ROOT, DATA_FILE)
-            .map_err(fuse_err("LOOKUP"))?
-            .nodeid;
         // (No O_DIRECT phase: the test frontend's buffers are not block aligned, which the
         // reference's O_DIRECT reads into guest memory need; the daemon's path is the same.)
-        for (phase, flags) in [("read-4k", libc::O_RDONLY), ("write-4k", libc::O_WRONLY)] {
+        for (phase, file, flags) in [
+            ("read-4k", DATA_FILE, libc::O_RDONLY),
+            ("write-4k", WRITE_FILE, libc::O_WRONLY),
+        ] {
+            let data = s.lookup(ROOT, file).map_err(fuse_err("LOOKUP"))?.nodeid;
             let fh = s.open(data, flags).map_err(fuse_err("OPEN"))?.fh;
             if phase == "read-4k" {
                 warm_data(s, data, fh)?;
@@ -2674,15 +2680,18 @@ mod micro {
                     .map_err(io_err("creating a lookup file"))?;
             }
         }
-        let data = share.join(DATA_FILE);
-        if std::fs::metadata(&data).map(|m| m.len()).unwrap_or(0) != DATA_MIB << 20 {
-            let block = vec![0xa5u8; 1 << 20];
-            let mut f = std::fs::File::create(&data).map_err(io_err("creating the data file"))?;
-            for _ in 0..DATA_MIB {
-                std::io::Write::write_all(&mut f, &block)
-                    .map_err(io_err("writing the data file"))?;
+        for file in [DATA_FILE, WRITE_FILE] {
+            let data = share.join(file);
+            if std::fs::metadata(&data).map(|m| m.len()).unwrap_or(0) != DATA_MIB << 20 {
+                let block = vec![0xa5u8; 1 << 20];
+                let mut f =
+                    std::fs::File::create(&data).map_err(io_err("creating the data file"))?;
+                for _ in 0..DATA_MIB {
+                    std::io::Write::write_all(&mut f, &block)
+                        .map_err(io_err("writing the data file"))?;
+                }
+                f.sync_all().map_err(io_err("fsync"))?;
             }
-            f.sync_all().map_err(io_err("fsync"))?;
         }
         Ok(())
     }
