@@ -5,108 +5,12 @@
 
 mod ceph_cluster;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ceph_cluster::{cluster, volume_cmd, Volume};
+use ceph_cluster::{cluster, volume_cmd, CephDaemon, Volume};
 use fuse_backend_rs::abi::fuse_abi::{Opcode, SetxattrIn};
 use vm_memory::ByteValued;
-use vm_tests::frontend::TestFrontend;
-use vm_tests::fuse::{cname, FuseError, FuseSession, REPLY_SPACE, ROOT};
-
-const BIN: &str = env!("CARGO_BIN_EXE_virtiofsd-kr");
-const START: Duration = Duration::from_secs(30);
-
-/// A daemon serving a CephFS volume, killed when dropped.
-struct CephDaemon {
-    child: Child,
-    socket: PathBuf,
-    stderr: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl CephDaemon {
-    /// Starts the daemon with `args` after `--socket-path`; does not wait.
-    fn spawn(args: &[String]) -> CephDaemon {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("vfs.sock");
-        let stderr = dir.path().join("stderr");
-        let child = Command::new(BIN)
-            .arg("--socket-path")
-            .arg(&socket)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap();
-        CephDaemon {
-            child,
-            socket,
-            stderr,
-            _dir: dir,
-        }
-    }
-
-    /// Starts and waits for the socket.
-    fn start(volume: &Volume, extra: &[&str]) -> CephDaemon {
-        let mut args = volume.daemon_args();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let mut d = Self::spawn(&args);
-        let deadline = Instant::now() + START;
-        while !d.socket.exists() {
-            if let Some(status) = d.child.try_wait().unwrap() {
-                panic!("daemon exited ({status}):\n{}", d.stderr());
-            }
-            assert!(Instant::now() < deadline, "no socket:\n{}", d.stderr());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        d
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    fn session(&self) -> FuseSession {
-        let mut s = FuseSession::new(TestFrontend::connect(&self.socket).expect("connect"));
-        s.init().expect("FUSE_INIT");
-        s
-    }
-
-    /// Waits for the exit of a daemon that must refuse to start: (code, stderr).
-    fn refused(mut self) -> (i32, String) {
-        let deadline = Instant::now() + START;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(
-                    !self.socket.exists(),
-                    "a refused daemon left its socket behind"
-                );
-                return (status.code().unwrap_or(-1), self.stderr());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not refuse in {START:?}:\n{}",
-                self.stderr()
-            );
-            assert!(
-                !self.socket.exists(),
-                "the socket was offered before the refusal:\n{}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for CephDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use vm_tests::fuse::{cname, FuseError, REPLY_SPACE, ROOT};
 
 fn errno_of<T: std::fmt::Debug>(r: Result<T, FuseError>) -> i32 {
     match r {

@@ -11,74 +11,22 @@
 
 mod ceph_cluster;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ceph_cluster::{MdsOutage, Volume};
+use ceph_cluster::{CephDaemon, MdsOutage, Volume};
 use fuse_backend_rs::abi::fuse_abi::{CreateIn, Opcode};
 use vm_memory::ByteValued;
-use vm_tests::frontend::{TestFrontend, REQUEST_QUEUE};
-use vm_tests::fuse::{cname, request, FuseError, FuseReply, FuseSession, REPLY_SPACE, ROOT};
+use vm_tests::frontend::REQUEST_QUEUE;
+use vm_tests::fuse::{cname, request, FuseError, FuseReply, REPLY_SPACE, ROOT};
 
-const BIN: &str = env!("CARGO_BIN_EXE_virtiofsd-kr");
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
-
-struct Daemon {
-    child: Child,
-    stderr: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(volume: &Volume) -> (Daemon, FuseSession) {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("vfs.sock");
-    let stderr = dir.path().join("stderr");
-    let child = Command::new(BIN)
-        .arg("--socket-path")
-        .arg(&socket)
-        .args(volume.daemon_args())
-        .args(["--ceph-op-timeout", &OP_TIMEOUT.as_secs().to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .unwrap();
-    let mut d = Daemon {
-        child,
-        stderr,
-        _dir: dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !socket.exists() {
-        if let Some(status) = d.child.try_wait().unwrap() {
-            panic!("daemon exited ({status}):\n{}", d.stderr());
-        }
-        assert!(Instant::now() < deadline, "no socket:\n{}", d.stderr());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut s = FuseSession::new(TestFrontend::connect(&socket).expect("connect"));
-    s.init().expect("FUSE_INIT");
-    (d, s)
-}
 
 #[test]
 fn a_call_stuck_on_the_cluster_is_answered_at_the_op_timeout_and_never_writes_late() {
     let volume = Volume::create("late-reply", None);
-    let (daemon, mut s) = start(&volume);
+    let timeout = OP_TIMEOUT.as_secs().to_string();
+    let daemon = CephDaemon::start(&volume, &["--ceph-op-timeout", &timeout]);
+    let mut s = daemon.session();
     let (f, open) = s
         .create(ROOT, "before", libc::O_RDWR, 0o644)
         .expect("CREATE before the outage");
@@ -177,22 +125,7 @@ fn a_call_stuck_on_the_cluster_is_answered_at_the_op_timeout_and_never_writes_la
         }
     }
     // Service resumes on the queue's own thread.
-    let t = Instant::now();
-    loop {
-        match s.create(ROOT, "after", libc::O_RDWR, 0o644) {
-            Ok((e, o)) => {
-                s.release(e.nodeid, o.fh).expect("RELEASE");
-                break;
-            }
-            Err(e) => assert!(
-                t.elapsed() < Duration::from_secs(60),
-                "no CREATE 60 s after the MDS came back: {e}"
-            ),
-        }
-    }
-    let o = s.open(f.nodeid, libc::O_RDONLY).expect("OPEN");
-    assert_eq!(s.read(f.nodeid, o.fh, 0, 16).expect("READ"), b"kept");
-    s.release(f.nodeid, o.fh).expect("RELEASE");
+    ceph_cluster::service_resumes(&mut s, f.nodeid);
     assert!(
         daemon.stderr().contains("answered with ETIMEDOUT"),
         "the answer in the backend's place is logged:\n{}",

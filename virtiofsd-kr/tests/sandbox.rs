@@ -1322,22 +1322,7 @@ fn allow_list_covers_cephfs_through_an_mds_outage() {
             r.map(|_| ())
         );
         drop(mds);
-        let t0 = Instant::now();
-        loop {
-            match s.create(ROOT, "after", libc::O_RDWR, 0o644) {
-                Ok((e, o)) => {
-                    s.release(e.nodeid, o.fh).expect("RELEASE");
-                    break;
-                }
-                Err(e) => assert!(
-                    t0.elapsed() < Duration::from_secs(60),
-                    "no CREATE 60 s after the MDS came back: {e}"
-                ),
-            }
-        }
-        let o = s.open(f.nodeid, libc::O_RDONLY).expect("OPEN");
-        assert_eq!(s.read(f.nodeid, o.fh, 0, 16).expect("READ"), b"kept");
-        s.release(f.nodeid, o.fh).expect("RELEASE");
+        ceph_cluster::service_resumes(&mut s, f.nodeid);
     };
     let mut args = volume.daemon_args();
     args.extend(["--ceph-op-timeout".to_string(), "2".to_string()]);

@@ -7,9 +7,15 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vm_tests::frontend::TestFrontend;
+use vm_tests::fuse::{FuseSession, ROOT};
 
 const BIN: &str = env!("CARGO_BIN_EXE_virtiofsd-kr");
+/// How long a daemon may take to offer its socket (or to refuse to start).
+const START: Duration = Duration::from_secs(30);
 
 pub use vm_tests::ceph_dev::{cluster, unique};
 
@@ -125,4 +131,115 @@ impl Drop for MdsOutage {
             panic!("scripts/ceph-dev-cluster.sh mds-start failed: the dev cluster has no MDS");
         }
     }
+}
+
+/// A daemon serving a CephFS volume, killed when dropped.
+pub struct CephDaemon {
+    pub child: Child,
+    pub socket: PathBuf,
+    stderr: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl CephDaemon {
+    /// Starts the daemon with `args` after `--socket-path`; does not wait.
+    pub fn spawn(args: &[String]) -> CephDaemon {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("vfs.sock");
+        let stderr = dir.path().join("stderr");
+        let child = Command::new(BIN)
+            .arg("--socket-path")
+            .arg(&socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        CephDaemon {
+            child,
+            socket,
+            stderr,
+            _dir: dir,
+        }
+    }
+
+    /// Starts and waits for the socket.
+    pub fn start(volume: &Volume, extra: &[&str]) -> CephDaemon {
+        let mut args = volume.daemon_args();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut d = Self::spawn(&args);
+        let deadline = Instant::now() + START;
+        while !d.socket.exists() {
+            if let Some(status) = d.child.try_wait().unwrap() {
+                panic!("daemon exited ({status}):\n{}", d.stderr());
+            }
+            assert!(Instant::now() < deadline, "no socket:\n{}", d.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        d
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    pub fn session(&self) -> FuseSession {
+        let mut s = FuseSession::new(TestFrontend::connect(&self.socket).expect("connect"));
+        s.init().expect("FUSE_INIT");
+        s
+    }
+
+    /// Waits for the exit of a daemon that must refuse to start: (code, stderr).
+    pub fn refused(mut self) -> (i32, String) {
+        let deadline = Instant::now() + START;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(
+                    !self.socket.exists(),
+                    "a refused daemon left its socket behind"
+                );
+                return (status.code().unwrap_or(-1), self.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not refuse in {START:?}:\n{}",
+                self.stderr()
+            );
+            assert!(
+                !self.socket.exists(),
+                "the socket was offered before the refusal:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for CephDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// After an outage: a CREATE succeeds again within a minute of the MDS being back, and the
+/// file `kept` (node id, written with "kept" before the outage) reads back whole.
+pub fn service_resumes(s: &mut FuseSession, kept: u64) {
+    let t0 = Instant::now();
+    loop {
+        match s.create(ROOT, "after", libc::O_RDWR, 0o644) {
+            Ok((e, o)) => {
+                s.release(e.nodeid, o.fh).expect("RELEASE");
+                break;
+            }
+            Err(e) => assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "no CREATE 60 s after the MDS came back: {e}"
+            ),
+        }
+    }
+    let o = s.open(kept, libc::O_RDONLY).expect("OPEN");
+    assert_eq!(s.read(kept, o.fh, 0, 16).expect("READ"), b"kept");
+    s.release(kept, o.fh).expect("RELEASE");
 }
