@@ -2866,6 +2866,20 @@ mod micro {
             let cfg = parse(&args(&["--reference-queues", "99", "--jobs", "0"])).unwrap();
             assert_eq!((cfg.jobs, cfg.queues), (1, [1, 16]));
             assert!(parse(&args(&["--queues", "many"])).is_err());
+            // The CephFS comparison's options reach the common parser.
+            let cfg = parse(&args(&[
+                "--ours-ceph",
+                "/bin/sh,tenant,/bin/sh,/volumes/v/share",
+                "--count-cpu",
+                "reference:1",
+            ]))
+            .unwrap();
+            assert_eq!(
+                cfg.base.ours_ceph.map(|c| c.root).as_deref(),
+                Some("/volumes/v/share")
+            );
+            assert_eq!(cfg.base.count_cpu, [(Which::Reference, 1)]);
+            assert!(parse(&args(&["--ours-ceph", "/bin/sh,tenant"])).is_err());
         }
 
         #[test]
