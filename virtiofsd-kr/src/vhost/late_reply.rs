@@ -73,7 +73,7 @@ struct InFlight {
 struct Table {
     next: u64,
     live: HashMap<u64, InFlight>,
-    /// The watchdog waits without a deadline (nothing in flight): `begin` must wake it.
+    /// The watchdog waits without a deadline (nothing in flight): `admit` must wake it.
     idle: bool,
     last_warning: Option<Instant>,
     unlogged: u64,
@@ -98,7 +98,7 @@ pub struct LateReplies {
     shared: Arc<Shared>,
 }
 
-/// A request registered with [`LateReplies::begin`]; hand it back to [`LateReplies::end`].
+/// A request registered with [`LateReplies::admit`]; hand it back to [`LateReplies::end`].
 pub struct Ticket {
     id: u64,
     gate: Arc<ReplyGate>,
