@@ -96,7 +96,7 @@ fn has_flag(args: &[String], flag: &str) -> bool {
         .any(|a| a == flag || a.strip_prefix(flag).is_some_and(|r| r.starts_with('=')))
 }
 
-/// The daemon's full argument list (without argv[0]) for `identity` and `daemon_flags`.
+/// The daemon's full argument list (without `argv[0]`) for `identity` and `daemon_flags`.
 pub fn daemon_command_line(
     name: &str,
     identity: &ServeIdentity,
