@@ -152,9 +152,10 @@ pub struct CephConfig {
     pub mount_timeout: Duration,
     /// Longest a guest request may wait for the cluster (an MDS or OSD that is gone): past
     /// it the request fails with ETIMEDOUT while libcephfs keeps waiting in the background
-    /// (on one of `CephFs`' call threads, see `deadline`). Also the longest dropping the
-    /// backend waits for its unmount. `None`: calls run on the request's thread and wait as
-    /// long as libcephfs does (forever for a missing MDS).
+    /// (on one of `CephFs`' call threads, see `deadline`, or with [`Self::inline_calls`] on
+    /// the request's thread, the serving side answering for it). Also the longest dropping
+    /// the backend waits for its unmount. `None`: calls run on the request's thread and wait
+    /// as long as libcephfs does (forever for a missing MDS).
     pub op_timeout: Option<Duration>,
     /// POSIX ACLs (`--posix-acl`): libcephfs keeps and enforces `system.posix_acl_*`
     /// (`client_acl_type=posix_acl`), new nodes inherit a directory's default ACL, and the
