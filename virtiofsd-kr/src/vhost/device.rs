@@ -204,7 +204,7 @@ impl<F: FileSystem + Send + Sync + 'static> RequestCore<F> {
             queue,
             mem: Arc::clone(mem),
         };
-        Some(late.admit(chain, vring, Some(serving)))
+        Some(late.admit(chain, vring, serving))
     }
 
     /// Serves one chain on this thread and returns its buffer to `vring`, unless the request
@@ -524,7 +524,7 @@ fn stand_in<F: FileSystem + Send + Sync + 'static>(
             };
             if chains.is_empty() {
                 drop(core);
-                std::thread::sleep(crate::vhost::late_reply::stand_in_poll());
+                std::thread::sleep(crate::vhost::late_reply::STAND_IN_POLL);
                 continue;
             }
             let tickets: Vec<Option<Ticket>> = chains

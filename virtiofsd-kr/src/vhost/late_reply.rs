@@ -31,7 +31,7 @@ use crate::vhost::device::{
 /// Shortest time between two "answered for the backend" warnings.
 const WARN_INTERVAL: Duration = Duration::from_secs(10);
 /// How often a stand-in looks at its queue for new requests.
-const STAND_IN_POLL: Duration = Duration::from_millis(1);
+pub const STAND_IN_POLL: Duration = Duration::from_millis(1);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section below leaves its data consistent.
@@ -50,8 +50,8 @@ pub fn current_request_answered() -> bool {
     CURRENT.with(|c| c.borrow().as_ref().is_some_and(|g| g.is_closed()))
 }
 
-/// The queue a request came from when the thread serving it is that queue's only server
-/// (its vring thread or a stand-in), and the guest memory to serve the queue with.
+/// The queue a request came from, which a stand-in serves should the request's thread get
+/// stuck, and the guest memory to serve it with.
 pub struct ServingThread {
     pub queue: usize,
     pub mem: Arc<GuestMemory>,
@@ -65,7 +65,7 @@ struct InFlight {
     chain: Chain,
     vring: Vring,
     gate: Arc<ReplyGate>,
-    serving: Option<ServingThread>,
+    serving: ServingThread,
     answered: bool,
 }
 
@@ -141,12 +141,6 @@ impl LateReplies {
         let _ = self.shared.stand_in.set(stand_in);
     }
 
-    /// Answered requests whose backend call is still running: while non-zero, a backend
-    /// should not start calls that may hang on the request's thread.
-    pub fn answered_running(&self) -> Arc<AtomicUsize> {
-        Arc::clone(&self.shared.answered_running)
-    }
-
     /// Requests answered in the backend's place so far.
     pub fn answered_total(&self) -> usize {
         self.shared.answered_total.load(Ordering::Relaxed)
@@ -154,7 +148,7 @@ impl LateReplies {
 
     /// Registers a request taken from its queue: from now on it is answered for the backend
     /// once it has waited the deadline, served or not.
-    pub fn admit(&self, chain: &Chain, vring: &Vring, serving: Option<ServingThread>) -> Ticket {
+    pub fn admit(&self, chain: &Chain, vring: &Vring, serving: ServingThread) -> Ticket {
         let gate = Arc::new(ReplyGate::new());
         let mut t = lock(&self.shared.table);
         let id = t.next;
@@ -193,10 +187,8 @@ impl LateReplies {
         if !done.answered {
             return false;
         }
-        if let Some(s) = &done.serving {
-            if let Some(n) = self.shared.stuck.get(s.queue) {
-                n.fetch_sub(1, Ordering::AcqRel);
-            }
+        if let Some(n) = self.shared.stuck.get(done.serving.queue) {
+            n.fetch_sub(1, Ordering::AcqRel);
         }
         if self.shared.answered_running.fetch_sub(1, Ordering::AcqRel) == 1 {
             let mut t = lock(&self.shared.table);
@@ -278,11 +270,10 @@ fn answer(shared: &Arc<Shared>, r: &mut InFlight) -> bool {
     r.answered = true;
     shared.answered_running.fetch_add(1, Ordering::AcqRel);
     shared.answered_total.fetch_add(1, Ordering::Relaxed);
-    if let Some(s) = &r.serving {
-        if let Some(n) = shared.stuck.get(s.queue) {
-            if n.fetch_add(1, Ordering::AcqRel) == 0 {
-                start_stand_in(shared, r.vring.clone(), s.queue, Arc::clone(&s.mem));
-            }
+    let s = &r.serving;
+    if let Some(n) = shared.stuck.get(s.queue) {
+        if n.fetch_add(1, Ordering::AcqRel) == 0 {
+            start_stand_in(shared, r.vring.clone(), s.queue, Arc::clone(&s.mem));
         }
     }
     true
@@ -328,9 +319,4 @@ fn start_stand_in(shared: &Arc<Shared>, vring: Vring, queue: usize, mem: Arc<Gue
     if let Err(e) = spawned {
         warn!("late replies: no stand-in for queue {queue}: {e}");
     }
-}
-
-/// Poll interval of a stand-in (see [`StandIn`]).
-pub fn stand_in_poll() -> Duration {
-    STAND_IN_POLL
 }
