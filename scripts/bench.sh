@@ -140,6 +140,9 @@ if [ "$SETUP" = 1 ]; then
 fi
 
 for pkg in libseccomp-dev libcap-ng-dev fio qemu-system-x86; do
+    # QEMU 7.2 may live in .cache/qemu-7.2 instead (setup.sh never removes a host package).
+    [ "$pkg" = qemu-system-x86 ] && [ -x "$REPO/.cache/qemu-7.2/usr/bin/qemu-system-x86_64" ] \
+        && continue
     dpkg-query -W -f='${Status}\n' "$pkg" 2>/dev/null | grep -q '^install ok installed$' \
         || die "apt package $pkg is missing: run scripts/setup.sh"
 done

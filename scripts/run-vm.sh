@@ -119,7 +119,10 @@ if [ "$QEMU_VERSION" = 11.1 ]; then
     # The KVM probe below runs the host's QEMU; QEMU 11.1 here runs under TCG unless asked.
     [ "$ACCEL" = auto ] && ACCEL=tcg
 else
-    QEMU="$(command -v qemu-system-x86_64)" || die "qemu-system-x86_64 missing: run scripts/setup.sh"
+    # Where installing QEMU 7.2 on the host would remove a package, setup.sh unpacks it here.
+    QEMU="$REPO/.cache/qemu-7.2/usr/bin/qemu-system-x86_64"
+    [ -x "$QEMU" ] || QEMU="$(command -v qemu-system-x86_64)" \
+        || die "qemu-system-x86_64 missing: run scripts/setup.sh"
 fi
 
 WORK="$(mktemp -d /tmp/run-vm.XXXXXX)"

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Idempotent set-up of a Debian bookworm machine for building and testing virtiofsd-kr:
-#   1. apt packages (apt-get update only when something is missing),
+#   1. apt packages (apt-get update only when something is missing); nothing installed is
+#      ever removed: where the host's Debian 12 QEMU 7.2 cannot be installed without removing
+#      a package (qemu-utils from bookworm-backports breaks qemu-system-common << 8.0), QEMU
+#      7.2 is unpacked into .cache/qemu-7.2 instead (its libraries on the host) and the
+#      scripts and the harness run it from there,
 #   2. the test guest (kernel + initramfs in .cache/guest/, scripts/build-guest.sh),
 #   3. the modern guest rig: QEMU 11.1 from Debian trixie-backports in a debootstrapped trixie
 #      root (.cache/trixie-root, run by scripts/qemu11.sh; host packages untouched) and
@@ -63,8 +67,15 @@ installed() {
     dpkg-query -W -f='${Status}\n' "$1" 2>/dev/null | grep -q '^install ok installed$'
 }
 
+# QEMU 7.2 unpacked beside the host's packages (see private_qemu below).
+PRIVATE_QEMU="$REPO/.cache/qemu-7.2"
+PRIVATE_QEMU_DEBS=(qemu-system-x86 qemu-system-common qemu-system-data seabios ipxe-qemu)
+
 missing=()
 for p in "${PACKAGES[@]}"; do
+    if [ "$p" = qemu-system-x86 ] && [ -x "$PRIVATE_QEMU/usr/bin/qemu-system-x86_64" ]; then
+        continue
+    fi
     installed "$p" || missing+=("$p")
 done
 
@@ -77,10 +88,62 @@ apt_update() {
     fi
 }
 
+# What installing "$@" would remove (package names, one per line): apt's simulation.
+would_remove() {
+    apt-get install -s -q --no-install-recommends "$@" </dev/null 2>/dev/null \
+        | awk '$1 == "Remv" { print $2 }'
+}
+
+# Unpacks Debian 12's QEMU 7.2 (and the firmware it loads) into $PRIVATE_QEMU, and installs
+# only the libraries it needs on the host. QEMU finds its modules (accel-tcg) and firmware
+# relative to its binary, so .cache/qemu-7.2/usr/bin/qemu-system-x86_64 runs as installed.
+private_qemu() {
+    local debs="$PRIVATE_QEMU.debs" libs=() p
+    mapfile -t libs < <(apt-get install -s -q --no-install-recommends qemu-system-x86 </dev/null \
+        2>/dev/null | awk -v own=" ${PRIVATE_QEMU_DEBS[*]} " \
+        '$1 == "Inst" && index(own, " " $2 " ") == 0 { print $2 }')
+    if [ "${#libs[@]}" -gt 0 ]; then
+        log "installing QEMU 7.2's libraries: ${libs[*]}"
+        "${SUDO[@]}" apt-get install -y -q --no-install-recommends --no-remove "${libs[@]}" \
+            </dev/null >&2
+    fi
+    rm -rf "$debs" "$PRIVATE_QEMU.tmp"
+    mkdir -p "$debs" "$PRIVATE_QEMU.tmp"
+    (cd "$debs" && apt-get download -q -o APT::Sandbox::User=root "${PRIVATE_QEMU_DEBS[@]}" </dev/null >&2) \
+        || die "apt-get download ${PRIVATE_QEMU_DEBS[*]} failed"
+    for p in "$debs"/*.deb; do
+        dpkg-deb -x "$p" "$PRIVATE_QEMU.tmp"
+    done
+    "$PRIVATE_QEMU.tmp/usr/bin/qemu-system-x86_64" --version >/dev/null \
+        || die "the unpacked QEMU in $PRIVATE_QEMU.tmp does not run"
+    rm -rf "$PRIVATE_QEMU" "$debs"
+    mv "$PRIVATE_QEMU.tmp" "$PRIVATE_QEMU"
+    log "QEMU 7.2 unpacked: $("$PRIVATE_QEMU/usr/bin/qemu-system-x86_64" --version | head -1)"
+}
+
 if [ "${#missing[@]}" -gt 0 ]; then
     log "installing: ${missing[*]}"
     apt_update
-    "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null >&2
+    removed="$(would_remove "${missing[@]}")"
+    if [ -n "$removed" ] && printf '%s\n' "${missing[@]}" | grep -qx qemu-system-x86; then
+        rest=()
+        for p in "${missing[@]}"; do
+            [ "$p" = qemu-system-x86 ] || rest+=("$p")
+        done
+        if [ "${#rest[@]}" -eq 0 ] || [ -z "$(would_remove "${rest[@]}")" ]; then
+            log "installing qemu-system-x86 on this host would remove: $(echo $removed);" \
+                "unpacking QEMU 7.2 into .cache/qemu-7.2 instead"
+            private_qemu
+            missing=("${rest[@]}")
+            removed=""
+        fi
+    fi
+    [ -z "$removed" ] || die "installing ${missing[*]} would remove installed packages:" \
+        "$(echo $removed); install them yourself, or remove those first"
+    if [ "${#missing[@]}" -gt 0 ]; then
+        "${SUDO[@]}" apt-get install -y -q --no-install-recommends --no-remove "${missing[@]}" \
+            </dev/null >&2
+    fi
 fi
 
 if [ "$GUEST" = 1 ]; then

@@ -24,7 +24,7 @@ pub enum HarnessError {
     DaemonMissing { looked: String },
 
     /// `qemu-system-x86_64` is not on PATH.
-    #[error("qemu-system-x86_64 not found on PATH; run `scripts/setup.sh`")]
+    #[error("qemu-system-x86_64 not found in .cache/qemu-7.2 or on PATH; run `scripts/setup.sh`")]
     QemuMissing,
 
     /// The repository root could not be found.

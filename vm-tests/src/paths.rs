@@ -189,10 +189,21 @@ pub enum GuestKernel {
     Trixie612,
 }
 
-/// `qemu-system-x86_64` on PATH (or `VMTEST_QEMU`).
+/// The QEMU 7.2 that `scripts/setup.sh` unpacked into `.cache/qemu-7.2` where installing it
+/// on the host would have removed a package (it runs from there as installed).
+pub const PRIVATE_QEMU: &str = ".cache/qemu-7.2/usr/bin/qemu-system-x86_64";
+
+/// The host's QEMU: `VMTEST_QEMU`, else the one `scripts/setup.sh` unpacked into
+/// `.cache/qemu-7.2` (see [`PRIVATE_QEMU`]), else `qemu-system-x86_64` on PATH.
 pub fn qemu_binary() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("VMTEST_QEMU") {
         return Ok(PathBuf::from(p));
+    }
+    if let Ok(root) = repo_root() {
+        let private = root.join(PRIVATE_QEMU);
+        if private.is_file() {
+            return Ok(private);
+        }
     }
     which("qemu-system-x86_64").ok_or(HarnessError::QemuMissing)
 }

@@ -1341,7 +1341,7 @@ fn machine_description(cfg: &Config) -> Value {
         .unwrap_or_default()
         .trim()
         .to_string();
-    let first_line = |prog: &str, arg: &str| {
+    let first_line = |prog: &std::ffi::OsStr, arg: &str| {
         Command::new(prog)
             .arg(arg)
             .output()
@@ -1371,8 +1371,10 @@ fn machine_description(cfg: &Config) -> Value {
         "host_cores": cores,
         "host_memory_gib": round(mem_kib as f64 / 1048576.0, 1),
         "host_kernel": kernel,
-        "qemu": first_line("qemu-system-x86_64", "--version"),
-        "fio": first_line("fio", "--version"),
+        "qemu": vm_tests::paths::qemu_binary()
+            .map(|q| first_line(q.as_os_str(), "--version"))
+            .unwrap_or_default(),
+        "fio": first_line("fio".as_ref(), "--version"),
         "share_filesystem": fstype,
         "guest_kernel": guest_kernel,
         "guest_memory_mib": cfg.memory_mib,
