@@ -5,7 +5,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Set-up installs what the tests need and never removes what the machine had: a package
+# installed before it and gone after it fails the run (the machine's own qemu-utils from
+# bookworm-backports once went that way, silently, with Debian 12's QEMU 7.2).
+installed_packages() {
+    dpkg-query -W -f='${db:Status-Abbrev} ${Package}\n' 2>/dev/null | awk '$1 == "ii" { print $2 }' | sort
+}
+before_setup="$(installed_packages)"
 scripts/setup.sh
+gone="$(comm -23 <(echo "$before_setup") <(installed_packages))"
+if [ -n "$gone" ]; then
+    echo "test: scripts/setup.sh removed installed packages: $(echo $gone)" >&2
+    exit 1
+fi
+echo "== setup: no installed package removed ($(echo "$before_setup" | wc -l) before)"
 # The CephFS tests start a single-node cluster (scripts/ceph-dev-cluster.sh); stop it at the
 # end whatever happens, so no Ceph daemon outlives the run.
 trap 'scripts/ceph-dev-cluster.sh stop >/dev/null 2>&1 || true' EXIT
