@@ -755,6 +755,9 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
             poll.woke();
         }
         let mut chains: Vec<(Chain, Option<Ticket>)> = Vec::new();
+        // Whether this call handed data requests to the overlap helpers (only then can one
+        // be waiting for a helper when the queue runs dry: see below).
+        let mut handed = false;
         loop {
             if event_idx {
                 vring
@@ -807,6 +810,7 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
                             first = false;
                             if !keep {
                                 pool.submit((chain.clone(), vring.clone(), ticket.take()));
+                                handed = true;
                             }
                             keep
                         });
@@ -821,8 +825,10 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
                 }
             }
             // Ran dry. Requests handed to workers that none has started yet are this
-            // thread's again: it is free, and a worker may still be waking.
-            if let Some(pool) = self.pool.as_ref().filter(|_| self.overlap) {
+            // thread's again: it is free, and a worker may still be waking. Not looked for
+            // when this call handed none (most wake-ups: one request), which saves the pool's
+            // lock per request.
+            if let Some(pool) = self.pool.as_ref().filter(|_| self.overlap && handed) {
                 while let Some((chain, ring, ticket)) = pool.take() {
                     self.serve_here(&ring, &chain, ticket);
                 }
