@@ -60,6 +60,21 @@ fn filter(level: LogLevel, rust_log: Option<&str>) -> (Targets, Option<String>) 
     }
 }
 
+/// The most verbose level `targets` lets through, as `log`'s global maximum. `LogTracer`
+/// leaves that at TRACE, and then every `debug!`/`trace!` of fuse-backend-rs on a request's
+/// path calls into the tracer only to be dropped by the filter; with the maximum set, `log`'s
+/// macros skip them with one comparison.
+fn most_verbose(targets: &Targets) -> log::LevelFilter {
+    use tracing_log::AsLog;
+    targets
+        .iter()
+        .map(|(_, level)| level)
+        .chain(targets.default_level())
+        .max()
+        .unwrap_or(LevelFilter::OFF)
+        .as_log()
+}
+
 /// Where log lines go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sink {
@@ -139,9 +154,11 @@ pub fn init_to(level: LogLevel, sink: Sink) {
                     .with_ansi(false)
                     .without_time()
                     .with_target(false);
+                let most = most_verbose(&targets);
                 let _ = tracing_subscriber::registry()
                     .with(fmt.with_filter(targets))
                     .try_init();
+                log::set_max_level(most);
                 return;
             }
             Err(e) => eprintln!("virtiofsd-kr: --syslog: /dev/log: {e}; logging to stderr"),
@@ -161,9 +178,11 @@ pub fn init(level: LogLevel) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
+    let most = most_verbose(&targets);
     let _ = tracing_subscriber::registry()
         .with(fmt.with_filter(targets))
         .try_init();
+    log::set_max_level(most);
     if let Some(complaint) = complaint {
         // Not through the filter: `--log-level error` must not hide why RUST_LOG did nothing.
         if !matches!(level, LogLevel::Off) {
@@ -191,6 +210,22 @@ mod tests {
         assert!(complaint.is_none());
         assert!(t.would_enable("fuse_backend_rs::api::server", &Level::DEBUG));
         assert!(!t.would_enable("virtiofsd_kr::control::daemon", &Level::INFO));
+    }
+
+    #[test]
+    fn log_records_stop_at_the_most_verbose_level_any_target_enables() {
+        let most = |level, rust_log| most_verbose(&filter(level, rust_log).0);
+        assert_eq!(most(LogLevel::Info, None), log::LevelFilter::Info);
+        assert_eq!(most(LogLevel::Off, None), log::LevelFilter::Off);
+        // One target more verbose than the default: its debug records must still get through.
+        assert_eq!(
+            most(LogLevel::Info, Some("warn,fuse_backend_rs=debug")),
+            log::LevelFilter::Debug
+        );
+        assert_eq!(
+            most(LogLevel::Info, Some("fuse_backend_rs=trace")),
+            log::LevelFilter::Trace
+        );
     }
 
     #[test]
