@@ -23,7 +23,8 @@ pub enum HarnessError {
     )]
     DaemonMissing { looked: String },
 
-    /// `qemu-system-x86_64` is not on PATH.
+    /// No QEMU 7.2: neither the one `scripts/setup.sh` unpacks into `.cache/qemu-7.2` nor
+    /// `qemu-system-x86_64` on PATH.
     #[error("qemu-system-x86_64 not found in .cache/qemu-7.2 or on PATH; run `scripts/setup.sh`")]
     QemuMissing,
 
