@@ -405,6 +405,48 @@ fn readonly_export_refuses_modifications_and_serves_reads() {
     daemon.assert_running("read-only refusals");
 }
 
+/// The guard reads the in-header and OPEN's flags from wherever the guest's descriptors split
+/// them: a write-open cut at any byte of the header or of `fuse_open_in` is still refused on
+/// a read-only export, and a read-only open cut the same way is still served.
+#[test]
+fn readonly_open_split_anywhere_is_judged_on_its_flags() {
+    let mut daemon = Daemon::start_with(
+        &["--sandbox", "none", "--seccomp", "none"],
+        &["--readonly"],
+        |dir| std::fs::write(dir.join("ro.txt"), b"read-only content").unwrap(),
+    );
+    let mut s = daemon.session();
+    let node = s.lookup(ROOT, "ro.txt").expect("LOOKUP").nodeid;
+    let open_len = IN_HEADER_LEN + std::mem::size_of::<OpenIn>();
+    for cut in 1..open_len {
+        for (flags, refused) in [(libc::O_RDWR, true), (libc::O_RDONLY, false)] {
+            let unique = s.unique();
+            let arg = OpenIn {
+                flags: flags as u32,
+                fuse_flags: 0,
+            };
+            let req = request(Opcode::Open as u32, unique, node, &[arg.as_slice()]);
+            let (a, b) = req.split_at(cut);
+            let reply = s
+                .frontend()
+                .send_chain(REQUEST_QUEUE, &[a, b], &[REPLY_SPACE])
+                .expect("chain returned");
+            let parsed = FuseReply::from_reply(&reply, unique).expect("reply");
+            if refused {
+                assert_eq!(parsed.errno(), libc::EROFS, "O_RDWR cut at byte {cut}");
+            } else {
+                assert_eq!(parsed.errno(), 0, "O_RDONLY cut at byte {cut}");
+                let open: fuse_backend_rs::abi::fuse_abi::OpenOut =
+                    parsed.body_as().expect("fuse_open_out");
+                let fh = open.fh;
+                s.release(node, fh).expect("RELEASE");
+            }
+        }
+    }
+    s.assert_alive().expect("alive");
+    daemon.assert_running("split OPENs on a read-only export");
+}
+
 // ---- malformed FUSE requests ---------------------------------------------------------------
 
 #[test]

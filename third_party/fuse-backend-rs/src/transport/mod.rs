@@ -454,6 +454,21 @@ impl<S: BitmapSlice> Reader<'_, S> {
         self.buffers.bytes_consumed()
     }
 
+    /// virtiofsd-kr patch: copies the next bytes of the request into `buf` without consuming
+    /// them and returns how many it copied (fewer than `buf.len()` only where the request
+    /// ends). The daemon's guard reads the in-header this way instead of walking the
+    /// descriptor chain a second time.
+    pub fn peek(&self, buf: &mut [u8]) -> usize {
+        let mut filled = 0;
+        for slice in &self.buffers.buffers {
+            if filled == buf.len() {
+                break;
+            }
+            filled += slice.copy_to(&mut buf[filled..]);
+        }
+        filled
+    }
+
     /// Splits this `Reader` into two at the given offset in the `DescriptorChain` buffer.
     /// After the split, `self` will be able to read up to `offset` bytes while the returned
     /// `Reader` can read up to `available_bytes() - offset` bytes.  Returns an error if
