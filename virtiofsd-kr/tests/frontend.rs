@@ -712,6 +712,62 @@ fn large_io_scattered_over_many_descriptors() {
     );
 }
 
+/// WRITE payloads and READ replies spread over 1 to 12 descriptors of odd sizes, the reply
+/// header split too: every byte lands where it belongs (few slices are passed on from the
+/// stack, more from the heap; both paths and the step between them).
+#[test]
+fn io_over_one_to_twelve_odd_descriptors_keeps_every_byte() {
+    let daemon = Daemon::start(&[]);
+    let mut s = daemon.session();
+    let (e, open) = s
+        .create(ROOT, "pieces", libc::O_RDWR, 0o644)
+        .expect("CREATE");
+    for pieces in 1..=12usize {
+        let data: Vec<u8> = (0..pieces * 997).map(|i| (i * 31 + pieces) as u8).collect();
+        let offset = (pieces * 5003) as u64;
+        let (u, req) = s.write_request(e.nodeid, open.fh, offset, data.len() as u32, &data);
+        let head_len = req.len() - data.len();
+        let mut parts: Vec<&[u8]> = vec![&req[..head_len]];
+        parts.extend(req[head_len..].chunks(997));
+        assert_eq!(parts.len(), pieces + 1);
+        let reply = s
+            .frontend()
+            .send_chain(REQUEST_QUEUE, &parts, &[REPLY_SPACE])
+            .expect("WRITE returned");
+        let out: fuse_backend_rs::abi::fuse_abi::WriteOut = FuseReply::from_reply(&reply, u)
+            .unwrap()
+            .ok()
+            .unwrap()
+            .body_as()
+            .unwrap();
+        assert_eq!(out.size as usize, data.len(), "{pieces} pieces");
+        let host = std::fs::read(daemon.host("pieces")).unwrap();
+        assert_eq!(
+            &host[offset as usize..offset as usize + data.len()],
+            &data[..],
+            "WRITE over {pieces} payload descriptors"
+        );
+
+        let u = s.unique();
+        let arg = ReadIn {
+            fh: open.fh,
+            offset,
+            size: data.len() as u32,
+            ..Default::default()
+        };
+        let req = request(Opcode::Read as u32, u, e.nodeid, &[arg.as_slice()]);
+        // The 16-byte reply header over a 5-byte and an 11-byte descriptor, then the data.
+        let mut writable = vec![5, 11];
+        writable.extend(std::iter::repeat_n(997, pieces));
+        let reply = s
+            .frontend()
+            .send_chain(REQUEST_QUEUE, &[&req], &writable)
+            .expect("READ returned");
+        let parsed = FuseReply::from_reply(&reply, u).unwrap().ok().unwrap();
+        assert_eq!(parsed.body, data, "READ over {} descriptors", pieces + 2);
+    }
+}
+
 #[test]
 fn write_declaring_more_than_its_payload_writes_at_most_the_payload() {
     let mut daemon = Daemon::start(&[]);

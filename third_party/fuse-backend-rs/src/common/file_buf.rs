@@ -69,6 +69,12 @@ pub struct FileVolatileSlice<'a> {
 }
 
 impl<'a> FileVolatileSlice<'a> {
+    /// virtiofsd-kr patch (hunk 18): a slice of no bytes, which reaches no memory; a filler
+    /// for arrays of slices.
+    pub(crate) fn empty() -> Self {
+        Self::new(std::ptr::null_mut(), 0)
+    }
+
     fn new(addr: *mut u8, size: usize) -> Self {
         Self {
             addr: addr as usize,

@@ -113,6 +113,10 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl std::error::Error for Error {}
 
+/// virtiofsd-kr patch (hunk 18): how many slices one read or write out of a reader or writer
+/// passes on without allocating.
+const INLINE_SLICES: usize = 8;
+
 #[derive(Clone)]
 struct IoBuffers<'a, S> {
     buffers: VecDeque<VolatileSlice<'a, S>>,
@@ -140,6 +144,32 @@ impl<S: BitmapSlice> IoBuffers<'_, S> {
 
     fn bytes_consumed(&self) -> usize {
         self.bytes_consumed
+    }
+
+    /// virtiofsd-kr patch (hunk 18): the slices [`Self::allocate_file_volatile_slice`] would
+    /// return, written into `out`; `Some(how many)`, or `None` when they do not fit.
+    fn fill_file_volatile_slices<'b>(
+        &'b self,
+        count: usize,
+        out: &mut [FileVolatileSlice<'b>],
+    ) -> Option<usize> {
+        let mut rem = count;
+        let mut filled = 0;
+        for buf in &self.buffers {
+            if rem == 0 {
+                break;
+            }
+            let slot = out.get_mut(filled)?;
+            // As below: never more than `rem` bytes of a buffer.
+            *slot = if buf.len() > rem {
+                FileVolatileSlice::from_volatile_slice(&buf.subslice(0, rem).ok()?)
+            } else {
+                FileVolatileSlice::from_volatile_slice(buf)
+            };
+            rem -= slot.len();
+            filled += 1;
+        }
+        Some(filled)
     }
 
     fn allocate_file_volatile_slice(&self, count: usize) -> Vec<FileVolatileSlice<'_>> {
@@ -296,11 +326,22 @@ impl<S: BitmapSlice> IoBuffers<'_, S> {
     where
         F: FnOnce(&[FileVolatileSlice]) -> io::Result<usize>,
     {
-        let bufs = self.allocate_file_volatile_slice(count);
+        // virtiofsd-kr patch (hunk 18): the slices for `count` bytes go into an array on the
+        // stack when there are few of them (every request header and small reply, a 4 KiB
+        // page); a heap vector, allocated and freed on every call, only for more.
+        let mut inline = [FileVolatileSlice::empty(); INLINE_SLICES];
+        let heap;
+        let bufs: &[FileVolatileSlice] = match self.fill_file_volatile_slices(count, &mut inline) {
+            Some(n) => &inline[..n],
+            None => {
+                heap = self.allocate_file_volatile_slice(count);
+                &heap
+            }
+        };
         if bufs.is_empty() {
             Ok(0)
         } else {
-            let bytes_consumed = f(&bufs)?;
+            let bytes_consumed = f(bufs)?;
             if mark_dirty {
                 self.mark_dirty(bytes_consumed);
             }
