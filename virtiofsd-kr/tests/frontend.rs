@@ -768,6 +768,143 @@ fn io_over_one_to_twelve_odd_descriptors_keeps_every_byte() {
     }
 }
 
+/// However a GETATTR, READ or WRITE and its reply space are cut into descriptors (up to 7
+/// readable, 1-8 writable, odd sizes), it is answered as if each were one descriptor: the
+/// reader and the writer of a request are built from one walk of the chain, and this holds
+/// each to exactly its own part.
+#[test]
+fn any_cut_of_a_request_and_its_reply_space_is_served_alike() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestCaseError, TestRunner};
+    use std::cell::RefCell;
+
+    let content: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+    let host_content = content.clone();
+    let daemon = Daemon::start_with(&["--sandbox", "none", "--seccomp", "none"], &[], |dir| {
+        std::fs::write(dir.join("cut.bin"), &host_content).unwrap()
+    });
+    let session = RefCell::new(daemon.session());
+    let (node, fh) = {
+        let mut s = session.borrow_mut();
+        let node = s.lookup(ROOT, "cut.bin").expect("LOOKUP").nodeid;
+        (node, s.open(node, libc::O_RDWR).expect("OPEN").fh)
+    };
+    let expected = RefCell::new(content);
+    let strategy = (
+        0..3u8,
+        0u64..15_000,
+        1usize..5_000,
+        proptest::collection::vec(1usize..120, 0..6),
+        proptest::collection::vec(1usize..3_000, 0..7),
+    );
+    let mut runner = TestRunner::new(Config {
+        cases: 300,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let result = runner.run(&strategy, |(kind, offset, size, cuts, reply_cuts)| {
+        let mut s = session.borrow_mut();
+        let unique = s.unique();
+        let payload: Vec<u8> = (0..size).map(|i| (i as u64 * 13 + offset) as u8).collect();
+        let (req, reply_len) = match kind {
+            0 => (
+                getattr_request(unique, node),
+                OUT_HEADER_LEN + std::mem::size_of::<fuse_backend_rs::abi::fuse_abi::AttrOut>(),
+            ),
+            1 => {
+                let arg = ReadIn {
+                    fh,
+                    offset,
+                    size: size as u32,
+                    ..Default::default()
+                };
+                let req = request(Opcode::Read as u32, unique, node, &[arg.as_slice()]);
+                (req, OUT_HEADER_LEN + size)
+            }
+            _ => {
+                let arg = WriteIn {
+                    fh,
+                    offset,
+                    size: size as u32,
+                    ..Default::default()
+                };
+                let req = request(
+                    Opcode::Write as u32,
+                    unique,
+                    node,
+                    &[arg.as_slice(), &payload],
+                );
+                (req, OUT_HEADER_LEN + 8)
+            }
+        };
+        // The request cut at the given lengths (the rest in a last descriptor).
+        let mut readable: Vec<&[u8]> = Vec::new();
+        let mut rest = &req[..];
+        for cut in cuts {
+            if cut >= rest.len() {
+                break;
+            }
+            let (a, b) = rest.split_at(cut);
+            readable.push(a);
+            rest = b;
+        }
+        readable.push(rest);
+        // Reply space of the given lengths, then whatever is still missing.
+        let mut writable = reply_cuts;
+        let posted: usize = writable.iter().sum();
+        if posted < reply_len {
+            writable.push(reply_len - posted);
+        }
+        let reply = s
+            .frontend()
+            .send_chain(REQUEST_QUEUE, &readable, &writable)
+            .map_err(|e| TestCaseError::fail(format!("chain not returned: {e}")))?;
+        let parsed = FuseReply::from_reply(&reply, unique)
+            .map_err(|e| TestCaseError::fail(format!("reply: {e}")))?;
+        prop_assert_eq!(
+            parsed.errno(),
+            0,
+            "kind {} cut {:?}",
+            kind,
+            readable.iter().map(|r| r.len()).collect::<Vec<_>>()
+        );
+        let mut content = expected.borrow_mut();
+        match kind {
+            0 => {
+                let attr: fuse_backend_rs::abi::fuse_abi::AttrOut = parsed
+                    .body_as()
+                    .map_err(|e| TestCaseError::fail(format!("GETATTR body: {e}")))?;
+                prop_assert_eq!(attr.attr.size, content.len() as u64);
+            }
+            1 => {
+                let start = (offset as usize).min(content.len());
+                let end = (start + size).min(content.len());
+                prop_assert_eq!(&parsed.body[..], &content[start..end]);
+            }
+            _ => {
+                let out: fuse_backend_rs::abi::fuse_abi::WriteOut = parsed
+                    .body_as()
+                    .map_err(|e| TestCaseError::fail(format!("WRITE body: {e}")))?;
+                prop_assert_eq!(out.size as usize, size);
+                let end = offset as usize + size;
+                if content.len() < end {
+                    content.resize(end, 0);
+                }
+                content[offset as usize..end].copy_from_slice(&payload);
+            }
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    assert_eq!(
+        std::fs::read(daemon.host("cut.bin")).unwrap(),
+        *expected.borrow(),
+        "the file holds every WRITE"
+    );
+}
+
 #[test]
 fn write_declaring_more_than_its_payload_writes_at_most_the_payload() {
     let mut daemon = Daemon::start(&[]);

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use fuse_backend_rs::abi::fuse_abi::{InHeader, Opcode};
 use fuse_backend_rs::api::filesystem::FileSystem;
 use fuse_backend_rs::api::server::Server;
-use fuse_backend_rs::transport::{FsCacheReqHandler, Reader, ReplyGate, VirtioFsWriter, Writer};
+use fuse_backend_rs::transport::{
+    reader_and_writer, FsCacheReqHandler, ReplyGate, VirtioFsWriter, Writer,
+};
 use tracing::{debug, warn};
 use vhost::vhost_user::message::{
     VhostUserProtocolFeatures, VhostUserShMemConfig, VhostUserVirtioFeatures,
@@ -274,10 +276,11 @@ impl<F: FileSystem + Send + Sync + 'static> RequestCore<F> {
                 .pass(|| Ok(reply_error(chain, unique, errno)))
                 .unwrap_or(0),
         };
-        let reader = match Reader::from_descriptor_chain(mem, chain.clone()) {
-            Ok(r) => r,
+        // Both parts from one walk of the chain (fuse-backend-rs hunk 19).
+        let (reader, writer) = match reader_and_writer(mem, chain.clone()) {
+            Ok(parts) => parts,
             Err(e) => {
-                warn!("dropping request with unusable readable descriptors: {e}");
+                warn!("dropping request with unusable descriptors: {e}");
                 return 0;
             }
         };
@@ -303,18 +306,9 @@ impl<F: FileSystem + Send + Sync + 'static> RequestCore<F> {
             debug!(opcode = header.opcode, errno, "request refused by guard");
             return reply_error(chain, header.unique, errno);
         }
-        let writer = match VirtioFsWriter::new(mem, chain.clone()) {
-            Ok(w) => match gate {
-                Some(g) => w.with_gate(Arc::clone(g)),
-                None => w,
-            },
-            Err(e) => {
-                warn!(
-                    "request {} has unusable writable descriptors: {e}",
-                    header.unique
-                );
-                return 0;
-            }
+        let writer = match gate {
+            Some(g) => writer.with_gate(Arc::clone(g)),
+            None => writer,
         };
         // Only mapping requests need the window; other requests skip the Arc clone.
         let mut dax = match (&self.dax, header.opcode) {

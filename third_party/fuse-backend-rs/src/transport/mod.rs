@@ -44,7 +44,7 @@ pub use self::fs_cache_req_handler::FsCacheReqHandler;
 #[cfg(feature = "fusedev")]
 pub use self::fusedev::{FuseBuf, FuseChannel, FuseDevWriter, FuseSession, FuseSessionExt};
 #[cfg(feature = "virtiofs")]
-pub use self::virtiofs::{ReplyGate, VirtioFsWriter};
+pub use self::virtiofs::{reader_and_writer, ReplyGate, VirtioFsWriter};
 
 /// Transport layer specific error codes.
 #[derive(Debug)]
