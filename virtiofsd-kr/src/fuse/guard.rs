@@ -9,8 +9,6 @@
 //! the arguments the backend receives. It must not parse request bodies beyond the fixed
 //! headers it needs, and never panics on guest bytes.
 
-use std::io::Read;
-
 use fuse_backend_rs::abi::fuse_abi::{InHeader, Opcode, OpenIn, OutHeader};
 use fuse_backend_rs::abi::virtio_fs::SetupmappingFlags;
 use fuse_backend_rs::transport::Reader;
@@ -115,15 +113,8 @@ pub fn inspect<S: vm_memory::bitmap::BitmapSlice>(
     guard: &RequestGuard,
     reader: &Reader<'_, S>,
 ) -> Option<(InHeader, Verdict)> {
-    let mut peek = reader.clone();
     let mut prefix = [0u8; PEEK_LEN];
-    let mut filled = 0;
-    while filled < prefix.len() {
-        match peek.read(&mut prefix[filled..]) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => filled += n,
-        }
-    }
+    let filled = reader.peek(&mut prefix);
     inspect_prefix(guard, &prefix[..filled])
 }
 
@@ -132,7 +123,7 @@ pub fn inspect<S: vm_memory::bitmap::BitmapSlice>(
 pub const PEEK_LEN: usize = std::mem::size_of::<InHeader>() + 40;
 
 /// Like [`inspect`], from the first bytes of the request (up to [`PEEK_LEN`]) already copied
-/// out of guest memory: the virtqueue path reads them without building a second `Reader`.
+/// out: the virtqueue path copies the body only for the opcodes the guard looks into.
 pub fn inspect_prefix(guard: &RequestGuard, prefix: &[u8]) -> Option<(InHeader, Verdict)> {
     let header: InHeader = read_prefix(prefix)?;
     let body = &prefix[std::mem::size_of::<InHeader>()..];
@@ -263,6 +254,36 @@ mod tests {
         assert_eq!(
             inspect_prefix(&RequestGuard::new(false), &bytes).unwrap().1,
             Verdict::Serve
+        );
+    }
+
+    /// `inspect` (the /dev/fuse path) reads the header and OPEN's flags without consuming
+    /// them: the server then reads the whole request from the same reader.
+    #[test]
+    fn inspect_judges_a_reader_and_leaves_it_whole() {
+        use fuse_backend_rs::transport::FuseBuf;
+        use std::io::Read;
+        let mut bytes = header(Opcode::Open as u32).as_slice().to_vec();
+        bytes.extend_from_slice(&open_body(libc::O_RDWR));
+        let original = bytes.clone();
+        let mut reader = Reader::<()>::from_fuse_buffer(FuseBuf::new(&mut bytes)).unwrap();
+        let (h, v) = inspect(&RequestGuard::new(true), &reader).expect("a whole header");
+        assert_eq!((h.unique, v), (7, Verdict::Refuse(libc::EROFS)));
+        assert_eq!(
+            inspect(&RequestGuard::new(false), &reader).map(|(_, v)| v),
+            Some(Verdict::Serve)
+        );
+        assert_eq!(reader.available_bytes(), original.len(), "nothing consumed");
+        let mut all = Vec::new();
+        reader.read_to_end(&mut all).unwrap();
+        assert_eq!(all, original);
+
+        let mut short =
+            original[..original.len() - OpenIn::default().as_slice().len() - 1].to_vec();
+        let reader = Reader::<()>::from_fuse_buffer(FuseBuf::new(&mut short)).unwrap();
+        assert!(
+            inspect(&RequestGuard::new(true), &reader).is_none(),
+            "header cut short"
         );
     }
 
