@@ -355,13 +355,18 @@ fn unknown_opcodes_get_enosys() {
     daemon.assert_running("unknown opcodes");
 }
 
-#[test]
-fn readonly_export_refuses_modifications_and_serves_reads() {
-    let mut daemon = Daemon::start_with(
+/// A daemon serving a `--readonly` export that holds `ro.txt` ("read-only content").
+fn readonly_daemon() -> Daemon {
+    Daemon::start_with(
         &["--sandbox", "none", "--seccomp", "none"],
         &["--readonly"],
         |dir| std::fs::write(dir.join("ro.txt"), b"read-only content").unwrap(),
-    );
+    )
+}
+
+#[test]
+fn readonly_export_refuses_modifications_and_serves_reads() {
+    let mut daemon = readonly_daemon();
     let mut s = daemon.session();
     assert_eq!(
         errno_of(s.create(ROOT, "new.txt", libc::O_RDWR, 0o644)),
@@ -410,11 +415,7 @@ fn readonly_export_refuses_modifications_and_serves_reads() {
 /// a read-only export, and a read-only open cut the same way is still served.
 #[test]
 fn readonly_open_split_anywhere_is_judged_on_its_flags() {
-    let mut daemon = Daemon::start_with(
-        &["--sandbox", "none", "--seccomp", "none"],
-        &["--readonly"],
-        |dir| std::fs::write(dir.join("ro.txt"), b"read-only content").unwrap(),
-    );
+    let mut daemon = readonly_daemon();
     let mut s = daemon.session();
     let node = s.lookup(ROOT, "ro.txt").expect("LOOKUP").nodeid;
     let open_len = IN_HEADER_LEN + std::mem::size_of::<OpenIn>();
@@ -656,19 +657,21 @@ fn huge_read_size_is_bounded_by_the_reply_space() {
     daemon.assert_running("huge reads");
 }
 
-#[test]
-fn large_io_scattered_over_many_descriptors() {
-    let daemon = Daemon::start(&[]);
-    let mut s = daemon.session();
-    let (e, open) = s
-        .create(ROOT, "scattered", libc::O_RDWR, 0o644)
-        .expect("CREATE");
-    let data: Vec<u8> = (0..128 * 1024u32).map(|i| (i * 7 % 256) as u8).collect();
-    // WRITE: header + WriteIn in one descriptor, the payload in 32 descriptors of 4 KiB.
-    let (u, req) = s.write_request(e.nodeid, open.fh, 0, data.len() as u32, &data);
+/// WRITEs `data` at `offset`: the header and `WriteIn` in one descriptor, the payload in
+/// descriptors of `piece` bytes (the last one shorter); what the reply says was written.
+fn write_in_pieces(
+    s: &mut FuseSession,
+    node: u64,
+    fh: u64,
+    offset: u64,
+    data: &[u8],
+    piece: usize,
+) -> usize {
+    let (u, req) = s.write_request(node, fh, offset, data.len() as u32, data);
     let head_len = req.len() - data.len();
     let mut parts: Vec<&[u8]> = vec![&req[..head_len]];
-    parts.extend(req[head_len..].chunks(4096));
+    parts.extend(req[head_len..].chunks(piece));
+    assert_eq!(parts.len(), 1 + data.len().div_ceil(piece));
     let reply = s
         .frontend()
         .send_chain(REQUEST_QUEUE, &parts, &[REPLY_SPACE])
@@ -679,7 +682,20 @@ fn large_io_scattered_over_many_descriptors() {
         .unwrap()
         .body_as()
         .unwrap();
-    assert_eq!(out.size as usize, data.len());
+    out.size as usize
+}
+
+#[test]
+fn large_io_scattered_over_many_descriptors() {
+    let daemon = Daemon::start(&[]);
+    let mut s = daemon.session();
+    let (e, open) = s
+        .create(ROOT, "scattered", libc::O_RDWR, 0o644)
+        .expect("CREATE");
+    let data: Vec<u8> = (0..128 * 1024u32).map(|i| (i * 7 % 256) as u8).collect();
+    // WRITE: header + WriteIn in one descriptor, the payload in 32 descriptors of 4 KiB.
+    let written = write_in_pieces(&mut s, e.nodeid, open.fh, 0, &data, 4096);
+    assert_eq!(written, data.len());
     assert_eq!(std::fs::read(daemon.host("scattered")).unwrap(), data);
 
     // READ: the reply header in its own 16-byte descriptor, the data over 32 of 4 KiB.
@@ -725,22 +741,8 @@ fn io_over_one_to_twelve_odd_descriptors_keeps_every_byte() {
     for pieces in 1..=12usize {
         let data: Vec<u8> = (0..pieces * 997).map(|i| (i * 31 + pieces) as u8).collect();
         let offset = (pieces * 5003) as u64;
-        let (u, req) = s.write_request(e.nodeid, open.fh, offset, data.len() as u32, &data);
-        let head_len = req.len() - data.len();
-        let mut parts: Vec<&[u8]> = vec![&req[..head_len]];
-        parts.extend(req[head_len..].chunks(997));
-        assert_eq!(parts.len(), pieces + 1);
-        let reply = s
-            .frontend()
-            .send_chain(REQUEST_QUEUE, &parts, &[REPLY_SPACE])
-            .expect("WRITE returned");
-        let out: fuse_backend_rs::abi::fuse_abi::WriteOut = FuseReply::from_reply(&reply, u)
-            .unwrap()
-            .ok()
-            .unwrap()
-            .body_as()
-            .unwrap();
-        assert_eq!(out.size as usize, data.len(), "{pieces} pieces");
+        let written = write_in_pieces(&mut s, e.nodeid, open.fh, offset, &data, 997);
+        assert_eq!(written, data.len(), "{pieces} pieces");
         let host = std::fs::read(daemon.host("pieces")).unwrap();
         assert_eq!(
             &host[offset as usize..offset as usize + data.len()],
