@@ -495,9 +495,9 @@ impl<S: BitmapSlice> Reader<'_, S> {
         self.buffers.bytes_consumed()
     }
 
-    /// virtiofsd-kr patch: copies the next bytes of the request into `buf` without consuming
-    /// them and returns how many it copied (fewer than `buf.len()` only where the request
-    /// ends). The daemon's guard reads the in-header this way instead of walking the
+    /// virtiofsd-kr patch (hunk 16): copies the next bytes of the request into `buf` without
+    /// consuming them and returns how many it copied (fewer than `buf.len()` only where the
+    /// request ends). The daemon's guard reads the in-header this way instead of walking the
     /// descriptor chain a second time.
     pub fn peek(&self, buf: &mut [u8]) -> usize {
         let mut filled = 0;
