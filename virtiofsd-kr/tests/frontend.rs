@@ -485,6 +485,45 @@ fn truncated_header_is_not_answered_and_does_not_hurt() {
     daemon.assert_running("truncated headers");
 }
 
+/// Requests too broken to answer (a cut header; a writable descriptor past the end of
+/// memory), sent in a loop, leave one warning in the daemon's log, not one each: a guest
+/// cannot flood the host's logs with them.
+#[test]
+fn broken_requests_in_a_loop_log_one_warning() {
+    let mut daemon = Daemon::start(&[]);
+    let mut s = daemon.session();
+    let full = getattr_request(78, ROOT);
+    for _ in 0..40 {
+        assert_eq!(
+            s.send_raw(&full[..10], REPLY_SPACE).expect("returned").len,
+            0
+        );
+        let (req, len) = staged_getattr(s.frontend());
+        s.frontend()
+            .post_chain(
+                REQUEST_QUEUE,
+                &[
+                    Segment::readable(req, len),
+                    Segment::writable(GuestAddress(u64::MAX - 7), REPLY_SPACE as u32),
+                ],
+            )
+            .unwrap();
+        let used = s
+            .frontend()
+            .wait_used(REQUEST_QUEUE, SHORT)
+            .expect("returned");
+        assert_eq!(used.len, 0);
+    }
+    s.assert_alive().expect("alive");
+    let stderr = daemon.stderr();
+    let warnings = stderr
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("dropping request"))
+        .count();
+    assert_eq!(warnings, 1, "80 broken requests, log:\n{stderr}");
+    daemon.assert_running("broken requests in a loop");
+}
+
 #[test]
 fn lying_len_field_gets_an_error_reply() {
     let mut daemon = Daemon::start_with(&["--sandbox", "none", "--seccomp", "none"], &[], |d| {

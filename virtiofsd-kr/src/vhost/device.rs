@@ -170,6 +170,8 @@ pub struct RequestCore<F: FileSystem + Sync> {
     dax: Option<Arc<DaxWindow>>,
     acct: Option<Arc<Accounting>>,
     late: Option<Arc<LateReplies>>,
+    /// Whether a request too broken to answer was logged already (see [`Self::drop_broken`]).
+    broken_seen: AtomicBool,
 }
 
 impl<F: FileSystem + Send + Sync + 'static> RequestCore<F> {
@@ -180,7 +182,20 @@ impl<F: FileSystem + Send + Sync + 'static> RequestCore<F> {
             dax,
             acct: None,
             late: None,
+            broken_seen: AtomicBool::new(false),
         }
+    }
+
+    /// Logs a request dropped unanswered (used length 0) because it is too broken to answer:
+    /// the first at warn level, later ones at debug, so a guest sending them in a loop cannot
+    /// flood the host's logs.
+    fn drop_broken(&self, why: std::fmt::Arguments) -> u32 {
+        if self.broken_seen.swap(true, Ordering::Relaxed) {
+            debug!("dropping request: {why}");
+        } else {
+            warn!("dropping request: {why} (further ones logged at debug level)");
+        }
+        0
     }
 
     /// Requests the backend holds longer than `late`'s deadline are answered for it (see
@@ -279,10 +294,7 @@ impl<F: FileSystem + Send + Sync + 'static> RequestCore<F> {
         // Both parts from one walk of the chain (fuse-backend-rs hunk 19).
         let (reader, writer) = match reader_and_writer(mem, chain.clone()) {
             Ok(parts) => parts,
-            Err(e) => {
-                warn!("dropping request with unusable descriptors: {e}");
-                return 0;
-            }
+            Err(e) => return self.drop_broken(format_args!("unusable descriptors: {e}")),
         };
         // The in-header first; the fixed body after it only for the requests the guard looks
         // into (OPEN, SETUPMAPPING on a read-only export). Copied from the reader's buffers,
@@ -296,8 +308,7 @@ impl<F: FileSystem + Send + Sync + 'static> RequestCore<F> {
             peeked = reader.peek(&mut prefix);
         }
         let Some((header, verdict)) = inspect_prefix(&self.guard, &prefix[..peeked]) else {
-            warn!("dropping request shorter than a FUSE header");
-            return 0;
+            return self.drop_broken(format_args!("shorter than a FUSE header"));
         };
         // The opcode as the guard saw it (this copy is what gets metered; the server reads the
         // header again, so the checks that must hold are repeated behind it: see guard.rs).
