@@ -524,6 +524,32 @@ fn broken_requests_in_a_loop_log_one_warning() {
     daemon.assert_running("broken requests in a loop");
 }
 
+/// Requests a guest can send in a loop that fuse-backend-rs answers with an error and used
+/// to log at error level each (a GETATTR of a node id that does not exist, a LOOKUP whose
+/// name has no NUL, with the request's 4,000 bytes in the line): the daemon keeps 10 such
+/// lines a minute, then says once that it logs the rest at debug level, and cuts each line.
+#[test]
+fn guest_errors_in_a_loop_do_not_fill_the_log() {
+    let mut daemon = Daemon::start(&[]);
+    let mut s = daemon.session();
+    for _ in 0..50 {
+        assert_ne!(errno_of(s.getattr(987_654)), 0);
+        let unique = s.unique();
+        let req = request(Opcode::Lookup as u32, unique, ROOT, &[&[b'x'; 4000]]);
+        assert_ne!(expect_error_reply(&mut s, &req, unique), 0);
+    }
+    s.assert_alive().expect("alive");
+    let stderr = daemon.stderr();
+    let complaints = stderr
+        .lines()
+        .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+        .count();
+    assert!(complaints <= 11, "100 failed requests, log:\n{stderr}");
+    let longest = stderr.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 1_500, "a {longest}-byte log line");
+    daemon.assert_running("guest errors in a loop");
+}
+
 #[test]
 fn lying_len_field_gets_an_error_reply() {
     let mut daemon = Daemon::start_with(&["--sandbox", "none", "--seccomp", "none"], &[], |d| {

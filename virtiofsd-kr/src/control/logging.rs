@@ -1,4 +1,5 @@
-//! Logging: `tracing` to stderr, with fuse-backend-rs's `log` records bridged in.
+//! Logging: `tracing` to stderr, with fuse-backend-rs's `log` records bridged in, paced (a guest can
+//! make that crate log an error per request).
 //!
 //! Owns the global subscriber. Nothing here writes to stdout: stdout stays free for what a
 //! caller asks for (`--print-capabilities`).
@@ -75,6 +76,118 @@ fn most_verbose(targets: &Targets) -> log::LevelFilter {
         .as_log()
 }
 
+/// How many `log` records (fuse-backend-rs's) a [`PACE_WINDOW`] keeps at their level; the
+/// rest of the window's go on at debug level.
+const PACE_BURST: u32 = 10;
+const PACE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+/// A `log` record's message is cut here (fuse-backend-rs puts a request's bytes in some).
+const MAX_MESSAGE: usize = 1024;
+
+/// fuse-backend-rs's `log` records into `tracing`, paced. A guest can make that crate log
+/// an error for every request it sends (a GETATTR of an unknown node id; a name without its
+/// NUL, with the request's bytes in the line): so at most [`PACE_BURST`] records a
+/// [`PACE_WINDOW`] keep their level, later ones go on at debug level (shown with
+/// `--log-level debug`), one warning says so, and every message is cut at [`MAX_MESSAGE`]
+/// bytes. Records below info level pass as they are.
+struct PacedBridge {
+    tracer: tracing_log::LogTracer,
+    pace: std::sync::Mutex<Pace>,
+}
+
+#[derive(Default)]
+struct Pace {
+    window_start: Option<std::time::Instant>,
+    kept: u32,
+}
+
+impl PacedBridge {
+    fn new() -> Self {
+        PacedBridge {
+            tracer: tracing_log::LogTracer::new(),
+            pace: std::sync::Mutex::new(Pace::default()),
+        }
+    }
+
+    /// The level a record of `level` is logged at, and whether it is the window's first
+    /// demoted one.
+    fn paced(&self, level: log::Level) -> (log::Level, bool) {
+        if level > log::Level::Info {
+            return (level, false);
+        }
+        let mut pace = self.pace.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let expired = match pace.window_start {
+            Some(start) => now.duration_since(start) >= PACE_WINDOW,
+            None => true,
+        };
+        if expired {
+            *pace = Pace {
+                window_start: Some(now),
+                kept: 0,
+            };
+        }
+        pace.kept = pace.kept.saturating_add(1);
+        if pace.kept <= PACE_BURST {
+            (level, false)
+        } else {
+            (log::Level::Debug, pace.kept == PACE_BURST + 1)
+        }
+    }
+}
+
+impl log::Log for PacedBridge {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        self.tracer.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.tracer.enabled(record.metadata()) {
+            return;
+        }
+        let (level, first_demoted) = self.paced(record.level());
+        if first_demoted {
+            tracing::warn!(
+                "{} messages of the FUSE library in {} s; more in this window are logged at \
+                 debug level (a guest can cause one per request)",
+                PACE_BURST,
+                PACE_WINDOW.as_secs()
+            );
+        }
+        let target = record.target();
+        let demoted = log::Metadata::builder().level(level).target(target).build();
+        if !self.tracer.enabled(&demoted) {
+            return;
+        }
+        let mut text = record.args().to_string();
+        if text.len() > MAX_MESSAGE {
+            let mut cut = MAX_MESSAGE;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+            text.push_str("... (cut)");
+        }
+        self.tracer.log(
+            &log::Record::builder()
+                .level(level)
+                .target(target)
+                .module_path(record.module_path())
+                .file(record.file())
+                .line(record.line())
+                .args(format_args!("{text}"))
+                .build(),
+        );
+    }
+
+    fn flush(&self) {}
+}
+
+/// Installs [`PacedBridge`] as `log`'s logger; failing means one is installed already (a
+/// second init in tests), which is harmless.
+fn bridge_log_records() {
+    let _ = log::set_boxed_logger(Box::new(PacedBridge::new()));
+}
+
 /// Where log lines go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sink {
@@ -147,7 +260,7 @@ pub fn init_to(level: LogLevel, sink: Sink) {
     if sink == Sink::Syslog {
         match syslog_socket() {
             Ok(socket) => {
-                let _ = tracing_log::LogTracer::init();
+                bridge_log_records();
                 let (targets, _) = filter(level, std::env::var("RUST_LOG").ok().as_deref());
                 let fmt = tracing_subscriber::fmt::layer()
                     .with_writer(socket)
@@ -170,9 +283,8 @@ pub fn init_to(level: LogLevel, sink: Sink) {
 /// Install the global subscriber. `RUST_LOG`, when set, replaces the level from the command
 /// line.
 pub fn init(level: LogLevel) {
-    // fuse-backend-rs logs through `log`; forward those records into tracing. Failing means a
-    // logger is already installed (a second init in tests), which is harmless.
-    let _ = tracing_log::LogTracer::init();
+    // fuse-backend-rs logs through `log`; forward those records into tracing, paced.
+    bridge_log_records();
     let (targets, complaint) = filter(level, std::env::var("RUST_LOG").ok().as_deref());
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
@@ -195,6 +307,21 @@ pub fn init(level: LogLevel) {
 mod tests {
     use super::*;
     use tracing::Level;
+
+    #[test]
+    fn the_bridge_keeps_a_burst_at_its_level_then_demotes_and_says_so_once() {
+        let bridge = PacedBridge::new();
+        for _ in 0..PACE_BURST {
+            assert_eq!(bridge.paced(log::Level::Error), (log::Level::Error, false));
+        }
+        assert_eq!(bridge.paced(log::Level::Warn), (log::Level::Debug, true));
+        assert_eq!(bridge.paced(log::Level::Error), (log::Level::Debug, false));
+        // Debug and trace records are not counted and pass as they are.
+        assert_eq!(bridge.paced(log::Level::Trace), (log::Level::Trace, false));
+        // A new window keeps a burst again.
+        bridge.pace.lock().unwrap().window_start = Some(std::time::Instant::now() - PACE_WINDOW);
+        assert_eq!(bridge.paced(log::Level::Error), (log::Level::Error, false));
+    }
 
     #[test]
     fn the_flag_sets_the_level_without_rust_log() {
