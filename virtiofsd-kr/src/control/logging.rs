@@ -1,5 +1,5 @@
-//! Logging: `tracing` to stderr, with fuse-backend-rs's `log` records bridged in, paced (a guest can
-//! make that crate log an error per request).
+//! Logging: `tracing` to stderr, with fuse-backend-rs's `log` records bridged in, paced (a
+//! guest can make that crate log an error per request).
 //!
 //! Owns the global subscriber. Nothing here writes to stdout: stdout stays free for what a
 //! caller asks for (`--print-capabilities`).
