@@ -550,6 +550,44 @@ fn guest_errors_in_a_loop_do_not_fill_the_log() {
     daemon.assert_running("guest errors in a loop");
 }
 
+/// Our own warnings and errors, not only the FUSE library's, are paced per call site: an
+/// INIT without the POSIX ACL options, refused under `--posix-acl=always`, logs an error each
+/// time; a guest repeating it gets ten of them a minute into the log and one notice.
+#[test]
+fn a_refusal_our_code_logs_repeated_by_the_guest_stays_ten_lines_and_a_notice() {
+    let mut daemon = Daemon::start(&["--posix-acl=always"]);
+    let mut s = FuseSession::new(daemon.connect());
+    for _ in 0..40 {
+        let u = s.unique();
+        let req = request(
+            Opcode::Init as u32,
+            u,
+            0,
+            &[&init_body(7, 31, FsOptions::ASYNC_READ)],
+        );
+        assert_eq!(expect_error_reply(&mut s, &req, u), libc::EPROTO);
+    }
+    // With the options, the same session still comes up.
+    let acl = FsOptions::POSIX_ACL | FsOptions::DONT_MASK | FsOptions::SETXATTR_EXT;
+    let out = s
+        .init_with(7, 38, linux_init_flags() | acl)
+        .expect("INIT with the ACL options");
+    assert_eq!(out.major, 7);
+    s.getattr(ROOT).expect("GETATTR");
+    let stderr = daemon.stderr();
+    let refusals = stderr
+        .lines()
+        .filter(|l| l.contains("does not support POSIX ACLs"))
+        .count();
+    assert_eq!(refusals, 10, "40 refused INITs, log:\n{stderr}");
+    let notices = stderr
+        .lines()
+        .filter(|l| l.starts_with("WARN 10 messages from ") && l.contains("export.rs"))
+        .count();
+    assert_eq!(notices, 1, "log:\n{stderr}");
+    daemon.assert_running("repeated refused INITs");
+}
+
 #[test]
 fn lying_len_field_gets_an_error_reply() {
     let mut daemon = Daemon::start_with(&["--sandbox", "none", "--seccomp", "none"], &[], |d| {

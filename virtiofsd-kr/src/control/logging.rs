@@ -1,5 +1,7 @@
-//! Logging: `tracing` to stderr, with fuse-backend-rs's `log` records bridged in, paced (a
-//! guest can make that crate log an error per request).
+//! Logging: `tracing` to stderr or syslog, with fuse-backend-rs's `log` records bridged in,
+//! paced (a guest can make that crate log an error per request), and the warnings and errors
+//! of our own code paced per call site (`PacedEvents`), so that no log line a guest can
+//! repeat fills the host's log.
 //!
 //! Owns the global subscriber. Nothing here writes to stdout: stdout stays free for what a
 //! caller asks for (`--print-capabilities`).
@@ -9,7 +11,7 @@
 //! costs every idle daemon a few hundred KiB of resident code and heap for span-field filters
 //! nobody uses here.
 
-use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::filter::{FilterExt, LevelFilter, Targets};
 use tracing_subscriber::prelude::*;
 
 /// The log level (`--log-level`), refined by `RUST_LOG`.
@@ -76,12 +78,59 @@ fn most_verbose(targets: &Targets) -> log::LevelFilter {
         .as_log()
 }
 
-/// How many `log` records (fuse-backend-rs's) a [`PACE_WINDOW`] keeps at their level; the
-/// rest of the window's go on at debug level.
+/// How many events of one kind a [`PACE_WINDOW`] keeps: `log` records (fuse-backend-rs's) at
+/// info level or above all together, and the warnings and errors of each of our call sites.
 const PACE_BURST: u32 = 10;
 const PACE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 /// A `log` record's message is cut here (fuse-backend-rs puts a request's bytes in some).
 const MAX_MESSAGE: usize = 1024;
+
+/// What [`Pace::admit`] says of one more event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Within the window's burst; `dropped` events were held back in the window before
+    /// (only said by the first event of a new window).
+    Keep { dropped: u32 },
+    /// The first event past the burst: hold it back, and say so once.
+    FirstHeldBack,
+    /// Past the burst: hold it back.
+    HeldBack,
+}
+
+/// At most [`PACE_BURST`] events a [`PACE_WINDOW`], counting what it holds back.
+#[derive(Debug, Default)]
+struct Pace {
+    window_start: Option<std::time::Instant>,
+    kept: u32,
+    held_back: u32,
+}
+
+impl Pace {
+    fn admit(&mut self, now: std::time::Instant) -> Verdict {
+        let expired = self.window_start.map_or(true, |start| {
+            now.saturating_duration_since(start) >= PACE_WINDOW
+        });
+        if expired {
+            let dropped = self.held_back;
+            *self = Pace {
+                window_start: Some(now),
+                kept: 1,
+                held_back: 0,
+            };
+            return Verdict::Keep { dropped };
+        }
+        if self.kept < PACE_BURST {
+            self.kept += 1;
+            return Verdict::Keep { dropped: 0 };
+        }
+        self.held_back = self.held_back.saturating_add(1);
+        if self.held_back == 1 {
+            Verdict::FirstHeldBack
+        } else {
+            Verdict::HeldBack
+        }
+    }
+}
 
 /// fuse-backend-rs's `log` records into `tracing`, paced. A guest can make that crate log
 /// an error for every request it sends (a GETATTR of an unknown node id; a name without its
@@ -92,12 +141,6 @@ const MAX_MESSAGE: usize = 1024;
 struct PacedBridge {
     tracer: tracing_log::LogTracer,
     pace: std::sync::Mutex<Pace>,
-}
-
-#[derive(Default)]
-struct Pace {
-    window_start: Option<std::time::Instant>,
-    kept: u32,
 }
 
 impl PacedBridge {
@@ -115,22 +158,10 @@ impl PacedBridge {
             return (level, false);
         }
         let mut pace = self.pace.lock().unwrap_or_else(|p| p.into_inner());
-        let now = std::time::Instant::now();
-        let expired = match pace.window_start {
-            Some(start) => now.duration_since(start) >= PACE_WINDOW,
-            None => true,
-        };
-        if expired {
-            *pace = Pace {
-                window_start: Some(now),
-                kept: 0,
-            };
-        }
-        pace.kept = pace.kept.saturating_add(1);
-        if pace.kept <= PACE_BURST {
-            (level, false)
-        } else {
-            (log::Level::Debug, pace.kept == PACE_BURST + 1)
+        match pace.admit(std::time::Instant::now()) {
+            Verdict::Keep { .. } => (level, false),
+            Verdict::FirstHeldBack => (log::Level::Debug, true),
+            Verdict::HeldBack => (log::Level::Debug, false),
         }
     }
 }
@@ -188,6 +219,89 @@ fn bridge_log_records() {
     let _ = log::set_boxed_logger(Box::new(PacedBridge::new()));
 }
 
+/// Writes a line beside the formatted events (a [`PacedEvents`] notice).
+type NoticeSink = Box<dyn Fn(&str) + Send + Sync>;
+
+/// Paces the warnings and errors of our own code, one call site at a time: at most
+/// [`PACE_BURST`] of a call site reach the log in a [`PACE_WINDOW`]; the rest of the window's
+/// are held back (dropped), with one line saying so and, with the site's next one after the
+/// window, how many were. Whatever a guest can make happen once per request (a host error on
+/// a request's path, a refused INIT or mapping) then costs the log ten lines a minute, and a
+/// warning that is not guest-made is still logged the first times it happens. Info and more
+/// verbose events pass unpaced: none is logged per request, and some come one per queue or
+/// per volume, all of which belong in the log.
+///
+/// A per-layer filter, after the level filter ([`tracing_subscriber::filter::FilterExt::and`]),
+/// so that only events that would be logged are counted. The notices are written directly to
+/// the sink, not as events: an event from inside a filter would be filtered again.
+struct PacedEvents {
+    sites: std::sync::Mutex<std::collections::HashMap<tracing::callsite::Identifier, Pace>>,
+    notice: NoticeSink,
+}
+
+impl PacedEvents {
+    fn new(notice: NoticeSink) -> Self {
+        PacedEvents {
+            sites: std::sync::Mutex::new(std::collections::HashMap::new()),
+            notice,
+        }
+    }
+
+    /// Whether an event of `meta` is logged, writing the notices its verdict calls for.
+    fn admit(&self, meta: &tracing::Metadata<'_>, now: std::time::Instant) -> bool {
+        if *meta.level() > tracing::Level::WARN {
+            return true;
+        }
+        let verdict = {
+            let mut sites = self.sites.lock().unwrap_or_else(|p| p.into_inner());
+            sites.entry(meta.callsite()).or_default().admit(now)
+        };
+        let site = || match (meta.file(), meta.line()) {
+            (Some(file), Some(line)) => format!("{file}:{line}"),
+            _ => meta.name().to_string(),
+        };
+        match verdict {
+            Verdict::Keep { dropped: 0 } => true,
+            Verdict::Keep { dropped } => {
+                (self.notice)(&format!(
+                    "WARN {dropped} more messages from {} were dropped in the last {} s",
+                    site(),
+                    PACE_WINDOW.as_secs()
+                ));
+                true
+            }
+            Verdict::FirstHeldBack => {
+                (self.notice)(&format!(
+                    "WARN {PACE_BURST} messages from {} in {} s: the rest of this window's are \
+                     dropped (a guest can cause one per request)",
+                    site(),
+                    PACE_WINDOW.as_secs()
+                ));
+                false
+            }
+            Verdict::HeldBack => false,
+        }
+    }
+}
+
+impl<S> tracing_subscriber::layer::Filter<S> for PacedEvents {
+    fn enabled(
+        &self,
+        _: &tracing::Metadata<'_>,
+        _: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        true
+    }
+
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        self.admit(event.metadata(), std::time::Instant::now())
+    }
+}
+
 /// Where log lines go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sink {
@@ -231,9 +345,33 @@ impl Drop for SyslogLine<'_> {
             "INFO" => 6,
             _ => 7,
         };
-        let message = format!("<{}>{}: {text}", 24 + severity, self.to.tag);
-        let _ = self.to.socket.send(message.as_bytes());
+        self.to.send(severity, text);
     }
+}
+
+impl SyslogSocket {
+    /// Sends one message of `severity` (RFC 5424 numbering).
+    fn send(&self, severity: u8, text: &str) {
+        let message = format!("<{}>{}: {text}", 24 + severity, self.tag);
+        let _ = self.socket.send(message.as_bytes());
+    }
+
+    /// A second handle on the same socket, for [`PacedEvents`]' notices (warnings).
+    fn notice_sink(&self) -> std::io::Result<NoticeSink> {
+        let to = SyslogSocket {
+            socket: self.socket.try_clone()?,
+            tag: self.tag.clone(),
+        };
+        Ok(Box::new(move |line: &str| to.send(4, line)))
+    }
+}
+
+/// Notices to stderr, beside the formatted events.
+fn stderr_notices() -> NoticeSink {
+    Box::new(|line: &str| {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "{line}");
+    })
 }
 
 impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for SyslogSocket {
@@ -262,6 +400,7 @@ pub fn init_to(level: LogLevel, sink: Sink) {
             Ok(socket) => {
                 bridge_log_records();
                 let (targets, _) = filter(level, std::env::var("RUST_LOG").ok().as_deref());
+                let notices = socket.notice_sink().unwrap_or_else(|_| stderr_notices());
                 let fmt = tracing_subscriber::fmt::layer()
                     .with_writer(socket)
                     .with_ansi(false)
@@ -269,7 +408,7 @@ pub fn init_to(level: LogLevel, sink: Sink) {
                     .with_target(false);
                 let most = most_verbose(&targets);
                 let _ = tracing_subscriber::registry()
-                    .with(fmt.with_filter(targets))
+                    .with(fmt.with_filter(targets.and(PacedEvents::new(notices))))
                     .try_init();
                 log::set_max_level(most);
                 return;
@@ -292,7 +431,7 @@ pub fn init(level: LogLevel) {
         .with_target(false);
     let most = most_verbose(&targets);
     let _ = tracing_subscriber::registry()
-        .with(fmt.with_filter(targets))
+        .with(fmt.with_filter(targets.and(PacedEvents::new(stderr_notices()))))
         .try_init();
     log::set_max_level(most);
     if let Some(complaint) = complaint {
@@ -321,6 +460,101 @@ mod tests {
         // A new window keeps a burst again.
         bridge.pace.lock().unwrap().window_start = Some(std::time::Instant::now() - PACE_WINDOW);
         assert_eq!(bridge.paced(log::Level::Error), (log::Level::Error, false));
+    }
+
+    #[test]
+    fn a_pace_keeps_a_burst_a_window_then_says_how_many_it_held_back() {
+        let t0 = std::time::Instant::now();
+        let mut pace = Pace::default();
+        assert_eq!(pace.admit(t0), Verdict::Keep { dropped: 0 });
+        for _ in 1..PACE_BURST {
+            assert_eq!(pace.admit(t0), Verdict::Keep { dropped: 0 });
+        }
+        assert_eq!(pace.admit(t0), Verdict::FirstHeldBack);
+        for _ in 0..4 {
+            assert_eq!(pace.admit(t0 + PACE_WINDOW / 2), Verdict::HeldBack);
+        }
+        // The window's end: kept again, and the five held back are counted once.
+        assert_eq!(pace.admit(t0 + PACE_WINDOW), Verdict::Keep { dropped: 5 });
+        assert_eq!(pace.admit(t0 + PACE_WINDOW), Verdict::Keep { dropped: 0 });
+        // A clock that goes back does not open a window early nor panic.
+        assert_eq!(pace.admit(t0), Verdict::Keep { dropped: 0 });
+    }
+
+    /// A writer into a shared buffer, for the fmt layer.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(data);
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+    }
+
+    #[test]
+    fn a_flood_from_one_call_site_is_cut_and_said_once_while_other_sites_pass() {
+        let events = Captured::default();
+        let notices = Captured::default();
+        let to_notices = notices.clone();
+        let sink: NoticeSink = Box::new(move |line: &str| {
+            use std::io::Write;
+            let _ = writeln!(to_notices.clone(), "{line}");
+        });
+        let writer = events.clone();
+        let fmt = tracing_subscriber::fmt::layer()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .without_time();
+        let targets = Targets::new().with_default(LevelFilter::INFO);
+        let subscriber = tracing_subscriber::registry()
+            .with(fmt.with_filter(targets.and(PacedEvents::new(sink))));
+        tracing::subscriber::with_default(subscriber, || {
+            for i in 0..100 {
+                tracing::warn!("flooding warning {i}");
+                // Below the level filter: neither logged nor counted.
+                tracing::debug!("quiet detail {i}");
+                // Info lines are not paced (one a queue, one a volume).
+                tracing::info!("a queue's totals {i}");
+            }
+            for i in 0..3 {
+                tracing::error!("another site {i}");
+            }
+            for i in 0..30 {
+                tracing::error!("an error flood {i}");
+            }
+        });
+        let text = events.text();
+        let count = |what: &str| text.lines().filter(|l| l.contains(what)).count();
+        assert_eq!(count("flooding warning"), PACE_BURST as usize, "{text}");
+        assert!(text.contains("flooding warning 9") && !text.contains("flooding warning 10"));
+        assert_eq!(count("another site"), 3, "{text}");
+        assert_eq!(count("an error flood"), PACE_BURST as usize, "{text}");
+        assert_eq!(count("quiet detail"), 0, "{text}");
+        assert_eq!(count("a queue's totals"), 100, "{text}");
+        let notices = notices.text();
+        assert_eq!(
+            notices.lines().count(),
+            2,
+            "one notice per flooding site: {notices}"
+        );
+        assert!(
+            notices
+                .lines()
+                .all(|l| l.starts_with("WARN 10 messages from ")
+                    && l.contains("logging.rs:")
+                    && l.contains("dropped")),
+            "{notices}"
+        );
     }
 
     #[test]
