@@ -702,12 +702,13 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
     }
 
     fn memory(&self) -> Result<Arc<GuestMemory>, DeviceError> {
+        // `let else`, not `ok_or(error)`: an error value made on every call is dropped
+        // through its drop glue when unused (a call per request, seen in callgrind).
         let mem = self.mem.read().map_err(|_| DeviceError::NoMemory)?;
-        Ok(mem
-            .as_ref()
-            .ok_or(DeviceError::NoMemory)?
-            .memory()
-            .into_inner())
+        let Some(mem) = mem.as_ref() else {
+            return Err(DeviceError::NoMemory);
+        };
+        Ok(mem.memory().into_inner())
     }
 
     /// Serves one request on this thread and returns its buffer to `vring`.
@@ -961,11 +962,13 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for VirtioFsDevice<
             return Err(DeviceError::UnexpectedEvents(evset).into());
         }
         // Each thread gets its own queues, numbered from 0 in `device_event`.
-        let queue = queue_of(&self.masks, thread_id, device_event)
-            .ok_or(DeviceError::UnknownEvent(device_event))?;
-        let vring = vrings
-            .get(device_event as usize)
-            .ok_or(DeviceError::UnknownEvent(device_event))?;
+        // `let else`, not `ok_or(error)`: see `memory`.
+        let (Some(queue), Some(vring)) = (
+            queue_of(&self.masks, thread_id, device_event),
+            vrings.get(device_event as usize),
+        ) else {
+            return Err(DeviceError::UnknownEvent(device_event).into());
+        };
         // This thread's other queues (at most MAX_QUEUES - 1: no allocation per event).
         // One pass over the thread's mask: its n-th queue is `vrings[n]`.
         let mut others = [(queue, vring); MAX_QUEUES];

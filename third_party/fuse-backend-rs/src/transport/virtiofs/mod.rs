@@ -78,16 +78,18 @@ fn descriptor_slice<'a, T: GuestMemory>(
     desc: &virtio_queue::desc::split::Descriptor,
     total_len: &mut usize,
 ) -> Result<VolatileSlice<'a, MS<'a, T>>> {
+    // `ok_or_else`: an `Error` made eagerly is dropped through its drop glue on success, a
+    // call per descriptor and check (virtiofsd-kr, hunk 19).
     *total_len = total_len
         .checked_add(desc.len() as usize)
-        .ok_or(Error::DescriptorChainOverflow)?;
+        .ok_or_else(|| Error::DescriptorChainOverflow)?;
     let region = mem
         .find_region(desc.addr())
-        .ok_or(Error::FindMemoryRegion)?;
+        .ok_or_else(|| Error::FindMemoryRegion)?;
     let offset = desc
         .addr()
         .checked_sub(region.start_addr().raw_value())
-        .ok_or(Error::FindMemoryRegion)?;
+        .ok_or_else(|| Error::FindMemoryRegion)?;
     region
         .get_slice(MemoryRegionAddress(offset.raw_value()), desc.len() as usize)
         .map_err(Error::GuestMemoryError)
