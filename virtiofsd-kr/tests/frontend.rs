@@ -1841,13 +1841,21 @@ fn batched_requests_with_a_thread_pool_repeatedly() {
 /// the FORGET waited for 53 to 169 GETATTRs in six runs; with it, six runs passed).
 #[test]
 fn forget_is_served_while_requests_keep_the_polled_queue_busy() {
-    let mut daemon = Daemon::start_with(
-        &["--sandbox", "none", "--seccomp", "none"],
-        &["--poll-max-us", "200"],
-        |d| {
-            std::fs::write(d.join("f"), b"x").unwrap();
-        },
-    );
+    forget_is_served_during_back_to_back_getattrs(&["--poll-max-us", "200"]);
+}
+
+/// The same without polling (the default): a request posted before the thread turns the
+/// queue's notifications back on sends it round again without `epoll_wait`; the FORGET must
+/// not wait for that either.
+#[test]
+fn forget_is_served_while_back_to_back_requests_keep_the_queue_busy() {
+    forget_is_served_during_back_to_back_getattrs(&[]);
+}
+
+fn forget_is_served_during_back_to_back_getattrs(flags: &[&str]) {
+    let mut daemon = Daemon::start_with(&["--sandbox", "none", "--seccomp", "none"], flags, |d| {
+        std::fs::write(d.join("f"), b"x").unwrap();
+    });
     let mut s = daemon.session();
     let f = s.lookup(ROOT, "f").expect("LOOKUP");
     // Teach the poller this frontend's gaps.

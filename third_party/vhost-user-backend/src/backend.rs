@@ -137,6 +137,12 @@ pub trait VhostUserBackend: Send + Sync {
         None
     }
 
+    /// virtiofsd-kr patch: queue `index` is being served (`true`: started and enabled, its
+    /// kick registered with its thread; said just before the kick is registered) or no longer
+    /// (`false`: said just after). Lets a backend that looks at a thread's other queues skip
+    /// the ones the frontend never started without locking them.
+    fn queue_served(&self, _index: usize, _served: bool) {}
+
     /// Handle IO events for backend registered file descriptors.
     ///
     /// This function gets called if the backend registered some additional listeners onto specific
@@ -396,6 +402,10 @@ impl<T: VhostUserBackend> VhostUserBackend for Arc<T> {
 
     fn queues_per_thread(&self) -> Vec<u64> {
         self.deref().queues_per_thread()
+    }
+
+    fn queue_served(&self, index: usize, served: bool) {
+        self.deref().queue_served(index, served)
     }
 
     fn exit_event(&self, thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {

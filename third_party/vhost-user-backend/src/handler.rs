@@ -238,6 +238,8 @@ where
                 if shifted_queues_mask & 1u64 == 1u64 {
                     let evt_idx = queues_mask.count_ones() - shifted_queues_mask.count_ones();
                     if vring_state.get_queue().ready() && vring_state.is_enabled() {
+                        // virtiofsd-kr patch: said before the first kick can be seen.
+                        self.backend.queue_served(usize::from(index), true);
                         if let Err(e) = self.handlers[thread_index].register_event(
                             fd.as_raw_fd(),
                             EventSet::IN,
@@ -259,6 +261,7 @@ where
                             EventSet::IN,
                             u64::from(evt_idx),
                         );
+                        self.backend.queue_served(usize::from(index), false);
                     }
                     break;
                 }

@@ -602,6 +602,10 @@ pub struct VirtioFsDevice<F: FileSystem + Send + Sync + 'static> {
     polls: Vec<QueuePoll>,
     /// Requests taken from each queue (index: device queue), logged at exit.
     taken: Vec<AtomicU64>,
+    /// The queues being served, a bit each (`queue_served`): a thread going round again looks
+    /// at its other queues only if the frontend started them. A guest of one request queue
+    /// leaves most of a thread's queues unstarted, and looking at one costs its ring lock.
+    served: AtomicU64,
 }
 
 impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
@@ -666,6 +670,7 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
                 .map(|_| QueuePoll::new(poll_max))
                 .collect(),
             taken: (0..=request_queues).map(|_| AtomicU64::new(0)).collect(),
+            served: AtomicU64::new(0),
         })
     }
 
@@ -884,6 +889,17 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for VirtioFsDevice<
         self.masks.clone()
     }
 
+    fn queue_served(&self, index: usize, served: bool) {
+        let Some(bit) = u32::try_from(index).ok().and_then(|i| 1u64.checked_shl(i)) else {
+            return;
+        };
+        if served {
+            self.served.fetch_or(bit, Ordering::AcqRel);
+        } else {
+            self.served.fetch_and(!bit, Ordering::AcqRel);
+        }
+    }
+
     fn features(&self) -> u64 {
         (1 << VIRTIO_F_VERSION_1)
             | (1 << VIRTIO_RING_F_INDIRECT_DESC)
@@ -971,12 +987,14 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for VirtioFsDevice<
         };
         // This thread's other queues (at most MAX_QUEUES - 1: no allocation per event).
         // One pass over the thread's mask: its n-th queue is `vrings[n]`.
+        // Only those the frontend started: the others have nothing to serve.
         let mut others = [(queue, vring); MAX_QUEUES];
         let mut n = 0;
         let mask = self.masks.get(thread_id).copied().unwrap_or(0);
+        let served = self.served.load(Ordering::Acquire);
         let mine = (0..MAX_QUEUES).filter(|q| mask & (1 << q) != 0);
         for (q, v) in mine.zip(vrings) {
-            if q != queue {
+            if q != queue && served & (1 << q) != 0 {
                 others[n] = (q, v);
                 n += 1;
             }
