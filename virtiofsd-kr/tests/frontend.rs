@@ -582,7 +582,7 @@ fn a_refusal_our_code_logs_repeated_by_the_guest_stays_ten_lines_and_a_notice() 
     assert_eq!(refusals, 10, "40 refused INITs, log:\n{stderr}");
     let notices = stderr
         .lines()
-        .filter(|l| l.starts_with("WARN 10 messages from ") && l.contains("export.rs"))
+        .filter(|l| l.contains("Z  WARN 10 messages from ") && l.contains("export.rs"))
         .count();
     assert_eq!(notices, 1, "log:\n{stderr}");
     daemon.assert_running("repeated refused INITs");

@@ -366,11 +366,16 @@ impl SyslogSocket {
     }
 }
 
-/// Notices to stderr, beside the formatted events.
+/// Notices to stderr, beside the formatted events and laid out as they are (the time, then
+/// the level and the message), so that whatever reads the log sees one more warning.
 fn stderr_notices() -> NoticeSink {
     Box::new(|line: &str| {
         use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "{line}");
+        use tracing_subscriber::fmt::time::FormatTime;
+        let mut time = String::new();
+        let _ = tracing_subscriber::fmt::time::SystemTime
+            .format_time(&mut tracing_subscriber::fmt::format::Writer::new(&mut time));
+        let _ = writeln!(std::io::stderr(), "{time}  {line}");
     })
 }
 
