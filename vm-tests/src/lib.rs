@@ -34,4 +34,4 @@ pub use daemon::{CacheMode, CephShare, DaemonConfig, DaemonOutcome, ShareBackend
 pub use error::{HarnessError, Result};
 pub use paths::{GuestImage, GuestKernel, QemuVersion};
 pub use results::{GuestResults, ResultEntry, SerialLine};
-pub use vm::{FsDevice, RunningVm, VmBuilder, VmOutcome, GUEST_MOUNT};
+pub use vm::{FsDevice, RunningVm, VmBuilder, VmOutcome, GUEST_MOUNT, SECOND_MOUNT};

@@ -27,6 +27,10 @@ use crate::results::{GuestResults, ResultEntry, SerialLine};
 pub const GUEST_MOUNT: &str = "/data";
 /// The virtio-fs tag used for the share.
 pub const SHARE_TAG: &str = "share";
+/// Where a second share ([`VmBuilder::second_share`]) is mounted in the guest.
+pub const SECOND_MOUNT: &str = "/data2";
+/// The virtio-fs tag of a second share.
+pub const SECOND_TAG: &str = "share2";
 
 #[derive(Clone)]
 enum Source {
@@ -60,6 +64,8 @@ pub struct VmBuilder {
     kernel: GuestKernel,
     device: FsDevice,
     mount_options: Option<String>,
+    /// A second virtio-fs device with a daemon of its own, mounted at [`SECOND_MOUNT`].
+    second: Option<(ShareBackend, DaemonConfig)>,
 }
 
 /// How the share reaches the guest.
@@ -133,6 +139,7 @@ impl VmBuilder {
             kernel: GuestKernel::default(),
             device: FsDevice::FsPci { request_queues: 1 },
             mount_options: None,
+            second: None,
         }
     }
 
@@ -316,6 +323,15 @@ impl VmBuilder {
         self
     }
 
+    /// A second share: its own daemon (started with `config`) behind a second
+    /// `vhost-user-fs-pci` (tag [`SECOND_TAG`], one request queue), mounted at
+    /// [`SECOND_MOUNT`] before the workload runs and unmounted after it. For comparing two
+    /// daemons inside one boot: the same guest, the same moment of the machine.
+    pub fn second_share(mut self, backend: ShareBackend, config: DaemonConfig) -> Self {
+        self.second = Some((backend, config));
+        self
+    }
+
     /// An extra kernel command-line argument.
     pub fn kernel_arg(mut self, arg: &str) -> Self {
         self.kernel_args.push(arg.to_string());
@@ -333,7 +349,17 @@ impl VmBuilder {
             .map_err(|e| HarnessError::io("copying the base initramfs", e))?;
         let mut w = CpioWriter::new(std::io::BufWriter::new(out));
         w.dir("vmtest", 0o755)?;
-        w.file("vmtest/workload.sh", 0o755, self.workload.as_bytes())?;
+        if self.second.is_some() {
+            // The guest's /init mounts one share; the second is mounted around the workload.
+            w.file("vmtest/main.sh", 0o755, self.workload.as_bytes())?;
+            w.file(
+                "vmtest/workload.sh",
+                0o755,
+                second_mount_wrapper().as_bytes(),
+            )?;
+        } else {
+            w.file("vmtest/workload.sh", 0o755, self.workload.as_bytes())?;
+        }
         for f in &self.files {
             w.parents(&f.guest_path)?;
             match &f.source {
@@ -393,6 +419,14 @@ impl VmBuilder {
                     .into(),
             ));
         }
+        if self.second.is_some()
+            && (self.share.is_none() || self.device != FsDevice::FsPci { request_queues: 1 })
+        {
+            return Err(HarnessError::Config(
+                "a second share needs a first one on vhost-user-fs-pci with one request queue"
+                    .into(),
+            ));
+        }
         if let Some(opts) = &self.mount_options {
             if opts.is_empty() || opts.contains(char::is_whitespace) {
                 return Err(HarnessError::Config(format!(
@@ -421,6 +455,10 @@ impl VmBuilder {
         }
         let daemon = match &self.share {
             Some(backend) => Some(Daemon::start_backend(&self.daemon, backend)?),
+            None => None,
+        };
+        let second_daemon = match &self.second {
+            Some((backend, config)) => Some(Daemon::start_backend(config, backend)?),
             None => None,
         };
 
@@ -476,6 +514,14 @@ impl VmBuilder {
                 self.device.qemu_arg(),
             ]);
         }
+        if let Some(d) = &second_daemon {
+            args.extend([
+                "-chardev".into(),
+                format!("socket,id=vfs1,path={}", d.socket().display()),
+                "-device".into(),
+                format!("vhost-user-fs-pci,chardev=vfs1,tag={SECOND_TAG}"),
+            ]);
+        }
         let command_line = format!("{} {}", qemu.display(), args.join(" "));
         eprintln!(
             "vm-tests: [{}] booting QEMU {} with kernel {}, accel={accel}, device {}, backend={}, cache={}",
@@ -527,6 +573,7 @@ impl VmBuilder {
             child: Some(child),
             stdin,
             daemon,
+            second_daemon,
             shared,
             threads: vec![out_thread, err_thread],
             started,
@@ -630,6 +677,8 @@ pub struct RunningVm {
     child: Option<Child>,
     stdin: Option<ChildStdin>,
     daemon: Option<Daemon>,
+    /// The daemon of [`VmBuilder::second_share`].
+    second_daemon: Option<Daemon>,
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
     started: Instant,
@@ -651,7 +700,7 @@ impl RunningVm {
     /// tells a thread blocked in the kernel from one that spins).
     fn hang_report(&self) -> String {
         let mut out = String::new();
-        if let Some(d) = &self.daemon {
+        for d in self.daemon.iter().chain(&self.second_daemon) {
             let log = d.log();
             let lines: Vec<&str> = log.lines().collect();
             let tail = &lines[lines.len().saturating_sub(60)..];
@@ -663,6 +712,7 @@ impl RunningVm {
         let roots = self
             .daemon_pid()
             .into_iter()
+            .chain(self.second_daemon_pid())
             .chain(self.child.as_ref().map(Child::id));
         let _ = writeln!(out, "---- threads (pid/tid comm state wchan):");
         for root in roots {
@@ -697,6 +747,11 @@ impl RunningVm {
     /// The process id of this boot's daemon (`None` without a share or once collected).
     pub fn daemon_pid(&self) -> Option<u32> {
         self.daemon.as_ref().and_then(Daemon::pid)
+    }
+
+    /// The process id of the second share's daemon ([`VmBuilder::second_share`]).
+    pub fn second_daemon_pid(&self) -> Option<u32> {
+        self.second_daemon.as_ref().and_then(Daemon::pid)
     }
 
     /// True while this boot's daemon runs (false without a share, or once it exited).
@@ -842,6 +897,10 @@ impl RunningVm {
             .daemon
             .as_mut()
             .map(|d| d.finish(self.daemon_exit_timeout));
+        let second_daemon = self
+            .second_daemon
+            .as_mut()
+            .map(|d| d.finish(self.daemon_exit_timeout));
         let st = std::mem::take(&mut *self.shared.state.lock().unwrap_or_else(|p| p.into_inner()));
         let kvm_failed = self.accel == Accel::Kvm
             && (accel::kvm_failure(&st.stderr) || accel::kvm_failure(&render_log(&st.lines)));
@@ -867,6 +926,7 @@ impl RunningVm {
             qemu_status,
             qemu_command: self.command_line.clone(),
             daemon,
+            second_daemon,
             elapsed,
             timeout: self.timeout,
             timed_out,
@@ -904,6 +964,32 @@ fn kernel_death_in_boot(r: &GuestResults, serial: &[SerialLine]) -> Option<Strin
         .then(|| panic.text.trim().to_string())
 }
 
+/// The workload of a boot with a second share: mounts it (retrying while the device comes up,
+/// as /init does for the first), runs the test's own workload (`/vmtest/main.sh`), unmounts it
+/// and exits with the workload's status.
+fn second_mount_wrapper() -> String {
+    format!(
+        "mkdir -p {m}\n\
+         tries=0\n\
+         until mount -t virtiofs {t} {m} 2>/tmp/mount2.err; do\n\
+         \x20   tries=$((tries + 1))\n\
+         \x20   if [ $tries -ge 20 ]; then\n\
+         \x20       echo \"@@VMTEST-ERROR mount of virtiofs tag {t} on {m} failed: $(cat /tmp/mount2.err)\"\n\
+         \x20       exit 125\n\
+         \x20   fi\n\
+         \x20   sleep 0.1\n\
+         done\n\
+         sh /vmtest/main.sh\n\
+         rc=$?\n\
+         cd /\n\
+         sync\n\
+         umount {m} 2>/dev/null\n\
+         exit $rc\n",
+        m = SECOND_MOUNT,
+        t = SECOND_TAG
+    )
+}
+
 /// Everything one boot produced.
 #[derive(Debug)]
 pub struct VmOutcome {
@@ -918,6 +1004,8 @@ pub struct VmOutcome {
     pub qemu_command: String,
     /// The daemon's end (`None` without a share).
     pub daemon: Option<DaemonOutcome>,
+    /// The end of the second share's daemon ([`VmBuilder::second_share`]).
+    pub second_daemon: Option<DaemonOutcome>,
     pub elapsed: Duration,
     pub timeout: Duration,
     /// QEMU had to be killed at the deadline.
@@ -957,7 +1045,7 @@ impl VmOutcome {
             self.results.errors,
             self.qemu_command,
         );
-        if let Some(d) = &self.daemon {
+        for d in self.daemon.iter().chain(&self.second_daemon) {
             s.push_str(&format!(
                 "---- daemon: {}\nstatus: {:?}{}\n{}\n",
                 d.command,
@@ -1000,7 +1088,7 @@ impl VmOutcome {
         for e in &self.results.errors {
             p.push(format!("guest error: {e}"));
         }
-        if let Some(d) = &self.daemon {
+        for d in self.daemon.iter().chain(&self.second_daemon) {
             if !d.success() {
                 p.push(format!(
                     "daemon did not exit 0 after the guest powered off: status {:?}{}",
@@ -1109,6 +1197,7 @@ mod tests {
             qemu_status: None,
             qemu_command: String::new(),
             daemon: None,
+            second_daemon: None,
             elapsed: Duration::ZERO,
             timeout: Duration::ZERO,
             timed_out: false,

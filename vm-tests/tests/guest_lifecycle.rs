@@ -2,7 +2,7 @@
 //! exits 0 by itself afterwards.
 
 use vm_tests::workload::{script, temp_share};
-use vm_tests::{CacheMode, VmBuilder};
+use vm_tests::{CacheMode, DaemonConfig, ShareBackend, VmBuilder};
 
 #[test]
 fn daemon_exits_zero_when_the_guest_powers_off() {
@@ -33,6 +33,50 @@ r mounts "$(grep -c ' /data virtiofs ' /proc/mounts)"
         std::fs::read_to_string(share.path().join("from-guest.txt")).unwrap(),
         "written by the guest\n"
     );
+}
+
+/// The paired bench's rig (`vmbench --paired`): two shares, each behind its own device and
+/// daemon, each mounted where the workload expects it, and each daemon exits 0 at the end.
+#[test]
+fn a_second_share_is_served_by_its_own_daemon() {
+    let (a, b) = (temp_share(), temp_share());
+    std::fs::write(a.path().join("a.txt"), "first\n").unwrap();
+    std::fs::write(b.path().join("b.txt"), "second\n").unwrap();
+    let body = r#"
+check first first "$(cat /data/a.txt)"
+check second second "$(cat /data2/b.txt)"
+check apart 1 "$(test -e /data2/a.txt || test -e /data/b.txt; echo $?)"
+echo "to the second" > /data2/from-guest.txt
+check sync_ok 0 "$(sync; echo $?)"
+r mounts "$(grep -c ' /data2* virtiofs ' /proc/mounts)"
+"#;
+    let second = DaemonConfig {
+        cache: CacheMode::Never,
+        ..DaemonConfig::default()
+    };
+    let out = VmBuilder::new()
+        .name("two-shares")
+        .share(a.path())
+        .cache(CacheMode::Auto)
+        .second_share(ShareBackend::Passthrough(b.path().to_path_buf()), second)
+        .workload(&script(body))
+        .run()
+        .unwrap_or_else(|e| panic!("{e}"));
+    out.assert_ok();
+    for key in ["first", "second", "apart"] {
+        out.expect(key, "ok");
+    }
+    out.expect("mounts", "2");
+    let second = out.second_daemon.as_ref().expect("a second daemon ran");
+    out.check(
+        second.success() && second.command.contains("--cache never"),
+        "the second daemon, started with its own flags, must exit 0 after the guest powers off",
+    );
+    assert_eq!(
+        std::fs::read_to_string(b.path().join("from-guest.txt")).unwrap(),
+        "to the second\n"
+    );
+    assert!(!a.path().join("from-guest.txt").exists());
 }
 
 #[test]
