@@ -14,8 +14,11 @@
 # installs the reference daemon with `cargo install virtiofsd --locked` into
 # .cache/reference-virtiofsd (only when it is missing; needs libseccomp-dev and libcap-ng-dev,
 # checked here and installed by scripts/setup.sh), then runs vmbench: per cache mode and
-# repetition one guest boot per daemon (A B, then B A, ...), fio jobs inside, the
-# same jobs on the host. Every ratio comes with a 95 % bootstrap interval and is called won or
+# repetition one guest boot served by both daemons (a share each, each on its own
+# vhost-user-fs-pci), every fio job and the metadata job run on one share and right after on
+# the other (A B, then B A, ...), ratios from those pairs; the same jobs on the host.
+# --separate-boots boots a guest per daemon instead (A B, then B A, ...), as the CephFS mode
+# always does. Every ratio comes with a 95 % bootstrap interval and is called won or
 # lost only when that excludes 1.0; beside every figure, the daemon's CPU time per operation
 # (or per MiB, per file) inside that job's window, and its ratio with its interval.
 #
@@ -71,7 +74,7 @@
 #
 # Options:
 #   --backend B     passthrough (default: a host folder) or cephfs (see above)
-#   --quick         cache=auto only, 3 boots per daemon with every job run 3 times in each
+#   --quick         cache=auto only, 3 boots with every job run 3 times on each daemon
 #                   (--repeat 3), 2 s fio jobs, 256 MiB files, host jobs once (~12 min)
 #   --json          JSON on stdout instead of the table
 #   --out DIR       where last.md/last.json/last.log go
@@ -85,7 +88,7 @@
 # --count-cpu ours|reference:PID (count another process's CPU as that daemon's, e.g.
 # ceph-fuse under a reference serving its mount), --ours-arg ARG, --reference-arg ARG,
 # --cache auto,always,never,metadata, --runtime SECS, --file-mib N, --jobs a,b, --no-meta,
-# --no-host, --strace DIR, --accel auto|kvm|tcg.
+# --no-host, --strace DIR (one boot per daemon), --accel auto|kvm|tcg, --separate-boots.
 #
 # Environment: REFERENCE_VIRTIOFSD=/path/to/virtiofsd uses that binary instead.
 set -euo pipefail

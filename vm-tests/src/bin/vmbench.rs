@@ -1,10 +1,13 @@
 //! `vmbench`: virtiofsd-kr against the reference `virtiofsd`, side by side, in real guests.
 //!
-//! For every cache mode and repetition it boots the same guest (same kernel, memory, vCPUs
-//! and accelerator) once with our daemon and once with the reference daemon, in pairs whose
-//! order alternates (A B, B A, A B ...) so that drift of the machine and the disadvantage of
-//! going first cancel out, and runs the same fio jobs
-//! inside: sequential 1 MiB read and write (buffered and O_DIRECT), 4 KiB random read with
+//! For every cache mode and repetition it boots one guest served by both daemons (paired
+//! boots, the default: our daemon and the reference each behind its own `vhost-user-fs-pci`
+//! on a folder of its own with the same files), and runs every job on one share and right
+//! after on the other, the order alternating (A B, B A, ...) from job to job, round to round
+//! and boot to boot; each ratio comes from those pairs, so whatever the boot and the moment do
+//! to both daemons cancels. `--separate-boots` (and a CephFS comparison) boots the same guest
+//! once per daemon instead, in pairs of boots whose order alternates. The jobs, the same
+//! everywhere: sequential 1 MiB read and write (buffered and O_DIRECT), 4 KiB random read with
 //! psync (QD1) and libaio (QD16), 4 KiB random write, mmap random read, and a metadata job
 //! (create, stat, readdir and unlink of 10,000 files, done by this very binary copied into
 //! the guest: `vmbench meta DIR COUNT`). The same jobs also run on the host against a folder
@@ -33,7 +36,7 @@ use serde_json::{json, Value};
 use thiserror::Error;
 use vm_tests::cpu::{CpuSampler, CpuTrace};
 use vm_tests::results::{parse_line, GuestResults, Line};
-use vm_tests::stats::{median, ratio_interval, RatioInterval, DEFAULT_SEED};
+use vm_tests::stats::{median, paired_ratio_interval, ratio_interval, RatioInterval, DEFAULT_SEED};
 use vm_tests::{AccelChoice, CacheMode, DaemonConfig, HarnessError, VmBuilder};
 
 /// Errors of the benchmark driver.
@@ -435,6 +438,10 @@ struct Config {
     ours_ceph: Option<vm_tests::CephShare>,
     /// `--meta-files N`: files the metadata job creates, stats, lists and unlinks.
     meta_files: u64,
+    /// Both daemons serve one guest (a share each), every job run on one and then the
+    /// other ([`run_paired_guest`]); ratios from the pairs. The default (`--paired`) but with
+    /// `--ours-ceph` or `--strace`; `--separate-boots` boots a guest per daemon instead.
+    paired: bool,
 }
 
 const USAGE: &str = "vmbench [--quick] [--json] [--reps N] [--repeat N] [--cache auto,never,...] \
@@ -442,7 +449,7 @@ const USAGE: &str = "vmbench [--quick] [--json] [--reps N] [--repeat N] [--cache
     [--runtime SECS] [--file-mib N] [--memory MIB] [--smp N] [--accel auto|kvm|tcg] \
     [--ours BIN] [--reference BIN] [--work DIR] [--jobs a,b,...] [--no-meta] [--no-host] \
     [--strace DIR [--strace-full]] [--markdown-out FILE] [--json-out FILE] \
-    [--ours-ceph CONF,ID,KEYRING,ROOT] [--meta-files N]\n       vmbench meta DIR COUNT \
+    [--ours-ceph CONF,ID,KEYRING,ROOT] [--meta-files N] [--paired|--separate-boots]\n       vmbench meta DIR COUNT \
     [--drop-caches]";
 
 fn parse_cache(s: &str) -> Result<CacheMode> {
@@ -494,7 +501,9 @@ fn parse_args(args: &[String]) -> Result<Config> {
         self_exe: PathBuf::new(),
         ours_ceph: None,
         meta_files: META_FILES,
+        paired: false,
     };
+    let mut paired = None;
     let mut i = 0;
     let val = |i: usize| -> Result<&String> {
         args.get(i + 1)
@@ -523,6 +532,14 @@ fn parse_args(args: &[String]) -> Result<Config> {
             }
             "--strace-full" => {
                 c.strace_full = true;
+                skip = 1
+            }
+            "--paired" => {
+                paired = Some(true);
+                skip = 1
+            }
+            "--separate-boots" => {
+                paired = Some(false);
                 skip = 1
             }
             "--reps" => c.reps = num(i)?.max(1) as usize,
@@ -573,6 +590,15 @@ fn parse_args(args: &[String]) -> Result<Config> {
             o => return Err(BenchError::Usage(format!("unknown option {o}\n{USAGE}"))),
         }
         i += skip;
+    }
+    // Paired boots unless asked otherwise, or where they cannot be: a CephFS comparison
+    // (both daemons would be clients of one volume at once) and strace (one daemon a boot).
+    c.paired = paired.unwrap_or(c.ours_ceph.is_none() && c.strace_dir.is_none());
+    if c.paired && (c.ours_ceph.is_some() || c.strace_dir.is_some()) {
+        return Err(BenchError::Usage(
+            "--paired compares daemons on host folders of their own: not with --ours-ceph or --strace"
+                .into(),
+        ));
     }
     for (what, p) in [("--ours", &c.ours), ("--reference", &c.reference)] {
         if !p.is_file() {
@@ -893,6 +919,10 @@ struct RunValues {
     /// Job (or metadata row) -> daemon CPU seconds per unit of work (per MiB, I/O or file),
     /// one per repetition whose window was found.
     cpu: BTreeMap<String, Vec<f64>>,
+    /// The round of each value and of each CPU figure (a failed run leaves a gap): what
+    /// pairs the two daemons' runs of a paired boot.
+    value_rounds: BTreeMap<String, Vec<usize>>,
+    cpu_rounds: BTreeMap<String, Vec<usize>>,
     errors: Vec<String>,
     usage: DaemonUsage,
     elapsed_s: f64,
@@ -901,12 +931,20 @@ struct RunValues {
 }
 
 impl RunValues {
-    fn push(&mut self, job: &str, value: f64) {
+    fn push(&mut self, job: &str, round: usize, value: f64) {
         self.values.entry(job.to_string()).or_default().push(value);
+        self.value_rounds
+            .entry(job.to_string())
+            .or_default()
+            .push(round);
     }
 
-    fn push_cpu(&mut self, job: &str, per_unit: f64) {
+    fn push_cpu(&mut self, job: &str, round: usize, per_unit: f64) {
         self.cpu.entry(job.to_string()).or_default().push(per_unit);
+        self.cpu_rounds
+            .entry(job.to_string())
+            .or_default()
+            .push(round);
     }
 }
 
@@ -920,10 +958,11 @@ fn load_avg() -> Option<f64> {
 }
 
 /// The guest shell function that runs one fio job between the markers whose times bound
-/// the window charged to it (`run_job JOB ROUND`); the DAX and multiqueue modes use it too.
+/// the window charged to it (`run_job JOB ROUND [JOBDIR]`: the job file is
+/// `JOBDIR/JOB.fio`, `/bench` by default); the DAX and multiqueue modes use it too.
 pub(crate) const RUN_JOB: &str = "run_job() {\n\
          \x20   echo \"@@VMTEST begin.$1:$2=1\"\n\
-         \x20   fio --output-format=json --output=/tmp/$1.json /bench/$1.fio >/tmp/$1.err 2>&1\n\
+         \x20   fio --output-format=json --output=/tmp/$1.json ${3:-/bench}/$1.fio >/tmp/$1.err 2>&1\n\
          \x20   rc=$?\n\
          \x20   echo \"@@VMTEST end.$1:$2=1\"\n\
          \x20   if [ $rc = 0 ]; then\n\
@@ -957,16 +996,18 @@ fn guest_script(cfg: &Config, jobs: &[FioJob]) -> String {
     s
 }
 
-/// The fio results of round `round`: values into `out`, and what each did (for CPU per unit).
+/// The fio results of round `round`, reported by the guest under `tag` (the round unless two
+/// daemons share the boot): values into `out`, and what each did (for CPU per unit).
 fn collect_fio(
     jobs: &[FioJob],
     round: usize,
+    tag: usize,
     get: impl Fn(&str) -> Option<String>,
     out: &mut RunValues,
 ) -> BTreeMap<&'static str, FioFigure> {
     let mut done = BTreeMap::new();
     for j in jobs {
-        let key = format!("fio.{}:{round}", j.name);
+        let key = format!("fio.{}:{tag}", j.name);
         match get(&key) {
             None => out
                 .errors
@@ -980,7 +1021,7 @@ fn collect_fio(
             ),
             Some(v) => match parse_fio(j.name, &v, j.metric) {
                 Ok(x) => {
-                    out.push(j.name, x.value);
+                    out.push(j.name, round, x.value);
                     done.insert(j.name, x);
                 }
                 Err(e) => out.errors.push(e.to_string()),
@@ -1008,6 +1049,57 @@ fn cpu_roots(cfg: &Config, which: Which, daemon: u32) -> Vec<u32> {
                 .map(|(_, p)| *p),
         )
         .collect()
+}
+
+/// One daemon's figures of a boot: for each round, its fio results and metadata rows, and
+/// its CPU time per unit of work inside each run's window. The guest tagged this daemon's
+/// runs `round + tag_offset` (0 unless two daemons share the boot).
+fn collect_side(
+    cfg: &Config,
+    jobs: &[FioJob],
+    results: &GuestResults,
+    trace: &CpuTrace,
+    name: &str,
+    tag_offset: usize,
+    out: &mut RunValues,
+) {
+    let get = |k: &str| results.get(k).map(str::to_string);
+    for round in 0..cfg.repeat {
+        let tag = round + tag_offset;
+        for (job, fig) in collect_fio(jobs, round, tag, get, out) {
+            match window_cpu(results, trace, job, tag) {
+                Some(c) if fig.work > 0.0 => out.push_cpu(job, round, c / fig.work),
+                _ => out
+                    .errors
+                    .push(format!("{name}: no CPU window for {job} round {round}")),
+            }
+        }
+        if cfg.meta {
+            match meta_rows(cfg.meta_files, get, tag) {
+                Ok(rows) => {
+                    for (k, v) in rows {
+                        out.push(&k, round, v);
+                    }
+                    let mut total = Some(0.0);
+                    for phase in META_PHASES {
+                        let key = format!("meta-{phase}");
+                        let c = window_cpu(results, trace, &key, tag);
+                        if let Some(c) = c {
+                            out.push_cpu(&key, round, c / cfg.meta_files as f64);
+                        }
+                        total = total.zip(c).map(|(t, c)| t + c);
+                    }
+                    match total {
+                        Some(t) => out.push_cpu("meta-total", round, t / cfg.meta_files as f64),
+                        None => out.errors.push(format!(
+                            "{name}: no CPU window for a metadata phase of round {round}"
+                        )),
+                    }
+                }
+                Err(e) => out.errors.push(e.to_string()),
+            }
+        }
+    }
 }
 
 fn run_guest(
@@ -1087,43 +1179,7 @@ fn run_guest(
         load_avg: load_avg(),
         ..RunValues::default()
     };
-    let results = &outcome.results;
-    let get = |k: &str| results.get(k).map(str::to_string);
-    for round in 0..cfg.repeat {
-        for (job, fig) in collect_fio(jobs, round, get, &mut out) {
-            match window_cpu(results, &trace, job, round) {
-                Some(c) if fig.work > 0.0 => out.push_cpu(job, c / fig.work),
-                _ => out
-                    .errors
-                    .push(format!("{name}: no CPU window for {job} round {round}")),
-            }
-        }
-        if cfg.meta {
-            match meta_rows(cfg.meta_files, get, round) {
-                Ok(rows) => {
-                    for (k, v) in rows {
-                        out.push(&k, v);
-                    }
-                    let mut total = Some(0.0);
-                    for phase in META_PHASES {
-                        let key = format!("meta-{phase}");
-                        let c = window_cpu(results, &trace, &key, round);
-                        if let Some(c) = c {
-                            out.push_cpu(&key, c / cfg.meta_files as f64);
-                        }
-                        total = total.zip(c).map(|(t, c)| t + c);
-                    }
-                    match total {
-                        Some(t) => out.push_cpu("meta-total", t / cfg.meta_files as f64),
-                        None => out.errors.push(format!(
-                            "{name}: no CPU window for a metadata phase of round {round}"
-                        )),
-                    }
-                }
-                Err(e) => out.errors.push(e.to_string()),
-            }
-        }
-    }
+    collect_side(cfg, jobs, &outcome.results, &trace, &name, 0, &mut out);
     // Our daemon logs what its request-queue polling and its request workers did
     // (docs/benchmarks.md): into the progress log, beside the figures they explain.
     if let Some(d) = &outcome.daemon {
@@ -1149,6 +1205,184 @@ fn run_guest(
         eprintln!("vmbench: [{name}] problems: {:?}\n{log}", out.errors);
     }
     Ok(out)
+}
+
+/// In a paired boot, the reference's runs are tagged `round + PAIRED_TAG_OFFSET`, ours
+/// `round`.
+const PAIRED_TAG_OFFSET: usize = 100;
+
+fn paired_tag_offset(which: Which) -> usize {
+    match which {
+        Which::Ours => 0,
+        Which::Reference => PAIRED_TAG_OFFSET,
+    }
+}
+
+/// Which daemon a paired boot puts on the first virtio-fs device (mounted by the guest's
+/// /init at /data) and which on the second (/data2): alternating with the repetition, so
+/// that the device order cancels like the run order.
+fn paired_devices(rep: usize) -> [(Which, &'static str); 2] {
+    let [first, second] = pair_order(rep);
+    [
+        (first, vm_tests::GUEST_MOUNT),
+        (second, vm_tests::SECOND_MOUNT),
+    ]
+}
+
+/// The workload of a paired boot: `repeat` rounds; in each, every fio job twice in a row,
+/// once on each daemon's share, in an order that alternates from job to job, round to round
+/// and boot to boot (A B, B A, ...), then the metadata job on each share the same way. The
+/// two runs of a pair are seconds apart in one guest, so what the boot and the moment do to
+/// both cancels in their ratio.
+fn paired_guest_script(cfg: &Config, jobs: &[FioJob], rep: usize) -> String {
+    let devices = paired_devices(rep);
+    let mount = |which: Which| {
+        devices
+            .iter()
+            .find(|(w, _)| *w == which)
+            .map_or(vm_tests::GUEST_MOUNT, |(_, m)| *m)
+    };
+    let mut s = String::new();
+    for (_, m) in devices {
+        let _ = writeln!(s, "mkdir -p {m}/bench");
+    }
+    s.push_str(RUN_JOB);
+    for round in 0..cfg.repeat {
+        for (i, j) in jobs.iter().enumerate() {
+            for which in pair_order(rep + round + i) {
+                let _ = writeln!(
+                    s,
+                    "run_job {} {} /bench-{}",
+                    j.name,
+                    round + paired_tag_offset(which),
+                    which.key()
+                );
+            }
+        }
+        if cfg.meta {
+            for which in pair_order(rep + round + jobs.len()) {
+                let _ = writeln!(
+                    s,
+                    "/bin/vmbench meta {}/bench/meta {} --drop-caches --tag {} || \
+                     echo \"@@VMTEST-ERROR metadata job of {} failed\"",
+                    mount(which),
+                    cfg.meta_files,
+                    round + paired_tag_offset(which),
+                    which.key()
+                );
+            }
+        }
+    }
+    s.push_str("exit 0\n");
+    s
+}
+
+/// One guest boot served by both daemons (`--paired`): ours on `shares[0]`, the reference
+/// on `shares[1]`, each share a folder of its own with the same files, each daemon on its
+/// own `vhost-user-fs-pci`. Returns ours' figures and the reference's, each with its CPU time
+/// per unit of work inside its own runs' windows.
+fn run_paired_guest(
+    cfg: &Config,
+    cache: CacheMode,
+    rep: usize,
+    shares: [&Path; 2],
+    jobs: &[FioJob],
+) -> Result<[RunValues; 2]> {
+    let name = format!("paired-{cache}-{rep}");
+    let share_of = |which: Which| match which {
+        Which::Ours => shares[0],
+        Which::Reference => shares[1],
+    };
+    let [(first, _), (second, _)] = paired_devices(rep);
+    let mut b = VmBuilder::new()
+        .name(&name)
+        .backend(backend_of(cfg, first, share_of(first)))
+        .daemon_config(daemon_config(cfg, first, cache))
+        .second_share(
+            backend_of(cfg, second, share_of(second)),
+            daemon_config(cfg, second, cache),
+        )
+        .fio(true)
+        .memory_mib(cfg.memory_mib)
+        .smp(cfg.smp)
+        .accel(cfg.accel)
+        .timeout(Duration::from_secs(3600))
+        .daemon_exit_timeout(Duration::from_secs(30))
+        .workload(&paired_guest_script(cfg, jobs, rep))
+        .program(&cfg.self_exe, "/bin/vmbench")?;
+    for (which, mount) in paired_devices(rep) {
+        for j in jobs {
+            b = b.file(
+                &format!("/bench-{}/{}.fio", which.key(), j.name),
+                0o644,
+                job_text(j, &format!("{mount}/bench"), cfg),
+            );
+        }
+    }
+    let vm = b.spawn()?;
+    let pid_of = |which: Which| {
+        if which == first {
+            vm.daemon_pid()
+        } else {
+            vm.second_daemon_pid()
+        }
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut watch = Vec::new();
+    for which in [Which::Ours, Which::Reference] {
+        let pid = pid_of(which);
+        let usage = pid.map(|p| {
+            let others = cpu_roots(cfg, which, p).into_iter().skip(1).collect();
+            sample_usage(p, others, Arc::clone(&stop))
+        });
+        let cpu = pid.map(|p| CpuSampler::start(&cpu_roots(cfg, which, p), CPU_SAMPLE_EVERY));
+        watch.push((which, usage, cpu));
+    }
+    let outcome = vm.wait()?;
+    stop.store(true, Ordering::Relaxed);
+    let problems = outcome.problems();
+    let mut sides = Vec::new();
+    for (which, usage, cpu) in watch {
+        let trace = cpu.map(CpuSampler::finish).unwrap_or_default();
+        let mut peak = usage.and_then(|h| h.join().ok()).unwrap_or_default();
+        peak.cpu_s = match (trace.points.first(), trace.last()) {
+            (Some(first), Some(last)) => Some(last - first.1),
+            _ => None,
+        };
+        let mut out = RunValues {
+            usage: peak,
+            elapsed_s: outcome.elapsed.as_secs_f64(),
+            load_avg: load_avg(),
+            ..RunValues::default()
+        };
+        let side = format!("{name} {}", which.key());
+        collect_side(
+            cfg,
+            jobs,
+            &outcome.results,
+            &trace,
+            &side,
+            paired_tag_offset(which),
+            &mut out,
+        );
+        out.errors
+            .extend(problems.iter().map(|p| format!("{name}: {p}")));
+        if !out.errors.is_empty() {
+            eprintln!("vmbench: [{side}] problems: {:?}", out.errors);
+        }
+        sides.push(out);
+    }
+    if !problems.is_empty() {
+        let text = outcome.serial_text();
+        let lines: Vec<&str> = text.lines().collect();
+        eprintln!(
+            "vmbench: [{name}] serial log (end):\n{}",
+            lines[lines.len().saturating_sub(15)..].join("\n")
+        );
+    }
+    let reference = sides.pop().unwrap_or_default();
+    let ours = sides.pop().unwrap_or_default();
+    Ok([ours, reference])
 }
 
 fn run_host(cfg: &Config, dir: &Path, jobs: &[FioJob]) -> Result<RunValues> {
@@ -1179,7 +1413,7 @@ fn run_host(cfg: &Config, dir: &Path, jobs: &[FioJob]) -> Result<RunValues> {
             );
         }
     }
-    collect_fio(jobs, 0, |k| results.get(k).cloned(), &mut out);
+    collect_fio(jobs, 0, 0, |k| results.get(k).cloned(), &mut out);
     if cfg.meta {
         let exe = &cfg.self_exe;
         // The host's caches are shared with everyone on the machine: not dropped here.
@@ -1199,7 +1433,7 @@ fn run_host(cfg: &Config, dir: &Path, jobs: &[FioJob]) -> Result<RunValues> {
         match meta_rows(cfg.meta_files, |k| kv.get(k).cloned(), 0) {
             Ok(rows) => {
                 for (k, v) in rows {
-                    out.push(&k, v);
+                    out.push(&k, 0, v);
                 }
             }
             Err(e) => out.errors.push(format!(
@@ -1315,6 +1549,38 @@ fn per_cpu_second(v: Option<f64>) -> Option<f64> {
 }
 
 /// One job's samples from a set of runs, grouped by boot (a boot's repetitions together).
+/// The pairs of a paired bench for one row: per boot, (ours, reference) of each round both
+/// daemons completed; `cpu` picks CPU per unit of work instead of the figure.
+fn paired_samples(
+    ours: &[RunValues],
+    reference: &[RunValues],
+    job: &str,
+    cpu: bool,
+) -> Vec<Vec<(f64, f64)>> {
+    let by_round = |r: &RunValues| -> BTreeMap<usize, f64> {
+        let (values, rounds) = if cpu {
+            (r.cpu.get(job), r.cpu_rounds.get(job))
+        } else {
+            (r.values.get(job), r.value_rounds.get(job))
+        };
+        rounds
+            .into_iter()
+            .flatten()
+            .copied()
+            .zip(values.into_iter().flatten().copied())
+            .collect()
+    };
+    ours.iter()
+        .zip(reference)
+        .map(|(o, r)| {
+            let (o, r) = (by_round(o), by_round(r));
+            o.iter()
+                .filter_map(|(round, x)| r.get(round).map(|y| (*x, *y)))
+                .collect()
+        })
+        .collect()
+}
+
 fn grouped(runs: &[RunValues], pick: impl Fn(&RunValues) -> Option<&Vec<f64>>) -> Vec<Vec<f64>> {
     runs.iter()
         .filter_map(|r| pick(r).filter(|v| !v.is_empty()).cloned())
@@ -1435,14 +1701,31 @@ fn build_report(
             let h = if cfg.host { flat(&hv) } else { None };
             // Oriented so that above 1 is better for us: ours/reference for rates,
             // reference/ours for seconds.
-            let vr = if lb {
-                ratio_interval(&rv, &ov, DEFAULT_SEED)
+            let (vr, cr) = if cfg.paired {
+                let vp = paired_samples(ours_runs, ref_runs, job, false);
+                let swapped: Vec<Vec<(f64, f64)>> = vp
+                    .iter()
+                    .map(|b| b.iter().map(|(o, r)| (*r, *o)).collect())
+                    .collect();
+                (
+                    paired_ratio_interval(if lb { &swapped } else { &vp }, DEFAULT_SEED),
+                    paired_ratio_interval(
+                        &paired_samples(ours_runs, ref_runs, job, true),
+                        DEFAULT_SEED,
+                    ),
+                )
             } else {
-                ratio_interval(&ov, &rv, DEFAULT_SEED)
+                (
+                    if lb {
+                        ratio_interval(&rv, &ov, DEFAULT_SEED)
+                    } else {
+                        ratio_interval(&ov, &rv, DEFAULT_SEED)
+                    },
+                    // CPU per unit of work, ours/reference: below 1 is better for us.
+                    ratio_interval(&oc, &rc, DEFAULT_SEED),
+                )
             };
             let vh = ratio(o, h, lb);
-            // CPU per unit of work, ours/reference: below 1 is better for us.
-            let cr = ratio_interval(&oc, &rc, DEFAULT_SEED);
             let (oc_med, rc_med) = (flat(&oc), flat(&rc));
             let rounded = |g: &[Vec<f64>], digits: i32| -> Value {
                 json!(g
@@ -1497,10 +1780,18 @@ fn build_report(
             );
         }
     }
+    let design = if cfg.paired {
+        "Paired boots: both daemons served each guest (a share each, on its own \
+         vhost-user-fs-pci), every job ran on one and right after on the other, the order \
+         alternating. Ratios: one-sample Hodges-Lehmann estimate of the pairs' ratios with a \
+         95 % hierarchical-bootstrap interval (boots, then pairs"
+    } else {
+        "Ratios: Hodges-Lehmann estimate with a 95 % hierarchical-bootstrap interval \
+         (boots, then repetitions"
+    };
     let _ = writeln!(
         md,
-        "\nRatios: Hodges-Lehmann estimate with a 95 % hierarchical-bootstrap interval \
-         (boots, then repetitions; {} resamples, fixed seed); `won`/`lost` only when the \
+        "\n{design}; {} resamples, fixed seed); `won`/`lost` only when the \
          interval excludes 1.0. Throughput ratios: above 1 is better for us. CPU: the \
          daemon's utime+stime (with its children and `--count-cpu` processes) inside each \
          job's window, per unit of work; CPU ratio ours/reference, below 1 is better for us. \
@@ -1626,8 +1917,15 @@ fn build_report(
             "command": cfg.command,
             "quick": cfg.quick,
             "repetitions": cfg.reps,
-            "order": "per cache mode and repetition one pair of boots, ours first in even pairs and \
-                reference first in odd ones (A B, B A, ...); host after each repetition",
+            "paired": cfg.paired,
+            "order": if cfg.paired {
+                "per cache mode and repetition one boot served by both daemons; every job run \
+                 on each in turn, the first alternating by job, round and boot; ratios from the \
+                 pairs; host after each repetition"
+            } else {
+                "per cache mode and repetition one pair of boots, ours first in even pairs and \
+                 reference first in odd ones (A B, B A, ...); host after each repetition"
+            },
             "cache_modes": cfg.caches.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
             "runtime_s": cfg.runtime_secs,
             "file_mib": cfg.file_mib,
@@ -1748,8 +2046,36 @@ fn bench(cfg: &Config) -> Result<Report> {
     let mut guest: BTreeMap<(String, Which), Vec<RunValues>> = BTreeMap::new();
     let mut host = Vec::new();
     let mut pair = 0;
+    let ref_share = cfg.work.join("share-reference");
+    if cfg.paired {
+        prepare_dir(&ref_share.join("bench"), cfg.file_mib)?;
+    }
     for rep in 0..cfg.reps {
-        for cache in &cfg.caches {
+        for cache in cfg.caches.iter().filter(|_| cfg.paired) {
+            let runs = run_paired_guest(cfg, *cache, rep, [&share, &ref_share], &jobs)
+                .unwrap_or_else(|e| {
+                    eprintln!("vmbench: paired cache={cache} rep={rep}: {e}");
+                    let failed = RunValues {
+                        errors: vec![format!("paired cache={cache} rep={rep}: {e}")],
+                        ..RunValues::default()
+                    };
+                    [failed.clone(), failed]
+                });
+            for (which, r) in [Which::Ours, Which::Reference].into_iter().zip(runs) {
+                eprintln!(
+                    "vmbench: {} (paired) cache={} rep={} ({:.0} s, load {:?}, usage {:?}): {:?}",
+                    which.key(),
+                    cache,
+                    rep,
+                    r.elapsed_s,
+                    r.load_avg,
+                    r.usage,
+                    r.values
+                );
+                guest.entry((cache.to_string(), which)).or_default().push(r);
+            }
+        }
+        for cache in cfg.caches.iter().filter(|_| !cfg.paired) {
             let order = pair_order(pair);
             pair += 1;
             for which in order {
@@ -3435,6 +3761,117 @@ mod tests {
             script.find("end.$1:$2").unwrap(),
         );
         assert!(b < f && f < e);
+    }
+
+    #[test]
+    fn a_paired_boot_runs_every_job_on_both_daemons_back_to_back_in_alternating_order() {
+        let mut cfg = parse_args(&[
+            "--ours".into(),
+            "/bin/sh".into(),
+            "--reference".into(),
+            "/bin/sh".into(),
+            "--repeat".into(),
+            "2".into(),
+            "--paired".into(),
+        ])
+        .unwrap();
+        cfg.meta = true;
+        let jobs = fio_jobs();
+        let jobs = &jobs[..3];
+        for rep in 0..2 {
+            let script = paired_guest_script(&cfg, jobs, rep);
+            let runs: Vec<&str> = script
+                .lines()
+                .filter(|l| l.starts_with("run_job ") || l.starts_with("/bin/vmbench meta"))
+                .collect();
+            // Per round: each job twice, then the metadata job twice.
+            assert_eq!(runs.len(), 2 * (2 * jobs.len() + 2), "{script}");
+            let mut firsts = Vec::new();
+            for pair in runs.chunks(2) {
+                let [a, b] = pair else { unreachable!() };
+                let ours_meta = format!("meta {}/bench/meta ", mount_of(rep, Which::Ours));
+                let side = |l: &str| {
+                    if l.contains("/bench-ours") || l.contains(&ours_meta) {
+                        Which::Ours
+                    } else {
+                        Which::Reference
+                    }
+                };
+                assert_ne!(side(a), side(b), "one pair, one daemon: {a} / {b}");
+                firsts.push(side(a));
+            }
+            // Neither daemon always goes first.
+            assert!(firsts.contains(&Which::Ours) && firsts.contains(&Which::Reference));
+            for round in 0..2 {
+                for j in jobs {
+                    let ours = format!("run_job {} {round} /bench-ours\n", j.name);
+                    let reference = format!(
+                        "run_job {} {} /bench-reference\n",
+                        j.name,
+                        round + PAIRED_TAG_OFFSET
+                    );
+                    assert!(
+                        script.contains(&ours) && script.contains(&reference),
+                        "{script}"
+                    );
+                }
+                assert!(script.contains(&format!(
+                    "meta {}/bench/meta {META_FILES} --drop-caches --tag {round} ",
+                    mount_of(rep, Which::Ours)
+                )));
+                assert!(script.contains(&format!(
+                    "meta {}/bench/meta {META_FILES} --drop-caches --tag {} ",
+                    mount_of(rep, Which::Reference),
+                    round + PAIRED_TAG_OFFSET
+                )));
+            }
+        }
+        // The device each daemon gets alternates from boot to boot.
+        assert_ne!(mount_of(0, Which::Ours), mount_of(1, Which::Ours));
+    }
+
+    fn mount_of(rep: usize, which: Which) -> &'static str {
+        paired_devices(rep)
+            .into_iter()
+            .find(|(w, _)| *w == which)
+            .unwrap()
+            .1
+    }
+
+    #[test]
+    fn pairs_are_the_rounds_both_daemons_completed_in_one_boot() {
+        let mut ours = RunValues::default();
+        let mut reference = RunValues::default();
+        ours.push("job", 0, 10.0);
+        ours.push("job", 2, 12.0);
+        reference.push("job", 0, 5.0);
+        reference.push("job", 1, 6.0);
+        reference.push("job", 2, 7.0);
+        ours.push_cpu("job", 1, 0.5);
+        reference.push_cpu("job", 1, 0.25);
+        let pairs = paired_samples(&[ours.clone()], &[reference.clone()], "job", false);
+        assert_eq!(pairs, vec![vec![(10.0, 5.0), (12.0, 7.0)]]);
+        let cpu = paired_samples(&[ours], &[reference], "job", true);
+        assert_eq!(cpu, vec![vec![(0.5, 0.25)]]);
+        assert!(paired_samples(&[], &[RunValues::default()], "job", false).is_empty());
+    }
+
+    #[test]
+    fn boots_are_paired_by_default_but_where_they_cannot_be() {
+        let parse = |extra: &[&str]| {
+            let mut args: Vec<String> = ["--ours", "/bin/sh", "--reference", "/bin/sh"]
+                .iter()
+                .chain(extra)
+                .map(|s| s.to_string())
+                .collect();
+            args.push("--quick".into());
+            parse_args(&args).map(|c| c.paired)
+        };
+        assert!(parse(&[]).unwrap());
+        assert!(!parse(&["--separate-boots"]).unwrap());
+        // strace follows one daemon a boot: unpaired unless asked, refused when asked.
+        assert!(!parse(&["--strace", "/tmp/x"]).unwrap());
+        assert!(parse(&["--strace", "/tmp/x", "--paired"]).is_err());
     }
 
     #[test]

@@ -426,12 +426,12 @@ fn run_boot(o: &Opts, v: &Variant, rep: usize, share: &Path) -> Result<RunValues
     let results = &outcome.results;
     let get = |k: &str| results.get(k).map(str::to_string);
     for round in 0..o.repeat {
-        for (job, fig) in collect_fio(&all_jobs, round, get, &mut out) {
+        for (job, fig) in collect_fio(&all_jobs, round, round, get, &mut out) {
             if job.starts_with("tmpfs-") {
                 continue; // no daemon in that path
             }
             match window_cpu(results, &trace, job, round) {
-                Some(c) if fig.work > 0.0 => out.push_cpu(job, c / fig.work),
+                Some(c) if fig.work > 0.0 => out.push_cpu(job, round, c / fig.work),
                 _ => out
                     .errors
                     .push(format!("{name}: no CPU window for {job} round {round}")),
@@ -443,7 +443,7 @@ fn run_boot(o: &Opts, v: &Variant, rep: usize, share: &Path) -> Result<RunValues
         ("mem.available_drop_mib", "mem.available_drop_kib"),
     ] {
         if let Some(v) = results.get(kib).and_then(|s| s.parse::<f64>().ok()) {
-            out.push(key, v / 1024.0);
+            out.push(key, 0, v / 1024.0);
         }
     }
     let mount = results.get("mount").unwrap_or_default().to_string();
