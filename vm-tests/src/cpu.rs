@@ -242,6 +242,73 @@ impl Drop for CpuSampler {
     }
 }
 
+/// Busy and stolen CPU seconds of the whole machine so far, from the first line of
+/// `/proc/stat` (user, nice, system, irq and softirq; steal apart: time the hypervisor ran
+/// someone else while this machine had work).
+fn machine_cpu_seconds() -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let field = |i: usize| v.get(i).copied().unwrap_or(0);
+    let busy = field(0) + field(1) + field(2) + field(5) + field(6);
+    let hz = clock_ticks()?;
+    Some((busy as f64 / hz, field(7) as f64 / hz))
+}
+
+/// What else the machine did while a benchmark ran: CPU time of everything but this process
+/// and the children it has reaped (a bench's guests and daemons, once waited for), and CPU
+/// time the hypervisor gave to others (steal). Both as average CPUs over the window. Other
+/// tenants of the machine or of its host show here; so does kernel work done on the bench's
+/// behalf outside its processes (a loop device's workers, say), which a quiet run measures.
+#[derive(Debug, Clone, Copy)]
+pub struct OtherLoad {
+    at: Instant,
+    busy_s: f64,
+    steal_s: f64,
+    ours_s: f64,
+}
+
+/// What [`OtherLoad::finish`] found.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct OtherLoadReading {
+    /// Average CPUs busy with work that was not this process or its reaped children.
+    pub other_cpus: f64,
+    /// Average CPUs stolen by the hypervisor.
+    pub steal_cpus: f64,
+}
+
+impl OtherLoad {
+    /// Starts a window now (`None` where `/proc` cannot tell).
+    pub fn start() -> Option<OtherLoad> {
+        let (busy_s, steal_s) = machine_cpu_seconds()?;
+        Some(OtherLoad {
+            at: Instant::now(),
+            busy_s,
+            steal_s,
+            ours_s: cpu_with_reaped_children(std::process::id())?,
+        })
+    }
+
+    /// Ends the window: call it once every child that ran in it has been waited for.
+    pub fn finish(&self) -> Option<OtherLoadReading> {
+        let (busy_s, steal_s) = machine_cpu_seconds()?;
+        let ours_s = cpu_with_reaped_children(std::process::id())?;
+        let secs = self.at.elapsed().as_secs_f64();
+        if secs <= 0.0 {
+            return None;
+        }
+        let other = (busy_s - self.busy_s) - (ours_s - self.ours_s);
+        Some(OtherLoadReading {
+            other_cpus: (other / secs).max(0.0),
+            steal_cpus: ((steal_s - self.steal_s) / secs).max(0.0),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,6 +423,36 @@ mod tests {
         let spent = trace.between(from, to).unwrap();
         // Clock-tick resolution (10 ms) and the sampling interval at both ends.
         assert!((spent - (c1 - c0)).abs() < 0.06, "{spent} {}", c1 - c0);
+    }
+
+    #[test]
+    fn another_process_busy_beside_us_shows_as_other_load_and_our_child_does_not() {
+        let busy = || {
+            Command::new("sh")
+                .args([
+                    "-c",
+                    "end=$(($(date +%s) + 2)); while [ $(date +%s) -lt $end ]; do :; done",
+                ])
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        // Our own child, reaped inside the window: not other load.
+        let w = OtherLoad::start().unwrap();
+        let mut mine = busy();
+        mine.wait().unwrap();
+        let quiet = w.finish().unwrap();
+        // A busy process we do not reap inside the window (another tenant): other load.
+        let mut stranger = busy();
+        let w = OtherLoad::start().unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        let loaded = w.finish().unwrap();
+        stranger.wait().unwrap();
+        assert!(loaded.other_cpus > 0.5, "{loaded:?}");
+        assert!(
+            loaded.other_cpus > quiet.other_cpus + 0.4,
+            "quiet {quiet:?} loaded {loaded:?}"
+        );
     }
 
     #[test]

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use thiserror::Error;
-use vm_tests::cpu::{CpuSampler, CpuTrace};
+use vm_tests::cpu::{CpuSampler, CpuTrace, OtherLoad, OtherLoadReading};
 use vm_tests::results::{parse_line, GuestResults, Line};
 use vm_tests::stats::{median, paired_ratio_interval, ratio_interval, RatioInterval, DEFAULT_SEED};
 use vm_tests::{AccelChoice, CacheMode, DaemonConfig, HarnessError, VmBuilder};
@@ -928,6 +928,8 @@ struct RunValues {
     elapsed_s: f64,
     /// The host's 1-minute load average when the run ended (others may share the machine).
     load_avg: Option<f64>,
+    /// What else the machine did during the boot (other processes, steal).
+    other_load: Option<OtherLoadReading>,
 }
 
 impl RunValues {
@@ -1131,6 +1133,7 @@ fn run_guest(
             job_text(j, "/data/bench", cfg),
         );
     }
+    let other_load = OtherLoad::start();
     let vm = b.spawn()?;
     let pid = vm.daemon_pid();
     let stop = Arc::new(AtomicBool::new(false));
@@ -1174,6 +1177,7 @@ fn run_guest(
         let _ = s.wait();
     }
     let mut out = RunValues {
+        other_load: other_load.and_then(|l| l.finish()),
         usage: peak,
         elapsed_s: outcome.elapsed.as_secs_f64(),
         load_avg: load_avg(),
@@ -1319,6 +1323,7 @@ fn run_paired_guest(
             );
         }
     }
+    let other_load = OtherLoad::start();
     let vm = b.spawn()?;
     let pid_of = |which: Which| {
         if which == first {
@@ -1342,14 +1347,20 @@ fn run_paired_guest(
     stop.store(true, Ordering::Relaxed);
     let problems = outcome.problems();
     let mut sides = Vec::new();
+    let mut finished = Vec::new();
     for (which, usage, cpu) in watch {
         let trace = cpu.map(CpuSampler::finish).unwrap_or_default();
-        let mut peak = usage.and_then(|h| h.join().ok()).unwrap_or_default();
+        let peak = usage.and_then(|h| h.join().ok()).unwrap_or_default();
+        finished.push((which, trace, peak));
+    }
+    let other_load = other_load.and_then(|l| l.finish());
+    for (which, trace, mut peak) in finished {
         peak.cpu_s = match (trace.points.first(), trace.last()) {
             (Some(first), Some(last)) => Some(last - first.1),
             _ => None,
         };
         let mut out = RunValues {
+            other_load,
             usage: peak,
             elapsed_s: outcome.elapsed.as_secs_f64(),
             load_avg: load_avg(),
@@ -1539,6 +1550,17 @@ fn interval_json(r: Option<&RatioInterval>, above_one_is_better: bool) -> Value 
 }
 
 /// A CPU cost per unit of work, in µs (per op, MiB or file), for the table.
+/// Above this many CPUs of other work in a boot, a report says the machine was not quiet
+/// (docs/benchmarks.md: quiet boots here read 0.00-0.02, boots beside a busy loop that runs
+/// half the time 0.4-0.7).
+const QUIET_OTHER_CPUS: f64 = 0.15;
+/// Likewise for CPUs stolen by the hypervisor.
+const QUIET_STEAL_CPUS: f64 = 0.05;
+
+fn fmt_cpus(v: Option<f64>) -> String {
+    v.map_or("n/a".into(), |x| format!("{x:.2}"))
+}
+
 fn fmt_cpu_us(v: Option<f64>) -> String {
     fmt_num(v.map(|s| s * 1e6))
 }
@@ -1895,6 +1917,39 @@ fn build_report(
             let _ = writeln!(md, "- {}", e.replace('\n', " "));
         }
     }
+    // What else ran during the boots: a comparison on a busy machine has wide intervals and
+    // can mislead (see docs/benchmarks.md, "Paired boots and a loaded machine").
+    let boots: Vec<&RunValues> = guest.values().flatten().collect();
+    let other: Vec<f64> = boots
+        .iter()
+        .filter_map(|r| r.other_load.map(|l| l.other_cpus))
+        .collect();
+    let steal: Vec<f64> = boots
+        .iter()
+        .filter_map(|r| r.other_load.map(|l| l.steal_cpus))
+        .collect();
+    let max = |v: &[f64]| v.iter().copied().reduce(f64::max);
+    let not_quiet = max(&other).is_some_and(|x| x > QUIET_OTHER_CPUS)
+        || max(&steal).is_some_and(|x| x > QUIET_STEAL_CPUS);
+    let _ = writeln!(
+        md,
+        "\nOther load during the boots (CPUs busy with anything but the bench, its guests and \
+         its daemons; steal: CPUs the hypervisor gave to others): median {} (max {}), steal \
+         median {} (max {}).{}",
+        fmt_cpus(median(&other)),
+        fmt_cpus(max(&other)),
+        fmt_cpus(median(&steal)),
+        fmt_cpus(max(&steal)),
+        if not_quiet {
+            format!(
+                " **The machine was not quiet** (more than {QUIET_OTHER_CPUS} CPUs of other \
+                 work or {QUIET_STEAL_CPUS} of steal in a boot): throughput ratios and their \
+                 verdicts are not to be trusted; CPU per operation is less affected."
+            )
+        } else {
+            String::new()
+        }
+    );
     let loads = |which: Option<Which>| -> Vec<Option<f64>> {
         match which {
             Some(w) => guest
@@ -1913,6 +1968,11 @@ fn build_report(
             "host": loads(None),
         },
         "daemons": daemons,
+        "other_load_per_boot": boots.iter().map(|r| r.other_load.map(|l| json!({
+            "other_cpus": round(l.other_cpus, 3),
+            "steal_cpus": round(l.steal_cpus, 3),
+        }))).collect::<Vec<_>>(),
+        "machine_quiet": !not_quiet,
         "config": {
             "command": cfg.command,
             "quick": cfg.quick,
@@ -2063,12 +2123,13 @@ fn bench(cfg: &Config) -> Result<Report> {
                 });
             for (which, r) in [Which::Ours, Which::Reference].into_iter().zip(runs) {
                 eprintln!(
-                    "vmbench: {} (paired) cache={} rep={} ({:.0} s, load {:?}, usage {:?}): {:?}",
+                    "vmbench: {} (paired) cache={} rep={} ({:.0} s, load {:?}, other {:?}, usage {:?}): {:?}",
                     which.key(),
                     cache,
                     rep,
                     r.elapsed_s,
                     r.load_avg,
+                    r.other_load,
                     r.usage,
                     r.values
                 );
@@ -3872,6 +3933,59 @@ mod tests {
         // strace follows one daemon a boot: unpaired unless asked, refused when asked.
         assert!(!parse(&["--strace", "/tmp/x"]).unwrap());
         assert!(parse(&["--strace", "/tmp/x", "--paired"]).is_err());
+    }
+
+    #[test]
+    fn a_report_says_when_other_work_shared_the_machine() {
+        let cfg = parse_args(
+            &["--ours", "/bin/true", "--reference", "/bin/true", "--quick"].map(String::from),
+        )
+        .unwrap();
+        let jobs: Vec<FioJob> = fio_jobs().into_iter().take(1).collect();
+        let report = |other_cpus: f64| {
+            let mut guest = BTreeMap::new();
+            for which in [Which::Ours, Which::Reference] {
+                let runs = (0..2)
+                    .map(|boot| {
+                        let mut r = RunValues {
+                            other_load: Some(OtherLoadReading {
+                                other_cpus: if boot == 1 { other_cpus } else { 0.01 },
+                                steal_cpus: 0.0,
+                            }),
+                            ..RunValues::default()
+                        };
+                        for round in 0..3 {
+                            r.push(jobs[0].name, round, 100.0 + round as f64);
+                        }
+                        r
+                    })
+                    .collect();
+                guest.insert(("auto".to_string(), which), runs);
+            }
+            build_report(
+                &cfg,
+                &jobs,
+                &guest,
+                &[],
+                &BTreeMap::new(),
+                "tcg",
+                Duration::ZERO,
+            )
+        };
+        let quiet = report(0.02);
+        assert!(!quiet.markdown.contains("not quiet"), "{}", quiet.markdown);
+        assert_eq!(quiet.json["machine_quiet"], true);
+        let busy = report(0.5);
+        assert!(
+            busy.markdown.contains("**The machine was not quiet**"),
+            "{}",
+            busy.markdown
+        );
+        assert_eq!(busy.json["machine_quiet"], false);
+        assert_eq!(
+            busy.json["other_load_per_boot"].as_array().map(Vec::len),
+            Some(4)
+        );
     }
 
     #[test]
