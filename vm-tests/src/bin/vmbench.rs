@@ -1918,7 +1918,7 @@ fn build_report(
         }
     }
     // What else ran during the boots: a comparison on a busy machine has wide intervals and
-    // can mislead (see docs/benchmarks.md, "Paired boots and a loaded machine").
+    // can mislead (see docs/benchmarks.md, "Paired boots against separate boots").
     let boots: Vec<&RunValues> = guest.values().flatten().collect();
     let other: Vec<f64> = boots
         .iter()
