@@ -11,7 +11,7 @@
 //!
 //! This module only reads `/proc`; it starts and stops nothing.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -242,40 +242,47 @@ impl Drop for CpuSampler {
     }
 }
 
-/// Busy and stolen CPU seconds of the whole machine so far, from the first line of
-/// `/proc/stat` (user, nice, system, irq and softirq; steal apart: time the hypervisor ran
-/// someone else while this machine had work).
-fn machine_cpu_seconds() -> Option<(f64, f64)> {
+/// CPU seconds the hypervisor ran someone else while this machine had work (steal), from the
+/// first line of `/proc/stat`.
+fn steal_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().find(|l| l.starts_with("cpu "))?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    let field = |i: usize| v.get(i).copied().unwrap_or(0);
-    let busy = field(0) + field(1) + field(2) + field(5) + field(6);
-    let hz = clock_ticks()?;
-    Some((busy as f64 / hz, field(7) as f64 / hz))
+    let steal: u64 = line.split_whitespace().nth(8)?.parse().ok()?;
+    Some(steal as f64 / clock_ticks()?)
 }
 
-/// What else the machine did while a benchmark ran: CPU time of everything but this process
-/// and the children it has reaped (a bench's guests and daemons, once waited for), and CPU
-/// time the hypervisor gave to others (steal). Both as average CPUs over the window. Other
-/// tenants of the machine or of its host show here; so does kernel work done on the bench's
-/// behalf outside its processes (a loop device's workers, say), which a quiet run measures.
-#[derive(Debug, Clone, Copy)]
+/// CPU seconds (with reaped children) of every process that is not this one, not below it
+/// and not a kernel thread, by pid.
+fn others_cpu_seconds() -> BTreeMap<u32, f64> {
+    let ours: BTreeSet<u32> = process_tree(&[std::process::id()]).into_iter().collect();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return BTreeMap::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| !ours.contains(p) && *p != 2 && parent_of(*p) != Some(2))
+        .filter_map(|p| Some((p, cpu_with_reaped_children(p)?)))
+        .collect()
+}
+
+/// What else ran on the machine while a benchmark did: the CPU time of every process that is
+/// not the bench or below it (other tenants, a build, a stray busy loop), and the CPU time the
+/// hypervisor gave to others (steal), each as average CPUs over the window. Kernel threads
+/// are left out: their work is mostly the bench's own I/O (a loop device's workers). A
+/// process that starts inside the window counts whole; one that exits inside it counts only
+/// through its parent, when that reaps it.
+#[derive(Debug, Clone)]
 pub struct OtherLoad {
     at: Instant,
-    busy_s: f64,
+    others: BTreeMap<u32, f64>,
     steal_s: f64,
-    ours_s: f64,
 }
 
 /// What [`OtherLoad::finish`] found.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct OtherLoadReading {
-    /// Average CPUs busy with work that was not this process or its reaped children.
+    /// Average CPUs busy in processes outside the bench.
     pub other_cpus: f64,
     /// Average CPUs stolen by the hypervisor.
     pub steal_cpus: f64,
@@ -284,26 +291,26 @@ pub struct OtherLoadReading {
 impl OtherLoad {
     /// Starts a window now (`None` where `/proc` cannot tell).
     pub fn start() -> Option<OtherLoad> {
-        let (busy_s, steal_s) = machine_cpu_seconds()?;
         Some(OtherLoad {
+            steal_s: steal_seconds()?,
+            others: others_cpu_seconds(),
             at: Instant::now(),
-            busy_s,
-            steal_s,
-            ours_s: cpu_with_reaped_children(std::process::id())?,
         })
     }
 
-    /// Ends the window: call it once every child that ran in it has been waited for.
+    /// Ends the window.
     pub fn finish(&self) -> Option<OtherLoadReading> {
-        let (busy_s, steal_s) = machine_cpu_seconds()?;
-        let ours_s = cpu_with_reaped_children(std::process::id())?;
         let secs = self.at.elapsed().as_secs_f64();
+        let steal_s = steal_seconds()?;
         if secs <= 0.0 {
             return None;
         }
-        let other = (busy_s - self.busy_s) - (ours_s - self.ours_s);
+        let other: f64 = others_cpu_seconds()
+            .iter()
+            .map(|(p, s)| (s - self.others.get(p).copied().unwrap_or(0.0)).max(0.0))
+            .sum();
         Some(OtherLoadReading {
-            other_cpus: (other / secs).max(0.0),
+            other_cpus: other / secs,
             steal_cpus: ((steal_s - self.steal_s) / secs).max(0.0),
         })
     }
@@ -426,28 +433,29 @@ mod tests {
     }
 
     #[test]
-    fn another_process_busy_beside_us_shows_as_other_load_and_our_child_does_not() {
-        let busy = || {
+    fn a_process_outside_the_bench_shows_as_other_load_and_our_own_child_does_not() {
+        // Busy for 2 s; `outside` detaches it (its shell exits, init adopts it).
+        let busy = |outside: bool| {
+            let lp = "end=$(($(date +%s) + 2)); while [ $(date +%s) -lt $end ]; do :; done";
+            let script = if outside {
+                format!("({lp}) >/dev/null 2>&1 &")
+            } else {
+                lp.to_string()
+            };
             Command::new("sh")
-                .args([
-                    "-c",
-                    "end=$(($(date +%s) + 2)); while [ $(date +%s) -lt $end ]; do :; done",
-                ])
+                .args(["-c", &script])
                 .stdin(Stdio::null())
                 .spawn()
                 .unwrap()
         };
-        // Our own child, reaped inside the window: not other load.
         let w = OtherLoad::start().unwrap();
-        let mut mine = busy();
+        let mut mine = busy(false);
         mine.wait().unwrap();
         let quiet = w.finish().unwrap();
-        // A busy process we do not reap inside the window (another tenant): other load.
-        let mut stranger = busy();
         let w = OtherLoad::start().unwrap();
+        busy(true).wait().unwrap();
         std::thread::sleep(Duration::from_millis(1500));
         let loaded = w.finish().unwrap();
-        stranger.wait().unwrap();
         assert!(loaded.other_cpus > 0.5, "{loaded:?}");
         assert!(
             loaded.other_cpus > quiet.other_cpus + 0.4,

@@ -1551,8 +1551,8 @@ fn interval_json(r: Option<&RatioInterval>, above_one_is_better: bool) -> Value 
 
 /// A CPU cost per unit of work, in µs (per op, MiB or file), for the table.
 /// Above this many CPUs of other work in a boot, a report says the machine was not quiet
-/// (docs/benchmarks.md: quiet boots here read 0.00-0.02, boots beside a busy loop that runs
-/// half the time 0.4-0.7).
+/// (docs/benchmarks.md: quiet boots here read 0.003, boots beside a busy loop that runs half
+/// the time 0.43).
 const QUIET_OTHER_CPUS: f64 = 0.15;
 /// Likewise for CPUs stolen by the hypervisor.
 const QUIET_STEAL_CPUS: f64 = 0.05;
@@ -1933,8 +1933,8 @@ fn build_report(
         || max(&steal).is_some_and(|x| x > QUIET_STEAL_CPUS);
     let _ = writeln!(
         md,
-        "\nOther load during the boots (CPUs busy with anything but the bench, its guests and \
-         its daemons; steal: CPUs the hypervisor gave to others): median {} (max {}), steal \
+        "\nOther load during the boots (CPUs busy in processes other than the bench, its guests \
+         and its daemons; steal: CPUs the hypervisor gave to others): median {} (max {}), steal \
          median {} (max {}).{}",
         fmt_cpus(median(&other)),
         fmt_cpus(max(&other)),
