@@ -201,6 +201,26 @@ fn resample(groups: &[Vec<f64>], rng: &mut SplitMix64, out: &mut Vec<f64>) {
     }
 }
 
+/// The ratio `exp(point)` with the 2.5th and 97.5th percentiles of the bootstrap's log
+/// estimates `draws` as its interval; `samples` and `boots` of each side.
+fn percentile_interval(
+    point: f64,
+    mut draws: Vec<f64>,
+    samples: [usize; 2],
+    boots: [usize; 2],
+) -> RatioInterval {
+    draws.sort_by(|p, q| p.total_cmp(q));
+    RatioInterval {
+        ratio: point.exp(),
+        low: quantile_sorted(&draws, 0.025).exp(),
+        high: quantile_sorted(&draws, 0.975).exp(),
+        n_a: samples[0],
+        n_b: samples[1],
+        boots_a: boots[0],
+        boots_b: boots[1],
+    }
+}
+
 /// The ratio `a / b` of two grouped sample sets with its 95 % interval (see the module doc);
 /// `None` when either side has no positive sample.
 pub fn ratio_interval(a: &[Vec<f64>], b: &[Vec<f64>], seed: u64) -> Option<RatioInterval> {
@@ -220,16 +240,12 @@ pub fn ratio_interval(a: &[Vec<f64>], b: &[Vec<f64>], seed: u64) -> Option<Ratio
         resample(&b, &mut rng, &mut rb);
         shifts.push(hl_shift(&ra, &rb, &mut scratch));
     }
-    shifts.sort_by(|p, q| p.total_cmp(q));
-    Some(RatioInterval {
-        ratio: point.exp(),
-        low: quantile_sorted(&shifts, 0.025).exp(),
-        high: quantile_sorted(&shifts, 0.975).exp(),
-        n_a: fa.len(),
-        n_b: fb.len(),
-        boots_a: a.len(),
-        boots_b: b.len(),
-    })
+    Some(percentile_interval(
+        point,
+        shifts,
+        [fa.len(), fb.len()],
+        [a.len(), b.len()],
+    ))
 }
 
 /// One-sample Hodges-Lehmann estimate of log differences: the median of the Walsh averages
@@ -275,16 +291,12 @@ pub fn paired_ratio_interval(pairs: &[Vec<(f64, f64)>], seed: u64) -> Option<Rat
         resample(&groups, &mut rng, &mut drawn);
         centers.push(hl_center(&drawn, &mut scratch));
     }
-    centers.sort_by(|p, q| p.total_cmp(q));
-    Some(RatioInterval {
-        ratio: point.exp(),
-        low: quantile_sorted(&centers, 0.025).exp(),
-        high: quantile_sorted(&centers, 0.975).exp(),
-        n_a: all.len(),
-        n_b: all.len(),
-        boots_a: groups.len(),
-        boots_b: groups.len(),
-    })
+    Some(percentile_interval(
+        point,
+        centers,
+        [all.len(); 2],
+        [groups.len(); 2],
+    ))
 }
 
 /// Each value as its own boot (no repetitions).
