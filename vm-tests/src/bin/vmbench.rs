@@ -1104,6 +1104,38 @@ fn collect_side(
     }
 }
 
+/// One daemon watched through a boot: its peak memory ([`sample_usage`]) and its CPU time
+/// over time ([`CpuSampler`]), both counting the `--count-cpu` processes that are its.
+struct DaemonWatch {
+    usage: Option<std::thread::JoinHandle<DaemonUsage>>,
+    cpu: Option<CpuSampler>,
+}
+
+impl DaemonWatch {
+    /// Starts watching `pid` (nothing when the boot has no such daemon); the usage sampler
+    /// stops when `stop` is set.
+    fn start(cfg: &Config, which: Which, pid: Option<u32>, stop: &Arc<AtomicBool>) -> Self {
+        DaemonWatch {
+            usage: pid.map(|p| {
+                let others = cpu_roots(cfg, which, p).into_iter().skip(1).collect();
+                sample_usage(p, others, Arc::clone(stop))
+            }),
+            cpu: pid.map(|p| CpuSampler::start(&cpu_roots(cfg, which, p), CPU_SAMPLE_EVERY)),
+        }
+    }
+
+    /// The CPU trace, and the usage with the boot's whole CPU time in it (call after `stop`).
+    fn finish(self) -> (CpuTrace, DaemonUsage) {
+        let trace = self.cpu.map(CpuSampler::finish).unwrap_or_default();
+        let mut usage = self.usage.and_then(|h| h.join().ok()).unwrap_or_default();
+        usage.cpu_s = match (trace.points.first(), trace.last()) {
+            (Some(first), Some(last)) => Some(last - first.1),
+            _ => None,
+        };
+        (trace, usage)
+    }
+}
+
 fn run_guest(
     cfg: &Config,
     which: Which,
@@ -1137,11 +1169,7 @@ fn run_guest(
     let vm = b.spawn()?;
     let pid = vm.daemon_pid();
     let stop = Arc::new(AtomicBool::new(false));
-    let sampler = pid.map(|p| {
-        let others = cpu_roots(cfg, which, p).into_iter().skip(1).collect();
-        sample_usage(p, others, Arc::clone(&stop))
-    });
-    let cpu = pid.map(|p| CpuSampler::start(&cpu_roots(cfg, which, p), CPU_SAMPLE_EVERY));
+    let watch = DaemonWatch::start(cfg, which, pid, &stop);
     let strace = match (&cfg.strace_dir, pid) {
         (Some(dir), Some(p)) => {
             std::fs::create_dir_all(dir).map_err(io_err("creating the strace dir"))?;
@@ -1167,12 +1195,7 @@ fn run_guest(
     };
     let outcome = vm.wait()?;
     stop.store(true, Ordering::Relaxed);
-    let trace = cpu.map(CpuSampler::finish).unwrap_or_default();
-    let mut peak = sampler.and_then(|h| h.join().ok()).unwrap_or_default();
-    peak.cpu_s = match (trace.points.first(), trace.last()) {
-        (Some(first), Some(last)) => Some(last - first.1),
-        _ => None,
-    };
+    let (trace, peak) = watch.finish();
     if let Some(mut s) = strace {
         let _ = s.wait();
     }
@@ -1333,32 +1356,20 @@ fn run_paired_guest(
         }
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let mut watch = Vec::new();
-    for which in [Which::Ours, Which::Reference] {
-        let pid = pid_of(which);
-        let usage = pid.map(|p| {
-            let others = cpu_roots(cfg, which, p).into_iter().skip(1).collect();
-            sample_usage(p, others, Arc::clone(&stop))
-        });
-        let cpu = pid.map(|p| CpuSampler::start(&cpu_roots(cfg, which, p), CPU_SAMPLE_EVERY));
-        watch.push((which, usage, cpu));
-    }
+    let watches: Vec<(Which, DaemonWatch)> = [Which::Ours, Which::Reference]
+        .into_iter()
+        .map(|which| (which, DaemonWatch::start(cfg, which, pid_of(which), &stop)))
+        .collect();
     let outcome = vm.wait()?;
     stop.store(true, Ordering::Relaxed);
     let problems = outcome.problems();
     let mut sides = Vec::new();
-    let mut finished = Vec::new();
-    for (which, usage, cpu) in watch {
-        let trace = cpu.map(CpuSampler::finish).unwrap_or_default();
-        let peak = usage.and_then(|h| h.join().ok()).unwrap_or_default();
-        finished.push((which, trace, peak));
-    }
+    let finished: Vec<(Which, (CpuTrace, DaemonUsage))> = watches
+        .into_iter()
+        .map(|(which, w)| (which, w.finish()))
+        .collect();
     let other_load = other_load.and_then(|l| l.finish());
-    for (which, trace, mut peak) in finished {
-        peak.cpu_s = match (trace.points.first(), trace.last()) {
-            (Some(first), Some(last)) => Some(last - first.1),
-            _ => None,
-        };
+    for (which, (trace, peak)) in finished {
         let mut out = RunValues {
             other_load,
             usage: peak,
@@ -3712,6 +3723,16 @@ mod tests {
   "read" : { "io_bytes" : 1048576, "bw_bytes" : 2097152, "iops" : 512.5, "total_ios" : 256 },
   "write" : { "io_bytes" : 0, "bw_bytes" : 0, "iops" : 0.0 } } ] }"#;
 
+    /// A configuration from `extra` options, with binaries that exist.
+    fn test_config(extra: &[&str]) -> Result<Config> {
+        let args: Vec<String> = ["--ours", "/bin/true", "--reference", "/bin/true"]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect();
+        parse_args(&args)
+    }
+
     #[test]
     fn each_daemon_goes_first_in_every_other_pair() {
         let firsts: Vec<Which> = (0..4).map(|n| pair_order(n)[0]).collect();
@@ -3790,15 +3811,7 @@ mod tests {
 
     #[test]
     fn guest_script_frames_every_run_of_every_job() {
-        let mut cfg = parse_args(&[
-            "--ours".into(),
-            "/bin/sh".into(),
-            "--reference".into(),
-            "/bin/sh".into(),
-            "--repeat".into(),
-            "2".into(),
-        ])
-        .unwrap();
+        let mut cfg = test_config(&["--repeat", "2"]).unwrap();
         cfg.meta = true;
         let jobs = fio_jobs();
         let script = guest_script(&cfg, &jobs[..2]);
@@ -3826,16 +3839,7 @@ mod tests {
 
     #[test]
     fn a_paired_boot_runs_every_job_on_both_daemons_back_to_back_in_alternating_order() {
-        let mut cfg = parse_args(&[
-            "--ours".into(),
-            "/bin/sh".into(),
-            "--reference".into(),
-            "/bin/sh".into(),
-            "--repeat".into(),
-            "2".into(),
-            "--paired".into(),
-        ])
-        .unwrap();
+        let mut cfg = test_config(&["--repeat", "2", "--paired"]).unwrap();
         cfg.meta = true;
         let jobs = fio_jobs();
         let jobs = &jobs[..3];
@@ -3920,13 +3924,8 @@ mod tests {
     #[test]
     fn boots_are_paired_by_default_but_where_they_cannot_be() {
         let parse = |extra: &[&str]| {
-            let mut args: Vec<String> = ["--ours", "/bin/sh", "--reference", "/bin/sh"]
-                .iter()
-                .chain(extra)
-                .map(|s| s.to_string())
-                .collect();
-            args.push("--quick".into());
-            parse_args(&args).map(|c| c.paired)
+            let args: Vec<&str> = extra.iter().copied().chain(["--quick"]).collect();
+            test_config(&args).map(|c| c.paired)
         };
         assert!(parse(&[]).unwrap());
         assert!(!parse(&["--separate-boots"]).unwrap());
@@ -3937,10 +3936,7 @@ mod tests {
 
     #[test]
     fn a_report_says_when_other_work_shared_the_machine() {
-        let cfg = parse_args(
-            &["--ours", "/bin/true", "--reference", "/bin/true", "--quick"].map(String::from),
-        )
-        .unwrap();
+        let cfg = test_config(&["--quick"]).unwrap();
         let jobs: Vec<FioJob> = fio_jobs().into_iter().take(1).collect();
         let report = |other_cpus: f64| {
             let mut guest = BTreeMap::new();
