@@ -1828,7 +1828,7 @@ fn build_report(
          interval excludes 1.0. Throughput ratios: above 1 is better for us. CPU: the \
          daemon's utime+stime (with its children and `--count-cpu` processes) inside each \
          job's window, per unit of work; CPU ratio ours/reference, below 1 is better for us. \
-         `n`: samples ours/reference (boots); no verdict from fewer than 2 boots a side.",
+         `n`: samples ours/reference (boots); no verdict from fewer than 2 boots or 6 samples a side.",
         vm_tests::stats::RESAMPLES
     );
     let mut daemons = serde_json::Map::new();
