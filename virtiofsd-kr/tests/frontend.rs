@@ -3139,3 +3139,40 @@ fn inode_file_handles_work_sandboxed_under_seccomp_kill() {
         daemon.assert_running(mode);
     }
 }
+
+#[test]
+fn kicks_wake_the_daemon_without_being_read_and_an_idle_daemon_sleeps() {
+    // The daemon registers each queue's kick eventfd edge-triggered: every kick is one epoll
+    // event, and the eventfd's counter is never read back (a system call per wake-up saved).
+    // So the kicks stay counted in the eventfd, and the daemon must still sleep while they
+    // do: a kick eventfd left readable in a level-triggered set would spin its thread.
+    let daemon = Daemon::start(&[]);
+    let mut s = daemon.session();
+    s.frontend()
+        .unread_kicks(REQUEST_QUEUE)
+        .expect("resetting the kick count");
+    let requests = 20;
+    for _ in 0..requests {
+        s.getattr(ROOT).expect("GETATTR");
+    }
+    let pid = daemon.pid();
+    let before = vm_tests::cpu::tree_run_ns(&[pid]);
+    std::thread::sleep(Duration::from_millis(500));
+    let idle_ns = vm_tests::cpu::tree_run_ns(&[pid]).saturating_sub(before);
+    assert!(
+        idle_ns < 50_000_000,
+        "an idle daemon with unread kicks ran {} ms in 500 ms",
+        idle_ns / 1_000_000
+    );
+    let unread = s
+        .frontend()
+        .unread_kicks(REQUEST_QUEUE)
+        .expect("reading the kick count");
+    assert_eq!(
+        unread, requests,
+        "the daemon read kicks it only needs to be woken by"
+    );
+    // The counter was reset under the daemon's feet: the next kick must still wake it.
+    s.getattr(ROOT)
+        .expect("GETATTR after the kick count was read");
+}

@@ -955,6 +955,17 @@ impl TestFrontend {
             .map_err(FrontendError::EventFd)
     }
 
+    /// Kicks of `queue` the device has not consumed from its eventfd (reading them resets the
+    /// count). The daemon registers kick eventfds edge-triggered and never reads them, so
+    /// after N kicks this is N; a backend that reads its kicks leaves 0.
+    pub fn unread_kicks(&self, queue: usize) -> Result<u64> {
+        match self.queue(queue)?.kick.read() {
+            Ok(n) => Ok(n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
+            Err(e) => Err(FrontendError::EventFd(e)),
+        }
+    }
+
     /// Takes the next used element of `queue` if the device has added one.
     pub fn try_pop_used(&mut self, queue: usize) -> Result<Option<UsedElem>> {
         let q = self.queue(queue)?;

@@ -203,9 +203,13 @@ where
 
         if (device_event as usize) < self.vrings.len() {
             let vring = &self.vrings[device_event as usize];
-            let enabled = vring
-                .read_kick()
-                .map_err(VringEpollError::HandleEventReadKick)?;
+            // virtiofsd-kr patch: a vring's kick eventfd is registered edge-triggered
+            // (`VhostUserHandler::update_vring_registration`), so every kick is one event here
+            // and its counter need not be read back to re-arm it: one system call less per
+            // wake-up. The counter is never reset; it saturates only after 2^64 - 2 kicks.
+            // The backend drains the queue on each event, so a kick during that drain is seen
+            // as a new event and nothing is lost.
+            let enabled = vring.get_ref().is_enabled();
 
             // If the vring is not enabled, it should not be processed.
             if !enabled {

@@ -240,9 +240,11 @@ where
                     if vring_state.get_queue().ready() && vring_state.is_enabled() {
                         // virtiofsd-kr patch: said before the first kick can be seen.
                         self.backend.queue_served(usize::from(index), true);
+                        // virtiofsd-kr patch: edge-triggered, so the thread never reads the
+                        // kick eventfd back (see `VringEpollHandler::handle_event`).
                         if let Err(e) = self.handlers[thread_index].register_event(
                             fd.as_raw_fd(),
-                            EventSet::IN,
+                            EventSet::IN | EventSet::EDGE_TRIGGERED,
                             u64::from(evt_idx),
                         ) {
                             if e.kind() != io::ErrorKind::AlreadyExists {
@@ -258,7 +260,7 @@ where
                     } else {
                         let _ = self.handlers[thread_index].unregister_event(
                             fd.as_raw_fd(),
-                            EventSet::IN,
+                            EventSet::IN | EventSet::EDGE_TRIGGERED,
                             u64::from(evt_idx),
                         );
                         self.backend.queue_served(usize::from(index), false);
