@@ -4077,17 +4077,24 @@ mod tests {
     #[test]
     fn ratio_command_reads_boots_and_orientation() {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        let won = ratio_command(&s(&["20,21,19,20.5", "10,10.5,9.5,10.2"])).unwrap();
+        let won = ratio_command(&s(&[
+            "20,21,19,20.5,20.2,19.8",
+            "10,10.5,9.5,10.2,9.9,10.1",
+        ]))
+        .unwrap();
         assert!(won.starts_with("1.9") || won.starts_with("2.0"), "{won}");
-        assert!(won.contains(" won (n 4/4, boots 4/4)"), "{won}");
+        assert!(won.contains(" won (n 6/6, boots 6/6)"), "{won}");
         // Seconds: the same numbers are a loss for us.
         let lost = ratio_command(&s(&[
             "--lower-is-better",
-            "20,21,19,20.5",
-            "10,10.5,9.5,10.2",
+            "20,21,19,20.5,20.2,19.8",
+            "10,10.5,9.5,10.2,9.9,10.1",
         ]))
         .unwrap();
         assert!(lost.contains(" lost "), "{lost}");
+        // Four samples a side are too few for a verdict, however far apart.
+        let few = ratio_command(&s(&["20,21,19,20.5", "10,10.5,9.5,10.2"])).unwrap();
+        assert!(few.contains(" level (n 4/4, boots 4/4)"), "{few}");
         let grouped = ratio_command(&s(&["1,1.1;1.2,1.3", "1,1.1;1.2,1.3"])).unwrap();
         assert!(grouped.contains("level (n 4/4, boots 2/2)"), "{grouped}");
         assert!(ratio_command(&s(&["1,x", "1"])).is_err());
