@@ -1115,12 +1115,20 @@ impl DaemonWatch {
     /// Starts watching `pid` (nothing when the boot has no such daemon); the usage sampler
     /// stops when `stop` is set.
     fn start(cfg: &Config, which: Which, pid: Option<u32>, stop: &Arc<AtomicBool>) -> Self {
+        let Some(pid) = pid else {
+            return DaemonWatch {
+                usage: None,
+                cpu: None,
+            };
+        };
+        let roots = cpu_roots(cfg, which, pid);
         DaemonWatch {
-            usage: pid.map(|p| {
-                let others = cpu_roots(cfg, which, p).into_iter().skip(1).collect();
-                sample_usage(p, others, Arc::clone(stop))
-            }),
-            cpu: pid.map(|p| CpuSampler::start(&cpu_roots(cfg, which, p), CPU_SAMPLE_EVERY)),
+            cpu: Some(CpuSampler::start(&roots, CPU_SAMPLE_EVERY)),
+            usage: Some(sample_usage(
+                pid,
+                roots.into_iter().skip(1).collect(),
+                Arc::clone(stop),
+            )),
         }
     }
 
@@ -1828,8 +1836,9 @@ fn build_report(
          interval excludes 1.0. Throughput ratios: above 1 is better for us. CPU: the \
          daemon's utime+stime (with its children and `--count-cpu` processes) inside each \
          job's window, per unit of work; CPU ratio ours/reference, below 1 is better for us. \
-         `n`: samples ours/reference (boots); no verdict from fewer than 2 boots or 6 samples a side.",
-        vm_tests::stats::RESAMPLES
+         `n`: samples ours/reference (boots); no verdict from fewer than 2 boots or {} samples a side.",
+        vm_tests::stats::RESAMPLES,
+        vm_tests::stats::MIN_VERDICT_SAMPLES
     );
     let mut daemons = serde_json::Map::new();
     let _ = writeln!(
