@@ -98,6 +98,9 @@ const _: () = {
 };
 
 pub const CEPH_STATX_BASIC_STATS: c_uint = 0x7ff;
+pub const CEPH_STATX_SIZE: c_uint = 0x200;
+/// `ceph_ll_getattr` flag: answer from the client's cache, never ask the MDS.
+pub const AT_STATX_DONT_SYNC: c_uint = 0x4000;
 
 pub const CEPH_SETATTR_MODE: c_int = 1 << 0;
 pub const CEPH_SETATTR_UID: c_int = 1 << 1;

@@ -24,6 +24,10 @@ use libc::{c_char, c_int};
 use crate::error::{check, errno, CephError};
 use crate::ffi;
 
+/// How many times [`CephMount::read_into`] reads before giving up on a file whose size keeps
+/// changing under it. The second read normally settles it (see there).
+const READ_ATTEMPTS: usize = 4;
+
 /// `ptr`, or EIO when libcephfs reported success but handed back NULL.
 fn non_null<T>(ptr: *mut T) -> io::Result<NonNull<T>> {
     NonNull::new(ptr).ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))
@@ -362,13 +366,10 @@ impl CephMount {
         check(unsafe {
             ffi::ceph_ll_open(self.raw(), inode.ptr.as_ptr(), flags, &mut fh, perm.raw())
         })?;
-        self.adopt_fh(fh, flags)
-    }
-
-    fn adopt_fh(self: &Arc<Self>, fh: *mut ffi::Fh, flags: i32) -> io::Result<CephFile> {
         Ok(CephFile {
             mount: Arc::clone(self),
             fh: non_null(fh)?,
+            inode: inode.ptr,
             flags,
         })
     }
@@ -405,36 +406,72 @@ impl CephMount {
             mount: Arc::clone(self),
             ptr,
         });
-        let file = NonNull::new(fh).map(|fh| CephFile {
-            mount: Arc::clone(self),
-            fh,
-            flags,
-        });
+        let file = NonNull::new(fh)
+            .zip(NonNull::new(out))
+            .map(|(fh, inode)| CephFile {
+                mount: Arc::clone(self),
+                fh,
+                inode,
+                flags,
+            });
         match (inode, file) {
             (Some(i), Some(f)) => Ok((i, f, Statx(stx))),
             _ => Err(io::Error::from_raw_os_error(libc::EIO)),
         }
     }
 
+    /// Reads `len` bytes at `offset` (fewer at the end of the file) into a new buffer.
     pub fn read(&self, file: &CephFile, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        let off = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
         let mut buf = vec![0u8; len];
-        // SAFETY: live mount and open file; `buf` has room for `len` bytes.
-        let n = check(unsafe {
-            ffi::ceph_ll_read(
-                self.raw(),
-                file.fh.as_ptr(),
-                off,
-                len as u64,
-                buf.as_mut_ptr().cast::<c_char>(),
-            )
-        })?;
-        buf.truncate(n as usize);
+        let n = self.read_into(file, offset, &mut buf)?;
+        buf.truncate(n);
         Ok(buf)
     }
 
-    /// Reads into `buf` (as much as it holds) at `offset`; the bytes read.
+    /// Reads into `buf` (as much as it holds) at `offset`; the bytes read, which are the
+    /// file's bytes from `offset` on.
+    ///
+    /// `ceph_ll_read` alone does not promise that. libcephfs 16.2's `Client::_read` reads
+    /// synchronously up to the size it knows and, when the OSDs have no more, asks the MDS for
+    /// the size; if the file grew meanwhile it reads the rest in a second pass, and if that pass
+    /// goes through the object cacher (the client now holds the cache cap), the cacher
+    /// *replaces* the first pass's bytes instead of appending to them (`ObjectCacher::_readx`
+    /// clears the result list): the caller gets the bytes past the old end of file as if they
+    /// were at `offset`. Such an answer is always shorter than asked and stops before the size
+    /// the client then knows, which an honest short read never does (it stops at the end of
+    /// the file). So a short read is checked against the client's cached size (no MDS round
+    /// trip) and, if it stops early, done again for no more than that size: a read that does
+    /// not pass the size the client knows never takes the second pass.
     pub fn read_into(&self, file: &CephFile, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let mut want = buf.len();
+        for _ in 0..READ_ATTEMPTS {
+            let n = self.read_once(file, offset, &mut buf[..want])?;
+            if n == want {
+                return Ok(n);
+            }
+            let size = self.cached_size(file)?;
+            if offset.saturating_add(n as u64) >= size {
+                return Ok(n);
+            }
+            // Stopped before the end of file: read again, no further than it.
+            want = want.min(usize::try_from(size - offset).unwrap_or(usize::MAX));
+            tracing::debug!(
+                offset,
+                n,
+                size,
+                "cephfs: a short read stopped before the end of file; read again"
+            );
+        }
+        tracing::warn!(
+            offset,
+            "cephfs: {READ_ATTEMPTS} reads in a row stopped before the end of file (the file's \
+             size keeps changing); the read fails with EIO rather than return misplaced bytes"
+        );
+        Err(io::Error::from_raw_os_error(libc::EIO))
+    }
+
+    /// One `ceph_ll_read` into `buf`: the count libcephfs returned (see [`Self::read_into`]).
+    fn read_once(&self, file: &CephFile, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         let off = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
         // SAFETY: live mount and open file; `buf` is writable for its length.
         let n = check(unsafe {
@@ -447,6 +484,25 @@ impl CephMount {
             )
         })?;
         Ok((n as usize).min(buf.len()))
+    }
+
+    /// The size of `file` as this client knows it now, without asking the MDS.
+    fn cached_size(&self, file: &CephFile) -> io::Result<u64> {
+        let perm = UserPerm::new(0, 0, &[])?;
+        let mut stx = ffi::CephStatx::default();
+        // SAFETY: live mount; the inode is alive while its open `Fh` is (see `CephFile`);
+        // `stx` is writable. `AT_STATX_DONT_SYNC` answers from the client's cache.
+        check(unsafe {
+            ffi::ceph_ll_getattr(
+                self.raw(),
+                file.inode.as_ptr(),
+                &mut stx,
+                ffi::CEPH_STATX_SIZE,
+                ffi::AT_STATX_DONT_SYNC,
+                perm.raw(),
+            )
+        })?;
+        Ok(stx.stx_size)
     }
 
     pub fn write(&self, file: &CephFile, offset: u64, data: &[u8]) -> io::Result<usize> {
@@ -895,6 +951,9 @@ impl Drop for CephInode {
 pub struct CephFile {
     mount: Arc<CephMount>,
     fh: NonNull<ffi::Fh>,
+    /// The file's inode. The `Fh` holds a reference to it until `ceph_ll_close`, so it is
+    /// alive as long as this is.
+    inode: NonNull<ffi::Inode>,
     /// The open flags (`O_ACCMODE` says what the descriptor grants).
     flags: i32,
 }

@@ -397,6 +397,79 @@ fn second_client_sees_closed_writes() {
     );
 }
 
+/// One append record: fixed width, so a byte's offset names the record it belongs to.
+fn record(k: usize) -> String {
+    format!("rec{k:06}\n")
+}
+
+/// Client A appends records to a file, one open-write-close each, while client B reads the
+/// whole file from offset 0 again and again, as two pods would. Whatever B reads must be the
+/// file's first bytes: a prefix of the records in order. libcephfs 16.2 can answer a short read
+/// that races a growing file with the bytes past the old end of file placed at the read's
+/// offset (`CephMount::read_into` says how); a guest then sees its file go back or scramble.
+#[test]
+fn reads_racing_appends_return_the_files_first_bytes() {
+    let vol = Volume::new("race");
+    let a = vol.mount();
+    let b = vol.mount();
+    let c = ctx();
+    let appends = 400;
+    let expected: String = (0..appends).map(record).collect();
+    let (e, h) = create(&a, &c, ROOT, "log", 0o644);
+    write(&a, e.inode, h, 0, record(0).as_bytes());
+    release(&a, e.inode, h);
+
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (reads, bad) = std::thread::scope(|s| {
+        s.spawn(|| {
+            for k in 1..appends {
+                let (h, _, _) = a
+                    .open(&c, e.inode, (libc::O_WRONLY | libc::O_APPEND) as u32, 0)
+                    .expect("open for append");
+                let h = h.expect("handle");
+                write(
+                    &a,
+                    e.inode,
+                    h,
+                    (k * record(0).len()) as u64,
+                    record(k).as_bytes(),
+                );
+                release(&a, e.inode, h);
+            }
+            done.store(true, std::sync::atomic::Ordering::Release);
+        });
+        let reader = s.spawn(|| {
+            let mut reads = 0;
+            let mut bad = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::Acquire) {
+                let data = read_file(&b, ROOT, "log").expect("B reads the log");
+                reads += 1;
+                let ok = data.len() <= expected.len()
+                    && data.as_slice() == &expected.as_bytes()[..data.len()];
+                if !ok && bad.len() < 5 {
+                    let head = String::from_utf8_lossy(&data[..data.len().min(21)]).into_owned();
+                    bad.push(format!("{} bytes starting {head:?}", data.len()));
+                }
+            }
+            (reads, bad)
+        });
+        reader.join().expect("reader thread")
+    });
+    eprintln!("B read the growing file {reads} times while A appended {appends} records");
+    assert!(
+        reads > 10,
+        "B read only {reads} times: the race was not exercised"
+    );
+    assert!(
+        bad.is_empty(),
+        "B read bytes that are not the file's first bytes: {bad:?}"
+    );
+    assert_eq!(
+        read_file(&b, ROOT, "log").expect("final read"),
+        expected.as_bytes()
+    );
+}
+
 fn wait_for(fs: &CephFs, name: &str, want: &[u8], t0: Instant, delays: &mut Vec<Duration>) {
     loop {
         if let Ok(data) = read_file(fs, ROOT, name) {

@@ -30,6 +30,7 @@ int main(void) {
         CEPH_SETATTR_UID, CEPH_SETATTR_GID, CEPH_SETATTR_MTIME, CEPH_SETATTR_ATIME,
         CEPH_SETATTR_SIZE, CEPH_SETATTR_CTIME, CEPH_SETATTR_MTIME_NOW, CEPH_SETATTR_ATIME_NOW,
         CEPH_SETATTR_KILL_SGUID);
+    printf("%u %d\n", CEPH_STATX_SIZE, AT_STATX_DONT_SYNC);
     return 0;
 }
 "#,
@@ -53,7 +54,7 @@ int main(void) {
     // Must equal the assertions and constants in src/ffi.rs.
     assert_eq!(
         got,
-        "136 8 20 24 48 56 64 80 96 112 128 2047 1 2 4 8 16 32 64 128 256 1024"
+        "136 8 20 24 48 56 64 80 96 112 128 2047 1 2 4 8 16 32 64 128 256 1024\n512 16384"
     );
 }
 
