@@ -6,8 +6,9 @@
 //! guest A overwrites one file in place (same size), creates a new file and appends to a third,
 //! each written and closed. The delay until B sees each change is measured on the host from
 //! the arrival times of A's "wrote" and B's "seen" console lines. For `cache=never` and
-//! `cache=auto` every change must become visible within the polling window and stay visible;
-//! for `cache=always` and `cache=metadata` (attributes and names kept for a day) the outcome is
+//! `cache=auto` every change must become visible within the polling window and stay visible,
+//! and every whole-file read must show content the file has had (a read that races a change may
+//! show the old state, never bytes out of place); for `cache=always` and `cache=metadata` (attributes and names kept for a day) the outcome is
 //! only recorded. The delays are printed and are part of every assertion message.
 
 use std::sync::Mutex;
@@ -34,12 +35,16 @@ r wrote_append 1
 sync
 "#;
 
+/// B's script. Each poll reads every file whole (newlines shown as commas, `ABSENT` for a
+/// missing file) and reports, as `torn_<file>`, any content the file never had: a stale view is
+/// what the cache modes trade for speed, bytes out of place never are.
 fn reader(poll_secs: u32) -> String {
     format!(
         r#"
-check primed_ow v1-old "$(cat /data/ow.txt)"
-check primed_ap line1 "$(tail -1 /data/ap.txt)"
-check primed_new ERR "$(err cat /data/new.txt)"
+seen() {{ tr '\n' , < "$1" 2>/dev/null || echo ABSENT; }}
+check primed_ow v1-old, "$(seen /data/ow.txt)"
+check primed_ap line1, "$(seen /data/ap.txt)"
+check primed_new ABSENT "$(seen /data/new.txt)"
 stat /data/ow.txt /data/ap.txt >/dev/null
 r primed 1
 read -r cmd
@@ -48,16 +53,20 @@ end=$(( $(date +%s) + {poll_secs} ))
 n=0; sow=; snew=; sap=
 while :; do
     n=$((n + 1))
-    if [ -z "$sow" ] && [ "$(cat /data/ow.txt)" = v2-new ]; then sow=1; r seen_overwrite $n; fi
-    if [ -z "$snew" ] && [ "$(cat /data/new.txt 2>/dev/null)" = created ]; then snew=1; r seen_new $n; fi
-    if [ -z "$sap" ] && [ "$(tail -1 /data/ap.txt)" = line2 ]; then sap=1; r seen_append $n; fi
+    ow=$(seen /data/ow.txt); new=$(seen /data/new.txt); ap=$(seen /data/ap.txt)
+    case "$ow" in v1-old,|""|v2-new,) ;; *) r torn_ow "$ow" ;; esac
+    case "$new" in ABSENT|""|created,) ;; *) r torn_new "$new" ;; esac
+    case "$ap" in line1,|line1,line2,) ;; *) r torn_ap "$ap" ;; esac
+    if [ -z "$sow" ] && [ "$ow" = v2-new, ]; then sow=1; r seen_overwrite $n; fi
+    if [ -z "$snew" ] && [ "$new" = created, ]; then snew=1; r seen_new $n; fi
+    if [ -z "$sap" ] && [ "$ap" = line1,line2, ]; then sap=1; r seen_append $n; fi
     [ -n "$sow" ] && [ -n "$snew" ] && [ -n "$sap" ] && break
     [ "$(date +%s)" -ge "$end" ] && break
 done
 r polls $n
-r final_ow "$(cat /data/ow.txt)"
-r final_ap "$(tail -1 /data/ap.txt)"
-r final_new "$(cat /data/new.txt 2>/dev/null)"
+r final_ow "$(seen /data/ow.txt)"
+r final_ap "$(seen /data/ap.txt)"
+r final_new "$(seen /data/new.txt)"
 "#
     )
 }
@@ -139,9 +148,20 @@ pub fn coherence(
         new_file: delay("wrote_new", "seen_new"),
         append: delay("wrote_append", "seen_append"),
     };
+    let torn: Vec<String> = ["torn_ow", "torn_ap", "torn_new"]
+        .iter()
+        .flat_map(|k| {
+            out_b
+                .results
+                .get_all(k)
+                .into_iter()
+                .map(move |v| format!("{k}={v:?}"))
+        })
+        .collect();
     let summary = format!(
         "coherence backend={label} cache={cache} (accel={}, {} polls by B): overwrite {}, new \
-         file {}, append {}; B's final view: ow={:?} ap={:?} new={:?}",
+         file {}, append {}; B's final view: ow={:?} ap={:?} new={:?}; content no file ever \
+         had: {torn:?}",
         out_b.accel,
         out_b.value("polls"),
         fmt(m.overwrite, poll_secs),
@@ -159,6 +179,11 @@ pub fn coherence(
     assert_eq!(read("new.txt"), "created\n", "{summary}");
     let all_seen = m.overwrite.is_some() && m.new_file.is_some() && m.append.is_some();
     if matches!(cache, CacheMode::Never | CacheMode::Auto) {
+        // Every read shows a state the file has had.
+        out_b.check(
+            torn.is_empty(),
+            &format!("with cache={cache} guest B read bytes out of place: {summary}"),
+        );
         out_b.check(
             all_seen,
             &format!("with cache={cache} guest B must see every change of guest A: {summary}"),
@@ -170,7 +195,7 @@ pub fn coherence(
             out_b.value("final_new"),
         );
         out_b.check(
-            final_view == ("v2-new", "line2", "created"),
+            final_view == ("v2-new,", "line1,line2,", "created,"),
             &format!("with cache={cache} guest B's view went back to an older state: {summary}"),
         );
     }
