@@ -251,10 +251,13 @@ fn steal_seconds() -> Option<f64> {
     Some(steal as f64 / clock_ticks()?)
 }
 
-/// CPU seconds (with reaped children) of every process that is not this one, not below it
-/// and not a kernel thread, by pid.
-fn others_cpu_seconds() -> BTreeMap<u32, f64> {
-    let ours: BTreeSet<u32> = process_tree(&[std::process::id()]).into_iter().collect();
+/// CPU seconds (with reaped children) of every process that is not this one, not below it,
+/// not below one of `work` and not a kernel thread, by pid.
+fn others_cpu_seconds(work: &[u32]) -> BTreeMap<u32, f64> {
+    let roots: Vec<u32> = std::iter::once(std::process::id())
+        .chain(work.iter().copied())
+        .collect();
+    let ours: BTreeSet<u32> = process_tree(&roots).into_iter().collect();
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return BTreeMap::new();
     };
@@ -271,10 +274,13 @@ fn others_cpu_seconds() -> BTreeMap<u32, f64> {
 /// hypervisor gave to others (steal), each as average CPUs over the window. Kernel threads
 /// are left out: their work is mostly the bench's own I/O (a loop device's workers). A
 /// process that starts inside the window counts whole; one that exits inside it counts only
-/// through its parent, when that reaps it.
+/// through its parent, when that reaps it. Processes outside the bench that do its work (the
+/// storage cluster a CephFS bench reads from, a `--count-cpu` FUSE client) are named at the
+/// start and left out with everything below them.
 #[derive(Debug, Clone)]
 pub struct OtherLoad {
     at: Instant,
+    work: Vec<u32>,
     others: BTreeMap<u32, f64>,
     steal_s: f64,
 }
@@ -289,11 +295,13 @@ pub struct OtherLoadReading {
 }
 
 impl OtherLoad {
-    /// Starts a window now (`None` where `/proc` cannot tell).
-    pub fn start() -> Option<OtherLoad> {
+    /// Starts a window now (`None` where `/proc` cannot tell); `work` are the processes
+    /// outside the bench's own tree that serve it.
+    pub fn start(work: &[u32]) -> Option<OtherLoad> {
         Some(OtherLoad {
             steal_s: steal_seconds()?,
-            others: others_cpu_seconds(),
+            others: others_cpu_seconds(work),
+            work: work.to_vec(),
             at: Instant::now(),
         })
     }
@@ -305,7 +313,7 @@ impl OtherLoad {
         if secs <= 0.0 {
             return None;
         }
-        let other: f64 = others_cpu_seconds()
+        let other: f64 = others_cpu_seconds(&self.work)
             .iter()
             .map(|(p, s)| (s - self.others.get(p).copied().unwrap_or(0.0)).max(0.0))
             .sum();
@@ -432,6 +440,46 @@ mod tests {
         assert!((spent - (c1 - c0)).abs() < 0.06, "{spent} {}", c1 - c0);
     }
 
+    /// The tests that detach busy processes run one at a time: each would be the other's
+    /// other load.
+    static DETACHED_LOAD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    #[test]
+    fn a_process_named_as_the_benchs_work_is_not_other_load() {
+        let _one = DETACHED_LOAD.lock().unwrap_or_else(|p| p.into_inner());
+        // A busy loop outside our tree (init adopts it), as a storage cluster's daemon is,
+        // with a child of its own.
+        let out = Command::new("sh")
+            .args([
+                "-c",
+                "(sh -c 'end=$(($(date +%s) + 3)); while [ $(date +%s) -lt $end ]; do :; done'; \
+                 true) >/dev/null 2>&1 & echo $!",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        let named = OtherLoad::start(&[pid]).unwrap();
+        let unnamed = OtherLoad::start(&[]).unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        let (named, unnamed) = (named.finish().unwrap(), unnamed.finish().unwrap());
+        // Gone, and reaped (the reaper's cutime takes their CPU time then), before the next
+        // test's window opens.
+        let tree = process_tree(&[pid]);
+        let _ = Command::new("kill")
+            .args(tree.iter().map(u32::to_string))
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tree.iter().any(|p| stat_fields(*p).is_some()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(unnamed.other_cpus > 0.5, "{unnamed:?}");
+        assert!(
+            named.other_cpus < unnamed.other_cpus - 0.4,
+            "named {named:?} unnamed {unnamed:?}"
+        );
+    }
+
     #[test]
     fn a_process_outside_the_bench_shows_as_other_load_and_our_own_child_does_not() {
         // Busy for 2 s; `outside` detaches it (its shell exits, init adopts it).
@@ -448,11 +496,12 @@ mod tests {
                 .spawn()
                 .unwrap()
         };
-        let w = OtherLoad::start().unwrap();
+        let _one = DETACHED_LOAD.lock().unwrap_or_else(|p| p.into_inner());
+        let w = OtherLoad::start(&[]).unwrap();
         let mut mine = busy(false);
         mine.wait().unwrap();
         let quiet = w.finish().unwrap();
-        let w = OtherLoad::start().unwrap();
+        let w = OtherLoad::start(&[]).unwrap();
         busy(true).wait().unwrap();
         std::thread::sleep(Duration::from_millis(1500));
         let loaded = w.finish().unwrap();

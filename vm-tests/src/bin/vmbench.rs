@@ -1053,6 +1053,24 @@ fn cpu_roots(cfg: &Config, which: Which, daemon: u32) -> Vec<u32> {
         .collect()
 }
 
+/// The Ceph daemons of a storage cluster: they serve a CephFS bench's requests on both sides.
+const CEPH_SERVICES: [&str; 4] = ["ceph-mon", "ceph-mgr", "ceph-osd", "ceph-mds"];
+
+/// Processes outside vmbench's own tree that do the bench's work, so not other load: the
+/// `--count-cpu` ones and, in a CephFS bench, the storage cluster's daemons.
+fn work_outside_the_bench(cfg: &Config) -> Vec<u32> {
+    let mut work: Vec<u32> = cfg.count_cpu.iter().map(|(_, p)| *p).collect();
+    if cfg.ours_ceph.is_some() {
+        let procs = std::fs::read_dir("/proc").into_iter().flatten().flatten();
+        work.extend(procs.filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            CEPH_SERVICES.contains(&comm.trim()).then_some(pid)
+        }));
+    }
+    work
+}
+
 /// One daemon's figures of a boot: for each round, its fio results and metadata rows, and
 /// its CPU time per unit of work inside each run's window. The guest tagged this daemon's
 /// runs `round + tag_offset` (0 unless two daemons share the boot).
@@ -1173,7 +1191,7 @@ fn run_guest(
             job_text(j, "/data/bench", cfg),
         );
     }
-    let other_load = OtherLoad::start();
+    let other_load = OtherLoad::start(&work_outside_the_bench(cfg));
     let vm = b.spawn()?;
     let pid = vm.daemon_pid();
     let stop = Arc::new(AtomicBool::new(false));
@@ -1354,7 +1372,7 @@ fn run_paired_guest(
             );
         }
     }
-    let other_load = OtherLoad::start();
+    let other_load = OtherLoad::start(&work_outside_the_bench(cfg));
     let vm = b.spawn()?;
     let pid_of = |which: Which| {
         if which == first {
@@ -1953,9 +1971,10 @@ fn build_report(
         || max(&steal).is_some_and(|x| x > QUIET_STEAL_CPUS);
     let _ = writeln!(
         md,
-        "\nOther load during the boots (CPUs busy in processes other than the bench, its guests \
-         and its daemons; steal: CPUs the hypervisor gave to others): median {} (max {}), steal \
-         median {} (max {}).{}",
+        "\nOther load during the boots (CPUs busy in processes other than the bench, its guests, \
+         its daemons and what serves them: `--count-cpu` processes, a CephFS bench's cluster; \
+         steal: CPUs the hypervisor gave to others): median {} (max {}), steal median {} (max \
+         {}).{}",
         fmt_cpus(median(&other)),
         fmt_cpus(max(&other)),
         fmt_cpus(median(&steal)),
