@@ -900,14 +900,19 @@ impl FileSystem for CephFs {
         size: u32,
         offset: u64,
         _lock_owner: Option<u64>,
-        _delayed_write: bool,
-        _flags: u32,
+        delayed_write: bool,
+        flags: u32,
         _fuse_flags: u32,
     ) -> io::Result<usize> {
         if size as usize > MAX_IO {
             return Err(err(libc::EINVAL));
         }
         let f = self.file(handle)?;
+        // A guest's write(2) on an O_APPEND file comes at the end of file the guest last saw,
+        // which another pod may have moved: append at the file's real end, as pwrite on an
+        // O_APPEND descriptor of a host mount does. A page written back from the guest's cache
+        // (FUSE_WRITE_CACHE, through whichever handle) goes where the guest says.
+        let append = flags as i32 & libc::O_APPEND != 0 && !delayed_write && f.appends();
         // Guest memory is copied out here, before the job: a late job never touches it.
         let mut buf = self.buffers.take(size as usize);
         let mut filled = 0;
@@ -926,7 +931,11 @@ impl FileSystem for CephFs {
                 let at = offset
                     .checked_add(done as u64)
                     .ok_or_else(|| err(libc::EFBIG))?;
-                let n = f.mount().write(&f, at, &buf[done..])?;
+                let n = if append {
+                    f.mount().append(&f, &buf[done..])?
+                } else {
+                    f.mount().write(&f, at, &buf[done..])?
+                };
                 if n == 0 {
                     return Err(err(libc::EIO));
                 }

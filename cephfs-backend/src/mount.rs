@@ -507,6 +507,22 @@ impl CephMount {
 
     pub fn write(&self, file: &CephFile, offset: u64, data: &[u8]) -> io::Result<usize> {
         let off = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        self.write_at(file, off, data)
+    }
+
+    /// Writes `data` at the file's end as the MDS knows it now, as `write` on an `O_APPEND`
+    /// descriptor does: libcephfs seeks to the end (asking for the size, so other clients'
+    /// writes are flushed first) when given no offset on an `O_APPEND` handle. EBADF for a
+    /// handle opened without `O_APPEND`, where no offset would mean the handle's own position.
+    pub fn append(&self, file: &CephFile, data: &[u8]) -> io::Result<usize> {
+        if !file.appends() {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
+        self.write_at(file, -1, data)
+    }
+
+    /// `ceph_ll_write` at `off` (-1: the handle's position, or its end with `O_APPEND`).
+    fn write_at(&self, file: &CephFile, off: i64, data: &[u8]) -> io::Result<usize> {
         // SAFETY: live mount and open file; `data` is readable for its length.
         let n = check(unsafe {
             ffi::ceph_ll_write(
@@ -972,6 +988,11 @@ impl CephFile {
     /// Opened for writing (`O_WRONLY` or `O_RDWR`).
     pub fn writable(&self) -> bool {
         matches!(self.flags & libc::O_ACCMODE, libc::O_WRONLY | libc::O_RDWR)
+    }
+
+    /// Opened with `O_APPEND`.
+    pub fn appends(&self) -> bool {
+        self.flags & libc::O_APPEND != 0
     }
 }
 

@@ -397,6 +397,71 @@ fn second_client_sees_closed_writes() {
     );
 }
 
+/// Two pods append to one log, each guest writing at the end of file it last saw (a guest
+/// kernel sends an `O_APPEND` write at its own, possibly stale, size). As `pwrite` on an
+/// `O_APPEND` descriptor of a host mount does, the backend appends at the file's end, so no
+/// line overwrites another; a page written back from the cache (FUSE_WRITE_CACHE) still goes
+/// where the guest says.
+#[test]
+fn appends_from_two_clients_keep_both_lines() {
+    let vol = Volume::new("appends");
+    let a = vol.mount();
+    let b = vol.mount();
+    let c = ctx();
+    let (e, h) = create(&a, &c, ROOT, "shared.log", 0o644);
+    write(&a, e.inode, h, 0, b"start\n");
+    release(&a, e.inode, h);
+    let eb = b
+        .lookup(&c, ROOT, &cstr("shared.log"))
+        .expect("B looks up the log");
+
+    let append = |fs: &CephFs, node: u64, stale_end: u64, line: &[u8]| {
+        let (h, _, _) = fs
+            .open(&c, node, (libc::O_WRONLY | libc::O_APPEND) as u32, 0)
+            .expect("open O_APPEND");
+        let h = h.expect("handle");
+        let mut r = SliceReader(line);
+        let n = fs
+            .write(
+                &c,
+                node,
+                h,
+                &mut r,
+                line.len() as u32,
+                stale_end,
+                None,
+                false,
+                libc::O_WRONLY as u32 | libc::O_APPEND as u32,
+                0,
+            )
+            .expect("append");
+        assert_eq!(n, line.len());
+        release(fs, node, h);
+    };
+    // Both guests last saw 6 bytes.
+    append(&a, e.inode, 6, b"a1\n");
+    append(&b, eb.inode, 6, b"b1\n");
+    append(&a, e.inode, 6, b"a2\n");
+    assert_eq!(
+        String::from_utf8(read_file(&b, ROOT, "shared.log").expect("read")).unwrap(),
+        "start\na1\nb1\na2\n"
+    );
+
+    // A write-back of cached pages through an O_APPEND handle lands at its offset.
+    let (h, _, _) = a
+        .open(&c, e.inode, (libc::O_RDWR | libc::O_APPEND) as u32, 0)
+        .expect("open O_APPEND");
+    let h = h.expect("handle");
+    let mut r = SliceReader(b"START");
+    a.write(&c, e.inode, h, &mut r, 5, 0, None, true, 0, 0)
+        .expect("write-back");
+    release(&a, e.inode, h);
+    assert_eq!(
+        String::from_utf8(read_file(&b, ROOT, "shared.log").expect("read")).unwrap(),
+        "START\na1\nb1\na2\n"
+    );
+}
+
 /// One append record: fixed width, so a byte's offset names the record it belongs to.
 fn record(k: usize) -> String {
     format!("rec{k:06}\n")
