@@ -11,7 +11,7 @@
 mod common;
 
 use common::ceph::CephVolume;
-use common::coherence::coherence;
+use common::coherence::{alternating_appends, coherence};
 use vm_tests::{CacheMode, ShareBackend};
 
 fn on_a_ceph_volume(cache: CacheMode, poll_secs: u32) {
@@ -49,4 +49,16 @@ fn cephfs_coherence_cache_metadata_recorded() {
 fn cephfs_coherence_cache_always_recorded() {
     // Only recorded: with cache=always a guest may keep its cached view.
     on_a_ceph_volume(CacheMode::Always, 5);
+}
+
+#[test]
+fn two_pods_appending_in_turns_keep_every_line() {
+    let volume = CephVolume::create("appends");
+    let view = volume.view();
+    alternating_appends(
+        "cephfs",
+        ShareBackend::CephFs(volume.share()),
+        &view,
+        CacheMode::Auto,
+    );
 }

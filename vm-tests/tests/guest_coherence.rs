@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::coherence::coherence;
+use common::coherence::{alternating_appends, coherence};
 use common::host_view::LocalDirView;
 use vm_tests::workload::temp_share;
 use vm_tests::{CacheMode, ShareBackend};
@@ -37,4 +37,16 @@ fn two_guests_cache_auto() {
 fn two_guests_cache_always_recorded() {
     // Only recorded: with cache=always a guest may keep its cached view.
     on_a_host_directory(CacheMode::Always, 5);
+}
+
+#[test]
+fn two_guests_appending_in_turns_keep_every_line() {
+    let share = temp_share();
+    let view = LocalDirView::new(share.path());
+    alternating_appends(
+        "passthrough",
+        ShareBackend::Passthrough(share.path().to_path_buf()),
+        &view,
+        CacheMode::Auto,
+    );
 }

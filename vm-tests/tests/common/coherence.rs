@@ -201,3 +201,74 @@ pub fn coherence(
     }
     m
 }
+
+const APPENDER: &str = r#"
+cat /data/shared.log >/dev/null
+r ready 1
+while read -r line; do
+    [ "$line" = done ] && break
+    echo "$line" >> /data/shared.log
+    r "appended_$line" 1
+done
+"#;
+
+/// Two guests take turns appending a line to one log (`echo line >> log`), each turn much
+/// quicker than the attribute timeout, so the end of file each guest kernel writes at is the
+/// one it saw before the other's last line. Every line must be in the log once, in turn
+/// order, as `O_APPEND` writes on one host mount from two processes would leave it.
+pub fn alternating_appends(
+    label: &str,
+    backend: ShareBackend,
+    view: &dyn HostView,
+    cache: CacheMode,
+) {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    view.write_file("shared.log", b"start\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let guest = |name: &str| {
+        VmBuilder::new()
+            .name(&format!("appends-{label}-{cache}-{name}"))
+            .backend(backend.clone())
+            .cache(cache)
+            .smp(1)
+            .memory_mib(512)
+            .workload(&script(APPENDER))
+            .timeout(Duration::from_secs(240))
+            .spawn()
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let mut a = guest("A");
+    let mut b = guest("B");
+    let wait = Duration::from_secs(200);
+    let mut expected = String::from("start\n");
+    let steps = (|| -> vm_tests::Result<()> {
+        a.wait_for("ready", wait)?;
+        b.wait_for("ready", wait)?;
+        for turn in 0..6 {
+            for (name, g) in [("A", &mut a), ("B", &mut b)] {
+                let line = format!("{name}{turn}");
+                g.send_line(&line)?;
+                g.wait_for(&format!("appended_{line}"), wait)?;
+                expected.push_str(&line);
+                expected.push('\n');
+            }
+        }
+        a.send_line("done")?;
+        b.send_line("done")?;
+        Ok(())
+    })();
+    let out_a = a.wait().unwrap_or_else(|e| panic!("{e}"));
+    let out_b = b.wait().unwrap_or_else(|e| panic!("{e}"));
+    if let Err(e) = steps {
+        panic!("{e}\n{}\n{}", out_a.report(), out_b.report());
+    }
+    out_a.assert_ok();
+    out_b.assert_ok();
+    let log = view
+        .read_string("shared.log")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        log, expected,
+        "backend={label} cache={cache}: lines of one guest overwrote the other's"
+    );
+}
