@@ -71,6 +71,25 @@ r final_new "$(seen /data/new.txt)"
     )
 }
 
+/// One of the two guests: one vCPU, 512 MiB, running `body`, its own daemon serving `backend`.
+fn one_of_two(
+    name: &str,
+    backend: &ShareBackend,
+    cache: CacheMode,
+    body: &str,
+) -> vm_tests::RunningVm {
+    VmBuilder::new()
+        .name(name)
+        .backend(backend.clone())
+        .cache(cache)
+        .smp(1)
+        .memory_mib(512)
+        .workload(&script(body))
+        .timeout(Duration::from_secs(240))
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// How long B took to see each of A's changes (`None`: not within the polling window).
 #[derive(Debug, Clone, Copy)]
 pub struct Measured {
@@ -103,16 +122,12 @@ pub fn coherence(
     write("ow.txt", b"v1-old\n");
     write("ap.txt", b"line1\n");
     let guest = |name: &str, body: &str| {
-        VmBuilder::new()
-            .name(&format!("coherence-{label}-{cache}-{name}"))
-            .backend(backend.clone())
-            .cache(cache)
-            .smp(1)
-            .memory_mib(512)
-            .workload(&script(body))
-            .timeout(Duration::from_secs(240))
-            .spawn()
-            .unwrap_or_else(|e| panic!("{e}"))
+        one_of_two(
+            &format!("coherence-{label}-{cache}-{name}"),
+            &backend,
+            cache,
+            body,
+        )
     };
     let mut a = guest("A", WRITER);
     let mut b = guest("B", &reader(poll_secs));
@@ -226,16 +241,12 @@ pub fn alternating_appends(
     view.write_file("shared.log", b"start\n")
         .unwrap_or_else(|e| panic!("{e}"));
     let guest = |name: &str| {
-        VmBuilder::new()
-            .name(&format!("appends-{label}-{cache}-{name}"))
-            .backend(backend.clone())
-            .cache(cache)
-            .smp(1)
-            .memory_mib(512)
-            .workload(&script(APPENDER))
-            .timeout(Duration::from_secs(240))
-            .spawn()
-            .unwrap_or_else(|e| panic!("{e}"))
+        one_of_two(
+            &format!("appends-{label}-{cache}-{name}"),
+            &backend,
+            cache,
+            APPENDER,
+        )
     };
     let mut a = guest("A");
     let mut b = guest("B");
