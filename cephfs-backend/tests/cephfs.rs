@@ -474,65 +474,82 @@ fn record(k: usize) -> String {
 /// offset (`CephMount::read_into` says how); a guest then sees its file go back or scramble.
 #[test]
 fn reads_racing_appends_return_the_files_first_bytes() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let vol = Volume::new("race");
     let a = vol.mount();
     let b = vol.mount();
     let c = ctx();
-    let appends = 400;
-    let expected: String = (0..appends).map(record).collect();
+    // A appends until B has read the growing file this often (and at least this many
+    // records): while A holds the file's caps alone its appends are local and quick, so a
+    // fixed count could be over before B's first read returns.
+    let (min_appends, min_reads) = (400, 100);
+    let (max_appends, give_up) = (99_999, Duration::from_secs(60));
     let (e, h) = create(&a, &c, ROOT, "log", 0o644);
     write(&a, e.inode, h, 0, record(0).as_bytes());
     release(&a, e.inode, h);
 
-    let done = std::sync::atomic::AtomicBool::new(false);
-    let (reads, bad) = std::thread::scope(|s| {
-        s.spawn(|| {
-            for k in 1..appends {
+    let done = AtomicBool::new(false);
+    let reads = AtomicUsize::new(0);
+    let t0 = Instant::now();
+    let (appended, bad) = std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            let mut k = 1;
+            while (k < min_appends || reads.load(Ordering::Acquire) < min_reads)
+                && k < max_appends
+                && t0.elapsed() < give_up
+            {
                 let (h, _, _) = a
                     .open(&c, e.inode, (libc::O_WRONLY | libc::O_APPEND) as u32, 0)
                     .expect("open for append");
                 let h = h.expect("handle");
-                write(
-                    &a,
-                    e.inode,
-                    h,
-                    (k * record(0).len()) as u64,
-                    record(k).as_bytes(),
-                );
+                let at = (k * record(0).len()) as u64;
+                write(&a, e.inode, h, at, record(k).as_bytes());
                 release(&a, e.inode, h);
+                k += 1;
             }
-            done.store(true, std::sync::atomic::Ordering::Release);
+            done.store(true, Ordering::Release);
+            k
         });
         let reader = s.spawn(|| {
-            let mut reads = 0;
             let mut bad = Vec::new();
-            while !done.load(std::sync::atomic::Ordering::Acquire) {
+            while !done.load(Ordering::Acquire) {
                 let data = read_file(&b, ROOT, "log").expect("B reads the log");
-                reads += 1;
-                let ok = data.len() <= expected.len()
-                    && data.as_slice() == &expected.as_bytes()[..data.len()];
-                if !ok && bad.len() < 5 {
+                reads.fetch_add(1, Ordering::Release);
+                if !is_records_prefix(&data) && bad.len() < 5 {
                     let head = String::from_utf8_lossy(&data[..data.len().min(21)]).into_owned();
                     bad.push(format!("{} bytes starting {head:?}", data.len()));
                 }
             }
-            (reads, bad)
+            bad
         });
-        reader.join().expect("reader thread")
+        (
+            writer.join().expect("writer thread"),
+            reader.join().expect("reader thread"),
+        )
     });
-    eprintln!("B read the growing file {reads} times while A appended {appends} records");
+    let reads = reads.into_inner();
+    eprintln!("B read the growing file {reads} times while A appended {appended} records");
     assert!(
-        reads > 10,
-        "B read only {reads} times: the race was not exercised"
+        reads >= min_reads,
+        "B read only {reads} times in {give_up:?} of appends: the race was not exercised"
     );
     assert!(
         bad.is_empty(),
         "B read bytes that are not the file's first bytes: {bad:?}"
     );
+    let expected: String = (0..appended).map(record).collect();
     assert_eq!(
         read_file(&b, ROOT, "log").expect("final read"),
         expected.as_bytes()
     );
+}
+
+/// `data` is the start of `record(0) record(1) ...`.
+fn is_records_prefix(data: &[u8]) -> bool {
+    let width = record(0).len();
+    data.chunks(width)
+        .enumerate()
+        .all(|(k, chunk)| record(k).as_bytes().starts_with(chunk))
 }
 
 fn wait_for(fs: &CephFs, name: &str, want: &[u8], t0: Instant, delays: &mut Vec<Duration>) {
