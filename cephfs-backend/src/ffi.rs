@@ -145,6 +145,7 @@ crate::dynload::dynamic_library! {
         gidlist: *mut gid_t,
     ) -> *mut UserPerm;
     pub fn ceph_userperm_destroy(perm: *mut UserPerm);
+    pub fn ceph_mount_perms(cmount: *mut CephMountInfo) -> *mut UserPerm;
 
     pub fn ceph_ll_lookup_root(cmount: *mut CephMountInfo, parent: *mut *mut Inode) -> c_int;
     pub fn ceph_ll_lookup(

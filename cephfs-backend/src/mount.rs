@@ -488,10 +488,14 @@ impl CephMount {
 
     /// The size of `file` as this client knows it now, without asking the MDS.
     fn cached_size(&self, file: &CephFile) -> io::Result<u64> {
-        let perm = UserPerm::new(0, 0, &[])?;
+        // The mount's own credentials, owned by the mount: no allocation per call. An answer
+        // from the cache checks no permission.
+        // SAFETY: live mount.
+        let perm = non_null(unsafe { ffi::ceph_mount_perms(self.raw()) })?;
         let mut stx = ffi::CephStatx::default();
         // SAFETY: live mount; the inode is alive while its open `Fh` is (see `CephFile`);
-        // `stx` is writable. `AT_STATX_DONT_SYNC` answers from the client's cache.
+        // `stx` is writable; `perm` lives as long as the mount. `AT_STATX_DONT_SYNC` answers
+        // from the client's cache.
         check(unsafe {
             ffi::ceph_ll_getattr(
                 self.raw(),
@@ -499,7 +503,7 @@ impl CephMount {
                 &mut stx,
                 ffi::CEPH_STATX_SIZE,
                 ffi::AT_STATX_DONT_SYNC,
-                perm.raw(),
+                perm.as_ptr(),
             )
         })?;
         Ok(stx.stx_size)

@@ -83,6 +83,7 @@ int (*p_ceph_mount)(M *, const char *) = ceph_mount;
 int (*p_ceph_unmount)(M *) = ceph_unmount;
 int (*p_ceph_release)(M *) = ceph_release;
 UserPerm *(*p_ceph_userperm_new)(uid_t, gid_t, int, gid_t *) = ceph_userperm_new;
+UserPerm *(*p_ceph_mount_perms)(M *) = ceph_mount_perms;
 void (*p_ceph_userperm_destroy)(UserPerm *) = ceph_userperm_destroy;
 int (*p_ceph_ll_lookup_root)(M *, struct Inode **) = ceph_ll_lookup_root;
 int (*p_ceph_ll_lookup)(M *, struct Inode *, const char *, struct Inode **, X *, unsigned,
