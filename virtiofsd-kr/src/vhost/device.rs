@@ -16,7 +16,7 @@ use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{
     reader_and_writer, FsCacheReqHandler, ReplyGate, VirtioFsWriter, Writer,
 };
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 use vhost::vhost_user::message::{
     VhostUserProtocolFeatures, VhostUserShMemConfig, VhostUserVirtioFeatures,
 };
@@ -893,10 +893,19 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for VirtioFsDevice<
         let Some(bit) = u32::try_from(index).ok().and_then(|i| 1u64.checked_shl(i)) else {
             return;
         };
-        if served {
-            self.served.fetch_or(bit, Ordering::AcqRel);
+        // Said once per change: a guest that never got an answer shows whether its driver
+        // ever started the queues (a hang before the first request is told from a lost one).
+        let before = if served {
+            self.served.fetch_or(bit, Ordering::AcqRel)
         } else {
-            self.served.fetch_and(!bit, Ordering::AcqRel);
+            self.served.fetch_and(!bit, Ordering::AcqRel)
+        };
+        if (before & bit != 0) != served {
+            info!(
+                queue = index,
+                "queue {}",
+                if served { "started" } else { "stopped" }
+            );
         }
     }
 
