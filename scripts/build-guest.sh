@@ -242,6 +242,11 @@ cat > "$STAGE/init" <<'INIT'
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 export HOME=/root
 mount -t proc proc /proc
+# The kernel printed its boot on the console (no `quiet`), so a guest that hangs while booting
+# shows where; from here on only warnings and worse, as with `quiet`. Then the first line the
+# host waits for: the kernel's boot is over (vm-tests boots a guest again when it never comes).
+echo 4 > /proc/sys/kernel/printk
+echo "@@VMTEST-INIT"
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mount -t tmpfs tmpfs /tmp

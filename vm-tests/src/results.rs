@@ -3,6 +3,7 @@
 //! The guest's `/init` and the workload scripts print lines such as
 //!
 //! ```text
+//! @@VMTEST-INIT
 //! @@VMTEST-READY
 //! @@VMTEST key=value with spaces
 //! @@VMTEST-ERROR something went wrong
@@ -27,6 +28,8 @@ pub const EXIT_MARK: &str = "@@VMTEST-EXIT ";
 pub const ERROR_MARK: &str = "@@VMTEST-ERROR ";
 /// Marker printed by `/init` once the share is mounted, before the workload starts.
 pub const READY_MARK: &str = "@@VMTEST-READY";
+/// Marker printed by `/init` first of all: the kernel's boot is over.
+pub const INIT_MARK: &str = "@@VMTEST-INIT";
 
 /// A malformed protocol line.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -50,6 +53,8 @@ pub enum Line {
     Error(String),
     /// `@@VMTEST-READY`.
     Ready,
+    /// `@@VMTEST-INIT`.
+    Init,
     /// Anything else (kernel messages, command output).
     Other,
 }
@@ -80,6 +85,9 @@ pub fn parse_line(raw: &str) -> Result<Line, ParseError> {
     }
     if tail.trim_end() == READY_MARK {
         return Ok(Line::Ready);
+    }
+    if tail.trim_end() == INIT_MARK {
+        return Ok(Line::Init);
     }
     if let Some(rest) = tail.strip_prefix(RESULT_MARK) {
         let (key, value) = rest
@@ -126,6 +134,8 @@ pub struct GuestResults {
     pub errors: Vec<String>,
     /// When `@@VMTEST-READY` arrived.
     pub ready_at: Option<Instant>,
+    /// When `@@VMTEST-INIT` arrived (the guest's `/init` started).
+    pub init_at: Option<Instant>,
 }
 
 impl GuestResults {
@@ -140,6 +150,7 @@ impl GuestResults {
             Ok(Line::Exit(code)) => self.exit_code = Some(code),
             Ok(Line::Error(msg)) => self.errors.push(msg),
             Ok(Line::Ready) => self.ready_at = Some(line.at),
+            Ok(Line::Init) => self.init_at = Some(line.at),
             Ok(Line::Other) => {}
             Err(e) => self.errors.push(e.to_string()),
         }
@@ -232,6 +243,7 @@ mod tests {
             Line::Error("mount failed".into())
         );
         assert_eq!(parse_line("@@VMTEST-READY").unwrap(), Line::Ready);
+        assert_eq!(parse_line("@@VMTEST-INIT\r").unwrap(), Line::Init);
         assert_eq!(parse_line("[    1.0] virtio: hello").unwrap(), Line::Other);
         assert_eq!(parse_line("").unwrap(), Line::Other);
     }
@@ -277,6 +289,7 @@ mod tests {
     fn collects_results() {
         let lines = [
             "boot noise",
+            "@@VMTEST-INIT",
             "@@VMTEST-READY",
             "@@VMTEST a=1",
             "@@VMTEST b=two words",
@@ -288,6 +301,7 @@ mod tests {
         .map(sl);
         let r = GuestResults::from_lines(lines.iter());
         assert!(r.ready_at.is_some());
+        assert!(r.init_at.is_some_and(|i| Some(i) <= r.ready_at));
         assert_eq!(r.get("a"), Some("3"));
         assert_eq!(r.get_all("a"), ["1", "3"]);
         assert_eq!(r.get_i64("a"), Some(3));

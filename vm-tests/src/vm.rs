@@ -59,6 +59,9 @@ pub struct VmBuilder {
     daemon_exit_timeout: Duration,
     accel: Option<AccelChoice>,
     kernel_args: Vec<String>,
+    qemu_args: Vec<String>,
+    /// See [`VmBuilder::boot_limit`].
+    boot_limit: Duration,
     fio: bool,
     qemu: QemuVersion,
     kernel: GuestKernel,
@@ -134,6 +137,8 @@ impl VmBuilder {
             daemon_exit_timeout: Duration::from_secs(10),
             accel: None,
             kernel_args: Vec::new(),
+            qemu_args: Vec::new(),
+            boot_limit: BOOT_LIMIT,
             fio: false,
             qemu: QemuVersion::default(),
             kernel: GuestKernel::default(),
@@ -338,6 +343,19 @@ impl VmBuilder {
         self
     }
 
+    /// Adds an argument to QEMU's command line (after the harness's own).
+    pub fn qemu_arg(mut self, arg: &str) -> Self {
+        self.qemu_args.push(arg.to_string());
+        self
+    }
+
+    /// How long the kernel may take to reach `/init` before [`spawn`](Self::spawn) counts its
+    /// boot as hung ([`BOOT_LIMIT`] unless set).
+    pub fn boot_limit(mut self, limit: Duration) -> Self {
+        self.boot_limit = limit;
+        self
+    }
+
     fn write_initrd(&self, image: &GuestImage, dir: &Path) -> Result<PathBuf> {
         let path = dir.join("initrd.cpio");
         let mut out = std::fs::File::create(&path)
@@ -382,25 +400,29 @@ impl VmBuilder {
         self.spawn()?.wait()
     }
 
-    /// Starts the daemon (when sharing) and QEMU, and returns once the guest's init has
-    /// reported something (or the guest has ended). A guest whose kernel died in its own
-    /// initcalls, before /init and so before the share was mounted, is booted once more,
-    /// loudly: nothing of the test ran (multi-threaded TCG has been seen to do this now and
-    /// then, an int3 "Oops" in patched kernel text with 4 vCPUs), so this hides no fault of
-    /// the daemon.
+    /// Starts the daemon (when sharing) and QEMU, and returns once the guest's `/init` runs
+    /// (or the guest has ended, or its deadline passed). A guest whose kernel died in its own
+    /// initcalls, or hung in its boot with its vCPUs running ([`BootFailure`]), is booted once
+    /// more, loudly: the kernel never reached /init, so nothing of the test ran and the share
+    /// was not even probed; this hides no fault of the daemon. Multi-threaded TCG has been
+    /// seen to do both now and then: an int3 "Oops" in patched kernel text with 4 vCPUs, and
+    /// a q35 guest silent for its whole 180 s (about one boot in thousands).
     pub fn spawn(self) -> Result<RunningVm> {
         let again = self.clone();
+        let limit = self.boot_limit;
         let vm = self.spawn_once()?;
-        match vm.kernel_died_in_boot() {
+        match vm.boot_failure(limit) {
             None => Ok(vm),
-            Some((why, log)) => {
+            Some(failure) => {
                 eprintln!(
-                    "vm-tests: [{}] the guest kernel died before running /init ({why}); \
-                     booting it once more\n{log}",
-                    vm.name
+                    "vm-tests: [{}] {failure}; booting it once more\n{}",
+                    vm.name,
+                    failure.log()
                 );
                 drop(vm);
-                again.spawn_once()
+                let mut vm = again.spawn_once()?;
+                vm.boot_retries.push(failure.to_string());
+                Ok(vm)
             }
         }
     }
@@ -465,7 +487,8 @@ impl VmBuilder {
         let mut append = vec![
             "console=ttyS0".to_string(),
             "panic=-1".into(),
-            "quiet".into(),
+            // No `quiet`: /init turns the console down to warnings as soon as it runs, so the
+            // kernel's boot messages show only where a boot hung or died before it.
             "i8042.noaux=1".into(),
             "i8042.nokbd=1".into(),
         ];
@@ -481,7 +504,8 @@ impl VmBuilder {
         let mem = self.memory_mib;
         let mut args: Vec<String> = vec![
             "-name".into(),
-            format!("vmtest-{}", self.name.replace(',', "_")),
+            // Named threads (`CPU 0/TCG`, ...): the hang report and the boot check read them.
+            format!("vmtest-{},debug-threads=on", self.name.replace(',', "_")),
             "-M".into(),
             "q35,memory-backend=mem".into(),
             "-object".into(),
@@ -522,6 +546,7 @@ impl VmBuilder {
                 format!("vhost-user-fs-pci,chardev=vfs1,tag={SECOND_TAG}"),
             ]);
         }
+        args.extend(self.qemu_args.iter().cloned());
         let command_line = format!("{} {}", qemu.display(), args.join(" "));
         eprintln!(
             "vm-tests: [{}] booting QEMU {} with kernel {}, accel={accel}, device {}, backend={}, cache={}",
@@ -581,6 +606,7 @@ impl VmBuilder {
             timeout: self.timeout,
             daemon_exit_timeout: self.daemon_exit_timeout,
             command_line,
+            boot_retries: Vec::new(),
             _workdir: workdir,
         })
     }
@@ -686,6 +712,8 @@ pub struct RunningVm {
     timeout: Duration,
     daemon_exit_timeout: Duration,
     command_line: String,
+    /// Why earlier boots of this guest were given up ([`VmBuilder::spawn`]).
+    boot_retries: Vec<String>,
     _workdir: tempfile::TempDir,
 }
 
@@ -714,7 +742,7 @@ impl RunningVm {
             .into_iter()
             .chain(self.second_daemon_pid())
             .chain(self.child.as_ref().map(Child::id));
-        let _ = writeln!(out, "---- threads (pid/tid comm state wchan):");
+        let _ = writeln!(out, "---- threads (pid/tid comm state wchan cpu-seconds):");
         for root in roots {
             for pid in process_tree(root) {
                 let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -726,17 +754,13 @@ impl RunningVm {
                         std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/{f}"))
                             .unwrap_or_default()
                     };
-                    let stat = read("stat");
-                    let state = stat
-                        .rfind(')')
-                        .and_then(|i| stat[i + 1..].split_whitespace().next())
-                        .unwrap_or("?")
-                        .to_string();
+                    let (state, cpu) = task_state(&read("stat")).unwrap_or(('?', Duration::ZERO));
                     let _ = writeln!(
                         out,
-                        "{pid}/{tid} {} {state} {}",
+                        "{pid}/{tid} {} {state} {} {:.2}",
                         read("comm").trim(),
-                        read("wchan").trim()
+                        read("wchan").trim(),
+                        cpu.as_secs_f64()
                     );
                 }
             }
@@ -814,34 +838,51 @@ impl RunningVm {
         }
     }
 
-    /// Waits (up to the boot's deadline) until the guest reports its first line or ends;
-    /// then [`kernel_death_in_boot`] of what it printed, with the serial log.
-    fn kernel_died_in_boot(&self) -> Option<(String, String)> {
+    /// Waits until the guest's `/init` runs (`None`), the guest ends, or `limit` passes (at
+    /// most until the boot's deadline); then whether the kernel failed in its own boot: it
+    /// died in its initcalls ([`kernel_death_in_boot`]), or it is still booting after `limit`
+    /// although it ran (it printed something, or its vCPUs used a quarter of a second). A
+    /// QEMU that never started the guest (for one, its vhost-user handshake with the daemon
+    /// may be stuck) is not a boot failure: the test goes on to fail, with the threads' state
+    /// in its report.
+    fn boot_failure(&self, limit: Duration) -> Option<BootFailure> {
+        let until = (self.started + limit).min(self.deadline);
         let mut st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            let r = &st.results;
-            let reported = !r.entries.is_empty()
-                || !r.errors.is_empty()
-                || r.exit_code.is_some()
-                || r.ready_at.is_some();
-            if reported {
+            if st.results.init_at.is_some() || reported(&st.results) {
                 return None;
             }
             if st.ended {
-                return kernel_death_in_boot(&st.results, &st.lines)
-                    .map(|why| (why, render_log(&st.lines)));
+                return kernel_death_in_boot(&st.results, &st.lines).map(|why| {
+                    BootFailure::KernelDied {
+                        why,
+                        log: render_log(&st.lines),
+                    }
+                });
             }
             let now = Instant::now();
-            if now >= self.deadline {
-                return None;
+            if now >= until {
+                break;
             }
             st = self
                 .shared
                 .cond
-                .wait_timeout(st, self.deadline - now)
+                .wait_timeout(st, until - now)
                 .map(|(g, _)| g)
                 .unwrap_or_else(|p| p.into_inner().0);
         }
+        let log = render_log(&st.lines);
+        drop(st);
+        let vcpu = self
+            .child
+            .as_ref()
+            .map_or(Duration::ZERO, |c| vcpu_time(c.id()));
+        let ran = !log.trim().is_empty() || vcpu >= Duration::from_millis(250);
+        ran.then(|| BootFailure::Hung {
+            after: limit,
+            vcpu,
+            log: format!("{log}{}", self.hang_report()),
+        })
     }
 
     /// Sends a line to the guest's console (the workload reads it with `read`).
@@ -868,24 +909,26 @@ impl RunningVm {
     pub fn wait(mut self) -> Result<VmOutcome> {
         let mut timed_out = false;
         let mut qemu_status = None;
-        if let Some(mut child) = self.child.take() {
-            loop {
-                match child.try_wait() {
-                    Ok(Some(s)) => {
-                        qemu_status = Some(s);
-                        break;
-                    }
-                    Ok(None) if Instant::now() < self.deadline => {
-                        std::thread::sleep(Duration::from_millis(20))
-                    }
-                    Ok(None) => {
-                        timed_out = true;
+        let mut hang = None;
+        while let Some(child) = self.child.as_mut() {
+            match child.try_wait() {
+                Ok(Some(s)) => {
+                    qemu_status = Some(s);
+                    self.child = None;
+                }
+                Ok(None) if Instant::now() < self.deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Ok(None) => {
+                    timed_out = true;
+                    // Before QEMU goes: what its threads and the daemon's were doing.
+                    hang = Some(self.hang_report());
+                    if let Some(mut child) = self.child.take() {
                         let _ = child.kill();
                         qemu_status = child.wait().ok();
-                        break;
                     }
-                    Err(e) => return Err(HarnessError::io("waiting for QEMU", e)),
                 }
+                Err(e) => return Err(HarnessError::io("waiting for QEMU", e)),
             }
         }
         drop(self.stdin.take());
@@ -930,6 +973,8 @@ impl RunningVm {
             elapsed,
             timeout: self.timeout,
             timed_out,
+            hang,
+            boot_retries: std::mem::take(&mut self.boot_retries),
             kvm_failed,
         })
     }
@@ -948,11 +993,7 @@ impl Drop for RunningVm {
 /// (`kernel_init_freeable` in the call trace) and the guest reported nothing: no test code,
 /// no mount, no FUSE request can have run. `None` otherwise.
 fn kernel_death_in_boot(r: &GuestResults, serial: &[SerialLine]) -> Option<String> {
-    if !r.entries.is_empty()
-        || !r.errors.is_empty()
-        || r.exit_code.is_some()
-        || r.ready_at.is_some()
-    {
+    if reported(r) || r.init_at.is_some() {
         return None;
     }
     let panic = serial
@@ -962,6 +1003,90 @@ fn kernel_death_in_boot(r: &GuestResults, serial: &[SerialLine]) -> Option<Strin
         .iter()
         .any(|l| l.text.contains("kernel_init_freeable"))
         .then(|| panic.text.trim().to_string())
+}
+
+/// Whether the guest reported anything of the protocol besides `@@VMTEST-INIT`.
+fn reported(r: &GuestResults) -> bool {
+    !r.entries.is_empty() || !r.errors.is_empty() || r.exit_code.is_some() || r.ready_at.is_some()
+}
+
+/// How long a kernel may take to reach `/init` before its boot counts as hung: it takes about
+/// 2 s under TCG (1 s with KVM), so a minute leaves room for a machine busy with other work.
+pub const BOOT_LIMIT: Duration = Duration::from_secs(60);
+
+/// A guest kernel that failed before running `/init` ([`VmBuilder::spawn`] boots it again).
+#[derive(Debug)]
+enum BootFailure {
+    /// It panicked in its initcalls ([`kernel_death_in_boot`]).
+    KernelDied { why: String, log: String },
+    /// It was still booting `after` that long (its vCPUs had run for `vcpu`).
+    Hung {
+        after: Duration,
+        vcpu: Duration,
+        log: String,
+    },
+}
+
+impl BootFailure {
+    /// The serial log (and, for a hang, the threads' state) to show with the retry.
+    fn log(&self) -> &str {
+        match self {
+            BootFailure::KernelDied { log, .. } | BootFailure::Hung { log, .. } => log,
+        }
+    }
+}
+
+impl std::fmt::Display for BootFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BootFailure::KernelDied { why, .. } => {
+                write!(f, "the guest kernel died before running /init ({why})")
+            }
+            BootFailure::Hung { after, vcpu, .. } => write!(
+                f,
+                "the guest kernel had not reached /init after {after:?} (its vCPUs ran {:.1} s)",
+                vcpu.as_secs_f64()
+            ),
+        }
+    }
+}
+
+/// A thread's state letter and CPU time (`utime + stime`) from its `/proc/.../stat` line.
+fn task_state(stat: &str) -> Option<(char, Duration)> {
+    let mut f = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = f.next()?.chars().next()?;
+    // After the state: utime and stime are the 11th and 12th fields.
+    let mut f = f.skip(10);
+    let ticks = f.next()?.parse::<u64>().ok()? + f.next()?.parse::<u64>().ok()?;
+    Some((
+        state,
+        Duration::from_secs_f64(ticks as f64 / crate::cpu::clock_ticks()?),
+    ))
+}
+
+/// The name (`comm`) and CPU time of each thread of process `pid`.
+fn thread_times(pid: u32) -> Vec<(String, Duration)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| {
+            let dir = t.path();
+            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+            let (_, cpu) = task_state(&std::fs::read_to_string(dir.join("stat")).ok()?)?;
+            Some((comm.trim().to_string(), cpu))
+        })
+        .collect()
+}
+
+/// The CPU time QEMU's vCPU threads (named `CPU <n>/TCG` or `CPU <n>/KVM`) used so far.
+fn vcpu_time(qemu: u32) -> Duration {
+    thread_times(qemu)
+        .into_iter()
+        .filter(|(comm, _)| comm.starts_with("CPU "))
+        .map(|(_, t)| t)
+        .sum()
 }
 
 /// The workload of a boot with a second share: mounts it (retrying while the device comes up,
@@ -1010,6 +1135,12 @@ pub struct VmOutcome {
     pub timeout: Duration,
     /// QEMU had to be killed at the deadline.
     pub timed_out: bool,
+    /// When it was: the daemon's log tail and every thread's state just before (see
+    /// `RunningVm::hang_report`).
+    pub hang: Option<String>,
+    /// Why earlier boots of this guest were given up and it was booted again (its kernel died
+    /// or hung before `/init`: see [`VmBuilder::spawn`]).
+    pub boot_retries: Vec<String>,
     /// KVM could not run the guest.
     pub kvm_failed: bool,
 }
@@ -1029,7 +1160,8 @@ impl VmOutcome {
     pub fn report(&self) -> String {
         let mut s = format!(
             "==== guest {} (accel={}, elapsed {:.1}s, timeout {:?}{}{}) ====\n\
-             qemu status: {:?}\nworkload exit: {:?}\nguest errors: {:?}\nqemu: {}\n",
+             qemu status: {:?}\nworkload exit: {:?}\nguest errors: {:?}\nbooted again after: {:?}\n\
+             qemu: {}\n",
             self.name,
             self.accel,
             self.elapsed.as_secs_f64(),
@@ -1043,6 +1175,7 @@ impl VmOutcome {
             self.qemu_status,
             self.results.exit_code,
             self.results.errors,
+            self.boot_retries,
             self.qemu_command,
         );
         for d in self.daemon.iter().chain(&self.second_daemon) {
@@ -1063,6 +1196,10 @@ impl VmOutcome {
                 "---- qemu stderr:\n{}\n",
                 self.qemu_stderr.trim_end()
             ));
+        }
+        if let Some(hang) = &self.hang {
+            s.push_str("---- at the deadline, before QEMU was killed:\n");
+            s.push_str(hang);
         }
         s.push_str("---- serial log:\n");
         s.push_str(&self.serial_text());
@@ -1201,8 +1338,26 @@ mod tests {
             elapsed: Duration::ZERO,
             timeout: Duration::ZERO,
             timed_out: false,
+            hang: None,
+            boot_retries: Vec::new(),
             kvm_failed: false,
         }
+    }
+
+    #[test]
+    fn a_threads_state_and_cpu_time_come_from_its_stat_line() {
+        let hz = crate::cpu::clock_ticks().unwrap();
+        // A name with spaces and a `)` of its own; utime 150, stime 50 ticks.
+        let stat = "4242 (CPU 0/TCG) x)) R 1 4242 4242 0 -1 4194368 10 0 0 0 150 50 0 0 20 0 4";
+        let (state, cpu) = task_state(stat).unwrap();
+        assert_eq!(state, 'R');
+        assert_eq!(cpu, Duration::from_secs_f64(200.0 / hz));
+        assert_eq!(task_state("4242 (x) S 1 2"), None);
+        // This very thread: it exists, and is running.
+        let me = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        assert_eq!(task_state(&me).map(|(s, _)| s), Some('R'));
+        let mine = thread_times(std::process::id());
+        assert!(!mine.is_empty() && mine.iter().all(|(name, _)| !name.is_empty()));
     }
 
     const INITCALL_OOPS: &[&str] = &[

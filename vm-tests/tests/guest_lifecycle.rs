@@ -127,6 +127,19 @@ fn a_hung_guest_is_killed_at_the_deadline_and_reported() {
         "{problems:?}"
     );
     assert!(out.report().contains("@@VMTEST before=sleep"));
+    assert!(out.results.init_at.is_some() && out.boot_retries.is_empty());
+    // What every thread did at the deadline, taken before QEMU was killed: the guest's vCPUs
+    // and the daemon's queue threads, and the daemon saying which queues the driver started.
+    let report = out.report();
+    for wanted in [
+        "---- at the deadline, before QEMU was killed",
+        "---- threads",
+        " vring_worker ",
+        "CPU 0/",
+        "queue started queue=1",
+    ] {
+        assert!(report.contains(wanted), "no {wanted:?} in:\n{report}");
+    }
     // QEMU was killed: the daemon must notice the disconnect and end by itself.
     let d = out.daemon.as_ref().unwrap();
     assert!(
@@ -134,6 +147,57 @@ fn a_hung_guest_is_killed_at_the_deadline_and_reported() {
         "daemon kept running after QEMU was killed\n{}",
         out.report()
     );
+}
+
+/// A guest kernel that does not reach /init (as one q35 guest did in a CI run: 180 s, not a
+/// line on its console) is booted once more, and says so; here /init is a `sleep` that prints
+/// nothing, so both boots hang the same way and the second is killed at its deadline.
+#[test]
+fn a_guest_that_never_reaches_init_is_booted_once_more_and_says_why() {
+    let share = temp_share();
+    let out = VmBuilder::new()
+        .name("no-init")
+        .share(share.path())
+        // Arguments without `=` go to init: PID 1 is `sleep 1000`.
+        .kernel_arg("rdinit=/bin/sleep")
+        .kernel_arg("1000")
+        .boot_limit(std::time::Duration::from_secs(4))
+        .timeout(std::time::Duration::from_secs(12))
+        .run()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let report = out.report();
+    assert_eq!(out.boot_retries.len(), 1, "{report}");
+    assert!(
+        out.boot_retries[0].contains("had not reached /init after 4s"),
+        "{report}"
+    );
+    assert!(out.timed_out && out.results.init_at.is_none(), "{report}");
+    // The boot was shown, up to where it stopped.
+    assert!(
+        report.contains("Run /bin/sleep as init process"),
+        "{report}"
+    );
+    assert!(out
+        .problems()
+        .iter()
+        .any(|p| p.contains("did not power off")));
+}
+
+/// A QEMU that never starts its guest is not a boot to retry: that is where a vhost-user
+/// handshake stuck on the daemon would leave it. Here QEMU is started paused (`-S`).
+#[test]
+fn a_guest_that_never_starts_is_not_booted_again() {
+    let out = VmBuilder::new()
+        .name("paused")
+        .qemu_arg("-S")
+        .boot_limit(std::time::Duration::from_secs(2))
+        .timeout(std::time::Duration::from_secs(5))
+        .run()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let report = out.report();
+    assert!(out.boot_retries.is_empty(), "{report}");
+    assert!(out.timed_out && out.serial.is_empty(), "{report}");
+    assert!(report.contains("CPU 0/"), "{report}");
 }
 
 /// A guest that stops reporting (as one did once in a full run, with an empty serial log)
