@@ -161,14 +161,14 @@ fn a_guest_that_never_reaches_init_is_booted_once_more_and_says_why() {
         // Arguments without `=` go to init: PID 1 is `sleep 1000`.
         .kernel_arg("rdinit=/bin/sleep")
         .kernel_arg("1000")
-        .boot_limit(std::time::Duration::from_secs(4))
-        .timeout(std::time::Duration::from_secs(12))
+        .boot_limit(std::time::Duration::from_secs(8))
+        .timeout(std::time::Duration::from_secs(15))
         .run()
         .unwrap_or_else(|e| panic!("{e}"));
     let report = out.report();
     assert_eq!(out.boot_retries.len(), 1, "{report}");
     assert!(
-        out.boot_retries[0].contains("had not reached /init after 4s"),
+        out.boot_retries[0].contains("had not reached /init after 8s"),
         "{report}"
     );
     assert!(out.timed_out && out.results.init_at.is_none(), "{report}");
