@@ -3,15 +3,16 @@
 //!
 //! A daemon is counted with every process below it (the namespace sandbox forks the server
 //! as a child; a CephFS reference is `virtiofsd` plus `ceph-fuse`, passed as a second root).
-//! CPU time is `utime + stime` of `/proc/PID/stat` of each process plus `cutime + cstime`
-//! (children it has reaped), so a child that exits between two samples moves from one term
-//! to the other without a jump. [`CpuSampler`] records that sum over time so a caller can
-//! read what was spent in any window afterwards (a benchmark job's begin and end as the
-//! guest reported them).
+//! [`tree_cpu_seconds`] is `utime + stime` of `/proc/PID/stat` of each process plus `cutime +
+//! cstime` (children it has reaped), so a child that exits between two reads moves from one
+//! term to the other without a jump; but it counts in clock ticks (10 ms), as much as a short
+//! job's whole window. [`CpuSampler`] therefore records a [`RunTimeTally`] over time, the
+//! threads' run time in nanoseconds (`schedstat`), so a caller can read what was spent in any
+//! window afterwards (a benchmark job's begin and end as the guest reported them).
 //!
 //! This module only reads `/proc`; it starts and stops nothing.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -126,6 +127,52 @@ pub fn tree_run_ns(roots: &[u32]) -> u64 {
     total
 }
 
+/// The run time of a process set so far, precise to the scheduler's nanoseconds
+/// (`/proc/PID/task/TID/schedstat`) and, unlike [`tree_run_ns`], never going back when a
+/// thread or process exits: every thread ever seen counts with the last run time read for it.
+/// What an exiting thread ran after the read before its exit, and a thread born and gone
+/// between two reads, are missed (a daemon's threads live as long as it does; a CephFS
+/// reference's `ceph-fuse` too).
+#[derive(Debug, Default)]
+pub struct RunTimeTally {
+    /// Last run time read per thread id.
+    last: HashMap<u32, u64>,
+    /// Run time of threads whose id a newer thread now has.
+    reused: u64,
+}
+
+impl RunTimeTally {
+    /// Reads every live thread of `roots` and their descendants; returns the set's run time
+    /// so far in seconds, `None` when none of the roots exists any more.
+    pub fn sample(&mut self, roots: &[u32]) -> Option<f64> {
+        let mut any = false;
+        for p in process_tree(roots) {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+                continue;
+            };
+            any = true;
+            for t in tasks.flatten() {
+                let Some(tid) = t.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                    continue;
+                };
+                let Some(ns) = std::fs::read_to_string(t.path().join("schedstat"))
+                    .ok()
+                    .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                else {
+                    continue;
+                };
+                let last = self.last.entry(tid).or_insert(0);
+                if ns < *last {
+                    // Less than before: another thread with the same id.
+                    self.reused += *last;
+                }
+                *last = ns;
+            }
+        }
+        any.then(|| (self.reused + self.last.values().sum::<u64>()) as f64 / 1e9)
+    }
+}
+
 /// A `kB` field of `/proc/PID/smaps_rollup` (`Pss`, `Rss`, `Pss_Anon`, ...).
 pub fn smaps_rollup_kib(pid: u32, field: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
@@ -181,8 +228,9 @@ impl CpuTrace {
     }
 }
 
-/// Samples the CPU time of a process set every `interval` in a thread until stopped or until
-/// every root is gone. Roots can be added while it runs ([`CpuSampler::add_root`]).
+/// Samples the run time of a process set ([`RunTimeTally`]) every `interval` in a thread until
+/// stopped or until every root is gone. Roots can be added while it runs
+/// ([`CpuSampler::add_root`]).
 pub struct CpuSampler {
     roots: Arc<Mutex<Vec<u32>>>,
     stop: Arc<AtomicBool>,
@@ -196,10 +244,11 @@ impl CpuSampler {
         let (r, s) = (Arc::clone(&roots), Arc::clone(&stop));
         let handle = std::thread::spawn(move || {
             let mut trace = CpuTrace::default();
+            let mut tally = RunTimeTally::default();
             loop {
                 let now_roots = r.lock().map(|g| g.clone()).unwrap_or_default();
                 let at = Instant::now();
-                match tree_cpu_seconds(&now_roots) {
+                match tally.sample(&now_roots) {
                     Some(c) => trace.points.push((at, c)),
                     None => break,
                 }
@@ -536,6 +585,50 @@ mod tests {
         assert!(s1 - s0 >= 0.3, "the child did not run");
         assert!((by_ns - (s1 - s0)).abs() < 0.05, "{by_ns} {}", s1 - s0);
         assert_eq!(tree_run_ns(&[u32::MAX]), 0);
+    }
+
+    #[test]
+    fn a_process_that_exits_keeps_its_run_time_in_the_tally() {
+        // A shell whose child busy-loops until this test has seen it run 0.3 s, then is
+        // killed and reaped by the shell (which then becomes a `sleep`): by CPU, not by the clock, so a
+        // busy machine only makes it slower.
+        let mut sh = Command::new("sh")
+            .args(["-c", "(while :; do :; done) & wait; exec sleep 60"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = sh.id();
+        let mut tally = RunTimeTally::default();
+        let mut seen = Vec::new();
+        let mut killed = false;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let total = tally.sample(&[pid]).unwrap();
+            seen.push(total);
+            let children: Vec<u32> = process_tree(&[pid]).into_iter().skip(1).collect();
+            if (killed && children.is_empty()) || Instant::now() > deadline {
+                break;
+            }
+            if total >= 0.3 && !killed {
+                for c in children {
+                    // SAFETY: kill has no memory effects; `c` is a child of our own shell.
+                    unsafe { libc::kill(c as i32, libc::SIGKILL) };
+                }
+                killed = true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let live = tree_run_ns(&[pid]) as f64 / 1e9;
+        let ticks = tree_cpu_seconds(&[pid]).unwrap();
+        let _ = sh.kill();
+        let _ = sh.wait();
+        let total = *seen.last().unwrap();
+        assert!(killed && total >= 0.3, "the child did not run: {seen:?}");
+        assert!(seen.windows(2).all(|w| w[0] <= w[1]), "went back: {seen:?}");
+        // Gone from the live threads, kept in the tally, and (reaped) in the shell's cutime.
+        assert!(live < 0.1, "{live}");
+        assert!((total - ticks).abs() < 0.05, "tally {total}, ticks {ticks}");
+        assert_eq!(RunTimeTally::default().sample(&[u32::MAX]), None);
     }
 
     #[test]
