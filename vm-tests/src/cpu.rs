@@ -113,18 +113,28 @@ pub fn tree_cpu_seconds(roots: &[u32]) -> Option<f64> {
 /// the microseconds an idle daemon spends, but a thread that has exited no longer counts:
 /// for windows in which no thread exits (idle or steadily loaded daemons).
 pub fn tree_run_ns(roots: &[u32]) -> u64 {
-    let mut total = 0;
-    for p in process_tree(roots) {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
-            continue;
-        };
-        total += tasks
+    process_tree(roots)
+        .into_iter()
+        .filter_map(threads_run_ns)
+        .flatten()
+        .map(|(_, ns)| ns)
+        .sum()
+}
+
+/// Each live thread of process `pid` with its run time in nanoseconds (the first field of
+/// `/proc/PID/task/TID/schedstat`); `None` when the process does not exist.
+fn threads_run_ns(pid: u32) -> Option<Vec<(u32, u64)>> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    Some(
+        tasks
             .flatten()
-            .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-            .sum::<u64>();
-    }
-    total
+            .filter_map(|t| {
+                let tid = t.file_name().to_str()?.parse::<u32>().ok()?;
+                let stat = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
+                Some((tid, stat.split_whitespace().next()?.parse::<u64>().ok()?))
+            })
+            .collect(),
+    )
 }
 
 /// The run time of a process set so far, precise to the scheduler's nanoseconds
@@ -147,20 +157,11 @@ impl RunTimeTally {
     pub fn sample(&mut self, roots: &[u32]) -> Option<f64> {
         let mut any = false;
         for p in process_tree(roots) {
-            let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            let Some(threads) = threads_run_ns(p) else {
                 continue;
             };
             any = true;
-            for t in tasks.flatten() {
-                let Some(tid) = t.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-                    continue;
-                };
-                let Some(ns) = std::fs::read_to_string(t.path().join("schedstat"))
-                    .ok()
-                    .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-                else {
-                    continue;
-                };
+            for (tid, ns) in threads {
                 let last = self.last.entry(tid).or_insert(0);
                 if ns < *last {
                     // Less than before: another thread with the same id.

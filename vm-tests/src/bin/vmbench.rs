@@ -1852,8 +1852,8 @@ fn build_report(
         md,
         "\n{design}; {} resamples, fixed seed); `won`/`lost` only when the \
          interval excludes 1.0. Throughput ratios: above 1 is better for us. CPU: the \
-         daemon's utime+stime (with its children and `--count-cpu` processes) inside each \
-         job's window, per unit of work; CPU ratio ours/reference, below 1 is better for us. \
+         daemon's run time (schedstat nanoseconds of its threads, with its children and \
+         `--count-cpu` processes) inside each job's window, per unit of work; CPU ratio ours/reference, below 1 is better for us. \
          `n`: samples ours/reference (boots); no verdict from fewer than 2 boots or {} samples a side.",
         vm_tests::stats::RESAMPLES,
         vm_tests::stats::MIN_VERDICT_SAMPLES
@@ -1926,8 +1926,9 @@ fn build_report(
                 "cpu_s_median": cpu_med.map(|x| round(x, 3)),
                 "cpu_s_per_boot": runs.iter().map(|r| r.usage.cpu_s.map(|x| round(x, 3)))
                     .collect::<Vec<_>>(),
-                "cpu_source": "utime + stime of /proc/PID/stat (all threads), last sample \
-                    before the daemon exited; same guest jobs for both daemons",
+                "cpu_source": "run time of /proc/PID/task/*/schedstat (all threads, exited \
+                    ones with their last reading), last sample before the daemon exited; same \
+                    guest jobs for both daemons",
                 "peak_rss_source": "VmHWM and RssAnon of /proc/PID/status sampled every 50 ms \
                     while the guest runs; VmHWM counts the guest-memory pages the daemon touched; \
                     RssAnon adds that of the --count-cpu processes (a reference's ceph-fuse)",
