@@ -406,7 +406,7 @@ impl VmBuilder {
     /// more, loudly: the kernel never reached /init, so nothing of the test ran and the share
     /// was not even probed; this hides no fault of the daemon. Multi-threaded TCG has been
     /// seen to do both now and then: an int3 "Oops" in patched kernel text with 4 vCPUs, and
-    /// a q35 guest silent for its whole 180 s (about one boot in thousands).
+    /// a q35 guest silent for its whole 180 s (twice in the project's full CI runs so far).
     pub fn spawn(self) -> Result<RunningVm> {
         let again = self.clone();
         let limit = self.boot_limit;
