@@ -660,32 +660,6 @@ fn read_serial(out: impl Read, shared: &Shared, echo: Option<&str>) {
     }
 }
 
-/// `root` and every process below it (from the parent fields of `/proc/*/stat`).
-fn process_tree(root: u32) -> Vec<u32> {
-    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let ppid = stat[stat.rfind(')')? + 1..]
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()?;
-            Some((pid, ppid))
-        })
-        .collect();
-    let mut tree = vec![root];
-    let mut i = 0;
-    while let Some(&p) = tree.get(i) {
-        tree.extend(parents.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
-        i += 1;
-    }
-    tree
-}
-
 fn render_log(lines: &[SerialLine]) -> String {
     let mut s = String::new();
     for l in lines {
@@ -744,7 +718,7 @@ impl RunningVm {
             .chain(self.child.as_ref().map(Child::id));
         let _ = writeln!(out, "---- threads (pid/tid comm state wchan cpu-seconds):");
         for root in roots {
-            for pid in process_tree(root) {
+            for pid in crate::cpu::process_tree(&[root]) {
                 let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
                     continue;
                 };
