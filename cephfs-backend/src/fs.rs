@@ -156,6 +156,8 @@ pub struct CephFs {
     next_handle: AtomicU64,
     buffers: IoBuffers,
     cache: CachePolicy,
+    /// `CephConfig::honour_o_direct`.
+    honour_o_direct: bool,
     /// Ceph inode number of the root, reported for `..` at the root.
     root_ino: u64,
 }
@@ -259,6 +261,7 @@ impl CephFs {
             next_handle: AtomicU64::new(1),
             buffers: IoBuffers::new(),
             cache: cfg.cache,
+            honour_o_direct: cfg.honour_o_direct,
         })
     }
 
@@ -373,10 +376,14 @@ impl CephFs {
         o
     }
 
-    /// Open flags passed to libcephfs: creation flags belong to `create`, O_DIRECT is left to
-    /// the client's own caching.
-    fn open_flags(flags: u32) -> i32 {
-        (flags as i32) & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_DIRECT)
+    /// Open flags passed to libcephfs: creation flags belong to `create`; `O_DIRECT` only
+    /// when the daemon honours it (`CephConfig::honour_o_direct`), else the client caches.
+    fn open_flags(&self, flags: u32) -> i32 {
+        let mut drop = libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY;
+        if !self.honour_o_direct {
+            drop |= libc::O_DIRECT;
+        }
+        (flags as i32) & !drop
     }
 
     /// A call on `parent` with an owned copy of `name` that returns a new inode (lookup and
@@ -835,7 +842,7 @@ impl FileSystem for CephFs {
     ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
         let perm = Self::perm(ctx)?;
         let i = self.node(inode)?;
-        let flags = Self::open_flags(flags);
+        let flags = self.open_flags(flags);
         let file = self.call("open", move || i.mount().open(&i, flags, &perm))?;
         let h = self.new_handle();
         lock(&self.files).insert(h, Arc::new(file));
@@ -853,7 +860,7 @@ impl FileSystem for CephFs {
         let perm = Self::perm(ctx)?;
         let dir = self.node(parent)?;
         let flags =
-            Self::open_flags(args.flags) | libc::O_CREAT | (args.flags as i32 & libc::O_EXCL);
+            self.open_flags(args.flags) | libc::O_CREAT | (args.flags as i32 & libc::O_EXCL);
         let name: CString = name.to_owned();
         let mode = args.mode & !(args.umask & 0o7777);
         let (inode, file, stat) = self.call("create", move || {

@@ -165,6 +165,11 @@ pub struct CephConfig {
     /// answers any request held past the timeout in the backend's place (see
     /// [`InlineCalls`]); `None`: every call goes to the call threads.
     pub inline_calls: Option<InlineCalls>,
+    /// `--allow-direct-io`: a guest's `O_DIRECT` reaches libcephfs, whose reads and writes
+    /// on that file then bypass the client's object cacher and wait for the OSDs, as with an
+    /// `O_DIRECT` open on ceph-fuse or the kernel client. Otherwise `O_DIRECT` is dropped and
+    /// the client caches (reads ahead, buffers writes) as for any open.
+    pub honour_o_direct: bool,
 }
 
 /// What lets `CephFs` make its calls on the request's thread and still keep the op timeout:
@@ -209,6 +214,7 @@ impl CephConfig {
             op_timeout: Some(DEFAULT_OP_TIMEOUT),
             posix_acl: false,
             inline_calls: None,
+            honour_o_direct: false,
         }
     }
 }

@@ -905,3 +905,70 @@ fn the_client_log_is_quiet_unless_the_conf_sends_it_somewhere() {
         "a conf that sends the log to syslog keeps its levels and Ceph's defaults"
     );
 }
+
+/// `rados -p cephfs_data ARGS...` as the dev cluster's admin (the conf names its keyring).
+fn rados(args: &[&str]) -> Vec<u8> {
+    let out = std::process::Command::new("rados")
+        .arg("-c")
+        .arg(&cluster().conf)
+        .args(["-p", "cephfs_data"])
+        .args(args)
+        .output()
+        .expect("run rados");
+    assert!(
+        out.status.success(),
+        "rados {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// With `honour_o_direct` (`--allow-direct-io`), an O_DIRECT handle reads and writes the
+/// file's RADOS object, past the client's cache, as ceph-fuse and the kernel client do with
+/// O_DIRECT; without it, O_DIRECT is dropped and the same handle reads the client's cache.
+/// Shown by changing the object behind the client's back (`rados put`) while the client
+/// holds the file's data cached.
+#[test]
+fn o_direct_bypasses_the_clients_cache_only_when_honoured() {
+    let vol = Volume::new("odirect");
+    let c = ctx();
+    for honour in [true, false] {
+        let mut cfg = vol.config();
+        cfg.honour_o_direct = honour;
+        let fs = CephFs::connect(cfg).expect("mount");
+        let name = format!("f-{honour}");
+        let (e, h) = create(&fs, &c, ROOT, &name, 0o644);
+        write(&fs, e.inode, h, 0, &[b'a'; 4096]);
+        fs.fsync(&c, e.inode, false, h).expect("fsync");
+        assert_eq!(read(&fs, e.inode, h, 0, 4096).unwrap(), [b'a'; 4096]);
+        let object = format!("{:x}.00000000", e.attr.st_ino);
+        let stored = std::env::temp_dir().join(format!("{}-{honour}", unique("odirect")));
+        std::fs::write(&stored, [b'b'; 4096]).unwrap();
+        rados(&["put", &object, stored.to_str().unwrap()]);
+        let _ = std::fs::remove_file(&stored);
+
+        let (d, _, _) = fs
+            .open(&c, e.inode, (libc::O_RDWR | libc::O_DIRECT) as u32, 0)
+            .expect("open O_DIRECT");
+        let d = d.unwrap();
+        let seen = read(&fs, e.inode, d, 0, 4096).unwrap();
+        let expect = if honour { b'b' } else { b'a' };
+        assert!(
+            seen.iter().all(|&b| b == expect) && seen.len() == 4096,
+            "honour_o_direct {honour}: an O_DIRECT read returned {:?}..., expected {:?}",
+            &seen[..seen.len().min(8)],
+            expect as char
+        );
+        if honour {
+            write(&fs, e.inode, d, 0, &[b'c'; 4096]);
+            assert_eq!(
+                rados(&["get", &object, "-"]),
+                [b'c'; 4096],
+                "an O_DIRECT write is in the object when it returns"
+            );
+        }
+        release(&fs, e.inode, d);
+        release(&fs, e.inode, h);
+        fs.unlink(&c, ROOT, &cstr(&name)).expect("unlink");
+    }
+}

@@ -76,6 +76,8 @@ pub struct CephOptions {
     pub op_timeout: Option<Duration>,
     /// POSIX ACLs kept and enforced by libcephfs (`--posix-acl`).
     pub posix_acl: bool,
+    /// `--allow-direct-io`: a guest's `O_DIRECT` bypasses the client's cache.
+    pub honour_o_direct: bool,
 }
 
 impl CephStart {
@@ -94,6 +96,7 @@ impl CephStart {
         config.mount_timeout = MOUNT_TIMEOUT;
         config.op_timeout = options.op_timeout;
         config.posix_acl = options.posix_acl;
+        config.honour_o_direct = options.honour_o_direct;
         Ok(CephStart { config, files })
     }
 

@@ -652,7 +652,10 @@ pub struct FsOptions {
     #[arg(long)]
     pub writeback: bool,
 
-    /// Honour O_DIRECT from the guest (otherwise it is dropped and the host page cache used).
+    /// Honour O_DIRECT from the guest: a host directory's file is opened O_DIRECT; with
+    /// `--backend cephfs` libcephfs reads and writes that file synchronously, past its cache,
+    /// as ceph-fuse and the kernel client do. Otherwise O_DIRECT is dropped and the host page
+    /// cache (libcephfs' cache) used.
     #[arg(long)]
     pub allow_direct_io: bool,
 
@@ -948,15 +951,13 @@ impl MountArgs {
                 if self.shared_dir.is_some() {
                     return Err(CliError::SharedDirWithCephfs);
                 }
-                if self.fs.inode_file_handles == InodeFileHandles::Mandatory {
-                    return Err(CliError::FileHandlesWithCephfs);
-                }
+                cephfs_fs_flags(&fs)?;
                 MountBackend::CephFs(ceph_options(
                     &self.ceph,
                     self.ceph_root.as_deref(),
                     self.ceph_fs.clone(),
                     self.ceph_op_timeout,
-                    fs.cache,
+                    &fs,
                     acl != AclMode::Never,
                 )?)
             }
@@ -1016,7 +1017,7 @@ fn ceph_options(
     root: Option<&str>,
     fs_name: Option<String>,
     op_timeout: u64,
-    cache: CacheMode,
+    fs: &FsOptions,
     posix_acl: bool,
 ) -> Result<crate::backend::cephfs::CephOptions, CliError> {
     let (conf, id, keyring) = ceph.required("--backend cephfs")?;
@@ -1026,10 +1027,27 @@ fn ceph_options(
         keyring,
         root: checked_ceph_root(root)?.to_string(),
         fs_name,
-        cache: crate::backend::cephfs::cache_policy(cache),
+        cache: crate::backend::cephfs::cache_policy(fs.cache),
         op_timeout: Some(std::time::Duration::from_secs(op_timeout)).filter(|t| !t.is_zero()),
         posix_acl,
+        honour_o_direct: fs.allow_direct_io,
     })
+}
+
+/// Refuses the filesystem flags `--backend cephfs` cannot honour, rather than ignoring them:
+/// every other flag of `FsOptions` is honoured by the CephFS backend or the export layer
+/// above it (`cephfs_honours_or_refuses_every_filesystem_flag` checks that).
+fn cephfs_fs_flags(fs: &FsOptions) -> Result<(), CliError> {
+    if fs.inode_file_handles == InodeFileHandles::Mandatory {
+        return Err(CliError::FileHandlesWithCephfs);
+    }
+    if fs.writeback {
+        return Err(unsupported(
+            "--writeback with --backend cephfs",
+            "the guest's writeback cache would keep writes that CephFS cannot recall when another pod opens the file (its caps reach this daemon, not the guest); libcephfs already buffers writes in the daemon under those caps",
+        ));
+    }
+    Ok(())
 }
 
 fn size_arg(text: &str) -> Result<u64, String> {
@@ -1334,7 +1352,7 @@ impl ServeArgs {
             self.ceph_root.as_deref(),
             self.ceph_fs.clone(),
             self.ceph_op_timeout,
-            self.fs.cache,
+            &self.fs,
             self.acl_mode()? != AclMode::Never,
         )
     }
@@ -1365,9 +1383,7 @@ impl ServeArgs {
                 if self.sandbox == SandboxMode::Chroot {
                     return Err(CliError::ChrootWithCephfs);
                 }
-                if self.fs.inode_file_handles == InodeFileHandles::Mandatory {
-                    return Err(CliError::FileHandlesWithCephfs);
-                }
+                cephfs_fs_flags(&self.fs)?;
             }
         }
         if self.accounting.accounting_rados.is_some() {
@@ -1788,6 +1804,13 @@ mod tests {
             refused(&["--inode-file-handles=mandatory"]),
             CliError::FileHandlesWithCephfs
         );
+        assert!(matches!(
+            refused(&["--writeback"]),
+            CliError::Unsupported { ref flag, .. } if flag.starts_with("--writeback")
+        ));
+        let direct = |extra: &[&str]| with(extra).unwrap().ceph_options().unwrap();
+        assert!(direct(&["--allow-direct-io"]).honour_o_direct);
+        assert!(!direct(&[]).honour_o_direct);
         // `prefer`, the default, means nothing without host descriptors: accepted.
         with(&["--inode-file-handles=prefer"])
             .unwrap()
@@ -1831,6 +1854,107 @@ mod tests {
             .unwrap()
             .serve;
         assert_eq!(s.validate(), Err(CliError::CephClientUnused));
+    }
+
+    /// Every filesystem flag, on both command lines that serve CephFS (the daemon and
+    /// `mount`), is either refused with `--backend cephfs` or changes what the backend or the
+    /// export layer is given: none is accepted and silently ignored (as `--allow-direct-io`
+    /// and `--writeback` once were). The flags come from clap's own list, so a new one is
+    /// checked too.
+    #[test]
+    fn cephfs_honours_or_refuses_every_filesystem_flag() {
+        use clap::Args as _;
+        // Accepted although they change nothing for CephFS, and why that is right.
+        let exempt = [(
+            "inode-file-handles",
+            "CephFS holds no host inodes: prefer (the default) and never are what it does",
+        )];
+        let serve = |flag: Option<&str>| -> Result<String, CliError> {
+            let mut args = vec![
+                "--fd=3",
+                "--backend=cephfs",
+                "--ceph-conf=/c",
+                "--ceph-id=vol-a",
+                "--ceph-keyring=/k",
+                "--ceph-root=/volumes/a",
+            ];
+            args.extend(flag);
+            let s = normalized(&args)?;
+            s.validate()?;
+            Ok(format!(
+                "{:?} {:?}",
+                s.ceph_options()?,
+                s.fs.export_policy()
+            ))
+        };
+        let mount = |flag: Option<&str>| -> Result<String, CliError> {
+            let mut args = vec![
+                "mount",
+                "--backend=cephfs",
+                "--ceph-conf=/c",
+                "--ceph-id=vol-a",
+                "--ceph-keyring=/k",
+                "--ceph-root=/volumes/a",
+            ];
+            args.extend(flag);
+            args.push("/mnt/a");
+            match parse(&args).unwrap().command {
+                Some(Command::Mount(m)) => {
+                    let o = m.mount_options("host".into())?;
+                    Ok(format!("{:?} {:?} {}", o.backend, o.policy, o.readonly))
+                }
+                other => panic!("expected mount, got {other:?}"),
+            }
+        };
+        let (serve_base, mount_base) = (serve(None).unwrap(), mount(None).unwrap());
+        let fs_flags = FsOptions::augment_args(clap::Command::new("fs"));
+        let mut checked = Vec::new();
+        for arg in fs_flags.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if exempt.iter().any(|(f, _)| *f == long) {
+                continue;
+            }
+            let flag = match arg.get_action() {
+                clap::ArgAction::SetTrue => format!("--{long}"),
+                _ => {
+                    let default: Vec<String> = arg
+                        .get_default_values()
+                        .iter()
+                        .map(|v| v.to_string_lossy().into_owned())
+                        .collect();
+                    let other = arg
+                        .get_possible_values()
+                        .into_iter()
+                        .map(|v| v.get_name().to_string())
+                        .find(|v| !default.contains(v))
+                        .unwrap_or_else(|| panic!("--{long}: no value other than the default"));
+                    format!("--{long}={other}")
+                }
+            };
+            for (what, base, seen) in [
+                ("daemon", &serve_base, serve(Some(&flag))),
+                ("mount", &mount_base, mount(Some(&flag))),
+            ] {
+                if let Ok(seen) = seen {
+                    assert_ne!(
+                        &seen, base,
+                        "{what} {flag} with --backend cephfs: accepted, yet nothing the backend \
+                         or the export layer is given changed"
+                    );
+                }
+            }
+            checked.push(flag);
+        }
+        for (f, _) in exempt {
+            assert!(
+                fs_flags.get_arguments().any(|a| a.get_long() == Some(f)),
+                "exemption for --{f}, which is no filesystem flag any more"
+            );
+        }
+        assert!(
+            checked.len() >= 7 && checked.iter().any(|f| f == "--allow-direct-io"),
+            "{checked:?}"
+        );
     }
 
     #[test]
