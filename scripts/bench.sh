@@ -69,7 +69,8 @@
 # (256M), --memory MIB (1536).
 # --multiqueue runs `vmbench multiqueue`: ours, 4 vCPUs, fio with 4 jobs (one pinned per
 # vCPU) on vhost-user-fs-pci with num-request-queues=4 against 1, same rig (DIR/multiqueue.md
-# and .json, about 15 minutes). Same options. Both also take --ours-arg ARG (a flag for our
+# and .json, about 15 minutes). Same options, and --vcpus N (2-16) for N vCPUs, jobs and
+# queues (a host with fewer CPUs than 4 runs TCG vCPUs on shared CPUs). Both also take --ours-arg ARG (a flag for our
 # daemon in every setup, e.g. --ours-arg --overlap-threads=0) and --jobs a,b (only those jobs).
 #
 # Options:

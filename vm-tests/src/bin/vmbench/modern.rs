@@ -10,8 +10,8 @@
 //! into a tmpfs of the guest's own and runs the same jobs on it: the guest's memory speed,
 //! the limit of any path to the file.
 //!
-//! `multiqueue`: our daemon with 4 vCPUs and `num-request-queues` 4 against 1, fio with 4 jobs
-//! (one pinned to each vCPU).
+//! `multiqueue`: our daemon with N vCPUs (`--vcpus`, 4 by default) and `num-request-queues` N
+//! against 1, fio with N jobs (one pinned to each vCPU).
 //!
 //! Every figure is per boot and repetition; ratios come with the 95 % interval of
 //! `vm_tests::stats`, the daemon's CPU time per operation (or MiB) over exactly each job's
@@ -63,12 +63,14 @@ struct Opts {
     ours_args: Vec<String>,
     /// `--jobs a,b`: only these jobs (and their tmpfs twins).
     only_jobs: Option<Vec<String>>,
+    /// `multiqueue`: the guest's vCPUs, fio jobs and request queues of the many-queue setup.
+    vcpus: u32,
 }
 
 const USAGE: &str = "vmbench dax|multiqueue [--ours BIN] [--reference BIN] [--work DIR] \
     [--reps N] [--repeat N] [--runtime SECS] [--file-mib N] [--window SIZE] [--memory MIB] \
-    [--accel auto|kvm|tcg] [--ours-arg ARG]... [--jobs a,b] [--markdown-out FILE] \
-    [--json-out FILE]";
+    [--accel auto|kvm|tcg] [--ours-arg ARG]... [--jobs a,b] [--vcpus N (multiqueue, 2-16)] \
+    [--markdown-out FILE] [--json-out FILE]";
 
 fn parse(mode: Mode, args: &[String]) -> Result<Opts> {
     let root = vm_tests::paths::repo_root()?;
@@ -92,6 +94,7 @@ fn parse(mode: Mode, args: &[String]) -> Result<Opts> {
         json_out: None,
         ours_args: Vec::new(),
         only_jobs: None,
+        vcpus: 4,
         command: std::iter::once(format!("vmbench {name}"))
             .chain(args.iter().cloned())
             .collect::<Vec<_>>()
@@ -121,6 +124,20 @@ fn parse(mode: Mode, args: &[String]) -> Result<Opts> {
             "--accel" => o.accel = AccelChoice::parse(val()?)?,
             "--ours-arg" => o.ours_args.push(val()?.clone()),
             "--jobs" => o.only_jobs = Some(val()?.split(',').map(str::to_string).collect()),
+            "--vcpus" if mode == Mode::Multiqueue => {
+                let n = num()?;
+                if !(2..=16).contains(&n) {
+                    return Err(BenchError::Usage(format!(
+                        "--vcpus {n}: from 2 to 16 (the request queues a device may have)"
+                    )));
+                }
+                o.vcpus = n as u32;
+            }
+            "--vcpus" => {
+                return Err(BenchError::Usage(
+                    "--vcpus: only for vmbench multiqueue".into(),
+                ))
+            }
             "--markdown-out" => o.markdown_out = Some(PathBuf::from(val()?)),
             "--json-out" => o.json_out = Some(PathBuf::from(val()?)),
             "-h" | "--help" => return Err(BenchError::Usage(USAGE.into())),
@@ -162,7 +179,7 @@ struct Variant {
     tmpfs: bool,
 }
 
-fn variants(mode: Mode) -> Vec<Variant> {
+fn variants(mode: Mode, vcpus: u32) -> Vec<Variant> {
     match mode {
         Mode::Dax => vec![
             Variant {
@@ -195,12 +212,12 @@ fn variants(mode: Mode) -> Vec<Variant> {
         ],
         Mode::Multiqueue => vec![
             Variant {
-                key: "q4",
-                label: "ours, 4 request queues",
+                key: "qn",
+                label: "ours, a request queue per vCPU",
                 reference: false,
                 dax: false,
-                queues: 4,
-                smp: 4,
+                queues: vcpus,
+                smp: vcpus,
                 tmpfs: false,
             },
             Variant {
@@ -209,7 +226,7 @@ fn variants(mode: Mode) -> Vec<Variant> {
                 reference: false,
                 dax: false,
                 queues: 1,
-                smp: 4,
+                smp: vcpus,
                 tmpfs: false,
             },
         ],
@@ -261,23 +278,20 @@ fn jobs(mode: Mode, tmpfs: bool) -> Vec<FioJob> {
         ],
         (Mode::Multiqueue, _) => vec![
             FioJob {
-                name: "randread-4k-psync-4jobs",
-                options: "filename=read.dat\nrw=randread\nbs=4k\ndirect=1\nioengine=psync\n\
-                          numjobs=4\ncpus_allowed=0-3\ncpus_allowed_policy=split\n",
+                name: "randread-4k-psync-per-vcpu",
+                options: "filename=read.dat\nrw=randread\nbs=4k\ndirect=1\nioengine=psync\n",
                 time_based: true,
                 metric: Metric::ReadIops,
             },
             FioJob {
-                name: "seqread-1m-direct-4jobs",
-                options: "filename=read.dat\nrw=read\nbs=1m\ndirect=1\nioengine=psync\n\
-                          numjobs=4\ncpus_allowed=0-3\ncpus_allowed_policy=split\n",
+                name: "seqread-1m-direct-per-vcpu",
+                options: "filename=read.dat\nrw=read\nbs=1m\ndirect=1\nioengine=psync\n",
                 time_based: true,
                 metric: Metric::ReadMiBs,
             },
             FioJob {
-                name: "randwrite-4k-direct-4jobs",
-                options: "filename=write.dat\nrw=randwrite\nbs=4k\ndirect=1\nioengine=psync\n\
-                          numjobs=4\ncpus_allowed=0-3\ncpus_allowed_policy=split\n",
+                name: "randwrite-4k-direct-per-vcpu",
+                options: "filename=write.dat\nrw=randwrite\nbs=4k\ndirect=1\nioengine=psync\n",
                 time_based: true,
                 metric: Metric::WriteIops,
             },
@@ -304,6 +318,16 @@ fn job_text(o: &Opts, job: &FioJob, dir: &str) -> String {
          fallocate=none\n\n[{}]\n{}",
         o.file_mib, job.name, job.options
     );
+    if o.mode == Mode::Multiqueue {
+        // One fio job per vCPU, each pinned to its own: the guest's driver sends a CPU's
+        // requests on that CPU's queue.
+        let _ = write!(
+            t,
+            "numjobs={n}\ncpus_allowed=0-{}\ncpus_allowed_policy=split\n",
+            o.vcpus - 1,
+            n = o.vcpus
+        );
+    }
     if job.time_based {
         let _ = write!(t, "time_based=1\nruntime={}\n", o.runtime_secs);
     }
@@ -529,7 +553,7 @@ struct Report {
 }
 
 fn report(o: &Opts, runs: &BTreeMap<&'static str, Vec<RunValues>>, elapsed: Duration) -> Report {
-    let vs = variants(o.mode);
+    let vs = variants(o.mode, o.vcpus);
     let empty = Vec::new();
     let of = |k: &str| runs.get(k).unwrap_or(&empty);
     let mut md = String::new();
@@ -681,15 +705,16 @@ fn report(o: &Opts, runs: &BTreeMap<&'static str, Vec<RunValues>>, elapsed: Dura
             }
         }
         Mode::Multiqueue => {
+            let n = o.vcpus;
             let _ = writeln!(
                 md,
-                "| job (4 fio jobs, one per vCPU) | 4 queues | 1 queue | 4 / 1 | CPU µs/unit 4 queues | CPU µs/unit 1 queue | CPU 1 / 4 |\n\
+                "| job ({n} fio jobs, one per vCPU) | {n} queues | 1 queue | {n} / 1 | CPU µs/unit {n} queues | CPU µs/unit 1 queue | CPU 1 / {n} |\n\
                  |---|---:|---:|---|---:|---:|---|"
             );
             for j in jobs(Mode::Multiqueue, false) {
-                let a = grouped(of("q4"), j.name, false);
+                let a = grouped(of("qn"), j.name, false);
                 let b = grouped(of("q1"), j.name, false);
-                let ca = grouped(of("q4"), j.name, true);
+                let ca = grouped(of("qn"), j.name, true);
                 let cb = grouped(of("q1"), j.name, true);
                 let r = interval(&a, &b);
                 let c = interval(&cb, &ca);
@@ -698,18 +723,18 @@ fn report(o: &Opts, runs: &BTreeMap<&'static str, Vec<RunValues>>, elapsed: Dura
                     "| {} ({}) | {} | {} | {} | {} | {} | {} |",
                     j.name,
                     j.metric.unit(),
-                    fmt_num(med(of("q4"), j.name, false)),
+                    fmt_num(med(of("qn"), j.name, false)),
                     fmt_num(med(of("q1"), j.name, false)),
                     fmt_interval(r.as_ref(), true),
-                    fmt_cpu_us(med(of("q4"), j.name, true)),
+                    fmt_cpu_us(med(of("qn"), j.name, true)),
                     fmt_cpu_us(med(of("q1"), j.name, true)),
                     fmt_interval(c.as_ref(), true),
                 );
                 jrows.push(json!({
                     "job": j.name, "unit": j.metric.unit(),
-                    "samples": {"q4": a, "q1": b}, "cpu_s_per_unit": {"q4": ca, "q1": cb},
-                    "q4_over_q1": interval_json(r.as_ref(), true),
-                    "cpu_q1_over_q4": interval_json(c.as_ref(), true),
+                    "samples": {"qn": a, "q1": b}, "cpu_s_per_unit": {"qn": ca, "q1": cb},
+                    "qn_over_q1": interval_json(r.as_ref(), true),
+                    "cpu_q1_over_qn": interval_json(c.as_ref(), true),
                 }));
             }
         }
@@ -734,6 +759,7 @@ fn report(o: &Opts, runs: &BTreeMap<&'static str, Vec<RunValues>>, elapsed: Dura
         "runtime_secs": o.runtime_secs,
         "memory_mib": o.memory_mib,
         "window": o.window,
+        "vcpus": (o.mode == Mode::Multiqueue).then_some(o.vcpus),
         "load_avg": loads,
         "rows": jrows,
         "errors": errors,
@@ -752,7 +778,7 @@ pub(super) fn command(dax: bool, args: &[String]) -> Result<String> {
         share.display()
     );
     prepare_dir(&share.join("bench"), o.file_mib)?;
-    let vs = variants(o.mode);
+    let vs = variants(o.mode, o.vcpus);
     let mut runs: BTreeMap<&'static str, Vec<RunValues>> = BTreeMap::new();
     for rep in 0..o.reps {
         // Rotate the order so that no setup always goes first.
@@ -807,13 +833,14 @@ mod tests {
             command: String::new(),
             ours_args: Vec::new(),
             only_jobs: None,
+            vcpus: 4,
         }
     }
 
     #[test]
     fn the_dax_script_measures_memory_and_runs_tmpfs_jobs_only_where_asked() {
         let o = opts(Mode::Dax);
-        let vs = variants(Mode::Dax);
+        let vs = variants(Mode::Dax, 4);
         let nodax = vs.iter().find(|v| v.tmpfs).unwrap();
         let s = guest_script(&o, nodax);
         assert!(s.contains("mem.cached_growth_kib"));
@@ -827,18 +854,25 @@ mod tests {
     }
 
     #[test]
-    fn multiqueue_jobs_run_four_fio_jobs_one_per_vcpu() {
-        for j in jobs(Mode::Multiqueue, false) {
-            assert!(j.options.contains("numjobs=4"), "{}", j.name);
-            assert!(
-                j.options.contains("cpus_allowed_policy=split"),
-                "{}",
-                j.name
+    fn multiqueue_jobs_run_a_fio_job_pinned_to_each_vcpu() {
+        let mut o = opts(Mode::Multiqueue);
+        for n in [4, 2] {
+            o.vcpus = n;
+            for j in jobs(Mode::Multiqueue, false) {
+                let t = job_text(&o, &j, "/data/bench");
+                assert!(t.contains(&format!("numjobs={n}\n")), "{t}");
+                assert!(t.contains(&format!("cpus_allowed=0-{}\n", n - 1)), "{t}");
+                assert!(t.contains("cpus_allowed_policy=split\n"), "{t}");
+                assert!(t.contains("runtime=3\n") && t.contains("size=64m"), "{t}");
+            }
+            let vs = variants(Mode::Multiqueue, n);
+            assert_eq!(
+                vs.iter().map(|v| (v.queues, v.smp)).collect::<Vec<_>>(),
+                [(n, n), (1, n)]
             );
         }
-        let o = opts(Mode::Multiqueue);
-        let t = job_text(&o, &jobs(Mode::Multiqueue, false)[0], "/data/bench");
-        assert!(t.contains("runtime=3\n") && t.contains("size=64m"));
+        let dax = job_text(&opts(Mode::Dax), &jobs(Mode::Dax, false)[1], "/data/bench");
+        assert!(!dax.contains("numjobs"), "{dax}");
     }
 
     #[test]
@@ -848,7 +882,10 @@ mod tests {
         let names = |tmpfs| -> Vec<&str> { selected(&o, tmpfs).iter().map(|j| j.name).collect() };
         assert_eq!(names(false), ["randread-4k-mmap"]);
         assert_eq!(names(true), ["tmpfs-randread-4k-mmap"]);
-        let nodax = variants(Mode::Dax).into_iter().find(|v| v.tmpfs).unwrap();
+        let nodax = variants(Mode::Dax, 4)
+            .into_iter()
+            .find(|v| v.tmpfs)
+            .unwrap();
         let s = guest_script(&o, &nodax);
         assert!(!s.contains("seqread") && s.contains("run_job tmpfs-randread-4k-mmap 0"));
     }
