@@ -340,3 +340,73 @@ fn readdir_cost() {
         mds_requests().saturating_sub(m0) as f64 / N as f64
     );
 }
+
+/// Random 4 KiB writes over an existing 256 MiB file by a fresh client, as the bench's
+/// random-write job sends them (a new daemon per boot, the file laid out before): wall and
+/// CPU per write in windows of 1,000 writes (does a write stay a copy into the client's
+/// cache, or does it come to wait for the cluster as dirty data grows?), then the fsync.
+/// `PROBE_WRITES` (10,000) writes; `PROBE_WRITE_GAP_US` (0) microseconds between writes, a
+/// guest's pace; `PROBE_EXTRA_CONF` as for `cold_read_cost`, for both rounds.
+#[test]
+#[ignore]
+fn cold_write_cost() {
+    let vol = Volume::new("probe-wr");
+    let variant = conf_with_extra(&vol);
+    {
+        let fs = vol.mount();
+        let (f, h) = write_data(&fs, 256);
+        release(&fs, f.inode, h);
+    }
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (n, gap) = (env("PROBE_WRITES", 10_000), env("PROBE_WRITE_GAP_US", 0));
+    let block = vec![0xa5u8; 4096];
+    for round in 0..2 {
+        let mut cfg = vol.config();
+        cfg.op_timeout = None;
+        cfg.conf = variant.clone();
+        let fs = cephfs_backend::CephFs::connect(cfg).expect("mount");
+        let c = ctx();
+        let e = fs.lookup(&c, ROOT, &cstr("data")).unwrap();
+        let (h, _, _) = fs.open(&c, e.inode, libc::O_RDWR as u32, 0).unwrap();
+        let h = h.unwrap();
+        let (mut t, mut cpu) = (Instant::now(), process_cpu_us());
+        let mut worst = Duration::ZERO;
+        for i in 0..n {
+            let w0 = Instant::now();
+            write(&fs, e.inode, h, (i * 7919 % 65536) * 4096, &block);
+            worst = worst.max(w0.elapsed());
+            if gap > 0 {
+                std::thread::sleep(Duration::from_micros(gap));
+            }
+            if (i + 1) % 1000 == 0 {
+                let wall = t.elapsed().as_secs_f64() * 1e6 / 1000.0 - gap as f64;
+                let used = (process_cpu_us() - cpu) / 1000.0;
+                eprintln!(
+                    "round {round}, writes {}-{}: {wall:.1} us wall (less the gap), {used:.1} us \
+                     CPU per write, slowest {:.0} us",
+                    i - 998,
+                    i + 1,
+                    worst.as_secs_f64() * 1e6
+                );
+                (t, cpu, worst) = (Instant::now(), process_cpu_us(), Duration::ZERO);
+            }
+        }
+        let t0 = Instant::now();
+        fs.fsync(&c, e.inode, false, h).expect("fsync");
+        eprintln!(
+            "round {round}: fsync {:.1} ms",
+            t0.elapsed().as_secs_f64() * 1e3
+        );
+        release(&fs, e.inode, h);
+    }
+    let _ = std::fs::remove_file(&variant);
+    // The dev cluster keeps its data in memory: give it back.
+    vol.mount()
+        .unlink(&ctx(), ROOT, &cstr("data"))
+        .expect("unlink");
+}
