@@ -1869,15 +1869,16 @@ mod tests {
             "inode-file-handles",
             "CephFS holds no host inodes: prefer (the default) and never are what it does",
         )];
+        let ceph = [
+            "--backend=cephfs",
+            "--ceph-conf=/c",
+            "--ceph-id=vol-a",
+            "--ceph-keyring=/k",
+            "--ceph-root=/volumes/a",
+        ];
         let serve = |flag: Option<&str>| -> Result<String, CliError> {
-            let mut args = vec![
-                "--fd=3",
-                "--backend=cephfs",
-                "--ceph-conf=/c",
-                "--ceph-id=vol-a",
-                "--ceph-keyring=/k",
-                "--ceph-root=/volumes/a",
-            ];
+            let mut args = vec!["--fd=3"];
+            args.extend(ceph);
             args.extend(flag);
             let s = normalized(&args)?;
             s.validate()?;
@@ -1888,14 +1889,8 @@ mod tests {
             ))
         };
         let mount = |flag: Option<&str>| -> Result<String, CliError> {
-            let mut args = vec![
-                "mount",
-                "--backend=cephfs",
-                "--ceph-conf=/c",
-                "--ceph-id=vol-a",
-                "--ceph-keyring=/k",
-                "--ceph-root=/volumes/a",
-            ];
+            let mut args = vec!["mount"];
+            args.extend(ceph);
             args.extend(flag);
             args.push("/mnt/a");
             match parse(&args).unwrap().command {
