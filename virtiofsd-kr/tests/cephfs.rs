@@ -290,3 +290,85 @@ fn concurrent_creates_share_a_new_volumes_root() {
     assert!(ok, "{err}");
     assert_eq!(list.lines().count(), names.len(), "{list}");
 }
+
+/// Every way the daemon ends on its own terms closes its CephFS client: the frontend leaving;
+/// SIGTERM, SIGINT or SIGHUP with a guest connected; a signal before any guest connected.
+/// What the guest wrote into a file it still holds open is then on the cluster, and the
+/// daemon's MDS session is gone at once, so another pod reading that file does not wait for
+/// the MDS to evict a client that no longer answers (10 s on the dev cluster, a minute or
+/// more by default). A signal used to end the process without closing the client: the
+/// other pod waited 10 s and then read an empty file.
+#[test]
+fn every_clean_end_writes_back_and_closes_the_session() {
+    use nix::sys::signal::Signal;
+    let _mds = ceph_cluster::mds_needed();
+    let vol = Volume::create("ends", None);
+    let other_pod = CephDaemon::start(&vol, &["--cache", "auto"]);
+    let mut other = other_pod.session();
+    let sessions = || cluster().mds_sessions_of(&vol.id);
+    assert_eq!(sessions(), 1, "the other pod's session");
+    let cases = [
+        ("disconnect", None, true),
+        ("SIGTERM", Some(Signal::SIGTERM), true),
+        ("SIGINT", Some(Signal::SIGINT), true),
+        ("SIGHUP", Some(Signal::SIGHUP), true),
+        ("SIGTERM-before-a-guest", Some(Signal::SIGTERM), false),
+    ];
+    for (case, signal, guest) in cases {
+        let mut d = CephDaemon::start(&vol, &["--cache", "auto"]);
+        assert_eq!(sessions(), 2, "{case}: the daemon's session is open");
+        let name = format!("open-at-{case}");
+        let body = format!("written before {case}, never closed");
+        let mut s = guest.then(|| {
+            let mut s = d.session();
+            let (f, open) = s.create(ROOT, &name, libc::O_RDWR, 0o644).expect("CREATE");
+            s.write(f.nodeid, open.fh, 0, body.as_bytes())
+                .expect("WRITE");
+            s
+        });
+        match signal {
+            None => drop(s.take()),
+            Some(sig) => {
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.child.id() as i32), sig)
+                    .expect("kill")
+            }
+        }
+        let t0 = Instant::now();
+        let status = loop {
+            if let Some(status) = d.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "{case}: still running 20 s later:\n{}",
+                d.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(status.success(), "{case}: {status}:\n{}", d.stderr());
+        drop(s);
+        assert_eq!(
+            sessions(),
+            1,
+            "{case}: the session outlived the daemon:\n{}",
+            d.stderr()
+        );
+        if guest {
+            let t0 = Instant::now();
+            let e = other.lookup(ROOT, &name).expect("LOOKUP");
+            let o = other.open(e.nodeid, libc::O_RDONLY).expect("OPEN");
+            let data = other.read(e.nodeid, o.fh, 0, 256).expect("READ");
+            other.release(e.nodeid, o.fh).expect("RELEASE");
+            let waited = t0.elapsed();
+            assert_eq!(
+                String::from_utf8_lossy(&data),
+                body,
+                "{case}: what the guest wrote"
+            );
+            assert!(
+                waited < Duration::from_secs(5),
+                "{case}: the other pod waited {waited:?} (for an eviction?)"
+            );
+        }
+    }
+}

@@ -769,6 +769,30 @@ impl Drop for StoppableMount {
 
 #[test]
 fn the_daemon_exits_when_the_vmm_leaves_while_a_request_is_stuck_in_the_host() {
+    exits_while_a_request_is_stuck_in_the_host(|s, _| {
+        drop(s);
+        None
+    });
+}
+
+/// A launcher stopping the daemon with SIGTERM while a request waits on the host: the orderly
+/// exit (which closes the backend) waits for the queue threads only so long.
+#[test]
+fn the_daemon_exits_on_sigterm_while_a_request_is_stuck_in_the_host() {
+    exits_while_a_request_is_stuck_in_the_host(|s, daemon| {
+        let pid = nix::unistd::Pid::from_raw(daemon.pid() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        // The frontend stays connected: the signal alone must end the daemon.
+        Some(s)
+    });
+}
+
+/// Gets a GETATTR stuck in a host FUSE server that stopped answering, calls `end` (which
+/// makes the daemon leave; a session it returns stays connected until the end), and checks that the daemon exits 0 anyway, saying why it left a
+/// queue thread behind.
+fn exits_while_a_request_is_stuck_in_the_host(
+    end: impl FnOnce(FuseSession, &Daemon) -> Option<FuseSession>,
+) {
     let mount = StoppableMount::new();
     let mut daemon = Daemon::start_sharing_dir_stuck(
         mount.mountpoint.path(),
@@ -807,8 +831,8 @@ fn the_daemon_exits_when_the_vmm_leaves_while_a_request_is_stuck_in_the_host() {
     }
     assert!(daemon.is_running(), "daemon: {}", daemon.stderr());
 
-    // The VMM goes away: the daemon must exit even though its queue thread never returns.
-    drop(s);
+    // The daemon must exit even though its queue thread never returns.
+    let _connected = end(s, &daemon);
     let status = daemon
         .wait_exit(Duration::from_secs(30))
         .unwrap_or_else(|| panic!("daemon did not exit; stderr:\n{}", daemon.stderr()));

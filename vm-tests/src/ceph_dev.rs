@@ -23,6 +23,38 @@ pub struct DevCluster {
     pub admin_keyring: PathBuf,
 }
 
+impl DevCluster {
+    /// Runs the `ceph` command line as the cluster's admin.
+    pub fn ceph(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ceph")
+            .arg("-c")
+            .arg(&self.conf)
+            .arg("-k")
+            .arg(&self.admin_keyring)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("running ceph {args:?}: {e}"))
+    }
+
+    /// The MDS sessions of clients connected as `client.<entity_id>`, whatever their state
+    /// (a client that ended without closing its session stays listed until the MDS evicts it).
+    pub fn mds_sessions_of(&self, entity_id: &str) -> usize {
+        let out = self.ceph(&["tell", "mds.*", "session", "ls", "--format", "json"]);
+        assert!(out.status.success(), "ceph tell mds.* session ls: {out:?}");
+        // One JSON list per MDS, each on its own; the dev cluster has one MDS.
+        let text = String::from_utf8_lossy(&out.stdout);
+        let sessions: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&text)
+            .into_iter::<Vec<serde_json::Value>>()
+            .flat_map(|list| list.unwrap_or_else(|e| panic!("session ls: {e}: {text}")))
+            .collect();
+        sessions
+            .iter()
+            .filter(|s| s["client_metadata"]["entity_id"] == entity_id)
+            .count()
+    }
+}
+
 /// `scripts/ceph-dev-cluster.sh` of this checkout.
 pub fn script() -> PathBuf {
     crate::paths::repo_root()

@@ -174,19 +174,23 @@ where
         self.start_daemon(backend_handler)
     }
 
-    /// virtiofsd-kr patch: accepts one connection on `listener`, calls `connected`, and serves
-    /// the connection on the calling thread until the frontend goes away: what [`Self::start`]
-    /// and [`Self::wait`] do, without a thread of its own (one idle thread less per daemon).
-    /// As with `wait`, a broken socket ends it with `Ok`.
+    /// virtiofsd-kr patch: accepts one connection on `listener`, calls `connected` with the
+    /// connection's socket, and serves the connection on the calling thread until the frontend
+    /// goes away: what [`Self::start`] and [`Self::wait`] do, without a thread of its own (one
+    /// idle thread less per daemon). As with `wait`, a broken socket ends it with `Ok`. The
+    /// socket lets the caller end the serving from another thread (`shutdown(2)` on a
+    /// duplicate of it reads as the frontend leaving).
     pub fn serve_on_this_thread(
         &mut self,
         listener: &mut Listener,
-        connected: impl FnOnce(),
+        connected: impl FnOnce(std::os::fd::BorrowedFd<'_>),
     ) -> Result<()> {
         let mut backend_listener = BackendListener::new(listener, self.handler.clone())
             .map_err(Error::CreateBackendListener)?;
         let mut handler = self.accept(&mut backend_listener)?;
-        connected();
+        let socket = std::os::fd::AsRawFd::as_raw_fd(&handler);
+        // SAFETY: `handler` owns the socket and outlives the borrow, which ends with the call.
+        connected(unsafe { std::os::fd::BorrowedFd::borrow_raw(socket) });
         loop {
             match handler.handle_request() {
                 Ok(()) => {}

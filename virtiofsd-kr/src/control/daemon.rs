@@ -3,13 +3,14 @@
 //!
 //! Owns the order of start-up (listener, signals, sandbox, backend, confinement, seccomp),
 //! the single frontend connection, and how the process ends: exit 0 when the VMM disconnects
-//! or on SIGTERM/SIGINT, a one-line error and non-zero exit on anything that stops it from
-//! serving. It must not handle requests itself (`device`) or know backend details
+//! or on SIGTERM/SIGINT/SIGHUP, both through one path that closes the backend (`stop`), a
+//! one-line error and non-zero exit on anything that stops it from serving. It must not handle requests itself (`device`) or know backend details
 //! (`passthrough`).
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
@@ -30,6 +31,7 @@ use crate::backend::passthrough::{self, PassthroughError};
 use crate::confine::sandbox::{Sandbox, SandboxError};
 use crate::confine::seccomp::{self, SeccompError};
 use crate::control::cli::{Backend, CliError, ServeArgs, SocketSource, DEFAULT_OVERLAP_THREADS};
+use crate::control::stop::{self, ServeStop};
 use crate::fuse::export::{ExportFs, ExportPolicy};
 use crate::fuse::guard::RequestGuard;
 use crate::unix_socket;
@@ -76,6 +78,8 @@ pub enum DaemonError {
     },
     #[error("blocking termination signals: {0}")]
     Signals(nix::Error),
+    #[error("duplicating the listening socket for the signal thread: {0}")]
+    SignalStop(std::io::Error),
     #[error("sandbox: {0}")]
     Sandbox(#[from] SandboxError),
     #[error("backend: {0}")]
@@ -148,6 +152,7 @@ fn serve_host_dir(args: ServeArgs) -> Result<(), DaemonError> {
         local_devices,
         false,
         None,
+        Duration::ZERO,
     )
 }
 
@@ -217,10 +222,13 @@ fn serve_cephfs(args: ServeArgs) -> Result<(), DaemonError> {
     };
     let (conf, keyring) = (path(cephfs::CONF_FILE)?, path(cephfs::KEYRING_FILE)?);
     let what = format!("cephfs:{} as client.{}", ceph.root(), ceph.id());
+    let close_timeout = ceph.op_timeout();
     let fs = ceph.connect(conf, keyring)?;
     // No FOPEN_NOFLUSH: `local_fs` describes host filesystems under a host directory.
-    // A CephFS call can wait for the cluster up to --ceph-op-timeout.
-    run(&args, fs, started, &what, None, true, late)
+    // A CephFS call can wait for the cluster up to --ceph-op-timeout; closing the backend
+    // waits up to that for the guest's open files, and as long again for the unmount.
+    let close_limit = 2 * close_timeout.unwrap_or(CEPHFS_CLOSE_WITHOUT_OP_TIMEOUT);
+    run(&args, fs, started, &what, None, true, late, close_limit)
 }
 
 /// Requests held by the backend past `deadline` are answered in its place; `running` counts
@@ -233,6 +241,8 @@ struct LateAfter {
 /// What is set up before the sandbox, whatever the backend.
 struct Started {
     listener: Listener,
+    /// Ends the serving of `listener` on a termination signal.
+    stop: Arc<ServeStop>,
     cleanup: SocketCleanup,
     signals: SigSet,
     dax: Option<Arc<DaxWindow>>,
@@ -269,9 +279,11 @@ fn start(args: &ServeArgs, shared_dir: Option<&Path>) -> Result<Started, DaemonE
     // On an error `cleanup` drops, removing the metrics socket.
     let (listener, listener_cleanup) = open_listener(&source)?;
     cleanup.add(listener_cleanup);
+    let stop = ServeStop::new(listener.as_fd()).map_err(DaemonError::SignalStop)?;
     crate::stall::at(crate::stall::SOCKET_CREATED);
     Ok(Started {
-        listener,
+        listener: Listener::from(listener),
+        stop: Arc::new(stop),
         cleanup,
         signals,
         dax,
@@ -282,7 +294,9 @@ fn start(args: &ServeArgs, shared_dir: Option<&Path>) -> Result<Started, DaemonE
 /// Serves `fs` on the started listener until the frontend goes away. `local_devices`: only
 /// for a host directory, the filesystems on which FLUSH is a no-op. `requests_may_wait`: the
 /// backend can hold a request for long (then, as with rate limits, the hiprio queue gets a
-/// thread of its own).
+/// thread of its own). `close_limit`: how long dropping the backend may take (after a
+/// termination signal the process ends at the latest that long after the queue threads' grace).
+#[allow(clippy::too_many_arguments)]
 fn run<F>(
     args: &ServeArgs,
     fs: F,
@@ -291,6 +305,7 @@ fn run<F>(
     local_devices: Option<LocalDevices>,
     requests_may_wait: bool,
     late: Option<LateAfter>,
+    close_limit: Duration,
 ) -> Result<(), DaemonError>
 where
     F: FileSystem + Send + Sync + 'static,
@@ -299,6 +314,7 @@ where
 {
     let Started {
         mut listener,
+        stop,
         cleanup: socket_cleanup,
         signals,
         dax,
@@ -354,14 +370,26 @@ where
     .map_err(DaemonError::VhostUser)?;
 
     let cleanup = Arc::new(socket_cleanup);
-    spawn_signal_thread(signals, cleanup.clone());
+    let at_exit = cleanup.clone();
+    stop::spawn_signal_thread(
+        signals,
+        stop.clone(),
+        QUEUE_THREAD_EXIT_GRACE + close_limit + EXIT_MARGIN,
+        move || {
+            accounting::flush_on_exit();
+            at_exit.run();
+        },
+    );
 
     info!(export = what, queue_threads = ?threads, request_threads = ?request_threads, poll_max_us = args.poll_max_us, "waiting for the vhost-user frontend");
     // The reference daemon's words: Kata's runtime-rs waits for this line on stderr.
     info!("Waiting for vhost-user socket connection...");
     release_setup_memory();
     // The connection is served on this thread (no thread of its own: one idle thread less).
-    let result = daemon.serve_on_this_thread(&mut listener, || info!("frontend connected"));
+    let result = daemon.serve_on_this_thread(&mut listener, |socket| {
+        info!("frontend connected");
+        stop.connected(socket);
+    });
     device.notify_exit();
     accounting::flush_on_exit();
     let per_queue = device.requests_per_queue();
@@ -392,14 +420,31 @@ where
     }
     cleanup.run();
     release_queue_threads(daemon);
-    match result {
+    let stopped = stop.stopping();
+    let result = match result {
         Ok(()) => Ok(()),
         Err(DaemonLibError::HandleRequest(
             VhostUserError::Disconnected | VhostUserError::PartialMessage,
         )) => Ok(()),
+        // The signal's shutdown of the sockets ended a waiting accept (or a reply).
+        Err(e) if stopped => {
+            info!("serving ended by the stop: {e}");
+            Ok(())
+        }
         Err(e) => Err(DaemonError::VhostUser(e)),
+    };
+    if result.is_ok() {
+        info!(
+            "{}, closing the backend and exiting",
+            if stopped {
+                "stopped by a signal"
+            } else {
+                "frontend disconnected"
+            }
+        );
     }
-    .inspect(|_| info!("frontend disconnected, exiting"))
+    // The backend closes as `device` goes, at the end of this function.
+    result
 }
 
 /// Gives the pages of what start-up allocated and freed (the command line, the mount table,
@@ -440,6 +485,14 @@ fn limit_malloc_arenas() {
 
 /// How long the queue threads get to finish their requests once the frontend is gone.
 const QUEUE_THREAD_EXIT_GRACE: Duration = Duration::from_secs(5);
+
+/// After a termination signal, time for the rest of the exit (accounting, logs) beyond the
+/// queue threads' grace and the backend's close.
+const EXIT_MARGIN: Duration = Duration::from_secs(5);
+
+/// What closing a CephFS backend is given without `--ceph-op-timeout` (whose calls are then
+/// unbounded): after a termination signal, twice this, then the process ends anyway.
+const CEPHFS_CLOSE_WITHOUT_OP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Drops the vhost-user daemon, which joins its queue threads, but waits at most
 /// [`QUEUE_THREAD_EXIT_GRACE`] for them: a thread stuck in a request (a host filesystem that
@@ -554,23 +607,6 @@ fn termination_signals() -> SigSet {
     set.add(Signal::SIGINT);
     set.add(Signal::SIGHUP);
     set
-}
-
-/// Takes SIGTERM/SIGINT/SIGHUP and ends the process cleanly.
-fn spawn_signal_thread(signals: SigSet, cleanup: Arc<SocketCleanup>) {
-    let spawned = std::thread::Builder::new()
-        .name("vfs-signals".to_string())
-        .spawn(move || {
-            if let Ok(sig) = signals.wait() {
-                info!("received {sig}, exiting");
-                crate::accounting::flush_on_exit();
-                cleanup.run();
-                crate::process::exit_now(0);
-            }
-        });
-    if let Err(e) = spawned {
-        warn!("no signal thread ({e}); SIGTERM will not exit cleanly");
-    }
 }
 
 fn checked_shared_dir(path: &Path) -> Result<PathBuf, DaemonError> {
@@ -691,11 +727,11 @@ impl Drop for SocketCleanup {
     }
 }
 
-fn open_listener(source: &SocketSource) -> Result<(Listener, SocketCleanup), DaemonError> {
+fn open_listener(source: &SocketSource) -> Result<(UnixListener, SocketCleanup), DaemonError> {
     match source {
         SocketSource::Path { path, group } => {
             let listener = listen_in_place(path, group.as_deref())?;
-            Ok((Listener::from(listener), SocketCleanup::for_path(path)))
+            Ok((listener, SocketCleanup::for_path(path)))
         }
         SocketSource::Fd(fd) => Ok((inherited_listener(*fd)?, SocketCleanup::none())),
     }
@@ -705,10 +741,7 @@ fn open_listener(source: &SocketSource) -> Result<(Listener, SocketCleanup), Dae
 /// ([`unix_socket::listen_placed`]: bound under a temporary name, then renamed onto `path`,
 /// replacing whatever stale file is there), so a frontend that connects the moment the path
 /// exists is neither refused nor denied.
-fn listen_in_place(
-    path: &Path,
-    group: Option<&str>,
-) -> Result<std::os::unix::net::UnixListener, DaemonError> {
+fn listen_in_place(path: &Path, group: Option<&str>) -> Result<UnixListener, DaemonError> {
     let group_err = |group: &str, reason: String| DaemonError::SocketGroup {
         group: group.to_string(),
         reason,
@@ -739,7 +772,7 @@ fn listen_in_place(
 }
 
 /// Adopts an inherited descriptor after checking it is a listening Unix socket.
-fn inherited_listener(fd: i32) -> Result<Listener, DaemonError> {
+fn inherited_listener(fd: i32) -> Result<UnixListener, DaemonError> {
     use nix::sys::socket::{getsockopt, sockopt};
     use std::os::fd::BorrowedFd;
     let err = |reason: String| DaemonError::InheritedFd { fd, reason };
@@ -761,9 +794,7 @@ fn inherited_listener(fd: i32) -> Result<Listener, DaemonError> {
     // SAFETY: the descriptor is an open listening stream socket inherited for this daemon;
     // ownership passes to the listener, and nothing else in the process uses it.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    Ok(Listener::from(std::os::unix::net::UnixListener::from(
-        owned,
-    )))
+    Ok(UnixListener::from(owned))
 }
 
 #[cfg(test)]

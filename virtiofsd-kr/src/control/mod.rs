@@ -13,5 +13,6 @@ pub mod daemon;
 pub mod docker_plugin;
 pub mod fusedev;
 pub mod logging;
+pub mod stop;
 pub mod volume;
 pub mod volume_serve;
