@@ -133,7 +133,7 @@ impl Drop for MdsOutage {
     }
 }
 
-/// A daemon serving a CephFS volume, killed when dropped.
+/// A daemon serving a CephFS volume, ended with SIGTERM when dropped (so its MDS session closes).
 pub struct CephDaemon {
     pub child: Child,
     pub socket: PathBuf,
@@ -218,8 +218,7 @@ impl CephDaemon {
 
 impl Drop for CephDaemon {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        vm_tests::daemon::end_daemon(&mut self.child);
     }
 }
 

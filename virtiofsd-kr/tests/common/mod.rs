@@ -343,11 +343,7 @@ impl Drop for Daemon {
             None
         };
         if let Some(mut child) = self.child.take() {
-            if child.try_wait().ok().flatten().is_none() {
-                // Our own child, by its pid.
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+            vm_tests::daemon::end_daemon(&mut child);
         }
         if std::thread::panicking() {
             eprintln!("--- daemon stderr ---\n{}", self.stderr());
