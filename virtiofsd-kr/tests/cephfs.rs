@@ -372,3 +372,77 @@ fn every_clean_end_writes_back_and_closes_the_session() {
         }
     }
 }
+
+/// The same for `virtiofsd-kr mount` (the host FUSE mount the Docker plugin starts): SIGTERM
+/// with a file still open and written through the mount leaves its data on the cluster and no
+/// MDS session behind.
+#[test]
+fn the_host_mount_writes_back_and_closes_the_session_on_sigterm() {
+    use std::io::Write;
+    let _mds = ceph_cluster::mds_needed();
+    let vol = Volume::create("mount-end", None);
+    let other_pod = CephDaemon::start(&vol, &["--cache", "auto"]);
+    let mut other = other_pod.session();
+    let mountpoint = tempfile::tempdir().unwrap();
+    let log = mountpoint.path().with_extension("log");
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_virtiofsd-kr"))
+        .arg("mount")
+        .args(vol.daemon_args())
+        .arg(mountpoint.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("virtiofsd-kr mount");
+    let stderr = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mounted = || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(&*mountpoint.path().to_string_lossy()))
+    };
+    while !mounted() {
+        assert!(
+            server.try_wait().unwrap().is_none(),
+            "mount exited:\n{}",
+            stderr()
+        );
+        assert!(Instant::now() < deadline, "not mounted:\n{}", stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(cluster().mds_sessions_of(&vol.id), 2);
+    let body = b"written through the host mount, still open at SIGTERM";
+    let mut file = std::fs::File::create(mountpoint.path().join("open")).expect("create");
+    file.write_all(body).expect("write");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("kill");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running:\n{}", stderr());
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "{status}:\n{}", stderr());
+    drop(file);
+    assert_eq!(
+        cluster().mds_sessions_of(&vol.id),
+        1,
+        "the session outlived the mount:\n{}",
+        stderr()
+    );
+    let t0 = Instant::now();
+    let e = other.lookup(ROOT, "open").expect("LOOKUP");
+    let o = other.open(e.nodeid, libc::O_RDONLY).expect("OPEN");
+    assert_eq!(other.read(e.nodeid, o.fh, 0, 256).expect("READ"), body);
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "waited {:?}",
+        t0.elapsed()
+    );
+    let _ = std::fs::remove_file(&log);
+}

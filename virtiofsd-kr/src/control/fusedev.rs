@@ -282,7 +282,9 @@ where
         );
     }
 
-    let session = Arc::new(std::sync::Mutex::new(session));
+    // `None` once serving ended: whichever thread drops the last reference must not run
+    // `FuseSession`'s drop, which unmounts (see the end of this function).
+    let session = Arc::new(std::sync::Mutex::new(Some(session)));
     let signal_session = session.clone();
     let may_unmount = matches!(unmount, Unmount::Here);
     let spawned = thread::Builder::new()
@@ -291,13 +293,15 @@ where
             if let Ok(sig) = signals.wait() {
                 info!("received {sig}, unmounting");
                 accounting::flush_on_exit();
-                if let Ok(mut s) = signal_session.lock() {
-                    // The readers return; the main thread then closes the backend cleanly
-                    // (a CephFS session ends at once instead of holding its capabilities
-                    // until the MDS evicts it) before the mount goes.
-                    let _ = s.wake();
-                    if may_unmount {
-                        let _ = s.umount();
+                if let Ok(mut guard) = signal_session.lock() {
+                    if let Some(s) = guard.as_mut() {
+                        // The readers return; the main thread then closes the backend
+                        // cleanly (a CephFS session ends at once instead of holding its
+                        // capabilities until the MDS evicts it) before the mount goes.
+                        let _ = s.wake();
+                        if may_unmount {
+                            let _ = s.umount();
+                        }
                     }
                 }
             }
@@ -311,10 +315,16 @@ where
     accounting::flush_on_exit();
     // The last reference: the backend closes here (libcephfs unmounts, flushing).
     drop(server);
-    if may_unmount {
-        if let Ok(mut s) = session.lock() {
+    let served = session.lock().ok().and_then(|mut guard| guard.take());
+    match (served, may_unmount) {
+        (Some(mut s), true) => {
             let _ = s.umount();
         }
+        // Not unmounted by this process: `FuseSession`'s drop would call umount2, which a
+        // CephFS server (no capability, under seccomp) may not make: the filter killed it
+        // with SIGSYS at every SIGTERM. Its descriptor closes as the process exits.
+        (Some(s), false) => std::mem::forget(s),
+        (None, _) => {}
     }
     if let Unmount::Helper(pipe) = unmount {
         // The helper unmounts (lazily) as this end closes.
