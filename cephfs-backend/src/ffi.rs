@@ -202,6 +202,7 @@ crate::dynload::dynamic_library! {
         data: *const c_char,
     ) -> c_int;
     pub fn ceph_ll_fsync(cmount: *mut CephMountInfo, fh: *mut Fh, syncdataonly: c_int) -> c_int;
+    pub fn ceph_sync_fs(cmount: *mut CephMountInfo) -> c_int;
     pub fn ceph_ll_fallocate(
         cmount: *mut CephMountInfo,
         fh: *mut Fh,

@@ -965,6 +965,12 @@ impl FileSystem for CephFs {
         self.call("fsync", move || f.mount().fsync(&f, datasync))
     }
 
+    fn syncfs(&self, _ctx: &Context, inode: u64) -> io::Result<()> {
+        // The whole client, whichever node the guest names (its root).
+        let i = self.node(inode)?;
+        self.call("syncfs", move || i.mount().sync_fs())
+    }
+
     fn fallocate(
         &self,
         _ctx: &Context,

@@ -546,6 +546,14 @@ impl CephMount {
         Ok(())
     }
 
+    /// Writes back everything this client has buffered (data and metadata, every file) and
+    /// waits until the cluster has it.
+    pub fn sync_fs(&self) -> io::Result<()> {
+        // SAFETY: live mount.
+        check(unsafe { ffi::ceph_sync_fs(self.raw()) })?;
+        Ok(())
+    }
+
     pub fn fallocate(&self, file: &CephFile, mode: i32, offset: u64, len: u64) -> io::Result<()> {
         let einval = || io::Error::from_raw_os_error(libc::EINVAL);
         let off = i64::try_from(offset).map_err(|_| einval())?;

@@ -908,13 +908,8 @@ fn the_client_log_is_quiet_unless_the_conf_sends_it_somewhere() {
 
 /// `rados -p cephfs_data ARGS...` as the dev cluster's admin (the conf names its keyring).
 fn rados(args: &[&str]) -> Vec<u8> {
-    let out = std::process::Command::new("rados")
-        .arg("-c")
-        .arg(&cluster().conf)
-        .args(["-p", "cephfs_data"])
-        .args(args)
-        .output()
-        .expect("run rados");
+    let args = [&["-p", "cephfs_data"], args].concat();
+    let out = cluster().rados(&args);
     assert!(
         out.status.success(),
         "rados {args:?}: {}",

@@ -98,6 +98,7 @@ off_t (*p_ceph_ll_lseek)(M *, struct Fh *, off_t, int) = ceph_ll_lseek;
 int (*p_ceph_ll_read)(M *, struct Fh *, int64_t, uint64_t, char *) = ceph_ll_read;
 int (*p_ceph_ll_write)(M *, struct Fh *, int64_t, uint64_t, const char *) = ceph_ll_write;
 int (*p_ceph_ll_fsync)(M *, struct Fh *, int) = ceph_ll_fsync;
+int (*p_ceph_sync_fs)(M *) = ceph_sync_fs;
 int (*p_ceph_ll_fallocate)(M *, struct Fh *, int, int64_t, int64_t) = ceph_ll_fallocate;
 int (*p_ceph_ll_close)(M *, struct Fh *) = ceph_ll_close;
 int (*p_ceph_ll_getxattr)(M *, struct Inode *, const char *, void *, size_t,

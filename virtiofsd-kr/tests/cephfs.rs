@@ -446,3 +446,42 @@ fn the_host_mount_writes_back_and_closes_the_session_on_sigterm() {
     );
     let _ = std::fs::remove_file(&log);
 }
+
+/// The guest's `sync` (FUSE_SYNCFS, which Linux >= 5.15 sends) writes back what the client
+/// buffered, for files still open too: when the reply comes, the data is in its RADOS object.
+/// fuse-backend-rs 0.14 did not know the opcode: the guest got ENOSYS, took it for success,
+/// and its `sync` left the writes in libcephfs' cache.
+#[test]
+fn syncfs_puts_the_guests_writes_on_the_osds() {
+    let _mds = ceph_cluster::mds_needed();
+    let vol = Volume::create("syncfs", None);
+    let d = CephDaemon::start(&vol, &["--cache", "auto"]);
+    let mut s = d.session();
+    let (f, open) = s
+        .create(ROOT, "unsynced", libc::O_RDWR, 0o644)
+        .expect("CREATE");
+    let body: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
+    s.write(f.nodeid, open.fh, 0, &body).expect("WRITE");
+    let object = format!("{:x}.00000000", f.attr.ino);
+    // How many bytes the object holds, and whether they are `body`.
+    let stored = || {
+        let out = cluster().rados(&["-p", "cephfs_data", "get", &object, "-"]);
+        out.status
+            .success()
+            .then(|| (out.stdout.len(), out.stdout == body))
+    };
+    // Buffered: libcephfs writes dirty data back after 5 s on its own.
+    let before = stored();
+    assert_ne!(
+        before,
+        Some((body.len(), true)),
+        "already on the OSDs before the sync: this test would show nothing"
+    );
+    s.syncfs(ROOT).expect("SYNCFS");
+    assert_eq!(
+        stored(),
+        Some((body.len(), true)),
+        "on the OSDs after SYNCFS (before it: {before:?})"
+    );
+    s.release(f.nodeid, open.fh).expect("RELEASE");
+}

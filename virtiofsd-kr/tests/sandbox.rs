@@ -241,6 +241,8 @@ fn run_workload(socket: &Path, shared: Option<&Path>, xattr: bool) {
     }
 
     s.statfs(ROOT).expect("STATFS");
+    // The guest's `sync`: syncfs(2) on the host, ceph_sync_fs on CephFS.
+    s.syncfs(ROOT).expect("SYNCFS");
     let hello = s.lookup(ROOT, "hello").expect("LOOKUP");
     s.getattr(hello.nodeid).expect("GETATTR");
     let fh = s.open(hello.nodeid, libc::O_RDONLY).expect("OPEN").fh;

@@ -37,6 +37,19 @@ impl DevCluster {
             .unwrap_or_else(|e| panic!("running ceph {args:?}: {e}"))
     }
 
+    /// Runs `rados` as the cluster's admin.
+    pub fn rados(&self, args: &[&str]) -> std::process::Output {
+        Command::new("rados")
+            .arg("-c")
+            .arg(&self.conf)
+            .arg("-k")
+            .arg(&self.admin_keyring)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("running rados {args:?}: {e}"))
+    }
+
     /// The MDS sessions of clients connected as `client.<entity_id>`, whatever their state
     /// (a client that ended without closing its session stays listed until the MDS evicts it).
     pub fn mds_sessions_of(&self, entity_id: &str) -> usize {

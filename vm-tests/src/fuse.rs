@@ -524,6 +524,13 @@ impl FuseSession {
             .body_as()
     }
 
+    /// SYNCFS of the filesystem holding `node`, as Linux >= 5.15 sends it for `sync`.
+    pub fn syncfs(&mut self, node: u64) -> Result<()> {
+        let arg = fuse_backend_rs::abi::fuse_abi::SyncfsIn::default();
+        self.call_ok(Opcode::SyncFs as u32, node, &[arg.as_slice()], REPLY_SPACE)?;
+        Ok(())
+    }
+
     /// FORGET on the hiprio queue, as Linux sends it: no reply space, no reply. Returns the
     /// used length the device reported (0 expected).
     pub fn forget(&mut self, node: u64, nlookup: u64) -> Result<u32> {

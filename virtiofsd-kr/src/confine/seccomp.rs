@@ -144,6 +144,7 @@ const COMMON: &[(&str, i64)] = syscalls![
     SYS_ftruncate,
     SYS_fsync,
     SYS_fdatasync,
+    SYS_syncfs,
     SYS_fchmod,
     SYS_fchmodat,
     SYS_fchownat,

@@ -796,6 +796,10 @@ where
         self.inner.statfs(&self.host_ctx(ctx), inode)
     }
 
+    fn syncfs(&self, ctx: &Context, inode: Self::Inode) -> io::Result<()> {
+        self.inner.syncfs(&self.host_ctx(ctx), inode)
+    }
+
     fn setxattr(
         &self,
         ctx: &Context,

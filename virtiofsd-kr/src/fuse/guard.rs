@@ -1,8 +1,8 @@
 //! Request guard: looks at each FUSE request header before fuse-backend-rs does.
 //!
 //! It owns two early answers: ENOSYS for an opcode fuse-backend-rs does not define (its 0.14
-//! `Opcode::from` transmutes any number below 50, undefined behaviour for the holes 0, 7 and
-//! 19), and EROFS for a request that would change a read-only export. Both look at the
+//! `Opcode::from` transmutes any number below `MaxOpcode`, undefined behaviour for the holes
+//! 0, 7 and 19; the vendored copy adds SYNCFS, 50), and EROFS for a request that would change a read-only export. Both look at the
 //! daemon's own copy of the header, which the guest can rewrite before the server reads it
 //! again: so neither is the only line of defence. The vendored fuse-backend-rs maps the holes
 //! safely (`third_party/README.md`), and `ExportFs` refuses changes to a read-only export on
@@ -28,10 +28,10 @@ pub fn is_no_reply(opcode: u32) -> bool {
     opcode == Opcode::Forget as u32 || opcode == Opcode::BatchForget as u32
 }
 
-/// Whether `opcode` names a request fuse-backend-rs 0.14 defines (and so may be converted
-/// with `Opcode::from`).
+/// Whether `opcode` names a request the vendored fuse-backend-rs defines (and so may be
+/// converted with `Opcode::from`): 0.14's, and SYNCFS.
 pub fn is_known_opcode(opcode: u32) -> bool {
-    matches!(opcode, 1..=6 | 8..=18 | 20..=49)
+    matches!(opcode, 1..=6 | 8..=18 | 20..=50)
 }
 
 /// Opcodes that change the exported tree and so are refused on a read-only export.
@@ -174,14 +174,14 @@ mod tests {
     #[test]
     fn opcode_holes_are_refused() {
         let guard = RequestGuard::new(false);
-        for op in [0, 7, 19, 50, 51, 4096, u32::MAX, 1_048_576, 436_207_616] {
+        for op in [0, 7, 19, 51, 52, 4096, u32::MAX, 1_048_576, 436_207_616] {
             assert_eq!(
                 guard.check(&header(op), &[]),
                 Verdict::Refuse(libc::ENOSYS),
                 "opcode {op}"
             );
         }
-        for op in [1, 6, 8, 18, 20, 26, 44, 48, 49] {
+        for op in [1, 6, 8, 18, 20, 26, 44, 48, 49, 50] {
             assert_eq!(guard.check(&header(op), &[]), Verdict::Serve, "opcode {op}");
         }
     }
@@ -306,7 +306,7 @@ mod tests {
     /// opcode after the guard looked cannot reach the transmute with them.
     #[test]
     fn opcode_holes_map_to_max_opcode() {
-        for hole in [0u32, 7, 19, 50, u32::MAX] {
+        for hole in [0u32, 7, 19, 51, u32::MAX] {
             assert_eq!(
                 Opcode::from(hole) as u32,
                 Opcode::MaxOpcode as u32,
@@ -315,5 +315,8 @@ mod tests {
         }
         assert_eq!(Opcode::from(6) as u32, Opcode::Symlink as u32);
         assert_eq!(Opcode::from(8) as u32, Opcode::Mknod as u32);
+        assert_eq!(Opcode::from(50) as u32, Opcode::SyncFs as u32);
+        assert!(is_known_opcode(Opcode::SyncFs as u32));
+        assert!(!is_known_opcode(Opcode::MaxOpcode as u32));
     }
 }

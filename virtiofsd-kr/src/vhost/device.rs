@@ -445,6 +445,7 @@ fn may_change_file_size(opcode: u32) -> bool {
         Opcode::Fallocate,
         Opcode::CopyFileRange,
         Opcode::Fsync,
+        Opcode::SyncFs,
         Opcode::Flush,
         Opcode::Release,
         Opcode::Getattr,
@@ -571,6 +572,7 @@ fn is_data_opcode(opcode: u32) -> bool {
     opcode == Opcode::Read as u32
         || opcode == Opcode::Write as u32
         || opcode == Opcode::Fsync as u32
+        || opcode == Opcode::SyncFs as u32
         || opcode == Opcode::Fallocate as u32
 }
 

@@ -752,7 +752,10 @@ pub enum Opcode {
     CopyFileRange = 47,
     SetupMapping = 48,
     RemoveMapping = 49,
-    MaxOpcode = 50,
+    /// virtiofsd-kr patch: FUSE_SYNCFS (protocol 7.34, Linux 5.15's virtiofs sends it for
+    /// `sync`/`syncfs()` in the guest).
+    SyncFs = 50,
+    MaxOpcode = 51,
 
     /* Reserved opcodes: helpful to detect structure endian-ness in case of e.g. virtiofs */
     CuseInitBswapReserved = 1_048_576, /* CUSE_INIT << 8 */
@@ -1323,6 +1326,14 @@ pub struct NotifyRetrieveIn {
     pub dummy4: u64,
 }
 unsafe impl ByteValued for NotifyRetrieveIn {}
+
+/// virtiofsd-kr patch: the body of FUSE_SYNCFS.
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct SyncfsIn {
+    pub padding: u64,
+}
+unsafe impl ByteValued for SyncfsIn {}
 
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]

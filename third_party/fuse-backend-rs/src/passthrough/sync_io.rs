@@ -385,6 +385,18 @@ impl<S: BitmapSlice + Send + Sync> FileSystem for PassthroughFs<S> {
         }
     }
 
+    /// virtiofsd-kr patch: FUSE_SYNCFS, `syncfs(2)` on the host filesystem holding `inode`
+    /// (the guest sends its root). Filesystems mounted below it are not synced.
+    fn syncfs(&self, _ctx: &Context, inode: Inode) -> io::Result<()> {
+        // `syncfs` needs a descriptor opened for reading; the node's own may be O_PATH.
+        let file = self.open_inode(inode, libc::O_RDONLY | libc::O_NONBLOCK)?;
+        // SAFETY: `file` is an open descriptor; syncfs only reads it.
+        if unsafe { libc::syncfs(file.as_raw_fd()) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     fn statfs(&self, _ctx: &Context, inode: Inode) -> io::Result<libc::statvfs64> {
         let mut out = MaybeUninit::<libc::statvfs64>::zeroed();
         let data = self.inode_map.get(inode)?;

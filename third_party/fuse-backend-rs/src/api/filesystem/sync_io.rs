@@ -829,6 +829,13 @@ pub trait FileSystem {
         Err(io::Error::from_raw_os_error(libc::ENOSYS))
     }
 
+    /// virtiofsd-kr patch: make everything written to the filesystem holding `inode` durable
+    /// (FUSE_SYNCFS: the guest's `sync`). If this returns `ENOSYS` the guest kernel treats it
+    /// as success and stops sending it.
+    fn syncfs(&self, ctx: &Context, inode: Self::Inode) -> io::Result<()> {
+        Err(io::Error::from_raw_os_error(libc::ENOSYS))
+    }
+
     /// Query file lock status
     fn getlk(
         &self,
@@ -1290,6 +1297,10 @@ impl<FS: FileSystem> FileSystem for Arc<FS> {
         whence: u32,
     ) -> io::Result<u64> {
         self.deref().lseek(ctx, inode, handle, offset, whence)
+    }
+
+    fn syncfs(&self, ctx: &Context, inode: Self::Inode) -> io::Result<()> {
+        self.deref().syncfs(ctx, inode)
     }
 
     /// Query file lock status

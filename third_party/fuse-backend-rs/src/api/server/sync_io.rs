@@ -194,6 +194,8 @@ impl<F: FileSystem + Sync> Server<F> {
             x if x == Opcode::Rename2 as u32 => self.rename2(ctx),
             #[cfg(target_os = "linux")]
             x if x == Opcode::Lseek as u32 => self.lseek(ctx),
+            // virtiofsd-kr patch: FUSE_SYNCFS.
+            x if x == Opcode::SyncFs as u32 => self.syncfs(ctx),
             #[cfg(feature = "virtiofs")]
             x if x == Opcode::SetupMapping as u32 => self.setupmapping(ctx, vu_req),
             #[cfg(feature = "virtiofs")]
@@ -1204,6 +1206,16 @@ impl<F: FileSystem + Sync> Server<F> {
             .fs
             .fallocate(ctx.context(), ctx.nodeid(), fh.into(), mode, offset, length)
         {
+            Ok(()) => ctx.reply_ok(None::<u8>, None),
+            Err(e) => ctx.reply_error(e),
+        }
+    }
+
+    /// virtiofsd-kr patch: FUSE_SYNCFS, for the filesystem of the request's node (the guest
+    /// sends its root).
+    pub(super) fn syncfs<S: BitmapSlice>(&self, mut ctx: SrvContext<'_, F, S>) -> Result<usize> {
+        let SyncfsIn { .. } = ctx.r.read_obj().map_err(Error::DecodeMessage)?;
+        match self.fs.syncfs(ctx.context(), ctx.nodeid()) {
             Ok(()) => ctx.reply_ok(None::<u8>, None),
             Err(e) => ctx.reply_error(e),
         }
