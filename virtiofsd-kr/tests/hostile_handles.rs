@@ -787,6 +787,46 @@ fn the_daemon_exits_on_sigterm_while_a_request_is_stuck_in_the_host() {
     });
 }
 
+/// A second signal does not wait for the queue threads' grace: the process ends at once.
+#[test]
+fn a_second_sigterm_ends_the_daemon_at_once_while_a_request_is_stuck() {
+    let mount = StoppableMount::new();
+    let mut daemon = Daemon::start_sharing_dir_stuck(
+        mount.mountpoint.path(),
+        &["--sandbox", "none", "--seccomp", "none"],
+        &["--cache", "never", "--inode-file-handles", "never"],
+    );
+    let mut s = daemon.session();
+    stick_a_getattr(&mount, &mut s, &mut daemon);
+    let pid = nix::unistd::Pid::from_raw(daemon.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    // The first signal's orderly exit waits 5 s for the stuck queue thread; the second ends
+    // that wait.
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("second SIGTERM");
+    let status = daemon
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("daemon did not exit; stderr:\n{}", daemon.stderr()));
+    let took = t0.elapsed();
+    assert!(
+        status.success(),
+        "exit {status}; stderr:\n{}",
+        daemon.stderr()
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "the second signal took {took:?}; stderr:\n{}",
+        daemon.stderr()
+    );
+    assert!(
+        daemon.stderr().contains("again"),
+        "stderr:\n{}",
+        daemon.stderr()
+    );
+    drop(s);
+}
+
 /// Gets a GETATTR stuck in a host FUSE server that stopped answering, calls `end` (which
 /// makes the daemon leave; a session it returns stays connected until the end), and checks that the daemon exits 0 anyway, saying why it left a
 /// queue thread behind.
@@ -800,6 +840,28 @@ fn exits_while_a_request_is_stuck_in_the_host(
         &["--cache", "never", "--inode-file-handles", "never"],
     );
     let mut s = daemon.session();
+    stick_a_getattr(&mount, &mut s, &mut daemon);
+
+    // The daemon must exit even though its queue thread never returns.
+    let _connected = end(s, &daemon);
+    let status = daemon
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("daemon did not exit; stderr:\n{}", daemon.stderr()));
+    assert!(
+        status.success(),
+        "exit {status}; stderr:\n{}",
+        daemon.stderr()
+    );
+    assert!(
+        daemon.stderr().contains("still inside a request"),
+        "stderr:\n{}",
+        daemon.stderr()
+    );
+}
+
+/// Stops the host FUSE server behind `mount` and sends a GETATTR that waits for it, returning
+/// once a thread of the daemon is seen waiting there.
+fn stick_a_getattr(mount: &StoppableMount, s: &mut FuseSession, daemon: &mut Daemon) {
     let node = s.lookup(ROOT, "slow").expect("LOOKUP").nodeid;
 
     // The host filesystem stops answering; a GETATTR goes to it and waits. (Only O_PATH
@@ -830,22 +892,6 @@ fn exits_while_a_request_is_stuck_in_the_host(
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(daemon.is_running(), "daemon: {}", daemon.stderr());
-
-    // The daemon must exit even though its queue thread never returns.
-    let _connected = end(s, &daemon);
-    let status = daemon
-        .wait_exit(Duration::from_secs(30))
-        .unwrap_or_else(|| panic!("daemon did not exit; stderr:\n{}", daemon.stderr()));
-    assert!(
-        status.success(),
-        "exit {status}; stderr:\n{}",
-        daemon.stderr()
-    );
-    assert!(
-        daemon.stderr().contains("still inside a request"),
-        "stderr:\n{}",
-        daemon.stderr()
-    );
 }
 
 /// Whether a thread of `pid` sleeps waiting for a FUSE server's answer (the kernel's
