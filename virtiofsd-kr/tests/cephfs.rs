@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use ceph_cluster::{cluster, volume_cmd, CephDaemon, Volume};
 use fuse_backend_rs::abi::fuse_abi::{Opcode, SetxattrIn};
 use vm_memory::ByteValued;
-use vm_tests::fuse::{cname, FuseError, REPLY_SPACE, ROOT};
+use vm_tests::fuse::{cname, FuseError, FuseSession, REPLY_SPACE, ROOT};
 
 fn errno_of<T: std::fmt::Debug>(r: Result<T, FuseError>) -> i32 {
     match r {
@@ -333,19 +333,8 @@ fn every_clean_end_writes_back_and_closes_the_session() {
                     .expect("kill")
             }
         }
-        let t0 = Instant::now();
-        let status = loop {
-            if let Some(status) = d.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(20),
-                "{case}: still running 20 s later:\n{}",
-                d.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        assert!(status.success(), "{case}: {status}:\n{}", d.stderr());
+        let log = d.stderr_path();
+        exits_zero(&mut d.child, case, &log);
         drop(s);
         assert_eq!(
             sessions(),
@@ -354,23 +343,47 @@ fn every_clean_end_writes_back_and_closes_the_session() {
             d.stderr()
         );
         if guest {
-            let t0 = Instant::now();
-            let e = other.lookup(ROOT, &name).expect("LOOKUP");
-            let o = other.open(e.nodeid, libc::O_RDONLY).expect("OPEN");
-            let data = other.read(e.nodeid, o.fh, 0, 256).expect("READ");
-            other.release(e.nodeid, o.fh).expect("RELEASE");
-            let waited = t0.elapsed();
-            assert_eq!(
-                String::from_utf8_lossy(&data),
-                body,
-                "{case}: what the guest wrote"
-            );
-            assert!(
-                waited < Duration::from_secs(5),
-                "{case}: the other pod waited {waited:?} (for an eviction?)"
-            );
+            reads_at_once(&mut other, &name, body.as_bytes(), case);
         }
     }
+}
+
+/// Waits for `child` to exit, which must be with 0 within 20 s (`log`: its stderr).
+fn exits_zero(child: &mut std::process::Child, what: &str, log: &std::path::Path) {
+    let stderr = || std::fs::read_to_string(log).unwrap_or_default();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "{what}: still running 20 s later:\n{}",
+            stderr()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "{what}: {status}:\n{}", stderr());
+}
+
+/// Another pod reads `name`: `body`, without waiting for the MDS to evict a client that left
+/// (10 s on the dev cluster).
+fn reads_at_once(other: &mut FuseSession, name: &str, body: &[u8], what: &str) {
+    let t0 = Instant::now();
+    let e = other.lookup(ROOT, name).expect("LOOKUP");
+    let o = other.open(e.nodeid, libc::O_RDONLY).expect("OPEN");
+    let data = other.read(e.nodeid, o.fh, 0, 256).expect("READ");
+    other.release(e.nodeid, o.fh).expect("RELEASE");
+    let waited = t0.elapsed();
+    assert_eq!(
+        String::from_utf8_lossy(&data),
+        String::from_utf8_lossy(body),
+        "{what}: what was written"
+    );
+    assert!(
+        waited < Duration::from_secs(5),
+        "{what}: the other pod waited {waited:?} (for an eviction?)"
+    );
 }
 
 /// The same for `virtiofsd-kr mount` (the host FUSE mount the Docker plugin starts): SIGTERM
@@ -419,15 +432,7 @@ fn the_host_mount_writes_back_and_closes_the_session_on_sigterm() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .expect("kill");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = server.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "still running:\n{}", stderr());
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    assert!(status.success(), "{status}:\n{}", stderr());
+    exits_zero(&mut server, "mount", &log);
     drop(file);
     assert_eq!(
         cluster().mds_sessions_of(&vol.id),
@@ -435,15 +440,7 @@ fn the_host_mount_writes_back_and_closes_the_session_on_sigterm() {
         "the session outlived the mount:\n{}",
         stderr()
     );
-    let t0 = Instant::now();
-    let e = other.lookup(ROOT, "open").expect("LOOKUP");
-    let o = other.open(e.nodeid, libc::O_RDONLY).expect("OPEN");
-    assert_eq!(other.read(e.nodeid, o.fh, 0, 256).expect("READ"), body);
-    assert!(
-        t0.elapsed() < Duration::from_secs(5),
-        "waited {:?}",
-        t0.elapsed()
-    );
+    reads_at_once(&mut other, "open", body, "mount");
     let _ = std::fs::remove_file(&log);
 }
 

@@ -706,17 +706,7 @@ fn docker_volume_plugin_end_to_end() {
 fn docker_volume_on_another_data_pool() {
     let c = cluster();
     let pool = unique("gfsbulk");
-    let ceph = |args: &[&str]| {
-        Command::new("ceph")
-            .arg("-c")
-            .arg(&c.conf)
-            .arg("-k")
-            .arg(&c.admin_keyring)
-            .args(args)
-            .output()
-            .expect("run ceph")
-    };
-    let out = ceph(&["osd", "pool", "create", &pool, "8", "8"]);
+    let out = c.ceph(&["osd", "pool", "create", &pool, "8", "8"]);
     assert!(
         out.status.success(),
         "{}",

@@ -791,13 +791,7 @@ fn the_daemon_exits_on_sigterm_while_a_request_is_stuck_in_the_host() {
 #[test]
 fn a_second_sigterm_ends_the_daemon_at_once_while_a_request_is_stuck() {
     let mount = StoppableMount::new();
-    let mut daemon = Daemon::start_sharing_dir_stuck(
-        mount.mountpoint.path(),
-        &["--sandbox", "none", "--seccomp", "none"],
-        &["--cache", "never", "--inode-file-handles", "never"],
-    );
-    let mut s = daemon.session();
-    stick_a_getattr(&mount, &mut s, &mut daemon);
+    let (mut daemon, s) = daemon_with_a_stuck_getattr(&mount);
     let pid = nix::unistd::Pid::from_raw(daemon.pid() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
     // The first signal's orderly exit waits 5 s for the stuck queue thread; the second ends
@@ -834,13 +828,7 @@ fn exits_while_a_request_is_stuck_in_the_host(
     end: impl FnOnce(FuseSession, &Daemon) -> Option<FuseSession>,
 ) {
     let mount = StoppableMount::new();
-    let mut daemon = Daemon::start_sharing_dir_stuck(
-        mount.mountpoint.path(),
-        &["--sandbox", "none", "--seccomp", "none"],
-        &["--cache", "never", "--inode-file-handles", "never"],
-    );
-    let mut s = daemon.session();
-    stick_a_getattr(&mount, &mut s, &mut daemon);
+    let (mut daemon, s) = daemon_with_a_stuck_getattr(&mount);
 
     // The daemon must exit even though its queue thread never returns.
     let _connected = end(s, &daemon);
@@ -857,6 +845,19 @@ fn exits_while_a_request_is_stuck_in_the_host(
         "stderr:\n{}",
         daemon.stderr()
     );
+}
+
+/// A daemon serving `mount`, connected, with a GETATTR stuck in it: the host FUSE server
+/// behind `mount` is stopped and the daemon is seen waiting for it.
+fn daemon_with_a_stuck_getattr(mount: &StoppableMount) -> (Daemon, FuseSession) {
+    let mut daemon = Daemon::start_sharing_dir_stuck(
+        mount.mountpoint.path(),
+        &["--sandbox", "none", "--seccomp", "none"],
+        &["--cache", "never", "--inode-file-handles", "never"],
+    );
+    let mut s = daemon.session();
+    stick_a_getattr(mount, &mut s, &mut daemon);
+    (daemon, s)
 }
 
 /// Stops the host FUSE server behind `mount` and sends a GETATTR that waits for it, returning

@@ -24,9 +24,9 @@ pub struct DevCluster {
 }
 
 impl DevCluster {
-    /// Runs the `ceph` command line as the cluster's admin.
-    pub fn ceph(&self, args: &[&str]) -> std::process::Output {
-        Command::new("ceph")
+    /// Runs `program` (a Ceph command line tool) with `args` as the cluster's admin.
+    fn as_admin(&self, program: &str, args: &[&str]) -> std::process::Output {
+        Command::new(program)
             .arg("-c")
             .arg(&self.conf)
             .arg("-k")
@@ -34,20 +34,17 @@ impl DevCluster {
             .args(args)
             .stdin(Stdio::null())
             .output()
-            .unwrap_or_else(|e| panic!("running ceph {args:?}: {e}"))
+            .unwrap_or_else(|e| panic!("running {program} {args:?}: {e}"))
+    }
+
+    /// Runs the `ceph` command line as the cluster's admin.
+    pub fn ceph(&self, args: &[&str]) -> std::process::Output {
+        self.as_admin("ceph", args)
     }
 
     /// Runs `rados` as the cluster's admin.
     pub fn rados(&self, args: &[&str]) -> std::process::Output {
-        Command::new("rados")
-            .arg("-c")
-            .arg(&self.conf)
-            .arg("-k")
-            .arg(&self.admin_keyring)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("running rados {args:?}: {e}"))
+        self.as_admin("rados", args)
     }
 
     /// The MDS sessions of clients connected as `client.<entity_id>`, whatever their state

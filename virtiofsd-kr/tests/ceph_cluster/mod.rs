@@ -184,6 +184,11 @@ impl CephDaemon {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// The file its stderr goes to.
+    pub fn stderr_path(&self) -> PathBuf {
+        self.stderr.clone()
+    }
+
     pub fn session(&self) -> FuseSession {
         let mut s = FuseSession::new(TestFrontend::connect(&self.socket).expect("connect"));
         s.init().expect("FUSE_INIT");
