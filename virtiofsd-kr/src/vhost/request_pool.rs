@@ -6,16 +6,22 @@
 //! request goes through them; `--overlap-threads N` starts workers only when the guest has more
 //! than one data request waiting at a time, so that a batch's reads and writes wait on the disk
 //! together instead of one after the other, and the queue thread takes back (`take`) whatever
-//! no worker has picked up yet. It must not look inside a job: what a job is and how it is
-//! served is the caller's.
+//! no worker has picked up yet. Dropping the pool ends its workers and waits for them (at most
+//! [`EXIT_GRACE`]): whatever the serving function holds (the backend) is then released on the
+//! dropping thread, before the process may exit (a CephFS client unmounts there). It must not
+//! look inside a job: what a job is and how it is served is the caller's.
 
 use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
 use tracing::warn;
+
+/// How long dropping the pool waits for its workers to finish what they are serving.
+pub const EXIT_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -32,6 +38,8 @@ pub struct RequestPool<J: Send + 'static> {
     handed_over: AtomicU64,
     taken_back: AtomicU64,
     woken: AtomicU64,
+    /// Every worker started, joined when the pool is dropped.
+    handles: Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// What a pool did, for the log at exit.
@@ -50,6 +58,8 @@ pub struct PoolTotals {
 struct Shared<J> {
     state: Mutex<State<J>>,
     ready: Condvar,
+    /// Notified as each worker ends.
+    gone: Condvar,
     serve: Box<dyn Fn(J) + Send + Sync>,
 }
 
@@ -90,6 +100,7 @@ impl<J: Send + 'static> RequestPool<J> {
                     closing: false,
                 }),
                 ready: Condvar::new(),
+                gone: Condvar::new(),
                 serve: Box::new(serve),
             }),
             max_workers,
@@ -97,6 +108,7 @@ impl<J: Send + 'static> RequestPool<J> {
             handed_over: AtomicU64::new(0),
             taken_back: AtomicU64::new(0),
             woken: AtomicU64::new(0),
+            handles: Mutex::new(Vec::new()),
         }
     }
 
@@ -181,10 +193,14 @@ impl<J: Send + 'static> RequestPool<J> {
 
     fn spawn(&self, index: usize) -> io::Result<()> {
         let shared = self.shared.clone();
-        thread::Builder::new()
+        let handle = thread::Builder::new()
             .name(format!("vfs-worker-{index}"))
-            .spawn(move || shared.work())
-            .map(drop)
+            .spawn(move || shared.work())?;
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(handle);
+        Ok(())
     }
 }
 
@@ -244,6 +260,7 @@ impl<J> Shared<J> {
             }
             if state.closing {
                 state.workers -= 1;
+                self.gone.notify_all();
                 return;
             }
             state.idle += 1;
@@ -261,10 +278,38 @@ impl<J> Shared<J> {
 }
 
 impl<J: Send + 'static> Drop for RequestPool<J> {
-    /// Workers serve what is queued, then stop.
+    /// Workers serve what is queued, then stop; this waits for them (at most [`EXIT_GRACE`])
+    /// and joins their threads, so that the serving function, and what it holds, goes with
+    /// the pool on this thread. A worker still inside a request after that is left to finish
+    /// on its own.
     fn drop(&mut self) {
-        self.shared.lock().closing = true;
+        let mut state = self.shared.lock();
+        state.closing = true;
         self.shared.ready.notify_all();
+        let deadline = Instant::now() + EXIT_GRACE;
+        while state.workers > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                warn!(
+                    "{} request worker(s) still inside a request {}s after the pool closed; not waiting",
+                    state.workers,
+                    EXIT_GRACE.as_secs()
+                );
+                return;
+            }
+            state = self
+                .shared
+                .gone
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        drop(state);
+        let handles = std::mem::take(self.handles.get_mut().unwrap_or_else(|p| p.into_inner()));
+        for handle in handles {
+            // Each has left its loop; it only drops its reference to the pool on the way out.
+            let _ = handle.join();
+        }
     }
 }
 
@@ -362,6 +407,30 @@ mod tests {
             pool.totals().to_string(),
             "started=1 handed_over=2 taken_back=1 woken=0"
         );
+    }
+
+    /// What the serving function holds is released by the time the drop returns, not later
+    /// on a worker thread (the daemon exits right after: a CephFS backend held there was
+    /// never unmounted, and its MDS session outlived the process).
+    #[test]
+    fn dropping_the_pool_releases_the_serving_function_before_it_returns() {
+        let held = Arc::new(());
+        for _ in 0..20 {
+            let in_serve = held.clone();
+            let pool = RequestPool::new(2, move |_: u32| {
+                let _ = &in_serve;
+                thread::sleep(Duration::from_millis(1));
+            });
+            pool.submit(1);
+            pool.submit(2);
+            pool.submit(3);
+            drop(pool);
+            assert_eq!(
+                Arc::strong_count(&held),
+                1,
+                "the serving function outlived the pool"
+            );
+        }
     }
 
     #[test]
