@@ -1182,7 +1182,8 @@ impl VmOutcome {
     }
 
     /// Problems that make the boot a failure, empty when it is fine: a timeout, a missing or
-    /// non-zero workload exit code, guest errors, or a daemon that did not exit 0.
+    /// non-zero workload exit code, guest errors, or a daemon that did not exit 0 or exited
+    /// with its backend still held by a thread.
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         if self.timed_out {
@@ -1206,6 +1207,11 @@ impl VmOutcome {
                     d.status,
                     if d.timed_out { " (killed)" } else { "" }
                 ));
+            }
+            // The daemon's `BACKEND_NOT_CLOSED` (control/daemon.rs): a thread still held the
+            // backend when it exited, so it was never closed (a CephFS session left open).
+            if d.log.contains("backend not closed at exit") {
+                p.push("the daemon exited with its backend still held by a thread".into());
             }
         }
         p

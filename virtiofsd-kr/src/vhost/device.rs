@@ -695,6 +695,12 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsDevice<F> {
         self.polls.iter().map(QueuePoll::totals)
     }
 
+    /// Whether anything still holds the request core (and the backend in it), once the
+    /// device is gone: at exit nothing should, or the backend was never closed.
+    pub fn core_watch(&self) -> std::sync::Weak<RequestCore<F>> {
+        Arc::downgrade(&self.core)
+    }
+
     /// What the request workers did (`None` when requests are all served inline).
     pub fn pool_totals(&self) -> Option<PoolTotals> {
         self.pool.as_ref().map(RequestPool::totals)
