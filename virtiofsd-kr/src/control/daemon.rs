@@ -295,7 +295,8 @@ fn start(args: &ServeArgs, shared_dir: Option<&Path>) -> Result<Started, DaemonE
 /// for a host directory, the filesystems on which FLUSH is a no-op. `requests_may_wait`: the
 /// backend can hold a request for long (then, as with rate limits, the hiprio queue gets a
 /// thread of its own). `close_limit`: how long dropping the backend may take (after a
-/// termination signal the process ends at the latest that long after the queue threads' grace).
+/// termination signal the process ends at the latest that long after the queue threads' and
+/// the request workers' grace).
 #[allow(clippy::too_many_arguments)]
 fn run<F>(
     args: &ServeArgs,
@@ -374,7 +375,10 @@ where
     stop::spawn_signal_thread(
         signals,
         stop.clone(),
-        QUEUE_THREAD_EXIT_GRACE + close_limit + EXIT_MARGIN,
+        QUEUE_THREAD_EXIT_GRACE
+            + crate::vhost::request_pool::EXIT_GRACE
+            + close_limit
+            + EXIT_MARGIN,
         move || {
             accounting::flush_on_exit();
             at_exit.run();
@@ -501,7 +505,7 @@ fn limit_malloc_arenas() {
 const QUEUE_THREAD_EXIT_GRACE: Duration = Duration::from_secs(5);
 
 /// After a termination signal, time for the rest of the exit (accounting, logs) beyond the
-/// queue threads' grace and the backend's close.
+/// queue threads' and request workers' grace and the backend's close.
 const EXIT_MARGIN: Duration = Duration::from_secs(5);
 
 /// What closing a CephFS backend is given without `--ceph-op-timeout` (whose calls are then
