@@ -4,8 +4,8 @@
 //! Owns the order of start-up (listener, signals, sandbox, backend, confinement, seccomp),
 //! the single frontend connection, and how the process ends: exit 0 when the VMM disconnects
 //! or on SIGTERM/SIGINT/SIGHUP, both through one path that closes the backend (`stop`), a
-//! one-line error and non-zero exit on anything that stops it from serving. It must not handle requests itself (`device`) or know backend details
-//! (`passthrough`).
+//! one-line error and non-zero exit on anything that stops it from serving. It must not
+//! handle requests itself (`device`) or know backend details (`passthrough`).
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -144,16 +144,14 @@ fn serve_host_dir(args: ServeArgs) -> Result<(), DaemonError> {
     sandbox.confine()?;
     sandbox.drop_capabilities()?;
     seccomp::install(args.seccomp, seccomp::Profile::HostDir)?;
-    run(
-        &args,
-        fs,
-        started,
-        &shared_dir.display().to_string(),
+    let traits = BackendTraits {
+        what: shared_dir.display().to_string(),
         local_devices,
-        false,
-        None,
-        Duration::ZERO,
-    )
+        requests_may_wait: false,
+        late: None,
+        close_limit: Duration::ZERO,
+    };
+    run(&args, fs, started, traits)
 }
 
 /// The local filesystems under the shared directory, on which the guest may skip FLUSH
@@ -221,14 +219,33 @@ fn serve_cephfs(args: ServeArgs) -> Result<(), DaemonError> {
             )))
     };
     let (conf, keyring) = (path(cephfs::CONF_FILE)?, path(cephfs::KEYRING_FILE)?);
-    let what = format!("cephfs:{} as client.{}", ceph.root(), ceph.id());
-    let close_timeout = ceph.op_timeout();
+    let traits = BackendTraits {
+        what: format!("cephfs:{} as client.{}", ceph.root(), ceph.id()),
+        // No FOPEN_NOFLUSH: `local_fs` describes host filesystems under a host directory.
+        local_devices: None,
+        // A CephFS call can wait for the cluster up to --ceph-op-timeout.
+        requests_may_wait: true,
+        late,
+        // Closing waits up to that for the guest's open files, and as long for the unmount.
+        close_limit: 2 * ceph.op_timeout().unwrap_or(CEPHFS_CLOSE_WITHOUT_OP_TIMEOUT),
+    };
     let fs = ceph.connect(conf, keyring)?;
-    // No FOPEN_NOFLUSH: `local_fs` describes host filesystems under a host directory.
-    // A CephFS call can wait for the cluster up to --ceph-op-timeout; closing the backend
-    // waits up to that for the guest's open files, and as long again for the unmount.
-    let close_limit = 2 * close_timeout.unwrap_or(CEPHFS_CLOSE_WITHOUT_OP_TIMEOUT);
-    run(&args, fs, started, &what, None, true, late, close_limit)
+    run(&args, fs, started, traits)
+}
+
+/// What [`run`] needs to know of the backend besides its `FileSystem`.
+struct BackendTraits {
+    /// How the export is named in the log.
+    what: String,
+    /// Only for a host directory: the filesystems on which FLUSH is a no-op.
+    local_devices: Option<LocalDevices>,
+    /// The backend can hold a request for long (then, as with rate limits, the hiprio queue
+    /// gets a thread of its own).
+    requests_may_wait: bool,
+    late: Option<LateAfter>,
+    /// How long dropping the backend may take: after a termination signal the process ends
+    /// at the latest that long after the queue threads' and the request workers' grace.
+    close_limit: Duration,
 }
 
 /// Requests held by the backend past `deadline` are answered in its place; `running` counts
@@ -291,28 +308,26 @@ fn start(args: &ServeArgs, shared_dir: Option<&Path>) -> Result<Started, DaemonE
     })
 }
 
-/// Serves `fs` on the started listener until the frontend goes away. `local_devices`: only
-/// for a host directory, the filesystems on which FLUSH is a no-op. `requests_may_wait`: the
-/// backend can hold a request for long (then, as with rate limits, the hiprio queue gets a
-/// thread of its own). `close_limit`: how long dropping the backend may take (after a
-/// termination signal the process ends at the latest that long after the queue threads' and
-/// the request workers' grace).
-#[allow(clippy::too_many_arguments)]
+/// Serves `fs` on the started listener until the frontend goes away or a signal stops it,
+/// then closes it.
 fn run<F>(
     args: &ServeArgs,
     fs: F,
     started: Started,
-    what: &str,
-    local_devices: Option<LocalDevices>,
-    requests_may_wait: bool,
-    late: Option<LateAfter>,
-    close_limit: Duration,
+    traits: BackendTraits,
 ) -> Result<(), DaemonError>
 where
     F: FileSystem + Send + Sync + 'static,
     F::Inode: Copy + From<u64> + Into<u64>,
     F::Handle: Copy + From<u64> + Into<u64>,
 {
+    let BackendTraits {
+        what,
+        local_devices,
+        requests_may_wait,
+        late,
+        close_limit,
+    } = traits;
     let Started {
         mut listener,
         stop,
