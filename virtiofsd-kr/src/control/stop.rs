@@ -5,10 +5,10 @@
 //! connection, and the thread that takes SIGTERM, SIGINT and SIGHUP. The first signal shuts
 //! the sockets down (`shutdown(2)`): the thread serving them returns as if the frontend had
 //! left (a waiting `accept` fails, the connection reads end-of-file), and the daemon ends
-//! through its one orderly path: queue threads joined, the backend closed (a CephFS client
-//! writes back what the guest wrote and ends its MDS session, so no other pod waits for the
-//! MDS to evict it), accounting flushed, sockets removed. A second signal, or that path
-//! outlasting its limit, ends the process at once.
+//! through its one orderly path: queue threads and request workers joined, the backend
+//! closed (a CephFS client writes back what the guest wrote and ends its MDS session, so no
+//! other pod waits for the MDS to evict it), accounting flushed, sockets removed. A second
+//! signal, or that path outlasting its limit, ends the process at once.
 //!
 //! Must not: close or read the sockets it duplicates (the serving thread owns them), or do
 //! the daemon's work of ending; it only starts it, and runs the caller's last step (`on_exit`)
@@ -66,7 +66,10 @@ impl ServeStop {
                 }
                 state.sockets.push(dup);
             }
-            Err(e) => warn!("no duplicate of the frontend's socket ({e}): a signal ends the daemon without closing the backend"),
+            Err(e) => warn!(
+                "no duplicate of the frontend's socket ({e}): a signal will end the daemon only at \
+                 its exit limit, without closing the backend"
+            ),
         }
     }
 
