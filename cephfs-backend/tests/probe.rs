@@ -134,6 +134,14 @@ fn write_data(
     (f, h)
 }
 
+/// Lays `data` out in `vol` (`write_data`) with a client that is gone when this returns, so
+/// the next client starts cold.
+fn lay_out_data(vol: &Volume, mib: u64) {
+    let fs = vol.mount();
+    let (f, h) = write_data(&fs, mib);
+    release(&fs, f.inode, h);
+}
+
 /// The dev cluster's conf with `PROBE_EXTRA_CONF` appended (`;` for a new line), written
 /// for `vol`'s probe.
 fn conf_with_extra(vol: &Volume) -> std::path::PathBuf {
@@ -150,11 +158,7 @@ fn conf_with_extra(vol: &Volume) -> std::path::PathBuf {
 fn cold_read_cost() {
     let vol = Volume::new("probe-cold");
     let variant = conf_with_extra(&vol);
-    {
-        let fs = vol.mount();
-        let (f, h) = write_data(&fs, 64);
-        release(&fs, f.inode, h);
-    }
+    lay_out_data(&vol, 64);
     for round in 0..8 {
         let quiet = round % 2 == 1;
         let mut cfg = vol.config();
@@ -352,11 +356,7 @@ fn readdir_cost() {
 fn cold_write_cost() {
     let vol = Volume::new("probe-wr");
     let variant = conf_with_extra(&vol);
-    {
-        let fs = vol.mount();
-        let (f, h) = write_data(&fs, 256);
-        release(&fs, f.inode, h);
-    }
+    lay_out_data(&vol, 256);
     let env = |k: &str, d: u64| {
         std::env::var(k)
             .ok()

@@ -302,9 +302,7 @@ fn concurrent_creates_share_a_new_volumes_root() {
 fn every_clean_end_writes_back_and_closes_the_session() {
     use nix::sys::signal::Signal;
     let _mds = ceph_cluster::mds_needed();
-    let vol = Volume::create("ends", None);
-    let other_pod = CephDaemon::start(&vol, &["--cache", "auto"]);
-    let mut other = other_pod.session();
+    let (vol, _other_pod, mut other) = volume_with_another_pod("ends");
     let sessions = || cluster().mds_sessions_of(&vol.id);
     assert_eq!(sessions(), 1, "the other pod's session");
     let cases = [
@@ -346,6 +344,15 @@ fn every_clean_end_writes_back_and_closes_the_session() {
             reads_at_once(&mut other, &name, body.as_bytes(), case);
         }
     }
+}
+
+/// A new volume and another pod's daemon serving it, connected: the reader of what a daemon
+/// that ends leaves behind.
+fn volume_with_another_pod(prefix: &str) -> (Volume, CephDaemon, FuseSession) {
+    let vol = Volume::create(prefix, None);
+    let other_pod = CephDaemon::start(&vol, &["--cache", "auto"]);
+    let session = other_pod.session();
+    (vol, other_pod, session)
 }
 
 /// Waits for `child` to exit, which must be with 0 within 20 s (`log`: its stderr).
@@ -393,9 +400,7 @@ fn reads_at_once(other: &mut FuseSession, name: &str, body: &[u8], what: &str) {
 fn the_host_mount_writes_back_and_closes_the_session_on_sigterm() {
     use std::io::Write;
     let _mds = ceph_cluster::mds_needed();
-    let vol = Volume::create("mount-end", None);
-    let other_pod = CephDaemon::start(&vol, &["--cache", "auto"]);
-    let mut other = other_pod.session();
+    let (vol, _other_pod, mut other) = volume_with_another_pod("mount-end");
     let mountpoint = tempfile::tempdir().unwrap();
     let log = mountpoint.path().with_extension("log");
     let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_virtiofsd-kr"))

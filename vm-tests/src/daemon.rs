@@ -516,29 +516,32 @@ pub const END_GRACE: Duration = Duration::from_secs(10);
 /// Ends a daemon still running the way a launcher does: SIGTERM, then SIGKILL if it is still
 /// there after [`END_GRACE`]. A killed CephFS daemon leaves its MDS session open, holding
 /// capabilities until the MDS evicts it, which stalls every other client of those files;
-/// SIGTERM closes it.
-pub fn end_daemon(child: &mut Child) {
-    if !matches!(child.try_wait(), Ok(None)) {
-        return;
+/// SIGTERM closes it (and lets a sanitized daemon run its leak check). Returns the exit
+/// status, `None` when it had to be killed.
+pub fn end_daemon(child: &mut Child) -> Option<ExitStatus> {
+    if let Ok(Some(status)) = child.try_wait() {
+        return Some(status);
     }
     // Our own child, by its pid.
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     let deadline = Instant::now() + END_GRACE;
     while Instant::now() < deadline {
-        if !matches!(child.try_wait(), Ok(None)) {
-            return;
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(_) => return None,
         }
-        std::thread::sleep(Duration::from_millis(5));
     }
     let _ = child.kill();
     let _ = child.wait();
+    None
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            end_daemon(&mut c);
+            let _ = end_daemon(&mut c);
         }
     }
 }

@@ -223,7 +223,7 @@ impl CephDaemon {
 
 impl Drop for CephDaemon {
     fn drop(&mut self) {
-        vm_tests::daemon::end_daemon(&mut self.child);
+        let _ = vm_tests::daemon::end_daemon(&mut self.child);
     }
 }
 

@@ -304,19 +304,6 @@ impl Daemon {
 }
 
 impl Daemon {
-    /// Stops a sanitized daemon that is still running with SIGTERM, so that it exits through
-    /// `exit()` and LeakSanitizer's check runs; SIGKILL if it has not exited within
-    /// [`EXIT_TIMEOUT`]. Returns its exit status.
-    fn stop_sanitized(&mut self) -> Option<ExitStatus> {
-        if let Some(status) = self.try_wait() {
-            return Some(status);
-        }
-        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
-        // Our own child, by its pid.
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        self.wait_exit(EXIT_TIMEOUT)
-    }
-
     /// Panics with the daemon's stderr if it holds a sanitizer report or a panic, or if
     /// `status` is the sanitizer's exit status.
     fn check_sanitizer(&self, status: Option<ExitStatus>) {
@@ -337,14 +324,12 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let status = if self.sanitized && self.child.is_some() {
-            self.stop_sanitized()
-        } else {
-            None
-        };
-        if let Some(mut child) = self.child.take() {
-            vm_tests::daemon::end_daemon(&mut child);
-        }
+        // SIGTERM (as a launcher stops it; a sanitized daemon's leak check runs on the way
+        // out), SIGKILL after `END_GRACE`.
+        let status = self
+            .child
+            .take()
+            .and_then(|mut child| vm_tests::daemon::end_daemon(&mut child));
         if std::thread::panicking() {
             eprintln!("--- daemon stderr ---\n{}", self.stderr());
         } else if self.sanitized {
