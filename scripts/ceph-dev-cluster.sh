@@ -28,6 +28,8 @@
 #   CEPH_DEV_PORT     monitor port on 127.0.0.1 (default 3300; one cluster per port)
 #   CEPH_DEV_RELEASE  pacific or reef, like --release (the option wins)
 #   CEPH_DEV_REEF_ROOT  the Reef root (default <repo>/.cache/reef-root)
+#   CEPH_DEV_MIN_FREE_MB  free space the cluster directory's filesystem must have for `start`
+#                     (default 256; the monitor's store grows to a few tens of MiB)
 #
 # Files in CEPH_DEV_DIR: ceph.conf, keyring (mon., client.admin and daemon keys), ceph.env,
 # release (the running cluster's release), mon/ osd/ mds/ mgr/ data, log/, run/ (pid files,
@@ -43,6 +45,10 @@ KEYRING="$DIR/keyring"
 DAEMONS=(mon.a osd.0 mds.a mgr.x)
 RELEASE="${CEPH_DEV_RELEASE:-pacific}"
 REEF_ROOT="${CEPH_DEV_REEF_ROOT:-$REPO/.cache/reef-root}"
+MIN_FREE_MB="${CEPH_DEV_MIN_FREE_MB:-256}"
+case "$MIN_FREE_MB" in
+    ''|*[!0-9]*) echo "ceph-dev-cluster: CEPH_DEV_MIN_FREE_MB must be a number of MiB, got '$MIN_FREE_MB'" >&2; exit 2 ;;
+esac
 ACTION=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -62,18 +68,18 @@ log() { echo "ceph-dev-cluster: $*" >&2; }
 die() { echo "ceph-dev-cluster: error: $*" >&2; exit 1; }
 
 # Whatever fails under `set -e` says what and with which status before the script exits: a
-# daemon that refuses to start (ceph-mon exits 28, ENOSPC, when its disk is below `mon data
-# avail crit`) used to end the script with that status and no word (its message goes to a
-# stderr that is not the script's, or nowhere once it forks). Reports go to fd 7, the
-# script's own stderr (a failing command's stderr may be a log file); the daemons do not
-# inherit it (`server`), so a caller reading our stderr is not held open by them.
+# daemon that refuses to start (ceph-mon exits 28, ENOSPC, when its disk is full) used to
+# end the script with that status and no word (its message goes to a stderr that is not the
+# script's, or nowhere once it forks). Reports go to fd 7, the script's own stderr (a failing
+# command's stderr may be a log file); the daemons do not inherit it (`server`), so a caller
+# reading our stderr is not held open by them.
 exec 7>&2
 REPORTED=""
 report_failure() {
     local rc=$1 what=$2 hint=""
     if [ "$rc" = 28 ]; then
-        hint=" (ENOSPC: no space left, or less free space than the monitor's 'mon data avail \
-crit'; free on $DIR: $(df -h --output=avail "$DIR" 2>/dev/null | tail -n 1 | tr -d ' '))"
+        hint=" (ENOSPC: no space left; free on $DIR: \
+$(df -h --output=avail "$DIR" 2>/dev/null | tail -n 1 | tr -d ' '))"
     fi
     echo "ceph-dev-cluster: error: '$what' failed with status $rc$hint; logs in $DIR/log/" >&7
     REPORTED=1
@@ -211,10 +217,12 @@ osd_mon_report_interval = 1
 [mon]
 mon_data = $DIR/mon/\$cluster-\$id
 mon_initial_members = a
-# A dev cluster's monitor holds a few MiB: refusing to start below 5 % free (the default)
-# stopped it on a 252 GB disk with 15 GB free. Still refuses below 1 %.
-mon_data_avail_crit = 1
-mon_data_avail_warn = 2
+# The monitor's own check is a whole percentage of the disk, truncated: on a 252 GB disk
+# with 4.9 GB free (1.9 %, so "1") it refused to start even at 1 %. A dev cluster's monitor
+# holds a few tens of MiB, so the check that matters is in bytes: start refuses below
+# MIN_FREE_MB with its own message, and the monitor's percentage check is off.
+mon_data_avail_crit = -1
+mon_data_avail_warn = -1
 
 [osd]
 osd_data = $DIR/osd/\$cluster-\$id
@@ -263,10 +271,13 @@ start() {
     if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
         die "127.0.0.1:$PORT is already in use (another checkout's dev cluster?). Stop it with its own 'scripts/ceph-dev-cluster.sh stop', or set CEPH_DEV_PORT to a free port."
     fi
-    local t0 t1 fsid osd_uuid i
+    local t0 t1 fsid osd_uuid i free_mb
     t0=$(date +%s.%N)
     rm -rf "$DIR"
     mkdir -p "$DIR"/{mon/ceph-a,osd/ceph-0,mds/ceph-a,mgr/ceph-x,log,run}
+    free_mb=$(( $(df -P -k "$DIR" | awk 'NR == 2 { print $4 }') / 1024 ))
+    [ "$free_mb" -ge "$MIN_FREE_MB" ] || die "$free_mb MiB free on $DIR's filesystem, the \
+cluster needs $MIN_FREE_MB MiB (CEPH_DEV_MIN_FREE_MB): free some space"
     fsid="$(cat /proc/sys/kernel/random/uuid)"
     osd_uuid="$(cat /proc/sys/kernel/random/uuid)"
     write_conf "$fsid"
