@@ -19,9 +19,13 @@ step() {
     step_start=$SECONDS
     [ -z "$1" ] || echo "== $1"
 }
+# Free space too: the run needs about 5 GB in the checkout (.cache, target, fuzz/target), and
+# a CI machine once had 4.9 GB left when the CephFS tests began.
+free_space() { df -h --output=avail . 2>/dev/null | tail -n 1 | tr -d ' '; }
+free_at_start="$(free_space)"
 print_timings() {
     step ""
-    echo "== time per step (total $SECONDS s)"
+    echo "== time per step (total $SECONDS s; free space here $free_at_start at the start, $(free_space) now)"
     printf '   %s\n' "${timings[@]}"
 }
 
