@@ -172,7 +172,7 @@ fn the_space_a_cluster_needs_is_counted_in_bytes_not_in_a_percentage_of_the_disk
     let fs = BigFilesystem::new();
     let dir = fs.mountpoint().join("ceph");
 
-    // What the CI machine had: 1.9 % of a big disk free, plenty in bytes (311 MiB here).
+    // What the CI machine had: 1.9 % of a big disk free, plenty in bytes (about 300 MiB here).
     let free = fs.total_bytes() * 19 / 1000;
     fs.leave_free(free);
     let started = cluster_script(&dir, "start");
