@@ -1,13 +1,14 @@
 //! A CephFS call stuck on the cluster, answered in the backend's place (`vhost/late_reply.rs`):
 //! the real daemon (`--backend cephfs`, libcephfs calls on the request's thread) driven by the
 //! test VMM while the dev cluster's only MDS is stopped. In its own test binary: no other test
-//! may need the MDS meanwhile.
+//! may need the MDS meanwhile (and the two here run one at a time).
 //!
 //! Asserted: the request in flight when the MDS went away is answered ETIMEDOUT at the op
 //! timeout (not when the MDS returns), and so is one taken with it that waits behind it on
 //! the same thread; the queue is served meanwhile although the thread serving it is still
 //! stuck in libcephfs; when the stuck call finally returns, nothing is
-//! written into the buffers the guest got back with the answer; and service resumes.
+//! written into the buffers the guest got back with the answer; and service resumes. And a
+//! SIGTERM during the outage ends the daemon within its exit limit.
 
 mod ceph_cluster;
 
@@ -21,8 +22,15 @@ use vm_tests::fuse::{cname, request, FuseError, FuseReply, REPLY_SPACE, ROOT};
 
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The tests here stop the MDS, which a daemon of another test needs to start: one at a time.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[test]
 fn a_call_stuck_on_the_cluster_is_answered_at_the_op_timeout_and_never_writes_late() {
+    let _one = one_at_a_time();
     let volume = Volume::create("late-reply", None);
     let timeout = OP_TIMEOUT.as_secs().to_string();
     let daemon = CephDaemon::start(&volume, &["--ceph-op-timeout", &timeout]);
@@ -131,4 +139,70 @@ fn a_call_stuck_on_the_cluster_is_answered_at_the_op_timeout_and_never_writes_la
         "the answer in the backend's place is logged:\n{}",
         daemon.stderr()
     );
+}
+
+/// A launcher's SIGTERM while the cluster's MDS is down (a pod deleted during an outage),
+/// with a write the guest left in the client's cache and a CREATE stuck on the cluster: the
+/// daemon still ends, by its orderly path or at its exit limit (5 s + 5 s + twice the op
+/// timeout + 5 s, `control/stop.rs`), and exits 0; it does not wait for the MDS.
+#[test]
+fn sigterm_during_an_mds_outage_ends_the_daemon_within_its_exit_limit() {
+    let _one = one_at_a_time();
+    let volume = Volume::create("outage-sigterm", None);
+    let timeout = OP_TIMEOUT.as_secs().to_string();
+    let mut daemon = CephDaemon::start(&volume, &["--ceph-op-timeout", &timeout]);
+    let mut s = daemon.session();
+    let (f, open) = s
+        .create(ROOT, "left-open", libc::O_RDWR, 0o644)
+        .expect("CREATE before the outage");
+    s.write(f.nodeid, open.fh, 0, b"dirty").expect("WRITE");
+
+    let mds = MdsOutage::start();
+    let arg = CreateIn {
+        flags: (libc::O_RDWR | libc::O_CREAT) as u32,
+        mode: 0o644,
+        umask: 0,
+        fuse_flags: 0,
+    };
+    let req = request(
+        Opcode::Create as u32,
+        s.unique(),
+        ROOT,
+        &[arg.as_slice(), &cname("during")],
+    );
+    s.frontend()
+        .post_request(REQUEST_QUEUE, &[&req], &[REPLY_SPACE], true)
+        .expect("posting a CREATE");
+    // The CREATE is in libcephfs, waiting for the MDS.
+    std::thread::sleep(Duration::from_millis(300));
+
+    let limit = Duration::from_secs(5 + 5 + 5) + OP_TIMEOUT * 2;
+    let pid = nix::unistd::Pid::from_raw(daemon.child.id() as i32);
+    let signalled = Instant::now();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let status = loop {
+        if let Some(status) = daemon.child.try_wait().expect("waiting for the daemon") {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < limit + Duration::from_secs(5),
+            "still running {:?} after SIGTERM with the MDS down (limit {limit:?}):\n{}",
+            signalled.elapsed(),
+            daemon.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = signalled.elapsed();
+    drop(mds);
+    let stderr = daemon.stderr();
+    println!(
+        "SIGTERM with the MDS down: exited {status} after {took:?} ({})",
+        if stderr.contains("exiting without waiting longer") {
+            "at the exit limit"
+        } else {
+            "by the orderly path"
+        }
+    );
+    assert!(status.success(), "exit {status}:\n{stderr}");
+    drop(s);
 }
