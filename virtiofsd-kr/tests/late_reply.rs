@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use ceph_cluster::{CephDaemon, MdsOutage, Volume};
 use fuse_backend_rs::abi::fuse_abi::{CreateIn, Opcode};
 use vm_memory::ByteValued;
-use vm_tests::frontend::REQUEST_QUEUE;
-use vm_tests::fuse::{cname, request, FuseError, FuseReply, REPLY_SPACE, ROOT};
+use vm_tests::frontend::{PendingChain, REQUEST_QUEUE};
+use vm_tests::fuse::{cname, request, FuseError, FuseReply, FuseSession, REPLY_SPACE, ROOT};
 
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -26,6 +26,29 @@ const OP_TIMEOUT: Duration = Duration::from_secs(2);
 fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
     ONE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Posts a CREATE of `name` in the root without waiting for its answer (kicking the queue
+/// if `kick`): its request id and chain.
+fn post_create(s: &mut FuseSession, name: &str, kick: bool) -> (u64, PendingChain) {
+    let unique = s.unique();
+    let arg = CreateIn {
+        flags: (libc::O_RDWR | libc::O_CREAT) as u32,
+        mode: 0o644,
+        umask: 0,
+        fuse_flags: 0,
+    };
+    let req = request(
+        Opcode::Create as u32,
+        unique,
+        ROOT,
+        &[arg.as_slice(), &cname(name)],
+    );
+    let pending = s
+        .frontend()
+        .post_request(REQUEST_QUEUE, &[&req], &[REPLY_SPACE], kick)
+        .expect("posting a CREATE");
+    (unique, pending)
 }
 
 #[test]
@@ -47,24 +70,7 @@ fn a_call_stuck_on_the_cluster_is_answered_at_the_op_timeout_and_never_writes_la
     let mut posted = Vec::new();
     let sent = Instant::now();
     for (i, name) in ["during-1", "during-2"].into_iter().enumerate() {
-        let unique = s.unique();
-        let arg = CreateIn {
-            flags: (libc::O_RDWR | libc::O_CREAT) as u32,
-            mode: 0o644,
-            umask: 0,
-            fuse_flags: 0,
-        };
-        let req = request(
-            Opcode::Create as u32,
-            unique,
-            ROOT,
-            &[arg.as_slice(), &cname(name)],
-        );
-        let pending = s
-            .frontend()
-            .post_request(REQUEST_QUEUE, &[&req], &[REPLY_SPACE], i == 1)
-            .expect("posting a CREATE");
-        posted.push((unique, pending));
+        posted.push(post_create(&mut s, name, i == 1));
     }
     for _ in 0..posted.len() {
         let used = s
@@ -158,21 +164,7 @@ fn sigterm_during_an_mds_outage_ends_the_daemon_within_its_exit_limit() {
     s.write(f.nodeid, open.fh, 0, b"dirty").expect("WRITE");
 
     let mds = MdsOutage::start();
-    let arg = CreateIn {
-        flags: (libc::O_RDWR | libc::O_CREAT) as u32,
-        mode: 0o644,
-        umask: 0,
-        fuse_flags: 0,
-    };
-    let req = request(
-        Opcode::Create as u32,
-        s.unique(),
-        ROOT,
-        &[arg.as_slice(), &cname("during")],
-    );
-    s.frontend()
-        .post_request(REQUEST_QUEUE, &[&req], &[REPLY_SPACE], true)
-        .expect("posting a CREATE");
+    post_create(&mut s, "during", true);
     // The CREATE is in libcephfs, waiting for the MDS.
     std::thread::sleep(Duration::from_millis(300));
 
